@@ -1,0 +1,37 @@
+// CPU fast paths per type (after ggml-cpu's `type_traits_cpu`). A matrix-vector product with weights of
+// type T first converts the activation row to `vec_dot_type` (F32 for f32 weights, F16 for f16, BF16 for
+// bf16, Q8_0 for q8_0 — the same choice as llama.cpp, so the rounding of the activations, and therefore
+// the greedy tokens, match), then calls `vec_dot` per weight row. Implementations: scalar `_ref`
+// (always), AVX2 and AVX-512 variants picked once at startup from cpuid (`cpu_features()`).
+#pragma once
+#include <cstdint>
+
+#include "../../tensor/ggml-type.h"
+
+namespace core {
+
+struct cpu_features_t {
+    bool avx2 = false, fma = false, f16c = false;
+    bool avx512f = false, avx512bw = false, avx512vl = false, avx512_vnni = false, avx512_bf16 = false;
+};
+const cpu_features_t & cpu_features();
+// e.g. "avx512" / "avx2" / "scalar" — which dispatch level is active. Env THINKCACHE_CPU=scalar|avx2|avx512
+// caps it (for tests and A/B).
+const char * cpu_dispatch_level();
+
+// s = sum_i x[i] * y[i], x of the weight type, y of vec_dot_type, n elements.
+using vec_dot_fn = void (*)(int64_t n, float * s, const void * x, const void * y);
+using from_float_fn = void (*)(const float * src, void * dst, int64_t n);
+
+struct quant_traits_cpu {
+    ggml_type type;
+    ggml_type vec_dot_type;
+    from_float_fn from_float;     // fast activation conversion into vec_dot_type (same result as _ref)
+    vec_dot_fn vec_dot;           // dispatched fast path
+    vec_dot_fn vec_dot_ref;       // scalar oracle
+};
+
+// nullptr when the CPU backend has no kernels for the type.
+const quant_traits_cpu * quant_traits_cpu_get(uint32_t type);
+
+} // namespace core
