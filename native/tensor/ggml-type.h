@@ -103,3 +103,9 @@ inline bf16_t f32_to_bf16(float f) {
 }
 
 } // namespace core
+
+namespace core {
+// Block layout of every type number known to GGUF (not only the ones we compute with), so the GGUF
+// reader can bounds-check any file. Returns false for unknown numbers.
+bool ggml_type_layout(uint32_t t, int64_t * block_size, size_t * type_size);
+} // namespace core

@@ -1,0 +1,69 @@
+// The engine objects the addon (and the C++ tools) drive: a context owns the thread pool and the
+// sequences of one model; a sequence owns its KV cache, activation scratch, sampler and logits.
+// Lifetimes are shared_ptr so an operation in flight keeps what it uses alive after a JS dispose().
+// Compute on one context is serialized (the thread pool is not reentrant).
+#pragma once
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "../model/forward.h"
+#include "../sampling/sampler.h"
+
+namespace core {
+
+struct context_params {
+    int n_ctx = 4096;
+    int n_threads = 0;      // 0: physical cores
+    int n_batch = 512;      // prefill chunk
+};
+
+class engine_context {
+public:
+    engine_context(std::shared_ptr<const model> m, const context_params & p);
+    const model & mdl() const { return *model_; }
+    const context_params & params() const { return params_; }
+    thread_pool & pool() { return pool_; }
+    std::mutex & compute_mutex() { return mu_; }
+
+private:
+    std::shared_ptr<const model> model_;
+    context_params params_;
+    thread_pool pool_;
+    std::mutex mu_;
+};
+
+class engine_sequence {
+public:
+    explicit engine_sequence(std::shared_ptr<engine_context> ctx);
+
+    // Feeds tokens (prompt chunks or one decoded token). With want_logits the last token's logits are
+    // kept for sample()/logits(). Checks the abort flag between layers and chunks.
+    status eval(const int32_t * tokens, int n_tokens, bool want_logits);
+    // Draws the next token from the last logits with the sequence's sampler.
+    status sample(int32_t * out);
+    void set_sampler(const sampler_params & p) { sampler_.reset(p); for (int32_t t : history_) sampler_.accept(t); }
+    void accept(int32_t token) { sampler_.accept(token); }
+
+    const std::vector<float> & logits() const { return logits_; }
+    bool has_logits() const { return has_logits_; }
+    int32_t n_tokens() const { return kv_->n_logical(); }
+    void remove_from(int32_t pos);
+    kv_memory_summary memory() const { return kv_->memory(); }
+    kv_cache & kv() { return *kv_; }
+    engine_context & ctx() { return *ctx_; }
+
+    std::atomic<bool> abort{false};
+
+private:
+    std::shared_ptr<engine_context> ctx_;
+    std::unique_ptr<kv_cache> kv_;
+    forward_scratch scratch_;
+    sampler sampler_;
+    std::vector<int32_t> history_;  // every token fed, for penalties after a sampler reset
+    std::vector<float> logits_;     // [n_vocab]
+    bool has_logits_ = false;
+};
+
+} // namespace core

@@ -1,0 +1,27 @@
+// Element-wise and row ops of the forward pass (CPU). Numerics follow llama.cpp's CPU backend where it
+// changes results: RMSNorm accumulates in double, RoPE angles advance by repeated multiplication with
+// theta_scale = base^(-2/n_rot), SiLU is x / (1 + exp(-x)).
+#pragma once
+#include <cstdint>
+
+#include "../../model/arch.h"
+
+namespace core {
+
+// y[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]   (w may be nullptr: no weight). In place allowed.
+void rms_norm_ref(const float * x, const float * w, float * y, int64_t n, float eps);
+
+// Rotation angles for one position: cs[2*i] = cos(theta_i), cs[2*i+1] = sin(theta_i), i < n_rot/2.
+// freq_factors (nullable) divides theta_i.
+void rope_cache_ref(float * cs, int32_t pos, int n_rot, float freq_base, float freq_scale, const float * freq_factors);
+
+// Rotates the first n_rot dims of each of n_head heads of size head_dim (in place) using `cs` of one position.
+void rope_apply_ref(float * x, int n_head, int head_dim, int n_rot, rope_style style, const float * cs);
+
+// g[i] = silu(g[i]) * u[i]
+void silu_mul_ref(float * g, const float * u, int64_t n);
+
+// y[i] += x[i]
+void add_ref(float * y, const float * x, int64_t n);
+
+} // namespace core

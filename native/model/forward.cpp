@@ -1,0 +1,109 @@
+// Forward pass, written to read like the architecture (llama2.c's `forward`):
+//   x = embed(tokens)
+//   per layer: h = rmsnorm(x)·w_attn_norm; q,k,v = h·Wq,Wk,Wv (+bias: qwen2); qwen3: per-head rmsnorm(q,k);
+//              RoPE(q,k); cache ← k,v; a = softmax(q·kᵀ/√d)·v over the cache; x += a·Wo
+//              h = rmsnorm(x)·w_ffn_norm; x += (silu(h·Wgate) ⊙ h·Wup)·Wdown
+//   logits = rmsnorm(x_last)·w_out_norm · Woutᵀ
+#include "forward.h"
+
+#include <cmath>
+
+#include "../kernels/cpu/ops.h"
+
+namespace core {
+
+namespace {
+
+template <class T> void grow(std::vector<T> & v, size_t n) {
+    if (v.size() < n) v.resize(n);
+}
+
+} // namespace
+
+status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int n_tokens, logits_mode mode, float * logits,
+                     forward_scratch & s, thread_pool & pool, const std::atomic<bool> * abort) {
+    const hparams & hp = m.hp;
+    if (n_tokens <= 0) return status(ERR_INVALID_ARG, "forward_chunk: n_tokens must be positive");
+    for (int t = 0; t < n_tokens; t++) {
+        if (tokens[t] < 0 || (uint32_t) tokens[t] >= hp.n_vocab) {
+            return status(ERR_INVALID_ARG, strfmt("forward_chunk: token id %d at index %d is out of range [0, %u)", tokens[t], t, hp.n_vocab));
+        }
+    }
+    status st = kv.reserve(n_tokens);
+    if (!st.ok()) return st;
+
+    const int n_embd = (int) hp.n_embd, n_ff = (int) hp.n_ff;
+    const int n_q = (int) (hp.n_head * hp.head_dim), n_k = (int) (hp.n_head_kv * hp.head_dim), n_v = (int) (hp.n_head_kv * hp.head_dim_v);
+    const int n_attn = (int) (hp.n_head * hp.head_dim_v);
+    const size_t T = (size_t) n_tokens;
+    try {
+        grow(s.x, T * n_embd); grow(s.xn, T * n_embd); grow(s.o, T * n_embd);
+        grow(s.q, T * n_q); grow(s.k, T * n_k); grow(s.v, T * n_v); grow(s.attn, T * n_attn);
+        grow(s.gate, T * n_ff); grow(s.up, T * n_ff); grow(s.cs, T * hp.n_rot); grow(s.pos, T);
+    } catch (const std::bad_alloc &) {
+        return status(ERR_OOM_HOST, strfmt("forward_chunk: out of memory for activations of %d tokens", n_tokens));
+    }
+
+    const int32_t pos0 = kv.n_logical();
+    for (int t = 0; t < n_tokens; t++) {
+        s.pos[t] = pos0 + t;
+        rope_cache_ref(s.cs.data() + (size_t) t * hp.n_rot, s.pos[t], (int) hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, m.rope_freqs);
+        weight_row_to_float(m.tok_embd, tokens[t], s.x.data() + (size_t) t * n_embd);
+    }
+
+    attn_params ap;
+    ap.n_tokens = n_tokens;
+    ap.n_head = (int) hp.n_head;
+    ap.n_head_kv = (int) hp.n_head_kv;
+    ap.head_dim = (int) hp.head_dim;
+    ap.head_dim_v = (int) hp.head_dim_v;
+    ap.scale = 1.0f / std::sqrt((float) hp.head_dim);
+
+    for (uint32_t il = 0; il < hp.n_layer; il++) {
+        if (abort && abort->load(std::memory_order_relaxed)) {
+            kv.remove_from(pos0);
+            return status(ERR_ABORTED, "forward_chunk: aborted");
+        }
+        const layer_weights & L = m.layers[il];
+        // ---- attention block
+        for (size_t t = 0; t < T; t++) rms_norm_ref(s.x.data() + t * n_embd, L.attn_norm, s.xn.data() + t * n_embd, n_embd, hp.rms_eps);
+        cpu_matmul(pool, L.wq, s.xn.data(), s.q.data(), n_tokens, s.mm);
+        cpu_matmul(pool, L.wk, s.xn.data(), s.k.data(), n_tokens, s.mm);
+        cpu_matmul(pool, L.wv, s.xn.data(), s.v.data(), n_tokens, s.mm);
+        for (size_t t = 0; t < T; t++) {
+            float * q = s.q.data() + t * n_q;
+            float * k = s.k.data() + t * n_k;
+            if (L.bq) add_ref(q, L.bq, n_q);
+            if (L.bk) add_ref(k, L.bk, n_k);
+            if (L.bv) add_ref(s.v.data() + t * n_v, L.bv, n_v);
+            if (L.q_norm) {
+                for (uint32_t h = 0; h < hp.n_head; h++) rms_norm_ref(q + h * hp.head_dim, L.q_norm, q + h * hp.head_dim, hp.head_dim, hp.rms_eps);
+                for (uint32_t h = 0; h < hp.n_head_kv; h++) rms_norm_ref(k + h * hp.head_dim, L.k_norm, k + h * hp.head_dim, hp.head_dim, hp.rms_eps);
+            }
+            const float * cs = s.cs.data() + t * hp.n_rot;
+            rope_apply_ref(q, (int) hp.n_head, (int) hp.head_dim, (int) hp.n_rot, m.arch->rope, cs);
+            rope_apply_ref(k, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, m.arch->rope, cs);
+        }
+        kv.append((int) il, n_tokens, s.k.data(), s.v.data(), s.pos.data());
+        attention(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, s.attn.data(), s.at);
+        cpu_matmul(pool, L.wo, s.attn.data(), s.o.data(), n_tokens, s.mm);
+        add_ref(s.x.data(), s.o.data(), (int64_t) T * n_embd);
+
+        // ---- feed-forward block (SwiGLU)
+        for (size_t t = 0; t < T; t++) rms_norm_ref(s.x.data() + t * n_embd, L.ffn_norm, s.xn.data() + t * n_embd, n_embd, hp.rms_eps);
+        cpu_matmul(pool, L.w_gate, s.xn.data(), s.gate.data(), n_tokens, s.mm);
+        cpu_matmul(pool, L.w_up, s.xn.data(), s.up.data(), n_tokens, s.mm);
+        silu_mul_ref(s.gate.data(), s.up.data(), (int64_t) T * n_ff);
+        cpu_matmul(pool, L.w_down, s.gate.data(), s.o.data(), n_tokens, s.mm);
+        add_ref(s.x.data(), s.o.data(), (int64_t) T * n_embd);
+    }
+
+    if (mode == LOGITS_NONE) return {};
+    const size_t first = mode == LOGITS_LAST ? T - 1 : 0;
+    const int n_out = (int) (T - first);
+    for (size_t t = first; t < T; t++) rms_norm_ref(s.x.data() + t * n_embd, m.output_norm, s.xn.data() + (t - first) * n_embd, n_embd, hp.rms_eps);
+    cpu_matmul(pool, m.output, s.xn.data(), logits, n_out, s.mm);
+    return {};
+}
+
+} // namespace core
