@@ -1,0 +1,124 @@
+#include "addon-gguf.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "workers.h"
+
+namespace addon {
+
+namespace {
+
+template <class TA, class T> Napi::Value typed_copy(Napi::Env env, const core::gguf_value & v) {
+    TA arr = TA::New(env, (size_t) v.count);
+    if (v.count) std::memcpy(arr.Data(), v.raw, (size_t) v.count * sizeof(T));
+    return arr;
+}
+
+Napi::Value int64_to_js(Napi::Env env, int64_t x) {
+    if (x > 9007199254740991LL || x < -9007199254740991LL) return Napi::BigInt::New(env, x);
+    return Napi::Number::New(env, (double) x);
+}
+
+} // namespace
+
+Napi::Value gguf_value_to_js(Napi::Env env, const core::gguf_value & v) {
+    using namespace core;
+    switch (v.type) {
+        case GGUF_TYPE_BOOL: return Napi::Boolean::New(env, v.num.i64 != 0);
+        case GGUF_TYPE_FLOAT32: case GGUF_TYPE_FLOAT64: return Napi::Number::New(env, v.num.f64);
+        case GGUF_TYPE_UINT64:
+            if (v.num.u64 > 9007199254740991ULL) return Napi::BigInt::New(env, v.num.u64);
+            return Napi::Number::New(env, (double) v.num.u64);
+        case GGUF_TYPE_STRING: return Napi::String::New(env, v.str.data(), v.str.size());
+        case GGUF_TYPE_ARRAY: break;
+        default: return int64_to_js(env, v.num.i64);
+    }
+    switch (v.elem_type) {
+        case GGUF_TYPE_UINT8: return typed_copy<Napi::Uint8Array, uint8_t>(env, v);
+        case GGUF_TYPE_INT8: return typed_copy<Napi::Int8Array, int8_t>(env, v);
+        case GGUF_TYPE_UINT16: return typed_copy<Napi::Uint16Array, uint16_t>(env, v);
+        case GGUF_TYPE_INT16: return typed_copy<Napi::Int16Array, int16_t>(env, v);
+        case GGUF_TYPE_UINT32: return typed_copy<Napi::Uint32Array, uint32_t>(env, v);
+        case GGUF_TYPE_INT32: return typed_copy<Napi::Int32Array, int32_t>(env, v);
+        case GGUF_TYPE_FLOAT32: return typed_copy<Napi::Float32Array, float>(env, v);
+        case GGUF_TYPE_FLOAT64: return typed_copy<Napi::Float64Array, double>(env, v);
+        case GGUF_TYPE_UINT64: return typed_copy<Napi::BigUint64Array, uint64_t>(env, v);
+        case GGUF_TYPE_INT64: return typed_copy<Napi::BigInt64Array, int64_t>(env, v);
+        case GGUF_TYPE_BOOL: {
+            Napi::Array a = Napi::Array::New(env, (size_t) v.count);
+            for (uint64_t i = 0; i < v.count; i++) a.Set((uint32_t) i, Napi::Boolean::New(env, v.raw[i] != 0));
+            return a;
+        }
+        case GGUF_TYPE_STRING: {
+            Napi::Array a = Napi::Array::New(env, v.strs.size());
+            for (size_t i = 0; i < v.strs.size(); i++) a.Set((uint32_t) i, Napi::String::New(env, v.strs[i].data(), v.strs[i].size()));
+            return a;
+        }
+        default: {
+            Napi::Array a = Napi::Array::New(env, v.items.size());
+            for (size_t i = 0; i < v.items.size(); i++) a.Set((uint32_t) i, gguf_value_to_js(env, v.items[i]));
+            return a;
+        }
+    }
+}
+
+Napi::Object gguf_file_to_js(Napi::Env env, const core::gguf_file & f, bool with_metadata) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("version", f.version);
+    o.Set("alignment", (double) f.alignment);
+    o.Set("dataOffset", (double) f.data_offset);
+    o.Set("fileSize", (double) f.file_size);
+    if (with_metadata) {
+        Napi::Object md = Napi::Object::New(env);
+        for (const auto & kv : f.kv) md.Set(kv.key, gguf_value_to_js(env, kv.value));
+        o.Set("metadata", md);
+    }
+    Napi::Array ts = Napi::Array::New(env, f.tensors.size());
+    for (size_t i = 0; i < f.tensors.size(); i++) {
+        const auto & t = f.tensors[i];
+        Napi::Object to = Napi::Object::New(env);
+        to.Set("name", t.name);
+        to.Set("type", (double) t.type);
+        to.Set("typeName", core::ggml_type_name(t.type));
+        Napi::Array shape = Napi::Array::New(env, t.n_dims);
+        for (uint32_t d = 0; d < t.n_dims; d++) shape.Set(d, (double) t.ne[d]);
+        to.Set("shape", shape);
+        to.Set("offset", (double) t.offset);
+        to.Set("bytes", (double) t.n_bytes);
+        ts.Set((uint32_t) i, to);
+    }
+    o.Set("tensors", ts);
+    return o;
+}
+
+namespace {
+
+class read_gguf_worker : public promise_worker {
+public:
+    read_gguf_worker(Napi::Env env, std::string path, bool with_md)
+        : promise_worker(env, "thinkcache:readGguf"), path_(std::move(path)), with_md_(with_md) {}
+
+protected:
+    core::status run() override { return core::gguf_open(path_, file_); }
+    Napi::Value result(Napi::Env env) override { return gguf_file_to_js(env, *file_, with_md_); }
+
+private:
+    std::string path_;
+    bool with_md_;
+    std::unique_ptr<core::gguf_file> file_;
+};
+
+} // namespace
+
+Napi::Value read_gguf_metadata(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) throw_status(env, core::ERR_INVALID_ARG, "readGgufMetadata: path must be a string");
+    const bool with_md = info.Length() < 2 || !info[1].IsBoolean() || info[1].As<Napi::Boolean>().Value();
+    auto * w = new read_gguf_worker(env, info[0].As<Napi::String>().Utf8Value(), with_md);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+}
+
+} // namespace addon

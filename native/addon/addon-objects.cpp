@@ -1,0 +1,339 @@
+#include "addon-objects.h"
+
+#include <cmath>
+
+#include "../kernels/cpu/quant-traits-cpu.h"
+#include "addon-gguf.h"
+#include "workers.h"
+
+namespace addon {
+
+using core::status;
+
+namespace {
+
+int32_t opt_int(const Napi::Object & o, const char * key, int32_t def) {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : def;
+}
+double opt_num(const Napi::Object & o, const char * key, double def) {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : def;
+}
+
+// ---------------------------------------------------------------------------------------------- model
+
+class load_model_worker : public promise_worker {
+public:
+    load_model_worker(Napi::Env env, std::string path, addon_data & data)
+        : promise_worker(env, "thinkcache:loadModel"), path_(std::move(path)), data_(data) {}
+
+protected:
+    status run() override {
+        std::unique_ptr<core::model> m;
+        status s = core::model_load(path_, m);
+        if (s.ok()) model_ = std::shared_ptr<const core::model>(std::move(m));
+        return s;
+    }
+    Napi::Value result(Napi::Env env) override {
+        Napi::Object obj = data_.model_ctor.New({});
+        AddonModel::Unwrap(obj)->model = model_;
+        return obj;
+    }
+
+private:
+    std::string path_;
+    addon_data & data_;
+    std::shared_ptr<const core::model> model_;
+};
+
+} // namespace
+
+void AddonModel::init(Napi::Env env, Napi::Object exports, addon_data & data) {
+    Napi::Function f = DefineClass(env, "AddonModel", {
+        StaticMethod<&AddonModel::load>("load"),
+        InstanceMethod<&AddonModel::info>("info"),
+        InstanceMethod<&AddonModel::metadata>("metadata"),
+        InstanceMethod<&AddonModel::dispose>("dispose"),
+    });
+    data.model_ctor = Napi::Persistent(f);
+    exports.Set("AddonModel", f);
+}
+
+AddonModel::AddonModel(const Napi::CallbackInfo & info) : Napi::ObjectWrap<AddonModel>(info) {}
+
+std::shared_ptr<const core::model> AddonModel::require_model(Napi::Env env) const {
+    if (!model) throw_status(env, core::ERR_DISPOSED, "the model has been disposed");
+    return model;
+}
+
+Napi::Value AddonModel::load(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) throw_status(env, core::ERR_INVALID_ARG, "AddonModel.load: path must be a string");
+    auto * w = new load_model_worker(env, info[0].As<Napi::String>().Utf8Value(), *env.GetInstanceData<addon_data>());
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+}
+
+Napi::Value AddonModel::info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto m = require_model(env);
+    const core::hparams & hp = m->hp;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("architecture", m->arch->name);
+    o.Set("nVocab", hp.n_vocab);
+    o.Set("nCtxTrain", hp.n_ctx_train);
+    o.Set("nEmbd", hp.n_embd);
+    o.Set("nLayer", hp.n_layer);
+    o.Set("nHead", hp.n_head);
+    o.Set("nHeadKv", hp.n_head_kv);
+    o.Set("headDim", hp.head_dim);
+    o.Set("headDimV", hp.head_dim_v);
+    o.Set("nFf", hp.n_ff);
+    o.Set("nRot", hp.n_rot);
+    o.Set("rmsEps", hp.rms_eps);
+    o.Set("ropeFreqBase", hp.rope_freq_base);
+    o.Set("tiedOutput", m->tied_output);
+    o.Set("weightBytes", (double) m->weight_bytes);
+    o.Set("fileSize", (double) m->file->file_size);
+    o.Set("backend", "cpu");
+    o.Set("cpuDispatch", core::cpu_dispatch_level());
+    return o;
+}
+
+Napi::Value AddonModel::metadata(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto m = require_model(env);
+    return gguf_file_to_js(env, *m->file, true);
+}
+
+Napi::Value AddonModel::dispose(const Napi::CallbackInfo & info) {
+    model.reset();
+    return info.Env().Undefined();
+}
+
+// -------------------------------------------------------------------------------------------- context
+
+void AddonContext::init(Napi::Env env, Napi::Object exports, addon_data & data) {
+    Napi::Function f = DefineClass(env, "AddonContext", {
+        InstanceMethod<&AddonContext::info>("info"),
+        InstanceMethod<&AddonContext::dispose>("dispose"),
+    });
+    data.context_ctor = Napi::Persistent(f);
+    exports.Set("AddonContext", f);
+}
+
+AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<AddonContext>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
+        throw_status(env, core::ERR_INVALID_ARG, "new AddonContext(model, options): expected a model and an options object");
+    }
+    Napi::Object mo = info[0].As<Napi::Object>();
+    if (!mo.InstanceOf(env.GetInstanceData<addon_data>()->model_ctor.Value())) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: first argument is not a model");
+    auto m = AddonModel::Unwrap(mo)->require_model(env);
+    Napi::Object o = info[1].As<Napi::Object>();
+    core::context_params p;
+    p.n_ctx = opt_int(o, "contextSize", (int32_t) std::min<uint32_t>(m->hp.n_ctx_train, 4096));
+    p.n_threads = opt_int(o, "threads", 0);
+    p.n_batch = opt_int(o, "batchSize", 512);
+    if (p.n_ctx < 1 || p.n_threads < 0 || p.n_threads > 1024 || p.n_batch < 1) {
+        throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: invalid options (contextSize %d, threads %d, batchSize %d)", p.n_ctx, p.n_threads, p.n_batch));
+    }
+    ctx = std::make_shared<core::engine_context>(m, p);
+}
+
+std::shared_ptr<core::engine_context> AddonContext::require_ctx(Napi::Env env) const {
+    if (!ctx) throw_status(env, core::ERR_DISPOSED, "the context has been disposed");
+    return ctx;
+}
+
+Napi::Value AddonContext::info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto c = require_ctx(env);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("contextSize", c->params().n_ctx);
+    o.Set("threads", c->params().n_threads);
+    o.Set("batchSize", c->params().n_batch);
+    return o;
+}
+
+Napi::Value AddonContext::dispose(const Napi::CallbackInfo & info) {
+    ctx.reset();
+    return info.Env().Undefined();
+}
+
+// ------------------------------------------------------------------------------------------- sequence
+
+namespace {
+
+class eval_worker : public promise_worker {
+public:
+    eval_worker(Napi::Env env, AddonSequence * owner, std::vector<int32_t> tokens, bool logits, bool sample)
+        : promise_worker(env, "thinkcache:eval"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq),
+          tokens_(std::move(tokens)), logits_(logits || sample), sample_(sample) {}
+
+protected:
+    status run() override {
+        status s = seq_->eval(tokens_.data(), (int) tokens_.size(), logits_);
+        if (!s.ok() || !sample_) return s;
+        return seq_->sample(&token_);
+    }
+    Napi::Value result(Napi::Env env) override { return sample_ ? Napi::Number::New(env, token_) : env.Undefined(); }
+    void done() override { owner_->busy.store(false); }
+
+private:
+    Napi::ObjectReference owner_ref_;  // keeps the JS object (and so owner_) alive while in flight
+    AddonSequence * owner_;
+    std::shared_ptr<core::engine_sequence> seq_;
+    std::vector<int32_t> tokens_;
+    bool logits_, sample_;
+    int32_t token_ = -1;
+};
+
+} // namespace
+
+void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data) {
+    Napi::Function f = DefineClass(env, "AddonSequence", {
+        InstanceMethod<&AddonSequence::eval>("eval"),
+        InstanceMethod<&AddonSequence::set_sampler>("setSampler"),
+        InstanceMethod<&AddonSequence::sample>("sample"),
+        InstanceMethod<&AddonSequence::get_logits>("getLogits"),
+        InstanceMethod<&AddonSequence::abort>("abort"),
+        InstanceMethod<&AddonSequence::remove_from>("removeFrom"),
+        InstanceMethod<&AddonSequence::n_tokens>("nTokens"),
+        InstanceMethod<&AddonSequence::memory>("memory"),
+        InstanceMethod<&AddonSequence::dispose>("dispose"),
+    });
+    data.sequence_ctor = Napi::Persistent(f);
+    exports.Set("AddonSequence", f);
+}
+
+AddonSequence::AddonSequence(const Napi::CallbackInfo & info) : Napi::ObjectWrap<AddonSequence>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(env.GetInstanceData<addon_data>()->context_ctor.Value())) {
+        throw_status(env, core::ERR_INVALID_ARG, "new AddonSequence(context): expected a context");
+    }
+    auto c = AddonContext::Unwrap(info[0].As<Napi::Object>())->require_ctx(env);
+    seq = std::make_shared<core::engine_sequence>(c);
+}
+
+AddonSequence::~AddonSequence() {
+    if (seq) seq->abort.store(true);
+}
+
+core::engine_sequence & AddonSequence::require_idle(Napi::Env env, const char * what) {
+    if (!seq) throw_status(env, core::ERR_DISPOSED, core::strfmt("%s: the sequence has been disposed", what));
+    if (busy.load()) throw_status(env, core::ERR_BUSY, core::strfmt("%s: the sequence is busy with another operation", what));
+    return *seq;
+}
+
+Napi::Value AddonSequence::eval(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    core::engine_sequence & s = require_idle(env, "eval");
+    if (info.Length() < 1 || !info[0].IsTypedArray()) throw_status(env, core::ERR_INVALID_ARG, "eval: tokens must be an Int32Array or Uint32Array");
+    Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+    if (ta.TypedArrayType() != napi_int32_array && ta.TypedArrayType() != napi_uint32_array) {
+        throw_status(env, core::ERR_INVALID_ARG, "eval: tokens must be an Int32Array or Uint32Array");
+    }
+    const int32_t * src = (const int32_t *) ((const uint8_t *) ta.ArrayBuffer().Data() + ta.ByteOffset());
+    std::vector<int32_t> tokens(src, src + ta.ElementLength());
+    bool logits = false, sample = false;
+    if (info.Length() > 1 && info[1].IsObject()) {
+        Napi::Object o = info[1].As<Napi::Object>();
+        logits = o.Get("logits").ToBoolean();
+        sample = o.Get("sample").ToBoolean();
+    }
+    const int32_t n_vocab = (int32_t) s.ctx().mdl().hp.n_vocab;
+    for (size_t i = 0; i < tokens.size(); i++) {
+        if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+            throw_status(env, core::ERR_INVALID_ARG, core::strfmt("eval: token id %d at index %zu is out of range [0, %d)", tokens[i], i, n_vocab));
+        }
+    }
+    s.abort.store(false);
+    busy.store(true);
+    auto * w = new eval_worker(env, this, std::move(tokens), logits, sample);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+}
+
+Napi::Value AddonSequence::set_sampler(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    core::engine_sequence & s = require_idle(env, "setSampler");
+    core::sampler_params p;
+    if (info.Length() > 0 && info[0].IsObject()) {
+        Napi::Object o = info[0].As<Napi::Object>();
+        p.temperature = (float) opt_num(o, "temperature", p.temperature);
+        p.top_k = opt_int(o, "topK", p.top_k);
+        p.top_p = (float) opt_num(o, "topP", p.top_p);
+        p.min_p = (float) opt_num(o, "minP", p.min_p);
+        p.repeat_penalty = (float) opt_num(o, "repeatPenalty", p.repeat_penalty);
+        p.presence_penalty = (float) opt_num(o, "presencePenalty", p.presence_penalty);
+        p.frequency_penalty = (float) opt_num(o, "frequencyPenalty", p.frequency_penalty);
+        p.penalty_last_n = opt_int(o, "penaltyLastN", p.penalty_last_n);
+        p.seed = (uint64_t) opt_num(o, "seed", 0);
+    }
+    s.set_sampler(p);
+    return env.Undefined();
+}
+
+Napi::Value AddonSequence::sample(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    core::engine_sequence & s = require_idle(env, "sample");
+    int32_t tok = -1;
+    status st = s.sample(&tok);
+    if (!st.ok()) throw status_to_error(env, st);
+    return Napi::Number::New(env, tok);
+}
+
+Napi::Value AddonSequence::get_logits(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    core::engine_sequence & s = require_idle(env, "getLogits");
+    if (!s.has_logits()) throw_status(env, core::ERR_INVALID_ARG, "getLogits: no logits; evaluate with { logits: true } first");
+    Napi::Float32Array a = Napi::Float32Array::New(env, s.logits().size());
+    std::memcpy(a.Data(), s.logits().data(), s.logits().size() * sizeof(float));
+    return a;
+}
+
+Napi::Value AddonSequence::abort(const Napi::CallbackInfo & info) {
+    if (seq) seq->abort.store(true);
+    return info.Env().Undefined();
+}
+
+Napi::Value AddonSequence::remove_from(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    core::engine_sequence & s = require_idle(env, "removeFrom");
+    if (info.Length() < 1 || !info[0].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "removeFrom: position must be a number");
+    s.remove_from(info[0].As<Napi::Number>().Int32Value());
+    return env.Undefined();
+}
+
+Napi::Value AddonSequence::n_tokens(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (!seq) throw_status(env, core::ERR_DISPOSED, "nTokens: the sequence has been disposed");
+    return Napi::Number::New(env, seq->n_tokens());
+}
+
+Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (!seq) throw_status(env, core::ERR_DISPOSED, "memory: the sequence has been disposed");
+    if (busy.load()) throw_status(env, core::ERR_BUSY, "memory: the sequence is busy with another operation");
+    const core::kv_memory_summary m = seq->memory();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("logicalTokens", (double) m.logical_tokens);
+    o.Set("residentTokens", (double) m.resident_tokens);
+    o.Set("bytesUsed", (double) m.bytes_used);
+    o.Set("bytesAllocated", (double) m.bytes_allocated);
+    return o;
+}
+
+Napi::Value AddonSequence::dispose(const Napi::CallbackInfo & info) {
+    if (seq) {
+        seq->abort.store(true);  // an eval in flight stops at the next layer; its worker keeps the memory alive
+        seq.reset();
+    }
+    return info.Env().Undefined();
+}
+
+} // namespace addon

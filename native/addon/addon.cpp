@@ -1,0 +1,69 @@
+// The only N-API export table (mirrored by lib/addon-types.ts).
+#include <napi.h>
+
+#include "../common/thread-pool.h"
+#include "../kernels/cpu/quant-traits-cpu.h"
+#include "../model/arch.h"
+#include "../tensor/quant-traits.h"
+#include "addon-gguf.h"
+#include "addon-objects.h"
+
+namespace addon {
+
+static Napi::Value list_error_codes(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Array a = Napi::Array::New(env);
+    for (int i = 0; i < core::STATUS_COUNT; i++) a.Set((uint32_t) i, core::status_code_name((core::status_code) i));
+    return a;
+}
+
+static Napi::Value list_quant_types(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    size_t n = 0;
+    const core::quant_traits * all = core::quant_traits_all(&n);
+    Napi::Array a = Napi::Array::New(env);
+    uint32_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("name", all[i].name);
+        o.Set("type", (double) all[i].type);
+        o.Set("blockSize", (double) all[i].block_size);
+        o.Set("typeSize", (double) all[i].type_size);
+        o.Set("cpu", core::quant_traits_cpu_get(all[i].type) != nullptr);
+        a.Set(j++, o);
+    }
+    return a;
+}
+
+static Napi::Value system_info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("cpuDispatch", core::cpu_dispatch_level());
+    o.Set("physicalCores", core::cpu_physical_cores());
+    o.Set("architectures", core::arch_supported_list());
+#ifdef THINKCACHE_WITH_CUDA
+    o.Set("cuda", true);
+#else
+    o.Set("cuda", false);
+#endif
+    return o;
+}
+
+static Napi::Object init(Napi::Env env, Napi::Object exports) {
+    auto * data = new addon_data();
+    env.SetInstanceData(data);
+    exports.Set("readGgufMetadata", Napi::Function::New(env, read_gguf_metadata, "readGgufMetadata"));
+    exports.Set("listErrorCodes", Napi::Function::New(env, list_error_codes, "listErrorCodes"));
+    exports.Set("listQuantTypes", Napi::Function::New(env, list_quant_types, "listQuantTypes"));
+    exports.Set("systemInfo", Napi::Function::New(env, system_info, "systemInfo"));
+    AddonModel::init(env, exports, *data);
+    AddonContext::init(env, exports, *data);
+    AddonSequence::init(env, exports, *data);
+    return exports;
+}
+
+} // namespace addon
+
+static Napi::Object thinkcache_init(Napi::Env env, Napi::Object exports) { return addon::init(env, exports); }
+
+NODE_API_MODULE(thinkcache, thinkcache_init)
