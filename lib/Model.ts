@@ -1,0 +1,100 @@
+/**
+ * A loaded GGUF model. Weights are memory-mapped by the native core; loading runs off the event loop.
+ * @example
+ *   await using model = await loadModel({ path: 'model.gguf' });
+ *   await using ctx = await model.createContext({ contextSize: 2048 });
+ *   const seq = ctx.acquireSequence();
+ *   for await (const ev of seq.generate('Once upon a time', { maxTokens: 32 })) if (ev.type === 'text-delta') process.stdout.write(ev.text);
+ */
+import type { AddonModel, AddonModelInfo, GgufValue } from './addon-types.js';
+import { getAddon } from './binding.js';
+import { Context } from './Context.js';
+import { callNative, callNativeSync, DisposedError, UnsupportedModelError } from './errors.js';
+import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type ContextOptions, type LoadModelOptions } from './options.js';
+import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
+
+export type ModelInfo = AddonModelInfo;
+
+export class Model {
+  /** @internal */
+  readonly _native: AddonModel;
+  readonly path: string;
+  readonly info: ModelInfo;
+  readonly metadata: Readonly<Record<string, GgufValue>>;
+  readonly tokenizer: Tokenizer;
+  /** Which backend runs this model ('cpu' until the CUDA backend lands). */
+  readonly backend: 'cpu';
+  private _disposed = false;
+  private readonly _children = new Set<Context>();
+
+  private constructor(native: AddonModel, path: string) {
+    this._native = native;
+    this.path = path;
+    this.info = native.info();
+    this.metadata = native.metadata().metadata ?? {};
+    this.tokenizer = createTokenizer(this.metadata as Record<string, unknown>);
+    this.backend = 'cpu';
+  }
+
+  /** @internal use loadModel() */
+  static async _load(options: LoadModelOptions): Promise<Model> {
+    const opts = parseOptions(LoadModelOptionsSchema, options, 'loadModel');
+    if (opts.backend === 'cuda') {
+      throw new UnsupportedModelError('loadModel: backend "cuda" is not available in this build (CPU only); use backend "cpu" or "auto"');
+    }
+    const native = await callNative(() => getAddon().AddonModel.load(opts.path));
+    try {
+      return new Model(native, opts.path);
+    } catch (err) {
+      native.dispose();
+      throw err;
+    }
+  }
+
+  get disposed(): boolean { return this._disposed; }
+
+  /** @internal */
+  _ensureNotDisposed(): void {
+    if (this._disposed) throw new DisposedError('The model has been disposed');
+  }
+
+  /** Creates a context: KV caches for `sequences` sequences of up to `contextSize` tokens each. */
+  async createContext(options: ContextOptions = {}): Promise<Context> {
+    this._ensureNotDisposed();
+    const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
+    const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
+      contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),
+      threads: opts.threads ?? 0,
+      batchSize: opts.batchSize,
+    }));
+    const context = new Context(this, ctx, opts.sequences, () => this._children.delete(context));
+    this._children.add(context);
+    return context;
+  }
+
+  /** Tokenizes text as llama.cpp does (BOS added when the model asks for it, unless addBos says otherwise). */
+  tokenize(text: string, options: { addBos?: boolean; parseSpecial?: boolean } = {}): number[] {
+    this._ensureNotDisposed();
+    return this.tokenizer.encode(text, options);
+  }
+
+  detokenize(tokens: readonly number[]): string {
+    this._ensureNotDisposed();
+    return this.tokenizer.decode(tokens);
+  }
+
+  /** Frees the model and every context created from it. Idempotent. */
+  async dispose(): Promise<void> {
+    if (this._disposed) return;
+    this._disposed = true;
+    for (const c of [...this._children]) await c.dispose();
+    this._native.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> { await this.dispose(); }
+}
+
+/** Loads a GGUF model (llama, qwen2, qwen3). */
+export async function loadModel(options: LoadModelOptions): Promise<Model> {
+  return Model._load(options);
+}

@@ -1,0 +1,124 @@
+/**
+ * The boundary contract: a hand-written type for every export of native/addon/addon.cpp, mirrored
+ * one-to-one. Only lib/ code that talks to the addon imports this file.
+ */
+
+export type GgufScalar = number | bigint | boolean | string;
+export type GgufValue =
+  | GgufScalar
+  | Uint8Array | Int8Array | Uint16Array | Int16Array | Uint32Array | Int32Array
+  | Float32Array | Float64Array | BigUint64Array | BigInt64Array
+  | boolean[] | string[] | GgufValue[];
+
+export interface AddonGgufTensor {
+  name: string;
+  type: number;
+  typeName: string;
+  shape: number[];
+  offset: number;
+  bytes: number;
+}
+
+export interface AddonGgufInfo {
+  version: number;
+  alignment: number;
+  dataOffset: number;
+  fileSize: number;
+  metadata?: Record<string, GgufValue>;
+  tensors: AddonGgufTensor[];
+}
+
+export interface AddonModelInfo {
+  architecture: string;
+  nVocab: number;
+  nCtxTrain: number;
+  nEmbd: number;
+  nLayer: number;
+  nHead: number;
+  nHeadKv: number;
+  headDim: number;
+  headDimV: number;
+  nFf: number;
+  nRot: number;
+  rmsEps: number;
+  ropeFreqBase: number;
+  tiedOutput: boolean;
+  weightBytes: number;
+  fileSize: number;
+  backend: 'cpu';
+  cpuDispatch: string;
+}
+
+export interface AddonModel {
+  info(): AddonModelInfo;
+  metadata(): AddonGgufInfo;
+  dispose(): void;
+}
+
+export interface AddonContextInfo {
+  contextSize: number;
+  threads: number;
+  batchSize: number;
+}
+
+export interface AddonContext {
+  info(): AddonContextInfo;
+  dispose(): void;
+}
+
+export interface AddonSamplerParams {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repeatPenalty: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  penaltyLastN: number;
+  seed: number;
+}
+
+export interface AddonKvMemory {
+  logicalTokens: number;
+  residentTokens: number;
+  bytesUsed: number;
+  bytesAllocated: number;
+}
+
+export interface AddonSequence {
+  /** Evaluates tokens; with `sample` resolves to the next token drawn from the last logits. */
+  eval(tokens: Int32Array | Uint32Array, options?: { logits?: boolean; sample?: boolean }): Promise<number | undefined>;
+  setSampler(params: AddonSamplerParams): void;
+  sample(): number;
+  getLogits(): Float32Array;
+  abort(): void;
+  removeFrom(pos: number): void;
+  nTokens(): number;
+  memory(): AddonKvMemory;
+  dispose(): void;
+}
+
+export interface AddonQuantType {
+  name: string;
+  type: number;
+  blockSize: number;
+  typeSize: number;
+  cpu: boolean;
+}
+
+export interface AddonSystemInfo {
+  cpuDispatch: string;
+  physicalCores: number;
+  architectures: string;
+  cuda: boolean;
+}
+
+export interface Addon {
+  readGgufMetadata(path: string, withMetadata?: boolean): Promise<AddonGgufInfo>;
+  listErrorCodes(): string[];
+  listQuantTypes(): AddonQuantType[];
+  systemInfo(): AddonSystemInfo;
+  AddonModel: { load(path: string): Promise<AddonModel> };
+  AddonContext: new (model: AddonModel, options: { contextSize?: number; threads?: number; batchSize?: number }) => AddonContext;
+  AddonSequence: new (context: AddonContext) => AddonSequence;
+}

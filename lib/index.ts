@@ -1,0 +1,12 @@
+/** thinkcache: run local reasoning models (GGUF) from Node.js. Public exports only. */
+export { loadModel, Model, type ModelInfo } from './Model.js';
+export { Context } from './Context.js';
+export { Sequence, type GenerateEvent, type FinishReason, type Usage, type Timings } from './Sequence.js';
+export { readGgufInfo, readGgufMetadata, type GgufValue, type GgufInfo, type GgufTensorInfo } from './gguf.js';
+export {
+  LlmError, GgufFormatError, FileAccessError, UnsupportedModelError, OutOfMemoryError, CudaError, InvalidOptionsError,
+  AbortError, BusyError, DisposedError, ContextFullError, BindingError, InternalError, type ErrorCode,
+} from './errors.js';
+export type { LoadModelOptions, ContextOptions, GenerateOptions, SamplingOptions } from './options.js';
+export { createTokenizer, type Tokenizer } from './tokenizer/index.js';
+export { systemInfo, listQuantTypes } from './system.js';
