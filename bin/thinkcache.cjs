@@ -1,0 +1,6 @@
+#!/usr/bin/env node
+// CLI entry: loads the built CLI (dist/cli.cjs). Run `npm run build:ts` after editing lib/.
+require('../dist/cli.cjs').main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code ?? 0; },
+  (err) => { console.error(err && err.message ? err.message : err); process.exitCode = 1; },
+);
