@@ -1,0 +1,159 @@
+/**
+ * The `thinkcache` command line.
+ *   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S] [--threads N] [--context N] [--json]
+ *   thinkcache inspect --model PATH [--json]
+ */
+import { parseArgs } from 'node:util';
+import { LlmError } from './errors.js';
+import { readGgufInfo } from './gguf.js';
+import { loadModel } from './Model.js';
+import type { GenerateEvent } from './Sequence.js';
+
+const USAGE = `Usage:
+  thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
+                 [--top-k K] [--top-p P] [--min-p P] [--threads N] [--context N] [--json]
+  thinkcache inspect --model PATH [--json]
+
+  run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
+  inspect   print GGUF metadata, tensor types and a memory estimate
+`;
+
+function num(v: string | undefined, name: string, int: boolean): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || (int && !Number.isInteger(n))) throw new LlmError(`--${name}: expected ${int ? 'an integer' : 'a number'}, received "${v}"`, 'ERR_INVALID_OPTIONS');
+  return n;
+}
+
+function fmtBytes(n: number): string {
+  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(2)} GiB`;
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+
+async function cmdRun(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string', short: 'm' }, prompt: { type: 'string', short: 'p' }, 'max-tokens': { type: 'string', short: 'n' },
+      temperature: { type: 'string' }, seed: { type: 'string' }, 'top-k': { type: 'string' }, 'top-p': { type: 'string' },
+      'min-p': { type: 'string' }, threads: { type: 'string', short: 't' }, context: { type: 'string', short: 'c' }, json: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (!values.model || values.prompt === undefined) {
+    process.stderr.write(`thinkcache run: --model and --prompt are required\n\n${USAGE}`);
+    return 2;
+  }
+  const sampling = Object.fromEntries(Object.entries({
+    temperature: num(values.temperature, 'temperature', false), seed: num(values.seed, 'seed', true), topK: num(values['top-k'], 'top-k', true),
+    topP: num(values['top-p'], 'top-p', false), minP: num(values['min-p'], 'min-p', false),
+  }).filter(([, v]) => v !== undefined));
+  await using model = await loadModel({ path: values.model });
+  const threads = num(values.threads, 'threads', true);
+  const contextSize = num(values.context, 'context', true);
+  await using ctx = await model.createContext({ ...(threads ? { threads } : {}), ...(contextSize ? { contextSize } : {}) });
+  await using seq = ctx.acquireSequence();
+  const ac = new AbortController();
+  const onSigint = () => ac.abort();
+  process.once('SIGINT', onSigint);
+  let finish: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+  try {
+    for await (const ev of seq.generate(values.prompt, { maxTokens: num(values['max-tokens'], 'max-tokens', true) ?? 128, sampling, signal: ac.signal })) {
+      if (ev.type === 'text-delta' && !values.json) process.stdout.write(ev.text);
+      if (ev.type === 'finish') finish = ev;
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+  if (!finish) return 1;
+  if (values.json) {
+    process.stdout.write(JSON.stringify({
+      model: values.model,
+      promptTokens: model.tokenize(values.prompt),
+      tokens: finish.tokens,
+      text: finish.text,
+      finishReason: finish.finishReason,
+      usage: finish.usage,
+      timings: finish.timings,
+      stats: {
+        prefillTokensPerSecond: finish.timings.prefillTokensPerSecond,
+        decodeTokensPerSecond: finish.timings.decodeTokensPerSecond,
+        timeToFirstTokenMs: finish.timings.timeToFirstTokenMs,
+        threads: ctx.threads,
+        cpuDispatch: model.info.cpuDispatch,
+      },
+      kv: finish.kv,
+    }) + '\n');
+  } else {
+    const t = finish.timings;
+    process.stdout.write('\n');
+    process.stderr.write(`\n[${finish.finishReason}] prompt ${finish.usage.promptTokens} tok, ${t.prefillTokensPerSecond.toFixed(1)} tok/s prefill; ` +
+      `${finish.usage.completionTokens} generated, ${t.decodeTokensPerSecond.toFixed(1)} tok/s decode; KV ${fmtBytes(finish.kv.bytesUsed)}\n`);
+  }
+  return 0;
+}
+
+async function cmdInspect(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { model: { type: 'string', short: 'm' }, json: { type: 'boolean' }, context: { type: 'string' } }, strict: true });
+  if (!values.model) {
+    process.stderr.write(`thinkcache inspect: --model is required\n\n${USAGE}`);
+    return 2;
+  }
+  const info = await readGgufInfo(values.model);
+  const md = info.metadata;
+  const arch = String(md['general.architecture'] ?? '?');
+  const n = (k: string) => (typeof md[`${arch}.${k}`] === 'number' ? (md[`${arch}.${k}`] as number) : undefined);
+  const nLayer = n('block_count') ?? 0, nHead = n('attention.head_count') ?? 0, nHeadKv = n('attention.head_count_kv') ?? nHead;
+  const nEmbd = n('embedding_length') ?? 0;
+  const headDim = n('attention.key_length') ?? (nHead ? nEmbd / nHead : 0), headDimV = n('attention.value_length') ?? headDim;
+  const ctxLen = num(values.context, 'context', true) ?? Math.min(n('context_length') ?? 4096, 4096);
+  const kvPerToken = nLayer * nHeadKv * (headDim + headDimV) * 2 + nLayer * nHeadKv * 4; // f16 payload + int32 positions
+  const weightBytes = info.tensors.reduce((s, t) => s + t.bytes, 0);
+  const types: Record<string, number> = {};
+  for (const t of info.tensors) types[t.typeName] = (types[t.typeName] ?? 0) + 1;
+  const summary = {
+    file: values.model, ggufVersion: info.version, architecture: arch, name: md['general.name'],
+    tensors: info.tensors.length, tensorTypes: types, weightBytes,
+    hparams: { nLayer, nEmbd, nHead, nHeadKv, headDim, headDimV, nFf: n('feed_forward_length'), contextLength: n('context_length'), ropeFreqBase: n('rope.freq_base') },
+    tokenizer: { model: md['tokenizer.ggml.model'], pre: md['tokenizer.ggml.pre'], vocabSize: Array.isArray(md['tokenizer.ggml.tokens']) ? (md['tokenizer.ggml.tokens'] as unknown[]).length : undefined },
+    memoryEstimate: { contextSize: ctxLen, kvBytesPerToken: kvPerToken, kvBytes: kvPerToken * ctxLen, weightBytes, totalBytes: weightBytes + kvPerToken * ctxLen },
+  };
+  if (values.json) {
+    process.stdout.write(JSON.stringify(summary, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)) + '\n');
+    return 0;
+  }
+  const lines = [
+    `file            ${values.model} (GGUF v${info.version}, ${fmtBytes(info.fileSize)})`,
+    `architecture    ${arch}${md['general.name'] ? ` — ${String(md['general.name'])}` : ''}`,
+    `layers          ${nLayer}   embedding ${nEmbd}   heads ${nHead} (KV ${nHeadKv})   head size ${headDim}   FFN ${summary.hparams.nFf}`,
+    `context (train) ${summary.hparams.contextLength}   rope base ${summary.hparams.ropeFreqBase}`,
+    `tokenizer       ${String(summary.tokenizer.model)}${summary.tokenizer.pre ? ` (pre ${String(summary.tokenizer.pre)})` : ''}, ${summary.tokenizer.vocabSize} tokens`,
+    `tensors         ${info.tensors.length}: ${Object.entries(types).map(([k, v]) => `${v}× ${k}`).join(', ')}`,
+    `memory          weights ${fmtBytes(weightBytes)} + KV (f16) ${fmtBytes(kvPerToken)}/token × ${ctxLen} = ${fmtBytes(kvPerToken * ctxLen)} → ${fmtBytes(summary.memoryEstimate.totalBytes)}`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+  return 0;
+}
+
+/** Runs the CLI; resolves to the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case 'run': return await cmdRun(rest);
+      case 'inspect': return await cmdInspect(rest);
+      case undefined: case '-h': case '--help': case 'help':
+        process.stdout.write(USAGE);
+        return cmd === undefined ? 2 : 0;
+      default:
+        process.stderr.write(`thinkcache: unknown command "${cmd}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    process.stderr.write(`thinkcache ${cmd}: ${e.code ? `[${e.code}] ` : ''}${e.message}\n`);
+    return 1;
+  }
+}
