@@ -103,7 +103,7 @@ TC_TEST("gguf: specific malformations give ERR_GGUF_FORMAT naming the field") {
     { auto b = img; uint64_t n = 1ull << 40; std::memcpy(&b[16], &n, 8); expect(b, "n_kv"); }
     { auto b = img; b.resize(b.size() - 1); expect(b, "tensor 'b'"); }
     { auto b = img; b.resize(40); expect(b, "n_kv is 15"); }
-    { auto b = img; b.resize(300); expect(b, "truncated"); }
+    { auto b = img; b.resize(300); expect(b, "bytes remain"); }
 }
 
 TC_TEST("gguf: fuzz — truncations and random byte flips never crash") {
