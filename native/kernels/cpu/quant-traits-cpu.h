@@ -4,6 +4,7 @@
 // the greedy tokens, match), then calls `vec_dot` per weight row. Implementations: scalar `_ref`
 // (always), AVX2 and AVX-512 variants picked once at startup from cpuid (`cpu_features()`).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "../../tensor/ggml-type.h"
@@ -33,5 +34,37 @@ struct quant_traits_cpu {
 
 // nullptr when the CPU backend has no kernels for the type.
 const quant_traits_cpu * quant_traits_cpu_get(uint32_t type);
+
+// ---- dispatch levels and kernel variants (tests, A/B runs) ----
+
+// Ordered: a level includes the ones below it. AVX2 means AVX2+FMA+F16C; AVX512 means F+BW+VL on top
+// (kernels that also need VNNI or BF16 are separate variants at the AVX512 level).
+enum cpu_level : int {
+    CPU_LEVEL_SCALAR = 0,
+    CPU_LEVEL_AVX2 = 1,
+    CPU_LEVEL_AVX512 = 2,
+    CPU_LEVEL_COUNT,
+};
+const char * cpu_level_name(cpu_level level);
+cpu_level cpu_level_supported(); // highest level this CPU and OS can run
+cpu_level cpu_level_active();    // cpu_level_supported() capped by THINKCACHE_CPU (read once)
+
+// The traits dispatch would pick if the active level were `level` (capped by cpu_level_supported()).
+// nullptr when the CPU backend has no kernels for the type.
+const quant_traits_cpu * quant_traits_cpu_get_level(uint32_t type, cpu_level level);
+
+// One registered implementation of a type's activation conversion and/or dot product. Dispatch picks,
+// per function, the first usable row of the highest level not above the active level.
+struct quant_cpu_kernel {
+    ggml_type type;
+    cpu_level level;
+    const char * name;                           // "avx512_vnni", ...
+    bool (*usable)(const cpu_features_t & cpu);  // nullptr: usable whenever `level` is
+    from_float_fn from_float;                    // nullptr: this row has no conversion
+    vec_dot_fn vec_dot;                          // nullptr: this row has no dot product
+};
+// All rows, including ones this CPU cannot run (check quant_cpu_kernel_usable()).
+const quant_cpu_kernel * quant_cpu_kernels_all(size_t * count);
+bool quant_cpu_kernel_usable(const quant_cpu_kernel & k);
 
 } // namespace core

@@ -1,0 +1,197 @@
+// AVX2 + FMA + F16C kernels (Haswell / Zen 1 and later). Dot products keep 8-lane f32 partial sums in
+// several accumulators (to hide FMA latency) and reduce once at the end; q8_0 blocks multiply as
+// |x| (u8) times sign(y, x) (s8), which is exact: |x| <= 128 and |y| <= 127 because activations come from
+// our own quantizer, so a pair sum never saturates int16.
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "../../../tensor/quants/q8-0.h"
+#include "x86-kernels.h"
+
+#define TC_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace core {
+
+namespace {
+
+TC_AVX2 inline float hsum_f32x8(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+TC_AVX2 inline float hmax_f32x8(__m256 v) {
+    __m128 r = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_max_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+// lanes [0, r) set, r in [0, 8]
+TC_AVX2 inline __m256i mask_first_i32x8(int64_t r) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int) r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+TC_AVX2 inline __m256 load_f16x8(const f16_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p)); }
+
+TC_AVX2 inline __m256 load_bf16x8(const bf16_t * p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// roundf(): half away from zero. trunc(|v|) is exact and so is |v| - trunc(|v|) (|v| < 2^23).
+TC_AVX2 inline __m256 round_half_away_f32x8(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 a = _mm256_andnot_ps(sign, v);
+    const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                    _mm256_set1_ps(1.0f));
+    return _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(v, sign));
+}
+
+TC_AVX2 inline __m256 q8_0_block_fma(const block_q8_0 * x, const block_q8_0 * y, __m256 acc) {
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(x->d) * _cvtsh_ss(y->d));
+    const __m256i qx = _mm256_loadu_si256((const __m256i *) x->qs);
+    const __m256i qy = _mm256_loadu_si256((const __m256i *) y->qs);
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+    const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p32), acc);
+}
+
+} // namespace
+
+TC_AVX2 void vec_dot_f32_avx2(int64_t n, float * s, const void * vx, const void * vy) {
+    const float * x = (const float *) vx;
+    const float * y = (const float *) vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+    if (i < n) {
+        const __m256i m = mask_first_i32x8(n - i);
+        a1 = _mm256_fmadd_ps(_mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m), a1);
+    }
+    *s = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+TC_AVX2 void vec_dot_f16_avx2(int64_t n, float * s, const void * vx, const void * vy) {
+    const f16_t * x = (const f16_t *) vx;
+    const f16_t * y = (const f16_t *) vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
+    if (i < n) { // zero-padded copy of the tail (no masked 16-bit loads in AVX2)
+        f16_t tx[8] = {0}, ty[8] = {0};
+        std::memcpy(tx, x + i, (size_t) (n - i) * sizeof(f16_t));
+        std::memcpy(ty, y + i, (size_t) (n - i) * sizeof(f16_t));
+        a1 = _mm256_fmadd_ps(load_f16x8(tx), load_f16x8(ty), a1);
+    }
+    *s = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+TC_AVX2 void vec_dot_bf16_avx2(int64_t n, float * s, const void * vx, const void * vy) {
+    const bf16_t * x = (const bf16_t *) vx;
+    const bf16_t * y = (const bf16_t *) vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_bf16x8(x + i + 8), load_bf16x8(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_bf16x8(x + i + 16), load_bf16x8(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_bf16x8(x + i + 24), load_bf16x8(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
+    if (i < n) {
+        bf16_t tx[8] = {0}, ty[8] = {0};
+        std::memcpy(tx, x + i, (size_t) (n - i) * sizeof(bf16_t));
+        std::memcpy(ty, y + i, (size_t) (n - i) * sizeof(bf16_t));
+        a1 = _mm256_fmadd_ps(load_bf16x8(tx), load_bf16x8(ty), a1);
+    }
+    *s = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+TC_AVX2 void vec_dot_q8_0_q8_0_avx2(int64_t n, float * s, const void * vx, const void * vy) {
+    const block_q8_0 * x = (const block_q8_0 *) vx;
+    const block_q8_0 * y = (const block_q8_0 *) vy;
+    const int64_t nb = n / QK8_0;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t ib = 0;
+    for (; ib + 2 <= nb; ib += 2) {
+        a0 = q8_0_block_fma(x + ib, y + ib, a0);
+        a1 = q8_0_block_fma(x + ib + 1, y + ib + 1, a1);
+    }
+    if (ib < nb) a0 = q8_0_block_fma(x + ib, y + ib, a0);
+    *s = hsum_f32x8(_mm256_add_ps(a0, a1));
+}
+
+TC_AVX2 void convert_row_f32_to_f16_avx2(const float * x, void * vy, int64_t n) {
+    f16_t * y = (f16_t *) vy;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *) (y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = f32_to_f16(x[i]);
+}
+
+TC_AVX2 void convert_row_f32_to_bf16_avx2(const float * x, void * vy, int64_t n) {
+    bf16_t * y = (bf16_t *) vy;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        // same integer rounding as f32_to_bf16: add 0x7fff + lsb, keep the high half; quiet NaNs
+        const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                               _mm256_set1_epi32(0x7f800000));
+        const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(64));
+        const __m256i h = _mm256_blendv_epi8(r, qnan, nan);
+        // 8 x u32 (all <= 0xffff) -> 8 x u16: packus works per 128-bit lane, then gather qwords 0 and 2
+        const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+        _mm_storeu_si128((__m128i *) (y + i), _mm256_castsi256_si128(p));
+    }
+    for (; i < n; i++) y[i] = f32_to_bf16(x[i]);
+}
+
+TC_AVX2 void quantize_row_q8_0_avx2(const float * x, void * vy, int64_t n) {
+    block_q8_0 * y = (block_q8_0 *) vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t ib = 0; ib < n / QK8_0; ib++) {
+        const float * xb = x + ib * QK8_0;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                       _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        // scale exactly as quantize_row_q8_0_ref (a true division, then 1/d)
+        const float amax = hmax_f32x8(m);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[ib].d = f32_to_f16(d);
+        const __m256 vid = _mm256_set1_ps(id);
+        const __m256i i0 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v0, vid)));
+        const __m256i i1 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v1, vid)));
+        const __m256i i2 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v2, vid)));
+        const __m256i i3 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v3, vid)));
+        // packs interleave 128-bit lanes: bytes come out as i0[0:4] i1[0:4] i2[0:4] i3[0:4] i0[4:8] ...;
+        // the dword permute restores element order
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        const __m256i q = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *) y[ib].qs, q);
+    }
+}
+
+} // namespace core
+
+#endif // __x86_64__

@@ -1,0 +1,228 @@
+// AVX-512 kernels (F + BW + VL; Skylake-X / Zen 4 and later). Tails use masked loads instead of scalar
+// loops. The q8_0 dot uses VNNI's vpdpbusd on 256-bit vectors (one q8_0 block per vector, so no
+// cross-block shuffles; on Zen 4 a 512-bit op costs two 256-bit ones anyway), and the bf16 dot uses
+// AVX512_BF16's vdpbf16ps when present. Note vdpbf16ps treats bf16 subnormals as zero, which changes a
+// dot product only at the 1e-38 level.
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers self-initialize their "undefined" vectors (`__m512 __Y = __Y;`), which
+// -Wall reports at every use inside a target("avx512f") function (GCC bug 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include "../../../tensor/quants/q8-0.h"
+#include "x86-kernels.h"
+
+#define TC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define TC_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define TC_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
+
+namespace core {
+
+namespace {
+
+TC_AVX512 inline float hsum_f32x8_512(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+TC_AVX512 inline float hsum_f32x16(__m512 v) {
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return hsum_f32x8_512(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
+}
+
+TC_AVX512 inline float hmax_f32x16(__m512 v) {
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 m8 = _mm256_max_ps(_mm512_castps512_ps256(v), hi);
+    __m128 r = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_max_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+TC_AVX512 inline __m512 load_f16x16(const f16_t * p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) p));
+}
+
+TC_AVX512_BF16 inline __m512bh load_bf16x32(const bf16_t * p) { return (__m512bh) _mm512_loadu_si512(p); }
+
+// f32 bit patterns -> bf16 in the low half of each lane, with the integer rounding of f32_to_bf16 (round
+// to nearest even, quiet NaNs). vcvtneps2bf16 is not used because it flushes subnormals.
+TC_AVX512 inline __m512i f32_bits_to_bf16x16(__m512i u) {
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+    const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_blend_epi32(nan, r, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(64)));
+}
+
+TC_AVX512 inline __m512 load_bf16x16(const bf16_t * p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+TC_AVX512 inline __m512 maskz_load_bf16x16(__mmask16 m, const bf16_t * p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+// roundf(): half away from zero (see x86-avx2.cpp)
+TC_AVX512 inline __m512 round_half_away_f32x16(__m512 v) {
+    const __m512 a = _mm512_abs_ps(v);
+    __m512 t = _mm512_roundscale_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(a, t), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    t = _mm512_mask_add_ps(t, up, t, _mm512_set1_ps(1.0f));
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int) 0x80000000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign));
+}
+
+TC_AVX512_VNNI inline __m256 q8_0_block_fma_vnni(const block_q8_0 * x, const block_q8_0 * y, __m256 acc) {
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(x->d) * _cvtsh_ss(y->d));
+    const __m256i qx = _mm256_loadu_si256((const __m256i *) x->qs);
+    const __m256i qy = _mm256_loadu_si256((const __m256i *) y->qs);
+    // u8 x s8 -> s32 with no intermediate saturation
+    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qx), _mm256_sign_epi8(qy, qx));
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+}
+
+} // namespace
+
+TC_AVX512 void vec_dot_f32_avx512(int64_t n, float * s, const void * vx, const void * vy) {
+    const float * x = (const float *) vx;
+    const float * y = (const float *) vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+    if (i < n) {
+        const __mmask16 m = (__mmask16) ((1u << (n - i)) - 1);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i), a1);
+    }
+    *s = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+TC_AVX512 void vec_dot_f16_avx512(int64_t n, float * s, const void * vx, const void * vy) {
+    const f16_t * x = (const f16_t *) vx;
+    const f16_t * y = (const f16_t *) vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(load_f16x16(x + i), load_f16x16(y + i), a0);
+        a1 = _mm512_fmadd_ps(load_f16x16(x + i + 16), load_f16x16(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load_f16x16(x + i + 32), load_f16x16(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load_f16x16(x + i + 48), load_f16x16(y + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_f16x16(x + i), load_f16x16(y + i), a0);
+    if (i < n) {
+        const __mmask16 m = (__mmask16) ((1u << (n - i)) - 1);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)),
+                             _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, y + i)), a1);
+    }
+    *s = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+TC_AVX512 void vec_dot_bf16_avx512(int64_t n, float * s, const void * vx, const void * vy) {
+    const bf16_t * x = (const bf16_t *) vx;
+    const bf16_t * y = (const bf16_t *) vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(load_bf16x16(x + i), load_bf16x16(y + i), a0);
+        a1 = _mm512_fmadd_ps(load_bf16x16(x + i + 16), load_bf16x16(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load_bf16x16(x + i + 32), load_bf16x16(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load_bf16x16(x + i + 48), load_bf16x16(y + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_bf16x16(x + i), load_bf16x16(y + i), a0);
+    if (i < n) {
+        const __mmask16 m = (__mmask16) ((1u << (n - i)) - 1);
+        a1 = _mm512_fmadd_ps(maskz_load_bf16x16(m, x + i), maskz_load_bf16x16(m, y + i), a1);
+    }
+    *s = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+TC_AVX512_BF16 void vec_dot_bf16_avx512bf16(int64_t n, float * s, const void * vx, const void * vy) {
+    const bf16_t * x = (const bf16_t *) vx;
+    const bf16_t * y = (const bf16_t *) vy;
+    // vdpbf16ps: each f32 lane accumulates the products of one pair of bf16 elements
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        a0 = _mm512_dpbf16_ps(a0, load_bf16x32(x + i), load_bf16x32(y + i));
+        a1 = _mm512_dpbf16_ps(a1, load_bf16x32(x + i + 32), load_bf16x32(y + i + 32));
+        a2 = _mm512_dpbf16_ps(a2, load_bf16x32(x + i + 64), load_bf16x32(y + i + 64));
+        a3 = _mm512_dpbf16_ps(a3, load_bf16x32(x + i + 96), load_bf16x32(y + i + 96));
+    }
+    for (; i + 32 <= n; i += 32) a0 = _mm512_dpbf16_ps(a0, load_bf16x32(x + i), load_bf16x32(y + i));
+    if (i < n) {
+        const __mmask32 m = (__mmask32) ((1ull << (n - i)) - 1);
+        a1 = _mm512_dpbf16_ps(a1, (__m512bh) _mm512_maskz_loadu_epi16(m, x + i), (__m512bh) _mm512_maskz_loadu_epi16(m, y + i));
+    }
+    *s = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+TC_AVX512_VNNI void vec_dot_q8_0_q8_0_avx512vnni(int64_t n, float * s, const void * vx, const void * vy) {
+    const block_q8_0 * x = (const block_q8_0 *) vx;
+    const block_q8_0 * y = (const block_q8_0 *) vy;
+    const int64_t nb = n / QK8_0;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t ib = 0;
+    for (; ib + 2 <= nb; ib += 2) {
+        a0 = q8_0_block_fma_vnni(x + ib, y + ib, a0);
+        a1 = q8_0_block_fma_vnni(x + ib + 1, y + ib + 1, a1);
+    }
+    if (ib < nb) a0 = q8_0_block_fma_vnni(x + ib, y + ib, a0);
+    *s = hsum_f32x8_512(_mm256_add_ps(a0, a1));
+}
+
+TC_AVX512 void convert_row_f32_to_f16_avx512(const float * x, void * vy, int64_t n) {
+    f16_t * y = (f16_t *) vy;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *) (y + i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < n) {
+        const __mmask16 m = (__mmask16) ((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(y + i, m, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i), _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+
+TC_AVX512 void convert_row_f32_to_bf16_avx512(const float * x, void * vy, int64_t n) {
+    bf16_t * y = (bf16_t *) vy;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *) (y + i), _mm512_cvtepi32_epi16(f32_bits_to_bf16x16(_mm512_castps_si512(_mm512_loadu_ps(x + i)))));
+    if (i < n) {
+        const __mmask16 m = (__mmask16) ((1u << (n - i)) - 1);
+        _mm512_mask_cvtepi32_storeu_epi16(y + i, m, f32_bits_to_bf16x16(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, x + i))));
+    }
+}
+
+TC_AVX512 void quantize_row_q8_0_avx512(const float * x, void * vy, int64_t n) {
+    block_q8_0 * y = (block_q8_0 *) vy;
+    for (int64_t ib = 0; ib < n / QK8_0; ib++) {
+        const __m512 v0 = _mm512_loadu_ps(x + ib * QK8_0);
+        const __m512 v1 = _mm512_loadu_ps(x + ib * QK8_0 + 16);
+        // scale exactly as quantize_row_q8_0_ref (a true division, then 1/d)
+        const float amax = hmax_f32x16(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[ib].d = f32_to_f16(d);
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i i0 = _mm512_cvtps_epi32(round_half_away_f32x16(_mm512_mul_ps(v0, vid)));
+        const __m512i i1 = _mm512_cvtps_epi32(round_half_away_f32x16(_mm512_mul_ps(v1, vid)));
+        _mm_storeu_si128((__m128i *) y[ib].qs, _mm512_cvtepi32_epi8(i0));
+        _mm_storeu_si128((__m128i *) (y[ib].qs + 16), _mm512_cvtepi32_epi8(i1));
+    }
+}
+
+} // namespace core
+
+#endif // __x86_64__

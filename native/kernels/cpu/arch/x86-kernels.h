@@ -1,0 +1,31 @@
+// x86 SIMD kernels, registered in quant-traits-cpu.cpp. Each function carries its own target attribute,
+// so the library builds for baseline x86-64 and a kernel runs only after cpuid said its ISA exists.
+// Every conversion here is bit-exact with its `_ref`; the dot products differ only in float summation
+// order (per-lane partial sums).
+#pragma once
+#include <cstdint>
+
+#if defined(__x86_64__)
+namespace core {
+
+// x86-avx2.cpp: AVX2 + FMA + F16C
+void vec_dot_f32_avx2(int64_t n, float * s, const void * x, const void * y);
+void vec_dot_f16_avx2(int64_t n, float * s, const void * x, const void * y);
+void vec_dot_bf16_avx2(int64_t n, float * s, const void * x, const void * y);
+void vec_dot_q8_0_q8_0_avx2(int64_t n, float * s, const void * x, const void * y);
+void convert_row_f32_to_f16_avx2(const float * x, void * y, int64_t n);
+void convert_row_f32_to_bf16_avx2(const float * x, void * y, int64_t n);
+void quantize_row_q8_0_avx2(const float * x, void * y, int64_t n);
+
+// x86-avx512.cpp: AVX-512 F + BW + VL (plus VNNI / BF16 where named)
+void vec_dot_f32_avx512(int64_t n, float * s, const void * x, const void * y);
+void vec_dot_f16_avx512(int64_t n, float * s, const void * x, const void * y);
+void vec_dot_bf16_avx512(int64_t n, float * s, const void * x, const void * y);
+void vec_dot_bf16_avx512bf16(int64_t n, float * s, const void * x, const void * y);
+void vec_dot_q8_0_q8_0_avx512vnni(int64_t n, float * s, const void * x, const void * y);
+void convert_row_f32_to_f16_avx512(const float * x, void * y, int64_t n);
+void convert_row_f32_to_bf16_avx512(const float * x, void * y, int64_t n);
+void quantize_row_q8_0_avx512(const float * x, void * y, int64_t n);
+
+} // namespace core
+#endif

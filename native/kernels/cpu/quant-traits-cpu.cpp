@@ -1,0 +1,118 @@
+// CPU kernel registry (see quant-traits-cpu.h). Two tables:
+//   VEC_DOT_TYPES : per weight type, the activation type and the scalar oracle (as ggml-cpu's
+//                   type_traits_cpu[].vec_dot_type);
+//   KERNELS       : every SIMD implementation, with the dispatch level and extra features it needs.
+// Dispatch resolves, once per (type, level), the best usable row for each function; the scalar fallback
+// is the reference itself. Adding a type: its VEC_DOT_TYPES row plus its SIMD rows (if any).
+#include "quant-traits-cpu.h"
+
+#include <cassert>
+#include <mutex>
+
+#include "../../tensor/quant-traits.h"
+#include "../../tensor/quants/float-types.h"
+#include "../../tensor/quants/q8-0.h"
+#include "arch/x86-kernels.h"
+
+namespace core {
+
+namespace {
+
+struct vec_dot_type_row {
+    ggml_type type;
+    ggml_type vec_dot_type;
+    vec_dot_fn vec_dot_ref;
+};
+
+const vec_dot_type_row VEC_DOT_TYPES[] = {
+    {GGML_TYPE_F32, GGML_TYPE_F32, vec_dot_f32_ref},
+    {GGML_TYPE_F16, GGML_TYPE_F16, vec_dot_f16_ref},
+    {GGML_TYPE_BF16, GGML_TYPE_BF16, vec_dot_bf16_ref},
+    {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, vec_dot_q8_0_q8_0_ref},
+};
+constexpr size_t N_VEC_DOT_TYPES = sizeof(VEC_DOT_TYPES) / sizeof(VEC_DOT_TYPES[0]);
+
+#if defined(__x86_64__)
+bool has_vnni(const cpu_features_t & f) { return f.avx512_vnni; }
+bool has_avx512_bf16(const cpu_features_t & f) { return f.avx512_bf16; }
+#endif
+
+// Within one type and level, list the most specific variant first.
+const quant_cpu_kernel KERNELS[] = {
+#if defined(__x86_64__)
+    // type             level             name           usable           from_float                      vec_dot
+    {GGML_TYPE_F32,  CPU_LEVEL_AVX512, "avx512",      nullptr,         nullptr,                        vec_dot_f32_avx512},
+    {GGML_TYPE_F32,  CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_f32_avx2},
+    {GGML_TYPE_F16,  CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_f16_avx512,  vec_dot_f16_avx512},
+    {GGML_TYPE_F16,  CPU_LEVEL_AVX2,   "avx2",        nullptr,         convert_row_f32_to_f16_avx2,    vec_dot_f16_avx2},
+    {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512_bf16", has_avx512_bf16, nullptr,                        vec_dot_bf16_avx512bf16},
+    {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_bf16_avx512, vec_dot_bf16_avx512},
+    {GGML_TYPE_BF16, CPU_LEVEL_AVX2,   "avx2",        nullptr,         convert_row_f32_to_bf16_avx2,   vec_dot_bf16_avx2},
+    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q8_0_q8_0_avx512vnni},
+    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512",      nullptr,         quantize_row_q8_0_avx512,       nullptr},
+    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         quantize_row_q8_0_avx2,         vec_dot_q8_0_q8_0_avx2},
+#endif
+    // keeps the array non-empty on every architecture; matches nothing
+    {GGML_TYPE_COUNT_KNOWN, CPU_LEVEL_SCALAR, "end", nullptr, nullptr, nullptr},
+};
+constexpr size_t N_KERNELS = sizeof(KERNELS) / sizeof(KERNELS[0]) - 1;
+
+bool kernel_usable_at(const quant_cpu_kernel & k, cpu_level level) {
+    return k.level <= level && k.level <= cpu_level_supported() && (!k.usable || k.usable(cpu_features()));
+}
+
+// resolved traits, [row of VEC_DOT_TYPES][level]
+quant_traits_cpu g_resolved[N_VEC_DOT_TYPES][CPU_LEVEL_COUNT];
+
+void resolve_all() {
+    for (size_t r = 0; r < N_VEC_DOT_TYPES; r++) {
+        const vec_dot_type_row & row = VEC_DOT_TYPES[r];
+        const quant_traits * act = quant_traits_get(row.vec_dot_type);
+        assert(act && "vec_dot_type must have a quant_traits row");
+        for (int l = 0; l < CPU_LEVEL_COUNT; l++) {
+            quant_traits_cpu & t = g_resolved[r][l];
+            t.type = row.type;
+            t.vec_dot_type = row.vec_dot_type;
+            t.from_float = act->from_float_ref;
+            t.vec_dot = row.vec_dot_ref;
+            t.vec_dot_ref = row.vec_dot_ref;
+            bool have_from_float = false, have_vec_dot = false;
+            for (size_t k = 0; k < N_KERNELS; k++) {
+                const quant_cpu_kernel & kr = KERNELS[k];
+                if (!kernel_usable_at(kr, (cpu_level) l)) continue;
+                // the conversion belongs to the activation type; the dot to the weight type
+                if (!have_from_float && kr.from_float && kr.type == row.vec_dot_type) {
+                    t.from_float = kr.from_float;
+                    have_from_float = true;
+                }
+                if (!have_vec_dot && kr.vec_dot && kr.type == row.type) {
+                    t.vec_dot = kr.vec_dot;
+                    have_vec_dot = true;
+                }
+            }
+        }
+    }
+}
+
+} // namespace
+
+const quant_traits_cpu * quant_traits_cpu_get_level(uint32_t type, cpu_level level) {
+    static std::once_flag once;
+    std::call_once(once, resolve_all);
+    if (level < CPU_LEVEL_SCALAR) level = CPU_LEVEL_SCALAR;
+    if (level >= CPU_LEVEL_COUNT) level = (cpu_level) (CPU_LEVEL_COUNT - 1);
+    for (size_t r = 0; r < N_VEC_DOT_TYPES; r++)
+        if ((uint32_t) VEC_DOT_TYPES[r].type == type) return &g_resolved[r][level];
+    return nullptr;
+}
+
+const quant_traits_cpu * quant_traits_cpu_get(uint32_t type) { return quant_traits_cpu_get_level(type, cpu_level_active()); }
+
+const quant_cpu_kernel * quant_cpu_kernels_all(size_t * count) {
+    *count = N_KERNELS;
+    return KERNELS;
+}
+
+bool quant_cpu_kernel_usable(const quant_cpu_kernel & k) { return kernel_usable_at(k, cpu_level_supported()); }
+
+} // namespace core
