@@ -9,7 +9,7 @@
 import type { AddonModel, AddonModelInfo, GgufValue } from './addon-types.js';
 import { getAddon } from './binding.js';
 import { Context } from './Context.js';
-import { callNative, callNativeSync, DisposedError, UnsupportedModelError } from './errors.js';
+import { callNative, callNativeSync, DisposedError, GgufFormatError, LlmError, UnsupportedModelError } from './errors.js';
 import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type ContextOptions, type LoadModelOptions } from './options.js';
 import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
 
@@ -32,7 +32,12 @@ export class Model {
     this.path = path;
     this.info = native.info();
     this.metadata = native.metadata().metadata ?? {};
-    this.tokenizer = createTokenizer(this.metadata as Record<string, unknown>);
+    try {
+      this.tokenizer = createTokenizer(this.metadata as Record<string, unknown>);
+    } catch (err) {
+      if (err instanceof LlmError) throw err;
+      throw new GgufFormatError(`${path}: invalid tokenizer metadata: ${err instanceof Error ? err.message : String(err)}`);
+    }
     this.backend = 'cpu';
   }
 

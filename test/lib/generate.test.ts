@@ -1,0 +1,192 @@
+// Sequence.generate(): event stream, usage and timings, sampling, prefix reuse, abort (signal and
+// break, also mid-prefill), dispose, busy, context-full, option errors, and the event loop staying free.
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { describe, expect, it } from 'vitest';
+import {
+  AbortError, BusyError, DisposedError, InvalidOptionsError, loadModel, type GenerateEvent,
+} from '../../lib/index.js';
+import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
+
+const small = () => ensureFixture('llama', 'f32');
+// Big enough that one 512-token prefill chunk takes a noticeable time (abort latency, event loop).
+const medium = () => ensureFixture('llama', 'q8_0', { nEmbd: 512, nLayer: 8, nHead: 8, nHeadKv: 4, headDim: 64, nFf: 1536, nCtxTrain: 4096 });
+
+async function collect(gen: AsyncGenerator<GenerateEvent>): Promise<GenerateEvent[]> {
+  const out: GenerateEvent[] = [];
+  for await (const ev of gen) out.push(ev);
+  return out;
+}
+type Finish = Extract<GenerateEvent, { type: 'finish' }>;
+const finishOf = (evs: GenerateEvent[]) => evs.find((e): e is Finish => e.type === 'finish')!;
+
+describe('Sequence#generate()', () => {
+  it('streams start → text-delta… → finish with consistent usage and timings', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const evs = await collect(seq.generate('Once upon a time', { maxTokens: 20, stopAtEog: false }));
+    expect(evs[0]!.type).toBe('start');
+    const fin = finishOf(evs);
+    expect(evs.at(-1)).toBe(fin);
+    expect(fin.finishReason).toBe('length');
+    expect(fin.tokens).toHaveLength(20);
+    const deltas = evs.filter((e) => e.type === 'text-delta') as Extract<GenerateEvent, { type: 'text-delta' }>[];
+    expect(deltas.flatMap((d) => d.tokens)).toEqual(fin.tokens);
+    expect(deltas.map((d) => d.text).join('')).toBe(fin.text);
+    expect(fin.text).toBe(model.detokenize(fin.tokens));
+    const promptTokens = model.tokenize('Once upon a time');
+    expect(fin.usage).toEqual({ promptTokens: promptTokens.length, cachedPromptTokens: 0, completionTokens: 20, totalTokens: promptTokens.length + 20 });
+    expect(fin.timings.prefillTokensPerSecond).toBeGreaterThan(0);
+    expect(fin.timings.decodeTokensPerSecond).toBeGreaterThan(0);
+    expect(fin.timings.timeToFirstTokenMs).toBeGreaterThan(0);
+    expect(fin.kv.logicalTokens).toBe(promptTokens.length + 19); // the last sampled token is not evaluated
+    expect(fin.kv.bytesUsed).toBeGreaterThan(0);
+    expect(fin.kv.bytesAllocated).toBeGreaterThanOrEqual(fin.kv.bytesUsed);
+  });
+
+  it('is deterministic for a seed and varies with it; greedy ignores the seed', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const run = async (sampling: object) => finishOf(await collect(seq.generate('The cat', { maxTokens: 24, stopAtEog: false, sampling }))).tokens;
+    const a = await run({ temperature: 1.2, seed: 42, topK: 0, topP: 1, minP: 0 });
+    const b = await run({ temperature: 1.2, seed: 42, topK: 0, topP: 1, minP: 0 });
+    const c = await run({ temperature: 1.2, seed: 43, topK: 0, topP: 1, minP: 0 });
+    expect(a).toEqual(b);
+    expect(a).not.toEqual(c);
+    expect(await run({ temperature: 0, seed: 1 })).toEqual(await run({ temperature: 0, seed: 2 }));
+  });
+
+  it('reuses the common prompt prefix from the previous call', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const first = finishOf(await collect(seq.generate('Once upon a time there was', { maxTokens: 8, stopAtEog: false })));
+    const again = finishOf(await collect(seq.generate('Once upon a time there was', { maxTokens: 8, stopAtEog: false })));
+    expect(again.usage.cachedPromptTokens).toBe(again.usage.promptTokens - 1);
+    expect(again.tokens).toEqual(first.tokens);
+  });
+
+  it('finishes with context-full when the context is exhausted', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 24, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const fin = finishOf(await collect(seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })));
+    expect(fin.finishReason).toBe('context-full');
+    expect(fin.usage.totalTokens).toBeLessThanOrEqual(24);
+  });
+
+  it('break out of for-await stops the generation and frees the sequence', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    let n = 0;
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) {
+      if (ev.type === 'text-delta' && ++n === 3) break;
+    }
+    const fin = finishOf(await collect(seq.generate('Hello', { maxTokens: 2, stopAtEog: false })));
+    expect(fin.tokens).toHaveLength(2);
+  });
+
+  it('an AbortSignal stops a long prefill promptly, between and inside chunks', async () => {
+    await using model = await loadModel({ path: medium() });
+    await using ctx = await model.createContext({ contextSize: 4096, threads: 2, batchSize: 512 });
+    const seq = ctx.acquireSequence();
+    const prompt = Array.from({ length: 3000 }, (_, i) => 300 + (i % 200));
+    // measure one chunk first, to know what "promptly" means on this machine
+    const t0 = performance.now();
+    finishOf(await collect(seq.generate(prompt.slice(0, 512), { maxTokens: 1 })));
+    const chunkMs = performance.now() - t0;
+    seq.clear();
+
+    const ac = new AbortController();
+    const started = performance.now();
+    let abortedAt = 0;
+    setTimeout(() => { abortedAt = performance.now(); ac.abort(); }, Math.max(5, chunkMs / 3));
+    const evs = await collect(seq.generate(prompt, { maxTokens: 10, signal: ac.signal }));
+    const fin = finishOf(evs);
+    const stoppedAfter = performance.now() - abortedAt;
+    expect(fin.finishReason).toBe('aborted');
+    expect(fin.tokens).toHaveLength(0);
+    expect(abortedAt).toBeGreaterThan(started);
+    // stops within a fraction of a chunk (the native side checks between layers), not after the whole prompt
+    expect(stoppedAfter).toBeLessThan(Math.max(chunkMs * 0.8, 50));
+    // the sequence is usable afterwards and holds no half-evaluated chunk
+    expect(seq.memory().logicalTokens % 512).toBe(0);
+    const again = finishOf(await collect(seq.generate(prompt.slice(0, 8), { maxTokens: 2 })));
+    expect(again.tokens).toHaveLength(2);
+  });
+
+  it('rejects a second concurrent generation with BusyError', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const g1 = seq.generate('Once upon a time', { maxTokens: 50, stopAtEog: false });
+    await g1.next();
+    await expect(seq.generate('Hi').next()).rejects.toBeInstanceOf(BusyError);
+    await g1.return(undefined);
+  });
+
+  it('use after dispose is a DisposedError; dispose is idempotent', async () => {
+    const model = await loadModel({ path: small() });
+    const ctx = await model.createContext({ contextSize: 64, threads: 1 });
+    const seq = ctx.acquireSequence();
+    await seq.dispose();
+    await seq.dispose();
+    await expect(seq.generate('Hi').next()).rejects.toBeInstanceOf(DisposedError);
+    await model.dispose();
+    expect(ctx.disposed).toBe(true);
+    expect(() => ctx.acquireSequence()).toThrow(DisposedError);
+    await expect(model.createContext()).rejects.toBeInstanceOf(DisposedError);
+    expect(() => model.tokenize('x')).toThrow(DisposedError);
+  });
+
+  it('disposing a sequence mid-generation stops it', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const evs: GenerateEvent[] = [];
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) {
+      evs.push(ev);
+      if (ev.type === 'text-delta') await seq.dispose();
+    }
+    expect(finishOf(evs).finishReason).toBe('aborted');
+  });
+
+  it('an already aborted signal is an AbortError', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 64, threads: 1 });
+    const seq = ctx.acquireSequence();
+    await expect(seq.generate('Hi', { signal: AbortSignal.abort() }).next()).rejects.toBeInstanceOf(AbortError);
+  });
+
+  it('bad options name the option, the expectation and the value', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 64, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const err = await seq.generate('Hi', { maxTokens: -1 }).next().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidOptionsError);
+    expect((err as Error).message).toMatch(/generate\.maxTokens/);
+    expect((err as Error).message).toMatch(/received -1/);
+    const typo = await seq.generate('Hi', { maxToken: 3 } as never).next().catch((e: unknown) => e);
+    expect((typo as Error).message).toMatch(/unknown option "maxToken" \(did you mean "maxTokens"\?\)/);
+    await expect(model.createContext({ contextSize: 0 })).rejects.toThrow(/createContext\.contextSize/);
+    await expect(loadModel({ path: 5 } as never)).rejects.toThrow(/loadModel\.path/);
+    await expect(seq.generate([1, 1e9]).next()).rejects.toThrow(/not a valid id/);
+  });
+
+  it('never blocks the event loop: p99 delay under 20 ms while generating', async () => {
+    await using model = await loadModel({ path: medium() });
+    await using ctx = await model.createContext({ contextSize: 2048, threads: 2, batchSize: 512 });
+    const seq = ctx.acquireSequence();
+    const h = monitorEventLoopDelay({ resolution: 1 });
+    h.enable();
+    const prompt = Array.from({ length: 1024 }, (_, i) => 300 + (i % 200));
+    const fin = finishOf(await collect(seq.generate(prompt, { maxTokens: 64, stopAtEog: false })));
+    h.disable();
+    expect(fin.tokens).toHaveLength(64);
+    const p99ms = h.percentile(99) / 1e6;
+    console.log(`event loop delay while generating: p50 ${(h.percentile(50) / 1e6).toFixed(2)} ms, p99 ${p99ms.toFixed(2)} ms, max ${(h.max / 1e6).toFixed(2)} ms`);
+    expect(p99ms).toBeLessThan(20);
+  });
+});
