@@ -37,9 +37,12 @@ TC_AVX2 inline __m256i mask_first_i32x8(int64_t r) {
 
 TC_AVX2 inline __m256 load_f16x8(const f16_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p)); }
 
-TC_AVX2 inline __m256 load_bf16x8(const bf16_t * p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+// A bf16 is the high half of an f32, so 16 packed bf16 split into two f32 vectors with one op each: the
+// even elements shifted up, the odd ones masked in place. The dot product pairs x and y lanes the same
+// way, so the element order inside the vectors does not matter.
+TC_AVX2 inline __m256 bf16_even_f32x8(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }
+TC_AVX2 inline __m256 bf16_odd_f32x8(__m256i v) {
+    return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int) 0xffff0000u)));
 }
 
 // roundf(): half away from zero. trunc(|v|) is exact and so is |v| - trunc(|v|) (|v| < 2^23).
@@ -109,17 +112,25 @@ TC_AVX2 void vec_dot_bf16_avx2(int64_t n, float * s, const void * vx, const void
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
-        a1 = _mm256_fmadd_ps(load_bf16x8(x + i + 8), load_bf16x8(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_bf16x8(x + i + 16), load_bf16x8(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_bf16x8(x + i + 24), load_bf16x8(y + i + 24), a3);
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *) (x + i));
+        const __m256i y0 = _mm256_loadu_si256((const __m256i *) (y + i));
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *) (x + i + 16));
+        const __m256i y1 = _mm256_loadu_si256((const __m256i *) (y + i + 16));
+        a0 = _mm256_fmadd_ps(bf16_even_f32x8(x0), bf16_even_f32x8(y0), a0);
+        a1 = _mm256_fmadd_ps(bf16_odd_f32x8(x0), bf16_odd_f32x8(y0), a1);
+        a2 = _mm256_fmadd_ps(bf16_even_f32x8(x1), bf16_even_f32x8(y1), a2);
+        a3 = _mm256_fmadd_ps(bf16_odd_f32x8(x1), bf16_odd_f32x8(y1), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
-    if (i < n) {
-        bf16_t tx[8] = {0}, ty[8] = {0};
+    if (i < n) { // zero-padded copy of the tail (no masked 16-bit loads in AVX2)
+        bf16_t tx[32] = {0}, ty[32] = {0};
         std::memcpy(tx, x + i, (size_t) (n - i) * sizeof(bf16_t));
         std::memcpy(ty, y + i, (size_t) (n - i) * sizeof(bf16_t));
-        a1 = _mm256_fmadd_ps(load_bf16x8(tx), load_bf16x8(ty), a1);
+        for (int k = 0; k < 32; k += 16) {
+            const __m256i xt = _mm256_loadu_si256((const __m256i *) (tx + k));
+            const __m256i yt = _mm256_loadu_si256((const __m256i *) (ty + k));
+            a0 = _mm256_fmadd_ps(bf16_even_f32x8(xt), bf16_even_f32x8(yt), a0);
+            a1 = _mm256_fmadd_ps(bf16_odd_f32x8(xt), bf16_odd_f32x8(yt), a1);
+        }
     }
     *s = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 }
