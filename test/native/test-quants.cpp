@@ -169,6 +169,7 @@ TC_TEST("quants/cpu-dispatch") {
         if (!t) continue;
         TC_CHECK(quant_traits_get(t->vec_dot_type) != nullptr) << all[i].name;
         TC_CHECK(t->from_float && t->vec_dot && t->vec_dot_ref) << all[i].name;
+        TC_CHECK(t == quant_traits_cpu_get_level(all[i].type, cpu_level_active())) << all[i].name;
         const quant_traits_cpu * s = quant_traits_cpu_get_level(all[i].type, CPU_LEVEL_SCALAR);
         TC_CHECK(s->vec_dot == s->vec_dot_ref) << all[i].name;
     }
