@@ -10,7 +10,7 @@ namespace {
 
 struct head_store {
     std::vector<int32_t> pos;  // [n]
-    std::vector<f16_t> k;      // [cap][head_dim]
+    std::vector<f16_t> k;      // [cap/KV_TILE][head_dim][KV_TILE]
     std::vector<f16_t> v;      // [cap][head_dim_v]
     int32_t n = 0;
 };
@@ -28,6 +28,7 @@ public:
         if (need <= cap_) return {};
         int64_t cap = std::max<int64_t>(cap_ ? cap_ * 2 : 256, need);
         cap = std::min<int64_t>(cap, n_ctx);
+        cap = (cap + KV_TILE - 1) / KV_TILE * KV_TILE;
         try {
             for (auto & h : heads_) {
                 h.pos.reserve((size_t) cap);
@@ -47,9 +48,9 @@ public:
             for (int t = 0; t < n_tokens; t++) {
                 const float * ks = k + ((size_t) t * n_head_kv + ih) * head_dim;
                 const float * vs = v + ((size_t) t * n_head_kv + ih) * head_dim_v;
-                f16_t * kd = h.k.data() + (size_t) h.n * head_dim;
+                f16_t * kd = h.k.data() + (size_t) (h.n / KV_TILE) * head_dim * KV_TILE + (h.n % KV_TILE);
                 f16_t * vd = h.v.data() + (size_t) h.n * head_dim_v;
-                for (int d = 0; d < head_dim; d++) kd[d] = f32_to_f16(ks[d]);
+                for (int d = 0; d < head_dim; d++) kd[(size_t) d * KV_TILE] = f32_to_f16(ks[d]);
                 for (int d = 0; d < head_dim_v; d++) vd[d] = f32_to_f16(vs[d]);
                 h.pos.push_back(pos[t]);
                 h.n++;

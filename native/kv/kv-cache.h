@@ -16,11 +16,21 @@
 
 namespace core {
 
+// Keys are stored in tiles of KV_TILE tokens, transposed inside the tile ([tile][head_dim][KV_TILE]),
+// so the q·k kernel loads KV_TILE keys' d-th components with one vector load and needs no horizontal
+// reduction. Values stay token-major ([n][head_dim_v]) for the p·V accumulation.
+constexpr int KV_TILE = 16;
+
 struct kv_head_view {
     int32_t n = 0;                  // tokens held by this head
     const int32_t * pos = nullptr;  // [n] position of each held token (ascending)
-    const f16_t * k = nullptr;      // [n][head_dim]   post-RoPE keys
+    const f16_t * k = nullptr;      // [ceil(n/KV_TILE)][head_dim][KV_TILE] post-RoPE keys
     const f16_t * v = nullptr;      // [n][head_dim_v] values
+
+    // note: call only with j < n, d < head_dim.
+    f16_t key(int32_t j, int d, int head_dim) const {
+        return k[((size_t) (j / KV_TILE) * head_dim + d) * KV_TILE + (j % KV_TILE)];
+    }
 };
 
 struct kv_memory_summary {

@@ -1,5 +1,6 @@
 // Forward-pass pieces: SIMD attention vs the scalar reference over a per-head cache whose heads hold
 // different token sets, and the golden greedy decode of stories260K (when ../shared/data is present).
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -94,5 +95,37 @@ TC_TEST("e2e: stories260K greedy == llama.cpp reference (64 tokens)") {
         TC_CHECK(tok == expected[i]) << "token " << i << ": got " << tok << ", expected " << expected[i];
         if (tok != expected[i]) return;
         TC_CHECK(seq.eval(&tok, 1, true).ok());
+    }
+}
+
+TC_TEST("perf/attention-decode") {
+    if (tc::g_mode != "perf") return;
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0, 1);
+    for (int n_ctx_fill : {1024, 4096}) {
+        const int D = 64, n_head = 14, n_head_kv = 2;
+        auto kv = kv_cache_make_full_f16(1, n_head_kv, D, D, n_ctx_fill + 1);
+        std::vector<float> k((size_t) n_ctx_fill * n_head_kv * D), v(k.size());
+        for (auto & x : k) x = nd(rng);
+        for (auto & x : v) x = nd(rng);
+        std::vector<int32_t> pos(n_ctx_fill);
+        for (int i = 0; i < n_ctx_fill; i++) pos[i] = i;
+        kv->reserve(n_ctx_fill);
+        kv->append(0, n_ctx_fill, k.data(), v.data(), pos.data());
+        std::vector<float> q((size_t) n_head * D), out(q.size());
+        for (auto & x : q) x = nd(rng);
+        int32_t qpos = n_ctx_fill;
+        attn_params p{1, n_head, n_head_kv, D, D, 0.125f};
+        for (int nth : {1, 2}) {
+            thread_pool pool(nth);
+            attn_scratch sc;
+            attention(pool, p, q.data(), &qpos, *kv, 0, out.data(), sc);
+            const int reps = 200;
+            auto t0 = std::chrono::steady_clock::now();
+            for (int r = 0; r < reps; r++) attention(pool, p, q.data(), &qpos, *kv, 0, out.data(), sc);
+            const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
+            std::printf("    attention decode n=%d D=%d heads %d/%d threads %d: %.1f us/layer (%.2f ns per key·head)\n", n_ctx_fill, D, n_head, n_head_kv, nth, us,
+                        us * 1000 / (n_ctx_fill * (double) n_head));
+        }
     }
 }

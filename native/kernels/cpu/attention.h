@@ -23,7 +23,8 @@ struct attn_params {
 };
 
 struct attn_scratch {
-    std::vector<std::vector<float>> per_thread; // scores [group][n] + q16 rows, grown on demand
+    std::vector<std::vector<float>> per_thread; // block scores, V block, q16 rows (grown on demand)
+    std::vector<float> units;                   // online-softmax state (m, l, acc) per work unit
 };
 
 // q: [n_tokens][n_head][head_dim] f32, q_pos: [n_tokens], out: [n_tokens][n_head][head_dim_v]
