@@ -1,0 +1,55 @@
+// The `thinkcache` binary as a user runs it (bin/thinkcache.cjs → dist/cli.cjs, built by `npm run build:ts`).
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
+import { haveSharedFile, repoRoot, stories260K } from '../helpers/shared-data.js';
+
+const bin = join(repoRoot, 'bin', 'thinkcache.cjs');
+const cli = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', cwd: repoRoot, timeout: 120_000 });
+
+describe('thinkcache CLI', () => {
+  it('run --json prints one JSON object with tokens, text, usage and stats', () => {
+    const model = ensureFixture('llama', 'q8_0');
+    const r = cli('run', '--model', model, '--prompt', 'Once upon a time', '--max-tokens', '12', '--threads', '1', '--json');
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const out = JSON.parse(lines[0]!);
+    expect(out.tokens).toHaveLength(12);
+    expect(typeof out.text).toBe('string');
+    expect(out.usage.completionTokens).toBe(12);
+    expect(out.stats.prefillTokensPerSecond).toBeGreaterThan(0);
+    expect(out.stats.decodeTokensPerSecond).toBeGreaterThan(0);
+  });
+
+  it.skipIf(!haveSharedFile(stories260K, 'CLI stories260K run'))('run streams the same text as the API (stories260K)', () => {
+    const r = cli('run', '--model', stories260K, '--prompt', 'Once upon a time', '--max-tokens', '16', '--threads', '1');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^, there was a little girl named Lily/);
+    expect(r.stderr).toMatch(/tok\/s decode/);
+  });
+
+  it('inspect prints metadata and a memory estimate', () => {
+    const r = cli('inspect', '--model', ensureFixture('qwen3', 'bf16'));
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/architecture\s+qwen3/);
+    expect(r.stdout).toMatch(/memory\s+weights/);
+    const j = JSON.parse(cli('inspect', '--model', ensureFixture('qwen3', 'bf16'), '--json').stdout);
+    expect(j.hparams.headDim).toBe(32);
+    expect(j.memoryEstimate.kvBytesPerToken).toBeGreaterThan(0);
+  });
+
+  it('fails cleanly: missing model, bad number, unknown command', () => {
+    const missing = cli('run', '--model', '/nonexistent.gguf', '--prompt', 'x');
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toMatch(/\[ERR_IO\].*nonexistent\.gguf/);
+    const bad = cli('run', '--model', '/x.gguf', '--prompt', 'x', '--max-tokens', 'lots');
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/--max-tokens: expected an integer, received "lots"/);
+    const unknown = cli('frobnicate');
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toMatch(/unknown command "frobnicate"/);
+  });
+});
