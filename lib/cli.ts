@@ -50,9 +50,10 @@ async function cmdRun(args: string[]): Promise<number> {
     temperature: num(values.temperature, 'temperature', false), seed: num(values.seed, 'seed', true), topK: num(values['top-k'], 'top-k', true),
     topP: num(values['top-p'], 'top-p', false), minP: num(values['min-p'], 'min-p', false),
   }).filter(([, v]) => v !== undefined));
-  await using model = await loadModel({ path: values.model });
   const threads = num(values.threads, 'threads', true);
   const contextSize = num(values.context, 'context', true);
+  const maxTokens = num(values['max-tokens'], 'max-tokens', true) ?? 128;
+  await using model = await loadModel({ path: values.model });
   await using ctx = await model.createContext({ ...(threads ? { threads } : {}), ...(contextSize ? { contextSize } : {}) });
   await using seq = ctx.acquireSequence();
   const ac = new AbortController();
@@ -60,7 +61,7 @@ async function cmdRun(args: string[]): Promise<number> {
   process.once('SIGINT', onSigint);
   let finish: Extract<GenerateEvent, { type: 'finish' }> | undefined;
   try {
-    for await (const ev of seq.generate(values.prompt, { maxTokens: num(values['max-tokens'], 'max-tokens', true) ?? 128, sampling, signal: ac.signal })) {
+    for await (const ev of seq.generate(values.prompt, { maxTokens, sampling, signal: ac.signal })) {
       if (ev.type === 'text-delta' && !values.json) process.stdout.write(ev.text);
       if (ev.type === 'finish') finish = ev;
     }
