@@ -62,15 +62,17 @@ describe("quantize.ts codecs (ggml bit patterns)", () => {
     const x = new Float32Array(64);
     for (let i = 0; i < 32; i++) x[i] = (i - 16) / 16; // amax 1: d = 1/127, id = 127
     x.set([-2.5, 127, 0.5, -0.5, 1.5], 32); // second block: amax 127, so d = 1 and x * id is exact
-    const q = quantizeQ8_0(x);
+    const q = Array.from(quantizeQ8_0(x));
+    const u16 = (o: number): number => q[o]! | (q[o + 1]! << 8);
+    const i8 = (o: number): number => (q[o]! << 24) >> 24;
     expect(q.length).toBe(68);
-    expect(q[0] | (q[1] << 8)).toBe(f32ToF16(Math.fround(1 / 127)));
-    expect((q[2] << 24) >> 24).toBe(-127); // x = -1
-    expect((q[2 + 16] << 24) >> 24).toBe(0);
-    expect(q[34] | (q[35] << 8)).toBe(0x3c00);
-    expect(Array.from(q.subarray(36, 41), (b) => (b << 24) >> 24)).toEqual([-3, 127, 1, -1, 2]); // roundf: half away from zero
-    const y = dequantizeQ8_0(q, 64);
-    for (let i = 0; i < 32; i++) expect(Math.abs(y[i] - x[i])).toBeLessThanOrEqual(0.5 / 127 + 1e-3);
+    expect(u16(0)).toBe(f32ToF16(Math.fround(1 / 127)));
+    expect(i8(2)).toBe(-127); // x = -1
+    expect(i8(2 + 16)).toBe(0);
+    expect(u16(34)).toBe(0x3c00);
+    expect([36, 37, 38, 39, 40].map(i8)).toEqual([-3, 127, 1, -1, 2]); // roundf: half away from zero
+    const y = dequantizeQ8_0(new Uint8Array(q), 64);
+    for (let i = 0; i < 32; i++) expect(Math.abs(y[i]! - x[i]!)).toBeLessThanOrEqual(0.5 / 127 + 1e-3);
     expect(Array.from(quantizeQ8_0(new Float32Array(32))).every((b) => b === 0)).toBe(true); // d = 0 -> id = 0
   });
 });
@@ -151,10 +153,10 @@ describe("gguf-writer.ts", () => {
       expect(dataStart).toBe(layout.dataOffset);
       for (const t of ti) expect(Number(t.offset) % alignment).toBe(0);
       const bytesOf = (i: number): Uint8Array => {
-        const o = dataStart + Number(ti[i].offset);
+        const o = dataStart + Number(ti[i]!.offset);
         return new Uint8Array(file.buffer, file.byteOffset + o, layout.tensorBytes[i]);
       };
-      const src = spec.tensors[0].data!;
+      const src = spec.tensors[0]!.data!;
       expect(Buffer.from(bytesOf(0)).equals(Buffer.from(encodeF32(src)))).toBe(true);
       expect(Array.from(decodeF16(bytesOf(1)))).toEqual(Array.from(src, (x) => f16BitsToF32(f32ToF16(x))));
       expect(Array.from(decodeBf16(bytesOf(2)))).toEqual(Array.from(src, (x) => bf16BitsToF32(f32ToBf16(x))));
@@ -258,7 +260,7 @@ describe("greedy margins (top-1 minus top-2 logit), f32 fixtures", () => {
     const path = ensureFixture(arch, "f32");
     const steps = await oracleGreedyDetailed(path, await oracleTokenize(path, PROMPT), N_GREEDY, { topK: 2 });
     const margins = steps.map((s) => s.margin).sort((a, b) => a - b);
-    console.log(`[fixtures-oracle] ${arch} f32 greedy margins: min ${margins[0].toFixed(4)}, median ${margins[margins.length >> 1].toFixed(3)}`);
+    console.log(`[fixtures-oracle] ${arch} f32 greedy margins: min ${margins[0]!.toFixed(4)}, median ${margins[margins.length >> 1]!.toFixed(3)}`);
     expect(margins[0]).toBeGreaterThan(1e-3);
   }, TIMEOUT_MS);
 });

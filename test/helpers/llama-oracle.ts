@@ -5,7 +5,9 @@
 // - temperature 0 = llama.cpp's greedy sampler (argmax, lowest id on ties), no repeat penalty, no token bias;
 // - EOG tokens are yielded and decoding continues past them (pure greedy of the network);
 // - flashAttention: node-llama-cpp's default is "auto" (LLAMA_FLASH_ATTN_TYPE_AUTO), which llama.cpp resolves to
-//   enabled on CPU; ORACLE_FLASH_ATTENTION_DEFAULT states it, and every call can override it.
+//   enabled on CPU (KV cache F16); ORACLE_FLASH_ATTENTION_DEFAULT states it, and every call can override it. It
+//   matters: on the synthetic fixtures, FA off changes a greedy token within 32 steps in about 1 run in 4.
+//   Batch size and thread count (1 vs 2) did not change any token.
 // - the prompt is decoded in one batch (batchSize >= prompt length), then one token per step.
 // Models are cached per path; `disposeOracle()` frees them (call it in afterAll). Contexts are freed per call.
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContextSequence, type LlamaModel, type Token } from "node-llama-cpp";
@@ -147,13 +149,13 @@ export async function oracleGreedyDetailed(modelPath: string, tokens: readonly n
       // With the greedy chain the candidates are the raw logits, so p_i = exp(logit_i - logsumexp).
       const best: Array<{ token: number; p: number }> = [];
       for (const [token, p] of r.probabilities) {
-        if (best.length < topK || p > best[best.length - 1].p) {
+        if (best.length < topK || p > best[best.length - 1]!.p) {
           best.push({ token, p });
           best.sort((a, b) => b.p - a.p || a.token - b.token);
           if (best.length > topK) best.pop();
         }
       }
-      const margin = best.length > 1 ? Math.log(best[0].p) - Math.log(best[1].p) : Infinity;
+      const margin = best.length > 1 ? Math.log(best[0]!.p) - Math.log(best[1]!.p) : Infinity;
       out.push({ token: r.token, margin, top: best.map((b) => ({ token: b.token, logProb: Math.log(b.p) })) });
       if (out.length >= n) break;
     }
