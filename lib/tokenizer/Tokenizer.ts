@@ -238,6 +238,7 @@ export class Tokenizer {
             return EMPTY;  // unused / undefined tokens render as nothing
         }
         if (attr & TOKEN_ATTR.NORMAL) return decodeByteLevel(text);
+        if (attr & TOKEN_ATTR.BYTE) return Uint8Array.of(spmTokenToByte(v, id));  // SPM-style <0xXX> in a BPE vocab
         return EMPTY;
     }
 }

@@ -1,6 +1,7 @@
 /*
  * BPE pre-tokenizers: the regex lists llama.cpp applies before byte-level BPE, selected by `tokenizer.ggml.pre`
- * (llama.cpp `llm_tokenizer_bpe`, `unicode_regex_split`). Each regex of a list splits every chunk produced by
+ * (llama.cpp `llm_tokenizer_bpe`, `unicode_regex_split`; llama.cpp hand-codes the gpt2/llama3/qwen2 regexes in
+ * C++, with the same matches as the regexes themselves). Each regex of a list splits every chunk produced by
  * the previous one; the text between matches stays a chunk of its own ("Isolated" splitting).
  * Whitespace follows llama.cpp, not JS: non-ASCII whitespace (U+0085, U+00A0, U+1680, U+2000-U+200A,
  * U+2028, U+2029, U+202F, U+205F, U+3000) is rewritten to \v before matching, exactly as llama.cpp does, so `\s`
@@ -96,20 +97,20 @@ type Entry = [names: string[], kind: string, spec: { regexes: RegExp[] }, flags:
 // name(s) in tokenizer.ggml.pre -> llama.cpp pre-tokenizer type and the flags llama.cpp sets for those names
 const TABLE: Entry[] = [
     [['default'], 'default', SPEC_DEFAULT, { cleanSpaces: true, ignoreMerges: false }],
-    [['llama3', 'llama-v3', 'llama-bpe', 'falcon3', 'falcon-h1', 'pixtral', 'midm-2.0', 'lfm2'], 'llama3',
+    [['llama3', 'llama-v3', 'llama-bpe', 'falcon3', 'falcon-h1', 'pixtral', 'midm-2.0', 'lfm2', 'jina-v5-nano'], 'llama3',
         SPEC_LLAMA3, { cleanSpaces: true, ignoreMerges: true, addBos: true }],
     [['dbrx', 'smaug-bpe'], 'llama3', SPEC_LLAMA3, { cleanSpaces: true, ignoreMerges: false }],
     [['deepseek-llm'], 'deepseek-llm', SPEC_DEEPSEEK_LLM, { cleanSpaces: false, ignoreMerges: false }],
     [['deepseek-coder'], 'deepseek-coder', SPEC_DEEPSEEK_CODER, { cleanSpaces: false, ignoreMerges: false }],
     [['falcon'], 'falcon', SPEC_FALCON, { cleanSpaces: true, ignoreMerges: false }],
-    [['gpt-2', 'phi-2', 'jina-es', 'jina-de', 'gigachat', 'jina-v2-es', 'jina-v2-de', 'a.x-4.0', 'mellum', 'exaone4',
+    [['gpt-2', 'phi-2', 'jina-es', 'jina-de', 'gigachat', 'jina-v2-es', 'jina-v2-de', 'a.x-4.0', 'mellum', 'modern-bert', 'exaone4',
         'jina-v1-en', 'jina-v2-code', 'roberta-bpe', 'mpt', 'olmo', 'jais'], 'gpt2', SPEC_GPT2,
         { cleanSpaces: true, ignoreMerges: false }],
     [['trillion', 'granite-docling'], 'gpt2', SPEC_GPT2, { cleanSpaces: false, ignoreMerges: false }],
     [['starcoder', 'refact', 'codeshell', 'exaone', 'minerva-7b'], 'starcoder', SPEC_STARCODER,
         { cleanSpaces: true, ignoreMerges: false }],
     [['command-r', 'smollm'], 'starcoder', SPEC_STARCODER, { cleanSpaces: false, ignoreMerges: false }],
-    [['qwen2', 'deepseek-r1-qwen', 'kormo', 'hunyuan', 'grok-2'], 'qwen2', SPEC_QWEN2,
+    [['qwen2', 'deepseek-r1-qwen', 'kormo', 'f2llmv2', 'hunyuan', 'grok-2'], 'qwen2', SPEC_QWEN2,
         { cleanSpaces: false, ignoreMerges: false }],
     [['megrez', 'stablelm2'], 'qwen2', SPEC_QWEN2, { cleanSpaces: true, ignoreMerges: false }],
 ];

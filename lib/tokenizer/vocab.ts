@@ -1,6 +1,6 @@
 /*
  * Vocabulary: the tokenizer state read from GGUF metadata (`tokenizer.ggml.*`), following llama.cpp's
- * `llama_vocab::impl::load`: per-model defaults (SPM `llama`: BOS 1, EOS 2, UNK 0, add BOS, space prefix;
+ * `llama_vocab::impl::load` (as of the llama.cpp bundled with node-llama-cpp 3.21.1, our oracle): per-model defaults (SPM `llama`: BOS 1, EOS 2, UNK 0, add BOS, space prefix;
  * BPE `gpt2`: BOS = EOS = 11, flags per pre-tokenizer), then explicit metadata ids and flags, then the
  * auto-detection of EOT/EOM/FIM/EOG tokens by their text (which also forces those tokens to CONTROL type).
  * Invariants: `texts[id]` is never empty (llama.cpp renames empty tokens "[EMPTY_<id>]"); `tokenToId` maps a
@@ -119,14 +119,14 @@ function typeToAttr(type: number): number {
     }
 }
 
-/** Maps attribute bits back to the GGUF token type they came from (the first type bit set). */
+/** Maps attribute bits to the GGUF token type they behave as (CONTROL wins over bits it was added to). */
 export function attrToType(attr: number): number {
-    if (attr & TOKEN_ATTR.UNKNOWN) return TOKEN_TYPE.UNKNOWN;
-    if (attr & TOKEN_ATTR.UNUSED) return TOKEN_TYPE.UNUSED;
-    if (attr & TOKEN_ATTR.NORMAL) return TOKEN_TYPE.NORMAL;
     if (attr & TOKEN_ATTR.CONTROL) return TOKEN_TYPE.CONTROL;
+    if (attr & TOKEN_ATTR.UNKNOWN) return TOKEN_TYPE.UNKNOWN;
     if (attr & TOKEN_ATTR.USER_DEFINED) return TOKEN_TYPE.USER_DEFINED;
     if (attr & TOKEN_ATTR.BYTE) return TOKEN_TYPE.BYTE;
+    if (attr & TOKEN_ATTR.NORMAL) return TOKEN_TYPE.NORMAL;
+    if (attr & TOKEN_ATTR.UNUSED) return TOKEN_TYPE.UNUSED;
     return TOKEN_TYPE.UNDEFINED;
 }
 
@@ -134,19 +134,22 @@ export function attrToType(attr: number): number {
 // (llama.cpp takes whichever its hash map yields first; listing order picks <|eot_id|>/<|im_end|> as EOT,
 // which is what llama.cpp reports for Llama 3 and Qwen).
 const EOT_TEXTS = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>',
-    '<EOT>', '_<EOT>', '<｜end▁of▁sentence｜>', '<end_of_utterance>'];
+    '<EOT>', '_<EOT>', '[EOT]', '<｜end▁of▁sentence｜>', '<end_of_utterance>'];
 const EOM_TEXTS = ['<|eom_id|>'];
 const FIM_PRE_TEXTS = ['<|fim_prefix|>', '<fim-prefix>', '<fim_prefix>', '<｜fim▁begin｜>', '<PRE>', '▁<PRE>',
-    '<|code_prefix|>'];
+    '<|code_prefix|>', '<|prefix|>'];
 const FIM_SUF_TEXTS = ['<|fim_suffix|>', '<fim-suffix>', '<fim_suffix>', '<｜fim▁hole｜>', '<SUF>', '▁<SUF>',
-    '<|code_suffix|>'];
+    '<|code_suffix|>', '<|suffix|>'];
 const FIM_MID_TEXTS = ['<|fim_middle|>', '<fim-middle>', '<fim_middle>', '<｜fim▁end｜>', '<MID>', '▁<MID>',
-    '<|code_middle|>'];
-const FIM_PAD_TEXTS = ['<|fim_pad|>', '<fim-pad>', '<fim_pad>', '<PAD>'];
+    '<|code_middle|>', '<|middle|>'];
+const FIM_PAD_TEXTS = ['<|fim_pad|>', '<fim-pad>', '<fim_pad>', '<PAD>', '[PAD]'];
 const FIM_REP_TEXTS = ['<|fim_repo|>', '<|repo_name|>', '<fim-repo>', '<REPO>', '<reponame>'];
 const FIM_SEP_TEXTS = ['<|file_sep|>'];
-const EOG_TEXTS = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<|return|>', '<|call|>', '<end_of_turn>',
-    '<|endoftext|>', '<|eom_id|>', '<EOT>', '_<EOT>', '<|end_of_text|>', '<end_of_utterance>'];
+// note: '</s>' (added for PaddleOCR) makes '</s>' a control, end-of-generation token in every vocabulary that has
+// it, e.g. Qwen's plain-text token 128247 and Phi-3's user-defined token 2; llama.cpp does this, so we do too.
+const EOG_TEXTS = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<|return|>', '<|call|>', '<|flush|>', '<|calls|>',
+    '<end_of_turn>', '<|endoftext|>', '</s>', '<|eom_id|>', '<EOT>', '_<EOT>', '[EOT]', '[EOS]', '<|end_of_text|>',
+    '<end_of_utterance>', '<eos>', '<turn|>', '<|tool_response>', '<｜end▁of▁sentence｜>', '[e~['];
 // gpt-oss: llama.cpp always renders these, so they are user-defined rather than control.
 const ALWAYS_RENDERED_TEXTS = ['<|channel|>', '<|message|>', '<|start|>', '<|constrain|>'];
 
@@ -249,7 +252,11 @@ export function loadVocab(metadata: Record<string, unknown>): Vocab {
         attrs[id] = typeList !== undefined ? typeToAttr(Number(typeList[id])) : TOKEN_ATTR.NORMAL;
     }
 
-    // explicit special token ids; out-of-range ids keep the default, as llama.cpp does
+    // defaults outside the vocabulary are disabled; explicit out-of-range ids keep the default, as llama.cpp does
+    for (const [field] of SPECIAL_ID_KEYS) {
+        const id = special[field];
+        if (id !== null && id >= nVocab) special[field] = null;
+    }
     for (const [field, key] of SPECIAL_ID_KEYS) {
         const value = metadata[`${KEY}${key}`];
         if (value === undefined) continue;
@@ -259,9 +266,9 @@ export function loadVocab(metadata: Record<string, unknown>): Vocab {
     addBos = readBool(metadata, `${KEY}add_bos_token`) ?? addBos;
     addEos = readBool(metadata, `${KEY}add_eos_token`) ?? addEos;
 
-    // auto-detect special tokens by text; a detected token that is not CONTROL is forced to CONTROL
+    // auto-detect special tokens by text; a detected token that is not CONTROL gets the CONTROL bit
     const forceControl = (id: number): void => {
-        if ((attrs[id]! & TOKEN_ATTR.CONTROL) === 0) attrs[id] = TOKEN_ATTR.CONTROL;
+        attrs[id]! |= TOKEN_ATTR.CONTROL;
     };
     const detect = (field: keyof SpecialTokenIds, candidates: readonly string[]): void => {
         if (special[field] !== null) return;
@@ -281,6 +288,10 @@ export function loadVocab(metadata: Record<string, unknown>): Vocab {
     detect('fimPad', FIM_PAD_TEXTS);
     detect('fimRep', FIM_REP_TEXTS);
     detect('fimSep', FIM_SEP_TEXTS);
+    // control tokens named "...unused..." are unused
+    for (let id = 0; id < nVocab; id++) {
+        if ((attrs[id]! & TOKEN_ATTR.CONTROL) && texts[id]!.includes('unused')) attrs[id]! |= TOKEN_ATTR.UNUSED;
+    }
 
     const eog = new Set<number>();
     for (const field of ['fimPad', 'fimRep', 'fimSep'] as const) {
@@ -299,11 +310,23 @@ export function loadVocab(metadata: Record<string, unknown>): Vocab {
     for (const field of ['eos', 'eot', 'eom'] as const) {
         if (special[field] !== null) eog.add(special[field]);
     }
-    // o200k_harmony: with <|return|> and <|call|> present, <|end|> ends a message, not the generation
+    // o200k_harmony / solar-open: with <|return|> + <|call|> (or <|calls|> + <|flush|>) in the EOG set, <|end|>
+    // ends a message, not the generation
+    const eogHas = (text: string): boolean => {
+        const id = tokenToId.get(text);
+        return id !== undefined && eog.has(id);
+    };
     const endId = tokenToId.get('<|end|>');
-    if (endId !== undefined && eog.has(endId) && tokenToId.has('<|return|>') && tokenToId.has('<|call|>')) {
+    const hasCall = eogHas('<|call|>') || eogHas('<|calls|>');
+    if (endId !== undefined && eog.has(endId) && hasCall && (eogHas('<|return|>') || eogHas('<|flush|>'))) {
         eog.delete(endId);
         attrs[endId] = TOKEN_ATTR.USER_DEFINED;
+    }
+    // Gemma 4: '</s>' is text there, not an end of generation
+    const eosTextId = tokenToId.get('</s>');
+    if (eosTextId !== undefined && eog.has(eosTextId) && eogHas('<|tool_response>')) {
+        eog.delete(eosTextId);
+        attrs[eosTextId] = TOKEN_ATTR.NORMAL;
     }
 
     const specialCache: number[] = [];

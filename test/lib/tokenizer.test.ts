@@ -1,15 +1,19 @@
 /*
- * Tokenizer tests. Oracle: llama.cpp's tokenizer test vectors (`.inp` strings, `.out` expected ids without
- * BOS, produced from the HF tokenizers that llama.cpp must match), 46 strings per vocabulary. The qwen2 and
- * llama-bpe vectors have no vocab GGUF in the data set; their vocabularies come from the real Qwen3 and
- * Llama 3 tokenizer.json files. Tests needing ../shared/data skip with a printed reason when it is absent.
+ * Tokenizer tests. Oracles: (1) llama.cpp's tokenizer test vectors (`.inp` strings, `.out` expected ids without
+ * BOS, produced from the HF tokenizers that llama.cpp must match), 46 strings per vocabulary; the qwen2 and
+ * llama-bpe vectors have no vocab GGUF in the data set, so their vocabularies come from the real Qwen3 and
+ * Llama 3 tokenizer.json files. (2) llama.cpp itself through node-llama-cpp (vocab-only load): random strings
+ * over many scripts, whitespace and special-token texts must encode and decode identically.
+ * Tests needing ../shared/data or the node-llama-cpp binary skip with a printed reason when it is absent.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTokenizer, metadataFromHfTokenizerJson, TOKEN_TYPE, type Tokenizer } from '../../lib/tokenizer/index.js';
+import { gv, writeGgufSync, type GgufValue } from '../fixtures/gguf-writer.js';
 import { readGgufMetadataForTest } from '../helpers/gguf-metadata.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -139,7 +143,8 @@ describe.skipIf(!hasQwen)('Qwen3 vocabulary (qwen2 pre-tokenizer)', () => {
         expect(t.addBos).toBe(false);
         expect(t.eos).toBe(t.tokenId('<|im_end|>'));
         expect(t.eot).toBe(t.tokenId('<|im_end|>'));
-        expect(t.eogTokens).toEqual([151643, 151645, 151662, 151663, 151664]);
+        // 128247 is the plain-text token '</s>', which llama.cpp makes an end-of-generation control token
+        expect(t.eogTokens).toEqual([128247, 151643, 151645, 151662, 151663, 151664]);
         expect(t.isEog(151645)).toBe(true);
         expect(t.isEog(151644)).toBe(false);
         expect(t.tokenType(151667)).toBe(TOKEN_TYPE.USER_DEFINED);  // <think> is not special in tokenizer.json
@@ -328,6 +333,127 @@ function seededRandom(seed: number): () => number {
         return state / 2 ** 32;
     };
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// llama.cpp as the oracle
+
+type OracleModel = {
+    tokenize(text: string, specialTokens?: boolean): number[];
+    detokenize(tokens: readonly number[], specialTokens?: boolean): string;
+    isEogToken(token: number): boolean;
+    readonly tokens: { readonly bos: number | null; readonly eos: number | null; readonly eot: number | null };
+    dispose(): Promise<void>;
+};
+type OracleLlama = { loadModel(options: { modelPath: string; vocabOnly?: boolean }): Promise<unknown> };
+
+/** Writes the tokenizer metadata as a vocab-only GGUF (llama arch with token hparams) that llama.cpp loads. */
+function writeVocabGguf(file: string, metadata: Record<string, unknown>): void {
+    const kv: Array<[string, GgufValue]> = [
+        ['general.architecture', gv.str('llama')], ['general.name', gv.str('vocab')],
+        ['llama.block_count', gv.u32(1)], ['llama.context_length', gv.u32(4096)], ['llama.embedding_length', gv.u32(64)],
+        ['llama.feed_forward_length', gv.u32(128)], ['llama.attention.head_count', gv.u32(4)],
+        ['llama.attention.head_count_kv', gv.u32(4)], ['llama.attention.layer_norm_rms_epsilon', gv.f32(1e-6)],
+        ['tokenizer.ggml.model', gv.str(metadata['tokenizer.ggml.model'] as string)],
+        ['tokenizer.ggml.pre', gv.str(metadata['tokenizer.ggml.pre'] as string)],
+        ['tokenizer.ggml.tokens', gv.arr('STRING', metadata['tokenizer.ggml.tokens'] as string[])],
+        ['tokenizer.ggml.token_type', gv.arr('INT32', metadata['tokenizer.ggml.token_type'] as Int32Array)],
+        ['tokenizer.ggml.merges', gv.arr('STRING', metadata['tokenizer.ggml.merges'] as string[])],
+    ];
+    for (const key of ['bos_token_id', 'eos_token_id']) {
+        const value = metadata[`tokenizer.ggml.${key}`];
+        if (typeof value === 'number') kv.push([`tokenizer.ggml.${key}`, gv.u32(value)]);
+    }
+    for (const key of ['add_bos_token', 'add_eos_token']) {
+        const value = metadata[`tokenizer.ggml.${key}`];
+        if (typeof value === 'boolean') kv.push([`tokenizer.ggml.${key}`, gv.bool(value)]);
+    }
+    writeGgufSync(file, { metadata: kv, tensors: [] });
+}
+
+// Pieces for random strings: scripts, combining marks, emoji sequences, every kind of whitespace, control
+// characters, contractions, digits, byte-level and SPM look-alikes, and special-token texts.
+const PALETTE = ['Hello', ' world', 'the', ' ', '  ', '   ', '\t', '\n', '\n\n', '\r\n', ' \n', 'a', 'Z', '0', '42',
+    '12345', '3.14', "'s", "'LL", "'re", "'", '"', '.', ',', '!', '?', '...', '--', '()', '[]', '{}', '<', '>', '/',
+    '\\', '_', '$', '~', '^', '|', '`', '@', '#', '%', '&', '*', '+', '=', 'é', 'Ünïcödé', 'straße', 'Привет', 'мир',
+    'Γειά', '中文', '我想在apple工作', '日本語', 'ひらがな', 'カタカナ', '한국어', 'ไทย', 'កាន់តែ', 'العربية', 'עברית',
+    'हिन्दी', '🦙', '🚀', '😶‍🌫️', '👍🏽', '✅', '🇫🇷', '𠜎', '𝔘𝔫𝔦', '\u00a0', '\u3000', '\u2028', '\u0085', '\u200b',
+    '\ufeff', '\u0301', '\x01', '\x1f', '\x7f', 'Ġ', 'Ċ', '▁', '▁▁', '<0x0A>', '½', '²', 'Ⅻ', '٣', '①', 'µ', '\u212a',
+    '\u2126', 'ﬁ', 'Ａｂｃ', '！', '。', '，', '｜'];
+const SPECIAL_TEXTS = ['<|im_start|>', '<|im_end|>', '<think>', '</think>', '<|endoftext|>', '<s>', '</s>', '<unk>',
+    '<|end|>', '<|user|>', '<|assistant|>', '<|begin_of_text|>', '<|eot_id|>', '<｜fim▁hole｜>', '<|EOT|>', 'õ'];
+
+function randomStrings(count: number, seed: number): string[] {
+    const rand = seededRandom(seed);
+    const out: string[] = [];
+    for (let i = 0; i < count; i++) {
+        let s = '';
+        const n = 1 + Math.floor(rand() * 12);
+        for (let k = 0; k < n; k++) {
+            const pool = rand() < 0.1 ? SPECIAL_TEXTS : PALETTE;
+            s += pool[Math.floor(rand() * pool.length)];
+        }
+        out.push(s);
+    }
+    return out;
+}
+
+describe.skipIf(!hasVocabDir)('agreement with llama.cpp (node-llama-cpp, vocab only)', () => {
+    let llama: OracleLlama | null = null;
+    let skipReason = '';
+    const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'thinkcache-tokenizer-'));
+
+    beforeAll(async () => {
+        try {
+            const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
+            llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.disabled }) as unknown as OracleLlama;
+        } catch (err) {
+            skipReason = `node-llama-cpp could not load its prebuilt binary: ${(err as Error).message}`;
+            console.warn(`tokenizer tests: skipping llama.cpp agreement, ${skipReason}`);
+        }
+    }, 120_000);
+    afterAll(() => fs.rmSync(tmpDir, { recursive: true, force: true }));
+
+    for (const { name, skip } of vectorCases()) {
+        it.skipIf(skip)(`${name}: same ids, text, special tokens and EOG set as llama.cpp`, async (ctx) => {
+            if (llama === null) return ctx.skip();
+            const metadata = await loadMetadata(name);
+            let file = path.join(vocabDir, `ggml-vocab-${name}.gguf`);
+            if (!fs.existsSync(file)) {
+                file = path.join(tmpDir, `${name}.gguf`);
+                writeVocabGguf(file, metadata);
+            }
+            const model = await llama.loadModel({ modelPath: file, vocabOnly: true }) as OracleModel;
+            try {
+                const t = createTokenizer(metadata);
+                // node-llama-cpp reports a special token only when it is a control token (Qwen's default BOS 11 is ',')
+                const control = (id: number | null): number | null => (id !== null && t.tokenType(id) === TOKEN_TYPE.CONTROL ? id : null);
+                expect([control(t.bos), control(t.eos), control(t.eot)]).toEqual([model.tokens.bos, model.tokens.eos, model.tokens.eot]);
+                const eog = [...Array(t.vocabSize).keys()].filter((id) => model.isEogToken(id));
+                expect(t.eogTokens).toEqual(eog);
+                const mismatches: string[] = [];
+                for (const text of randomStrings(300, 1234)) {
+                    for (const parseSpecial of [false, true]) {
+                        const want = Array.from(model.tokenize(text, parseSpecial));
+                        const got = t.encode(text, { addBos: false, parseSpecial });
+                        if (got.join(' ') !== want.join(' ')) {
+                            mismatches.push(`encode ${JSON.stringify(text)} parseSpecial=${parseSpecial}: want ${want} got ${got}`);
+                        }
+                        for (const special of [false, true]) {
+                            const wantText = model.detokenize(want, special);
+                            const gotText = t.decode(want, { special });
+                            if (gotText !== wantText) {
+                                mismatches.push(`decode ${want} special=${special}: want ${JSON.stringify(wantText)} got ${JSON.stringify(gotText)}`);
+                            }
+                        }
+                    }
+                }
+                expect(mismatches.slice(0, 5)).toEqual([]);
+            } finally {
+                await model.dispose();
+            }
+        }, 120_000);
+    }
+});
 
 /** Deterministic `length`-character text of random "words" over Latin, digits, CJK, emoji and punctuation. */
 function makeRandomText(length: number, seed: number): string {
