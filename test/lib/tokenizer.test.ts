@@ -24,7 +24,9 @@ const qwen3Json = path.join(dataDir, 'tokenizers/qwen3/tokenizer.json.gz');
 const llama3Json = path.join(dataDir, 'tokenizers/llama3/tokenizer.json.gz');
 const llama3Config = path.join(dataDir, 'tokenizers/llama3/tokenizer_config.json');
 const qwen3Config = path.join(dataDir, 'tokenizers/qwen3/tokenizer_config.json');
+const r1AddedTokens = path.join(dataDir, 'tokenizers/deepseek-r1-distill-qwen/added_tokens.json');
 const hasQwen = hasVocabDir && fs.existsSync(qwen3Json);
+const hasR1 = hasQwen && fs.existsSync(r1AddedTokens);
 const hasLlama3 = hasVocabDir && fs.existsSync(llama3Json);
 
 if (!hasVocabDir) console.warn(`tokenizer tests: skipping vocab vectors, ${vocabDir} is absent`);
@@ -66,6 +68,13 @@ function loadMetadata(name: string): Promise<Record<string, unknown>> {
     let promise = metadataCache.get(name);
     if (promise === undefined) {
         promise = (async () => {
+            if (name === 'deepseek-r1-qwen') {
+                // DeepSeek-R1-Distill-Qwen: the Qwen BPE vocabulary with its own added tokens, BOS and EOS
+                const added = JSON.parse(fs.readFileSync(r1AddedTokens, 'utf8')) as Record<string, unknown>;
+                const json = loadJsonGz(qwen3Json) as Record<string, unknown>;
+                json['added_tokens'] = added['added_tokens'];
+                return metadataFromHfTokenizerJson(json, { pre: name, tokenizerConfig: added });
+            }
             if (name === 'qwen2' || name === 'llama-bpe') {
                 const [json, config] = name === 'qwen2' ? [qwen3Json, qwen3Config] : [llama3Json, llama3Config];
                 const tokenizerConfig = JSON.parse(fs.readFileSync(config, 'utf8')) as Record<string, unknown>;
@@ -380,7 +389,8 @@ const PALETTE = ['Hello', ' world', 'the', ' ', '  ', '   ', '\t', '\n', '\n\n',
     '\ufeff', '\u0301', '\x01', '\x1f', '\x7f', 'Ġ', 'Ċ', '▁', '▁▁', '<0x0A>', '½', '²', 'Ⅻ', '٣', '①', 'µ', '\u212a',
     '\u2126', 'ﬁ', 'Ａｂｃ', '！', '。', '，', '｜'];
 const SPECIAL_TEXTS = ['<|im_start|>', '<|im_end|>', '<think>', '</think>', '<|endoftext|>', '<s>', '</s>', '<unk>',
-    '<|end|>', '<|user|>', '<|assistant|>', '<|begin_of_text|>', '<|eot_id|>', '<｜fim▁hole｜>', '<|EOT|>', 'õ'];
+    '<|end|>', '<|user|>', '<|assistant|>', '<|begin_of_text|>', '<|eot_id|>', '<｜fim▁hole｜>', '<|EOT|>', 'õ',
+    '<｜User｜>', '<｜Assistant｜>', '<｜begin▁of▁sentence｜>', '<｜end▁of▁sentence｜>'];
 
 function randomStrings(count: number, seed: number): string[] {
     const rand = seededRandom(seed);
@@ -399,21 +409,23 @@ function randomStrings(count: number, seed: number): string[] {
 
 describe.skipIf(!hasVocabDir)('agreement with llama.cpp (node-llama-cpp, vocab only)', () => {
     let llama: OracleLlama | null = null;
-    let skipReason = '';
-    const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'thinkcache-tokenizer-'));
+    let tmpDir = '';
 
     beforeAll(async () => {
+        tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'thinkcache-tokenizer-'));
         try {
             const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
             llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.disabled }) as unknown as OracleLlama;
         } catch (err) {
-            skipReason = `node-llama-cpp could not load its prebuilt binary: ${(err as Error).message}`;
-            console.warn(`tokenizer tests: skipping llama.cpp agreement, ${skipReason}`);
+            console.warn('tokenizer tests: skipping llama.cpp agreement, node-llama-cpp could not load its prebuilt ' +
+                `binary: ${(err as Error).message}`);
         }
     }, 120_000);
-    afterAll(() => fs.rmSync(tmpDir, { recursive: true, force: true }));
+    afterAll(() => {
+        if (tmpDir !== '') fs.rmSync(tmpDir, { recursive: true, force: true });
+    });
 
-    for (const { name, skip } of vectorCases()) {
+    for (const { name, skip } of [...vectorCases(), { name: 'deepseek-r1-qwen', skip: !hasR1 }]) {
         it.skipIf(skip)(`${name}: same ids, text, special tokens and EOG set as llama.cpp`, async (ctx) => {
             if (llama === null) return ctx.skip();
             const metadata = await loadMetadata(name);
@@ -425,6 +437,7 @@ describe.skipIf(!hasVocabDir)('agreement with llama.cpp (node-llama-cpp, vocab o
             const model = await llama.loadModel({ modelPath: file, vocabOnly: true }) as OracleModel;
             try {
                 const t = createTokenizer(metadata);
+                if (name === 'deepseek-r1-qwen') expect(t.encode('Hi')[0]).toBe(151646);  // add_bos_token: true
                 // node-llama-cpp reports a special token only when it is a control token (Qwen's default BOS 11 is ',')
                 const control = (id: number | null): number | null => (id !== null && t.tokenType(id) === TOKEN_TYPE.CONTROL ? id : null);
                 expect([control(t.bos), control(t.eos), control(t.eot)]).toEqual([model.tokens.bos, model.tokens.eos, model.tokens.eot]);
