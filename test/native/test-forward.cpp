@@ -48,7 +48,9 @@ TC_TEST("attention: SIMD == scalar ref (GQA, prefill and decode, head sizes 8/64
                 attn_scratch sc;
                 attention(pool, p, q.data(), qpos.data(), *kv, 0, out.data(), sc);
                 const double e = nmse(out, out_ref);
-                TC_CHECK(e < 1e-10) << "ATTENTION(D=" << D << ",n_tokens=" << n_tokens << ",threads=" << nth << "): NMSE " << e;
+                // both keep V in an f16 accumulator (as llama.cpp); the q·k dot differs in the last f32 bit (FMA
+                // order vs double), which flips an f16 rounding now and then: ~1e-9. A real bug is > 1e-3.
+                TC_CHECK(e < 1e-7) << "ATTENTION(D=" << D << ",n_tokens=" << n_tokens << ",threads=" << nth << "): NMSE " << e;
             }
         }
     }
