@@ -93,7 +93,7 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
         for (size_t t = 0; t < T; t++) rms_norm_ref(s.x.data() + t * n_embd, L.ffn_norm, s.xn.data() + t * n_embd, n_embd, hp.rms_eps);
         cpu_matmul(pool, L.w_gate, s.xn.data(), s.gate.data(), n_tokens, s.mm);
         cpu_matmul(pool, L.w_up, s.xn.data(), s.up.data(), n_tokens, s.mm);
-        silu_mul_ref(s.gate.data(), s.up.data(), (int64_t) T * n_ff);
+        silu_mul(s.gate.data(), s.up.data(), (int64_t) T * n_ff);
         cpu_matmul(pool, L.w_down, s.gate.data(), s.o.data(), n_tokens, s.mm);
         add_ref(s.x.data(), s.o.data(), (int64_t) T * n_embd);
     }

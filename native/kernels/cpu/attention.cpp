@@ -16,6 +16,10 @@
 #include "quant-traits-cpu.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 headers raise false "may be used uninitialized" warnings (fixed in GCC 13)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 
 namespace core {
@@ -35,12 +39,11 @@ int32_t visible_keys(const kv_head_view & h, int32_t qpos) {
 // llama.cpp's CPU flash attention (its default on CPU) walks the keys in order with an online softmax
 // and accumulates V in an f16 vector, rounding after every key:
 //   s > M:  M = s, ms = exp(M_old - M), acc = f16(acc * ms), vs = 1      else: vs = exp(s - M)
-//   acc = f16(acc + v * vs)   (fused multiply-add on the 64-wide SIMD part, unfused on the tail)
-//   S = S * ms + vs;  out = f32(acc) / S
+//   acc = f16(fma(v, vs, acc))      S = fma(S, ms, vs)      out = f32(acc) * (1 / S)
+// (llama.cpp's build contracts the scalar tail `acc + v*vs` and `S*ms + vs` into FMAs, as any -mfma
+// build does by default, so every step is fused.)
 // We reproduce that rounding exactly (it decides near-tie greedy tokens); only the q·k dot may differ
 // in the last bit (f32 FMA order), which the f16 accumulator absorbs.
-constexpr int LLAMA_F16_STEP = 64;  // ggml's GGML_F16_STEP on AVX-512: elements handled by the SIMD loop
-
 struct f16_acc_state {
     float M;
     float S;
@@ -52,9 +55,7 @@ inline void acc_scale_f16(f16_t * acc, int DV, float ms) {
 }
 
 inline void acc_mad_f16_ref(f16_t * acc, const f16_t * v, int DV, float vs) {
-    const int np = DV & ~(LLAMA_F16_STEP - 1);
-    for (int d = 0; d < np; d++) acc[d] = f32_to_f16(std::fma(f16_to_f32(v[d]), vs, f16_to_f32(acc[d])));
-    for (int d = np; d < DV; d++) acc[d] = f32_to_f16(f16_to_f32(acc[d]) + f16_to_f32(v[d]) * vs);
+    for (int d = 0; d < DV; d++) acc[d] = f32_to_f16(std::fma(f16_to_f32(v[d]), vs, f16_to_f32(acc[d])));
 }
 
 // One key: update (M, S, acc) with score s and value row v.
@@ -70,12 +71,43 @@ inline void softmax_step(f16_acc_state & st, float s, const f16_t * v, int DV, M
         vs = std::exp(s - st.M);
     }
     mad(st.acc, v, DV, vs);
-    st.S = st.S * ms + vs;
+    st.S = std::fma(st.S, ms, vs);
 }
 
 inline void finish_f16(const f16_acc_state & st, int DV, float * out) {
     const float inv = st.S == 0.0f ? 0.0f : 1.0f / st.S;
     for (int d = 0; d < DV; d++) out[d] = f16_to_f32(st.acc[d]) * inv;
+}
+
+// q·k exactly as ggml_vec_dot_f16 computes it on AVX-512 (the kq dot of llama.cpp's flash attention):
+// the first np = D & ~63 dims in four 16-lane f32 accumulators (FMA over 64-wide chunks), combined as
+// (a0 + a2) + (a1 + a3) and reduced by _mm512_reduce_add_ps's tree; the remaining dims added in double.
+// Products of two f16 values are exact in f32, so this is a fixed expression: the SIMD versions below
+// reproduce it bit for bit with keys in lanes instead of dims.
+float kq_dot_ref(const float * q16, const kv_head_view & h, int32_t j, int D) {
+    const int np = D & ~63;
+    float r = 0.0f;
+    if (np) {
+        float t[16];
+        for (int L = 0; L < 16; L++) {
+            float a[4];
+            for (int c = 0; c < np / 64; c++) {
+                for (int jj = 0; jj < 4; jj++) {
+                    const int d = 64 * c + 16 * jj + L;
+                    const float prod_q = q16[d], prod_k = f16_to_f32(h.key(j, d, D));
+                    a[jj] = c == 0 ? prod_q * prod_k : std::fma(prod_k, prod_q, a[jj]);
+                }
+            }
+            t[L] = (a[0] + a[2]) + (a[1] + a[3]);
+        }
+        float u[8], v[4];
+        for (int L = 0; L < 8; L++) u[L] = t[L] + t[L + 8];
+        for (int L = 0; L < 4; L++) v[L] = u[L] + u[L + 4];
+        r = (v[0] + v[2]) + (v[1] + v[3]);
+    }
+    double sum = r;
+    for (int d = np; d < D; d++) sum += (double) (q16[d] * f16_to_f32(h.key(j, d, D)));
+    return (float) sum;
 }
 
 // ---- scalar reference for one (token, KV head): the oracle of the fast paths ----------------------
@@ -84,13 +116,13 @@ void attend_group_ref(const attn_params & p, const float * q_rows /*[G][D]*/, in
     const int D = p.head_dim, DV = p.head_dim_v;
     const int32_t n = visible_keys(h, qpos);
     acc.resize((size_t) DV);
+    std::vector<float> q16((size_t) G * D);
+    for (size_t i = 0; i < q16.size(); i++) q16[i] = f16_to_f32(f32_to_f16(q_rows[i]));
     for (int g = 0; g < G; g++) {
         f16_acc_state st{-INFINITY, 0.0f, acc.data()};
         std::fill(acc.begin(), acc.end(), (f16_t) 0);
         for (int32_t j = 0; j < n; j++) {
-            double dot = 0;  // ggml_vec_dot_f16's tail accumulates in double
-            for (int d = 0; d < D; d++) dot += (double) (f16_to_f32(f32_to_f16(q_rows[(size_t) g * D + d])) * f16_to_f32(h.key(j, d, D)));
-            const float s = (float) dot * p.scale;
+            const float s = kq_dot_ref(q16.data() + (size_t) g * D, h, j, D) * p.scale;
             softmax_step(st, s, h.v + (size_t) j * DV, DV, acc_mad_f16_ref);
         }
         finish_f16(st, DV, out_rows + (size_t) g * DV);
@@ -101,108 +133,122 @@ void attend_group_ref(const attn_params & p, const float * q_rows /*[G][D]*/, in
 void score_block_generic(const attn_params & p, const float * q16, int G, const kv_head_view & h, int32_t j0, int32_t j1, float * s) {
     const int D = p.head_dim;
     for (int g = 0; g < G; g++) {
-        for (int32_t j = j0; j < j1; j++) {
-            double dot = 0;
-            for (int d = 0; d < D; d++) dot += (double) (q16[(size_t) g * D + d] * f16_to_f32(h.key(j, d, D)));
-            s[(size_t) g * ATTN_BLOCK + (j - j0)] = (float) dot * p.scale;
-        }
+        for (int32_t j = j0; j < j1; j++) s[(size_t) g * ATTN_BLOCK + (j - j0)] = kq_dot_ref(q16 + (size_t) g * D, h, j, D) * p.scale;
     }
 }
 
 #if defined(__x86_64__)
-// scores of NG query heads against one key tile (KV_TILE = 16 keys = one zmm)
-template <int NG>
-__attribute__((target("avx512f,f16c,fma"))) inline void score_tile_avx512(const float * q16, int D, const f16_t * tile, float scale, float * s) {
-    __m512 a[NG];
-    for (int g = 0; g < NG; g++) a[g] = _mm512_setzero_ps();
-    for (int d = 0; d < D; d++) {
-        const __m512 k = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (tile + (size_t) d * KV_TILE)));
-        for (int g = 0; g < NG; g++) a[g] = _mm512_fmadd_ps(_mm512_set1_ps(q16[(size_t) g * D + d]), k, a[g]);
+// kq_dot_ref for the 16 keys of a tile at once (keys in lanes). kf: the tile as f32 [D][16].
+__attribute__((target("avx512f,fma"))) inline __m512 kq_dot_tile_avx512(const float * q, const float * kf, int D) {
+    const int np = D & ~63;
+    __m512 r = _mm512_setzero_ps();
+    if (np) {
+        __m512 t[16];
+        for (int L = 0; L < 16; L++) {
+            __m512 a[4];
+            for (int jj = 0; jj < 4; jj++) a[jj] = _mm512_mul_ps(_mm512_set1_ps(q[16 * jj + L]), _mm512_loadu_ps(kf + (size_t) (16 * jj + L) * 16));
+            for (int c = 1; c < np / 64; c++) {
+                for (int jj = 0; jj < 4; jj++) {
+                    const int d = 64 * c + 16 * jj + L;
+                    a[jj] = _mm512_fmadd_ps(_mm512_loadu_ps(kf + (size_t) d * 16), _mm512_set1_ps(q[d]), a[jj]);
+                }
+            }
+            t[L] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        }
+        for (int L = 0; L < 8; L++) t[L] = _mm512_add_ps(t[L], t[L + 8]);
+        for (int L = 0; L < 4; L++) t[L] = _mm512_add_ps(t[L], t[L + 4]);
+        r = _mm512_add_ps(_mm512_add_ps(t[0], t[2]), _mm512_add_ps(t[1], t[3]));
     }
-    const __m512 sc = _mm512_set1_ps(scale);
-    for (int g = 0; g < NG; g++) _mm512_storeu_ps(s + (size_t) g * ATTN_BLOCK, _mm512_mul_ps(a[g], sc));
+    if (np == D) return r;
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(r));
+    __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+    for (int d = np; d < D; d++) {
+        const __m512 prod = _mm512_mul_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(kf + (size_t) d * 16));
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(prod)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(prod), 1))));
+    }
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
 }
 
 __attribute__((target("avx512f,f16c,fma"))) void score_block_avx512(const attn_params & p, const float * q16, int G, const kv_head_view & h,
-                                                                      int32_t j0, int32_t j1, float * s) {
+                                                                                int32_t j0, int32_t j1, float * s, float * kf) {
     const int D = p.head_dim;
+    const __m512 sc = _mm512_set1_ps(p.scale);
     for (int32_t t = j0; t < j1; t += KV_TILE) {
         const f16_t * tile = h.k + (size_t) (t / KV_TILE) * D * KV_TILE;
-        for (int g0 = 0; g0 < G; g0 += 8) {
-            const float * q = q16 + (size_t) g0 * D;
-            float * so = s + (size_t) g0 * ATTN_BLOCK + (t - j0);
-            switch (std::min(8, G - g0)) {
-                case 1: score_tile_avx512<1>(q, D, tile, p.scale, so); break;
-                case 2: score_tile_avx512<2>(q, D, tile, p.scale, so); break;
-                case 3: score_tile_avx512<3>(q, D, tile, p.scale, so); break;
-                case 4: score_tile_avx512<4>(q, D, tile, p.scale, so); break;
-                case 5: score_tile_avx512<5>(q, D, tile, p.scale, so); break;
-                case 6: score_tile_avx512<6>(q, D, tile, p.scale, so); break;
-                case 7: score_tile_avx512<7>(q, D, tile, p.scale, so); break;
-                default: score_tile_avx512<8>(q, D, tile, p.scale, so); break;
-            }
-        }
+        for (int d = 0; d < D; d++) _mm512_storeu_ps(kf + (size_t) d * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (tile + (size_t) d * KV_TILE))));
+        for (int g = 0; g < G; g++) _mm512_storeu_ps(s + (size_t) g * ATTN_BLOCK + (t - j0), _mm512_mul_ps(kq_dot_tile_avx512(q16 + (size_t) g * D, kf, D), sc));
     }
 }
 
 __attribute__((target("avx512f,f16c,fma"))) void acc_mad_f16_avx512(f16_t * acc, const f16_t * v, int DV, float vs) {
-    const int np = DV & ~(LLAMA_F16_STEP - 1);
     const __m512 w = _mm512_set1_ps(vs);
-    for (int d = 0; d < np; d += 16) {
+    int d = 0;
+    for (; d + 16 <= DV; d += 16) {
         const __m512 a = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (acc + d)));
         const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (v + d)));
         _mm256_storeu_si256((__m256i *) (acc + d), _mm512_cvtps_ph(_mm512_fmadd_ps(x, w, a), _MM_FROUND_TO_NEAREST_INT));
     }
-    for (int d = np; d < DV; d++) acc[d] = f32_to_f16(f16_to_f32(acc[d]) + f16_to_f32(v[d]) * vs);
+    for (; d < DV; d++) acc[d] = f32_to_f16(std::fma(f16_to_f32(v[d]), vs, f16_to_f32(acc[d])));
 }
 
-template <int NG>
-__attribute__((target("avx2,f16c,fma"))) inline void score_tile_avx2(const float * q16, int D, const f16_t * tile, float scale, float * s) {
-    __m256 lo[NG], hi[NG];
-    for (int g = 0; g < NG; g++) lo[g] = hi[g] = _mm256_setzero_ps();
-    for (int d = 0; d < D; d++) {
-        const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (tile + (size_t) d * KV_TILE)));
-        const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (tile + (size_t) d * KV_TILE + 8)));
-        for (int g = 0; g < NG; g++) {
-            const __m256 q = _mm256_set1_ps(q16[(size_t) g * D + d]);
-            lo[g] = _mm256_fmadd_ps(q, k0, lo[g]);
-            hi[g] = _mm256_fmadd_ps(q, k1, hi[g]);
+// kq_dot_ref for 8 keys (one half of a tile). kf: the half tile as f32 [D][8].
+__attribute__((target("avx2,fma"))) inline __m256 kq_dot_half_avx2(const float * q, const float * kf, int D) {
+    const int np = D & ~63;
+    __m256 r = _mm256_setzero_ps();
+    if (np) {
+        __m256 t[16];
+        for (int L = 0; L < 16; L++) {
+            __m256 a[4];
+            for (int jj = 0; jj < 4; jj++) a[jj] = _mm256_mul_ps(_mm256_set1_ps(q[16 * jj + L]), _mm256_loadu_ps(kf + (size_t) (16 * jj + L) * 8));
+            for (int c = 1; c < np / 64; c++) {
+                for (int jj = 0; jj < 4; jj++) {
+                    const int d = 64 * c + 16 * jj + L;
+                    a[jj] = _mm256_fmadd_ps(_mm256_loadu_ps(kf + (size_t) d * 8), _mm256_set1_ps(q[d]), a[jj]);
+                }
+            }
+            t[L] = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
         }
+        for (int L = 0; L < 8; L++) t[L] = _mm256_add_ps(t[L], t[L + 8]);
+        for (int L = 0; L < 4; L++) t[L] = _mm256_add_ps(t[L], t[L + 4]);
+        r = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
     }
-    const __m256 sc = _mm256_set1_ps(scale);
-    for (int g = 0; g < NG; g++) {
-        _mm256_storeu_ps(s + (size_t) g * ATTN_BLOCK, _mm256_mul_ps(lo[g], sc));
-        _mm256_storeu_ps(s + (size_t) g * ATTN_BLOCK + 8, _mm256_mul_ps(hi[g], sc));
+    if (np == D) return r;
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(r)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1));
+    for (int d = np; d < D; d++) {
+        const __m256 prod = _mm256_mul_ps(_mm256_set1_ps(q[d]), _mm256_loadu_ps(kf + (size_t) d * 8));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(prod)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(prod, 1)));
     }
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
 }
 
 __attribute__((target("avx2,f16c,fma"))) void score_block_avx2(const attn_params & p, const float * q16, int G, const kv_head_view & h,
-                                                                 int32_t j0, int32_t j1, float * s) {
+                                                                 int32_t j0, int32_t j1, float * s, float * kf) {
     const int D = p.head_dim;
+    const __m256 sc = _mm256_set1_ps(p.scale);
     for (int32_t t = j0; t < j1; t += KV_TILE) {
         const f16_t * tile = h.k + (size_t) (t / KV_TILE) * D * KV_TILE;
-        for (int g0 = 0; g0 < G; g0 += 4) {
-            const float * q = q16 + (size_t) g0 * D;
-            float * so = s + (size_t) g0 * ATTN_BLOCK + (t - j0);
-            switch (std::min(4, G - g0)) {
-                case 1: score_tile_avx2<1>(q, D, tile, p.scale, so); break;
-                case 2: score_tile_avx2<2>(q, D, tile, p.scale, so); break;
-                case 3: score_tile_avx2<3>(q, D, tile, p.scale, so); break;
-                default: score_tile_avx2<4>(q, D, tile, p.scale, so); break;
+        for (int half = 0; half < 2; half++) {
+            for (int d = 0; d < D; d++) {
+                _mm256_storeu_ps(kf + (size_t) d * 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (tile + (size_t) d * KV_TILE + 8 * half))));
+            }
+            for (int g = 0; g < G; g++) {
+                _mm256_storeu_ps(s + (size_t) g * ATTN_BLOCK + (t - j0) + 8 * half, _mm256_mul_ps(kq_dot_half_avx2(q16 + (size_t) g * D, kf, D), sc));
             }
         }
     }
 }
 
 __attribute__((target("avx2,f16c,fma"))) void acc_mad_f16_avx2(f16_t * acc, const f16_t * v, int DV, float vs) {
-    const int np = DV & ~(LLAMA_F16_STEP - 1);
     const __m256 w = _mm256_set1_ps(vs);
-    for (int d = 0; d < np; d += 8) {
+    int d = 0;
+    for (; d + 8 <= DV; d += 8) {
         const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (acc + d)));
         const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (v + d)));
         _mm_storeu_si128((__m128i *) (acc + d), _mm256_cvtps_ph(_mm256_fmadd_ps(x, w, a), _MM_FROUND_TO_NEAREST_INT));
     }
-    for (int d = np; d < DV; d++) acc[d] = f32_to_f16(f16_to_f32(acc[d]) + f16_to_f32(v[d]) * vs);
+    for (; d < DV; d++) acc[d] = f32_to_f16(std::fma(f16_to_f32(v[d]), vs, f16_to_f32(acc[d])));
 }
 #endif
 
@@ -241,14 +287,15 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
     const int64_t n_units = n_items * g_split;
 
     int level = dispatch_level();
-    const size_t per_thread_f32 = (size_t) G * ATTN_BLOCK + (size_t) G * D;
+    const size_t per_thread_f32 = (size_t) G * ATTN_BLOCK + (size_t) G * D + (size_t) D * KV_TILE;
     if ((int) scratch.per_thread.size() < nth) scratch.per_thread.resize(nth);
     for (auto & s : scratch.per_thread) if (s.size() < per_thread_f32 + (size_t) G * DV / 2 + 1) s.resize(per_thread_f32 + (size_t) G * DV / 2 + 1);
 
     pool.run([&](int ith, int nth_) {
         float * s = scratch.per_thread[ith].data();
         float * q16 = s + (size_t) G * ATTN_BLOCK;
-        f16_t * acc = (f16_t *) (q16 + (size_t) G * D);  // [G][DV] f16 accumulators
+        float * kf = q16 + (size_t) G * D;                 // [D][KV_TILE] key tile as f32
+        f16_t * acc = (f16_t *) (kf + (size_t) D * KV_TILE);  // [G][DV] f16 accumulators
         for (int64_t u = ith; u < n_units; u += nth_) {
             const int64_t it = u / g_split;
             const int part = (int) (u % g_split);
@@ -267,8 +314,8 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
             for (int32_t j0 = 0; j0 < n; j0 += ATTN_BLOCK) {
                 const int32_t j1 = std::min(n, j0 + ATTN_BLOCK);
 #if defined(__x86_64__)
-                if (level == 2) score_block_avx512(p, q16, ng, h, j0, j1, s);
-                else if (level == 1) score_block_avx2(p, q16, ng, h, j0, j1, s);
+                if (level == 2) score_block_avx512(p, q16, ng, h, j0, j1, s, kf);
+                else if (level == 1) score_block_avx2(p, q16, ng, h, j0, j1, s, kf);
                 else
 #endif
                     score_block_generic(p, q16, ng, h, j0, j1, s);

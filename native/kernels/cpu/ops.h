@@ -18,8 +18,12 @@ void rope_cache_ref(float * cs, int32_t pos, int n_rot, float freq_base, float f
 // Rotates the first n_rot dims of each of n_head heads of size head_dim (in place) using `cs` of one position.
 void rope_apply_ref(float * x, int n_head, int head_dim, int n_rot, rope_style style, const float * cs);
 
-// g[i] = silu(g[i]) * u[i]
+// g[i] = silu(g[i]) * u[i], silu(x) = x / (1 + exp(-x)) with libm's expf.
 void silu_mul_ref(float * g, const float * u, int64_t n);
+// Same with the vectorized exp llama.cpp's CPU backend uses for SwiGLU (ggml's ggml_v_expf: a
+// range-reduced polynomial, within 2 ulp of expf but with different bits), so hidden states keep the
+// exact values llama.cpp computes; AVX-512 and AVX2 each follow the variant llama.cpp runs on that CPU.
+void silu_mul(float * g, const float * u, int64_t n);
 
 // y[i] += x[i]
 void add_ref(float * y, const float * x, int64_t n);

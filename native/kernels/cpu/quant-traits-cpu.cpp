@@ -67,13 +67,12 @@ quant_traits_cpu g_resolved[N_VEC_DOT_TYPES][CPU_LEVEL_COUNT];
 void resolve_all() {
     for (size_t r = 0; r < N_VEC_DOT_TYPES; r++) {
         const vec_dot_type_row & row = VEC_DOT_TYPES[r];
-        const quant_traits * act = quant_traits_get(row.vec_dot_type);
-        assert(act && "vec_dot_type must have a quant_traits row");
+        assert(quant_act_from_float_ref(row.vec_dot_type) && "vec_dot_type must have an activation conversion");
         for (int l = 0; l < CPU_LEVEL_COUNT; l++) {
             quant_traits_cpu & t = g_resolved[r][l];
             t.type = row.type;
             t.vec_dot_type = row.vec_dot_type;
-            t.from_float = act->from_float_ref;
+            t.from_float = quant_act_from_float_ref(row.vec_dot_type);
             t.vec_dot = row.vec_dot_ref;
             t.vec_dot_ref = row.vec_dot_ref;
             bool have_from_float = false, have_vec_dot = false;
@@ -95,6 +94,12 @@ void resolve_all() {
 }
 
 } // namespace
+
+from_float_fn quant_act_from_float_ref(ggml_type act_type) {
+    if (act_type == GGML_TYPE_Q8_0) return quantize_row_q8_0_act_ref;
+    const quant_traits * t = quant_traits_get(act_type);
+    return t ? t->from_float_ref : nullptr;
+}
 
 const quant_traits_cpu * quant_traits_cpu_get_level(uint32_t type, cpu_level level) {
     static std::once_flag once;

@@ -32,6 +32,11 @@ struct quant_traits_cpu {
     vec_dot_fn vec_dot_ref;       // scalar oracle
 };
 
+// Scalar oracle of the activation conversion into `act_type` (what `from_float` must reproduce bit for
+// bit). Equals quant_traits' from_float_ref except for q8_0, whose runtime quantizer follows llama.cpp's
+// (see quantize_row_q8_0_act_ref). nullptr for a type that is never an activation type.
+from_float_fn quant_act_from_float_ref(ggml_type act_type);
+
 // nullptr when the CPU backend has no kernels for the type.
 const quant_traits_cpu * quant_traits_cpu_get(uint32_t type);
 
@@ -50,6 +55,11 @@ cpu_level cpu_level_supported(); // highest level this CPU and OS can run
 cpu_level cpu_level_active();    // cpu_level_supported() capped by THINKCACHE_CPU (read once)
 
 // The traits dispatch would pick if the active level were `level` (capped by cpu_level_supported()).
+// Scalar oracle of the activation conversion into `act_type` (what `from_float` must reproduce bit for
+// bit). Equals quant_traits' from_float_ref except for q8_0, whose runtime quantizer follows llama.cpp's
+// (see quantize_row_q8_0_act_ref). nullptr for a type that is never an activation type.
+from_float_fn quant_act_from_float_ref(ggml_type act_type);
+
 // nullptr when the CPU backend has no kernels for the type.
 const quant_traits_cpu * quant_traits_cpu_get_level(uint32_t type, cpu_level level);
 

@@ -1,6 +1,7 @@
 // Q8_0 reference codec (layout in q8-0.h).
 #include "q8-0.h"
 
+#include <algorithm>
 #include <cassert>
 #include <cmath>
 
@@ -40,6 +41,19 @@ void vec_dot_q8_0_q8_0_ref(int64_t n, float * s, const void * vx, const void * v
         sum += (float) sumi * (f16_to_f32(x[ib].d) * f16_to_f32(y[ib].d));
     }
     *s = sum;
+}
+
+void quantize_row_q8_0_act_ref(const float * x, void * vy, int64_t n) {
+    block_q8_0 * y = (block_q8_0 *) vy;
+    for (int64_t ib = 0; ib < n / QK8_0; ib++) {
+        const float * xb = x + ib * QK8_0;
+        float amax = 0.0f;
+        for (int j = 0; j < QK8_0; j++) amax = std::max(amax, std::fabs(xb[j]));
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y[ib].d = f32_to_f16(d);
+        for (int j = 0; j < QK8_0; j++) y[ib].qs[j] = (int8_t) std::nearbyint(xb[j] * id);  // default rounding mode: to even
+    }
 }
 
 } // namespace core

@@ -23,6 +23,10 @@ static_assert(sizeof(block_q8_0) == sizeof(f16_t) + QK8_0, "wrong q8_0 block siz
 // the f16-rounded one) and quants round half away from zero. n % QK8_0 == 0.
 void quantize_row_q8_0_ref(const float * x, void * y, int64_t n);
 void dequantize_row_q8_0(const void * x, float * y, int64_t n);
+// Activation quantizer as llama.cpp's CPU backend runs it at inference time (ggml-cpu's x86
+// quantize_row_q8_0): inverse scale 127/amax (not 1/d) and round-half-to-even. Weights use the _ref
+// quantizer above; activations use this one so our dot products see the same bytes as llama.cpp's.
+void quantize_row_q8_0_act_ref(const float * x, void * y, int64_t n);
 // Scalar q8_0 . q8_0 (oracle): exact int32 sum per block, times d_x * d_y, accumulated in f32 (as ggml).
 void vec_dot_q8_0_q8_0_ref(int64_t n, float * s, const void * x, const void * y);
 

@@ -45,16 +45,6 @@ TC_AVX2 inline __m256 bf16_odd_f32x8(__m256i v) {
     return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int) 0xffff0000u)));
 }
 
-// roundf(): half away from zero. trunc(|v|) is exact and so is |v| - trunc(|v|) (|v| < 2^23).
-TC_AVX2 inline __m256 round_half_away_f32x8(__m256 v) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 a = _mm256_andnot_ps(sign, v);
-    const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
-                                    _mm256_set1_ps(1.0f));
-    return _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(v, sign));
-}
-
 TC_AVX2 inline __m256 q8_0_block_fma(const block_q8_0 * x, const block_q8_0 * y, __m256 acc) {
     const __m256 d = _mm256_set1_ps(_cvtsh_ss(x->d) * _cvtsh_ss(y->d));
     const __m256i qx = _mm256_loadu_si256((const __m256i *) x->qs);
@@ -85,54 +75,44 @@ TC_AVX2 void vec_dot_f32_avx2(int64_t n, float * s, const void * vx, const void 
     *s = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 }
 
+// Same expression as the AVX-512 f16 dot (ggml_vec_dot_f16, see x86-avx512.cpp): four 16-lane
+// accumulators held as 8-lane halves (h[2k] lanes 0-7 of a_k, h[2k+1] lanes 8-15).
 TC_AVX2 void vec_dot_f16_avx2(int64_t n, float * s, const void * vx, const void * vy) {
     const f16_t * x = (const f16_t *) vx;
     const f16_t * y = (const f16_t *) vy;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
-        a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
+    const int64_t np = n & ~(int64_t) 63;
+    __m256 h[8];
+    for (auto & v : h) v = _mm256_setzero_ps();
+    for (int64_t i = 0; i < np; i += 64) {
+        for (int k = 0; k < 8; k++) h[k] = _mm256_fmadd_ps(load_f16x8(x + i + 8 * k), load_f16x8(y + i + 8 * k), h[k]);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
-    if (i < n) { // zero-padded copy of the tail (no masked 16-bit loads in AVX2)
-        f16_t tx[8] = {0}, ty[8] = {0};
-        std::memcpy(tx, x + i, (size_t) (n - i) * sizeof(f16_t));
-        std::memcpy(ty, y + i, (size_t) (n - i) * sizeof(f16_t));
-        a1 = _mm256_fmadd_ps(load_f16x8(tx), load_f16x8(ty), a1);
-    }
-    *s = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    const __m256 lo = _mm256_add_ps(_mm256_add_ps(h[0], h[4]), _mm256_add_ps(h[2], h[6]));
+    const __m256 hi = _mm256_add_ps(_mm256_add_ps(h[1], h[5]), _mm256_add_ps(h[3], h[7]));
+    double sum = hsum_f32x8(_mm256_add_ps(lo, hi));
+    for (int64_t i = np; i < n; i++) sum += (double) (f16_to_f32(x[i]) * f16_to_f32(y[i]));
+    *s = (float) sum;
 }
 
+// Same expression as the AVX-512 bf16 dot (see x86-avx512.cpp): each 16-lane accumulator held as two
+// 8-lane halves (lanes 0-7 take elements 0-15 of a 32-element chunk, lanes 8-15 elements 16-31).
 TC_AVX2 void vec_dot_bf16_avx2(int64_t n, float * s, const void * vx, const void * vy) {
     const bf16_t * x = (const bf16_t *) vx;
     const bf16_t * y = (const bf16_t *) vy;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};  // c1.lo c1.hi c2.lo c2.hi
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *) (x + i));
-        const __m256i y0 = _mm256_loadu_si256((const __m256i *) (y + i));
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *) (x + i + 16));
-        const __m256i y1 = _mm256_loadu_si256((const __m256i *) (y + i + 16));
-        a0 = _mm256_fmadd_ps(bf16_even_f32x8(x0), bf16_even_f32x8(y0), a0);
-        a1 = _mm256_fmadd_ps(bf16_odd_f32x8(x0), bf16_odd_f32x8(y0), a1);
-        a2 = _mm256_fmadd_ps(bf16_even_f32x8(x1), bf16_even_f32x8(y1), a2);
-        a3 = _mm256_fmadd_ps(bf16_odd_f32x8(x1), bf16_odd_f32x8(y1), a3);
-    }
-    if (i < n) { // zero-padded copy of the tail (no masked 16-bit loads in AVX2)
-        bf16_t tx[32] = {0}, ty[32] = {0};
-        std::memcpy(tx, x + i, (size_t) (n - i) * sizeof(bf16_t));
-        std::memcpy(ty, y + i, (size_t) (n - i) * sizeof(bf16_t));
-        for (int k = 0; k < 32; k += 16) {
-            const __m256i xt = _mm256_loadu_si256((const __m256i *) (tx + k));
-            const __m256i yt = _mm256_loadu_si256((const __m256i *) (ty + k));
-            a0 = _mm256_fmadd_ps(bf16_even_f32x8(xt), bf16_even_f32x8(yt), a0);
-            a1 = _mm256_fmadd_ps(bf16_odd_f32x8(xt), bf16_odd_f32x8(yt), a1);
+    for (; i + 64 <= n; i += 64) {
+        for (int k = 0; k < 4; k++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *) (x + i + 16 * k));
+            const __m256i yv = _mm256_loadu_si256((const __m256i *) (y + i + 16 * k));
+            c[k] = _mm256_fmadd_ps(bf16_odd_f32x8(xv), bf16_odd_f32x8(yv), c[k]);
+            c[k] = _mm256_fmadd_ps(bf16_even_f32x8(xv), bf16_even_f32x8(yv), c[k]);
         }
     }
-    *s = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    // _mm512_reduce_add_ps adds the upper 8 lanes to the lower 8 first: hsum_f32x8(lo + hi)
+    double sum = hsum_f32x8(_mm256_add_ps(c[0], c[1]));
+    sum += hsum_f32x8(_mm256_add_ps(c[2], c[3]));
+    for (; i < n; i++) sum += (double) (bf16_to_f32(x[i]) * bf16_to_f32(y[i]));
+    *s = (float) sum;
 }
 
 TC_AVX2 void vec_dot_q8_0_q8_0_avx2(int64_t n, float * s, const void * vx, const void * vy) {
@@ -185,16 +165,16 @@ TC_AVX2 void quantize_row_q8_0_avx2(const float * x, void * vy, int64_t n) {
         __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
         const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
                                        _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
-        // scale exactly as quantize_row_q8_0_ref (a true division, then 1/d)
+        // as quantize_row_q8_0_act_ref (llama.cpp's runtime quantizer): id = 127/amax, round half to even
         const float amax = hmax_f32x8(m);
         const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         y[ib].d = f32_to_f16(d);
         const __m256 vid = _mm256_set1_ps(id);
-        const __m256i i0 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v0, vid)));
-        const __m256i i1 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v1, vid)));
-        const __m256i i2 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v2, vid)));
-        const __m256i i3 = _mm256_cvtps_epi32(round_half_away_f32x8(_mm256_mul_ps(v3, vid)));
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         // packs interleave 128-bit lanes: bytes come out as i0[0:4] i1[0:4] i2[0:4] i3[0:4] i0[4:8] ...;
         // the dword permute restores element order
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));

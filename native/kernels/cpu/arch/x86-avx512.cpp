@@ -30,6 +30,8 @@ TC_AVX512 inline float hsum_f32x8_512(__m256 v) {
     return _mm_cvtss_f32(r);
 }
 
+TC_AVX512 inline __m512 load_f16x16(const f16_t * p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) p)); }
+
 TC_AVX512 inline float hsum_f32x16(__m512 v) {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
     return hsum_f32x8_512(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
@@ -64,16 +66,6 @@ TC_AVX512 inline __m512 bf16_odd_f32x16(__m512i v) {
     return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int) 0xffff0000u)));
 }
 
-// roundf(): half away from zero (see x86-avx2.cpp)
-TC_AVX512 inline __m512 round_half_away_f32x16(__m512 v) {
-    const __m512 a = _mm512_abs_ps(v);
-    __m512 t = _mm512_roundscale_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(a, t), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
-    t = _mm512_mask_add_ps(t, up, t, _mm512_set1_ps(1.0f));
-    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int) 0x80000000u));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign));
-}
-
 TC_AVX512_VNNI inline __m256 q8_0_block_fma_vnni(const block_q8_0 * x, const block_q8_0 * y, __m256 acc) {
     const __m256 d = _mm256_set1_ps(_cvtsh_ss(x->d) * _cvtsh_ss(y->d));
     const __m256i qx = _mm256_loadu_si256((const __m256i *) x->qs);
@@ -106,66 +98,64 @@ TC_AVX512 void vec_dot_f32_avx512(int64_t n, float * s, const void * vx, const v
 
 // 256-bit conversions on purpose: on Zen 4 a 512-bit vcvtph2ps costs more than two 256-bit ones
 // (measured 0.145 vs 0.090 cycles per element), so AVX-512 only contributes the masked tail here.
+// As ggml_vec_dot_f16 on AVX-512 (what llama.cpp's CPU backend runs for f16 weights): four 16-lane f32
+// accumulators over 64-element steps, combined (a0 + a2) + (a1 + a3), reduced with _mm512_reduce_add_ps's
+// tree into a double, the n % 64 tail added in double. Same expression, same bits — measured against
+// llama.cpp's logits on the f16 fixtures (test/e2e/parity.test.ts).
 TC_AVX512 void vec_dot_f16_avx512(int64_t n, float * s, const void * vx, const void * vy) {
     const f16_t * x = (const f16_t *) vx;
     const f16_t * y = (const f16_t *) vy;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
-        a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
+    const int64_t np = n & ~(int64_t) 63;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < np; i += 64) {
+        a0 = _mm512_fmadd_ps(load_f16x16(x + i), load_f16x16(y + i), a0);
+        a1 = _mm512_fmadd_ps(load_f16x16(x + i + 16), load_f16x16(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load_f16x16(x + i + 32), load_f16x16(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load_f16x16(x + i + 48), load_f16x16(y + i + 48), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
-    if (i < n) {
-        const __mmask8 m = (__mmask8) ((1u << (n - i)) - 1);
-        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(m, x + i)),
-                             _mm256_cvtph_ps(_mm_maskz_loadu_epi16(m, y + i)), a1);
-    }
-    *s = hsum_f32x8_512(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    double sum = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3)));
+    for (int64_t i = np; i < n; i++) sum += (double) (f16_to_f32(x[i]) * f16_to_f32(y[i]));
+    *s = (float) sum;
+}
+
+// bf16 dots reproduce ggml_vec_dot_bf16 with AVX512_BF16 (what llama.cpp's CPU backend runs for bf16
+// weights): two accumulators of 16 f32 lanes over 64-element steps (elements [0,32) into c1, [32,64)
+// into c2), lane j adding x[2j+1]·y[2j+1] then x[2j]·y[2j] (vdpbf16ps order; each product is exact in
+// f32, so a fused multiply-add rounds the same way), each reduced by _mm512_reduce_add_ps's tree and
+// summed in double with the n % 64 tail. Every fast path computes this same expression.
+TC_AVX512 inline __m512 dpbf16_emul(__m512 c, __m512i xv, __m512i yv) {
+    c = _mm512_fmadd_ps(bf16_odd_f32x16(xv), bf16_odd_f32x16(yv), c);
+    return _mm512_fmadd_ps(bf16_even_f32x16(xv), bf16_even_f32x16(yv), c);
 }
 
 TC_AVX512 void vec_dot_bf16_avx512(int64_t n, float * s, const void * vx, const void * vy) {
     const bf16_t * x = (const bf16_t *) vx;
     const bf16_t * y = (const bf16_t *) vy;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    __m512 c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        const __m512i x0 = _mm512_loadu_si512(x + i), y0 = _mm512_loadu_si512(y + i);
-        const __m512i x1 = _mm512_loadu_si512(x + i + 32), y1 = _mm512_loadu_si512(y + i + 32);
-        a0 = _mm512_fmadd_ps(bf16_even_f32x16(x0), bf16_even_f32x16(y0), a0);
-        a1 = _mm512_fmadd_ps(bf16_odd_f32x16(x0), bf16_odd_f32x16(y0), a1);
-        a2 = _mm512_fmadd_ps(bf16_even_f32x16(x1), bf16_even_f32x16(y1), a2);
-        a3 = _mm512_fmadd_ps(bf16_odd_f32x16(x1), bf16_odd_f32x16(y1), a3);
+        c1 = dpbf16_emul(c1, _mm512_loadu_si512(x + i), _mm512_loadu_si512(y + i));
+        c2 = dpbf16_emul(c2, _mm512_loadu_si512(x + i + 32), _mm512_loadu_si512(y + i + 32));
     }
-    for (; i < n; i += 32) { // masked: zero lanes past n
-        const __mmask32 m = n - i >= 32 ? ~(__mmask32) 0 : (__mmask32) ((1u << (n - i)) - 1);
-        const __m512i xt = _mm512_maskz_loadu_epi16(m, x + i), yt = _mm512_maskz_loadu_epi16(m, y + i);
-        a0 = _mm512_fmadd_ps(bf16_even_f32x16(xt), bf16_even_f32x16(yt), a0);
-        a1 = _mm512_fmadd_ps(bf16_odd_f32x16(xt), bf16_odd_f32x16(yt), a1);
-    }
-    *s = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    double sum = hsum_f32x16(c1);
+    sum += hsum_f32x16(c2);
+    for (; i < n; i++) sum += (double) (bf16_to_f32(x[i]) * bf16_to_f32(y[i]));
+    *s = (float) sum;
 }
 
 TC_AVX512_BF16 void vec_dot_bf16_avx512bf16(int64_t n, float * s, const void * vx, const void * vy) {
     const bf16_t * x = (const bf16_t *) vx;
     const bf16_t * y = (const bf16_t *) vy;
-    // vdpbf16ps: each f32 lane accumulates the products of one pair of bf16 elements
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    __m512 c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
     int64_t i = 0;
-    for (; i + 128 <= n; i += 128) {
-        a0 = _mm512_dpbf16_ps(a0, load_bf16x32(x + i), load_bf16x32(y + i));
-        a1 = _mm512_dpbf16_ps(a1, load_bf16x32(x + i + 32), load_bf16x32(y + i + 32));
-        a2 = _mm512_dpbf16_ps(a2, load_bf16x32(x + i + 64), load_bf16x32(y + i + 64));
-        a3 = _mm512_dpbf16_ps(a3, load_bf16x32(x + i + 96), load_bf16x32(y + i + 96));
+    for (; i + 64 <= n; i += 64) {
+        c1 = _mm512_dpbf16_ps(c1, load_bf16x32(x + i), load_bf16x32(y + i));
+        c2 = _mm512_dpbf16_ps(c2, load_bf16x32(x + i + 32), load_bf16x32(y + i + 32));
     }
-    for (; i + 32 <= n; i += 32) a0 = _mm512_dpbf16_ps(a0, load_bf16x32(x + i), load_bf16x32(y + i));
-    if (i < n) {
-        const __mmask32 m = (__mmask32) ((1ull << (n - i)) - 1);
-        a1 = _mm512_dpbf16_ps(a1, (__m512bh) _mm512_maskz_loadu_epi16(m, x + i), (__m512bh) _mm512_maskz_loadu_epi16(m, y + i));
-    }
-    *s = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    double sum = hsum_f32x16(c1);
+    sum += hsum_f32x16(c2);
+    for (; i < n; i++) sum += (double) (bf16_to_f32(x[i]) * bf16_to_f32(y[i]));
+    *s = (float) sum;
 }
 
 TC_AVX512_VNNI void vec_dot_q8_0_q8_0_avx512vnni(int64_t n, float * s, const void * vx, const void * vy) {
@@ -211,14 +201,14 @@ TC_AVX512 void quantize_row_q8_0_avx512(const float * x, void * vy, int64_t n) {
     for (int64_t ib = 0; ib < n / QK8_0; ib++) {
         const __m512 v0 = _mm512_loadu_ps(x + ib * QK8_0);
         const __m512 v1 = _mm512_loadu_ps(x + ib * QK8_0 + 16);
-        // scale exactly as quantize_row_q8_0_ref (a true division, then 1/d)
+        // as quantize_row_q8_0_act_ref (llama.cpp's runtime quantizer): id = 127/amax, round half to even
         const float amax = hmax_f32x16(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
         const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         y[ib].d = f32_to_f16(d);
         const __m512 vid = _mm512_set1_ps(id);
-        const __m512i i0 = _mm512_cvtps_epi32(round_half_away_f32x16(_mm512_mul_ps(v0, vid)));
-        const __m512i i1 = _mm512_cvtps_epi32(round_half_away_f32x16(_mm512_mul_ps(v1, vid)));
+        const __m512i i0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512i i1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm_storeu_si128((__m128i *) y[ib].qs, _mm512_cvtepi32_epi8(i0));
         _mm_storeu_si128((__m128i *) (y[ib].qs + 16), _mm512_cvtepi32_epi8(i1));
     }
