@@ -78,7 +78,7 @@ describe('loading malformed GGUF files', () => {
   });
 
   it('the error keeps the caller\'s stack', async () => {
-    const err = await loadModel({ path: join(dir, 'nope.gguf') }).catch((e: Error) => e);
+    const err = (await loadModel({ path: join(dir, 'nope.gguf') }).catch((e: Error) => e)) as Error;
     expect(err.stack).toMatch(/gguf-load\.test\.ts/);
   });
 });
