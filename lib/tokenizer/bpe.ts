@@ -13,6 +13,7 @@
 import { BYTE_TO_CHAR, CHAR_TO_BYTE, encodeByteLevel } from './byte-level.js';
 import { preTokenize } from './pre-tokenizers.js';
 import type { Vocab } from './vocab.js';
+import { PriorityQueue } from './heap.js';
 
 interface Bigram {
     left: number;
@@ -26,41 +27,6 @@ function before(a: Bigram, b: Bigram): boolean {
     return a.rank < b.rank || (a.rank === b.rank && a.left < b.left);
 }
 
-class BigramQueue {
-    private heap: Bigram[] = [];
-    get size(): number { return this.heap.length; }
-    clear(): void { this.heap = []; }
-    push(item: Bigram): void {
-        const h = this.heap;
-        let i = h.push(item) - 1;
-        while (i > 0) {
-            const parent = (i - 1) >> 1;
-            if (!before(item, h[parent]!)) break;
-            h[i] = h[parent]!;
-            i = parent;
-        }
-        h[i] = item;
-    }
-    pop(): Bigram {
-        const h = this.heap;
-        const top = h[0]!;
-        const last = h.pop()!;
-        if (h.length > 0) {
-            let i = 0;
-            for (;;) {
-                const l = 2 * i + 1;
-                if (l >= h.length) break;
-                const r = l + 1;
-                const c = r < h.length && before(h[r]!, h[l]!) ? r : l;
-                if (!before(h[c]!, last)) break;
-                h[i] = h[c]!;
-                i = c;
-            }
-            h[i] = last;
-        }
-        return top;
-    }
-}
 
 const NO_MERGE = -1;
 const UNKNOWN = -2;
@@ -120,7 +86,7 @@ export class BpeEncoder {
     private mergeResult: Int32Array | null = null;  // [n_merges] id of left+right, -1 if none, UNKNOWN until needed
     private readonly byteCharIds: Int32Array;       // [256] token id of each byte-level char, -1 if none
     private readonly wordCache = new Map<string, readonly number[]>();
-    private readonly queue = new BigramQueue();
+    private readonly queue = new PriorityQueue<Bigram>(before);
     // per-word symbol arrays, grown on demand and reused
     private len = new Int32Array(64);
     private prev = new Int32Array(64);

@@ -8,6 +8,7 @@
  * not needed here.
  */
 import { TOKEN_ATTR, type Vocab } from './vocab.js';
+import { PriorityQueue } from './heap.js';
 
 interface Bigram {
     left: number;
@@ -21,40 +22,6 @@ function higher(a: Bigram, b: Bigram): boolean {
     return a.score > b.score || (a.score === b.score && a.left < b.left);
 }
 
-class BigramQueue {
-    private readonly heap: Bigram[] = [];
-    get size(): number { return this.heap.length; }
-    push(item: Bigram): void {
-        const h = this.heap;
-        let i = h.push(item) - 1;
-        while (i > 0) {
-            const parent = (i - 1) >> 1;
-            if (!higher(item, h[parent]!)) break;
-            h[i] = h[parent]!;
-            i = parent;
-        }
-        h[i] = item;
-    }
-    pop(): Bigram {
-        const h = this.heap;
-        const top = h[0]!;
-        const last = h.pop()!;
-        if (h.length > 0) {
-            let i = 0;
-            for (;;) {
-                const l = 2 * i + 1;
-                if (l >= h.length) break;
-                const r = l + 1;
-                const c = r < h.length && higher(h[r]!, h[l]!) ? r : l;
-                if (!higher(h[c]!, last)) break;
-                h[i] = h[c]!;
-                i = c;
-            }
-            h[i] = last;
-        }
-        return top;
-    }
-}
 
 /** The `<0xXX>` token of a byte, else the byte as a one-char token, else UNK (llama.cpp throws there). */
 export function spmByteToToken(vocab: Vocab, byte: number): number {
@@ -88,7 +55,7 @@ export function spmTokenize(vocab: Vocab, text: string, out: number[]): void {
     }
     if (count === 0) return;
 
-    const queue = new BigramQueue();
+    const queue = new PriorityQueue<Bigram>(higher);
     const tryAddBigram = (left: number, right: number): void => {
         if (left === -1 || right === -1) return;
         const size = len[left]! + len[right]!;

@@ -16,12 +16,6 @@
 
 using namespace core;
 
-static double nmse(const std::vector<float> & a, const std::vector<float> & b) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a.size(); i++) { num += (a[i] - b[i]) * (double) (a[i] - b[i]); den += (double) b[i] * b[i]; }
-    return den > 0 ? num / den : num;
-}
-
 TC_TEST("attention: SIMD == scalar ref (GQA, prefill and decode, head sizes 8/64/80/128)") {
     std::mt19937 rng(7);
     std::normal_distribution<float> nd(0, 1);
@@ -48,7 +42,7 @@ TC_TEST("attention: SIMD == scalar ref (GQA, prefill and decode, head sizes 8/64
                 thread_pool pool(nth);
                 attn_scratch sc;
                 attention(pool, p, q.data(), qpos.data(), *kv, 0, out.data(), sc);
-                const double e = nmse(out, out_ref);
+                const double e = tc::nmse(out.data(), out_ref.data(), out.size());
                 // the fast paths reproduce the reference expression (llama.cpp's rounding) bit for bit
                 TC_CHECK(e == 0.0) << "ATTENTION(D=" << D << ",n_tokens=" << n_tokens << ",threads=" << nth << "): NMSE " << e;
             }

@@ -32,6 +32,17 @@ struct check_msg {
     template <class T> check_msg & operator<<(const T & v) { if (!ok) os << v; return *this; }
 };
 
+// Normalized mean squared error of a against ref: mse(a, ref) / mse(ref, 0) (test-backend-ops' metric).
+inline double nmse(const float * a, const float * ref, size_t n) {
+    double err = 0.0, sig = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double) a[i] - (double) ref[i];
+        err += d * d;
+        sig += (double) ref[i] * ref[i];
+    }
+    return sig > 0.0 ? err / sig : err;
+}
+
 } // namespace tc
 
 #define TC_CAT2(a, b) a##b

@@ -28,16 +28,6 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
     return v;
 }
 
-double nmse(const float * a, const float * ref, size_t n) {
-    double err = 0.0, sig = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = (double) a[i] - (double) ref[i];
-        err += d * d;
-        sig += (double) ref[i] * ref[i];
-    }
-    return sig > 0.0 ? err / sig : err;
-}
-
 struct test_weight {
     std::vector<uint8_t> data;
     weight_view view;
@@ -87,7 +77,7 @@ TC_TEST("matmul/vs-ref") {
                         // a guard after y catches writes past n_tokens * n_out
                         std::vector<float> y((size_t) (n_out * n_tokens) + 8, -12345.0f);
                         cpu_matmul(*pool, w.view, x.data(), y.data(), n_tokens, scratch);
-                        const double e = nmse(y.data(), ref.data(), ref.size());
+                        const double e = tc::nmse(y.data(), ref.data(), ref.size());
                         TC_CHECK(e <= 1e-10) << "MUL_MAT(type=" << t.name << ",n_in=" << n_in << ",n_out=" << n_out
                                              << ",n_tokens=" << n_tokens << ",threads=" << pool->size()
                                              << "): NMSE " << e << " > 1e-10";

@@ -49,16 +49,6 @@ std::vector<float> tricky_floats(size_t n, uint32_t seed) {
     return v;
 }
 
-double nmse(const float * a, const float * ref, size_t n) {
-    double err = 0.0, sig = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = (double) a[i] - (double) ref[i];
-        err += d * d;
-        sig += (double) ref[i] * ref[i];
-    }
-    return sig > 0.0 ? err / sig : err;
-}
-
 // Round-trip NMSE budget on Gaussian data (no outliers). Unknown quantized types get a generic budget from their bit
 // rate (uniform quantization error falls 4x per bit), so a new type is tested before it is tuned.
 double round_trip_budget(const quant_traits & t) {
@@ -116,7 +106,7 @@ TC_TEST("quants/round-trip") {
         std::vector<float> y(ne);
         t.from_float_ref(x.data(), q.data(), ne);
         t.to_float(q.data(), y.data(), ne);
-        const double e = nmse(y.data(), x.data(), ne);
+        const double e = tc::nmse(y.data(), x.data(), ne);
         const double budget = round_trip_budget(t);
         TC_CHECK(e <= budget) << "ROUND_TRIP(type=" << t.name << ",n=" << ne << "): NMSE " << e << " > " << budget;
     }
@@ -241,7 +231,7 @@ TC_TEST("quants/cpu-vec-dot") {
             for (int r = 0; r < n_rows; r++) tc->vec_dot_ref(ne, &ref[r], w.data() + r * wrow, a.data());
             for (const cand & c : cands) {
                 for (int r = 0; r < n_rows; r++) c.fn(ne, &got[r], w.data() + r * wrow, a.data());
-                const double e = nmse(got.data(), ref.data(), n_rows);
+                const double e = tc::nmse(got.data(), ref.data(), n_rows);
                 TC_CHECK(e <= 1e-10) << "VEC_DOT(type=" << tw.name << ",kernel=" << c.name << ",n=" << ne
                                      << "): NMSE " << e << " > 1e-10 (got " << got[0] << " ref " << ref[0] << ")";
             }
