@@ -137,6 +137,20 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
     p.n_ctx = opt_int(o, "contextSize", (int32_t) std::min<uint32_t>(m->hp.n_ctx_train, 4096));
     p.n_threads = opt_int(o, "threads", 0);
     p.n_batch = opt_int(o, "batchSize", 512);
+    // head retention: { retention: Uint8Array [n_layer * n_head_kv] (0 full, 1 stream), streamSinks, streamRecent }
+    Napi::Value ret = o.Get("retention");
+    if (ret.IsTypedArray() && ret.As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
+        Napi::Uint8Array a = ret.As<Napi::Uint8Array>();
+        if (a.ElementLength() != (size_t) m->hp.n_layer * m->hp.n_head_kv) {
+            throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: retention has %zu entries, the model has %u layers x %u KV heads",
+                                                                  a.ElementLength(), m->hp.n_layer, m->hp.n_head_kv));
+        }
+        p.retention.assign(a.Data(), a.Data() + a.ElementLength());
+        for (uint8_t r : p.retention) if (r > core::KV_RETAIN_STREAM) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: retention values must be 0 (full) or 1 (stream)");
+    }
+    p.stream_sinks = opt_int(o, "streamSinks", 16);
+    p.stream_recent = opt_int(o, "streamRecent", 64);
+    if (p.stream_sinks < 0 || p.stream_recent < 1) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: streamSinks must be >= 0 and streamRecent >= 1");
     if (p.n_ctx < 1 || p.n_threads < 0 || p.n_threads > 1024 || p.n_batch < 1) {
         throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: invalid options (contextSize %d, threads %d, batchSize %d)", p.n_ctx, p.n_threads, p.n_batch));
     }
@@ -305,8 +319,7 @@ Napi::Value AddonSequence::remove_from(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     core::engine_sequence & s = require_idle(env, "removeFrom");
     if (info.Length() < 1 || !info[0].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "removeFrom: position must be a number");
-    s.remove_from(info[0].As<Napi::Number>().Int32Value());
-    return env.Undefined();
+    return Napi::Number::New(env, s.remove_from(info[0].As<Napi::Number>().Int32Value()));
 }
 
 Napi::Value AddonSequence::n_tokens(const Napi::CallbackInfo & info) {
@@ -319,12 +332,37 @@ Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     if (!seq) throw_status(env, core::ERR_DISPOSED, "memory: the sequence has been disposed");
     if (busy.load()) throw_status(env, core::ERR_BUSY, "memory: the sequence is busy with another operation");
-    const core::kv_memory_summary m = seq->memory();
+    const bool per_head = info.Length() > 0 && info[0].ToBoolean();
+    const core::kv_memory_report m = seq->memory(per_head);
     Napi::Object o = Napi::Object::New(env);
     o.Set("logicalTokens", (double) m.logical_tokens);
     o.Set("residentTokens", (double) m.resident_tokens);
     o.Set("bytesUsed", (double) m.bytes_used);
     o.Set("bytesAllocated", (double) m.bytes_allocated);
+    Napi::Object b = Napi::Object::New(env);
+    b.Set("keys", (double) m.key_bytes);
+    b.Set("values", (double) m.value_bytes);
+    b.Set("positions", (double) m.position_bytes);
+    b.Set("metadata", (double) m.metadata_bytes);
+    b.Set("poolSlack", (double) m.pool_slack_bytes);
+    o.Set("breakdown", b);
+    if (per_head) {
+        const size_t n = m.heads.size();
+        Napi::Int32Array resident = Napi::Int32Array::New(env, n), budget = Napi::Int32Array::New(env, n);
+        Napi::Float64Array alloc = Napi::Float64Array::New(env, n), used = Napi::Float64Array::New(env, n);
+        for (size_t i = 0; i < n; i++) {
+            resident[i] = m.heads[i].resident;
+            budget[i] = m.heads[i].budget;
+            alloc[i] = (double) m.heads[i].bytes_allocated;
+            used[i] = (double) m.heads[i].bytes_used;
+        }
+        Napi::Object h = Napi::Object::New(env);
+        h.Set("residentTokens", resident);
+        h.Set("budget", budget);
+        h.Set("bytesAllocated", alloc);
+        h.Set("bytesUsed", used);
+        o.Set("heads", h);
+    }
     return o;
 }
 

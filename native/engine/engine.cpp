@@ -7,13 +7,23 @@ namespace core {
 static int resolve_threads(int n) { return n > 0 ? n : std::max(1, cpu_physical_cores()); }
 
 engine_context::engine_context(std::shared_ptr<const model> m, const context_params & p)
-    : model_(std::move(m)), params_(p), pool_(resolve_threads(p.n_threads)) {
+    : model_(std::move(m)), params_(p), pool_(resolve_threads(p.n_threads)),
+      kv_pool_(std::make_shared<page_pool>(kv_page_bytes((int) model_->hp.head_dim, (int) model_->hp.head_dim_v))) {
     params_.n_threads = pool_.size();
 }
 
 engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std::move(ctx)), sampler_(sampler_params{}) {
     const hparams & hp = ctx_->mdl().hp;
-    kv_ = kv_cache_make_full_f16((int) hp.n_layer, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.head_dim_v, ctx_->params().n_ctx);
+    kv_cache_config kc;
+    kc.n_layer = (int) hp.n_layer;
+    kc.n_head_kv = (int) hp.n_head_kv;
+    kc.head_dim = (int) hp.head_dim;
+    kc.head_dim_v = (int) hp.head_dim_v;
+    kc.n_ctx = ctx_->params().n_ctx;
+    kc.retention = ctx_->params().retention;
+    kc.stream_sinks = ctx_->params().stream_sinks;
+    kc.stream_recent = ctx_->params().stream_recent;
+    kv_ = std::make_unique<kv_cache>(kc, ctx_->kv_pool());
 }
 
 status engine_sequence::eval(const int32_t * tokens, int n_tokens, bool want_logits) {
@@ -48,10 +58,11 @@ status engine_sequence::sample(int32_t * out) {
     return {};
 }
 
-void engine_sequence::remove_from(int32_t pos) {
-    kv_->remove_from(pos);
-    if ((size_t) std::max(pos, 0) < history_.size()) history_.resize((size_t) std::max(pos, 0));
+int32_t engine_sequence::remove_from(int32_t pos) {
+    const int32_t kept = kv_->remove_from(pos);
+    if ((size_t) kept < history_.size()) history_.resize((size_t) kept);
     has_logits_ = false;
+    return kept;
 }
 
 } // namespace core

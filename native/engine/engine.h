@@ -17,6 +17,9 @@ struct context_params {
     int n_ctx = 4096;
     int n_threads = 0;      // 0: physical cores
     int n_batch = 512;      // prefill chunk
+    std::vector<uint8_t> retention;  // [n_layer][n_head_kv] kv_retention; empty = all FULL
+    int stream_sinks = 16;
+    int stream_recent = 64;
 };
 
 class engine_context {
@@ -25,12 +28,14 @@ public:
     const model & mdl() const { return *model_; }
     const context_params & params() const { return params_; }
     thread_pool & pool() { return pool_; }
+    const std::shared_ptr<page_pool> & kv_pool() const { return kv_pool_; }
     std::mutex & compute_mutex() { return mu_; }
 
 private:
     std::shared_ptr<const model> model_;
     context_params params_;
     thread_pool pool_;
+    std::shared_ptr<page_pool> kv_pool_;  // KV pages shared by the sequences of this context
     std::mutex mu_;
 };
 
@@ -49,8 +54,9 @@ public:
     const std::vector<float> & logits() const { return logits_; }
     bool has_logits() const { return has_logits_; }
     int32_t n_tokens() const { return kv_->n_logical(); }
-    void remove_from(int32_t pos);
-    kv_memory_summary memory() const { return kv_->memory(); }
+    // Drops tokens at positions >= pos; returns how many leading tokens remain valid (see kv_cache).
+    int32_t remove_from(int32_t pos);
+    kv_memory_report memory(bool per_head) const { return kv_->memory(per_head); }
     kv_cache & kv() { return *kv_; }
     engine_context & ctx() { return *ctx_; }
 

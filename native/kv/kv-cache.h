@@ -1,10 +1,15 @@
-// The KV cache interface (DESIGN.md §3). Storage is per (layer il, KV head ih): each head cache holds
-// its own token set, with an explicit position per token, so that later retention policies can keep
-// different tokens (and different numbers of tokens) per head. Attention reads a head through
-// `kv_head_view` and masks by position, never by slot index.
+// The KV cache (DESIGN.md §3). Every (layer il, KV head ih) owns a head cache: its own token set,
+// with an explicit position per token, stored in fixed-size pages drawn from a shared page_pool.
+// Heads may hold different numbers of tokens; attention reads a head through `kv_head_view` (a list of
+// page segments) and masks by position, never by slot index.
 //
-// This file has the interface plus the plain full-precision implementation (f16 storage, as llama.cpp's
-// default cache type, so greedy tokens match it). Compressed caches implement the same interface.
+// Retention per head (ALGORITHMS.md §1):
+//   FULL          keeps every token;
+//   STREAM(S, R)  keeps the first S tokens forever and the R most recent (RLKV/DuoAttention streaming
+//                 heads). A chunk is attended in full, then the head is trimmed (`retain`), so a decode
+//                 step attends over S + R + 1 tokens and leaves S + R.
+// Storage is f16 (llama.cpp's default cache type, so a FULL-only cache gives its greedy tokens).
+// Invariant: within a head, positions ascend across segments (trimming compacts in order).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -13,6 +18,7 @@
 
 #include "../common/status.h"
 #include "../tensor/ggml-type.h"
+#include "page-pool.h"
 
 namespace core {
 
@@ -20,50 +26,107 @@ namespace core {
 // so the q·k kernel loads KV_TILE keys' d-th components with one vector load and needs no horizontal
 // reduction. Values stay token-major ([n][head_dim_v]) for the p·V accumulation.
 constexpr int KV_TILE = 16;
+// Tokens per page. A page holds [KV_PAGE_TOKENS / KV_TILE][head_dim][KV_TILE] keys, then
+// [KV_PAGE_TOKENS][head_dim_v] values (f16).
+constexpr int KV_PAGE_TOKENS = 64;
+
+// A run of tokens stored contiguously (one page).
+struct kv_segment {
+    int32_t n = 0;                  // tokens in this segment
+    const int32_t * pos = nullptr;  // [n] positions
+    const f16_t * k = nullptr;      // [ceil(n/KV_TILE)][head_dim][KV_TILE]
+    const f16_t * v = nullptr;      // [n][head_dim_v]
+
+    // note: call only with j < n, d < head_dim.
+    f16_t key(int32_t j, int d, int head_dim) const { return k[((size_t) (j / KV_TILE) * head_dim + d) * KV_TILE + (j % KV_TILE)]; }
+};
 
 struct kv_head_view {
     int32_t n = 0;                  // tokens held by this head
-    const int32_t * pos = nullptr;  // [n] position of each held token (ascending)
-    const f16_t * k = nullptr;      // [ceil(n/KV_TILE)][head_dim][KV_TILE] post-RoPE keys
-    const f16_t * v = nullptr;      // [n][head_dim_v] values
-
-    // note: call only with j < n, d < head_dim.
-    f16_t key(int32_t j, int d, int head_dim) const {
-        return k[((size_t) (j / KV_TILE) * head_dim + d) * KV_TILE + (j % KV_TILE)];
-    }
+    int32_t n_seg = 0;
+    const kv_segment * seg = nullptr;  // [n_seg], positions ascending across segments
 };
 
-struct kv_memory_summary {
-    int64_t logical_tokens = 0;     // tokens the sequence has seen
-    int64_t resident_tokens = 0;    // sum over (layer, head) of held tokens / (n_layer * n_head_kv)
-    size_t bytes_used = 0;          // key + value payload + positions actually holding tokens
-    size_t bytes_allocated = 0;     // bytes reserved by the cache
+enum kv_retention : uint8_t {
+    KV_RETAIN_FULL = 0,
+    KV_RETAIN_STREAM = 1,
+};
+
+struct kv_cache_config {
+    int n_layer = 0, n_head_kv = 0, head_dim = 0, head_dim_v = 0, n_ctx = 0;
+    std::vector<uint8_t> retention;  // [n_layer][n_head_kv] kv_retention; empty = all FULL
+    int stream_sinks = 16;           // S
+    int stream_recent = 64;          // R
+};
+
+struct kv_head_memory {
+    int32_t resident = 0;            // tokens held
+    int32_t budget = -1;             // max tokens held after a step (-1: unlimited)
+    uint64_t bytes_allocated = 0;    // pages + position storage
+    uint64_t bytes_used = 0;         // payload + positions of the held tokens
+};
+
+struct kv_memory_report {
+    int64_t logical_tokens = 0;      // tokens the sequence has seen
+    int64_t resident_tokens = 0;     // sum over heads of tokens held
+    uint64_t key_bytes = 0;          // key payload of held tokens
+    uint64_t value_bytes = 0;        // value payload of held tokens
+    uint64_t position_bytes = 0;     // int32 position per held token
+    uint64_t metadata_bytes = 0;     // per-head bookkeeping (segment tables)
+    uint64_t bytes_used = 0;         // key + value + positions + metadata
+    uint64_t bytes_allocated = 0;    // pages held by this sequence + position/segment capacity
+    uint64_t pool_slack_bytes = 0;   // free but resident pages of the shared pool (context-wide)
+    std::vector<kv_head_memory> heads;  // [n_layer][n_head_kv], filled on request
 };
 
 class kv_cache {
 public:
-    kv_cache(int n_layer, int n_head_kv, int head_dim, int head_dim_v, int n_ctx)
-        : n_layer(n_layer), n_head_kv(n_head_kv), head_dim(head_dim), head_dim_v(head_dim_v), n_ctx(n_ctx) {}
-    virtual ~kv_cache() = default;
+    kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool);
+    ~kv_cache();
+    kv_cache(const kv_cache &) = delete;
+    kv_cache & operator=(const kv_cache &) = delete;
 
+    // Makes room for n_tokens more tokens in every head; ERR_CONTEXT_FULL past n_ctx, ERR_OOM_HOST.
+    status reserve(int n_tokens);
     // Appends n_tokens tokens to every head of layer il.
     //   k: [n_tokens][n_head_kv][head_dim] f32 (post-RoPE), v: [n_tokens][n_head_kv][head_dim_v], pos: [n_tokens]
     // note: call only after `reserve(n_tokens)` succeeded for this batch.
-    virtual void append(int il, int n_tokens, const float * k, const float * v, const int32_t * pos) = 0;
-    // Makes room for n_tokens more tokens in every head; ERR_CONTEXT_FULL past n_ctx, ERR_OOM_HOST.
-    virtual status reserve(int n_tokens) = 0;
-    virtual kv_head_view head(int il, int ih) const = 0;
-    // Drops every token with position >= pos (rewind after a rejected draft, or a shortened prompt).
-    virtual void remove_from(int32_t pos) = 0;
-    virtual void clear() = 0;
-    virtual kv_memory_summary memory() const = 0;
-    // Tokens seen by the sequence (the next position is n_logical()).
-    virtual int32_t n_logical() const = 0;
+    void append(int il, int n_tokens, const float * k, const float * v, const int32_t * pos);
+    // Applies retention to the heads of layer il (after its attention): STREAM heads keep S + R.
+    void retain(int il);
+    kv_head_view head(int il, int ih) const;
+    // Drops every token with position >= pos. Returns the number of leading positions that are still
+    // exactly as a fresh evaluation would leave them (less than pos when a STREAM head had already
+    // dropped tokens at or after `pos - R`... then the caller must re-evaluate from there).
+    int32_t remove_from(int32_t pos);
+    void clear();
+    kv_memory_report memory(bool per_head) const;
+    int32_t n_logical() const { return n_logical_; }
+    kv_retention retention(int il, int ih) const { return (kv_retention) heads_[(size_t) il * cfg_.n_head_kv + ih].mode; }
 
-    const int n_layer, n_head_kv, head_dim, head_dim_v, n_ctx;
+    const kv_cache_config & config() const { return cfg_; }
+
+private:
+    struct head_store {
+        uint8_t mode = KV_RETAIN_FULL;
+        int32_t n = 0;
+        bool dropped = false;             // some tokens were trimmed (not a plain prefix any more)
+        std::vector<void *> pages;        // each KV_PAGE_TOKENS tokens
+        std::vector<int32_t> pos;         // [n]
+        std::vector<kv_segment> segs;     // rebuilt after every change
+    };
+    void rebuild_segments(head_store & h) const;
+    void compact(head_store & h, const std::vector<int32_t> & keep);
+    size_t key_offset_bytes() const { return 0; }
+    size_t value_offset_bytes() const { return (size_t) KV_PAGE_TOKENS * cfg_.head_dim * sizeof(f16_t); }
+
+    kv_cache_config cfg_;
+    std::shared_ptr<page_pool> pool_;
+    std::vector<head_store> heads_;   // [n_layer][n_head_kv]
+    int32_t n_logical_ = 0;
 };
 
-// Full cache: every head keeps every token, stored as f16.
-std::unique_ptr<kv_cache> kv_cache_make_full_f16(int n_layer, int n_head_kv, int head_dim, int head_dim_v, int n_ctx);
+// Bytes of one page for the given head sizes (before rounding to the OS page size).
+size_t kv_page_bytes(int head_dim, int head_dim_v);
 
 } // namespace core

@@ -16,13 +16,27 @@
 
 using namespace core;
 
+static std::unique_ptr<kv_cache> make_cache(int n_layer, int n_head_kv, int D, int DV, int n_ctx, std::vector<uint8_t> retention = {},
+                                            int sinks = 16, int recent = 64) {
+    kv_cache_config c;
+    c.n_layer = n_layer;
+    c.n_head_kv = n_head_kv;
+    c.head_dim = D;
+    c.head_dim_v = DV;
+    c.n_ctx = n_ctx;
+    c.retention = std::move(retention);
+    c.stream_sinks = sinks;
+    c.stream_recent = recent;
+    return std::make_unique<kv_cache>(c, std::make_shared<page_pool>(kv_page_bytes(D, DV)));
+}
+
 TC_TEST("attention: SIMD == scalar ref (GQA, prefill and decode, head sizes 8/64/80/128)") {
     std::mt19937 rng(7);
     std::normal_distribution<float> nd(0, 1);
     for (int D : {8, 32, 64, 80, 128, 192}) {
         for (int n_tokens : {1, 5}) {
             const int n_head = 8, n_head_kv = 2, n_layer = 1, n_ctx = 300;
-            auto kv = kv_cache_make_full_f16(n_layer, n_head_kv, D, D, n_ctx);
+            auto kv = make_cache(n_layer, n_head_kv, D, D, n_ctx, {KV_RETAIN_FULL, KV_RETAIN_STREAM}, 8, 40);
             const int n_prev = 200;
             std::vector<float> k((size_t) n_prev * n_head_kv * D), v(k.size());
             for (auto & x : k) x = nd(rng);
@@ -31,6 +45,8 @@ TC_TEST("attention: SIMD == scalar ref (GQA, prefill and decode, head sizes 8/64
             for (int i = 0; i < n_prev; i++) pos[i] = i;
             TC_CHECK(kv->reserve(n_prev).ok());
             kv->append(0, n_prev, k.data(), v.data(), pos.data());
+            kv->retain(0);  // head 1 streams: 8 sinks + 40 recent, head 0 keeps all 200 (different token sets, 4 pages vs 1)
+            TC_CHECK(kv->head(0, 0).n == n_prev && kv->head(0, 1).n == 48);
             std::vector<float> q((size_t) n_tokens * n_head * D);
             for (auto & x : q) x = nd(rng);
             std::vector<int32_t> qpos(n_tokens);
@@ -100,7 +116,7 @@ TC_TEST("perf/attention-decode") {
     std::normal_distribution<float> nd(0, 1);
     for (int n_ctx_fill : {1024, 4096}) {
         const int D = 64, n_head = 14, n_head_kv = 2;
-        auto kv = kv_cache_make_full_f16(1, n_head_kv, D, D, n_ctx_fill + 1);
+        auto kv = make_cache(1, n_head_kv, D, D, n_ctx_fill + 1);
         std::vector<float> k((size_t) n_ctx_fill * n_head_kv * D), v(k.size());
         for (auto & x : k) x = nd(rng);
         for (auto & x : v) x = nd(rng);

@@ -30,7 +30,7 @@ constexpr int ATTN_MAX_GROUP = 256;  // query heads per KV head (checked at mode
 constexpr int ATTN_BLOCK = 64;       // keys per online-softmax block (multiple of KV_TILE)
 static_assert(ATTN_BLOCK % KV_TILE == 0, "block must hold whole key tiles");
 
-int32_t visible_keys(const kv_head_view & h, int32_t qpos) {
+int32_t visible_keys(const kv_segment & h, int32_t qpos) {
     // positions ascend: binary search for the first key after qpos
     return (int32_t) (std::upper_bound(h.pos, h.pos + h.n, qpos) - h.pos);
 }
@@ -84,7 +84,7 @@ inline void finish_f16(const f16_acc_state & st, int DV, float * out) {
 // (a0 + a2) + (a1 + a3) and reduced by _mm512_reduce_add_ps's tree; the remaining dims added in double.
 // Products of two f16 values are exact in f32, so this is a fixed expression: the SIMD versions below
 // reproduce it bit for bit with keys in lanes instead of dims.
-float kq_dot_ref(const float * q16, const kv_head_view & h, int32_t j, int D) {
+float kq_dot_ref(const float * q16, const kv_segment & h, int32_t j, int D) {
     const int np = D & ~63;
     float r = 0.0f;
     if (np) {
@@ -111,26 +111,30 @@ float kq_dot_ref(const float * q16, const kv_head_view & h, int32_t j, int D) {
 }
 
 // ---- scalar reference for one (token, KV head): the oracle of the fast paths ----------------------
-void attend_group_ref(const attn_params & p, const float * q_rows /*[G][D]*/, int G, int32_t qpos, const kv_head_view & h,
+void attend_group_ref(const attn_params & p, const float * q_rows /*[G][D]*/, int G, int32_t qpos, const kv_head_view & hv,
                       float * out_rows /*[G][DV]*/, std::vector<f16_t> & acc) {
     const int D = p.head_dim, DV = p.head_dim_v;
-    const int32_t n = visible_keys(h, qpos);
     acc.resize((size_t) DV);
     std::vector<float> q16((size_t) G * D);
     for (size_t i = 0; i < q16.size(); i++) q16[i] = f16_to_f32(f32_to_f16(q_rows[i]));
     for (int g = 0; g < G; g++) {
         f16_acc_state st{-INFINITY, 0.0f, acc.data()};
         std::fill(acc.begin(), acc.end(), (f16_t) 0);
-        for (int32_t j = 0; j < n; j++) {
-            const float s = kq_dot_ref(q16.data() + (size_t) g * D, h, j, D) * p.scale;
-            softmax_step(st, s, h.v + (size_t) j * DV, DV, acc_mad_f16_ref);
+        for (int32_t sg = 0; sg < hv.n_seg; sg++) {
+            const kv_segment & h = hv.seg[sg];
+            const int32_t n = visible_keys(h, qpos);
+            for (int32_t j = 0; j < n; j++) {
+                const float s = kq_dot_ref(q16.data() + (size_t) g * D, h, j, D) * p.scale;
+                softmax_step(st, s, h.v + (size_t) j * DV, DV, acc_mad_f16_ref);
+            }
+            if (n < h.n) break;  // positions ascend: nothing later is visible
         }
         finish_f16(st, DV, out_rows + (size_t) g * DV);
     }
 }
 
 // ---- q·k scores of a block of keys (tiles), portable -------------------------------------------------
-void score_block_generic(const attn_params & p, const float * q16, int G, const kv_head_view & h, int32_t j0, int32_t j1, float * s) {
+void score_block_generic(const attn_params & p, const float * q16, int G, const kv_segment & h, int32_t j0, int32_t j1, float * s) {
     const int D = p.head_dim;
     for (int g = 0; g < G; g++) {
         for (int32_t j = j0; j < j1; j++) s[(size_t) g * ATTN_BLOCK + (j - j0)] = kq_dot_ref(q16 + (size_t) g * D, h, j, D) * p.scale;
@@ -170,7 +174,7 @@ __attribute__((target("avx512f,fma"))) inline __m512 kq_dot_tile_avx512(const fl
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
 }
 
-__attribute__((target("avx512f,f16c,fma"))) void score_block_avx512(const attn_params & p, const float * q16, int G, const kv_head_view & h,
+__attribute__((target("avx512f,f16c,fma"))) void score_block_avx512(const attn_params & p, const float * q16, int G, const kv_segment & h,
                                                                                 int32_t j0, int32_t j1, float * s, float * kf) {
     const int D = p.head_dim;
     const __m512 sc = _mm512_set1_ps(p.scale);
@@ -223,7 +227,7 @@ __attribute__((target("avx2,fma"))) inline __m256 kq_dot_half_avx2(const float *
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
 }
 
-__attribute__((target("avx2,f16c,fma"))) void score_block_avx2(const attn_params & p, const float * q16, int G, const kv_head_view & h,
+__attribute__((target("avx2,f16c,fma"))) void score_block_avx2(const attn_params & p, const float * q16, int G, const kv_segment & h,
                                                                  int32_t j0, int32_t j1, float * s, float * kf) {
     const int D = p.head_dim;
     const __m256 sc = _mm256_set1_ps(p.scale);
@@ -302,8 +306,7 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
             const int ga = G * part / g_split, gb = G * (part + 1) / g_split, ng = gb - ga;
             if (ng == 0) continue;
             const int t = (int) (it / p.n_head_kv), ih = (int) (it % p.n_head_kv);
-            const kv_head_view h = kv.head(il, ih);
-            const int32_t n = visible_keys(h, q_pos[t]);
+            const kv_head_view hv = kv.head(il, ih);
             const float * qr = q + ((size_t) t * p.n_head + (size_t) ih * G + ga) * D;
             for (int i = 0; i < ng * D; i++) q16[i] = f16_to_f32(f32_to_f16(qr[i]));  // q·k on f16 inputs, as llama.cpp
             f16_acc_state st[ATTN_MAX_GROUP];
@@ -311,25 +314,30 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
                 st[g] = {-INFINITY, 0.0f, acc + (size_t) g * DV};
                 std::memset(st[g].acc, 0, sizeof(f16_t) * DV);
             }
-            for (int32_t j0 = 0; j0 < n; j0 += ATTN_BLOCK) {
-                const int32_t j1 = std::min(n, j0 + ATTN_BLOCK);
+            for (int32_t sgi = 0; sgi < hv.n_seg; sgi++) {
+                const kv_segment & h = hv.seg[sgi];
+                const int32_t n = visible_keys(h, q_pos[t]);
+                for (int32_t j0 = 0; j0 < n; j0 += ATTN_BLOCK) {
+                    const int32_t j1 = std::min(n, j0 + ATTN_BLOCK);
 #if defined(__x86_64__)
-                if (level == 2) score_block_avx512(p, q16, ng, h, j0, j1, s, kf);
-                else if (level == 1) score_block_avx2(p, q16, ng, h, j0, j1, s, kf);
-                else
+                    if (level == 2) score_block_avx512(p, q16, ng, h, j0, j1, s, kf);
+                    else if (level == 1) score_block_avx2(p, q16, ng, h, j0, j1, s, kf);
+                    else
 #endif
-                    score_block_generic(p, q16, ng, h, j0, j1, s);
-                for (int g = 0; g < ng; g++) {
-                    const float * sg = s + (size_t) g * ATTN_BLOCK;
-                    for (int32_t j = j0; j < j1; j++) {
-                        const f16_t * vr = h.v + (size_t) j * DV;
+                        score_block_generic(p, q16, ng, h, j0, j1, s);
+                    for (int g = 0; g < ng; g++) {
+                        const float * sg = s + (size_t) g * ATTN_BLOCK;
+                        for (int32_t j = j0; j < j1; j++) {
+                            const f16_t * vr = h.v + (size_t) j * DV;
 #if defined(__x86_64__)
-                        if (level == 2) { softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_avx512); continue; }
-                        if (level == 1) { softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_avx2); continue; }
+                            if (level == 2) { softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_avx512); continue; }
+                            if (level == 1) { softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_avx2); continue; }
 #endif
-                        softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_ref);
+                            softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_ref);
+                        }
                     }
                 }
+                if (n < h.n) break;  // positions ascend: nothing later is visible
             }
             float * orow = out + ((size_t) t * p.n_head + (size_t) ih * G + ga) * DV;
             for (int g = 0; g < ng; g++) finish_f16(st[g], DV, orow + (size_t) g * DV);
