@@ -4,6 +4,7 @@ import { getAddon } from './binding.js';
 import { callNativeSync, DisposedError, InvalidOptionsError } from './errors.js';
 import type { Model } from './Model.js';
 import { Sequence } from './Sequence.js';
+import type { EffectiveKv } from './kv/kv-options.js';
 
 export class Context {
   readonly model: Model;
@@ -11,16 +12,19 @@ export class Context {
   readonly _native: AddonContext;
   readonly info: AddonContextInfo;
   readonly maxSequences: number;
+  /** Exactly what was applied (never silently different from what was asked). */
+  readonly effective: { contextSize: number; threads: number; batchSize: number; kv: EffectiveKv };
   private _disposed = false;
   private readonly _sequences = new Set<Sequence>();
   private readonly _onDispose: () => void;
 
   /** @internal */
-  constructor(model: Model, native: AddonContext, maxSequences: number, onDispose: () => void) {
+  constructor(model: Model, native: AddonContext, maxSequences: number, kv: EffectiveKv, onDispose: () => void) {
     this.model = model;
     this._native = native;
     this.info = native.info();
     this.maxSequences = maxSequences;
+    this.effective = { ...this.info, kv };
     this._onDispose = onDispose;
   }
 

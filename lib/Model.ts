@@ -12,6 +12,7 @@ import { Context } from './Context.js';
 import { callNative, callNativeSync, DisposedError, GgufFormatError, LlmError, UnsupportedModelError } from './errors.js';
 import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type ContextOptions, type LoadModelOptions } from './options.js';
 import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
+import { resolveKvOptions } from './kv/kv-options.js';
 
 export type ModelInfo = AddonModelInfo;
 
@@ -67,12 +68,16 @@ export class Model {
   async createContext(options: ContextOptions = {}): Promise<Context> {
     this._ensureNotDisposed();
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
+    const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
     const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
       contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),
       threads: opts.threads ?? 0,
       batchSize: opts.batchSize,
+      retention: kv.retention,
+      streamSinks: kv.effective.heads.sinks,
+      streamRecent: kv.effective.heads.recent,
     }));
-    const context = new Context(this, ctx, opts.sequences, () => this._children.delete(context));
+    const context = new Context(this, ctx, opts.sequences, kv.effective, () => this._children.delete(context));
     this._children.add(context);
     return context;
   }

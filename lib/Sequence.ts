@@ -9,6 +9,11 @@ import type { Context } from './Context.js';
 import { AbortError, BusyError, callNative, ContextFullError, DisposedError, LlmError } from './errors.js';
 import { GenerateOptionsSchema, parseOptions, type GenerateOptions } from './options.js';
 
+const EMPTY_KV_MEMORY: AddonKvMemory = {
+  logicalTokens: 0, residentTokens: 0, bytesUsed: 0, bytesAllocated: 0,
+  breakdown: { keys: 0, values: 0, positions: 0, metadata: 0, poolSlack: 0 },
+};
+
 export type FinishReason = 'eos' | 'length' | 'aborted' | 'context-full';
 
 export interface Usage {
@@ -67,10 +72,14 @@ export class Sequence {
     if (this.context.disposed || this.context.model.disposed) throw new DisposedError('The context or model of this sequence has been disposed');
   }
 
-  /** KV cache memory of this sequence (logical vs resident tokens, bytes used vs allocated). */
-  memory(): AddonKvMemory {
+  /**
+   * KV cache memory of this sequence: logical vs resident tokens, bytes used vs allocated, a breakdown
+   * (keys, values, positions, metadata, pool slack) and, with `{ detail: 'heads' }`, per-(layer, KV
+   * head) typed arrays (row-major: index = layer * nHeadKv + head).
+   */
+  memory(options: { detail?: 'summary' | 'heads' } = {}): AddonKvMemory {
     this._ensureUsable();
-    return this._native.memory();
+    return this._native.memory(options.detail === 'heads');
   }
 
   /** Empties the KV cache. */
@@ -116,7 +125,7 @@ export class Sequence {
       this._native.setSampler(opts.sampling);
       // reuse the common prefix; always re-evaluate at least the last prompt token to get logits
       while (cached < this._tokens.length && cached < promptTokens.length - 1 && this._tokens[cached] === promptTokens[cached]) cached++;
-      this._native.removeFrom(cached);
+      cached = this._native.removeFrom(cached);  // fewer when STREAM heads already dropped tokens past it
       this._tokens.length = cached;
       yield { type: 'start', promptTokens: promptTokens.length, cachedPromptTokens: cached };
 
@@ -185,7 +194,7 @@ export class Sequence {
         prefillTokensPerSecond: prefillMs > 0 ? ((promptTokens.length - cached) / prefillMs) * 1000 : 0,
         decodeTokensPerSecond: decodeMs > 0 && decodedSteps > 0 ? (decodedSteps / decodeMs) * 1000 : 0,
       },
-      kv: this._disposed ? { logicalTokens: 0, residentTokens: 0, bytesUsed: 0, bytesAllocated: 0 } : this._native.memory(),
+      kv: this._disposed ? EMPTY_KV_MEMORY : this._native.memory(),
     };
   }
 

@@ -80,9 +80,13 @@ export interface AddonSamplerParams {
 
 export interface AddonKvMemory {
   logicalTokens: number;
+  /** Sum over (layer, KV head) of the tokens each head holds. */
   residentTokens: number;
   bytesUsed: number;
   bytesAllocated: number;
+  breakdown: { keys: number; values: number; positions: number; metadata: number; poolSlack: number };
+  /** Per (layer, KV head), row-major; only with detail. */
+  heads?: { residentTokens: Int32Array; budget: Int32Array; bytesAllocated: Float64Array; bytesUsed: Float64Array };
 }
 
 export interface AddonSequence {
@@ -92,9 +96,10 @@ export interface AddonSequence {
   sample(): number;
   getLogits(): Float32Array;
   abort(): void;
-  removeFrom(pos: number): void;
+  /** Drops tokens at positions >= pos; returns how many leading tokens are still valid (may be fewer when STREAM heads dropped tokens). */
+  removeFrom(pos: number): number;
   nTokens(): number;
-  memory(): AddonKvMemory;
+  memory(perHead?: boolean): AddonKvMemory;
   dispose(): void;
 }
 
@@ -119,6 +124,9 @@ export interface Addon {
   listQuantTypes(): AddonQuantType[];
   systemInfo(): AddonSystemInfo;
   AddonModel: { load(path: string): Promise<AddonModel> };
-  AddonContext: new (model: AddonModel, options: { contextSize?: number; threads?: number; batchSize?: number }) => AddonContext;
+  AddonContext: new (
+    model: AddonModel,
+    options: { contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number },
+  ) => AddonContext;
   AddonSequence: new (context: AddonContext) => AddonSequence;
 }

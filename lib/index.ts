@@ -10,3 +10,5 @@ export {
 export type { LoadModelOptions, ContextOptions, GenerateOptions, SamplingOptions } from './options.js';
 export { createTokenizer, type Tokenizer } from './tokenizer/index.js';
 export { systemInfo, listQuantTypes } from './system.js';
+export { KvOptionsSchema, type KvOptions, type EffectiveKv } from './kv/kv-options.js';
+export { parseHeadProfile, loadHeadProfile, formatHeadProfile, selectStreamHeads, type HeadProfile } from './kv/head-profile.js';

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { InvalidOptionsError } from './errors.js';
+import { KvOptionsSchema } from './kv/kv-options.js';
 
 const positiveInt = z.number().int().positive();
 
@@ -25,6 +26,8 @@ export const ContextOptionsSchema = z.strictObject({
   threads: positiveInt.max(1024).optional(),
   /** Prefill chunk size in tokens. */
   batchSize: positiveInt.max(1 << 16).default(512),
+  /** KV cache configuration: head-selective retention (RLKV), later eviction and storage codecs. */
+  kv: KvOptionsSchema.optional(),
 });
 export type ContextOptions = z.input<typeof ContextOptionsSchema>;
 
