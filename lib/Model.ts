@@ -9,9 +9,10 @@
 import type { AddonModel, AddonModelInfo, GgufValue } from './addon-types.js';
 import { getAddon } from './binding.js';
 import { Context } from './Context.js';
-import { callNative, callNativeSync, DisposedError, GgufFormatError, LlmError, UnsupportedModelError } from './errors.js';
+import { callNative, callNativeSync, DisposedError, GgufFormatError, InvalidOptionsError, LlmError, UnsupportedModelError } from './errors.js';
 import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type ContextOptions, type LoadModelOptions } from './options.js';
 import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
+import { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/chat-template.js';
 import { resolveKvOptions } from './kv/kv-options.js';
 
 export type ModelInfo = AddonModelInfo;
@@ -91,6 +92,30 @@ export class Model {
   detokenize(tokens: readonly number[]): string {
     this._ensureNotDisposed();
     return this.tokenizer.decode(tokens);
+  }
+
+  /** The Jinja chat template of the GGUF (`tokenizer.chat_template`), if it has one. */
+  get chatTemplate(): string | undefined {
+    const t = this.metadata['tokenizer.chat_template'];
+    return typeof t === 'string' && t.length > 0 ? t : undefined;
+  }
+
+  /**
+   * Renders a conversation with the model's chat template (or `options.chatTemplate`) into prompt text.
+   * @example model.applyChatTemplate([{ role: 'user', content: 'Hi' }], { templateKwargs: { enable_thinking: false } })
+   */
+  applyChatTemplate(messages: readonly ChatMessage[], options: Omit<ChatTemplateOptions, 'bosToken' | 'eosToken'> & { chatTemplate?: string } = {}): string {
+    this._ensureNotDisposed();
+    const template = options.chatTemplate ?? this.chatTemplate;
+    if (!template) {
+      throw new InvalidOptionsError(`applyChatTemplate: ${this.path} has no chat template (GGUF key tokenizer.chat_template); pass one with the chatTemplate option, or give generate() a text prompt`);
+    }
+    const t = this.tokenizer;
+    return renderChatTemplate(template, messages, {
+      ...options,
+      ...(t.bos !== null ? { bosToken: t.tokenText(t.bos) } : {}),
+      ...(t.eos !== null ? { eosToken: t.tokenText(t.eos) } : {}),
+    });
   }
 
   /** Frees the model and every context created from it. Idempotent. */

@@ -3,10 +3,16 @@
  * generator: each step awaits one native eval (off the event loop), so a slow consumer throttles
  * decoding; `break`, an AbortSignal or dispose() stop it promptly (the native side checks an abort
  * flag between layers, so even a long prefill chunk stops within one layer).
+ * The prompt is text, token ids, or chat messages rendered with the model's template (lib/chat/). Output
+ * goes through the reasoning parser (lib/chat/ReasoningStreamParser.ts), which splits reasoning from the
+ * answer and applies stop strings; a reasoning budget injects the close tag as tokens.
  */
 import type { AddonKvMemory, AddonSequence } from './addon-types.js';
+import { type ChatMessage } from './chat/chat-template.js';
+import { detectReasoningTags, promptOpensReasoning } from './chat/reasoning-tags.js';
+import { ReasoningStreamParser, type ReasoningClosedBy, type ReasoningStreamPart } from './chat/ReasoningStreamParser.js';
 import type { Context } from './Context.js';
-import { AbortError, BusyError, callNative, ContextFullError, DisposedError, LlmError } from './errors.js';
+import { AbortError, BusyError, callNative, ContextFullError, DisposedError, InvalidOptionsError, LlmError } from './errors.js';
 import { GenerateOptionsSchema, parseOptions, type GenerateOptions } from './options.js';
 
 const EMPTY_KV_MEMORY: AddonKvMemory = {
@@ -14,13 +20,23 @@ const EMPTY_KV_MEMORY: AddonKvMemory = {
   breakdown: { keys: 0, values: 0, positions: 0, metadata: 0, poolSlack: 0 },
 };
 
-export type FinishReason = 'eos' | 'length' | 'aborted' | 'context-full';
+/**
+ * Why a generation ended: 'eos' an end-of-generation token, 'stop' a stop string, 'length' maxTokens,
+ * 'reasoning-budget' the reasoning budget closed the reasoning (and the answer then ended by eos or stop),
+ * 'context-full' no room left in the context, 'aborted' signal, break or dispose.
+ */
+export type FinishReason = 'eos' | 'stop' | 'length' | 'reasoning-budget' | 'aborted' | 'context-full';
 
 export interface Usage {
   promptTokens: number;
   /** Prompt tokens served from the cache of the previous call (common prefix), not recomputed. */
   cachedPromptTokens: number;
+  /** Every generated token: reasoning + answer (injected budget tokens and the EOG token included). */
   completionTokens: number;
+  /** Tokens of the reasoning, its tags included. */
+  reasoningTokens: number;
+  /** completionTokens - reasoningTokens. */
+  answerTokens: number;
   totalTokens: number;
 }
 
@@ -33,19 +49,35 @@ export interface Timings {
   decodeTokensPerSecond: number;
 }
 
+/**
+ * Events of `generate()`. Every generated token id appears in exactly one reasoning-start / reasoning-delta /
+ * reasoning-end / text-delta event, in order, except the tokens of a matched stop string. Text is always whole
+ * characters and never contains part of a tag or of a stop string.
+ */
 export type GenerateEvent =
-  | { type: 'start'; promptTokens: number; cachedPromptTokens: number }
+  | { type: 'start'; promptTokens: number; cachedPromptTokens: number; reasoningOpenInPrompt: boolean }
   | { type: 'prefill-progress'; processed: number; total: number }
+  | { type: 'reasoning-start'; tokens: number[] }
+  | { type: 'reasoning-delta'; text: string; tokens: number[] }
+  | { type: 'reasoning-end'; tokens: number[]; reasoningTokens: number; closedBy: ReasoningClosedBy }
   | { type: 'text-delta'; text: string; tokens: number[] }
   | {
       type: 'finish';
       finishReason: FinishReason;
+      /** The answer (reasoning excluded). */
       text: string;
+      /** The reasoning, without its tags. */
+      reasoning: string;
+      /** Every generated token, injected ones included. */
       tokens: number[];
+      /** Set when finishReason is 'stop' (or 'reasoning-budget' ended by a stop string). */
+      stopString?: string;
       usage: Usage;
       timings: Timings;
       kv: AddonKvMemory;
     };
+
+export type GeneratePrompt = string | readonly number[] | readonly ChatMessage[];
 
 export class Sequence {
   readonly context: Context;
@@ -91,20 +123,46 @@ export class Sequence {
   }
 
   /**
-   * Generates a continuation of `prompt` (text, or token ids used as is). The KV cache keeps the common
-   * prefix with the previous call, so multi-turn use re-evaluates only what changed.
+   * Generates a continuation of `prompt`: text (tokenized with parseSpecial off), token ids (used as is), or
+   * chat messages (rendered with the model's chat template, or `chatTemplate`, then tokenized with special
+   * tokens parsed). The KV cache keeps the common prefix with the previous call, so multi-turn use
+   * re-evaluates only what changed.
+   * @example
+   *   for await (const ev of seq.generate([{ role: 'user', content: 'Why is the sky blue?' }], { reasoning: { budget: 512 } })) {
+   *     if (ev.type === 'reasoning-delta') dim(ev.text);
+   *     else if (ev.type === 'text-delta') process.stdout.write(ev.text);
+   *   }
    */
-  async *generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GenerateEvent, void, void> {
+  async *generate(prompt: GeneratePrompt, options: GenerateOptions = {}): AsyncGenerator<GenerateEvent, void, void> {
     this._ensureUsable();
     const opts = parseOptions(GenerateOptionsSchema, options, 'generate');
     if (this._busy) throw new BusyError('generate: another generation is in progress on this sequence');
     const model = this.context.model;
     const tokenizer = model.tokenizer;
-    const promptTokens = typeof prompt === 'string' ? tokenizer.encode(prompt, { addBos: opts.addBos }) : [...prompt];
+    const promptTokens = this._promptTokens(prompt, opts);
     if (promptTokens.length === 0) throw new LlmError('generate: the prompt is empty (no tokens)', 'ERR_INVALID_OPTIONS');
     for (const t of promptTokens) {
       if (!Number.isInteger(t) || t < 0 || t >= model.info.nVocab) {
         throw new LlmError(`generate: prompt token ${String(t)} is not a valid id in [0, ${model.info.nVocab})`, 'ERR_INVALID_OPTIONS');
+      }
+    }
+    const tags = detectReasoningTags(tokenizer, opts.chatTemplate ?? model.chatTemplate);
+    const budget = opts.reasoning?.budget;
+    if (budget !== undefined && !tags) {
+      throw new InvalidOptionsError('generate.reasoning.budget: this model has no reasoning tags (<think>/</think> neither in its vocabulary nor in its chat template)');
+    }
+    const openInPrompt = tags ? promptOpensReasoning(tags, promptTokens, () => tokenizer.decode(promptTokens, { special: true })) : false;
+    const separate = tags !== undefined && opts.reasoning?.separate !== false;
+    const stop = opts.stop === undefined ? [] : typeof opts.stop === 'string' ? [opts.stop] : opts.stop;
+    const parser = new ReasoningStreamParser({ ...(separate ? { tags } : {}), startInReasoning: openInPrompt, stop });
+    // counts reasoning tokens (usage, budget) also when the events are not separated
+    const tracker = separate || !tags ? parser : new ReasoningStreamParser({ tags, startInReasoning: openInPrompt });
+    const forced = budget !== undefined && tags ? tokenizer.encode((opts.reasoning?.budgetMessage ?? '') + tags.close, { addBos: false, parseSpecial: true }) : [];
+    // tags that the detokenizer would render as '' (CONTROL tokens) are fed to the parser as their text
+    const tagText = new Map<number, string>();
+    if (tags) {
+      for (const [id, text] of [[tags.openId, tags.open], [tags.closeId, tags.close]] as const) {
+        if (id !== undefined && tokenizer.tokenToPiece(id, { special: false }).length === 0) tagText.set(id, text);
       }
     }
     const signal = opts.signal;
@@ -115,19 +173,26 @@ export class Sequence {
     signal?.addEventListener('abort', onAbort);
     const started = performance.now();
     const generated: number[] = [];
-    let text = '';
     let finishReason: FinishReason = 'length';
+    let budgetHit = false;
     let prefillMs = 0;
     let ttft = 0;
     let decodeStart = 0;
     let cached = 0;
+    const decoder = tokenizer.createDecoder();
+    const feed = (token: number, eog = false): ReasoningStreamPart[] => {
+      const special = tagText.get(token);
+      const text = eog ? decoder.flush() : special !== undefined ? decoder.flush() + special : decoder.push(token);
+      if (tracker !== parser) tracker.push(text, token);
+      return parser.push(text, token);
+    };
     try {
       this._native.setSampler(opts.sampling);
       // reuse the common prefix; always re-evaluate at least the last prompt token to get logits
       while (cached < this._tokens.length && cached < promptTokens.length - 1 && this._tokens[cached] === promptTokens[cached]) cached++;
       cached = this._native.removeFrom(cached);  // fewer when STREAM heads already dropped tokens past it
       this._tokens.length = cached;
-      yield { type: 'start', promptTokens: promptTokens.length, cachedPromptTokens: cached };
+      yield { type: 'start', promptTokens: promptTokens.length, cachedPromptTokens: cached, reasoningOpenInPrompt: openInPrompt };
 
       const batch = this.context.info.batchSize;
       let next: number | undefined;
@@ -146,14 +211,30 @@ export class Sequence {
       ttft = prefillMs;
       decodeStart = performance.now();
 
-      const decoder = tokenizer.createDecoder();
       while (next !== undefined) {
+        if (budget !== undefined && !budgetHit && tracker.inReasoning && tracker.reasoningTokens >= budget) {
+          // Budget reached: drop the sampled token, inject message + close tag, sample the answer after them.
+          budgetHit = true;
+          if (this._tokens.length + forced.length >= this.context.contextSize) { finishReason = 'context-full'; break; }
+          parser.expectForcedClose();
+          for (const token of forced) {
+            generated.push(token);
+            for (const part of feed(token)) yield part;
+          }
+          next = await this._eval(forced, true);
+          this._tokens.push(...forced);
+          if (generated.length >= opts.maxTokens) { finishReason = 'length'; break; }
+          continue;
+        }
         const token = next;
         generated.push(token);
-        if (opts.stopAtEog && tokenizer.isEog(token)) { finishReason = 'eos'; break; }
-        const piece = decoder.push(token);
-        if (piece) text += piece;
-        yield { type: 'text-delta', text: piece, tokens: [token] };
+        if (opts.stopAtEog && tokenizer.isEog(token)) {
+          for (const part of feed(token, true)) yield part;
+          finishReason = 'eos';
+          break;
+        }
+        for (const part of feed(token)) yield part;
+        if (parser.stopped) { finishReason = 'stop'; break; }
         if (generated.length >= opts.maxTokens) { finishReason = 'length'; break; }
         if (this._tokens.length + 1 >= this.context.contextSize) { finishReason = 'context-full'; break; }
         next = await this._eval([token], true);
@@ -161,8 +242,8 @@ export class Sequence {
       }
       const tail = decoder.flush();
       if (tail) {
-        text += tail;
-        yield { type: 'text-delta', text: tail, tokens: [] };
+        if (tracker !== parser) tracker.push(tail);
+        for (const part of parser.push(tail)) yield part;
       }
     } catch (err) {
       if (err instanceof AbortError || (signal?.aborted && err instanceof LlmError && err.code === 'ERR_ABORTED')) {
@@ -174,17 +255,25 @@ export class Sequence {
       signal?.removeEventListener('abort', onAbort);
       this._busy = false;
     }
+    if (tracker !== parser) tracker.finish();
+    for (const part of parser.finish()) yield part;
+    if (budgetHit && (finishReason === 'eos' || finishReason === 'stop')) finishReason = 'reasoning-budget';
     const decodeMs = decodeStart ? performance.now() - decodeStart : 0;
     const decodedSteps = Math.max(0, generated.length - 1); // the first token comes from the prefill
+    const reasoningTokens = tracker.reasoningTokens;
     yield {
       type: 'finish',
       finishReason,
-      text,
+      text: parser.text,
+      reasoning: parser.reasoning,
       tokens: generated,
+      ...(parser.stopString !== undefined ? { stopString: parser.stopString } : {}),
       usage: {
         promptTokens: promptTokens.length,
         cachedPromptTokens: cached,
         completionTokens: generated.length,
+        reasoningTokens,
+        answerTokens: generated.length - reasoningTokens,
         totalTokens: promptTokens.length + generated.length,
       },
       timings: {
@@ -198,9 +287,46 @@ export class Sequence {
     };
   }
 
+  /** Token ids of a prompt: ids as given, text tokenized, messages rendered with the chat template. */
+  private _promptTokens(prompt: GeneratePrompt, opts: ReturnType<typeof GenerateOptionsSchema.parse>): number[] {
+    const tokenizer = this.context.model.tokenizer;
+    if (typeof prompt === 'string') return tokenizer.encode(prompt, { addBos: opts.addBos });
+    if (!Array.isArray(prompt)) throw new InvalidOptionsError(`generate: the prompt must be a string, token ids or chat messages, but received ${typeof prompt}`);
+    if (prompt.length > 0 && typeof prompt[0] === 'object' && prompt[0] !== null) {
+      const text = this.context.model.applyChatTemplate(prompt as readonly ChatMessage[], {
+        addGenerationPrompt: opts.addGenerationPrompt,
+        ...(opts.templateKwargs ? { templateKwargs: opts.templateKwargs } : {}),
+        ...(opts.chatTemplate ? { chatTemplate: opts.chatTemplate } : {}),
+      });
+      const bosText = tokenizer.bos !== null ? tokenizer.tokenText(tokenizer.bos) : undefined;
+      // templates that write bos_token themselves (Llama 3, R1 distills) must not get a second BOS
+      const addBos = opts.addBos ?? (bosText && text.startsWith(bosText) ? false : undefined);
+      return tokenizer.encode(text, { parseSpecial: true, ...(addBos !== undefined ? { addBos } : {}) });
+    }
+    return [...(prompt as readonly number[])];
+  }
+
   private async _eval(tokens: number[], sample: boolean): Promise<number | undefined> {
     if (this._disposed) throw new AbortError('generate: the sequence was disposed');
     return callNative(() => this._native.eval(Int32Array.from(tokens), { sample }));
+  }
+
+  /**
+   * Low-level step: evaluates `tokens` after what the sequence already holds and returns the logits of
+   * the last one (a copy, [nVocab]). Used by the fidelity harness to replay a trace token by token.
+   */
+  async evaluate(tokens: readonly number[]): Promise<Float32Array> {
+    this._ensureUsable();
+    if (this._busy) throw new BusyError('evaluate: the sequence is busy generating');
+    if (tokens.length === 0) throw new LlmError('evaluate: no tokens given', 'ERR_INVALID_OPTIONS');
+    this._busy = true;
+    try {
+      await callNative(() => this._native.eval(Int32Array.from(tokens), { logits: true }));
+      this._tokens.push(...tokens);
+      return this._native.getLogits();
+    } finally {
+      this._busy = false;
+    }
   }
 
   /** Stops a generation in progress (it finishes with finishReason 'aborted'). */

@@ -46,6 +46,16 @@ export const SamplingOptionsSchema = z.strictObject({
 });
 export type SamplingOptions = z.input<typeof SamplingOptionsSchema>;
 
+export const ReasoningOptionsSchema = z.strictObject({
+  /** Maximum reasoning tokens the model samples; then `budgetMessage` and the close tag are injected. */
+  budget: z.number().int().min(0).optional(),
+  /** Text injected before the close tag when the budget is reached (e.g. "\nTime is up, answering now.\n"). */
+  budgetMessage: z.string().optional(),
+  /** Split reasoning from the answer (reasoning-* events). false: everything is text-delta. Default true. */
+  separate: z.boolean().default(true),
+});
+export type ReasoningOptions = z.input<typeof ReasoningOptionsSchema>;
+
 export const GenerateOptionsSchema = z.strictObject({
   /** Maximum number of generated tokens. */
   maxTokens: positiveInt.default(256),
@@ -57,6 +67,15 @@ export const GenerateOptionsSchema = z.strictObject({
   signal: z.custom<AbortSignal>((v) => v === undefined || (typeof v === 'object' && v !== null && 'aborted' in v), {
     message: 'expected an AbortSignal',
   }).optional(),
+  /** Strings that end the answer (not emitted); finish reason 'stop'. */
+  stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(32)]).optional(),
+  reasoning: ReasoningOptionsSchema.optional(),
+  /** Jinja chat template for message prompts; default: the model's `tokenizer.chat_template`. */
+  chatTemplate: z.string().min(1).optional(),
+  /** Message prompts: end with the assistant header so the model answers. */
+  addGenerationPrompt: z.boolean().default(true),
+  /** Message prompts: extra template variables, e.g. `{ enable_thinking: false }` (Qwen3). */
+  templateKwargs: z.record(z.string(), z.unknown()).optional(),
 });
 export type GenerateOptions = z.input<typeof GenerateOptionsSchema>;
 

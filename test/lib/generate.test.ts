@@ -35,7 +35,7 @@ describe('Sequence#generate()', () => {
     expect(deltas.map((d) => d.text).join('')).toBe(fin.text);
     expect(fin.text).toBe(model.detokenize(fin.tokens));
     const promptTokens = model.tokenize('Once upon a time');
-    expect(fin.usage).toEqual({ promptTokens: promptTokens.length, cachedPromptTokens: 0, completionTokens: 20, totalTokens: promptTokens.length + 20 });
+    expect(fin.usage).toEqual({ promptTokens: promptTokens.length, cachedPromptTokens: 0, completionTokens: 20, reasoningTokens: 0, answerTokens: 20, totalTokens: promptTokens.length + 20 });
     expect(fin.timings.prefillTokensPerSecond).toBeGreaterThan(0);
     expect(fin.timings.decodeTokensPerSecond).toBeGreaterThan(0);
     expect(fin.timings.timeToFirstTokenMs).toBeGreaterThan(0);
