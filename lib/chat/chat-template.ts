@@ -2,8 +2,8 @@
  * Chat templates: the model's own Jinja template (GGUF `tokenizer.chat_template`, copied from the Hugging Face
  * tokenizer_config.json by the converters) rendered with @huggingface/jinja, the same engine transformers.js
  * uses. The variables follow transformers' `apply_chat_template`: `messages`, `add_generation_prompt`,
- * `bos_token`, `eos_token`, `raise_exception(msg)`, `strftime_now(fmt)`, plus caller kwargs such as
- * `enable_thinking` (Qwen3).
+ * `bos_token`, `eos_token`, plus caller kwargs such as `enable_thinking` (Qwen3); the engine itself provides
+ * `raise_exception(msg)` and `strftime_now(fmt)`.
  * Invariants: rendering is pure (same inputs, same string); compiled templates are cached by source text;
  * every failure is an InvalidOptionsError whose message starts with "chat template:".
  */
@@ -51,32 +51,6 @@ function compile(source: string): Template {
   return t;
 }
 
-const MONTHS = ['January', 'February', 'March', 'April', 'May', 'June', 'July', 'August', 'September', 'October', 'November', 'December'];
-const DAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
-
-/** Python's `strftime` for the directives chat templates use (Llama 3.1+ writes "%d %b %Y"). */
-export function strftime(date: Date, format: string): string {
-  const p2 = (n: number) => String(n).padStart(2, '0');
-  return format.replace(/%([a-zA-Z%])/g, (m, d: string) => {
-    switch (d) {
-      case 'd': return p2(date.getDate());
-      case 'm': return p2(date.getMonth() + 1);
-      case 'Y': return String(date.getFullYear());
-      case 'y': return p2(date.getFullYear() % 100);
-      case 'b': return MONTHS[date.getMonth()]!.slice(0, 3);
-      case 'B': return MONTHS[date.getMonth()]!;
-      case 'a': return DAYS[date.getDay()]!.slice(0, 3);
-      case 'A': return DAYS[date.getDay()]!;
-      case 'H': return p2(date.getHours());
-      case 'M': return p2(date.getMinutes());
-      case 'S': return p2(date.getSeconds());
-      case 'j': return String(Math.floor((date.getTime() - new Date(date.getFullYear(), 0, 1).getTime()) / 86_400_000) + 1).padStart(3, '0');
-      case '%': return '%';
-      default: return m;
-    }
-  });
-}
-
 /**
  * Renders `messages` with a Jinja chat template.
  * @example
@@ -92,15 +66,11 @@ export function renderChatTemplate(source: string, messages: readonly ChatMessag
     add_generation_prompt: options.addGenerationPrompt ?? true,
     bos_token: options.bosToken ?? '',
     eos_token: options.eosToken ?? '',
-    raise_exception: (message: unknown) => {
-      throw new InvalidOptionsError(`chat template: the template raised an exception: ${String(message)}`);
-    },
-    strftime_now: (format: unknown) => strftime(new Date(), String(format)),
   };
   try {
     return template.render(vars);
   } catch (err) {
-    if (err instanceof InvalidOptionsError) throw err;
+    // raise_exception('...') in a template throws a plain Error with the template's message
     throw new InvalidOptionsError(`chat template: rendering failed: ${err instanceof Error ? err.message : String(err)}`);
   }
 }
