@@ -16,6 +16,7 @@
         "native/gguf/gguf-reader.cpp",
         "native/kernels/cpu/arch/x86-avx2.cpp",
         "native/kernels/cpu/arch/x86-avx512.cpp",
+        "native/kernels/cpu/attention-wse.cpp",
         "native/kernels/cpu/attention.cpp",
         "native/kernels/cpu/cpu-features.cpp",
         "native/kernels/cpu/matmul.cpp",

@@ -100,6 +100,9 @@ export interface AddonSequence {
   removeFrom(pos: number): number;
   nTokens(): number;
   memory(perHead?: boolean): AddonKvMemory;
+  /** Head calibration (window-substitution error) over the following evals; null turns it off. */
+  setCalibration(sinks: number | null, recent?: number): void;
+  getCalibration(): { errSum: Float64Array; outMassSum: Float64Array; count: Float64Array } | null;
   dispose(): void;
 }
 

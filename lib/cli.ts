@@ -2,20 +2,29 @@
  * The `thinkcache` command line.
  *   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S] [--threads N] [--context N] [--json]
  *   thinkcache inspect --model PATH [--json]
+ *   thinkcache eval ...            (lib/cli/eval.ts)
+ *   thinkcache profile-heads ...   (lib/cli/profile-heads.ts)
  */
 import { parseArgs } from 'node:util';
 import { LlmError } from './errors.js';
 import { readGgufInfo } from './gguf.js';
 import { loadModel } from './Model.js';
 import type { GenerateEvent } from './Sequence.js';
+import { cmdEval } from './cli/eval.js';
+import { cmdProfileHeads } from './cli/profile-heads.js';
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
                  [--top-k K] [--top-p P] [--min-p P] [--threads N] [--context N] [--json]
   thinkcache inspect --model PATH [--json]
+  thinkcache eval --model PATH (--kv JSON ... | --profile P.tsv --sweep-sparsity 0,0.5 [--stream 16+48])
+                  [--traces N] [--max-tokens T] [--prompts FILE] [--json] [--chart out.svg]
+  thinkcache profile-heads --model PATH --out P.tsv [--traces N] [--max-tokens T] [--sinks S] [--recent R]
 
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate
+  eval      KL / top-1 / ΔNLL of KV configurations against the full cache, with KV bytes
+  profile-heads  calibrate a head profile (window-substitution error on the model's own traces)
 `;
 
 function num(v: string | undefined, name: string, int: boolean): number | undefined {
@@ -145,6 +154,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case 'run': return await cmdRun(rest);
       case 'inspect': return await cmdInspect(rest);
+      case 'eval': return await cmdEval(rest);
+      case 'profile-heads': return await cmdProfileHeads(rest);
       case undefined: case '-h': case '--help': case 'help':
         process.stdout.write(USAGE);
         return cmd === undefined ? 2 : 0;

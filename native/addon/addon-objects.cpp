@@ -217,6 +217,8 @@ void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data)
         InstanceMethod<&AddonSequence::remove_from>("removeFrom"),
         InstanceMethod<&AddonSequence::n_tokens>("nTokens"),
         InstanceMethod<&AddonSequence::memory>("memory"),
+        InstanceMethod<&AddonSequence::set_calibration>("setCalibration"),
+        InstanceMethod<&AddonSequence::get_calibration>("getCalibration"),
         InstanceMethod<&AddonSequence::dispose>("dispose"),
     });
     data.sequence_ctor = Napi::Persistent(f);
@@ -363,6 +365,41 @@ Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {
         h.Set("bytesUsed", used);
         o.Set("heads", h);
     }
+    return o;
+}
+
+Napi::Value AddonSequence::set_calibration(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    core::engine_sequence & s = require_idle(env, "setCalibration");
+    if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined()) {
+        s.set_calibration(-1, 0);
+        return env.Undefined();
+    }
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "setCalibration(sinks, recent): numbers expected");
+    const int sinks = info[0].As<Napi::Number>().Int32Value(), recent = info[1].As<Napi::Number>().Int32Value();
+    if (sinks < 0 || recent < 1) throw_status(env, core::ERR_INVALID_ARG, "setCalibration: sinks must be >= 0 and recent >= 1");
+    const core::kv_cache & kv = s.kv();
+    for (int il = 0; il < kv.config().n_layer; il++)
+        for (int ih = 0; ih < kv.config().n_head_kv; ih++)
+            if (kv.retention(il, ih) != core::KV_RETAIN_FULL) throw_status(env, core::ERR_INVALID_ARG, "setCalibration: needs a context whose heads are all full (no kv.heads sparsity)");
+    s.set_calibration(sinks, recent);
+    return env.Undefined();
+}
+
+Napi::Value AddonSequence::get_calibration(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    core::engine_sequence & s = require_idle(env, "getCalibration");
+    const core::wse_accumulator * a = s.calibration();
+    if (!a) return env.Null();
+    auto arr = [&](const std::vector<double> & v) {
+        Napi::Float64Array out = Napi::Float64Array::New(env, v.size());
+        for (size_t i = 0; i < v.size(); i++) out[i] = v[i];
+        return out;
+    };
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("errSum", arr(a->err_sum));
+    o.Set("outMassSum", arr(a->out_mass_sum));
+    o.Set("count", arr(a->count));
     return o;
 }
 

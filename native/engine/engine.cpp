@@ -65,4 +65,20 @@ int32_t engine_sequence::remove_from(int32_t pos) {
     return kept;
 }
 
+void engine_sequence::set_calibration(int sinks, int recent) {
+    if (sinks < 0) {
+        wse_.reset();
+    } else {
+        const hparams & hp = ctx_->mdl().hp;
+        const size_t n = (size_t) hp.n_layer * hp.n_head_kv;
+        wse_ = std::make_unique<wse_accumulator>();
+        wse_->sinks = sinks;
+        wse_->recent = recent;
+        wse_->err_sum.assign(n, 0.0);
+        wse_->out_mass_sum.assign(n, 0.0);
+        wse_->count.assign(n, 0.0);
+    }
+    scratch_.wse = wse_.get();
+}
+
 } // namespace core

@@ -58,6 +58,9 @@ public:
     int32_t remove_from(int32_t pos);
     kv_memory_report memory(bool per_head) const { return kv_->memory(per_head); }
     kv_cache & kv() { return *kv_; }
+    // Head calibration (window-substitution error) on the following evals; sinks < 0 turns it off.
+    void set_calibration(int sinks, int recent);
+    const wse_accumulator * calibration() const { return wse_.get(); }
     engine_context & ctx() { return *ctx_; }
 
     std::atomic<bool> abort{false};
@@ -69,6 +72,7 @@ private:
     sampler sampler_;
     std::vector<int32_t> history_;  // every token fed, for penalties after a sampler reset
     std::vector<float> logits_;     // [n_vocab]
+    std::unique_ptr<wse_accumulator> wse_;
     bool has_logits_ = false;
 };
 

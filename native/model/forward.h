@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../kernels/cpu/attention.h"
+#include "../kernels/cpu/attention-wse.h"
 #include "../kernels/cpu/matmul.h"
 #include "../kv/kv-cache.h"
 #include "model.h"
@@ -27,6 +28,7 @@ struct forward_scratch {
     std::vector<int32_t> pos;   // [n_tokens]
     matmul_scratch mm;
     attn_scratch at;
+    wse_accumulator * wse = nullptr;  // when set, head calibration statistics are accumulated (FULL cache only)
 };
 
 enum logits_mode { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL };

@@ -1,0 +1,56 @@
+/**
+ * `thinkcache profile-heads --model M --out P.tsv [--traces N] [--max-tokens T] [--sinks S] [--recent R]`
+ * Training-free head calibration (window-substitution error on the model's own greedy traces).
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { LlmError } from '../errors.js';
+import { DEFAULT_PROMPTS } from '../eval/fidelity.js';
+import { calibrateHeadProfile } from '../kv/calibrate.js';
+import { formatHeadProfile } from '../kv/head-profile.js';
+import { loadModel } from '../Model.js';
+
+export async function cmdProfileHeads(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string', short: 'm' }, out: { type: 'string', short: 'o' }, traces: { type: 'string' }, 'max-tokens': { type: 'string' },
+      sinks: { type: 'string' }, recent: { type: 'string' }, prompts: { type: 'string' }, threads: { type: 'string' }, json: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (!values.model || !values.out) throw new LlmError('thinkcache profile-heads: --model and --out are required', 'ERR_INVALID_OPTIONS');
+  const num = (v: string | undefined, name: string, def: number) => {
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new LlmError(`--${name}: expected a non-negative integer, received "${v}"`, 'ERR_INVALID_OPTIONS');
+    return n;
+  };
+  const prompts = values.prompts ? readFileSync(values.prompts, 'utf8').split('\n').filter((l) => l.trim()) : DEFAULT_PROMPTS;
+  const traces = num(values.traces, 'traces', Math.min(8, prompts.length));
+  await using model = await loadModel({ path: values.model });
+  const r = await calibrateHeadProfile(model, {
+    prompts: prompts.slice(0, traces), maxTokens: num(values['max-tokens'], 'max-tokens', 256),
+    sinks: num(values.sinks, 'sinks', 16), recent: num(values.recent, 'recent', 64), ...(values.threads ? { threads: num(values.threads, 'threads', 1) } : {}),
+    onProgress: process.stderr.isTTY && !values.json ? (d, t) => process.stderr.write(`\r  ${d}/${t} passes`) : undefined,
+  });
+  if (process.stderr.isTTY && !values.json) process.stderr.write('\n');
+  writeFileSync(values.out, formatHeadProfile(r.profile));
+  const { nLayer, nHeadKv } = r.profile;
+  if (values.json) {
+    process.stdout.write(JSON.stringify({ out: values.out, source: r.profile.source, traces: r.traces, tokens: r.tokens, nLayer, nHeadKv,
+      scores: Array.from(r.profile.scores), meanError: Array.from(r.meanError), meanOutMass: Array.from(r.meanOutMass) }) + '\n');
+  } else {
+    process.stdout.write(`wrote ${values.out}: ${nLayer} layers × ${nHeadKv} KV heads from ${r.traces} traces (${r.tokens} tokens), ${r.profile.source}\n`);
+    process.stdout.write('layer  per KV head: rank score (mean window error, out-of-window attention mass)\n');
+    for (let l = 0; l < nLayer; l++) {
+      const cells = [];
+      for (let h = 0; h < nHeadKv; h++) {
+        const i = l * nHeadKv + h;
+        cells.push(`${r.profile.scores[i]!.toFixed(2)} (${r.meanError[i]!.toExponential(1)}, ${r.meanOutMass[i]!.toFixed(3)})`);
+      }
+      process.stdout.write(`${String(l).padStart(5)}  ${cells.join('  ')}\n`);
+    }
+  }
+  return 0;
+}

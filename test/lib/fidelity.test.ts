@@ -1,0 +1,70 @@
+// Fidelity harness (ALGORITHMS.md §5 P1) and head calibration (§1.12 b) on a seeded fixture.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadModel, parseHeadProfile } from '../../lib/index.js';
+import { runFidelity } from '../../lib/eval/fidelity.js';
+import { calibrateHeadProfile } from '../../lib/kv/calibrate.js';
+import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
+import { repoRoot } from '../helpers/shared-data.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'thinkcache-fid-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const fixture = () => ensureFixture('llama', 'f32', { nLayer: 4 });
+
+describe('runFidelity', () => {
+  it('s = 0 is exact (KL 0, top-1 100%); streaming every head costs KL and saves bytes', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const rs = await runFidelity(model, {
+      configs: [
+        { label: 'same', kv: { heads: { streamHeads: [] } } },
+        { label: 'all-stream', kv: { heads: { layers: { '0': 'stream', '1': 'stream', '2': 'stream', '3': 'stream' }, stream: { sinks: 2, recent: 6 } } } },
+      ],
+      prompts: ['Once upon a time', 'The cat'], maxTokens: 48, contextSize: 128, threads: 1,
+    });
+    expect(rs.map((r) => r.label)).toEqual(['full', 'same', 'all-stream']);
+    for (const r of rs.slice(0, 2)) {
+      expect(r.klMean).toBe(0);
+      expect(r.top1Agreement).toBe(1);
+      expect(r.kvFraction).toBe(1);
+    }
+    const s = rs[2]!;
+    expect(s.positions).toBe(96);
+    expect(s.klMean).toBeGreaterThan(0);
+    expect(s.klP95).toBeGreaterThanOrEqual(s.klMean * 0.5);
+    expect(s.kvFraction).toBeLessThan(0.3);
+    expect(s.curve).toHaveLength(16);
+    expect(s.curve[0]!.klMean).toBeLessThanOrEqual(s.curve[15]!.klMean + 1e-9); // the window only matters once it is full
+  });
+});
+
+describe('calibrateHeadProfile (window-substitution error)', () => {
+  it('scores every head in [0, 1] as distinct ranks from the model\'s own traces', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const r = await calibrateHeadProfile(model, { prompts: ['Once upon a time', 'The cat'], maxTokens: 40, sinks: 2, recent: 6, threads: 1, contextSize: 128 });
+    expect(r.profile.nLayer).toBe(4);
+    expect(r.profile.nHeadKv).toBe(2);
+    const ranks = Array.from(r.profile.scores).sort((a, b) => a - b);
+    expect(ranks).toEqual([0, 1, 2, 3, 4, 5, 6, 7].map((i) => i / 7));
+    expect(Math.max(...r.meanError)).toBeGreaterThan(0);
+    for (const m of r.meanOutMass) expect(m).toBeGreaterThanOrEqual(0);
+    expect(Array.from(r.samples).every((c) => c > 0)).toBe(true);
+  });
+
+  it('profile-heads writes a TSV that eval and createContext accept', () => {
+    const out = join(dir, 'p.tsv');
+    const cli = (...a: string[]) => spawnSync(process.execPath, [join(repoRoot, 'bin', 'thinkcache.cjs'), ...a], { encoding: 'utf8', cwd: repoRoot });
+    const p = cli('profile-heads', '--model', fixture(), '--out', out, '--traces', '2', '--max-tokens', '40', '--sinks', '2', '--recent', '6', '--threads', '1');
+    expect(p.stderr).toBe('');
+    expect(p.status).toBe(0);
+    expect(parseHeadProfile(readFileSync(out, 'utf8'), { nLayer: 4, nHeadKv: 2 }).scores).toHaveLength(8);
+    const e = cli('eval', '--model', fixture(), '--profile', out, '--sweep-sparsity', '0,0.5', '--stream', '2+6', '--traces', '2', '--max-tokens', '24', '--context', '128', '--threads', '1', '--json');
+    expect(e.status).toBe(0);
+    const rows = e.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(rows.map((r) => r.label)).toEqual(['full', 's=0 S+R=2+6', 's=0.5 S+R=2+6']);
+    expect(rows[1].klMean).toBe(0);
+    expect(e.stderr).toMatch(/KL mean/);
+  });
+});
