@@ -1,0 +1,255 @@
+"""Synthetic reasoning tasks with verifiable answers and long R1-style chains of thought, and the
+character-level SentencePiece-style vocabulary of the tiny reasoner.
+
+Every example is a chat: the user asks, the assistant answers `<think>\n{chain}\n</think>\n\n{answer}`.
+Three tasks (all seeded; an example depends only on (task, seed)):
+
+- `add`:   column addition of two n-digit numbers (n = 5..24), worked right to left with carries. The chain
+           labels every digit (lowercase for the first number, uppercase for the second), works one column per
+           line with a two-digit column sum, then reassembles the labelled sum.
+- `chase`: pointer chasing in a key/value table given in the prompt (24..80 entries forming one cycle, 6..48 hops). Every hop
+           looks a two-letter key up in the table, which may lie a thousand tokens back.
+- `cups`:  state tracking: where the ball is after a long list of numbered cup swaps (12..120 swaps).
+
+Examples are ~160..~1800 tokens (the vocabulary is one token per character). Run as a script to write the
+held-out test sets: `/usr/bin/python3 tiny/tasks.py --write-tests tiny/data` (seeds disjoint from training).
+"""
+from __future__ import annotations
+
+import json
+import random
+import string
+import sys
+
+TASKS = ("add", "chase", "cups")
+
+# ----------------------------------------------------------------------------------------------------------
+# Vocabulary (SentencePiece "llama" model, one token per character, byte fallback, no merges)
+
+SPACE = "\u2581"
+UNK, BOS, EOS = 0, 1, 2
+# llama.cpp token types
+T_NORMAL, T_UNKNOWN, T_CONTROL, T_USER_DEFINED, T_BYTE = 1, 2, 3, 4, 6
+SPECIALS = [("<|im_start|>", T_CONTROL), ("<|im_end|>", T_CONTROL), ("<think>", T_USER_DEFINED), ("</think>", T_USER_DEFINED)]
+CHARS = [SPACE] + [chr(c) for c in range(0x21, 0x7F)]
+# the tokens llama.cpp matches in text when parsing specials (CONTROL, USER_DEFINED and UNKNOWN types)
+PARSED_SPECIALS = ["<unk>", "<s>", "</s>"] + [s for s, _ in SPECIALS]
+
+
+def build_vocab():
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [T_UNKNOWN, T_CONTROL, T_CONTROL]
+    for b in range(256):
+        tokens.append("<0x%02X>" % b)
+        types.append(T_BYTE)
+    for s, t in SPECIALS:
+        tokens.append(s)
+        types.append(t)
+    for c in CHARS:
+        tokens.append(c)
+        types.append(T_NORMAL)
+    scores = [0.0] * len(tokens)
+    for i, t in enumerate(types):
+        if t == T_NORMAL:
+            scores[i] = -float(i)
+    return tokens, types, scores
+
+
+TOKENS, TOKEN_TYPES, SCORES = build_vocab()
+TOKEN_ID = {t: i for i, t in enumerate(TOKENS)}
+IM_START, IM_END = TOKEN_ID["<|im_start|>"], TOKEN_ID["<|im_end|>"]
+THINK, END_THINK = TOKEN_ID["<think>"], TOKEN_ID["</think>"]
+N_VOCAB = len(TOKENS)
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def encode(text: str) -> list[int]:
+    """What llama.cpp's SPM tokenizer produces for this vocab with add_space_prefix = false and special
+    parsing on (no BOS): special tokens by longest match, spaces as U+2581, characters missing from the
+    vocabulary (newline, non-ASCII) as their UTF-8 bytes."""
+    out: list[int] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        if text[i] == "<":
+            hit = None
+            for s in PARSED_SPECIALS:
+                if text.startswith(s, i) and (hit is None or len(s) > len(hit)):
+                    hit = s
+            if hit is not None:
+                out.append(TOKEN_ID[hit])
+                i += len(hit)
+                continue
+        c = text[i]
+        c = SPACE if c == " " else c
+        tid = TOKEN_ID.get(c)
+        if tid is not None and TOKEN_TYPES[tid] == T_NORMAL:
+            out.append(tid)
+        else:
+            for b in c.encode("utf-8"):
+                out.append(3 + b)
+        i += 1
+    return out
+
+
+def decode(ids: list[int]) -> str:
+    bs = bytearray()
+    for t in ids:
+        ty = TOKEN_TYPES[t]
+        if ty == T_BYTE:
+            bs.append(t - 3)
+        elif ty == T_NORMAL:
+            bs += TOKENS[t].replace(SPACE, " ").encode("utf-8")
+        elif ty == T_USER_DEFINED:
+            bs += TOKENS[t].encode("utf-8")
+    return bs.decode("utf-8", errors="replace")
+
+
+def prompt_text(question: str) -> str:
+    """The chat template with add_generation_prompt (without the BOS token, which the tokenizer adds)."""
+    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def completion_text(chain: str, answer: str) -> str:
+    return f"<think>\n{chain}\n</think>\n\n{answer}<|im_end|>"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tasks
+
+LOWER = string.ascii_lowercase
+UPPER = string.ascii_uppercase
+
+
+def gen_add(rng: random.Random) -> dict:
+    n = rng.randint(5, 24)
+    a = [rng.randint(1, 9)] + [rng.randint(0, 9) for _ in range(n - 1)]
+    b = [rng.randint(1, 9)] + [rng.randint(0, 9) for _ in range(n - 1)]
+    sa, sb = "".join(map(str, a)), "".join(map(str, b))
+    lines = ["A: " + " ".join(LOWER[i] + str(a[i]) for i in range(n)), "B: " + " ".join(UPPER[i] + str(b[i]) for i in range(n))]
+    carry = 0
+    digits = [0] * n
+    for i in range(n - 1, -1, -1):
+        s = a[i] + b[i] + carry
+        lines.append(f"{LOWER[i]}: {a[i]}+{b[i]}+{carry}={s:02d}")
+        digits[i] = s % 10
+        carry = s // 10
+    lines.append(f"sum: {carry} " + " ".join(LOWER[i] + str(digits[i]) for i in range(n)))
+    answer = str(int(sa) + int(sb))
+    assert answer == (str(carry) if carry else "") + "".join(map(str, digits))
+    return {"question": f"{sa}+{sb}=?", "chain": "\n".join(lines), "answer": answer}
+
+
+def _key(rng: random.Random) -> str:
+    return rng.choice(LOWER) + rng.choice(LOWER)
+
+
+def gen_chase(rng: random.Random) -> dict:
+    n = rng.randint(24, 80)
+    hops = rng.randint(6, min(48, n - 1))
+    keys: list[str] = []
+    seen = set()
+    while len(keys) < n:
+        k = _key(rng)
+        if k not in seen:
+            seen.add(k)
+            keys.append(k)
+    # one cycle through all keys, so a walk of fewer than n hops never repeats a key
+    table = {keys[i]: keys[(i + 1) % n] for i in range(n)}
+    order = keys[:]
+    rng.shuffle(order)
+    start = rng.choice(keys)
+    lines = []
+    cur = start
+    for h in range(hops, 0, -1):
+        nxt = table[cur]
+        lines.append(f"{h} {cur}>{nxt}")
+        cur = nxt
+    question = "Table:\n" + "\n".join(f"{k}>{table[k]}" for k in order) + f"\nStart at {start} and follow {hops} steps."
+    return {"question": question, "chain": "\n".join(lines), "answer": cur}
+
+
+def gen_cups(rng: random.Random) -> dict:
+    m = rng.randint(4, 8)
+    cups = UPPER[:m]
+    n = rng.randint(12, 120)
+    ball = rng.choice(cups)
+    swaps = [rng.sample(cups, 2) for _ in range(n)]
+    question = f"Cups {cups[0]}-{cups[-1]}. The ball is under {ball}. Swaps:\n" + "\n".join(f"{i + 1} {x}{y}" for i, (x, y) in enumerate(swaps)) + "\nWhere is the ball?"
+    lines = [f"start {ball}"]
+    for i, (x, y) in enumerate(swaps):
+        if ball == x:
+            ball = y
+        elif ball == y:
+            ball = x
+        lines.append(f"{i + 1} {x}{y} {ball}")
+    return {"question": question, "chain": "\n".join(lines), "answer": ball}
+
+
+GENERATORS = {"add": gen_add, "chase": gen_chase, "cups": gen_cups}
+
+# Seeds: training examples use (TRAIN_BASE + step stream), test sets TEST_BASE + index; the ranges never meet.
+TEST_BASE = {"add": 9_000_000, "chase": 9_100_000, "cups": 9_200_000}
+
+
+def example(task: str, seed: int) -> dict:
+    ex = GENERATORS[task](random.Random(f"{task}:{seed}"))
+    ex["task"] = task
+    ex["seed"] = seed
+    return ex
+
+
+def example_tokens(ex: dict) -> tuple[list[int], int]:
+    """[BOS] + prompt + completion as token ids, and the index of the first completion token."""
+    p = [BOS] + encode(prompt_text(ex["question"]))
+    c = encode(completion_text(ex["chain"], ex["answer"]))
+    return p + c, len(p)
+
+
+def test_set(task: str, n: int) -> list[dict]:
+    return [example(task, TEST_BASE[task] + i) for i in range(n)]
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) >= 2 and argv[0] == "--write-tests":
+        out = argv[1]
+        n = int(argv[2]) if len(argv) > 2 else 100
+        import os
+        os.makedirs(out, exist_ok=True)
+        for t in TASKS:
+            with open(os.path.join(out, f"test-{t}.jsonl"), "w") as f:
+                for ex in test_set(t, n):
+                    f.write(json.dumps({"task": t, "seed": ex["seed"], "question": ex["question"], "answer": ex["answer"], "chain": ex["chain"]}) + "\n")
+        return
+    if len(argv) >= 2 and argv[0] == "--dump-tokens":
+        # texts (without BOS) and our token ids, for the tokenizer cross-check against lib/ and llama.cpp
+        rows = []
+        for t in TASKS:
+            for s in range(int(argv[2]) if len(argv) > 2 else 5):
+                ex = example(t, s)
+                text = prompt_text(ex["question"]) + completion_text(ex["chain"], ex["answer"])
+                rows.append({"task": t, "text": text, "ids": encode(text)})
+        extra = ["héllo wörld ✓ 日本", "  two  spaces\tand tab\n\nend ", "<think>x</think> <|im_end|><|im_start|>", "a<b>c </s> <s> <unk>"]
+        for text in extra:
+            rows.append({"task": "extra", "text": text, "ids": encode(text)})
+        with open(argv[1], "w") as f:
+            json.dump({"n_vocab": N_VOCAB, "rows": rows}, f)
+        return
+    if argv and argv[0] == "--stats":
+        for t in TASKS:
+            lens = [len(example_tokens(example(t, s))[0]) for s in range(300)]
+            cl = [len(encode(completion_text(example(t, s)["chain"], "x"))) for s in range(300)]
+            print(t, "total min/mean/max", min(lens), sum(lens) // len(lens), max(lens), "completion", min(cl), sum(cl) // len(cl), max(cl))
+        return
+    for t in TASKS:
+        ex = example(t, 1)
+        print(prompt_text(ex["question"]) + completion_text(ex["chain"], ex["answer"]))
+        print("-" * 40)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
