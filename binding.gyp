@@ -32,7 +32,19 @@
         "native/tensor/ggml-type.cpp",
         "native/tensor/quant-traits.cpp",
         "native/tensor/quants/float-types.cpp",
-        "native/tensor/quants/q8-0.cpp"
+        "native/tensor/quants/k-quants-common.cpp",
+        "native/tensor/quants/q2-k.cpp",
+        "native/tensor/quants/q3-k.cpp",
+        "native/tensor/quants/q4-0.cpp",
+        "native/tensor/quants/q4-1.cpp",
+        "native/tensor/quants/q4-k.cpp",
+        "native/tensor/quants/q5-0.cpp",
+        "native/tensor/quants/q5-1.cpp",
+        "native/tensor/quants/q5-k.cpp",
+        "native/tensor/quants/q6-k.cpp",
+        "native/tensor/quants/q8-0.cpp",
+        "native/tensor/quants/q8-1.cpp",
+        "native/tensor/quants/q8-k.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -57,6 +57,19 @@ double round_trip_budget(const quant_traits & t) {
         case GGML_TYPE_F16: return 1e-7;   // relative error <= 2^-11
         case GGML_TYPE_BF16: return 4e-6;  // relative error <= 2^-8
         case GGML_TYPE_Q8_0: return 4e-5;  // measured ~2.6e-5 (max|x| of 32 Gaussians / 127 steps)
+        case GGML_TYPE_Q8_1: return 4e-5;  // measured 2.8e-5
+        case GGML_TYPE_Q8_K: return 8e-5;  // measured 5.1e-5 (one scale per 256 values)
+        // Budgets per bit width (as ggml's MAX_QUANTIZATION_TOTAL_ERROR_*BITS), about 1.5x the measured NMSE
+        // of our reference quantizers, which reproduce llama-quantize's (no importance matrix) bit for bit.
+        case GGML_TYPE_Q6_K: return 5e-4;  // measured 3.1e-4
+        case GGML_TYPE_Q5_0: return 2.6e-3; // measured 1.75e-3
+        case GGML_TYPE_Q5_1: return 2.1e-3; // measured 1.42e-3
+        case GGML_TYPE_Q5_K: return 2e-3;  // measured 1.3e-3
+        case GGML_TYPE_Q4_0: return 1.1e-2; // measured 7.3e-3
+        case GGML_TYPE_Q4_1: return 9e-3;  // measured 6.1e-3
+        case GGML_TYPE_Q4_K: return 8e-3;  // measured 5.3e-3
+        case GGML_TYPE_Q3_K: return 3.4e-2; // measured 2.3e-2
+        case GGML_TYPE_Q2_K: return 0.135; // measured 0.090
         default: {
             const double bpw = 8.0 * (double) t.type_size / (double) t.block_size;
             return 0.25 * std::pow(4.0, -(bpw - 2.5));
@@ -108,6 +121,7 @@ TC_TEST("quants/round-trip") {
         t.to_float(q.data(), y.data(), ne);
         const double e = tc::nmse(y.data(), x.data(), ne);
         const double budget = round_trip_budget(t);
+        std::printf("    round trip %-5s NMSE %.3g (budget %.3g)\n", t.name, e, budget);
         TC_CHECK(e <= budget) << "ROUND_TRIP(type=" << t.name << ",n=" << ne << "): NMSE " << e << " > " << budget;
     }
 }
@@ -237,4 +251,48 @@ TC_TEST("quants/cpu-vec-dot") {
             }
         }
     }
+}
+
+// Every gemm micro-kernel computes, for each (row, token) pair, the same expression as the vec_dot of its
+// row (so prefill and decode round alike): bit-exact, for every tile shape up to GEMM_MR x GEMM_NT.
+TC_TEST("quants/cpu-gemm-bit-exact") {
+    size_t nk = 0;
+    const quant_cpu_kernel * ks = quant_cpu_kernels_all(&nk);
+    int tested = 0;
+    for (size_t k = 0; k < nk; k++) {
+        const quant_cpu_kernel & kr = ks[k];
+        if (!kr.gemm) continue;
+        if (!quant_cpu_kernel_usable(kr)) {
+            std::printf("    gemm %s/%s: not supported on this CPU\n", ggml_type_name(kr.type), kr.name);
+            continue;
+        }
+        TC_CHECK(kr.vec_dot != nullptr) << "gemm row without a vec_dot: " << kr.name;
+        const quant_traits * tw = quant_traits_get(kr.type);
+        const quant_traits * ta = quant_traits_get(quant_traits_cpu_get(kr.type)->vec_dot_type);
+        for (int64_t nb : {1, 3, 7}) {
+            const int64_t ne = nb * tw->block_size;
+            const size_t wrow = quant_row_bytes(tw, ne), arow = quant_row_bytes(ta, ne);
+            std::vector<uint8_t> w(wrow * GEMM_MR), a(arow * GEMM_NT);
+            const std::vector<float> xw = random_floats(ne * GEMM_MR, 5 + (uint32_t) ne);
+            const std::vector<float> xa = random_floats(ne * GEMM_NT, 6 + (uint32_t) ne);
+            for (int r = 0; r < GEMM_MR; r++) tw->from_float_ref(xw.data() + r * ne, w.data() + r * wrow, ne);
+            for (int t = 0; t < GEMM_NT; t++) quant_act_from_float_ref(ta->type)(xa.data() + t * ne, a.data() + t * arow, ne);
+            for (int nr = 1; nr <= GEMM_MR; nr++)
+                for (int nt = 1; nt <= GEMM_NT; nt++) {
+                    std::vector<float> got(GEMM_NT * 8, -1.0f);
+                    kr.gemm(ne, w.data(), wrow, nr, a.data(), arow, nt, got.data(), 8);
+                    int bad = 0;
+                    for (int t = 0; t < GEMM_NT; t++)
+                        for (int r = 0; r < 8; r++) {
+                            float want = -1.0f;
+                            if (t < nt && r < nr) kr.vec_dot(ne, &want, w.data() + r * wrow, a.data() + t * arow);
+                            bad += std::memcmp(&want, &got[t * 8 + r], sizeof(float)) != 0;
+                        }
+                    TC_CHECK(bad == 0) << "GEMM(type=" << tw->name << ",kernel=" << kr.name << ",n=" << ne << ",nr=" << nr
+                                       << ",nt=" << nt << "): " << bad << " outputs differ from vec_dot";
+                }
+        }
+        tested++;
+    }
+    TC_CHECK(tested > 0 || cpu_level_supported() == CPU_LEVEL_SCALAR);
 }

@@ -5,9 +5,9 @@
 //      streams its own slice of W exactly once. With n_tokens > 1 a thread walks its rows in tiles of
 //      kRowTile rows and runs every token against a tile while the tile sits in L2 (a 16-row tile of a
 //      4864-wide q8_0 matrix is 83 KB), with one activation row hot in L1 across the tile. On Zen 4,
-//      tiles of 4..16 rows measured equal and 64 rows 30% slower (896x4864 q8_0, 64 tokens); the
-//      one-row vec_dot is the limit (~55 GFLOP/s per core for q8_0): a register-blocked kernel
-//      (several rows x several tokens per call) is the next step for prefill.
+//      tiles of 4..16 rows measured equal and 64 rows 30% slower (896x4864 q8_0, 64 tokens). Types with a
+//      `gemm` micro-kernel (q8_0, q4_K, q6_K) run GEMM_MR rows x GEMM_NT tokens per call inside the tile;
+//      the others loop over the one-row vec_dot.
 #include "matmul.h"
 
 #include <algorithm>
@@ -31,8 +31,8 @@ inline void split_range(int64_t n, int ith, int nth, int64_t * begin, int64_t * 
 }
 
 // y rows [r0, r1) for all tokens. act: n_tokens rows of act_row_bytes.
-void matmul_rows(const weight_view & w, vec_dot_fn vec_dot, const uint8_t * act, size_t act_row_bytes, float * y,
-                 int64_t n_tokens, int64_t r0, int64_t r1) {
+void matmul_rows(const weight_view & w, vec_dot_fn vec_dot, gemm_fn gemm, const uint8_t * act, size_t act_row_bytes,
+                 float * y, int64_t n_tokens, int64_t r0, int64_t r1) {
     const uint8_t * wd = (const uint8_t *) w.data;
     if (n_tokens == 1) {
         for (int64_t r = r0; r < r1; r++) vec_dot(w.n_in, y + r, wd + r * w.row_bytes, act);
@@ -40,6 +40,19 @@ void matmul_rows(const weight_view & w, vec_dot_fn vec_dot, const uint8_t * act,
     }
     for (int64_t rt = r0; rt < r1; rt += kRowTile) {
         const int64_t rt_end = std::min(r1, rt + kRowTile);
+        if (gemm) {
+            // GEMM_NT tokens at a time against GEMM_MR rows: each weight block is unpacked once per
+            // GEMM_NT tokens, the GEMM_NT activation rows stay in L1, the row tile in L2
+            for (int64_t t = 0; t < n_tokens; t += GEMM_NT) {
+                const int nt = (int) std::min<int64_t>(GEMM_NT, n_tokens - t);
+                for (int64_t r = rt; r < rt_end; r += GEMM_MR) {
+                    const int nr = (int) std::min<int64_t>(GEMM_MR, rt_end - r);
+                    gemm(w.n_in, wd + r * w.row_bytes, w.row_bytes, nr, act + t * act_row_bytes, act_row_bytes, nt,
+                         y + t * w.n_out + r, (size_t) w.n_out);
+                }
+            }
+            continue;
+        }
         for (int64_t t = 0; t < n_tokens; t++) {
             const uint8_t * a = act + t * act_row_bytes;
             float * yt = y + t * w.n_out;
@@ -87,17 +100,18 @@ void cpu_matmul(thread_pool & pool, const weight_view & w, const float * x, floa
     }
 
     const vec_dot_fn vec_dot = tc->vec_dot;
+    const gemm_fn gemm = tc->gemm;
     if (pool.size() == 1) {
-        matmul_rows(w, vec_dot, act, act_row_bytes, y, n_tokens, 0, w.n_out);
+        matmul_rows(w, vec_dot, gemm, act, act_row_bytes, y, n_tokens, 0, w.n_out);
         return;
     }
-    struct { const weight_view * w; vec_dot_fn vec_dot; const uint8_t * act; size_t act_row_bytes; float * y; int64_t n_tokens; } job =
-        {&w, vec_dot, act, act_row_bytes, y, n_tokens};
+    struct { const weight_view * w; vec_dot_fn vec_dot; gemm_fn gemm; const uint8_t * act; size_t act_row_bytes; float * y; int64_t n_tokens; } job =
+        {&w, vec_dot, gemm, act, act_row_bytes, y, n_tokens};
     auto * j = &job;
     pool.run([j](int ith, int nth) {
         int64_t r0, r1;
         split_range(j->w->n_out, ith, nth, &r0, &r1);
-        if (r0 < r1) matmul_rows(*j->w, j->vec_dot, j->act, j->act_row_bytes, j->y, j->n_tokens, r0, r1);
+        if (r0 < r1) matmul_rows(*j->w, j->vec_dot, j->gemm, j->act, j->act_row_bytes, j->y, j->n_tokens, r0, r1);
     });
 }
 
@@ -109,7 +123,7 @@ void cpu_matmul_ref(const weight_view & w, const float * x, float * y, int64_t n
     std::vector<uint8_t> act(act_row_bytes);
     const uint8_t * wd = (const uint8_t *) w.data;
     for (int64_t t = 0; t < n_tokens; t++) {
-        ta->from_float_ref(x + t * w.n_in, act.data(), w.n_in);
+        quant_act_from_float_ref(tc->vec_dot_type)(x + t * w.n_in, act.data(), w.n_in);
         for (int64_t r = 0; r < w.n_out; r++) tc->vec_dot_ref(w.n_in, y + t * w.n_out + r, wd + r * w.row_bytes, act.data());
     }
 }

@@ -11,7 +11,18 @@
 
 #include "../../tensor/quant-traits.h"
 #include "../../tensor/quants/float-types.h"
+#include "../../tensor/quants/q2-k.h"
+#include "../../tensor/quants/q3-k.h"
+#include "../../tensor/quants/q4-0.h"
+#include "../../tensor/quants/q4-1.h"
+#include "../../tensor/quants/q4-k.h"
+#include "../../tensor/quants/q5-0.h"
+#include "../../tensor/quants/q5-1.h"
+#include "../../tensor/quants/q5-k.h"
+#include "../../tensor/quants/q6-k.h"
 #include "../../tensor/quants/q8-0.h"
+#include "../../tensor/quants/q8-1.h"
+#include "../../tensor/quants/q8-k.h"
 #include "arch/x86-kernels.h"
 
 namespace core {
@@ -29,6 +40,15 @@ const vec_dot_type_row VEC_DOT_TYPES[] = {
     {GGML_TYPE_F16, GGML_TYPE_F16, vec_dot_f16_ref},
     {GGML_TYPE_BF16, GGML_TYPE_BF16, vec_dot_bf16_ref},
     {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, vec_dot_q8_0_q8_0_ref},
+    {GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, vec_dot_q4_0_q8_0_ref},
+    {GGML_TYPE_Q4_1, GGML_TYPE_Q8_1, vec_dot_q4_1_q8_1_ref},
+    {GGML_TYPE_Q5_0, GGML_TYPE_Q8_0, vec_dot_q5_0_q8_0_ref},
+    {GGML_TYPE_Q5_1, GGML_TYPE_Q8_1, vec_dot_q5_1_q8_1_ref},
+    {GGML_TYPE_Q2_K, GGML_TYPE_Q8_K, vec_dot_q2_K_q8_K_ref},
+    {GGML_TYPE_Q3_K, GGML_TYPE_Q8_K, vec_dot_q3_K_q8_K_ref},
+    {GGML_TYPE_Q4_K, GGML_TYPE_Q8_K, vec_dot_q4_K_q8_K_ref},
+    {GGML_TYPE_Q5_K, GGML_TYPE_Q8_K, vec_dot_q5_K_q8_K_ref},
+    {GGML_TYPE_Q6_K, GGML_TYPE_Q8_K, vec_dot_q6_K_q8_K_ref},
 };
 constexpr size_t N_VEC_DOT_TYPES = sizeof(VEC_DOT_TYPES) / sizeof(VEC_DOT_TYPES[0]);
 
@@ -40,7 +60,7 @@ bool has_avx512_bf16(const cpu_features_t & f) { return f.avx512_bf16; }
 // Within one type and level, list the most specific variant first.
 const quant_cpu_kernel KERNELS[] = {
 #if defined(__x86_64__)
-    // type             level             name           usable           from_float                      vec_dot
+    // type          level             name           usable           from_float                      vec_dot                       gemm
     {GGML_TYPE_F32,  CPU_LEVEL_AVX512, "avx512",      nullptr,         nullptr,                        vec_dot_f32_avx512},
     {GGML_TYPE_F32,  CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_f32_avx2},
     {GGML_TYPE_F16,  CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_f16_avx512,  vec_dot_f16_avx512},
@@ -48,9 +68,29 @@ const quant_cpu_kernel KERNELS[] = {
     {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512_bf16", has_avx512_bf16, nullptr,                        vec_dot_bf16_avx512bf16},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_bf16_avx512, vec_dot_bf16_avx512},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX2,   "avx2",        nullptr,         convert_row_f32_to_bf16_avx2,   vec_dot_bf16_avx2},
-    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q8_0_q8_0_avx512vnni},
+    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q8_0_q8_0_avx512vnni, gemm_q8_0_q8_0_avx512vnni},
     {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512",      nullptr,         quantize_row_q8_0_avx512,       nullptr},
-    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         quantize_row_q8_0_avx2,         vec_dot_q8_0_q8_0_avx2},
+    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         quantize_row_q8_0_avx2,         vec_dot_q8_0_q8_0_avx2,       gemm_q8_0_q8_0_avx2},
+    {GGML_TYPE_Q8_1, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        quantize_row_q8_1_avx512vnni,   nullptr},
+    {GGML_TYPE_Q8_1, CPU_LEVEL_AVX2,   "avx2",        nullptr,         quantize_row_q8_1_avx2,         nullptr},
+    {GGML_TYPE_Q4_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q4_0_q8_0_avx512vnni},
+    {GGML_TYPE_Q4_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q4_0_q8_0_avx2},
+    {GGML_TYPE_Q4_1, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q4_1_q8_1_avx512vnni},
+    {GGML_TYPE_Q4_1, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q4_1_q8_1_avx2},
+    {GGML_TYPE_Q5_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q5_0_q8_0_avx512vnni},
+    {GGML_TYPE_Q5_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q5_0_q8_0_avx2},
+    {GGML_TYPE_Q5_1, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q5_1_q8_1_avx512vnni},
+    {GGML_TYPE_Q5_1, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q5_1_q8_1_avx2},
+    {GGML_TYPE_Q2_K, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q2_K_q8_K_avx512vnni},
+    {GGML_TYPE_Q2_K, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q2_K_q8_K_avx2},
+    {GGML_TYPE_Q3_K, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q3_K_q8_K_avx512vnni},
+    {GGML_TYPE_Q3_K, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q3_K_q8_K_avx2},
+    {GGML_TYPE_Q4_K, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q4_K_q8_K_avx512vnni, gemm_q4_K_q8_K_avx512vnni},
+    {GGML_TYPE_Q4_K, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q4_K_q8_K_avx2,       gemm_q4_K_q8_K_avx2},
+    {GGML_TYPE_Q5_K, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q5_K_q8_K_avx512vnni},
+    {GGML_TYPE_Q5_K, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q5_K_q8_K_avx2},
+    {GGML_TYPE_Q6_K, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q6_K_q8_K_avx512vnni, gemm_q6_K_q8_K_avx512vnni},
+    {GGML_TYPE_Q6_K, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q6_K_q8_K_avx2,       gemm_q6_K_q8_K_avx2},
 #endif
     // keeps the array non-empty on every architecture; matches nothing
     {GGML_TYPE_COUNT_KNOWN, CPU_LEVEL_SCALAR, "end", nullptr, nullptr, nullptr},
@@ -75,7 +115,8 @@ void resolve_all() {
             t.from_float = quant_act_from_float_ref(row.vec_dot_type);
             t.vec_dot = row.vec_dot_ref;
             t.vec_dot_ref = row.vec_dot_ref;
-            bool have_from_float = false, have_vec_dot = false;
+            t.gemm = nullptr;
+            bool have_from_float = false, have_vec_dot = false, have_gemm = false;
             for (size_t k = 0; k < N_KERNELS; k++) {
                 const quant_cpu_kernel & kr = KERNELS[k];
                 if (!kernel_usable_at(kr, (cpu_level) l)) continue;
@@ -88,6 +129,10 @@ void resolve_all() {
                     t.vec_dot = kr.vec_dot;
                     have_vec_dot = true;
                 }
+                if (!have_gemm && kr.gemm && kr.type == row.type) {
+                    t.gemm = kr.gemm;
+                    have_gemm = true;
+                }
             }
         }
     }
@@ -97,6 +142,7 @@ void resolve_all() {
 
 from_float_fn quant_act_from_float_ref(ggml_type act_type) {
     if (act_type == GGML_TYPE_Q8_0) return quantize_row_q8_0_act_ref;
+    if (act_type == GGML_TYPE_Q8_1) return quantize_row_q8_1_act_ref;
     const quant_traits * t = quant_traits_get(act_type);
     return t ? t->from_float_ref : nullptr;
 }

@@ -1,7 +1,9 @@
 // CPU fast paths per type (after ggml-cpu's `type_traits_cpu`). A matrix-vector product with weights of
 // type T first converts the activation row to `vec_dot_type` (F32 for f32 weights, F16 for f16, BF16 for
-// bf16, Q8_0 for q8_0 — the same choice as llama.cpp, so the rounding of the activations, and therefore
-// the greedy tokens, match), then calls `vec_dot` per weight row. Implementations: scalar `_ref`
+// bf16, Q8_0 for q8_0/q4_0/q5_0, Q8_1 for q4_1/q5_1, Q8_K for the K-quants — the same choice as llama.cpp,
+// so the rounding of the activations, and therefore the greedy tokens, match), then calls `vec_dot` per
+// weight row, or for several tokens `gemm` (a micro-kernel over up to GEMM_MR rows x GEMM_NT tokens that
+// computes the same per-pair expression as vec_dot, so prefill and decode round alike). Implementations: scalar `_ref`
 // (always), AVX2 and AVX-512 variants picked once at startup from cpuid (`cpu_features()`).
 #pragma once
 #include <cstddef>
@@ -23,6 +25,12 @@ const char * cpu_dispatch_level();
 // s = sum_i x[i] * y[i], x of the weight type, y of vec_dot_type, n elements.
 using vec_dot_fn = void (*)(int64_t n, float * s, const void * x, const void * y);
 using from_float_fn = void (*)(const float * src, void * dst, int64_t n);
+// s[t * s_stride + r] = dot(x row r, y row t) for r < nr <= GEMM_MR, t < nt <= GEMM_NT (strides in bytes
+// for x and y, in floats for s).
+using gemm_fn = void (*)(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt,
+                         float * s, size_t s_stride);
+constexpr int GEMM_MR = 4;
+constexpr int GEMM_NT = 4;
 
 struct quant_traits_cpu {
     ggml_type type;
@@ -30,11 +38,12 @@ struct quant_traits_cpu {
     from_float_fn from_float;     // fast activation conversion into vec_dot_type (same result as _ref)
     vec_dot_fn vec_dot;           // dispatched fast path
     vec_dot_fn vec_dot_ref;       // scalar oracle
+    gemm_fn gemm;                 // nullptr: no micro-kernel at this level (matmul loops over vec_dot)
 };
 
 // Scalar oracle of the activation conversion into `act_type` (what `from_float` must reproduce bit for
-// bit). Equals quant_traits' from_float_ref except for q8_0, whose runtime quantizer follows llama.cpp's
-// (see quantize_row_q8_0_act_ref). nullptr for a type that is never an activation type.
+// bit). Equals quant_traits' from_float_ref except for q8_0 and q8_1, whose runtime quantizers follow
+// llama.cpp's (see quantize_row_q8_0_act_ref). nullptr for a type that is never an activation type.
 from_float_fn quant_act_from_float_ref(ggml_type act_type);
 
 // nullptr when the CPU backend has no kernels for the type.
@@ -55,10 +64,6 @@ cpu_level cpu_level_supported(); // highest level this CPU and OS can run
 cpu_level cpu_level_active();    // cpu_level_supported() capped by THINKCACHE_CPU (read once)
 
 // The traits dispatch would pick if the active level were `level` (capped by cpu_level_supported()).
-// Scalar oracle of the activation conversion into `act_type` (what `from_float` must reproduce bit for
-// bit). Equals quant_traits' from_float_ref except for q8_0, whose runtime quantizer follows llama.cpp's
-// (see quantize_row_q8_0_act_ref). nullptr for a type that is never an activation type.
-from_float_fn quant_act_from_float_ref(ggml_type act_type);
 
 // nullptr when the CPU backend has no kernels for the type.
 const quant_traits_cpu * quant_traits_cpu_get_level(uint32_t type, cpu_level level);
@@ -72,6 +77,7 @@ struct quant_cpu_kernel {
     bool (*usable)(const cpu_features_t & cpu);  // nullptr: usable whenever `level` is
     from_float_fn from_float;                    // nullptr: this row has no conversion
     vec_dot_fn vec_dot;                          // nullptr: this row has no dot product
+    gemm_fn gemm = nullptr;                      // nullptr: this row has no micro-kernel
 };
 // All rows, including ones this CPU cannot run (check quant_cpu_kernel_usable()).
 const quant_cpu_kernel * quant_cpu_kernels_all(size_t * count);

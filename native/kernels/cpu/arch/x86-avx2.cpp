@@ -7,7 +7,18 @@
 
 #include <cstring>
 
+#include "../../../tensor/quants/q2-k.h"
+#include "../../../tensor/quants/q3-k.h"
+#include "../../../tensor/quants/q4-0.h"
+#include "../../../tensor/quants/q4-1.h"
+#include "../../../tensor/quants/q4-k.h"
+#include "../../../tensor/quants/q5-0.h"
+#include "../../../tensor/quants/q5-1.h"
+#include "../../../tensor/quants/q5-k.h"
+#include "../../../tensor/quants/q6-k.h"
 #include "../../../tensor/quants/q8-0.h"
+#include "../../../tensor/quants/q8-1.h"
+#include "../../../tensor/quants/q8-k.h"
 #include "x86-kernels.h"
 
 #define TC_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -43,15 +54,6 @@ TC_AVX2 inline __m256 load_f16x8(const f16_t * p) { return _mm256_cvtph_ps(_mm_l
 TC_AVX2 inline __m256 bf16_even_f32x8(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }
 TC_AVX2 inline __m256 bf16_odd_f32x8(__m256i v) {
     return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int) 0xffff0000u)));
-}
-
-TC_AVX2 inline __m256 q8_0_block_fma(const block_q8_0 * x, const block_q8_0 * y, __m256 acc) {
-    const __m256 d = _mm256_set1_ps(_cvtsh_ss(x->d) * _cvtsh_ss(y->d));
-    const __m256i qx = _mm256_loadu_si256((const __m256i *) x->qs);
-    const __m256i qy = _mm256_loadu_si256((const __m256i *) y->qs);
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
-    const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p32), acc);
 }
 
 } // namespace
@@ -115,20 +117,6 @@ TC_AVX2 void vec_dot_bf16_avx2(int64_t n, float * s, const void * vx, const void
     *s = (float) sum;
 }
 
-TC_AVX2 void vec_dot_q8_0_q8_0_avx2(int64_t n, float * s, const void * vx, const void * vy) {
-    const block_q8_0 * x = (const block_q8_0 *) vx;
-    const block_q8_0 * y = (const block_q8_0 *) vy;
-    const int64_t nb = n / QK8_0;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t ib = 0;
-    for (; ib + 2 <= nb; ib += 2) {
-        a0 = q8_0_block_fma(x + ib, y + ib, a0);
-        a1 = q8_0_block_fma(x + ib + 1, y + ib + 1, a1);
-    }
-    if (ib < nb) a0 = q8_0_block_fma(x + ib, y + ib, a0);
-    *s = hsum_f32x8(_mm256_add_ps(a0, a1));
-}
-
 TC_AVX2 void convert_row_f32_to_f16_avx2(const float * x, void * vy, int64_t n) {
     f16_t * y = (f16_t *) vy;
     int64_t i = 0;
@@ -182,6 +170,12 @@ TC_AVX2 void quantize_row_q8_0_avx2(const float * x, void * vy, int64_t n) {
         _mm256_storeu_si256((__m256i *) y[ib].qs, q);
     }
 }
+
+// block-format dots and micro-kernels, shared with the AVX-512 VNNI build
+#define TC_QD TC_AVX2
+#define QD_NAME(f) f##_avx2
+#define QD_VNNI 0
+#include "x86-quant-dots.inc"
 
 } // namespace core
 

@@ -1,5 +1,5 @@
 // AVX-512 kernels (F + BW + VL; Skylake-X / Zen 4 and later). Tails use masked loads instead of scalar
-// loops. The q8_0 dot uses VNNI's vpdpbusd on 256-bit vectors (one q8_0 block per vector, so no
+// loops. Block-format dots (x86-quant-dots.inc) use VNNI's vpdpbusd on 256-bit vectors (one q8_0 block per vector, so no
 // cross-block shuffles; on Zen 4 a 512-bit op costs two 256-bit ones anyway), and the bf16 dot uses
 // AVX512_BF16's vdpbf16ps when present. Note vdpbf16ps treats bf16 subnormals as zero, which changes a
 // dot product only at the 1e-38 level.
@@ -12,7 +12,20 @@
 #endif
 #include <immintrin.h>
 
+#include <cstring>
+
+#include "../../../tensor/quants/q2-k.h"
+#include "../../../tensor/quants/q3-k.h"
+#include "../../../tensor/quants/q4-0.h"
+#include "../../../tensor/quants/q4-1.h"
+#include "../../../tensor/quants/q4-k.h"
+#include "../../../tensor/quants/q5-0.h"
+#include "../../../tensor/quants/q5-1.h"
+#include "../../../tensor/quants/q5-k.h"
+#include "../../../tensor/quants/q6-k.h"
 #include "../../../tensor/quants/q8-0.h"
+#include "../../../tensor/quants/q8-1.h"
+#include "../../../tensor/quants/q8-k.h"
 #include "x86-kernels.h"
 
 #define TC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
@@ -64,15 +77,6 @@ TC_AVX512 inline __m512i f32_bits_to_bf16x16(__m512i u) {
 TC_AVX512 inline __m512 bf16_even_f32x16(__m512i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)); }
 TC_AVX512 inline __m512 bf16_odd_f32x16(__m512i v) {
     return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int) 0xffff0000u)));
-}
-
-TC_AVX512_VNNI inline __m256 q8_0_block_fma_vnni(const block_q8_0 * x, const block_q8_0 * y, __m256 acc) {
-    const __m256 d = _mm256_set1_ps(_cvtsh_ss(x->d) * _cvtsh_ss(y->d));
-    const __m256i qx = _mm256_loadu_si256((const __m256i *) x->qs);
-    const __m256i qy = _mm256_loadu_si256((const __m256i *) y->qs);
-    // u8 x s8 -> s32 with no intermediate saturation
-    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qx), _mm256_sign_epi8(qy, qx));
-    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
 }
 
 } // namespace
@@ -158,22 +162,6 @@ TC_AVX512_BF16 void vec_dot_bf16_avx512bf16(int64_t n, float * s, const void * v
     *s = (float) sum;
 }
 
-TC_AVX512_VNNI void vec_dot_q8_0_q8_0_avx512vnni(int64_t n, float * s, const void * vx, const void * vy) {
-    const block_q8_0 * x = (const block_q8_0 *) vx;
-    const block_q8_0 * y = (const block_q8_0 *) vy;
-    const int64_t nb = n / QK8_0;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    int64_t ib = 0;
-    for (; ib + 4 <= nb; ib += 4) {
-        a0 = q8_0_block_fma_vnni(x + ib, y + ib, a0);
-        a1 = q8_0_block_fma_vnni(x + ib + 1, y + ib + 1, a1);
-        a2 = q8_0_block_fma_vnni(x + ib + 2, y + ib + 2, a2);
-        a3 = q8_0_block_fma_vnni(x + ib + 3, y + ib + 3, a3);
-    }
-    for (; ib < nb; ib++) a0 = q8_0_block_fma_vnni(x + ib, y + ib, a0);
-    *s = hsum_f32x8_512(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-}
-
 TC_AVX512 void convert_row_f32_to_f16_avx512(const float * x, void * vy, int64_t n) {
     f16_t * y = (f16_t *) vy;
     int64_t i = 0;
@@ -213,6 +201,12 @@ TC_AVX512 void quantize_row_q8_0_avx512(const float * x, void * vy, int64_t n) {
         _mm_storeu_si128((__m128i *) (y[ib].qs + 16), _mm512_cvtepi32_epi8(i1));
     }
 }
+
+// block-format dots and micro-kernels (x86-quant-dots.inc), with vpdpbusd and 32 vector registers
+#define TC_QD TC_AVX512_VNNI
+#define QD_NAME(f) f##_avx512vnni
+#define QD_VNNI 1
+#include "x86-quant-dots.inc"
 
 } // namespace core
 
