@@ -2,7 +2,7 @@
  * Head-selective KV (RLKV) on the Qwen2-0.5B-shaped Q8_0 file: resident KV bytes and decode tok/s
  * versus context for sparsity s, and the process's resident memory (RSS) against the memory report.
  *
- *   npx tsx bench/kv-heads.bench.ts [--contexts 1024,4096,8192,16384] [--sparsity 0,0.5,0.75] [--threads 2]
+ *   node --expose-gc --import tsx bench/kv-heads.bench.ts [--contexts 1024,4096,8192,16384] [--sparsity 0,0.5,0.75] [--threads 2]
  *
  * The head profile is a seeded random score matrix: with synthetic weights no head is special, and
  * speed/memory depend only on how many heads stream. Uses bench/results/qwen2-0.5b-shape-q8_0.gguf
@@ -35,6 +35,7 @@ if (!existsSync(modelPath)) {
 }
 
 function rssBytes(): number {
+  (globalThis as { gc?: () => void }).gc?.();  // run with --expose-gc so freed JS buffers do not blur the number
   const [, resident] = readFileSync('/proc/self/statm', 'utf8').split(' ').map(Number);
   return resident! * 4096;
 }
@@ -54,6 +55,10 @@ const stamp = new Date().toISOString();
 for (const s of sparsities) {
   const ctx = await model.createContext({ contextSize: maxCtx, threads, batchSize: 512, kv: { heads: { profile: prof, sparsity: s, stream: { sinks: 16, recent: 64 } } } });
   const seq = ctx.acquireSequence();
+  // warm-up: page the weights in and size the activation scratch (512-token chunks), then start clean,
+  // so the RSS delta below is the KV cache (and whatever it leaves resident in the pool slack)
+  await seq.evaluate(Array.from({ length: 512 }, (_, i) => 1000 + i));
+  seq.clear();
   const rss0 = rssBytes();
   let filled = 0;
   let s0 = 7;
@@ -62,17 +67,14 @@ for (const s of sparsities) {
     const chunk: number[] = [];
     while (filled + chunk.length < c) chunk.push(tok());
     for (let i = 0; i < chunk.length; i += 512) await seq.evaluate(chunk.slice(i, i + 512));
-    filled = c;
     const t0 = performance.now();
     for (let i = 0; i < nDecode; i++) await seq.evaluate([tok()]);
     const dt = (performance.now() - t0) / nDecode;
-    filled += nDecode;
     const m = seq.memory();
     const rssDelta = rssBytes() - rss0;
     const row = { sparsity: s, context: c, decodeTokensPerSecond: 1000 / dt, kvBytesUsed: m.bytesUsed, kvBytesAllocated: m.bytesAllocated, poolSlack: m.breakdown.poolSlack, rssDelta };
     console.log(`${String(s).padStart(8)}  ${String(c).padStart(7)}  ${row.decodeTokensPerSecond.toFixed(1).padStart(12)}  ${(m.bytesUsed / 1048576).toFixed(1).padStart(10)} MiB  ${(m.bytesAllocated / 1048576).toFixed(1).padStart(9)} MiB  ${(rssDelta / 1048576).toFixed(1).padStart(12)} MiB  ${(rssDelta / m.bytesAllocated).toFixed(3).padStart(17)}`);
     appendFileSync(join(here, 'results', 'kv-heads.jsonl'), JSON.stringify({ time: stamp, threads, ...row }) + '\n');
-    // fill back to the next checkpoint from here
     filled = c + nDecode;
   }
   await ctx.dispose();
