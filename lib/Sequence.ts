@@ -203,7 +203,7 @@ export class Sequence {
       for (let i = 0; i < todo.length; i += batch) {
         const chunk = todo.slice(i, i + batch);
         const last = i + batch >= todo.length;
-        next = await this._eval(chunk, last);
+        next = await this._eval(chunk, last, signal);
         this._tokens.push(...chunk);
         if (!last) yield { type: 'prefill-progress', processed: cached + i + chunk.length, total: promptTokens.length };
       }
@@ -221,7 +221,7 @@ export class Sequence {
             generated.push(token);
             for (const part of feed(token)) yield part;
           }
-          next = await this._eval(forced, true);
+          next = await this._eval(forced, true, signal);
           this._tokens.push(...forced);
           if (generated.length >= opts.maxTokens) { finishReason = 'length'; break; }
           continue;
@@ -237,7 +237,7 @@ export class Sequence {
         if (parser.stopped) { finishReason = 'stop'; break; }
         if (generated.length >= opts.maxTokens) { finishReason = 'length'; break; }
         if (this._tokens.length + 1 >= this.context.contextSize) { finishReason = 'context-full'; break; }
-        next = await this._eval([token], true);
+        next = await this._eval([token], true, signal);
         this._tokens.push(token);
       }
       const tail = decoder.flush();
@@ -306,8 +306,10 @@ export class Sequence {
     return [...(prompt as readonly number[])];
   }
 
-  private async _eval(tokens: number[], sample: boolean): Promise<number | undefined> {
+  private async _eval(tokens: number[], sample: boolean, signal: AbortSignal | undefined): Promise<number | undefined> {
     if (this._disposed) throw new AbortError('generate: the sequence was disposed');
+    // the native eval clears its abort flag when it starts, so an abort between steps is caught here
+    if (signal?.aborted) throw new AbortError('generate: aborted');
     return callNative(() => this._native.eval(Int32Array.from(tokens), { sample }));
   }
 

@@ -8,8 +8,9 @@
 import { parseArgs } from 'node:util';
 import { LlmError } from './errors.js';
 import { readGgufInfo } from './gguf.js';
-import { loadModel } from './Model.js';
 import type { GenerateEvent } from './Sequence.js';
+import { CHAT_USAGE, cmdChat, cmdRunChat } from './cli/chat.js';
+import { loadModelWithProgress, PrefillProgress, progressEnabled } from './cli/progress.js';
 import { cmdEval } from './cli/eval.js';
 import { cmdProfileHeads } from './cli/profile-heads.js';
 
@@ -17,12 +18,13 @@ const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
                  [--top-k K] [--top-p P] [--min-p P] [--threads N] [--context N] [--json]
   thinkcache inspect --model PATH [--json]
-  thinkcache eval --model PATH (--kv JSON ... | --profile P.tsv --sweep-sparsity 0,0.5 [--stream 16+48])
+${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON ... | --profile P.tsv --sweep-sparsity 0,0.5 [--stream 16+48])
                   [--traces N] [--max-tokens T] [--prompts FILE] [--json] [--chart out.svg]
   thinkcache profile-heads --model PATH --out P.tsv [--traces N] [--max-tokens T] [--sinks S] [--recent R]
 
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate
+  chat      talk with a model through its chat template (reasoning dimmed); run --chat for one turn
   eval      KL / top-1 / ΔNLL of KV configurations against the full cache, with KV bytes
   profile-heads  calibrate a head profile (window-substitution error on the model's own traces)
 `;
@@ -42,6 +44,7 @@ function fmtBytes(n: number): string {
 }
 
 async function cmdRun(args: string[]): Promise<number> {
+  if (args.includes('--chat')) return cmdRunChat(args);
   const { values } = parseArgs({
     args,
     options: {
@@ -62,19 +65,23 @@ async function cmdRun(args: string[]): Promise<number> {
   const threads = num(values.threads, 'threads', true);
   const contextSize = num(values.context, 'context', true);
   const maxTokens = num(values['max-tokens'], 'max-tokens', true) ?? 128;
-  await using model = await loadModel({ path: values.model });
+  const show = progressEnabled(values.json);
+  await using model = await loadModelWithProgress(values.model, show);
   await using ctx = await model.createContext({ ...(threads ? { threads } : {}), ...(contextSize ? { contextSize } : {}) });
   await using seq = ctx.acquireSequence();
   const ac = new AbortController();
   const onSigint = () => ac.abort();
   process.once('SIGINT', onSigint);
   let finish: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+  const progress = new PrefillProgress(show);
   try {
     for await (const ev of seq.generate(values.prompt, { maxTokens, sampling, signal: ac.signal })) {
+      progress.onEvent(ev);
       if (ev.type === 'text-delta' && !values.json) process.stdout.write(ev.text);
       if (ev.type === 'finish') finish = ev;
     }
   } finally {
+    progress.stop();
     process.off('SIGINT', onSigint);
   }
   if (!finish) return 1;
@@ -154,6 +161,7 @@ export async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case 'run': return await cmdRun(rest);
       case 'inspect': return await cmdInspect(rest);
+      case 'chat': return await cmdChat(rest);
       case 'eval': return await cmdEval(rest);
       case 'profile-heads': return await cmdProfileHeads(rest);
       case undefined: case '-h': case '--help': case 'help':

@@ -117,6 +117,21 @@ describe('Sequence#generate()', () => {
     expect(again.tokens).toHaveLength(2);
   });
 
+  it('an AbortSignal aborted between decode steps stops at the next step', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const ac = new AbortController();
+    const evs: GenerateEvent[] = [];
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false, signal: ac.signal })) {
+      evs.push(ev);
+      if (ev.type === 'text-delta') ac.abort(); // while no eval is in flight
+    }
+    const fin = finishOf(evs);
+    expect(fin.finishReason).toBe('aborted');
+    expect(fin.tokens).toHaveLength(1);
+  });
+
   it('rejects a second concurrent generation with BusyError', async () => {
     await using model = await loadModel({ path: small() });
     await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
