@@ -13,6 +13,7 @@
         "native/common/status.cpp",
         "native/common/thread-pool.cpp",
         "native/engine/engine.cpp",
+        "native/gguf/gguf-quantize.cpp",
         "native/gguf/gguf-reader.cpp",
         "native/kernels/cpu/arch/x86-avx2.cpp",
         "native/kernels/cpu/arch/x86-avx512.cpp",

@@ -121,8 +121,19 @@ export interface AddonSystemInfo {
   cuda: boolean;
 }
 
+export interface AddonQuantizeResult {
+  /** llama_ftype written to general.file_type. */
+  fileType: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Every tensor in file order with its type before and after ("f32" -> "q6_K", ...). */
+  tensors: Array<{ name: string; from: string; to: string }>;
+}
+
 export interface Addon {
   readGgufMetadata(path: string, withMetadata?: boolean): Promise<AddonGgufInfo>;
+  /** Runs on a libuv worker; `type` is a file type such as "q4_k_m" (see gguf-quantize.h). */
+  quantizeGguf(inPath: string, outPath: string, options: { type: string; threads?: number }): Promise<AddonQuantizeResult>;
   listErrorCodes(): string[];
   listQuantTypes(): AddonQuantType[];
   systemInfo(): AddonSystemInfo;

@@ -161,6 +161,7 @@ export async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case 'run': return await cmdRun(rest);
       case 'inspect': return await cmdInspect(rest);
+      case 'quantize': return await (await import('./cli/quantize.js')).cmdQuantize(rest);
       case 'chat': return await cmdChat(rest);
       case 'eval': return await cmdEval(rest);
       case 'profile-heads': return await cmdProfileHeads(rest);

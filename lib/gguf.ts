@@ -20,3 +20,23 @@ export async function readGgufInfo(path: string): Promise<AddonGgufInfo & { meta
 export async function readGgufMetadata(path: string): Promise<Record<string, GgufValue>> {
   return (await readGgufInfo(path)).metadata;
 }
+
+export type { AddonQuantizeResult as QuantizeResult } from './addon-types.js';
+
+/** File types `quantizeGguf` writes (llama-quantize's names, lowercase). */
+export const QUANTIZE_TYPES = [
+  'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k_s', 'q3_k_m', 'q3_k_l', 'q4_k_s', 'q4_k_m', 'q5_k_s', 'q5_k_m',
+  'q6_k', 'f16', 'bf16', 'f32', 'q3_k', 'q4_k', 'q5_k',
+] as const;
+export type QuantizeType = (typeof QUANTIZE_TYPES)[number];
+
+/**
+ * Quantizes a GGUF model into a new file, off the event loop, choosing per-tensor types as llama.cpp's
+ * llama-quantize does (no importance matrix); metadata is carried over, general.file_type set.
+ * @example await quantizeGguf('model-f16.gguf', 'model-q4_k_m.gguf', { type: 'q4_k_m' });
+ */
+export async function quantizeGguf(inPath: string, outPath: string, options: { type: QuantizeType | string; threads?: number }) {
+  if (typeof inPath !== 'string' || inPath.length === 0) throw new TypeError('quantizeGguf: inPath must be a non-empty string');
+  if (typeof outPath !== 'string' || outPath.length === 0) throw new TypeError('quantizeGguf: outPath must be a non-empty string');
+  return callNative(() => getAddon().quantizeGguf(inPath, outPath, { type: options.type, threads: options.threads ?? 1 }));
+}

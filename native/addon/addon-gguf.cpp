@@ -1,8 +1,10 @@
 #include "addon-gguf.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "../gguf/gguf-quantize.h"
 #include "workers.h"
 
 namespace addon {
@@ -119,6 +121,55 @@ Napi::Value read_gguf_metadata(const Napi::CallbackInfo & info) {
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
+}
+
+namespace {
+
+class quantize_gguf_worker : public promise_worker {
+public:
+    quantize_gguf_worker(Napi::Env env, std::string in, std::string out, core::gguf_quantize_params p)
+        : promise_worker(env, "thinkcache:quantizeGguf"), in_(std::move(in)), out_(std::move(out)), params_(std::move(p)) {}
+
+protected:
+    core::status run() override { return core::gguf_quantize(in_, out_, params_, &result_); }
+    Napi::Value result(Napi::Env env) override {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("fileType", result_.file_type);
+        o.Set("bytesIn", (double) result_.bytes_in);
+        o.Set("bytesOut", (double) result_.bytes_out);
+        Napi::Array ts = Napi::Array::New(env, result_.tensors.size());
+        for (size_t i = 0; i < result_.tensors.size(); i++) {
+            Napi::Object t = Napi::Object::New(env);
+            t.Set("name", result_.tensors[i].name);
+            t.Set("from", core::ggml_type_name(result_.tensors[i].from));
+            t.Set("to", core::ggml_type_name(result_.tensors[i].to));
+            ts.Set((uint32_t) i, t);
+        }
+        o.Set("tensors", ts);
+        return o;
+    }
+
+private:
+    std::string in_, out_;
+    core::gguf_quantize_params params_;
+    core::gguf_quantize_result result_;
+};
+
+} // namespace
+
+Napi::Value quantize_gguf(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsObject())
+        throw_status(env, core::ERR_INVALID_ARG, "quantizeGguf: expected (inPath: string, outPath: string, { type, threads })");
+    Napi::Object o = info[2].As<Napi::Object>();
+    core::gguf_quantize_params p;
+    if (!o.Get("type").IsString()) throw_status(env, core::ERR_INVALID_ARG, "quantizeGguf: options.type must be a string");
+    p.type = o.Get("type").As<Napi::String>().Utf8Value();
+    if (o.Get("threads").IsNumber()) p.n_threads = std::max(1, o.Get("threads").As<Napi::Number>().Int32Value());
+    auto * w = new quantize_gguf_worker(env, info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(), std::move(p));
+    Napi::Promise pr = w->promise();
+    w->Queue();
+    return pr;
 }
 
 } // namespace addon

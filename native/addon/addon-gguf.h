@@ -12,5 +12,7 @@ Napi::Value gguf_value_to_js(Napi::Env env, const core::gguf_value & v);
 Napi::Object gguf_file_to_js(Napi::Env env, const core::gguf_file & f, bool with_metadata);
 // readGgufMetadata(path): Promise<GgufInfo>
 Napi::Value read_gguf_metadata(const Napi::CallbackInfo & info);
+// quantizeGguf(inPath, outPath, { type, threads }): Promise<{ fileType, bytesIn, bytesOut, tensors: [{name, from, to}] }>
+Napi::Value quantize_gguf(const Napi::CallbackInfo & info);
 
 } // namespace addon

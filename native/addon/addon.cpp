@@ -53,6 +53,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     auto * data = new addon_data();
     env.SetInstanceData(data);
     exports.Set("readGgufMetadata", Napi::Function::New(env, read_gguf_metadata, "readGgufMetadata"));
+    exports.Set("quantizeGguf", Napi::Function::New(env, quantize_gguf, "quantizeGguf"));
     exports.Set("listErrorCodes", Napi::Function::New(env, list_error_codes, "listErrorCodes"));
     exports.Set("listQuantTypes", Napi::Function::New(env, list_quant_types, "listQuantTypes"));
     exports.Set("systemInfo", Napi::Function::New(env, system_info, "systemInfo"));
