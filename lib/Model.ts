@@ -77,6 +77,7 @@ export class Model {
       retention: kv.retention,
       streamSinks: kv.effective.heads.sinks,
       streamRecent: kv.effective.heads.recent,
+      ...(kv.eviction ? { eviction: kv.eviction } : {}),
     }));
     const context = new Context(this, ctx, opts.sequences, kv.effective, () => this._children.delete(context));
     this._children.add(context);

@@ -18,6 +18,7 @@ import { GenerateOptionsSchema, parseOptions, type GenerateOptions } from './opt
 const EMPTY_KV_MEMORY: AddonKvMemory = {
   logicalTokens: 0, residentTokens: 0, bytesUsed: 0, bytesAllocated: 0,
   breakdown: { keys: 0, values: 0, positions: 0, metadata: 0, poolSlack: 0 },
+  evictedTokens: 0, compactions: 0, compactionMs: 0,
 };
 
 /**

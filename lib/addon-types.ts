@@ -85,6 +85,10 @@ export interface AddonKvMemory {
   bytesUsed: number;
   bytesAllocated: number;
   breakdown: { keys: number; values: number; positions: number; metadata: number; poolSlack: number };
+  /** Tokens dropped so far by eviction and stream trimming (all heads), head compactions, time spent. */
+  evictedTokens: number;
+  compactions: number;
+  compactionMs: number;
   /** Per (layer, KV head), row-major; only with detail. */
   heads?: { residentTokens: Int32Array; budget: Int32Array; bytesAllocated: Float64Array; bytesUsed: Float64Array };
 }
@@ -136,11 +140,15 @@ export interface Addon {
   quantizeGguf(inPath: string, outPath: string, options: { type: string; threads?: number }): Promise<AddonQuantizeResult>;
   listErrorCodes(): string[];
   listQuantTypes(): AddonQuantType[];
+  listKvPolicies(): { name: string; source: string }[];
   systemInfo(): AddonSystemInfo;
   AddonModel: { load(path: string): Promise<AddonModel> };
   AddonContext: new (
     model: AddonModel,
-    options: { contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number },
+    options: {
+      contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number;
+      eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number };
+    },
   ) => AddonContext;
   AddonSequence: new (context: AddonContext) => AddonSequence;
 }

@@ -9,6 +9,7 @@ export {
 } from './errors.js';
 export type { LoadModelOptions, ContextOptions, GenerateOptions, SamplingOptions } from './options.js';
 export { createTokenizer, type Tokenizer } from './tokenizer/index.js';
-export { systemInfo, listQuantTypes } from './system.js';
+export { systemInfo, listQuantTypes, listKvPolicies } from './system.js';
+export { EvictionOptionsSchema, EVICTION_POLICIES, type EvictionOptions } from './kv/kv-policies.js';
 export { KvOptionsSchema, type KvOptions, type EffectiveKv } from './kv/kv-options.js';
 export { parseHeadProfile, loadHeadProfile, formatHeadProfile, selectStreamHeads, type HeadProfile } from './kv/head-profile.js';

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { InvalidOptionsError } from '../errors.js';
 import { loadHeadProfile, parseHeadProfile, selectStreamHeads, type HeadProfile } from './head-profile.js';
+import { EvictionOptionsSchema } from './kv-policies.js';
 
 const headRef = z.tuple([z.number().int().min(0), z.number().int().min(0)]);
 
@@ -16,6 +17,12 @@ export const KvHeadsOptionsSchema = z.strictObject({
   profile: z.union([z.string().min(1), z.array(z.array(z.number()))]).optional(),
   /** Fraction of all (layer, KV head) pairs that become STREAM heads (ALGORITHMS.md §1.4). */
   sparsity: z.number().min(0).max(1).default(0),
+  /**
+   * With `kv.eviction`: fraction of all heads (the highest-scoring) that keep the full cache; the
+   * heads between the stream and full tiers use the eviction policy (three tiers, ALGORITHMS.md §6.1).
+   * Default 0: every non-stream head evicts.
+   */
+  full: z.number().min(0).max(1).default(0),
   /** STREAM heads keep the first `sinks` tokens and the `recent` newest. */
   stream: z.strictObject({ sinks: z.number().int().min(0).max(65536).default(16), recent: z.number().int().min(1).max(1 << 20).default(64) }).default({ sinks: 16, recent: 64 }),
   /** Per-layer override: every head of the layer becomes full or stream. */
@@ -27,6 +34,8 @@ export const KvHeadsOptionsSchema = z.strictObject({
 
 export const KvOptionsSchema = z.strictObject({
   heads: KvHeadsOptionsSchema.optional(),
+  /** Token eviction for the heads that are neither STREAM nor kept FULL (see heads.full). */
+  eviction: EvictionOptionsSchema.optional(),
 });
 export type KvOptions = z.input<typeof KvOptionsSchema>;
 
@@ -37,9 +46,10 @@ export interface EffectiveKv {
     nLayer: number;
     nHeadKv: number;
     /** [layer][kvHead] retention actually applied. */
-    retention: ('full' | 'stream')[][];
+    retention: ('full' | 'stream' | 'evict')[][];
     streamHeads: number;
     fullHeads: number;
+    evictHeads: number;
     requestedSparsity: number;
     /** streamHeads / (nLayer · nHeadKv). */
     realizedSparsity: number;
@@ -47,12 +57,14 @@ export interface EffectiveKv {
     recent: number;
     profile: string | null;
   };
+  eviction: z.output<typeof EvictionOptionsSchema> | null;
 }
 
 export interface ResolvedKv {
   effective: EffectiveKv;
-  /** [nLayer * nHeadKv], 0 full, 1 stream. */
+  /** [nLayer * nHeadKv], 0 full, 1 stream, 2 evict. */
   retention: Uint8Array;
+  eviction: z.output<typeof EvictionOptionsSchema> | null;
 }
 
 export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefined, shape: { nLayer: number; nHeadKv: number }): ResolvedKv {
@@ -80,19 +92,34 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
     check(l, 0, 'layers');
     for (let h = 0; h < shape.nHeadKv; h++) retention[l * shape.nHeadKv + h] = mode === 'stream' ? 1 : 0;
   }
+  // three tiers: with eviction, the heads that are neither STREAM nor among the top `full` fraction evict
+  const eviction = kv?.eviction ?? null;
+  if (eviction) {
+    const nFull = Math.round(heads.full * n);
+    const byScore = Array.from({ length: n }, (_, i) => i).sort((a, b) => (profile ? profile.scores[b]! - profile.scores[a]! : 0) || a - b);
+    if (nFull > 0 && !profile) throw new InvalidOptionsError('kv.heads.full needs kv.heads.profile to know which heads to keep in full');
+    const keepFull = new Set(byScore.slice(0, nFull));
+    for (let i = 0; i < n; i++) if (retention[i] === 0 && !keepFull.has(i)) retention[i] = 2;
+  } else if (heads.full > 0) {
+    throw new InvalidOptionsError('kv.heads.full only applies with kv.eviction (it chooses which heads keep the full cache instead of evicting)');
+  }
   for (const [l, h] of heads.streamHeads ?? []) { check(l, h, 'streamHeads'); retention[l * shape.nHeadKv + h] = 1; }
   for (const [l, h] of heads.fullHeads ?? []) { check(l, h, 'fullHeads'); retention[l * shape.nHeadKv + h] = 0; }
-  const streamHeads = retention.reduce((s, r) => s + r, 0);
-  const rows: ('full' | 'stream')[][] = [];
+  let streamHeads = 0, evictHeads = 0;
+  for (const r of retention) { if (r === 1) streamHeads++; else if (r === 2) evictHeads++; }
+  const names = ['full', 'stream', 'evict'] as const;
+  const rows: ('full' | 'stream' | 'evict')[][] = [];
   for (let l = 0; l < shape.nLayer; l++) {
-    rows.push(Array.from(retention.subarray(l * shape.nHeadKv, (l + 1) * shape.nHeadKv), (r) => (r ? 'stream' : 'full')));
+    rows.push(Array.from(retention.subarray(l * shape.nHeadKv, (l + 1) * shape.nHeadKv), (r) => names[r]!));
   }
   return {
     retention,
+    eviction,
     effective: {
       storage: { key: 'f16', value: 'f16' },
+      eviction,
       heads: {
-        nLayer: shape.nLayer, nHeadKv: shape.nHeadKv, retention: rows, streamHeads, fullHeads: n - streamHeads,
+        nLayer: shape.nLayer, nHeadKv: shape.nHeadKv, retention: rows, streamHeads, fullHeads: n - streamHeads - evictHeads, evictHeads,
         requestedSparsity: heads.sparsity, realizedSparsity: streamHeads / n,
         sinks: heads.stream.sinks, recent: heads.stream.recent, profile: profile?.source ?? null,
       },

@@ -146,7 +146,22 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
                                                                   a.ElementLength(), m->hp.n_layer, m->hp.n_head_kv));
         }
         p.retention.assign(a.Data(), a.Data() + a.ElementLength());
-        for (uint8_t r : p.retention) if (r > core::KV_RETAIN_STREAM) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: retention values must be 0 (full) or 1 (stream)");
+        for (uint8_t r : p.retention) if (r > core::KV_RETAIN_EVICT) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: retention values must be 0 (full), 1 (stream) or 2 (evict)");
+    }
+    // eviction policy for EVICT heads: { policy: 'lazy'|'h2o'|'tova'|'streaming', capacity, window, alpha, protect, ratio }
+    Napi::Value ev = o.Get("eviction");
+    if (ev.IsObject()) {
+        Napi::Object e = ev.As<Napi::Object>();
+        const std::string name = e.Get("policy").IsString() ? e.Get("policy").As<Napi::String>().Utf8Value() : "";
+        const core::kv_policy * pol = core::kv_policy_find(name.c_str());
+        if (!pol) throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: unknown eviction policy '%s'", name.c_str()));
+        p.policy.kind = pol->kind;
+        p.policy.capacity = opt_int(e, "capacity", p.policy.capacity);
+        p.policy.window = opt_int(e, "window", p.policy.window);
+        p.policy.alpha = (float) opt_num(e, "alpha", p.policy.alpha);
+        p.policy.protect = opt_int(e, "protect", 0);
+        p.policy.ratio = (float) opt_num(e, "ratio", 0);
+        if (p.policy.capacity < 1 || p.policy.window < 1 || p.policy.protect < 0) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: eviction capacity and window must be >= 1");
     }
     p.stream_sinks = opt_int(o, "streamSinks", 16);
     p.stream_recent = opt_int(o, "streamRecent", 64);
@@ -348,6 +363,9 @@ Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {
     b.Set("metadata", (double) m.metadata_bytes);
     b.Set("poolSlack", (double) m.pool_slack_bytes);
     o.Set("breakdown", b);
+    o.Set("evictedTokens", (double) m.evicted_tokens);
+    o.Set("compactions", (double) m.compactions);
+    o.Set("compactionMs", m.compaction_seconds * 1000.0);
     if (per_head) {
         const size_t n = m.heads.size();
         Napi::Int32Array resident = Napi::Int32Array::New(env, n), budget = Napi::Int32Array::New(env, n);

@@ -4,6 +4,7 @@
 #include "../common/thread-pool.h"
 #include "../kernels/cpu/quant-traits-cpu.h"
 #include "../model/arch.h"
+#include "../kv/kv-policy.h"
 #include "../tensor/quant-traits.h"
 #include "addon-gguf.h"
 #include "addon-objects.h"
@@ -35,6 +36,20 @@ static Napi::Value list_quant_types(const Napi::CallbackInfo & info) {
     return a;
 }
 
+static Napi::Value list_kv_policies(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    int n = 0;
+    const core::kv_policy * all = core::kv_policy_all(&n);
+    Napi::Array a = Napi::Array::New(env);
+    for (int i = 0; i < n; i++) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("name", all[i].name);
+        o.Set("source", all[i].source);
+        a.Set((uint32_t) i, o);
+    }
+    return a;
+}
+
 static Napi::Value system_info(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
@@ -57,6 +72,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("listErrorCodes", Napi::Function::New(env, list_error_codes, "listErrorCodes"));
     exports.Set("listQuantTypes", Napi::Function::New(env, list_quant_types, "listQuantTypes"));
     exports.Set("systemInfo", Napi::Function::New(env, system_info, "systemInfo"));
+    exports.Set("listKvPolicies", Napi::Function::New(env, list_kv_policies, "listKvPolicies"));
     AddonModel::init(env, exports, *data);
     AddonContext::init(env, exports, *data);
     AddonSequence::init(env, exports, *data);

@@ -23,6 +23,7 @@ engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std
     kc.retention = ctx_->params().retention;
     kc.stream_sinks = ctx_->params().stream_sinks;
     kc.stream_recent = ctx_->params().stream_recent;
+    kc.policy = ctx_->params().policy;
     kv_ = std::make_unique<kv_cache>(kc, ctx_->kv_pool());
 }
 

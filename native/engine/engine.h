@@ -20,6 +20,7 @@ struct context_params {
     std::vector<uint8_t> retention;  // [n_layer][n_head_kv] kv_retention; empty = all FULL
     int stream_sinks = 16;
     int stream_recent = 64;
+    kv_policy_params policy;         // for EVICT heads
 };
 
 class engine_context {

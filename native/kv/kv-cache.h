@@ -8,6 +8,9 @@
 //   STREAM(S, R)  keeps the first S tokens forever and the R most recent (RLKV/DuoAttention streaming
 //                 heads). A chunk is attended in full, then the head is trimmed (`retain`), so a decode
 //                 step attends over S + R + 1 tokens and leaves S + R.
+//   EVICT         an eviction policy (kv-policy.h) decides which tokens stay; it sees each decode step's
+//                 attention probabilities (computed by attention() into the head's probability buffers),
+//                 and the cache selects, compacts and frees pages when the policy's schedule says so.
 // Storage is f16 (llama.cpp's default cache type, so a FULL-only cache gives its greedy tokens).
 // Invariant: within a head, positions ascend across segments (trimming compacts in order).
 #pragma once
@@ -18,6 +21,7 @@
 
 #include "../common/status.h"
 #include "../tensor/ggml-type.h"
+#include "kv-policy.h"
 #include "page-pool.h"
 
 namespace core {
@@ -50,6 +54,7 @@ struct kv_head_view {
 enum kv_retention : uint8_t {
     KV_RETAIN_FULL = 0,
     KV_RETAIN_STREAM = 1,
+    KV_RETAIN_EVICT = 2,
 };
 
 struct kv_cache_config {
@@ -57,6 +62,7 @@ struct kv_cache_config {
     std::vector<uint8_t> retention;  // [n_layer][n_head_kv] kv_retention; empty = all FULL
     int stream_sinks = 16;           // S
     int stream_recent = 64;          // R
+    kv_policy_params policy;         // for EVICT heads
 };
 
 struct kv_head_memory {
@@ -76,6 +82,9 @@ struct kv_memory_report {
     uint64_t bytes_used = 0;         // key + value + positions + metadata
     uint64_t bytes_allocated = 0;    // pages held by this sequence + position/segment capacity
     uint64_t pool_slack_bytes = 0;   // free but resident pages of the shared pool (context-wide)
+    int64_t evicted_tokens = 0;      // tokens dropped by eviction policies and stream trimming (all heads)
+    int64_t compactions = 0;         // head compactions done by eviction policies
+    double compaction_seconds = 0;   // time spent scoring and compacting
     std::vector<kv_head_memory> heads;  // [n_layer][n_head_kv], filled on request
 };
 
@@ -103,6 +112,12 @@ public:
     kv_memory_report memory(bool per_head) const;
     int32_t n_logical() const { return n_logical_; }
     kv_retention retention(int il, int ih) const { return (kv_retention) heads_[(size_t) il * cfg_.n_head_kv + ih].mode; }
+    // Eviction policies need this step's attention probabilities of the chunk's last query row.
+    bool wants_probs(int il) const { return layer_has_evict_[(size_t) il]; }
+    // [n] buffers attention() fills for EVICT heads: max and sum over the group's query heads.
+    float * probs_max(int il, int ih) { return heads_[(size_t) il * cfg_.n_head_kv + ih].p_max.data(); }
+    float * probs_sum(int il, int ih) { return heads_[(size_t) il * cfg_.n_head_kv + ih].p_sum.data(); }
+    int32_t decode_step() const { return step_; }
 
     const kv_cache_config & config() const { return cfg_; }
 
@@ -114,6 +129,8 @@ private:
         std::vector<void *> pages;        // each KV_PAGE_TOKENS tokens
         std::vector<int32_t> pos;         // [n]
         std::vector<kv_segment> segs;     // rebuilt after every change
+        kv_token_stats stats;             // EVICT: per-token policy statistics (parallel to pos)
+        std::vector<float> p_max, p_sum;  // EVICT: this step's probabilities [n]
     };
     void rebuild_segments(head_store & h) const;
     void compact(head_store & h, const std::vector<int32_t> & keep);
@@ -123,7 +140,13 @@ private:
     kv_cache_config cfg_;
     std::shared_ptr<page_pool> pool_;
     std::vector<head_store> heads_;   // [n_layer][n_head_kv]
+    std::vector<char> layer_has_evict_;
+    const kv_policy * policy_ = nullptr;
     int32_t n_logical_ = 0;
+    int32_t step_ = 0;                // decode steps since the last prompt chunk
+    int32_t prompt_ = 0;              // tokens of the prompt (before the first decode step)
+    int64_t evicted_ = 0, compactions_ = 0;
+    double compaction_s_ = 0;
 };
 
 // Bytes of one page for the given head sizes (before rounding to the OS page size).

@@ -279,7 +279,7 @@ void attention_ref(const attn_params & p, const float * q, const int32_t * q_pos
     }
 }
 
-void attention(thread_pool & pool, const attn_params & p, const float * q, const int32_t * q_pos, const kv_cache & kv, int il,
+void attention(thread_pool & pool, const attn_params & p, const float * q, const int32_t * q_pos, kv_cache & kv, int il,
                float * out, attn_scratch & scratch) {
     const int G = p.n_head / p.n_head_kv;
     const int D = p.head_dim, DV = p.head_dim_v;
@@ -287,7 +287,9 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
     const int64_t n_items = (int64_t) p.n_tokens * p.n_head_kv;
     // When there are fewer (token, KV head) items than threads (decode with few KV heads), split the
     // query heads of each group across threads; each unit still reads its keys and values once.
-    const int g_split = (int) std::min<int64_t>(G, std::max<int64_t>(1, (nth + n_items - 1) / n_items));
+    const bool want_probs = kv.wants_probs(il);
+    // (probabilities are aggregated over the whole group, so a unit then covers the group)
+    const int g_split = want_probs ? 1 : (int) std::min<int64_t>(G, std::max<int64_t>(1, (nth + n_items - 1) / n_items));
     const int64_t n_units = n_items * g_split;
 
     int level = dispatch_level();
@@ -341,6 +343,37 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
             }
             float * orow = out + ((size_t) t * p.n_head + (size_t) ih * G + ga) * DV;
             for (int g = 0; g < ng; g++) finish_f16(st[g], DV, orow + (size_t) g * DV);
+            if (want_probs && t == p.n_tokens - 1 && kv.retention(il, ih) == KV_RETAIN_EVICT) {
+                // second pass: p_j = exp(s_j − M) / S with the final M and S of each query head
+                float * pmax = kv.probs_max(il, ih);
+                float * psum = kv.probs_sum(il, ih);
+                int32_t base = 0;
+                for (int32_t sgi = 0; sgi < hv.n_seg; sgi++) {
+                    const kv_segment & h = hv.seg[sgi];
+                    const int32_t n = visible_keys(h, q_pos[t]);
+                    for (int32_t j0 = 0; j0 < n; j0 += ATTN_BLOCK) {
+                        const int32_t j1 = std::min(n, j0 + ATTN_BLOCK);
+#if defined(__x86_64__)
+                        if (level == 2) score_block_avx512(p, q16, ng, h, j0, j1, s, kf);
+                        else if (level == 1) score_block_avx2(p, q16, ng, h, j0, j1, s, kf);
+                        else
+#endif
+                            score_block_generic(p, q16, ng, h, j0, j1, s);
+                        for (int32_t j = j0; j < j1; j++) {
+                            float mx = 0, sum = 0;
+                            for (int g = 0; g < ng; g++) {
+                                const float pj = st[g].S > 0 ? std::exp(s[(size_t) g * ATTN_BLOCK + (j - j0)] - st[g].M) / st[g].S : 0.0f;
+                                mx = std::max(mx, pj);
+                                sum += pj;
+                            }
+                            pmax[base + j] = mx;
+                            psum[base + j] = sum;
+                        }
+                    }
+                    for (int32_t j = n; j < h.n; j++) pmax[base + j] = psum[base + j] = 0.0f;
+                    base += h.n;
+                }
+            }
         }
     });
 }

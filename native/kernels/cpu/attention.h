@@ -29,7 +29,10 @@ struct attn_scratch {
 
 // q: [n_tokens][n_head][head_dim] f32, q_pos: [n_tokens], out: [n_tokens][n_head][head_dim_v]
 void attention_ref(const attn_params & p, const float * q, const int32_t * q_pos, const kv_cache & kv, int il, float * out);
-void attention(thread_pool & pool, const attn_params & p, const float * q, const int32_t * q_pos, const kv_cache & kv, int il,
+// For EVICT heads of a layer that asks for them (kv.wants_probs(il)), the exact softmax probabilities of
+// the chunk's last query row are also written into the head's buffers (max and sum over the group), with
+// a second pass over the keys once the normalizer is known; other layers pay nothing.
+void attention(thread_pool & pool, const attn_params & p, const float * q, const int32_t * q_pos, kv_cache & kv, int il,
                float * out, attn_scratch & scratch);
 
 } // namespace core

@@ -1,0 +1,47 @@
+/**
+ * Eviction policies as zod schemas, one entry per native registry row (native/kv/policies/*.cpp);
+ * test/lib/kv-policies.test.ts checks that the two lists agree.
+ */
+import { z } from 'zod';
+
+const common = {
+  /** Tokens a head keeps after an eviction (protected sinks and the recent window included). */
+  capacity: z.number().int().min(2).max(1 << 24),
+  /** The first `protect` positions are never evicted (attention sinks). */
+  protect: z.number().int().min(0).max(1 << 20).default(0),
+};
+
+export const LazyPolicySchema = z.strictObject({
+  policy: z.literal('lazy'),
+  ...common,
+  /** W: eviction period and protected recent window (LazyEviction's observation window). */
+  window: z.number().int().min(1).max(1 << 20).default(128),
+  /** A token is "attended" when max over its group's query heads of p >= alpha. */
+  alpha: z.number().gt(0).lt(1).default(1e-4),
+  /** Ratio mode: capacity = prompt + max(W, floor(ratio · t)) at each check (t = decode steps). */
+  ratio: z.number().gt(0).max(1).optional(),
+}).refine((o) => o.ratio !== undefined || o.capacity > o.window, {
+  message: 'lazy eviction needs capacity > window (C > W): it keeps the W newest tokens plus C − W chosen ones',
+  path: ['capacity'],
+});
+
+export const H2oPolicySchema = z.strictObject({
+  policy: z.literal('h2o'),
+  ...common,
+  /** Newest tokens always kept (the rest of the budget goes to heavy hitters). */
+  window: z.number().int().min(1).max(1 << 20).default(32),
+});
+
+export const TovaPolicySchema = z.strictObject({ policy: z.literal('tova'), ...common });
+
+export const StreamingPolicySchema = z.strictObject({
+  policy: z.literal('streaming'),
+  ...common,
+  protect: z.number().int().min(0).max(1 << 20).default(4),
+});
+
+export const EvictionOptionsSchema = z.union([LazyPolicySchema, H2oPolicySchema, TovaPolicySchema, StreamingPolicySchema]);
+export type EvictionOptions = z.input<typeof EvictionOptionsSchema>;
+
+/** Policy names accepted here (must equal the native registry). */
+export const EVICTION_POLICIES = ['lazy', 'h2o', 'tova', 'streaming'] as const;

@@ -1,0 +1,49 @@
+// Eviction policies through the public API: the zod union matches the native registry, C > W is
+// enforced for lazy, three tiers (full / evict / stream) come from one configuration, heads stay within
+// budget while generating, and finish events report evicted tokens.
+import { describe, expect, it } from 'vitest';
+import { EVICTION_POLICIES, listKvPolicies, loadModel, type GenerateEvent } from '../../lib/index.js';
+import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
+
+const fixture = () => ensureFixture('llama', 'f32', { nLayer: 4 });
+
+describe('kv.eviction', () => {
+  it('the TS policy list equals the native registry', () => {
+    expect(listKvPolicies().map((p) => p.name).sort()).toEqual([...EVICTION_POLICIES].sort());
+  });
+
+  it('rejects lazy with C <= W, naming the rule', async () => {
+    await using model = await loadModel({ path: fixture() });
+    await expect(model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 64, window: 64 } } })).rejects.toThrow(/capacity > window \(C > W\)/);
+  });
+
+  for (const policy of EVICTION_POLICIES) {
+    it(`${policy}: every evicting head stays within budget + period while generating`, async () => {
+      await using model = await loadModel({ path: fixture() });
+      const capacity = 48, window = 16;
+      await using ctx = await model.createContext({
+        contextSize: 512, threads: 1,
+        kv: { eviction: policy === 'tova' ? { policy, capacity } : policy === 'streaming' ? { policy, capacity, protect: 4 } : { policy, capacity, window } },
+      });
+      expect(ctx.effective.kv.heads.evictHeads).toBe(8);
+      const seq = ctx.acquireSequence();
+      let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+      for await (const ev of seq.generate('Once upon a time there was a little girl', { maxTokens: 200, stopAtEog: false })) if (ev.type === 'finish') fin = ev;
+      const m = seq.memory({ detail: 'heads' });
+      for (const r of m.heads!.residentTokens) expect(r).toBeLessThanOrEqual(capacity + window);
+      expect(fin!.kv.evictedTokens).toBeGreaterThan(0);
+      expect(fin!.kv.compactions).toBeGreaterThan(0);
+    });
+  }
+
+  it('three tiers from one configuration: full / evict / stream by profile rank', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const profile = [[0.9, 0.2], [0.3, 0.8], [0.1, 0.7], [0.6, 0.4]];
+    await using ctx = await model.createContext({
+      contextSize: 256, threads: 1,
+      kv: { heads: { profile, sparsity: 0.25, full: 0.25, stream: { sinks: 2, recent: 8 } }, eviction: { policy: 'lazy', capacity: 40, window: 16 } },
+    });
+    expect(ctx.effective.kv.heads.retention).toEqual([['full', 'stream'], ['evict', 'full'], ['stream', 'evict'], ['evict', 'evict']]);
+    expect([ctx.effective.kv.heads.fullHeads, ctx.effective.kv.heads.evictHeads, ctx.effective.kv.heads.streamHeads]).toEqual([2, 4, 2]);
+  });
+});
