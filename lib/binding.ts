@@ -42,14 +42,32 @@ export function getAddon(): Addon {
     }
     return cached;
   } catch (err) {
-    const reason = err instanceof Error ? err.message.split('\n')[0] : String(err);
-    throw new BindingError(
-      `thinkcache: could not load the native addon for ${process.platform}-${process.arch} (node ${process.versions.node}).\n` +
-        `  Looked in: ${override ?? `${path.join(root, 'prebuilds', `${process.platform}-${process.arch}`)} and ${path.join(root, 'build', 'Release')}`}\n` +
-        `  Reason: ${reason}\n` +
-        `  To build it from source (needs python3, make and a C++17 compiler):\n` +
-        `    cd ${root} && npx node-gyp rebuild\n` +
-        `  or with CMake:  cd ${root} && npx cmake-js compile`,
-    );
+    const reason = err instanceof Error ? (err.message.split('\n')[0] ?? '') : String(err);
+    throw new BindingError(bindingErrorMessage(root, override, reason));
   }
+}
+
+/** Prebuilt platforms shipped in `prebuilds/` (e.g. ["linux-x64"]). */
+function shippedPrebuilds(root: string): string[] {
+  try {
+    return fs.readdirSync(path.join(root, 'prebuilds')).filter((d) => fs.readdirSync(path.join(root, 'prebuilds', d)).some((f) => f.endsWith('.node')));
+  } catch {
+    return [];
+  }
+}
+
+/** What was tried, why it failed, and the exact commands that build the addon for this machine. */
+export function bindingErrorMessage(root: string, override: string | undefined, reason: string): string {
+  const platform = `${process.platform}-${process.arch}`;
+  const shipped = shippedPrebuilds(root);
+  return `thinkcache: could not load the native addon for ${platform} (node ${process.versions.node}).\n` +
+    (override
+      ? `  Looked in: ${override} (THINKCACHE_BINDING)\n`
+      : `  Looked in: ${path.join(root, 'prebuilds', platform)} (prebuilt) and ${path.join(root, 'build', 'Release')} (built here)\n`) +
+    `  Reason: ${reason}\n` +
+    `  Prebuilt binaries in this package: ${shipped.length ? shipped.join(', ') : 'none'}.\n` +
+    `  To build it from source (needs python3, make and a C++17 compiler):\n` +
+    `    cd ${root} && npx node-gyp rebuild\n` +
+    `  or, from your project, run the package's install script (allow it first if your npm blocks install scripts):\n` +
+    `    npm rebuild thinkcache --foreground-scripts`;
 }
