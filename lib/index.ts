@@ -1,13 +1,16 @@
 /** thinkcache: run local reasoning models (GGUF) from Node.js. Public exports only. */
 export { loadModel, Model, type ModelInfo } from './Model.js';
 export { Context } from './Context.js';
-export { Sequence, type GenerateEvent, type FinishReason, type Usage, type Timings } from './Sequence.js';
+export { Sequence, type GenerateEvent, type GeneratePrompt, type FinishReason, type Usage, type Timings } from './Sequence.js';
+export { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/chat-template.js';
+export { detectReasoningTags, promptOpensReasoning, type ReasoningTags } from './chat/reasoning-tags.js';
+export { ReasoningStreamParser, type ReasoningStreamPart, type ReasoningClosedBy, type ReasoningStreamParserOptions } from './chat/ReasoningStreamParser.js';
 export { readGgufInfo, readGgufMetadata, type GgufValue, type GgufInfo, type GgufTensorInfo } from './gguf.js';
 export {
   LlmError, GgufFormatError, FileAccessError, UnsupportedModelError, OutOfMemoryError, CudaError, InvalidOptionsError,
   AbortError, BusyError, DisposedError, ContextFullError, BindingError, InternalError, type ErrorCode,
 } from './errors.js';
-export type { LoadModelOptions, ContextOptions, GenerateOptions, SamplingOptions } from './options.js';
+export type { LoadModelOptions, ContextOptions, GenerateOptions, SamplingOptions, ReasoningOptions } from './options.js';
 export { createTokenizer, type Tokenizer } from './tokenizer/index.js';
 export { systemInfo, listQuantTypes, listKvPolicies } from './system.js';
 export { EvictionOptionsSchema, EVICTION_POLICIES, type EvictionOptions } from './kv/kv-policies.js';
