@@ -23,7 +23,7 @@ function int(v: string | undefined, name: string, def: number): number {
 function kb(n: number): string { return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)} MiB` : `${(n / 1024).toFixed(1)} KiB`; }
 
 export function formatFidelityTable(rs: FidelityResult[]): string {
-  const head = ['config', 'KV bytes', 'of full', 'KL mean', 'KL p95', 'top-1', 'ΔNLL', 'mean rank'];
+  const head = ['config', 'KV bytes (mean)', 'of full', 'KL mean', 'KL p95', 'top-1', 'ΔNLL', 'mean rank'];
   const rows = rs.map((r) => [r.label, kb(r.kvBytes), `${(100 * r.kvFraction).toFixed(1)}%`, r.klMean.toExponential(2), r.klP95.toExponential(2),
     `${(100 * r.top1Agreement).toFixed(1)}%`, r.deltaNll.toFixed(4), r.meanRank.toFixed(2)]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));

@@ -40,10 +40,15 @@ export interface FidelityResult {
   deltaNll: number;
   nllFull: number;
   meanRank: number;
-  /** KV bytes used at the end of each trace, averaged; and the ratio to the full cache's. */
+  /**
+   * KV bytes used, averaged over every generated position of every trace (policies that evict every W
+   * steps oscillate, so the mean is the fair "matched bytes" number); the full cache's; their ratio;
+   * and the bytes at the end of the traces.
+   */
   kvBytes: number;
   kvBytesFull: number;
   kvFraction: number;
+  kvBytesEnd: number;
   curve: FidelityCurvePoint[];
 }
 
@@ -64,7 +69,7 @@ function argmax(x: Float32Array): number {
   return b;
 }
 
-interface Acc { kl: number[]; top1: number[]; nllC: number[]; rank: number[]; kvBytes: number[]; pos: number[] }
+interface Acc { kl: number[]; top1: number[]; nllC: number[]; rank: number[]; kvBytes: number[]; kvBytesEnd: number[]; pos: number[] }
 
 /** Runs the harness; results[0] is the full cache itself (KL 0). */
 export async function runFidelity(model: Model, opts: FidelityOptions): Promise<FidelityResult[]> {
@@ -75,7 +80,7 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
   for (const c of all) contexts.push(await model.createContext({ contextSize, ...(threads ? { threads } : {}), kv: c.kv }));
   try {
     const seqs = contexts.map((c) => c.acquireSequence());
-    const acc: Acc[] = all.map(() => ({ kl: [], top1: [], nllC: [], rank: [], kvBytes: [], pos: [] }));
+    const acc: Acc[] = all.map(() => ({ kl: [], top1: [], nllC: [], rank: [], kvBytes: [], kvBytesEnd: [], pos: [] }));
     const nllFull: number[] = [];
     const total = opts.prompts.length * opts.maxTokens;
     let done = 0;
@@ -103,12 +108,13 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
           a.nllC.push(-lsC[ref]!);
           a.rank.push(rank);
           a.pos.push(i);
+          a.kvBytes.push(seqs[c]!.memory().bytesUsed);
         }
         done++;
         opts.onProgress?.(done, total);
         if (i + 1 < opts.maxTokens) logits = await Promise.all(seqs.map((s) => s.evaluate([ref])));
       }
-      seqs.forEach((s, c) => acc[c]!.kvBytes.push(s.memory().bytesUsed));
+      seqs.forEach((s, c) => acc[c]!.kvBytesEnd.push(s.memory().bytesUsed));
     }
     const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
     const p95 = (xs: number[]) => {
@@ -130,7 +136,7 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
       return {
         label: c.label, kv: c.kv, effective: contexts[i]!.effective.kv, traces: opts.prompts.length, positions: a.kl.length,
         klMean: mean(a.kl), klP95: p95(a.kl), top1Agreement: mean(a.top1), deltaNll: mean(a.nllC) - mean(nllFull), nllFull: mean(nllFull),
-        meanRank: mean(a.rank), kvBytes, kvBytesFull, kvFraction: kvBytesFull ? kvBytes / kvBytesFull : 1, curve,
+        meanRank: mean(a.rank), kvBytes, kvBytesFull, kvFraction: kvBytesFull ? kvBytes / kvBytesFull : 1, kvBytesEnd: mean(a.kvBytesEnd), curve,
       };
     });
   } finally {
