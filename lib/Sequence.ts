@@ -48,6 +48,8 @@ export interface Timings {
   timeToFirstTokenMs: number;
   prefillTokensPerSecond: number;
   decodeTokensPerSecond: number;
+  /** Milliseconds the KV cache spent scoring and compacting (eviction policies) during this call. */
+  compactionMs: number;
 }
 
 /**
@@ -62,6 +64,15 @@ export type GenerateEvent =
   | { type: 'reasoning-delta'; text: string; tokens: number[] }
   | { type: 'reasoning-end'; tokens: number[]; reasoningTokens: number; closedBy: ReasoningClosedBy }
   | { type: 'text-delta'; text: string; tokens: number[] }
+  | {
+      /** The KV cache dropped tokens (eviction policy or stream window) during the last step. */
+      type: 'kv-compaction';
+      evictedTokens: number;
+      residentTokens: number;
+      logicalTokens: number;
+      bytesFreed: number;
+      compactionMs: number;
+    }
   | {
       type: 'finish';
       finishReason: FinishReason;
@@ -79,6 +90,33 @@ export type GenerateEvent =
     };
 
 export type GeneratePrompt = string | readonly number[] | readonly ChatMessage[];
+
+/** Turns changes of the native eviction counters into kv-compaction events (only for compressing caches). */
+class KvWatch {
+  private evicted: number;
+  private ms: number;
+  private allocated: number;
+  private readonly startMs: number;
+  constructor(private readonly native: AddonSequence) {
+    const m = native.memory();
+    this.evicted = m.evictedTokens;
+    this.ms = this.startMs = m.compactionMs;
+    this.allocated = m.bytesAllocated;
+  }
+  get totalMs(): number { return this.ms - this.startMs; }
+  step(): Extract<GenerateEvent, { type: 'kv-compaction' }> | undefined {
+    const m = this.native.memory();
+    const evicted = m.evictedTokens - this.evicted;
+    const ev = evicted > 0
+      ? { type: 'kv-compaction' as const, evictedTokens: evicted, residentTokens: m.residentTokens, logicalTokens: m.logicalTokens,
+          bytesFreed: Math.max(0, this.allocated - m.bytesAllocated), compactionMs: m.compactionMs - this.ms }
+      : undefined;
+    this.evicted = m.evictedTokens;
+    this.ms = m.compactionMs;
+    this.allocated = m.bytesAllocated;
+    return ev;
+  }
+}
 
 export class Sequence {
   readonly context: Context;
@@ -180,6 +218,7 @@ export class Sequence {
     let ttft = 0;
     let decodeStart = 0;
     let cached = 0;
+    let kvWatch: KvWatch | undefined;
     const decoder = tokenizer.createDecoder();
     const feed = (token: number, eog = false): ReasoningStreamPart[] => {
       const special = tagText.get(token);
@@ -197,6 +236,8 @@ export class Sequence {
 
       const batch = this.context.info.batchSize;
       let next: number | undefined;
+      const heads = this.context.effective.kv.heads;
+      kvWatch = heads.streamHeads + heads.evictHeads > 0 ? new KvWatch(this._native) : undefined;
       const todo = promptTokens.slice(cached);
       if (promptTokens.length + 1 > this.context.contextSize) {
         throw new ContextFullError(`generate: the prompt has ${promptTokens.length} tokens, the context holds ${this.context.contextSize}`);
@@ -206,6 +247,8 @@ export class Sequence {
         const last = i + batch >= todo.length;
         next = await this._eval(chunk, last, signal);
         this._tokens.push(...chunk);
+        const ce = kvWatch?.step();
+        if (ce) yield ce;
         if (!last) yield { type: 'prefill-progress', processed: cached + i + chunk.length, total: promptTokens.length };
       }
       prefillMs = performance.now() - started;
@@ -240,6 +283,8 @@ export class Sequence {
         if (this._tokens.length + 1 >= this.context.contextSize) { finishReason = 'context-full'; break; }
         next = await this._eval([token], true, signal);
         this._tokens.push(token);
+        const ce = kvWatch?.step();
+        if (ce) yield ce;
       }
       const tail = decoder.flush();
       if (tail) {
@@ -283,6 +328,7 @@ export class Sequence {
         timeToFirstTokenMs: ttft,
         prefillTokensPerSecond: prefillMs > 0 ? ((promptTokens.length - cached) / prefillMs) * 1000 : 0,
         decodeTokensPerSecond: decodeMs > 0 && decodedSteps > 0 ? (decodedSteps / decodeMs) * 1000 : 0,
+        compactionMs: kvWatch?.totalMs ?? 0,
       },
       kv: this._disposed ? EMPTY_KV_MEMORY : this._native.memory(),
     };

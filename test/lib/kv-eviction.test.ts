@@ -47,3 +47,22 @@ describe('kv.eviction', () => {
     expect([ctx.effective.kv.heads.fullHeads, ctx.effective.kv.heads.evictHeads, ctx.effective.kv.heads.streamHeads]).toEqual([2, 4, 2]);
   });
 });
+
+describe('kv-compaction events', () => {
+  it('report evicted tokens step by step; they add up to the memory counter; plain caches emit none', async () => {
+    await using model = await loadModel({ path: fixture() });
+    await using ctx = await model.createContext({ contextSize: 512, threads: 1, kv: { eviction: { policy: 'lazy', capacity: 40, window: 16, alpha: 1e-4 } } });
+    const seq = ctx.acquireSequence();
+    const evs: GenerateEvent[] = [];
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 120, stopAtEog: false })) evs.push(ev);
+    const comp = evs.filter((e): e is Extract<GenerateEvent, { type: 'kv-compaction' }> => e.type === 'kv-compaction');
+    const fin = evs.at(-1) as Extract<GenerateEvent, { type: 'finish' }>;
+    expect(comp.length).toBeGreaterThan(0);
+    expect(comp.reduce((s, e) => s + e.evictedTokens, 0)).toBe(fin.kv.evictedTokens);
+    for (const e of comp) expect(e.residentTokens).toBeLessThanOrEqual(8 * 40);
+    expect(fin.timings.compactionMs).toBeGreaterThanOrEqual(0);
+    await using plain = await model.createContext({ contextSize: 512, threads: 1 });
+    const s2 = plain.acquireSequence();
+    for await (const ev of s2.generate('Once upon a time', { maxTokens: 20, stopAtEog: false })) expect(ev.type).not.toBe('kv-compaction');
+  });
+});
