@@ -1,0 +1,106 @@
+/**
+ * Long-context decode with compressed KV caches vs the full cache and llama.cpp's f16 cache, on the
+ * Qwen2-0.5B-shaped Q8_0 file: decode tok/s and resident KV bytes at growing contexts. Each engine
+ * prefills to a context, decodes `settle` steps (so lagged policies have evicted), then times
+ * `decode` steps. One engine after the other, same threads.
+ *
+ *   node --expose-gc --import tsx bench/kv-long.bench.ts [--contexts 1024,4096,8192] [--threads 2]
+ *        [--configs full,lazy,rlkv75,llama.cpp] [--capacity 2048] [--window 128]
+ *
+ * Results: table on stdout, JSON lines in bench/results/kv-long.jsonl.
+ */
+import { appendFileSync, existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { getLlama, LlamaLogLevel } from 'node-llama-cpp';
+import { loadModel, type KvOptions } from '../lib/index.js';
+import { makeTinyGguf } from '../test/fixtures/make-tiny-gguf.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const { values } = parseArgs({
+  options: {
+    contexts: { type: 'string', default: '1024,4096,8192' },
+    threads: { type: 'string', default: '2' },
+    configs: { type: 'string', default: 'full,lazy,rlkv75,llama.cpp' },
+    capacity: { type: 'string', default: '2048' },
+    window: { type: 'string', default: '128' },
+    decode: { type: 'string', default: '16' },
+  },
+});
+const contexts = values.contexts.split(',').map(Number);
+const threads = Number(values.threads);
+const nDecode = Number(values.decode);
+const C = Number(values.capacity), W = Number(values.window);
+const modelPath = join(here, 'results', 'qwen2-0.5b-shape-q8_0.gguf');
+if (!existsSync(modelPath)) {
+  makeTinyGguf({ arch: 'qwen2', type: 'q8_0', seed: 7, outPath: modelPath, nEmbd: 896, nLayer: 24, nHead: 14, nHeadKv: 2, headDim: 64, nFf: 4864, nCtxTrain: 32768, tiedOutput: true });
+}
+const maxCtx = Math.max(...contexts) + W + nDecode + 16;
+const tokens = (n: number, seed: number) => { let s = seed >>> 0; return Array.from({ length: n }, () => 1000 + ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % 100000)); };
+const profile = (L: number, H: number) => { let s = 99; return Array.from({ length: L }, () => Array.from({ length: H }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296))); };
+
+const CONFIGS: Record<string, (L: number, H: number) => KvOptions | undefined> = {
+  full: () => undefined,
+  lazy: () => ({ eviction: { policy: 'lazy', capacity: C, window: W, protect: 4 } }),
+  rlkv50: (L, H) => ({ heads: { profile: profile(L, H), sparsity: 0.5, stream: { sinks: 16, recent: 64 } } }),
+  rlkv75: (L, H) => ({ heads: { profile: profile(L, H), sparsity: 0.75, stream: { sinks: 16, recent: 64 } } }),
+  'rlkv50+lazy': (L, H) => ({ heads: { profile: profile(L, H), sparsity: 0.5, stream: { sinks: 16, recent: 64 } }, eviction: { policy: 'lazy', capacity: C, window: W, protect: 4 } }),
+};
+
+interface Row { engine: string; context: number; decodeTokensPerSecond: number; kvBytes: number }
+const rows: Row[] = [];
+
+for (const name of values.configs.split(',')) {
+  if (name === 'llama.cpp') {
+    const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+    const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
+    const ctx = await model.createContext({ contextSize: maxCtx, threads, batchSize: 512 });
+    const seq = ctx.getSequence();
+    for (const c of contexts) {
+      await seq.clearHistory();
+      const fill = tokens(c, c);
+      const gen = seq.evaluate(fill as never, { temperature: 0 });
+      let n = 0, t0 = 0;
+      for await (const _ of gen) {
+        n++;
+        if (n === W + 1) t0 = performance.now();
+        if (n >= W + 1 + nDecode) break;
+      }
+      const dt = (performance.now() - t0) / nDecode;
+      // f16 K + V of every token held: layers × KV heads × head_dim × 2 tensors × 2 bytes (analytic; llama.cpp pads cells to 256)
+      const kvBytes = 24 * 2 * 64 * 2 * 2 * (c + W + nDecode);
+      rows.push({ engine: 'llama.cpp f16', context: c, decodeTokensPerSecond: 1000 / dt, kvBytes });
+    }
+    await ctx.dispose();
+    await model.dispose();
+    continue;
+  }
+  const make = CONFIGS[name];
+  if (!make) throw new Error(`unknown config ${name} (known: ${Object.keys(CONFIGS).join(', ')}, llama.cpp)`);
+  const model = await loadModel({ path: modelPath });
+  const kv = make(model.info.nLayer, model.info.nHeadKv);
+  const ctx = await model.createContext({ contextSize: maxCtx, threads, batchSize: 512, ...(kv ? { kv } : {}) });
+  const seq = ctx.acquireSequence();
+  for (const c of contexts) {
+    seq.clear();
+    const fill = tokens(c, c);
+    for (let i = 0; i < fill.length; i += 512) await seq.evaluate(fill.slice(i, i + 512));
+    let next = 7;
+    for (let i = 0; i < W; i++) await seq.evaluate([1000 + (next = (next * 31 + i) % 90000)]);
+    const t0 = performance.now();
+    for (let i = 0; i < nDecode; i++) await seq.evaluate([1000 + (next = (next * 31 + i) % 90000)]);
+    const dt = (performance.now() - t0) / nDecode;
+    rows.push({ engine: `thinkcache ${name}`, context: c, decodeTokensPerSecond: 1000 / dt, kvBytes: seq.memory().bytesUsed });
+  }
+  await ctx.dispose();
+  await model.dispose();
+}
+
+const stamp = new Date().toISOString();
+console.log(`model ${modelPath} (Qwen2-0.5B shape, Q8_0), threads ${threads}; lazy C=${C} W=${W}; decode timed after ${W} settling steps`);
+console.log('engine                     context  decode tok/s   KV bytes');
+for (const r of rows) {
+  console.log(`${r.engine.padEnd(26)} ${String(r.context).padStart(7)}  ${r.decodeTokensPerSecond.toFixed(1).padStart(12)}  ${(r.kvBytes / 1048576).toFixed(1).padStart(7)} MiB`);
+  appendFileSync(join(here, 'results', 'kv-long.jsonl'), JSON.stringify({ time: stamp, threads, C, W, ...r }) + '\n');
+}
