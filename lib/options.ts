@@ -47,7 +47,11 @@ export const SamplingOptionsSchema = z.strictObject({
 export type SamplingOptions = z.input<typeof SamplingOptionsSchema>;
 
 export const ReasoningOptionsSchema = z.strictObject({
-  /** Maximum reasoning tokens the model samples; then `budgetMessage` and the close tag are injected. */
+  /**
+   * Maximum reasoning tokens the model samples (its own open tag included; none when the prompt opened the
+   * reasoning). When reached, the next sampled token is dropped and `budgetMessage` + the close tag are
+   * evaluated as tokens instead; they count as reasoning tokens. 0 closes the reasoning at once.
+   */
   budget: z.number().int().min(0).optional(),
   /** Text injected before the close tag when the budget is reached (e.g. "\nTime is up, answering now.\n"). */
   budgetMessage: z.string().optional(),
