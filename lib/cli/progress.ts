@@ -4,9 +4,11 @@
  * and machine-read output stays clean.
  * Loading: the weights are memory-mapped by the native core, so "loading" is mostly reading the file into the
  * page cache; with a bar shown we read it ahead ourselves (in chunks, counting bytes), then map it, which
- * costs the same I/O the first forward pass would have paid page by page.
+ * costs the same I/O the first forward pass would have paid page by page (not for files over half the RAM,
+ * which would only evict other pages: those get a one-line notice instead).
  */
 import { open, stat } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import cliProgress from 'cli-progress';
 import { loadModel, type Model } from '../Model.js';
 import type { GenerateEvent } from '../Sequence.js';
@@ -38,7 +40,10 @@ const mib = (n: number) => (n / (1 << 20)).toFixed(0);
 export async function loadModelWithProgress(path: string, show: boolean): Promise<Model> {
   if (show) {
     const size = await stat(path).then((s) => s.size, () => 0);
-    if (size >= LOAD_BAR_MIN_BYTES) {
+    if (size > totalmem() / 2) {
+      // reading ahead a file this large would only push other pages out of the cache
+      process.stderr.write(`loading model (${mib(size)} MiB, memory-mapped)…\n`);
+    } else if (size >= LOAD_BAR_MIN_BYTES) {
       const b = bar('loading model |{bar}| {percentage}% {mib}/{totalMib} MiB | {eta_formatted}');
       b.start(size, 0, { mib: '0', totalMib: mib(size) });
       try {
