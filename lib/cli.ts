@@ -75,7 +75,8 @@ async function cmdRun(args: string[]): Promise<number> {
   let finish: Extract<GenerateEvent, { type: 'finish' }> | undefined;
   const progress = new PrefillProgress(show);
   try {
-    for await (const ev of seq.generate(values.prompt, { maxTokens, sampling, signal: ac.signal })) {
+    // a raw continuation: reasoning tags, if any, stay in the text (run --chat separates them)
+    for await (const ev of seq.generate(values.prompt, { maxTokens, sampling, signal: ac.signal, reasoning: { separate: false } })) {
       progress.onEvent(ev);
       if (ev.type === 'text-delta' && !values.json) process.stdout.write(ev.text);
       if (ev.type === 'finish') finish = ev;
