@@ -24,6 +24,12 @@ engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std
     kc.stream_sinks = ctx_->params().stream_sinks;
     kc.stream_recent = ctx_->params().stream_recent;
     kc.policy = ctx_->params().policy;
+    kc.storage = ctx_->params().storage;
+    kc.storage.n_rot = (int) hp.n_rot;
+    kc.storage.rope = ctx_->mdl().arch->rope;
+    kc.storage.freq_base = hp.rope_freq_base;
+    kc.storage.freq_scale = hp.rope_freq_scale;
+    kc.storage.freq_factors = ctx_->mdl().rope_freqs;
     kv_ = std::make_unique<kv_cache>(kc, ctx_->kv_pool());
 }
 

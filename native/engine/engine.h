@@ -21,6 +21,7 @@ struct context_params {
     int stream_sinks = 16;
     int stream_recent = 64;
     kv_policy_params policy;         // for EVICT heads
+    kv_storage_config storage;       // KV storage codecs (FULL heads); RoPE fields are filled per model
 };
 
 class engine_context {

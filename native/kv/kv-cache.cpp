@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
+
+#include "../kernels/cpu/ops.h"
 
 namespace core {
 
@@ -17,10 +20,93 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
         if (heads_[i].mode == KV_RETAIN_EVICT) layer_has_evict_[i / cfg_.n_head_kv] = 1;
     }
     policy_ = kv_policy_get(cfg_.policy.kind);
+    const kv_storage_config & st = cfg_.storage;
+    if (st.coded()) {
+        kv_coded_view & c = cv0_;
+        c.kc = &kv_codec_get(st.key);
+        c.vc = &kv_codec_get(st.value);
+        const float clip_k = st.clip >= 0 ? st.clip : st.key == KV_CODEC_ROT2 ? 0.8f : 1.0f;
+        const float clip_v = st.clip >= 0 ? st.clip : st.value == KV_CODEC_ROT2 ? 0.8f : 1.0f;
+        c.kp = {cfg_.head_dim, st.group, clip_k, true};
+        c.vp = {cfg_.head_dim_v, st.group, clip_v, false};
+        c.k_block_tokens = c.kc->block_tokens(c.kp);
+        c.v_block_tokens = c.vc->block_tokens(c.vp);
+        c.k_block_bytes = c.kc->block_bytes(c.kp);
+        c.v_block_bytes = c.vc->block_bytes(c.vp);
+        c.k_page_tokens = (int32_t) (pool_->page_bytes() / c.k_block_bytes) * c.k_block_tokens;
+        c.v_page_tokens = (int32_t) (pool_->page_bytes() / c.v_block_bytes) * c.v_block_tokens;
+        c.st = &cfg_.storage;
+        for (auto & h : heads_) h.coded = h.mode == KV_RETAIN_FULL;
+    }
 }
 
 kv_cache::~kv_cache() {
-    for (auto & h : heads_) for (void * p : h.pages) pool_->free(p);
+    for (auto & h : heads_) {
+        for (void * p : h.pages) pool_->free(p);
+        for (void * p : h.qk_pages) pool_->free(p);
+        for (void * p : h.qv_pages) pool_->free(p);
+    }
+}
+
+// Tokens leave staging in blocks of this many (a multiple of both codecs' block sizes).
+int kv_cache::flush_tokens() const { return std::max({KV_TILE, cv0_.k_block_tokens, cv0_.v_block_tokens}); }
+
+// Moves the oldest unprotected f16 tokens beyond the staging window to codec pages, in whole blocks.
+// The staged key is post-RoPE f16: rot keys (pre-RoPE variant) are un-RoPE'd at their position first
+// (RoPE is orthogonal: rotating by −pos inverts it), then FWHT'd and permuted; rot values are FWHT'd.
+void kv_cache::flush(int il, int ih, head_store & h) {
+    const kv_storage_config & st = cfg_.storage;
+    const kv_coded_view & c = cv0_;
+    const int D = cfg_.head_dim, DV = cfg_.head_dim_v, F = flush_tokens();
+    int32_t n_prot = 0;
+    while (n_prot < h.n && h.pos[(size_t) n_prot] < st.protect) n_prot++;
+    const int32_t m = (h.n - n_prot - st.staging) / F * F;
+    if (m <= 0) return;
+    const int32_t nq = (int32_t) h.qpos.size();
+    // pages for the new blocks; on OOM the tokens simply stay in f16
+    auto grow = [&](std::vector<void *> & pages, int32_t per_page) {
+        while ((int64_t) pages.size() * per_page < (int64_t) nq + m) {
+            void * pg = pool_->alloc();
+            if (!pg) return false;
+            pages.push_back(pg);
+        }
+        return true;
+    };
+    if (!grow(h.qk_pages, c.k_page_tokens) || !grow(h.qv_pages, c.v_page_tokens)) return;
+    const int32_t * perm = st.perm.empty() ? nullptr : st.perm.data() + ((size_t) il * cfg_.n_head_kv + ih) * D;
+    const bool pre = c.kc->rotated && !st.post_rope;
+    std::vector<float> kb((size_t) F * D), vb((size_t) F * DV), tmp((size_t) std::max(D, DV)), cs((size_t) std::max(st.n_rot, 2));
+    for (int32_t b0 = 0; b0 < m; b0 += F) {
+        for (int t = 0; t < F; t++) {
+            const int32_t j = n_prot + b0 + t;
+            const kv_segment & sg = h.segs[(size_t) (j / KV_PAGE_TOKENS)];
+            const int32_t jj = j % KV_PAGE_TOKENS;
+            float * kr = kb.data() + (size_t) t * D;
+            for (int d = 0; d < D; d++) tmp[d] = f16_to_f32(sg.key(jj, d, D));
+            if (pre) {
+                rope_cache_ref(cs.data(), -h.pos[(size_t) j], st.n_rot, st.freq_base, st.freq_scale, st.freq_factors);
+                rope_apply_ref(tmp.data(), 1, D, st.n_rot, st.rope, cs.data());
+            }
+            if (c.kc->rotated) fwht_ref(tmp.data(), D);
+            for (int d = 0; d < D; d++) kr[d] = tmp[(size_t) (perm && c.kc->rotated ? perm[d] : d)];
+            float * vr = vb.data() + (size_t) t * DV;
+            for (int d = 0; d < DV; d++) vr[d] = f16_to_f32(sg.v[(size_t) jj * DV + d]);
+            if (c.vc->rotated) fwht_ref(vr, DV);
+            h.qpos.push_back(h.pos[(size_t) j]);
+        }
+        for (int t = 0; t < F; t += c.k_block_tokens) {
+            const int32_t q = nq + b0 + t, b = q / c.k_block_tokens, bpp = c.k_page_tokens / c.k_block_tokens;
+            c.kc->encode(c.kp, kb.data() + (size_t) t * D, (uint8_t *) h.qk_pages[(size_t) (b / bpp)] + (size_t) (b % bpp) * c.k_block_bytes);
+        }
+        for (int t = 0; t < F; t += c.v_block_tokens) {
+            const int32_t q = nq + b0 + t, b = q / c.v_block_tokens, bpp = c.v_page_tokens / c.v_block_tokens;
+            c.vc->encode(c.vp, vb.data() + (size_t) t * DV, (uint8_t *) h.qv_pages[(size_t) (b / bpp)] + (size_t) (b % bpp) * c.v_block_bytes);
+        }
+    }
+    std::vector<int32_t> keep;
+    keep.reserve((size_t) (h.n - m));
+    for (int32_t j = 0; j < h.n; j++) if (j < n_prot || j >= n_prot + m) keep.push_back(j);
+    compact(h, keep);  // also rebuilds the coded view
 }
 
 status kv_cache::reserve(int n_tokens) {
@@ -88,6 +174,15 @@ void kv_cache::rebuild_segments(head_store & h) const {
         g.k = (const f16_t *) page;
         g.v = (const f16_t *) (page + value_offset_bytes());
     }
+    if (h.coded) {
+        const size_t i = (size_t) (&h - heads_.data());
+        h.cv = cv0_;
+        h.cv.n = (int32_t) h.qpos.size();
+        h.cv.pos = h.qpos.data();
+        h.cv.kpages = h.qk_pages.data();
+        h.cv.vpages = h.qv_pages.data();
+        h.cv.perm = cfg_.storage.perm.empty() ? nullptr : cfg_.storage.perm.data() + i * cfg_.head_dim;
+    }
 }
 
 // Moves the tokens listed in `keep` (ascending source indices) to the front, in order, and frees the
@@ -129,6 +224,10 @@ void kv_cache::compact(head_store & h, const std::vector<int32_t> & keep) {
 void kv_cache::retain(int il) {
     const int S = cfg_.stream_sinks, R = cfg_.stream_recent, H = cfg_.n_head_kv;
     std::vector<int32_t> keep;
+    for (int ih = 0; ih < H; ih++) {
+        head_store & h = heads_[(size_t) il * H + ih];
+        if (h.coded) flush(il, ih, h);
+    }
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
         if (h.mode != KV_RETAIN_STREAM || h.n <= S + R) continue;
@@ -177,7 +276,7 @@ void kv_cache::retain(int il) {
 
 kv_head_view kv_cache::head(int il, int ih) const {
     const head_store & h = heads_[(size_t) il * cfg_.n_head_kv + ih];
-    return {h.n, (int32_t) h.segs.size(), h.segs.data()};
+    return {h.n, (int32_t) h.segs.size(), h.segs.data(), h.coded ? &h.cv : nullptr};
 }
 
 int32_t kv_cache::remove_from(int32_t p) {
@@ -190,11 +289,32 @@ int32_t kv_cache::remove_from(int32_t p) {
         if (!h.dropped) continue;
         keep_pos = std::min(keep_pos, h.mode == KV_RETAIN_STREAM ? (int32_t) cfg_.stream_sinks : 0);
     }
+    // A coded head is exact at keep_pos when a fresh evaluation to keep_pos would have quantized exactly
+    // the tokens it keeps quantized (flushing depends on the token count only); otherwise only the
+    // protected prefix, which is never quantized, is exact.
+    const int F = cfg_.storage.coded() ? flush_tokens() : 1;
+    for (const auto & h : heads_) {
+        if (!h.coded) continue;
+        const int32_t kept_q = (int32_t) (std::lower_bound(h.qpos.begin(), h.qpos.end(), keep_pos) - h.qpos.begin());
+        const int32_t P = std::min<int32_t>(keep_pos, cfg_.storage.protect);
+        const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - cfg_.storage.staging) / F * F;
+        if (kept_q != fresh_q) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
+    }
     for (auto & h : heads_) {
         int32_t keep = 0;
         while (keep < h.n && h.pos[(size_t) keep] < keep_pos) keep++;
         std::vector<int32_t> idx((size_t) keep);
         for (int32_t j = 0; j < keep; j++) idx[(size_t) j] = j;
+        if (h.coded) {
+            const int32_t kept_q = (int32_t) (std::lower_bound(h.qpos.begin(), h.qpos.end(), keep_pos) - h.qpos.begin());
+            h.qpos.resize((size_t) kept_q);
+            auto shrink = [&](std::vector<void *> & pages, int32_t per_page) {
+                const size_t need = (size_t) ((kept_q + per_page - 1) / per_page);
+                while (pages.size() > need) { pool_->free(pages.back()); pages.pop_back(); }
+            };
+            shrink(h.qk_pages, cv0_.k_page_tokens);
+            shrink(h.qv_pages, cv0_.v_page_tokens);
+        }
         compact(h, idx);
         h.dropped = false;
     }
@@ -211,12 +331,25 @@ kv_memory_report kv_cache::memory(bool per_head) const {
     if (per_head) r.heads.resize(heads_.size());
     for (size_t i = 0; i < heads_.size(); i++) {
         const head_store & h = heads_[i];
-        const uint64_t kb = (uint64_t) h.n * cfg_.head_dim * sizeof(f16_t);
-        const uint64_t vb = (uint64_t) h.n * cfg_.head_dim_v * sizeof(f16_t);
-        const uint64_t pb = (uint64_t) h.n * sizeof(int32_t);
-        const uint64_t mb = h.segs.capacity() * sizeof(kv_segment) + h.pages.capacity() * sizeof(void *);
-        const uint64_t alloc = h.pages.size() * page_bytes + h.pos.capacity() * sizeof(int32_t) + mb;
-        r.resident_tokens += h.n;
+        uint64_t kb = (uint64_t) h.n * cfg_.head_dim * sizeof(f16_t);
+        uint64_t vb = (uint64_t) h.n * cfg_.head_dim_v * sizeof(f16_t);
+        const int64_t nq = (int64_t) h.qpos.size();
+        uint64_t pb = (uint64_t) (h.n + nq) * sizeof(int32_t);
+        uint64_t mb = h.segs.capacity() * sizeof(kv_segment) + h.pages.capacity() * sizeof(void *);
+        uint64_t alloc = h.pages.size() * page_bytes + h.pos.capacity() * sizeof(int32_t) + mb;
+        if (h.coded) {
+            const kv_coded_view & c = cv0_;
+            const uint64_t kc = (uint64_t) std::llround(nq * c.kc->code_bytes(c.kp)), ks = (uint64_t) std::llround(nq * c.kc->meta_bytes(c.kp));
+            const uint64_t vc = (uint64_t) std::llround(nq * c.vc->code_bytes(c.vp)), vs = (uint64_t) std::llround(nq * c.vc->meta_bytes(c.vp));
+            r.staging_bytes += kb + vb;
+            r.code_bytes += kc + vc;
+            r.scale_bytes += ks + vs;
+            r.quantized_tokens += nq;
+            kb += kc + ks;
+            vb += vc + vs;
+            alloc += (h.qk_pages.size() + h.qv_pages.size()) * page_bytes + h.qpos.capacity() * sizeof(int32_t);
+        }
+        r.resident_tokens += h.n + nq;
         r.key_bytes += kb;
         r.value_bytes += vb;
         r.position_bytes += pb;
@@ -224,7 +357,7 @@ kv_memory_report kv_cache::memory(bool per_head) const {
         r.bytes_allocated += alloc;
         if (per_head) {
             kv_head_memory & m = r.heads[i];
-            m.resident = h.n;
+            m.resident = h.n + (int32_t) nq;
             m.budget = h.mode == KV_RETAIN_STREAM ? cfg_.stream_sinks + cfg_.stream_recent
                      : h.mode == KV_RETAIN_EVICT ? policy_->budget(step_, prompt_, cfg_.policy) : -1;
             m.bytes_allocated = alloc;

@@ -20,7 +20,9 @@
 #include <vector>
 
 #include "../common/status.h"
+#include "../model/arch.h"
 #include "../tensor/ggml-type.h"
+#include "codecs/kv-codec.h"
 #include "kv-policy.h"
 #include "page-pool.h"
 
@@ -45,10 +47,42 @@ struct kv_segment {
     f16_t key(int32_t j, int d, int head_dim) const { return k[((size_t) (j / KV_TILE) * head_dim + d) * KV_TILE + (j % KV_TILE)]; }
 };
 
+struct kv_storage_config;
+
+// The quantized tokens of a coded head (storage codec other than f16, FULL heads only): blocks of
+// codes in pages of their own, keys and values apart (they may use different codecs). Positions ascend,
+// and lie between the head's protected f16 tokens and its f16 staging window.
+struct kv_coded_view {
+    int32_t n = 0;                         // quantized tokens
+    const int32_t * pos = nullptr;         // [n]
+    const kv_codec_traits * kc = nullptr, * vc = nullptr;
+    kv_codec_params kp, vp;
+    int k_block_tokens = 1, v_block_tokens = 1;
+    int32_t k_page_tokens = 0, v_page_tokens = 0;  // tokens per page (whole blocks)
+    size_t k_block_bytes = 0, v_block_bytes = 0;
+    void * const * kpages = nullptr;
+    void * const * vpages = nullptr;
+    const int32_t * perm = nullptr;        // [head_dim] key channel permutation of this head (nullptr: identity)
+    const kv_storage_config * st = nullptr;
+
+    // note: call only with j < n. Returns the block holding token j and j's index inside it.
+    const uint8_t * key_block(int32_t j, int & jj) const {
+        jj = j % k_block_tokens;
+        const int32_t b = j / k_block_tokens, bpp = k_page_tokens / k_block_tokens;
+        return (const uint8_t *) kpages[b / bpp] + (size_t) (b % bpp) * k_block_bytes;
+    }
+    const uint8_t * value_block(int32_t j, int & jj) const {
+        jj = j % v_block_tokens;
+        const int32_t b = j / v_block_tokens, bpp = v_page_tokens / v_block_tokens;
+        return (const uint8_t *) vpages[b / bpp] + (size_t) (b % bpp) * v_block_bytes;
+    }
+};
+
 struct kv_head_view {
-    int32_t n = 0;                  // tokens held by this head
+    int32_t n = 0;                  // tokens held by this head in f16 (all of them unless coded)
     int32_t n_seg = 0;
     const kv_segment * seg = nullptr;  // [n_seg], positions ascending across segments
+    const kv_coded_view * coded = nullptr;  // quantized tokens of a coded head, else nullptr
 };
 
 enum kv_retention : uint8_t {
@@ -57,12 +91,36 @@ enum kv_retention : uint8_t {
     KV_RETAIN_EVICT = 2,
 };
 
+// Storage codecs (ALGORITHMS.md §3, §4.1, §6.1; kv-codec.h). A coded head keeps its first `protect`
+// positions and its `staging` newest tokens in f16 (the usual tiled pages) and moves older tokens, in
+// blocks of `flush` tokens, to codec pages. Keys of rot codecs are rotated by a normalized FWHT per
+// head (G = 1, §6.2 C1 a) and permuted; by default before RoPE (the f16 key is un-RoPE'd at its
+// position when it leaves staging; attention dequantizes, inverts the rotation and applies RoPE at
+// the stored position), or after RoPE (`post_rope`, §6.2 C6: the query is rotated instead).
+// Values of rot codecs are rotated per head; attention un-rotates the accumulated output once.
+struct kv_storage_config {
+    kv_codec_type key = KV_CODEC_F16, value = KV_CODEC_F16;
+    int staging = 64;          // newest tokens per head kept in f16
+    int protect = 16;          // positions < protect are never quantized (sinks)
+    int group = 32;            // channels per group (KIVI keys: tokens per group)
+    float clip = -1.0f;        // rot clip ratio; < 0: 0.8 for rot2, 1.0 otherwise (§3.4)
+    bool post_rope = false;
+    // the model's RoPE (pre-RoPE rot keys)
+    int n_rot = 0;
+    rope_style rope = ROPE_STYLE_NORM;
+    float freq_base = 10000.0f, freq_scale = 1.0f;
+    const float * freq_factors = nullptr;  // [n_rot/2] or nullptr (owned by the model)
+    std::vector<int32_t> perm;  // [n_layer][n_head_kv][head_dim] key channel permutation; empty = identity
+    bool coded() const { return key != KV_CODEC_F16 || value != KV_CODEC_F16; }
+};
+
 struct kv_cache_config {
     int n_layer = 0, n_head_kv = 0, head_dim = 0, head_dim_v = 0, n_ctx = 0;
     std::vector<uint8_t> retention;  // [n_layer][n_head_kv] kv_retention; empty = all FULL
     int stream_sinks = 16;           // S
     int stream_recent = 64;          // R
     kv_policy_params policy;         // for EVICT heads
+    kv_storage_config storage;       // codecs of FULL heads (other heads stay f16)
 };
 
 struct kv_head_memory {
@@ -79,6 +137,12 @@ struct kv_memory_report {
     uint64_t value_bytes = 0;        // value payload of held tokens
     uint64_t position_bytes = 0;     // int32 position per held token
     uint64_t metadata_bytes = 0;     // per-head bookkeeping (segment tables)
+    // of key + value bytes, for coded heads: codes, scales + zero-points, and f16 tokens (staging and
+    // protected); key_bytes + value_bytes = code + scale + staging + the f16 payload of uncoded heads
+    uint64_t code_bytes = 0;
+    uint64_t scale_bytes = 0;
+    uint64_t staging_bytes = 0;
+    int64_t quantized_tokens = 0;    // sum over heads of tokens held in codec pages
     uint64_t bytes_used = 0;         // key + value + positions + metadata
     uint64_t bytes_allocated = 0;    // pages held by this sequence + position/segment capacity
     uint64_t pool_slack_bytes = 0;   // free but resident pages of the shared pool (context-wide)
@@ -131,7 +195,14 @@ private:
         std::vector<kv_segment> segs;     // rebuilt after every change
         kv_token_stats stats;             // EVICT: per-token policy statistics (parallel to pos)
         std::vector<float> p_max, p_sum;  // EVICT: this step's probabilities [n]
+        // coded heads: the f16 pages hold the protected tokens then staging; older tokens live here
+        bool coded = false;
+        std::vector<void *> qk_pages, qv_pages;
+        std::vector<int32_t> qpos;        // [nq]
+        kv_coded_view cv;
     };
+    void flush(int il, int ih, head_store & h);
+    int flush_tokens() const;
     void rebuild_segments(head_store & h) const;
     void compact(head_store & h, const std::vector<int32_t> & keep);
     size_t key_offset_bytes() const { return 0; }
@@ -142,6 +213,7 @@ private:
     std::vector<head_store> heads_;   // [n_layer][n_head_kv]
     std::vector<char> layer_has_evict_;
     const kv_policy * policy_ = nullptr;
+    kv_coded_view cv0_;               // codec parameters shared by the coded heads
     int32_t n_logical_ = 0;
     int32_t step_ = 0;                // decode steps since the last prompt chunk
     int32_t prompt_ = 0;              // tokens of the prompt (before the first decode step)

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "attention-codec.h"
 #include "quant-traits-cpu.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -273,6 +274,12 @@ void attention_ref(const attn_params & p, const float * q, const int32_t * q_pos
     std::vector<f16_t> acc;
     for (int t = 0; t < p.n_tokens; t++) {
         for (int ih = 0; ih < p.n_head_kv; ih++) {
+            const kv_head_view hv = kv.head(il, ih);
+            if (hv.coded) {  // storage codecs: their own path (attention-codec.h)
+                attend_group_coded_ref(p.head_dim, p.head_dim_v, p.scale, q + ((size_t) t * p.n_head + (size_t) ih * G) * p.head_dim, G, q_pos[t], hv,
+                                       out + ((size_t) t * p.n_head + (size_t) ih * G) * p.head_dim_v);
+                continue;
+            }
             attend_group_ref(p, q + ((size_t) t * p.n_head + (size_t) ih * G) * p.head_dim, G, q_pos[t], kv.head(il, ih),
                              out + ((size_t) t * p.n_head + (size_t) ih * G) * p.head_dim_v, acc);
         }
@@ -310,6 +317,10 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
             const int t = (int) (it / p.n_head_kv), ih = (int) (it % p.n_head_kv);
             const kv_head_view hv = kv.head(il, ih);
             const float * qr = q + ((size_t) t * p.n_head + (size_t) ih * G + ga) * D;
+            if (hv.coded) {  // storage codecs: their own path (attention-codec.h)
+                attend_group_coded_ref(D, DV, p.scale, qr, ng, q_pos[t], hv, out + ((size_t) t * p.n_head + (size_t) ih * G + ga) * DV);
+                continue;
+            }
             for (int i = 0; i < ng * D; i++) q16[i] = f16_to_f32(f32_to_f16(qr[i]));  // q·k on f16 inputs, as llama.cpp
             f16_acc_state st[ATTN_MAX_GROUP];
             for (int g = 0; g < ng; g++) {

@@ -1,0 +1,106 @@
+// Attention over coded heads (see attention-codec.h).
+#include "attention-codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+
+namespace core {
+
+void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+    const kv_coded_view & c = *hv.coded;
+    const kv_storage_config & st = *c.st;
+    const bool k_rot = c.kc->rotated, pre = k_rot && !st.post_rope;
+    thread_local std::vector<float> s, qr, kt, kr, cs, acc_p, acc_r;
+    int32_t n_f16 = 0;
+    for (int32_t sg = 0; sg < hv.n_seg; sg++) n_f16 += hv.seg[sg].n;
+    const size_t n_all = (size_t) n_f16 + c.n;
+    s.resize((size_t) G * n_all);
+    qr.resize((size_t) G * D);
+    kt.resize((size_t) D);
+    kr.resize((size_t) D);
+    cs.resize((size_t) std::max(st.n_rot, 2));
+    acc_p.resize((size_t) DV);
+    acc_r.resize((size_t) DV);
+    // queries against codes: post-RoPE rot keys are P·H·k, so use P·H·q (an orthogonal map keeps q·k)
+    for (int g = 0; g < G; g++) {
+        const float * q = q_rows + (size_t) g * D;
+        float * o = qr.data() + (size_t) g * D;
+        if (k_rot && !pre) {
+            std::copy(q, q + D, kt.begin());
+            fwht_ref(kt.data(), D);
+            for (int d = 0; d < D; d++) o[d] = kt[(size_t) (c.perm ? c.perm[d] : d)];
+        } else {
+            std::copy(q, q + D, o);
+        }
+    }
+    // ---- scores: the f16 tokens (protected and staging) first, then the quantized ones (a two-pass
+    // softmax does not care about order)
+    size_t idx = 0;
+    thread_local std::vector<const f16_t *> vr16;
+    vr16.clear();
+    for (int32_t sg = 0; sg < hv.n_seg; sg++) {
+        const kv_segment & h = hv.seg[sg];
+        for (int32_t j = 0; j < h.n && h.pos[j] <= qpos; j++) {
+            for (int g = 0; g < G; g++) {
+                const float * q = q_rows + (size_t) g * D;
+                float a = 0;
+                for (int d = 0; d < D; d++) a += q[d] * f16_to_f32(h.key(j, d, D));
+                s[(size_t) g * n_all + idx] = a * scale;
+            }
+            vr16.push_back(h.v + (size_t) j * DV);
+            idx++;
+        }
+    }
+    const size_t n_vis16 = idx;
+    int32_t nq = 0;
+    while (nq < c.n && c.pos[nq] <= qpos) nq++;
+    for (int32_t j = 0; j < nq; j++, idx++) {
+        int jj;
+        const uint8_t * blk = c.key_block(j, jj);
+        if (pre) {
+            c.kc->decode(c.kp, blk, jj, kt.data());
+            for (int d = 0; d < D; d++) kr[(size_t) (c.perm ? c.perm[d] : d)] = kt[d];
+            fwht_ref(kr.data(), D);
+            rope_cache_ref(cs.data(), c.pos[j], st.n_rot, st.freq_base, st.freq_scale, st.freq_factors);
+            rope_apply_ref(kr.data(), 1, D, st.n_rot, st.rope, cs.data());
+            for (int g = 0; g < G; g++) {
+                const float * q = q_rows + (size_t) g * D;
+                float a = 0;
+                for (int d = 0; d < D; d++) a += q[d] * kr[d];
+                s[(size_t) g * n_all + idx] = a * scale;
+            }
+        } else {
+            for (int g = 0; g < G; g++) s[(size_t) g * n_all + idx] = c.kc->dot(c.kp, blk, jj, qr.data() + (size_t) g * D) * scale;
+        }
+    }
+    const size_t n_vis = idx;
+    // ---- softmax and p·V
+    for (int g = 0; g < G; g++) {
+        float * sg = s.data() + (size_t) g * n_all;
+        float mx = -INFINITY;
+        for (size_t i = 0; i < n_vis; i++) mx = std::max(mx, sg[i]);
+        float sum = 0;
+        for (size_t i = 0; i < n_vis; i++) { sg[i] = std::exp(sg[i] - mx); sum += sg[i]; }
+        std::fill(acc_p.begin(), acc_p.end(), 0.0f);
+        std::fill(acc_r.begin(), acc_r.end(), 0.0f);
+        for (size_t i = 0; i < n_vis16; i++) {
+            const f16_t * v = vr16[i];
+            for (int d = 0; d < DV; d++) acc_p[d] += sg[i] * f16_to_f32(v[d]);
+        }
+        float * accq = c.vc->rotated ? acc_r.data() : acc_p.data();
+        for (int32_t j = 0; j < nq; j++) {
+            int jj;
+            const uint8_t * blk = c.value_block(j, jj);
+            c.vc->axpy(c.vp, blk, jj, sg[n_vis16 + j], accq);
+        }
+        if (c.vc->rotated) fwht_ref(acc_r.data(), DV);  // Σ p·H·v = H·Σ p·v, H self-inverse
+        const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+        float * o = out_rows + (size_t) g * DV;
+        for (int d = 0; d < DV; d++) o[d] = (acc_p[d] + (c.vc->rotated ? acc_r[d] : 0.0f)) * inv;
+    }
+}
+
+} // namespace core

@@ -1,0 +1,21 @@
+// Attention of one GQA group over a coded head (storage codec other than f16; kv-cache.h, kv-codec.h).
+// Three token classes, by position: f16 protected tokens and f16 staging (post-RoPE keys, plain values)
+// and quantized tokens read straight from their codes:
+//   keys, rot pre-RoPE (RotateKV, ALGORITHMS.md §3.6): per key, dequantize → inverse permutation →
+//         FWHT (self-inverse) → RoPE at the stored position, once per key for the whole group, then q·k;
+//   keys, rot post-RoPE (§6.2 C6): the query is rotated once, q'' = P·H·q, and q''·k̂' read from codes;
+//   keys, q8/q4/kivi: q·k̂ read from codes;
+//   values: acc += p·v̂ from codes; rotated values accumulate apart and get one FWHT at the end.
+// Softmax in f32 (two passes over the scores). No dequantized copy of the cache is ever made.
+#pragma once
+#include <cstdint>
+
+#include "../../kv/kv-cache.h"
+
+namespace core {
+
+// q_rows: [G][head_dim] post-RoPE queries, out_rows: [G][head_dim_v]. note: call only when hv.coded.
+void attend_group_coded_ref(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
+                            const kv_head_view & hv, float * out_rows);
+
+} // namespace core

@@ -1,0 +1,320 @@
+// KV storage codecs (kv-codec.h) and coded heads (kv-cache.h, attention-codec.h): FWHT self-inverse,
+// per-codec round-trip error within a per-bit-width budget, dot/axpy from codes == decode, rotation +
+// permutation + RoPE at full precision reproducing plain attention, sinks and staging never quantized,
+// memory report == ALGORITHMS.md §3.7 formulas, fewer pages, rewind, and the cache path vs the f16 cache.
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "kernels/cpu/attention-codec.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+#include "kv/kv-cache.h"
+#include "test-harness.h"
+
+using namespace core;
+
+namespace {
+
+std::vector<float> randn(std::mt19937 & rng, size_t n, float sd = 1.0f) {
+    std::normal_distribution<float> nd(0.0f, sd);
+    std::vector<float> v(n);
+    for (auto & x : v) x = nd(rng);
+    return v;
+}
+
+double nmse(const float * a, const float * b, size_t n) {
+    double e = 0, s = 0;
+    for (size_t i = 0; i < n; i++) { e += (a[i] - b[i]) * (double) (a[i] - b[i]); s += (double) b[i] * b[i]; }
+    return s > 0 ? e / s : e;
+}
+
+} // namespace
+
+TC_TEST("kv codecs: FWHT is orthonormal and self-inverse") {
+    std::mt19937 rng(1);
+    for (int n : {8, 16, 64, 128}) {
+        auto x = randn(rng, (size_t) n), y = x;
+        fwht_ref(y.data(), n);
+        double nx = 0, ny = 0;
+        for (int i = 0; i < n; i++) { nx += x[i] * (double) x[i]; ny += y[i] * (double) y[i]; }
+        TC_CHECK(std::fabs(nx - ny) < 1e-4 * nx) << "n=" << n;
+        fwht_ref(y.data(), n);
+        TC_CHECK(nmse(y.data(), x.data(), (size_t) n) < 1e-12) << "n=" << n;
+    }
+}
+
+TC_TEST("kv codecs: round-trip error within the per-bit-width budget; dot and axpy read codes like decode") {
+    struct budget { kv_codec_type t; double max_nmse; };
+    const budget B[] = {{KV_CODEC_F16, 1e-6}, {KV_CODEC_Q8, 1e-4}, {KV_CODEC_Q4, 0.02}, {KV_CODEC_KIVI2, 0.2}, {KV_CODEC_KIVI4, 0.01},
+                        {KV_CODEC_ROT2, 0.2}, {KV_CODEC_ROT3, 0.05}, {KV_CODEC_ROT4, 0.01}};
+    std::mt19937 rng(2);
+    for (const auto & b : B) {
+        for (int D : {8, 64, 128}) {
+            for (bool key : {true, false}) {
+                const kv_codec_traits & t = kv_codec_get(b.t);
+                kv_codec_params p{D, 32, b.t == KV_CODEC_ROT2 ? 0.8f : 1.0f, key};
+                const int T = t.block_tokens(p), n_blocks = 64 / T;
+                std::vector<float> x, y((size_t) 64 * D);
+                x = randn(rng, (size_t) 64 * D);
+                std::vector<uint8_t> blk(t.block_bytes(p));
+                double worst_dot = 0;
+                for (int bi = 0; bi < n_blocks; bi++) {
+                    t.encode(p, x.data() + (size_t) bi * T * D, blk.data());
+                    for (int j = 0; j < T; j++) {
+                        float * yj = y.data() + ((size_t) bi * T + j) * D;
+                        t.decode(p, blk.data(), j, yj);
+                        auto q = randn(rng, (size_t) D);
+                        double ref = 0;
+                        for (int d = 0; d < D; d++) ref += q[d] * (double) yj[d];
+                        const double got = t.dot(p, blk.data(), j, q.data());
+                        worst_dot = std::max(worst_dot, std::fabs(got - ref) / (1.0 + std::fabs(ref)));
+                        std::vector<float> acc((size_t) D, 0.5f);
+                        t.axpy(p, blk.data(), j, 0.25f, acc.data());
+                        for (int d = 0; d < D; d++) TC_CHECK(std::fabs(acc[d] - (0.5f + 0.25f * yj[d])) < 1e-4f * (1 + std::fabs(yj[d]))) << t.name;
+                    }
+                }
+                const double e = nmse(y.data(), x.data(), (size_t) n_blocks * T * D);
+                TC_CHECK(e <= b.max_nmse) << t.name << " D=" << D << " key=" << key << ": NMSE " << e << " > " << b.max_nmse;
+                TC_CHECK(worst_dot < 1e-4) << t.name << " D=" << D << ": dot from codes differs from decode by " << worst_dot;
+            }
+        }
+    }
+}
+
+TC_TEST("kv codecs: 3-bit codes pack densely and use all 8 levels") {
+    const kv_codec_traits & t = kv_codec_get(KV_CODEC_ROT3);
+    kv_codec_params p{8, 8, 1.0f, true};
+    TC_CHECK(t.block_bytes(p) == 3 + 3);
+    float x[8] = {-3, -2, -1, 0, 1, 2, 3, 4}, y[8];  // range 7: scale 1, zp 3, codes 0..7
+    std::vector<uint8_t> blk(t.block_bytes(p));
+    t.encode(p, x, blk.data());
+    t.decode(p, blk.data(), 0, y);
+    for (int i = 0; i < 8; i++) TC_CHECK(std::fabs(y[i] - x[i]) < 0.01f) << i << ": " << y[i] << " vs " << x[i];
+}
+
+namespace {
+
+// the f16 codec with the rotated flag: rotation + permutation + RoPE at (f16) full precision
+kv_codec_traits rotated_f16() {
+    kv_codec_traits t = kv_codec_get(KV_CODEC_F16);
+    t.rotated = true;
+    return t;
+}
+
+} // namespace
+
+TC_TEST("kv codecs: rotation + permutation + RoPE at full precision reproduces plain attention (pre- and post-RoPE)") {
+    std::mt19937 rng(3);
+    const int D = 64, n = 40, G = 3, n_rot = 64;
+    const kv_codec_traits tr = rotated_f16();
+    for (rope_style style : {ROPE_STYLE_NORM, ROPE_STYLE_NEOX}) {
+        for (bool post : {false, true}) {
+            kv_storage_config st;
+            st.n_rot = n_rot;
+            st.rope = style;
+            st.post_rope = post;
+            std::vector<int32_t> perm((size_t) D);
+            std::iota(perm.begin(), perm.end(), 0);
+            std::shuffle(perm.begin(), perm.end(), rng);
+            auto k = randn(rng, (size_t) n * D), v = randn(rng, (size_t) n * D), q = randn(rng, (size_t) G * D);
+            std::vector<int32_t> pos((size_t) n);
+            for (int j = 0; j < n; j++) pos[j] = 3 * j + 1;  // non-contiguous: positions are really used
+            const int32_t qpos = pos[n - 1] + 2;
+            std::vector<float> cs((size_t) n_rot);
+            // plain attention in double with post-RoPE keys
+            std::vector<float> kpost = k;
+            for (int j = 0; j < n; j++) {
+                rope_cache_ref(cs.data(), pos[j], n_rot, 10000.0f, 1.0f, nullptr);
+                rope_apply_ref(kpost.data() + (size_t) j * D, 1, D, n_rot, style, cs.data());
+            }
+            rope_cache_ref(cs.data(), qpos, n_rot, 10000.0f, 1.0f, nullptr);
+            rope_apply_ref(q.data(), G, D, n_rot, style, cs.data());
+            // stored: P·H·k (pre-RoPE k, or post-RoPE k) and H·v, as f16 rows
+            std::vector<uint8_t> kbuf((size_t) n * D * 2), vbuf((size_t) n * D * 2);
+            kv_codec_params kp{D, 32, 1.0f, true}, vp{D, 32, 1.0f, false};
+            for (int j = 0; j < n; j++) {
+                std::vector<float> r(post ? kpost.begin() + (size_t) j * D : k.begin() + (size_t) j * D, (post ? kpost.begin() : k.begin()) + (size_t) (j + 1) * D), pr((size_t) D);
+                fwht_ref(r.data(), D);
+                for (int d = 0; d < D; d++) pr[d] = r[(size_t) perm[d]];
+                tr.encode(kp, pr.data(), kbuf.data() + (size_t) j * D * 2);
+                std::vector<float> w(v.begin() + (size_t) j * D, v.begin() + (size_t) (j + 1) * D);
+                fwht_ref(w.data(), D);
+                tr.encode(vp, w.data(), vbuf.data() + (size_t) j * D * 2);
+            }
+            void * kpage = kbuf.data(), * vpage = vbuf.data();
+            kv_coded_view cv;
+            cv.n = n; cv.pos = pos.data(); cv.kc = &tr; cv.vc = &tr; cv.kp = kp; cv.vp = vp;
+            cv.k_page_tokens = cv.v_page_tokens = n; cv.k_block_bytes = cv.v_block_bytes = (size_t) D * 2;
+            cv.kpages = &kpage; cv.vpages = &vpage; cv.perm = perm.data(); cv.st = &st;
+            kv_head_view hv;
+            hv.coded = &cv;
+            std::vector<float> out((size_t) G * D);
+            const float scale = 1.0f / std::sqrt((float) D);
+            attend_group_coded_ref(D, D, scale, q.data(), G, qpos, hv, out.data());
+            double worst = 0;
+            for (int g = 0; g < G; g++) {
+                std::vector<double> s((size_t) n);
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j < n; j++) {
+                    double a = 0;
+                    for (int d = 0; d < D; d++) a += (double) q[(size_t) g * D + d] * kpost[(size_t) j * D + d];
+                    s[j] = a * scale;
+                    mx = std::max(mx, s[j]);
+                }
+                for (int j = 0; j < n; j++) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+                for (int d = 0; d < D; d++) {
+                    double o = 0;
+                    for (int j = 0; j < n; j++) o += s[j] * v[(size_t) j * D + d];
+                    worst = std::max(worst, std::fabs(o / sum - out[(size_t) g * D + d]));
+                }
+            }
+            TC_CHECK(worst < 2e-3) << "style=" << style << " post=" << post << ": max |diff| " << worst;
+        }
+    }
+}
+
+namespace {
+
+struct coded_fixture {
+    int n_layer = 2, n_head_kv = 2, D = 64, DV = 64;
+    std::shared_ptr<page_pool> pool = std::make_shared<page_pool>(kv_page_bytes(64, 64));
+    std::unique_ptr<kv_cache> make(kv_storage_config st, int n_ctx = 2048) {
+        kv_cache_config c;
+        c.n_layer = n_layer; c.n_head_kv = n_head_kv; c.head_dim = D; c.head_dim_v = DV; c.n_ctx = n_ctx;
+        st.n_rot = D;
+        st.rope = ROPE_STYLE_NEOX;
+        c.storage = st;
+        return std::make_unique<kv_cache>(c, pool);
+    }
+    // feeds n tokens in chunks with post-RoPE keys (as forward_chunk does); returns nothing
+    void feed(kv_cache & kv, int n, int chunk, std::mt19937 & rng) {
+        std::vector<float> cs((size_t) D);
+        for (int done = 0; done < n; done += chunk) {
+            const int m = std::min(chunk, n - done);
+            auto k = randn(rng, (size_t) m * n_head_kv * D), v = randn(rng, (size_t) m * n_head_kv * DV);
+            std::vector<int32_t> pos((size_t) m);
+            for (int t = 0; t < m; t++) {
+                pos[t] = kv.n_logical() + t;
+                rope_cache_ref(cs.data(), pos[t], D, 10000.0f, 1.0f, nullptr);
+                rope_apply_ref(k.data() + (size_t) t * n_head_kv * D, n_head_kv, D, D, ROPE_STYLE_NEOX, cs.data());
+            }
+            status s = kv.reserve(m);
+            TC_CHECK(s.ok()) << s.message;
+            for (int il = 0; il < n_layer; il++) { kv.append(il, m, k.data(), v.data(), pos.data()); kv.retain(il); }
+        }
+    }
+};
+
+} // namespace
+
+TC_TEST("kv codecs: protected tokens and the staging window stay f16; memory report == §3.7; fewer pages") {
+    const kv_codec_type types[] = {KV_CODEC_Q8, KV_CODEC_Q4, KV_CODEC_KIVI2, KV_CODEC_KIVI4, KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4};
+    for (kv_codec_type t : types) {
+        for (int chunk : {1, 37}) {
+            coded_fixture fx;
+            std::mt19937 rng(4);
+            kv_storage_config st;
+            st.key = st.value = t;
+            st.staging = 20;
+            st.protect = 5;
+            st.group = 32;
+            auto kv = fx.make(st);
+            const int n = 300;
+            fx.feed(*kv, n, chunk, rng);
+            const int F = std::max(KV_TILE, t == KV_CODEC_KIVI2 || t == KV_CODEC_KIVI4 ? 32 : 1);
+            const int nq = (n - st.protect - st.staging) / F * F, nf = n - nq;
+            for (int il = 0; il < fx.n_layer; il++) {
+                for (int ih = 0; ih < fx.n_head_kv; ih++) {
+                    const kv_head_view hv = kv->head(il, ih);
+                    TC_CHECK(hv.coded && hv.coded->n == nq && hv.n == nf) << kv_codec_get(t).name << ": nq " << (hv.coded ? hv.coded->n : -1) << " vs " << nq;
+                    if (!hv.coded) continue;
+                    for (int32_t j = 0; j < hv.coded->n; j++) TC_CHECK(hv.coded->pos[j] == st.protect + j);
+                    std::vector<int32_t> fpos;
+                    for (int s = 0; s < hv.n_seg; s++) for (int j = 0; j < hv.seg[s].n; j++) fpos.push_back(hv.seg[s].pos[j]);
+                    for (int j = 0; j < st.protect; j++) TC_CHECK(fpos[(size_t) j] == j) << "sink " << j << " quantized";
+                    TC_CHECK((int) fpos.size() - st.protect >= st.staging);
+                    TC_CHECK(fpos.back() == n - 1);
+                }
+            }
+            const kv_codec_traits & tr = kv_codec_get(t);
+            const int b = tr.bits, D = fx.D, Gq = kv_codec_group(t, D, 32);
+            const uint64_t heads = (uint64_t) fx.n_layer * fx.n_head_kv;
+            const kv_memory_report r = kv->memory(false);
+            // §3.7: bytes/token/head = 2·[D·b/8 + (D/Gq)·(s_bytes + z_bytes)]
+            const double meta = t == KV_CODEC_Q8 || t == KV_CODEC_Q4 ? 2.0 * (D / Gq)
+                              : t == KV_CODEC_KIVI2 || t == KV_CODEC_KIVI4 ? 4.0 * D / 32 /* keys: per channel per 32 tokens */ : 3.0 * (D / Gq);
+            const double meta_v = t == KV_CODEC_KIVI2 || t == KV_CODEC_KIVI4 ? 4.0 * (D / Gq) : meta;
+            TC_CHECK(r.code_bytes == heads * nq * 2 * (uint64_t) (D * b / 8)) << tr.name << ": code bytes " << r.code_bytes;
+            TC_CHECK(r.scale_bytes == (uint64_t) std::llround(heads * nq * (meta + meta_v))) << tr.name << ": scale bytes " << r.scale_bytes;
+            TC_CHECK(r.staging_bytes == heads * nf * (uint64_t) (D + fx.DV) * 2) << tr.name;
+            TC_CHECK(r.position_bytes == heads * n * 4);
+            TC_CHECK(r.key_bytes + r.value_bytes == r.code_bytes + r.scale_bytes + r.staging_bytes);
+            TC_CHECK(r.quantized_tokens == (int64_t) heads * nq && r.resident_tokens == (int64_t) heads * n);
+            if (t == KV_CODEC_ROT2) {  // §3.7 with D = 64, Gq = 32, b = 2: 2·(16 + 2·3) = 44 B per token per head
+                TC_CHECK(r.code_bytes + r.scale_bytes == heads * nq * 44);
+            }
+            // fewer pages than the f16 cache holding the same tokens
+            coded_fixture f16fx;
+            auto kv16 = f16fx.make(kv_storage_config{});
+            std::mt19937 rng2(4);
+            f16fx.feed(*kv16, n, chunk, rng2);
+            // (q8 is 8.5/16 of f16: at 300 tokens its separate key and value pages round up to about the f16 count)
+            if (t != KV_CODEC_Q8) TC_CHECK(r.bytes_allocated < kv16->memory(false).bytes_allocated) << tr.name;
+        }
+    }
+}
+
+TC_TEST("kv codecs: rewinding a coded cache keeps exactly what a fresh evaluation would have") {
+    coded_fixture fx;
+    std::mt19937 rng(5);
+    kv_storage_config st;
+    st.key = st.value = KV_CODEC_ROT2;
+    st.staging = 20;
+    st.protect = 5;
+    auto kv = fx.make(st);
+    fx.feed(*kv, 200, 7, rng);
+    // 200 - 5 - 20 = 175 → 160 quantized (pos 5..164). At 190: fresh would hold (190-25)/16*16 = 160: exact.
+    TC_CHECK(kv->remove_from(190) == 190);
+    TC_CHECK(kv->head(0, 0).coded->n == 160);
+    // at 100, fresh would hold 64 quantized but we keep 95: only the protected prefix is exact
+    const int32_t keep = kv->remove_from(100);
+    TC_CHECK(keep == 5) << keep;
+    TC_CHECK(kv->head(0, 0).coded->n == 0 && kv->head(0, 0).n == 5);
+}
+
+TC_TEST("kv codecs: attention over a coded cache tracks the f16 cache (error shrinks with bits)") {
+    const int H = 2, Hq = 6, D = 64, n = 260;
+    double prev = 1e9;
+    for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4, KV_CODEC_Q8}) {
+        for (bool post : {false, true}) {
+            coded_fixture fx;
+            fx.n_layer = 1;
+            std::mt19937 rng(6), rng2(6);
+            kv_storage_config st;
+            st.key = st.value = t;
+            st.staging = 16;
+            st.protect = 4;
+            st.post_rope = post;
+            auto kv = fx.make(st), kv16 = fx.make(kv_storage_config{});
+            fx.feed(*kv, n, 50, rng);
+            fx.feed(*kv16, n, 50, rng2);
+            attn_params p;
+            p.n_tokens = 1; p.n_head = Hq; p.n_head_kv = H; p.head_dim = D; p.head_dim_v = D; p.scale = 1.0f / std::sqrt((float) D);
+            std::mt19937 rq(7);
+            auto q = randn(rq, (size_t) Hq * D, 2.0f);
+            const int32_t qpos = n - 1;
+            std::vector<float> o((size_t) Hq * D), o16((size_t) Hq * D), oref((size_t) Hq * D);
+            thread_pool pool(2);
+            attn_scratch sc;
+            attention(pool, p, q.data(), &qpos, *kv, 0, o.data(), sc);
+            attention_ref(p, q.data(), &qpos, *kv, 0, oref.data());
+            attention(pool, p, q.data(), &qpos, *kv16, 0, o16.data(), sc);
+            TC_CHECK(nmse(o.data(), oref.data(), o.size()) < 1e-10) << "threaded coded path == ref";
+            const double e = nmse(o.data(), o16.data(), o.size());
+            const double budget = t == KV_CODEC_ROT2 ? 0.7 : t == KV_CODEC_ROT3 ? 0.2 : t == KV_CODEC_ROT4 ? 0.1 : 1e-3;
+            TC_CHECK(e < budget) << kv_codec_get(t).name << " post=" << post << ": NMSE vs f16 " << e;
+            if (!post) { TC_CHECK(e < prev * 1.5) << kv_codec_get(t).name; prev = e; }
+        }
+    }
+}
