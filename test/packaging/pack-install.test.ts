@@ -74,8 +74,16 @@ describe.skipIf(!runOn)('npm pack → install into an empty project → use', ()
   beforeAll(async () => {
     if (!existsSync(join(repoRoot, 'dist', 'index.cjs'))) throw new Error('dist/ is missing: run `npm run build:ts` first (npm test does)');
     work = mkdtempSync(join(tmpdir(), 'thinkcache-pack-'));
+    // staged into the repo only while packing: a stale prebuild left there would load silently once build/ is gone
+    const staged = join(repoRoot, 'prebuilds', platform);
+    const hadPrebuild = existsSync(staged) && readdirSync(staged).some((f) => f.endsWith('.node'));
     ok(sh(process.execPath, [join(repoRoot, 'scripts', 'stage-prebuild.mjs'), '--from', binary], repoRoot), 'stage-prebuild');
-    const pack = JSON.parse(ok(sh('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], repoRoot), 'npm pack'));
+    let pack;
+    try {
+      pack = JSON.parse(ok(sh('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], repoRoot), 'npm pack'));
+    } finally {
+      if (!hadPrebuild) rmSync(join(repoRoot, 'prebuilds'), { recursive: true, force: true });
+    }
     files = (pack[0].files as Array<{ path: string }>).map((f) => f.path);
     project = join(work, 'consumer');
     mkdirSync(project);
