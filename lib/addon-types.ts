@@ -84,7 +84,13 @@ export interface AddonKvMemory {
   residentTokens: number;
   bytesUsed: number;
   bytesAllocated: number;
-  breakdown: { keys: number; values: number; positions: number; metadata: number; poolSlack: number };
+  breakdown: {
+    keys: number; values: number; positions: number; metadata: number; poolSlack: number;
+    /** Coded heads (kv.storage): codes, scales + zero-points, and their f16 tokens (staging + protected). */
+    codes?: number; scales?: number; staging?: number;
+  };
+  /** Tokens held in codec pages (kv.storage), summed over heads. */
+  quantizedTokens?: number;
   /** Tokens dropped so far by eviction and stream trimming (all heads), head compactions, time spent. */
   evictedTokens: number;
   compactions: number;
@@ -106,7 +112,7 @@ export interface AddonSequence {
   memory(perHead?: boolean): AddonKvMemory;
   /** Head calibration (window-substitution error) over the following evals; null turns it off. */
   setCalibration(sinks: number | null, recent?: number): void;
-  getCalibration(): { errSum: Float64Array; outMassSum: Float64Array; count: Float64Array } | null;
+  getCalibration(): { errSum: Float64Array; outMassSum: Float64Array; count: Float64Array; qSum: Float64Array; kSum: Float64Array; tokens: number } | null;
   dispose(): void;
 }
 
@@ -148,6 +154,7 @@ export interface Addon {
     options: {
       contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number;
       eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number };
+      storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean };
     },
   ) => AddonContext;
   AddonSequence: new (context: AddonContext) => AddonSequence;

@@ -20,7 +20,8 @@ const USAGE = `Usage:
   thinkcache inspect --model PATH [--json]
 ${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON ... | --profile P.tsv --sweep-sparsity 0,0.5 [--stream 16+48])
                   [--traces N] [--max-tokens T] [--prompts FILE] [--json] [--chart out.svg]
-  thinkcache profile-heads --model PATH --out P.tsv [--traces N] [--max-tokens T] [--sinks S] [--recent R]
+  thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T]
+                  [--sinks S] [--recent R]
 
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate

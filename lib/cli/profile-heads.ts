@@ -1,6 +1,7 @@
 /**
- * `thinkcache profile-heads --model M --out P.tsv [--traces N] [--max-tokens T] [--sinks S] [--recent R]`
- * Training-free head calibration (window-substitution error on the model's own greedy traces).
+ * `thinkcache profile-heads --model M --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T] [--sinks S] [--recent R]`
+ * Training-free head calibration on the model's own greedy traces: window-substitution error (§1.12 b,
+ * default) or the mean-query/mean-key attention curve (§1.12 a).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -16,6 +17,7 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
     options: {
       model: { type: 'string', short: 'm' }, out: { type: 'string', short: 'o' }, traces: { type: 'string' }, 'max-tokens': { type: 'string' },
       sinks: { type: 'string' }, recent: { type: 'string' }, prompts: { type: 'string' }, threads: { type: 'string' }, json: { type: 'boolean' },
+      method: { type: 'string', default: 'wse' },
     },
     strict: true,
   });
@@ -28,9 +30,10 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
   };
   const prompts = values.prompts ? readFileSync(values.prompts, 'utf8').split('\n').filter((l) => l.trim()) : DEFAULT_PROMPTS;
   const traces = num(values.traces, 'traces', Math.min(8, prompts.length));
+  if (values.method !== 'wse' && values.method !== 'mean-qk') throw new LlmError(`--method: expected wse or mean-qk, received "${values.method}"`, 'ERR_INVALID_OPTIONS');
   await using model = await loadModel({ path: values.model });
   const r = await calibrateHeadProfile(model, {
-    prompts: prompts.slice(0, traces), maxTokens: num(values['max-tokens'], 'max-tokens', 256),
+    prompts: prompts.slice(0, traces), maxTokens: num(values['max-tokens'], 'max-tokens', 256), method: values.method,
     sinks: num(values.sinks, 'sinks', 16), recent: num(values.recent, 'recent', 64), ...(values.threads ? { threads: num(values.threads, 'threads', 1) } : {}),
     onProgress: process.stderr.isTTY && !values.json ? (d, t) => process.stderr.write(`\r  ${d}/${t} passes`) : undefined,
   });
@@ -38,7 +41,7 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
   writeFileSync(values.out, formatHeadProfile(r.profile));
   const { nLayer, nHeadKv } = r.profile;
   if (values.json) {
-    process.stdout.write(JSON.stringify({ out: values.out, source: r.profile.source, traces: r.traces, tokens: r.tokens, nLayer, nHeadKv,
+    process.stdout.write(JSON.stringify({ out: values.out, method: r.method, source: r.profile.source, rawScores: Array.from(r.rawScores), traces: r.traces, tokens: r.tokens, nLayer, nHeadKv,
       scores: Array.from(r.profile.scores), meanError: Array.from(r.meanError), meanOutMass: Array.from(r.meanOutMass) }) + '\n');
   } else {
     process.stdout.write(`wrote ${values.out}: ${nLayer} layers × ${nHeadKv} KV heads from ${r.traces} traces (${r.tokens} tokens), ${r.profile.source}\n`);

@@ -8,7 +8,16 @@
 import type { Model } from '../Model.js';
 import type { HeadProfile } from './head-profile.js';
 
+export type CalibrationMethod = 'wse' | 'mean-qk';
+
 export interface CalibrateOptions {
+  /**
+   * 'wse' (default, §1.12 b): window-substitution error of each head on the traces.
+   * 'mean-qk' (§1.12 a, kvpress's "duo_attention_on_the_fly"): the mean query and mean key of each head
+   * over the traces, repeated at positions 0..499 with RoPE; score = mean of the last query's cumulative
+   * attention curve (high = attends early/far = retrieval head). Cheap, but measures positional bias.
+   */
+  method?: CalibrationMethod;
   prompts: (string | readonly number[])[];
   /** Tokens generated per trace (the trace is prompt + generation). */
   maxTokens: number;
@@ -21,6 +30,9 @@ export interface CalibrateOptions {
 
 export interface CalibrationResult {
   profile: HeadProfile;
+  method: CalibrationMethod;
+  /** The method's per-head score before ranking. */
+  rawScores: Float64Array;
   /** Mean window-substitution error per head (row-major [layer][kvHead]). */
   meanError: Float64Array;
   /** Mean attention mass outside the window per head (diagnostic). */
@@ -67,12 +79,64 @@ export async function calibrateHeadProfile(model: Model, opts: CalibrateOptions)
   if (c.count.every((x) => x === 0)) {
     throw new RangeError(`calibrateHeadProfile: no position reached sinks + recent = ${sinks + recent}; use longer traces (maxTokens) or a smaller window`);
   }
+  const method = opts.method ?? 'wse';
+  const raw = method === 'wse' ? meanError : meanQkScores(model, c.qSum, c.kSum, c.tokens);
   // ranks in [0, 1]: rank / (N − 1), ties by flat index (stable)
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => meanError[a]! - meanError[b]! || a - b);
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => raw[a]! - raw[b]! || a - b);
   const scores = new Float64Array(n);
   order.forEach((idx, r) => { scores[idx] = n > 1 ? r / (n - 1) : 1; });
   return {
-    profile: { nLayer: model.info.nLayer, nHeadKv: model.info.nHeadKv, scores, source: `wse(S=${sinks},R=${recent},traces=${traces.length})` },
-    meanError, meanOutMass, samples: c.count, traces: traces.length, tokens,
+    profile: {
+      nLayer: model.info.nLayer, nHeadKv: model.info.nHeadKv, scores,
+      source: method === 'wse' ? `wse(S=${sinks},R=${recent},traces=${traces.length})` : `mean-qk(positions=${MEAN_QK_POSITIONS},traces=${traces.length})`,
+    },
+    method, rawScores: raw, meanError, meanOutMass, samples: c.count, traces: traces.length, tokens,
   };
+}
+
+const MEAN_QK_POSITIONS = 500;
+
+/** RoPE of one head vector at `pos`, in the model's style (llama: adjacent pairs; qwen: halves). */
+function rope(x: Float64Array, pos: number, nRot: number, base: number, neox: boolean): Float64Array {
+  const y = Float64Array.from(x);
+  for (let i = 0; i < nRot / 2; i++) {
+    const theta = pos * Math.pow(base, (-2 * i) / nRot);
+    const c = Math.cos(theta), s = Math.sin(theta);
+    const a = neox ? i : 2 * i, b = neox ? i + nRot / 2 : 2 * i + 1;
+    y[a] = x[a]! * c - x[b]! * s;
+    y[b] = x[a]! * s + x[b]! * c;
+  }
+  return y;
+}
+
+/** §1.12 (a): per KV head, the mean over its query heads of the mean cumulative attention curve. */
+function meanQkScores(model: Model, qSum: Float64Array, kSum: Float64Array, tokens: number): Float64Array {
+  const { nLayer, nHead, nHeadKv, headDim: D, nRot, ropeFreqBase, architecture } = model.info;
+  const neox = architecture !== 'llama';
+  const G = nHead / nHeadKv, P = MEAN_QK_POSITIONS;
+  const out = new Float64Array(nLayer * nHeadKv);
+  const scale = 1 / Math.sqrt(D);
+  for (let l = 0; l < nLayer; l++) {
+    for (let h = 0; h < nHeadKv; h++) {
+      const kMean = new Float64Array(D);
+      for (let d = 0; d < D; d++) kMean[d] = kSum[(l * nHeadKv + h) * D + d]! / Math.max(1, tokens);
+      const keys = Array.from({ length: P }, (_, j) => rope(kMean, j, nRot, ropeFreqBase, neox));
+      let total = 0;
+      for (let g = 0; g < G; g++) {
+        const qh = h * G + g;
+        const qMean = new Float64Array(D);
+        for (let d = 0; d < D; d++) qMean[d] = qSum[(l * nHead + qh) * D + d]! / Math.max(1, tokens);
+        const q = rope(qMean, P - 1, nRot, ropeFreqBase, neox);
+        const logits = keys.map((k) => { let s = 0; for (let d = 0; d < D; d++) s += q[d]! * k[d]!; return s * scale; });
+        const mx = Math.max(...logits);
+        const p = logits.map((x) => Math.exp(x - mx));
+        const z = p.reduce((a, b) => a + b, 0);
+        let cum = 0, area = 0;
+        for (const pj of p) { cum += pj / z; area += cum; }
+        total += area / P;
+      }
+      out[l * nHeadKv + h] = total / G;
+    }
+  }
+  return out;
 }

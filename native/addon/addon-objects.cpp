@@ -163,6 +163,32 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
         p.policy.ratio = (float) opt_num(e, "ratio", 0);
         if (p.policy.capacity < 1 || p.policy.window < 1 || p.policy.protect < 0) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: eviction capacity and window must be >= 1");
     }
+    // storage codecs: { key, value, stagingTokens, protectFirst, groupSize, clip (< 0: codec default), postRope }
+    Napi::Value sv = o.Get("storage");
+    if (sv.IsObject()) {
+        Napi::Object so = sv.As<Napi::Object>();
+        auto codec = [&](const char * k) {
+            const std::string name = so.Get(k).IsString() ? so.Get(k).As<Napi::String>().Utf8Value() : "f16";
+            const core::kv_codec_type t = core::kv_codec_find(name.c_str());
+            if (t == core::KV_CODEC_COUNT) throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: unknown storage codec '%s'", name.c_str()));
+            return t;
+        };
+        p.storage.key = codec("key");
+        p.storage.value = codec("value");
+        p.storage.staging = opt_int(so, "stagingTokens", 64);
+        p.storage.protect = opt_int(so, "protectFirst", 16);
+        p.storage.group = opt_int(so, "groupSize", 32);
+        p.storage.clip = (float) opt_num(so, "clip", -1);
+        p.storage.post_rope = so.Get("postRope").ToBoolean();
+        const int D = (int) m->hp.head_dim, DV = (int) m->hp.head_dim_v;
+        const bool rot = core::kv_codec_get(p.storage.key).rotated || core::kv_codec_get(p.storage.value).rotated;
+        if (rot && ((D & (D - 1)) || (DV & (DV - 1)))) {
+            throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: rot codecs need power-of-two head sizes (FWHT), the model has %d/%d", D, DV));
+        }
+        if (D % 8 || DV % 8 || p.storage.staging < 0 || p.storage.protect < 0 || p.storage.group < 1) {
+            throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: storage needs head sizes that are multiples of 8, stagingTokens/protectFirst >= 0, groupSize >= 1");
+        }
+    }
     p.stream_sinks = opt_int(o, "streamSinks", 16);
     p.stream_recent = opt_int(o, "streamRecent", 64);
     if (p.stream_sinks < 0 || p.stream_recent < 1) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: streamSinks must be >= 0 and streamRecent >= 1");
@@ -362,6 +388,10 @@ Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {
     b.Set("positions", (double) m.position_bytes);
     b.Set("metadata", (double) m.metadata_bytes);
     b.Set("poolSlack", (double) m.pool_slack_bytes);
+    b.Set("codes", (double) m.code_bytes);
+    b.Set("scales", (double) m.scale_bytes);
+    b.Set("staging", (double) m.staging_bytes);
+    o.Set("quantizedTokens", (double) m.quantized_tokens);
     o.Set("breakdown", b);
     o.Set("evictedTokens", (double) m.evicted_tokens);
     o.Set("compactions", (double) m.compactions);
@@ -418,6 +448,9 @@ Napi::Value AddonSequence::get_calibration(const Napi::CallbackInfo & info) {
     o.Set("errSum", arr(a->err_sum));
     o.Set("outMassSum", arr(a->out_mass_sum));
     o.Set("count", arr(a->count));
+    o.Set("qSum", arr(a->q_sum));
+    o.Set("kSum", arr(a->k_sum));
+    o.Set("tokens", a->tokens);
     return o;
 }
 

@@ -84,6 +84,8 @@ void engine_sequence::set_calibration(int sinks, int recent) {
         wse_->err_sum.assign(n, 0.0);
         wse_->out_mass_sum.assign(n, 0.0);
         wse_->count.assign(n, 0.0);
+        wse_->q_sum.assign((size_t) hp.n_layer * hp.n_head * hp.head_dim, 0.0);
+        wse_->k_sum.assign((size_t) hp.n_layer * hp.n_head_kv * hp.head_dim, 0.0);
     }
     scratch_.wse = wse_.get();
 }

@@ -81,6 +81,13 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
                 for (uint32_t h = 0; h < hp.n_head_kv; h++) rms_norm_ref(k + h * hp.head_dim, L.k_norm, k + h * hp.head_dim, hp.head_dim, hp.rms_eps);
             }
             const float * cs = s.cs.data() + t * hp.n_rot;
+            if (s.wse && !s.wse->q_sum.empty()) {
+                double * qs = s.wse->q_sum.data() + (size_t) il * n_q;
+                double * ks = s.wse->k_sum.data() + (size_t) il * n_k;
+                for (int i = 0; i < n_q; i++) qs[i] += q[i];
+                for (int i = 0; i < n_k; i++) ks[i] += k[i];
+                if (il == 0) s.wse->tokens += 1;
+            }
             rope_apply_ref(q, (int) hp.n_head, (int) hp.head_dim, (int) hp.n_rot, m.arch->rope, cs);
             rope_apply_ref(k, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, m.arch->rope, cs);
         }

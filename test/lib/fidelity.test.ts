@@ -53,6 +53,16 @@ describe('calibrateHeadProfile (window-substitution error)', () => {
     expect(Array.from(r.samples).every((c) => c > 0)).toBe(true);
   });
 
+  it('the mean-query/mean-key method (§1.12 a) scores heads from the same passes', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const r = await calibrateHeadProfile(model, { prompts: ['Once upon a time'], maxTokens: 30, method: 'mean-qk', threads: 1, contextSize: 128 });
+    expect(r.method).toBe('mean-qk');
+    expect(r.profile.source).toMatch(/^mean-qk/);
+    // the score is the mean of a cumulative attention curve: in (0, 1]
+    for (const x of r.rawScores) { expect(x).toBeGreaterThan(0); expect(x).toBeLessThanOrEqual(1 + 1e-9); }
+    expect(new Set(r.profile.scores).size).toBe(8);
+  });
+
   it('profile-heads writes a TSV that eval and createContext accept', () => {
     const out = join(dir, 'p.tsv');
     const cli = (...a: string[]) => spawnSync(process.execPath, [join(repoRoot, 'bin', 'thinkcache.cjs'), ...a], { encoding: 'utf8', cwd: repoRoot });

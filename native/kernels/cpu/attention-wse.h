@@ -21,6 +21,11 @@ struct wse_accumulator {
     std::vector<double> err_sum;       // [n_layer][n_head_kv]
     std::vector<double> out_mass_sum;  // [n_layer][n_head_kv] Σ (1 − m_in)
     std::vector<double> count;         // [n_layer][n_head_kv] query (position, head) pairs
+    // §1.12 (a) (kvpress "on the fly"): sums of the pre-RoPE queries and keys (after q/k norms and
+    // biases) over every token seen, for the mean-query / mean-key attention-curve score.
+    std::vector<double> q_sum;         // [n_layer][n_head][head_dim]
+    std::vector<double> k_sum;         // [n_layer][n_head_kv][head_dim]
+    double tokens = 0;                 // tokens summed (per layer)
 };
 
 // note: call only on a cache whose heads are all FULL (the windows are cut from the full history).
