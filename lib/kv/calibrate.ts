@@ -76,10 +76,10 @@ export async function calibrateHeadProfile(model: Model, opts: CalibrateOptions)
     meanError[i] = c.count[i]! > 0 ? c.errSum[i]! / c.count[i]! : 0;
     meanOutMass[i] = c.count[i]! > 0 ? c.outMassSum[i]! / c.count[i]! : 0;
   }
-  if (c.count.every((x) => x === 0)) {
+  const method = opts.method ?? 'wse';
+  if (method === 'wse' && c.count.every((x) => x === 0)) {
     throw new RangeError(`calibrateHeadProfile: no position reached sinks + recent = ${sinks + recent}; use longer traces (maxTokens) or a smaller window`);
   }
-  const method = opts.method ?? 'wse';
   const raw = method === 'wse' ? meanError : meanQkScores(model, c.qSum, c.kSum, c.tokens);
   // ranks in [0, 1]: rank / (N − 1), ties by flat index (stable)
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => raw[a]! - raw[b]! || a - b);
