@@ -78,6 +78,11 @@ export class Model {
       streamSinks: kv.effective.heads.sinks,
       streamRecent: kv.effective.heads.recent,
       ...(kv.eviction ? { eviction: kv.eviction } : {}),
+      storage: {
+        key: kv.effective.storage.key, value: kv.effective.storage.value, stagingTokens: kv.effective.storage.stagingTokens,
+        protectFirst: kv.effective.storage.protectFirst, groupSize: kv.effective.storage.groupSize,
+        clip: kv.effective.storage.clip ?? -1, postRope: kv.effective.storage.variant === 'post-rope',
+      },
     }));
     const context = new Context(this, ctx, opts.sequences, kv.effective, () => this._children.delete(context));
     this._children.add(context);

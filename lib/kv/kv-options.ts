@@ -32,7 +32,32 @@ export const KvHeadsOptionsSchema = z.strictObject({
   fullHeads: z.array(headRef).optional(),
 });
 
+/** Storage codecs (ALGORITHMS.md §3, §4.1; native/kv/codecs/). f16 is llama.cpp's cache layout. */
+export const KV_CODECS = ['f16', 'q8', 'q4', 'kivi2', 'kivi4', 'rot2', 'rot3', 'rot4'] as const;
+export type KvCodec = (typeof KV_CODECS)[number];
+
+/**
+ * How FULL heads store keys and values (other heads stay f16). Tokens older than the staging window,
+ * other than the first `protectFirst` positions, are quantized in blocks; attention reads the codes.
+ * @example { key: 'rot2', value: 'rot2', stagingTokens: 64, protectFirst: 16 }
+ */
+export const KvStorageOptionsSchema = z.strictObject({
+  key: z.enum(KV_CODECS).default('f16'),
+  value: z.enum(KV_CODECS).default('f16'),
+  /** Newest tokens per head kept in f16 (the staging window; KIVI's residual). */
+  stagingTokens: z.number().int().min(0).max(1 << 20).default(64),
+  /** Positions < protectFirst are never quantized (attention sinks). */
+  protectFirst: z.number().int().min(0).max(1 << 20).default(16),
+  /** rot clip ratio c (default 0.8 for rot2, 1.0 otherwise, as RotateKV). */
+  clip: z.number().gt(0).max(1).optional(),
+  /** Channels per quantization group (rot, KIVI values); KIVI keys: tokens per group. q8/q4 use 32. */
+  groupSize: z.number().int().min(8).max(1024).default(32),
+  /** rot keys: rotate before RoPE (RotateKV, RoPE re-applied in attention) or after it (§6.2 C6). */
+  variant: z.enum(['pre-rope', 'post-rope']).default('pre-rope'),
+});
+
 export const KvOptionsSchema = z.strictObject({
+  storage: KvStorageOptionsSchema.optional(),
   heads: KvHeadsOptionsSchema.optional(),
   /** Token eviction for the heads that are neither STREAM nor kept FULL (see heads.full). */
   eviction: EvictionOptionsSchema.optional(),
@@ -41,7 +66,10 @@ export type KvOptions = z.input<typeof KvOptionsSchema>;
 
 /** Exactly what the cache applies (ctx.effective.kv). */
 export interface EffectiveKv {
-  storage: { key: 'f16'; value: 'f16' };
+  storage: {
+    key: KvCodec; value: KvCodec; stagingTokens: number; protectFirst: number; clip: number | null; groupSize: number;
+    variant: 'pre-rope' | 'post-rope';
+  };
   heads: {
     nLayer: number;
     nHeadKv: number;
@@ -69,6 +97,10 @@ export interface ResolvedKv {
 
 export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefined, shape: { nLayer: number; nHeadKv: number }): ResolvedKv {
   const heads = kv?.heads ?? KvHeadsOptionsSchema.parse({});
+  const storage = kv?.storage ?? KvStorageOptionsSchema.parse({});
+  if ((storage.key.startsWith('kivi') || storage.value.startsWith('kivi')) && storage.groupSize % 16 !== 0) {
+    throw new InvalidOptionsError(`kv.storage.groupSize: KIVI groups whole 16-token tiles; got ${storage.groupSize}, expected a multiple of 16`);
+  }
   const n = shape.nLayer * shape.nHeadKv;
   let profile: HeadProfile | undefined;
   if (typeof heads.profile === 'string') profile = loadHeadProfile(heads.profile, shape);
@@ -116,7 +148,7 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
     retention,
     eviction,
     effective: {
-      storage: { key: 'f16', value: 'f16' },
+      storage: { ...storage, clip: storage.clip ?? null },
       eviction,
       heads: {
         nLayer: shape.nLayer, nHeadKv: shape.nHeadKv, retention: rows, streamHeads, fullHeads: n - streamHeads - evictHeads, evictHeads,
