@@ -6,7 +6,7 @@
 //      kRowTile rows and runs every token against a tile while the tile sits in L2 (a 16-row tile of a
 //      4864-wide q8_0 matrix is 83 KB), with one activation row hot in L1 across the tile. On Zen 4,
 //      tiles of 4..16 rows measured equal and 64 rows 30% slower (896x4864 q8_0, 64 tokens). Types with a
-//      `gemm` micro-kernel (q8_0, q4_K, q6_K) run GEMM_MR rows x GEMM_NT tokens per call inside the tile;
+//      `gemm` micro-kernel (q8_0, q4_0, q5_0, q4_K, q6_K) run GEMM_MR rows x GEMM_NT tokens per call inside the tile;
 //      the others loop over the one-row vec_dot.
 #include "matmul.h"
 

@@ -28,6 +28,8 @@ void vec_dot_q4_K_q8_K_avx2(int64_t n, float * s, const void * x, const void * y
 void vec_dot_q5_K_q8_K_avx2(int64_t n, float * s, const void * x, const void * y);
 void vec_dot_q6_K_q8_K_avx2(int64_t n, float * s, const void * x, const void * y);
 void gemm_q8_0_q8_0_avx2(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
+void gemm_q4_0_q8_0_avx2(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
+void gemm_q5_0_q8_0_avx2(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void gemm_q4_K_q8_K_avx2(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void gemm_q6_K_q8_K_avx2(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void quantize_row_q8_1_avx2(const float * x, void * y, int64_t n);
@@ -52,6 +54,8 @@ void vec_dot_q4_K_q8_K_avx512vnni(int64_t n, float * s, const void * x, const vo
 void vec_dot_q5_K_q8_K_avx512vnni(int64_t n, float * s, const void * x, const void * y);
 void vec_dot_q6_K_q8_K_avx512vnni(int64_t n, float * s, const void * x, const void * y);
 void gemm_q8_0_q8_0_avx512vnni(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
+void gemm_q4_0_q8_0_avx512vnni(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
+void gemm_q5_0_q8_0_avx512vnni(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void gemm_q4_K_q8_K_avx512vnni(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void gemm_q6_K_q8_K_avx512vnni(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void quantize_row_q8_1_avx512vnni(const float * x, void * y, int64_t n);
