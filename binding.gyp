@@ -34,6 +34,8 @@
         "native/kv/page-pool.cpp",
         "native/kv/policies/h2o.cpp",
         "native/kv/policies/lazy.cpp",
+        "native/kv/policies/rkv.cpp",
+        "native/kv/policies/snapkv.cpp",
         "native/kv/policies/streaming.cpp",
         "native/kv/policies/tova.cpp",
         "native/model/arch.cpp",

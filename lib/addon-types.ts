@@ -153,7 +153,7 @@ export interface Addon {
     model: AddonModel,
     options: {
       contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number;
-      eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number };
+      eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number; interval?: number; lambda?: number; pool?: number };
       storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean };
     },
   ) => AddonContext;

@@ -40,8 +40,27 @@ export const StreamingPolicySchema = z.strictObject({
   protect: z.number().int().min(0).max(1 << 20).default(4),
 });
 
-export const EvictionOptionsSchema = z.union([LazyPolicySchema, H2oPolicySchema, TovaPolicySchema, StreamingPolicySchema]);
+const qkCommon = {
+  ...common,
+  /** w: the last w queries score the keys, and the w newest tokens are always kept. */
+  window: z.number().int().min(1).max(4096).default(8),
+  /** Compress every `interval` decode steps (the R-KV repo's buffer). */
+  interval: z.number().int().min(1).max(1 << 20).default(128),
+  /** 1-D max-pool kernel over token scores (odd). */
+  pool: z.number().int().min(1).max(63).default(7),
+};
+
+export const SnapKvPolicySchema = z.strictObject({ policy: z.literal('snapkv'), ...qkCommon });
+
+export const RkvPolicySchema = z.strictObject({
+  policy: z.literal('rkv'),
+  ...qkCommon,
+  /** Weight of attention importance against key redundancy (0.1 in the paper). */
+  lambda: z.number().min(0).max(1).default(0.1),
+});
+
+export const EvictionOptionsSchema = z.union([LazyPolicySchema, H2oPolicySchema, TovaPolicySchema, StreamingPolicySchema, SnapKvPolicySchema, RkvPolicySchema]);
 export type EvictionOptions = z.input<typeof EvictionOptionsSchema>;
 
 /** Policy names accepted here (must equal the native registry). */
-export const EVICTION_POLICIES = ['lazy', 'h2o', 'tova', 'streaming'] as const;
+export const EVICTION_POLICIES = ['lazy', 'h2o', 'tova', 'streaming', 'snapkv', 'rkv'] as const;

@@ -17,6 +17,7 @@ engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std
     kv_cache_config kc;
     kc.n_layer = (int) hp.n_layer;
     kc.n_head_kv = (int) hp.n_head_kv;
+    kc.n_head = (int) hp.n_head;
     kc.head_dim = (int) hp.head_dim;
     kc.head_dim_v = (int) hp.head_dim_v;
     kc.n_ctx = ctx_->params().n_ctx;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cmath>
 #include <cstring>
 
 #include "../kernels/cpu/ops.h"
@@ -20,6 +21,12 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
         if (heads_[i].mode == KV_RETAIN_EVICT) layer_has_evict_[i / cfg_.n_head_kv] = 1;
     }
     policy_ = kv_policy_get(cfg_.policy.kind);
+    if (cfg_.n_head <= 0) cfg_.n_head = cfg_.n_head_kv;
+    if (policy_ && policy_->score_qk) {
+        q_window_ = policy_->query_window(cfg_.policy);
+        qring_.assign((size_t) cfg_.n_layer, std::vector<float>((size_t) q_window_ * cfg_.n_head * cfg_.head_dim, 0.0f));
+        qcount_.assign((size_t) cfg_.n_layer, 0);
+    }
     const kv_storage_config & st = cfg_.storage;
     if (st.coded()) {
         kv_coded_view & c = cv0_;
@@ -107,6 +114,13 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     keep.reserve((size_t) (h.n - m));
     for (int32_t j = 0; j < h.n; j++) if (j < n_prot || j >= n_prot + m) keep.push_back(j);
     compact(h, keep);  // also rebuilds the coded view
+}
+
+void kv_cache::record_query(int il, const float * q) {
+    const size_t row = (size_t) cfg_.n_head * cfg_.head_dim;
+    float * dst = qring_[(size_t) il].data() + (size_t) (qcount_[(size_t) il] % q_window_) * row;
+    std::memcpy(dst, q, row * sizeof(float));
+    qcount_[(size_t) il]++;
 }
 
 status kv_cache::reserve(int n_tokens) {
@@ -264,7 +278,28 @@ void kv_cache::retain(int il) {
         if (!policy_->due(step_, h.n, prompt_, cfg_.policy)) continue;
         const auto t0 = std::chrono::steady_clock::now();
         scores.resize((size_t) h.n);
-        policy_->score(h.stats, h.n, step_, cfg_.policy, scores.data());
+        if (policy_->score_qk) {
+            // the group's rows of the recorded queries, oldest first
+            const int G = cfg_.n_head / H, D = cfg_.head_dim;
+            const int nq = std::min<int32_t>(qcount_[(size_t) il], q_window_);
+            std::vector<float> qs((size_t) nq * G * D);
+            for (int i = 0; i < nq; i++) {
+                const int32_t slot = (qcount_[(size_t) il] - nq + i) % q_window_;
+                const float * src = qring_[(size_t) il].data() + ((size_t) slot * cfg_.n_head + (size_t) ih * G) * D;
+                std::memcpy(qs.data() + (size_t) i * G * D, src, sizeof(float) * G * D);
+            }
+            const kv_head_view hv = head(il, ih);
+            kv_qk_inputs in;
+            in.head = &hv;
+            in.head_dim = D;
+            in.group = G;
+            in.queries = qs.data();
+            in.n_queries = nq;
+            in.scale = 1.0f / std::sqrt((float) D);
+            policy_->score_qk(in, cfg_.policy, scores.data());
+        } else {
+            policy_->score(h.stats, h.n, step_, cfg_.policy, scores.data());
+        }
         keep = kv_select_keep(scores.data(), h.pos.data(), h.n, policy_->budget(step_, prompt_, cfg_.policy), policy_->recent(cfg_.policy), cfg_.policy.protect);
         evicted_ += h.n - (int64_t) keep.size();
         compact(h, keep);

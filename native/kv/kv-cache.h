@@ -116,6 +116,7 @@ struct kv_storage_config {
 
 struct kv_cache_config {
     int n_layer = 0, n_head_kv = 0, head_dim = 0, head_dim_v = 0, n_ctx = 0;
+    int n_head = 0;                  // query heads (0: same as n_head_kv); needed by query-scoring policies
     std::vector<uint8_t> retention;  // [n_layer][n_head_kv] kv_retention; empty = all FULL
     int stream_sinks = 16;           // S
     int stream_recent = 64;          // R
@@ -182,6 +183,10 @@ public:
     float * probs_max(int il, int ih) { return heads_[(size_t) il * cfg_.n_head_kv + ih].p_max.data(); }
     float * probs_sum(int il, int ih) { return heads_[(size_t) il * cfg_.n_head_kv + ih].p_sum.data(); }
     int32_t decode_step() const { return step_; }
+    // Policies that score from recent queries (snapkv, rkv) need each decode step's post-RoPE queries.
+    bool wants_queries(int il) const { return q_window_ > 0 && layer_has_evict_[(size_t) il]; }
+    // note: call only when wants_queries(il); q: [n_head][head_dim] of the newest token.
+    void record_query(int il, const float * q);
 
     const kv_cache_config & config() const { return cfg_; }
 
@@ -217,6 +222,9 @@ private:
     int32_t n_logical_ = 0;
     int32_t step_ = 0;                // decode steps since the last prompt chunk
     int32_t prompt_ = 0;              // tokens of the prompt (before the first decode step)
+    int32_t q_window_ = 0;                    // queries kept per layer (policy's query_window)
+    std::vector<std::vector<float>> qring_;  // [n_layer][q_window][n_head][head_dim], ring
+    std::vector<int32_t> qcount_;             // [n_layer] queries recorded (ring position = count % q_window)
     int64_t evicted_ = 0, compactions_ = 0;
     double compaction_s_ = 0;
 };

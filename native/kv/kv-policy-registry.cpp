@@ -10,8 +10,11 @@ extern const kv_policy KV_POLICY_LAZY_ROW;
 extern const kv_policy KV_POLICY_H2O_ROW;
 extern const kv_policy KV_POLICY_TOVA_ROW;
 extern const kv_policy KV_POLICY_STREAMING_ROW;
+extern const kv_policy KV_POLICY_SNAPKV_ROW;
+extern const kv_policy KV_POLICY_RKV_ROW;
 
-static const kv_policy * const REGISTRY[] = {&KV_POLICY_LAZY_ROW, &KV_POLICY_H2O_ROW, &KV_POLICY_TOVA_ROW, &KV_POLICY_STREAMING_ROW};
+static const kv_policy * const REGISTRY[] = {&KV_POLICY_LAZY_ROW, &KV_POLICY_H2O_ROW, &KV_POLICY_TOVA_ROW, &KV_POLICY_STREAMING_ROW,
+                                             &KV_POLICY_SNAPKV_ROW, &KV_POLICY_RKV_ROW};
 
 const kv_policy * kv_policy_get(kv_policy_kind kind) {
     for (const kv_policy * p : REGISTRY) if (p->kind == kind) return p;

@@ -15,6 +15,8 @@ enum kv_policy_kind : int {
     KV_POLICY_H2O = 1,        // heavy hitters (cumulative attention) + recent window, every step
     KV_POLICY_TOVA = 2,       // current query's attention, averaged over the layer, every step
     KV_POLICY_STREAMING = 3,  // StreamingLLM: first `protect` sinks + the most recent tokens
+    KV_POLICY_SNAPKV = 4,     // SnapKV re-run during decoding (last w queries, pooled attention)
+    KV_POLICY_RKV = 5,        // R-KV: attention importance minus key redundancy
     KV_POLICY_COUNT
 };
 
@@ -25,6 +27,20 @@ struct kv_policy_params {
     float alpha = 1e-4f;      // lazy: attention threshold for a "hit"
     int32_t protect = 0;      // the first `protect` positions are never evicted (sinks)
     float ratio = 0.0f;       // lazy ratio mode (> 0): C = P + max(W, floor(ratio * t)) at each check
+    int32_t interval = 128;   // snapkv / rkv: compress every `interval` decode steps
+    float lambda = 0.1f;      // rkv: weight of attention importance vs redundancy
+    int32_t pool = 7;         // snapkv / rkv: 1-D max-pool kernel over token scores
+};
+
+struct kv_head_view;
+// Inputs of the policies that score from keys and recent queries (snapkv, rkv).
+struct kv_qk_inputs {
+    const kv_head_view * head = nullptr;
+    int head_dim = 0;
+    int group = 0;                  // query heads per KV head
+    const float * queries = nullptr;  // [n_queries][group][head_dim] post-RoPE, oldest first
+    int n_queries = 0;
+    float scale = 1.0f;
 };
 
 // Per-token statistics a head keeps for its policy (parallel to its token arrays; gathered on compaction).
@@ -59,6 +75,9 @@ struct kv_policy {
     int32_t (*recent)(const kv_policy_params & pp);
     // scores[j] for j < n (higher = keep).
     void (*score)(const kv_token_stats & s, int32_t n, int32_t t, const kv_policy_params & pp, float * scores);
+    // Policies that score from keys and the last `query_window` queries set these instead of `score`.
+    int32_t (*query_window)(const kv_policy_params & pp) = nullptr;
+    void (*score_qk)(const kv_qk_inputs & in, const kv_policy_params & pp, float * scores) = nullptr;
 };
 
 const kv_policy * kv_policy_get(kv_policy_kind kind);

@@ -92,6 +92,7 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
             rope_apply_ref(k, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, m.arch->rope, cs);
         }
         kv.append((int) il, n_tokens, s.k.data(), s.v.data(), s.pos.data());
+        if (kv.wants_queries((int) il)) kv.record_query((int) il, s.q.data() + (T - 1) * n_q);
         attention(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, s.attn.data(), s.at);
         if (s.wse) attention_window_error(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, *s.wse);
         kv.retain((int) il);  // STREAM heads keep their sinks + recent window

@@ -23,7 +23,7 @@ describe('kv.eviction', () => {
       const capacity = 48, window = 16;
       await using ctx = await model.createContext({
         contextSize: 512, threads: 1,
-        kv: { eviction: policy === 'tova' ? { policy, capacity } : policy === 'streaming' ? { policy, capacity, protect: 4 } : { policy, capacity, window } },
+        kv: { eviction: policy === 'tova' ? { policy, capacity } : policy === 'streaming' ? { policy, capacity, protect: 4 } : policy === 'snapkv' || policy === 'rkv' ? { policy, capacity, window: 8, interval: window } : { policy, capacity, window } },
       });
       expect(ctx.effective.kv.heads.evictHeads).toBe(8);
       const seq = ctx.acquireSequence();

@@ -98,6 +98,7 @@ TC_TEST("kv-policies: every registry row keeps budget, sinks, recent window; det
         pp.window = 32;
         pp.alpha = 1e-4f;
         pp.protect = 4;
+        pp.interval = 32;  // snapkv / rkv compress every 32 steps here
         std::vector<std::vector<int32_t>> runs[2];
         for (int rep = 0; rep < 2; rep++) {
             auto kv = make(pp);
