@@ -1,0 +1,60 @@
+// Shared by the CUDA kernels (device side; include only from .cu files). Errors never abort: every CUDA
+// call goes through CUDA_CHECK, which records the failing statement, file, line and CUDA's message into
+// a core::status (ERR_CUDA, or ERR_OOM_DEVICE for cudaErrorMemoryAllocation) and returns it, so the
+// boundary (native/addon/errors.cpp) turns it into a typed JS CudaError / OutOfMemoryError.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../common/status.h"
+
+namespace core {
+namespace cuda {
+
+// The status of a failed CUDA call: "<stmt> failed at <file>:<line>: <cudaError name>: <message>".
+inline status status_from_cuda(cudaError_t err, const char * stmt, const char * file, int line) {
+    if (err == cudaSuccess) return status::success();
+    const status_code c = err == cudaErrorMemoryAllocation ? ERR_OOM_DEVICE : ERR_CUDA;
+    return status(c, strfmt("%s failed at %s:%d: %s: %s", stmt, file, line, cudaGetErrorName(err), cudaGetErrorString(err)));
+}
+
+} // namespace cuda
+} // namespace core
+
+// Returns a failed status from the enclosing function (which must return core::status).
+#define CUDA_CHECK(stmt)                                                                            \
+    do {                                                                                            \
+        const cudaError_t tc_cuda_err_ = (stmt);                                                    \
+        if (tc_cuda_err_ != cudaSuccess) return ::core::cuda::status_from_cuda(tc_cuda_err_, #stmt, __FILE__, __LINE__); \
+    } while (0)
+
+// After a kernel launch: launch-configuration errors (the kernel itself runs asynchronously; its faults
+// surface at the next synchronizing call, which is CUDA_CHECKed too).
+#define CUDA_CHECK_LAUNCH(what) CUDA_CHECK(cudaGetLastError())
+
+namespace core {
+namespace cuda {
+
+constexpr int WARP = 32;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float f16_bits_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float((uint32_t) h << 16); }
+__device__ __forceinline__ uint16_t f32_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+inline unsigned ceil_div(int64_t a, int64_t b) { return (unsigned) ((a + b - 1) / b); }
+
+} // namespace cuda
+} // namespace core

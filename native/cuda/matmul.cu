@@ -1,0 +1,210 @@
+// CPU reference: core::cpu_matmul_ref (native/kernels/cpu/matmul.cpp) and each type's to_float
+// (native/tensor/quants/*.cpp). Decode order of the block formats, reproduced with explicit roundings
+// (__fmul_rn/__fsub_rn: no FMA contraction) so `dequantize` is bit-exact with the CPU:
+//   q8_0 : y = d * qs[j]
+//   q4_K : per 64 elements j: d1 = d*sc(is), m1 = dmin*m(is); y = d1*(q & 0xF) - m1, then (q >> 4) with is+1
+//   q6_K : y = (d * sc[is]) * q,  q = (ql nibble | qh 2 bits << 4) - 32
+// Kernel: one warp per output row, lane l handles chunks of 8 consecutive elements (c = l, l+32, ...);
+// up to 8 tokens are accumulated per weight load.
+#include "common.cuh"
+#include "matmul.cuh"
+
+#include "../tensor/quants/k-quants-common.h"
+#include "../tensor/quants/q4-k.h"
+#include "../tensor/quants/q6-k.h"
+#include "../tensor/quants/q8-0.h"
+
+namespace core {
+namespace cuda {
+namespace {
+
+constexpr int CHUNK = 8;
+constexpr int MAX_TOK = 8;
+constexpr int ROWS_PER_BLOCK = 4;
+
+// Elements [c*8, c*8+8) of a row, as f32. VEC: n_in % 8 == 0 and rows 16-byte aligned (float types).
+template <ggml_type T, bool VEC> struct chunk_loader;
+
+template <bool VEC> struct chunk_loader<GGML_TYPE_F32, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t n_in, float v[CHUNK]) {
+        const float * r = (const float *) row + c * CHUNK;
+        if (VEC) {
+            const float4 a = ((const float4 *) r)[0], b = ((const float4 *) r)[1];
+            v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+        } else {
+#pragma unroll
+            for (int k = 0; k < CHUNK; k++) v[k] = c * CHUNK + k < n_in ? r[k] : 0.0f;
+        }
+    }
+};
+template <bool VEC> struct chunk_loader<GGML_TYPE_F16, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t n_in, float v[CHUNK]) {
+        const uint16_t * r = (const uint16_t *) row + c * CHUNK;
+        if (VEC) {
+            const uint4 u = *(const uint4 *) r;
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) { v[2 * k] = f16_bits_to_f32(w[k] & 0xffff); v[2 * k + 1] = f16_bits_to_f32(w[k] >> 16); }
+        } else {
+#pragma unroll
+            for (int k = 0; k < CHUNK; k++) v[k] = c * CHUNK + k < n_in ? f16_bits_to_f32(r[k]) : 0.0f;
+        }
+    }
+};
+template <bool VEC> struct chunk_loader<GGML_TYPE_BF16, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t n_in, float v[CHUNK]) {
+        const uint16_t * r = (const uint16_t *) row + c * CHUNK;
+        if (VEC) {
+            const uint4 u = *(const uint4 *) r;
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) { v[2 * k] = bf16_bits_to_f32(w[k] & 0xffff); v[2 * k + 1] = bf16_bits_to_f32(w[k] >> 16); }
+        } else {
+#pragma unroll
+            for (int k = 0; k < CHUNK; k++) v[k] = c * CHUNK + k < n_in ? bf16_bits_to_f32(r[k]) : 0.0f;
+        }
+    }
+};
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q8_0, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q8_0 * b = (const block_q8_0 *) row + c / (QK8_0 / CHUNK);
+        const int j0 = (int) (c % (QK8_0 / CHUNK)) * CHUNK;
+        const float d = f16_bits_to_f32(b->d);
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) v[k] = __fmul_rn(d, (float) b->qs[j0 + k]);
+    }
+};
+__device__ __forceinline__ void scale_min_k4(int j, const uint8_t * q, int & d, int & m) {
+    if (j < 4) { d = q[j] & 63; m = q[j + 4] & 63; }
+    else { d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4); }
+}
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q4_K, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q4_K * b = (const block_q4_K *) row + c / (QK_K / CHUNK);
+        const int e0 = (int) (c % (QK_K / CHUNK)) * CHUNK;
+        const int j = e0 / 64, l0 = e0 % 64, hi = l0 / 32;
+        int sc, m;
+        scale_min_k4(2 * j + hi, b->scales, sc, m);
+        const float d1 = __fmul_rn(f16_bits_to_f32(b->d), (float) sc), m1 = __fmul_rn(f16_bits_to_f32(b->dmin), (float) m);
+        const uint8_t * q = b->qs + j * 32 + (l0 % 32);
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) v[k] = __fsub_rn(__fmul_rn(d1, (float) (hi ? q[k] >> 4 : q[k] & 0xF)), m1);
+    }
+};
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q6_K, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q6_K * b = (const block_q6_K *) row + c / (QK_K / CHUNK);
+        const int e0 = (int) (c % (QK_K / CHUNK)) * CHUNK;
+        const int n = e0 / 128, r = e0 % 128, k4 = r / 32, l0 = r % 32;
+        const uint8_t * ql = b->ql + n * 64 + l0 + (k4 & 1) * 32;
+        const uint8_t * qh = b->qh + n * 32 + l0;
+        const int is = l0 / 16 + 2 * k4;
+        const float dsc = __fmul_rn(f16_bits_to_f32(b->d), (float) b->scales[n * 8 + is]);
+        const int shl = k4 >= 2 ? 4 : 0;
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) {
+            const int q = (((ql[k] >> shl) & 0xF) | (((qh[k] >> (2 * k4)) & 3) << 4)) - 32;
+            v[k] = __fmul_rn(dsc, (float) q);
+        }
+    }
+};
+
+template <ggml_type T, bool VEC>
+__global__ void k_matmul(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const float * x, float * y, int n_tok) {
+    const int64_t row = (int64_t) blockIdx.x * ROWS_PER_BLOCK + threadIdx.y;
+    if (row >= n_out) return;
+    const int lane = threadIdx.x;
+    const uint8_t * wr = w + row * row_bytes;
+    const int64_t n_chunks = (n_in + CHUNK - 1) / CHUNK;
+    float acc[MAX_TOK];
+#pragma unroll
+    for (int t = 0; t < MAX_TOK; t++) acc[t] = 0.0f;
+    for (int64_t c = lane; c < n_chunks; c += WARP) {
+        float v[CHUNK];
+        chunk_loader<T, VEC>::load(wr, c, n_in, v);
+#pragma unroll
+        for (int t = 0; t < MAX_TOK; t++) {
+            if (t >= n_tok) break;
+            const float * xt = x + t * n_in + c * CHUNK;
+            float xv[CHUNK];
+            if (VEC || T != GGML_TYPE_F32 && T != GGML_TYPE_F16 && T != GGML_TYPE_BF16) {
+                const float4 a = ((const float4 *) xt)[0], b = ((const float4 *) xt)[1];
+                xv[0] = a.x; xv[1] = a.y; xv[2] = a.z; xv[3] = a.w; xv[4] = b.x; xv[5] = b.y; xv[6] = b.z; xv[7] = b.w;
+            } else {
+#pragma unroll
+                for (int k = 0; k < CHUNK; k++) xv[k] = c * CHUNK + k < n_in ? xt[k] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < CHUNK; k++) acc[t] = fmaf(v[k], xv[k], acc[t]);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MAX_TOK; t++) {
+        if (t >= n_tok) break;
+        const float s = warp_sum(acc[t]);
+        if (lane == 0) y[t * n_out + row] = s;
+    }
+}
+
+template <ggml_type T, bool VEC>
+__global__ void k_dequant(const uint8_t * src, float * dst, int64_t n) {
+    const int64_t c = blockIdx.x * (int64_t) blockDim.x + threadIdx.x;
+    if (c * CHUNK >= n) return;
+    float v[CHUNK];
+    chunk_loader<T, VEC>::load(src, c, n, v);
+#pragma unroll
+    for (int k = 0; k < CHUNK; k++)
+        if (c * CHUNK + k < n) dst[c * CHUNK + k] = v[k];
+}
+
+template <ggml_type T>
+status launch_matmul(const weight_dev & w, const float * x, float * y, int64_t n_tokens, stream_t s) {
+    const bool vec = (w.n_in % CHUNK) == 0 && (w.row_bytes % 16) == 0 && ((uintptr_t) w.data % 16) == 0 && ((uintptr_t) x % 16) == 0;
+    const dim3 block(WARP, ROWS_PER_BLOCK), grid(ceil_div(w.n_out, ROWS_PER_BLOCK));
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += MAX_TOK) {
+        const int nt = (int) std::min<int64_t>(MAX_TOK, n_tokens - t0);
+        if (vec) k_matmul<T, true><<<grid, block, 0, s>>>((const uint8_t *) w.data, w.row_bytes, w.n_in, w.n_out, x + t0 * w.n_in, y + t0 * w.n_out, nt);
+        else k_matmul<T, false><<<grid, block, 0, s>>>((const uint8_t *) w.data, w.row_bytes, w.n_in, w.n_out, x + t0 * w.n_in, y + t0 * w.n_out, nt);
+        CUDA_CHECK_LAUNCH("matmul");
+    }
+    return status::success();
+}
+
+template <ggml_type T>
+status launch_dequant(const void * src, float * dst, int64_t n, stream_t s) {
+    const int64_t n_chunks = (n + CHUNK - 1) / CHUNK;
+    k_dequant<T, false><<<ceil_div(n_chunks, 256), 256, 0, s>>>((const uint8_t *) src, dst, n);
+    CUDA_CHECK_LAUNCH("dequantize");
+    return status::success();
+}
+
+} // namespace
+
+status matmul(const weight_dev & w, const float * x, float * y, int64_t n_tokens, stream_t s) {
+    if (n_tokens <= 0 || w.n_out <= 0) return status::success();
+    switch (w.type) {
+    case GGML_TYPE_F32: return launch_matmul<GGML_TYPE_F32>(w, x, y, n_tokens, s);
+    case GGML_TYPE_F16: return launch_matmul<GGML_TYPE_F16>(w, x, y, n_tokens, s);
+    case GGML_TYPE_BF16: return launch_matmul<GGML_TYPE_BF16>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q8_0: return launch_matmul<GGML_TYPE_Q8_0>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q4_K: return launch_matmul<GGML_TYPE_Q4_K>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q6_K: return launch_matmul<GGML_TYPE_Q6_K>(w, x, y, n_tokens, s);
+    default: return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda matmul: weight type %s not supported", ggml_type_name(w.type)));
+    }
+}
+
+status dequantize(const void * src, ggml_type t, float * dst, int64_t n, stream_t s) {
+    if (n <= 0) return status::success();
+    switch (t) {
+    case GGML_TYPE_F32: return launch_dequant<GGML_TYPE_F32>(src, dst, n, s);
+    case GGML_TYPE_F16: return launch_dequant<GGML_TYPE_F16>(src, dst, n, s);
+    case GGML_TYPE_BF16: return launch_dequant<GGML_TYPE_BF16>(src, dst, n, s);
+    case GGML_TYPE_Q8_0: return launch_dequant<GGML_TYPE_Q8_0>(src, dst, n, s);
+    case GGML_TYPE_Q4_K: return launch_dequant<GGML_TYPE_Q4_K>(src, dst, n, s);
+    case GGML_TYPE_Q6_K: return launch_dequant<GGML_TYPE_Q6_K>(src, dst, n, s);
+    default: return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda dequantize: type %s not supported", ggml_type_name(t)));
+    }
+}
+
+} // namespace cuda
+} // namespace core
