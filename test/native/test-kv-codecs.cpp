@@ -93,6 +93,27 @@ TC_TEST("kv codecs: 3-bit codes pack densely and use all 8 levels") {
     for (int i = 0; i < 8; i++) TC_CHECK(std::fabs(y[i] - x[i]) < 0.01f) << i << ": " << y[i] << " vs " << x[i];
 }
 
+TC_TEST("kv codecs: the SIMD dot/axpy over codes == the scalar ref (rot2/3/4, groups 8..64)") {
+    std::mt19937 rng(8);
+    for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4, KV_CODEC_Q8, KV_CODEC_KIVI2}) {
+        for (int D : {8, 64, 128}) {
+            for (int group : {8, 32, 64}) {
+                const kv_codec_traits & tr = kv_codec_get(t);
+                kv_codec_params p{D, group, 0.8f, false};
+                std::vector<uint8_t> blk(tr.block_bytes(p));
+                auto x = randn(rng, (size_t) D), q = randn(rng, (size_t) D);
+                tr.encode(p, x.data(), blk.data());
+                const float ref = tr.dot(p, blk.data(), 0, q.data()), got = kv_codec_dot(tr, p, blk.data(), 0, q.data());
+                TC_CHECK(std::fabs(ref - got) <= 1e-5f * (1 + std::fabs(ref))) << tr.name << " D=" << D << " group=" << group << ": " << got << " vs " << ref;
+                std::vector<float> a = q, b = q;
+                tr.axpy(p, blk.data(), 0, 0.3f, a.data());
+                kv_codec_axpy(tr, p, blk.data(), 0, 0.3f, b.data());
+                TC_CHECK(nmse(b.data(), a.data(), (size_t) D) < 1e-12) << tr.name << " D=" << D << " group=" << group;
+            }
+        }
+    }
+}
+
 namespace {
 
 // the f16 codec with the rotated flag: rotation + permutation + RoPE at (f16) full precision

@@ -3,11 +3,96 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "ops.h"
+#include "quant-traits-cpu.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace core {
+
+namespace {
+
+#if defined(__x86_64__)
+// 8 codes of b bits starting at element e (e a multiple of 8, so the run starts on a byte) as f32 lanes
+__attribute__((target("avx2,fma"))) inline __m256 codes8_avx2(const uint8_t * codes, int e, int b) {
+    uint32_t w = 0;
+    std::memcpy(&w, codes + (size_t) e * b / 8, (size_t) b);
+    const __m256i sh = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(b));
+    const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) w), sh), _mm256_set1_epi32((1 << b) - 1));
+    return _mm256_cvtepi32_ps(c);
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// rot layout (rot.cpp): codes [dim·b/8] | scales f16 [ng] | zero-points u8 [ng]
+__attribute__((target("avx2,fma"))) float rot_dot_avx2(const kv_codec_params & p, int b, const uint8_t * blk, const float * q) {
+    const int G = kv_codec_group(KV_CODEC_ROT2, p.dim, p.group), ng = p.dim / G;
+    const uint8_t * sc = blk + (size_t) p.dim * b / 8, * zp = sc + 2 * ng;
+    float r = 0;
+    for (int g = 0; g < ng; g++) {
+        __m256 ac = _mm256_setzero_ps(), aq = _mm256_setzero_ps();
+        for (int i = 0; i < G; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + g * G + i);
+            ac = _mm256_fmadd_ps(qv, codes8_avx2(blk, g * G + i, b), ac);
+            aq = _mm256_add_ps(aq, qv);
+        }
+        f16_t sh;
+        std::memcpy(&sh, sc + 2 * g, 2);
+        r += f16_to_f32(sh) * (hsum_avx2(ac) - (float) zp[g] * hsum_avx2(aq));
+    }
+    return r;
+}
+
+__attribute__((target("avx2,fma"))) void rot_axpy_avx2(const kv_codec_params & p, int b, const uint8_t * blk, float w, float * acc) {
+    const int G = kv_codec_group(KV_CODEC_ROT2, p.dim, p.group), ng = p.dim / G;
+    const uint8_t * sc = blk + (size_t) p.dim * b / 8, * zp = sc + 2 * ng;
+    for (int g = 0; g < ng; g++) {
+        f16_t sh;
+        std::memcpy(&sh, sc + 2 * g, 2);
+        const float ws = w * f16_to_f32(sh);
+        const __m256 vws = _mm256_set1_ps(ws), vb = _mm256_set1_ps(-ws * (float) zp[g]);
+        for (int i = 0; i < G; i += 8) {
+            float * a = acc + g * G + i;
+            _mm256_storeu_ps(a, _mm256_add_ps(_mm256_fmadd_ps(codes8_avx2(blk, g * G + i, b), vws, _mm256_loadu_ps(a)), vb));
+        }
+    }
+}
+#endif
+
+bool use_avx2(const kv_codec_traits & t, const kv_codec_params & p) {
+#if defined(__x86_64__)
+    static const bool avx2 = !std::strcmp(cpu_dispatch_level(), "avx2") || !std::strcmp(cpu_dispatch_level(), "avx512");
+    return avx2 && t.rotated && t.bits <= 4 && kv_codec_group(KV_CODEC_ROT2, p.dim, p.group) % 8 == 0;
+#else
+    (void) t; (void) p;
+    return false;
+#endif
+}
+
+} // namespace
+
+float kv_codec_dot(const kv_codec_traits & t, const kv_codec_params & p, const uint8_t * blk, int j, const float * q) {
+#if defined(__x86_64__)
+    if (use_avx2(t, p)) return rot_dot_avx2(p, t.bits, blk, q);
+#endif
+    return t.dot(p, blk, j, q);
+}
+
+void kv_codec_axpy(const kv_codec_traits & t, const kv_codec_params & p, const uint8_t * blk, int j, float w, float * acc) {
+#if defined(__x86_64__)
+    if (use_avx2(t, p)) { rot_axpy_avx2(p, t.bits, blk, w, acc); return; }
+#endif
+    t.axpy(p, blk, j, w, acc);
+}
 
 void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
     const kv_coded_view & c = *hv.coded;
@@ -73,7 +158,7 @@ void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, in
                 s[(size_t) g * n_all + idx] = a * scale;
             }
         } else {
-            for (int g = 0; g < G; g++) s[(size_t) g * n_all + idx] = c.kc->dot(c.kp, blk, jj, qr.data() + (size_t) g * D) * scale;
+            for (int g = 0; g < G; g++) s[(size_t) g * n_all + idx] = kv_codec_dot(*c.kc, c.kp, blk, jj, qr.data() + (size_t) g * D) * scale;
         }
     }
     const size_t n_vis = idx;
@@ -94,7 +179,7 @@ void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, in
         for (int32_t j = 0; j < nq; j++) {
             int jj;
             const uint8_t * blk = c.value_block(j, jj);
-            c.vc->axpy(c.vp, blk, jj, sg[n_vis16 + j], accq);
+            kv_codec_axpy(*c.vc, c.vp, blk, jj, sg[n_vis16 + j], accq);
         }
         if (c.vc->rotated) fwht_ref(acc_r.data(), DV);  // Σ p·H·v = H·Σ p·v, H self-inverse
         const float inv = sum > 0 ? 1.0f / sum : 0.0f;

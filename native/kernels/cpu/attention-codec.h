@@ -14,6 +14,11 @@
 
 namespace core {
 
+// q·x̂_j and acc += w·x̂_j read from codes: AVX2 for rot codecs (groups of a multiple of 8 channels) when
+// the CPU has it, else the codec's scalar `_ref` (the traits' dot/axpy), which is their oracle.
+float kv_codec_dot(const kv_codec_traits & t, const kv_codec_params & p, const uint8_t * blk, int j, const float * q);
+void kv_codec_axpy(const kv_codec_traits & t, const kv_codec_params & p, const uint8_t * blk, int j, float w, float * acc);
+
 // q_rows: [G][head_dim] post-RoPE queries, out_rows: [G][head_dim_v]. note: call only when hv.coded.
 void attend_group_coded_ref(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
                             const kv_head_view & hv, float * out_rows);
