@@ -70,11 +70,14 @@ export class Model {
     this._ensureNotDisposed();
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
+    const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;
     const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
       contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),
       threads: opts.threads ?? 0,
       batchSize: opts.batchSize,
-      retention: kv.retention,
+      // per-query-head caches (lazy's reference mode) have one entry per query head: copy each KV head's mode
+      retention: perQueryHead ? Uint8Array.from({ length: kv.retention.length * (this.info.nHead / this.info.nHeadKv) }, (_, i) => kv.retention[Math.floor(i / (this.info.nHead / this.info.nHeadKv))]!) : kv.retention,
+      perQueryHead,
       streamSinks: kv.effective.heads.sinks,
       streamRecent: kv.effective.heads.recent,
       ...(kv.eviction ? { eviction: kv.eviction } : {}),

@@ -20,6 +20,11 @@ export const LazyPolicySchema = z.strictObject({
   alpha: z.number().gt(0).lt(1).default(1e-4),
   /** Ratio mode: capacity = prompt + max(W, floor(ratio · t)) at each check (t = decode steps). */
   ratio: z.number().gt(0).max(1).optional(),
+  /**
+   * Reference mode for A/B: one token set and one last/mri pair per *query* head, as the official code
+   * (KV copied per query head: g× the memory). Default: per KV head with group-max (ALGORITHMS.md §2.7).
+   */
+  perQueryHead: z.boolean().default(false),
 }).refine((o) => o.ratio !== undefined || o.capacity > o.window, {
   message: 'lazy eviction needs capacity > window (C > W): it keeps the W newest tokens plus C − W chosen ones',
   path: ['capacity'],

@@ -138,12 +138,14 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
     p.n_threads = opt_int(o, "threads", 0);
     p.n_batch = opt_int(o, "batchSize", 512);
     // head retention: { retention: Uint8Array [n_layer * n_head_kv] (0 full, 1 stream), streamSinks, streamRecent }
+    p.per_query_head = o.Get("perQueryHead").ToBoolean();
     Napi::Value ret = o.Get("retention");
     if (ret.IsTypedArray() && ret.As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
         Napi::Uint8Array a = ret.As<Napi::Uint8Array>();
-        if (a.ElementLength() != (size_t) m->hp.n_layer * m->hp.n_head_kv) {
-            throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: retention has %zu entries, the model has %u layers x %u KV heads",
-                                                                  a.ElementLength(), m->hp.n_layer, m->hp.n_head_kv));
+        const uint32_t heads = p.per_query_head ? m->hp.n_head : m->hp.n_head_kv;
+        if (a.ElementLength() != (size_t) m->hp.n_layer * heads) {
+            throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: retention has %zu entries, the cache has %u layers x %u heads",
+                                                                  a.ElementLength(), m->hp.n_layer, heads));
         }
         p.retention.assign(a.Data(), a.Data() + a.ElementLength());
         for (uint8_t r : p.retention) if (r > core::KV_RETAIN_EVICT) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: retention values must be 0 (full), 1 (stream) or 2 (evict)");

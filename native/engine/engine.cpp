@@ -16,7 +16,7 @@ engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std
     const hparams & hp = ctx_->mdl().hp;
     kv_cache_config kc;
     kc.n_layer = (int) hp.n_layer;
-    kc.n_head_kv = (int) hp.n_head_kv;
+    kc.n_head_kv = ctx_->params().per_query_head ? (int) hp.n_head : (int) hp.n_head_kv;
     kc.n_head = (int) hp.n_head;
     kc.head_dim = (int) hp.head_dim;
     kc.head_dim_v = (int) hp.head_dim_v;

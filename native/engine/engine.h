@@ -22,6 +22,7 @@ struct context_params {
     int stream_recent = 64;
     kv_policy_params policy;         // for EVICT heads
     kv_storage_config storage;       // KV storage codecs (FULL heads); RoPE fields are filled per model
+    bool per_query_head = false;     // one token set per query head (KV copied per head; LazyEviction's reference layout)
 };
 
 class engine_context {

@@ -7,6 +7,7 @@
 #include "forward.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "../kernels/cpu/ops.h"
 
@@ -54,7 +55,11 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
     attn_params ap;
     ap.n_tokens = n_tokens;
     ap.n_head = (int) hp.n_head;
-    ap.n_head_kv = (int) hp.n_head_kv;
+    // A cache may hold one token set per query head (LazyEviction's per-query-head reference mode): it then
+    // has n_head "KV heads", each a copy of its group's KV head, and attention maps query head h to cache head h.
+    const int cache_heads = kv.config().n_head_kv;
+    const bool expand = cache_heads != (int) hp.n_head_kv;
+    ap.n_head_kv = cache_heads;
     ap.head_dim = (int) hp.head_dim;
     ap.head_dim_v = (int) hp.head_dim_v;
     ap.scale = 1.0f / std::sqrt((float) hp.head_dim);
@@ -91,7 +96,20 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
             rope_apply_ref(q, (int) hp.n_head, (int) hp.head_dim, (int) hp.n_rot, m.arch->rope, cs);
             rope_apply_ref(k, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, m.arch->rope, cs);
         }
-        kv.append((int) il, n_tokens, s.k.data(), s.v.data(), s.pos.data());
+        if (expand) {
+            const int G = cache_heads / (int) hp.n_head_kv;
+            grow(s.kx, T * cache_heads * hp.head_dim);
+            grow(s.vx, T * cache_heads * hp.head_dim_v);
+            for (size_t t = 0; t < T; t++) {
+                for (int h = 0; h < cache_heads; h++) {
+                    std::memcpy(s.kx.data() + (t * cache_heads + h) * hp.head_dim, s.k.data() + t * n_k + (size_t) (h / G) * hp.head_dim, sizeof(float) * hp.head_dim);
+                    std::memcpy(s.vx.data() + (t * cache_heads + h) * hp.head_dim_v, s.v.data() + t * n_v + (size_t) (h / G) * hp.head_dim_v, sizeof(float) * hp.head_dim_v);
+                }
+            }
+            kv.append((int) il, n_tokens, s.kx.data(), s.vx.data(), s.pos.data());
+        } else {
+            kv.append((int) il, n_tokens, s.k.data(), s.v.data(), s.pos.data());
+        }
         if (kv.wants_queries((int) il)) kv.record_query((int) il, s.q.data() + (T - 1) * n_q);
         attention(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, s.attn.data(), s.at);
         if (s.wse) attention_window_error(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, *s.wse);

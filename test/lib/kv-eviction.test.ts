@@ -66,3 +66,23 @@ describe('kv-compaction events', () => {
     for await (const ev of s2.generate('Once upon a time', { maxTokens: 20, stopAtEog: false })) expect(ev.type).not.toBe('kv-compaction');
   });
 });
+
+describe('lazy per-query-head reference mode', () => {
+  it('keeps one token set per query head (g× the memory) and stays within budget', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const G = model.info.nHead / model.info.nHeadKv;
+    const run = async (perQueryHead: boolean) => {
+      await using ctx = await model.createContext({ contextSize: 512, threads: 1, kv: { eviction: { policy: 'lazy', capacity: 40, window: 16, perQueryHead } } });
+      const seq = ctx.acquireSequence();
+      let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+      for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) if (ev.type === 'finish') fin = ev;
+      return { fin: fin!, heads: seq.memory({ detail: 'heads' }).heads! };
+    };
+    const group = await run(false), perHead = await run(true);
+    expect(group.heads.residentTokens.length).toBe(model.info.nLayer * model.info.nHeadKv);
+    expect(perHead.heads.residentTokens.length).toBe(model.info.nLayer * model.info.nHead);
+    for (const r of perHead.heads.residentTokens) expect(r).toBeLessThanOrEqual(40 + 16);
+    expect(perHead.fin.kv.bytesUsed).toBeGreaterThan(group.fin.kv.bytesUsed * (G - 0.5));
+    expect(perHead.fin.tokens).toHaveLength(100);
+  });
+});
