@@ -18,6 +18,7 @@ struct registrar { registrar(const char * n, std::function<void()> f) { registry
 extern std::string g_mode;      // "test" or "perf"
 extern int g_failures;          // failures in the current test
 extern int g_checks;
+extern std::string g_skipped;   // set by a test that cannot run here (e.g. no CUDA device): printed as SKIP
 
 struct check_msg {
     bool ok; const char * expr; const char * file; int line; std::ostringstream os;

@@ -9,6 +9,7 @@ std::vector<test_entry> & registry() { static std::vector<test_entry> r; return 
 std::string g_mode = "test";
 int g_failures = 0;
 int g_checks = 0;
+std::string g_skipped;
 } // namespace tc
 
 int main(int argc, char ** argv) {
@@ -24,6 +25,7 @@ int main(int argc, char ** argv) {
         if (!filter.empty() && t.name.find(filter) == std::string::npos) continue;
         tc::g_failures = 0;
         tc::g_checks = 0;
+        tc::g_skipped.clear();
         auto t0 = std::chrono::steady_clock::now();
         try {
             t.fn();
@@ -34,7 +36,7 @@ int main(int argc, char ** argv) {
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         ran++;
         if (tc::g_failures) failed++;
-        std::printf("%-60s %s (%d checks, %.0f ms)\n", t.name.c_str(), tc::g_failures ? "FAIL" : "OK", tc::g_checks, ms);
+        std::printf("%-60s %s (%d checks, %.0f ms)\n", t.name.c_str(), tc::g_failures ? "FAIL" : !tc::g_skipped.empty() ? "SKIP" : "OK", tc::g_checks, ms);
     }
     std::printf("%d/%d tests passed\n", ran - failed, ran);
     return failed ? 1 : 0;
