@@ -7,6 +7,7 @@
  *   for await (const ev of seq.generate('Once upon a time', { maxTokens: 32 })) if (ev.type === 'text-delta') process.stdout.write(ev.text);
  */
 import type { AddonModel, AddonModelInfo, GgufValue } from './addon-types.js';
+import { cudaInfo, resolveBackend, type BackendName } from './backend.js';
 import { getAddon } from './binding.js';
 import { Context } from './Context.js';
 import { callNative, callNativeSync, DisposedError, GgufFormatError, InvalidOptionsError, LlmError, UnsupportedModelError } from './errors.js';
@@ -24,12 +25,12 @@ export class Model {
   readonly info: ModelInfo;
   readonly metadata: Readonly<Record<string, GgufValue>>;
   readonly tokenizer: Tokenizer;
-  /** Which backend runs this model ('cpu' until the CUDA backend lands). */
-  readonly backend: 'cpu';
+  /** Which backend runs this model ('auto' resolved; 'cpu' until the CUDA forward pass lands). */
+  readonly backend: BackendName;
   private _disposed = false;
   private readonly _children = new Set<Context>();
 
-  private constructor(native: AddonModel, path: string) {
+  private constructor(native: AddonModel, path: string, backend: BackendName) {
     this._native = native;
     this.path = path;
     this.info = native.info();
@@ -40,18 +41,19 @@ export class Model {
       if (err instanceof LlmError) throw err;
       throw new GgufFormatError(`${path}: invalid tokenizer metadata: ${err instanceof Error ? err.message : String(err)}`);
     }
-    this.backend = 'cpu';
+    this.backend = backend;
   }
 
   /** @internal use loadModel() */
   static async _load(options: LoadModelOptions): Promise<Model> {
     const opts = parseOptions(LoadModelOptionsSchema, options, 'loadModel');
-    if (opts.backend === 'cuda') {
-      throw new UnsupportedModelError('loadModel: backend "cuda" is not available in this build (CPU only); use backend "cpu" or "auto"');
-    }
+    // throws UnsupportedModelError (no CUDA in this build / no CUDA forward yet) or CudaError (no device,
+    // driver error) for 'cuda'; never falls back to the CPU silently
+    const backend = resolveBackend(opts.backend, cudaInfo(getAddon()));
+    if (backend !== 'cpu') throw new UnsupportedModelError(`loadModel: backend "${backend}" has no model loader yet`);
     const native = await callNative(() => getAddon().AddonModel.load(opts.path));
     try {
-      return new Model(native, opts.path);
+      return new Model(native, opts.path, backend);
     } catch (err) {
       native.dispose();
       throw err;

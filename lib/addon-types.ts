@@ -131,6 +131,19 @@ export interface AddonSystemInfo {
   cuda: boolean;
 }
 
+export interface AddonCudaInfo {
+  /** The addon was built with THINKCACHE_CUDA. */
+  built: boolean;
+  /** Usable CUDA devices (0 when none, with `reason`). */
+  deviceCount: number;
+  /** Why no device is usable ("no CUDA device", "CUDA driver error (...)"); empty when one is. */
+  reason: string;
+  /** The whole forward pass runs on CUDA (false until issue 8 lands it). */
+  forward: boolean;
+  /** Device 0 when one is usable. */
+  device?: { name: string; computeCapability: string; totalBytes: number; freeBytes: number };
+}
+
 export interface AddonQuantizeResult {
   /** llama_ftype written to general.file_type. */
   fileType: number;
@@ -148,12 +161,14 @@ export interface Addon {
   listQuantTypes(): AddonQuantType[];
   listKvPolicies(): { name: string; source: string }[];
   systemInfo(): AddonSystemInfo;
+  /** Absent in addons built before issue 8 (see lib/backend.ts). */
+  cudaInfo?(): AddonCudaInfo;
   AddonModel: { load(path: string): Promise<AddonModel> };
   AddonContext: new (
     model: AddonModel,
     options: {
       contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number; perQueryHead?: boolean;
-      eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number; interval?: number; lambda?: number; pool?: number };
+      eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number; interval?: number; lambda?: number; pool?: number; protectSinks?: boolean };
       storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean };
     },
   ) => AddonContext;

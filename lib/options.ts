@@ -12,7 +12,7 @@ const positiveInt = z.number().int().positive();
 export const LoadModelOptionsSchema = z.strictObject({
   /** Path of the GGUF file. */
   path: z.string().min(1),
-  /** 'cpu' today; 'cuda' and 'auto' come with the CUDA backend. */
+  /** "cpu", "cuda" (typed error when this build or machine cannot run it; never a silent fallback) or "auto" (CUDA when usable, else CPU). */
   backend: z.enum(['cpu', 'auto', 'cuda']).default('auto'),
 });
 export type LoadModelOptions = z.input<typeof LoadModelOptionsSchema>;

@@ -6,6 +6,9 @@
 #include "../model/arch.h"
 #include "../kv/kv-policy.h"
 #include "../tensor/quant-traits.h"
+#ifdef THINKCACHE_WITH_CUDA
+#include "../cuda/backend-cuda.h"
+#endif
 #include "addon-gguf.h"
 #include "addon-objects.h"
 
@@ -64,6 +67,33 @@ static Napi::Value system_info(const Napi::CallbackInfo & info) {
     return o;
 }
 
+// The CUDA probe behind loadModel({ backend }) (lib/backend.ts): built, usable devices or the reason.
+static Napi::Value cuda_info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+#ifdef THINKCACHE_WITH_CUDA
+    o.Set("built", true);
+    core::cuda::device_info d;
+    const core::status st = core::cuda::probe(0, &d);
+    o.Set("deviceCount", st.ok() ? core::cuda::device_count(nullptr) : 0);
+    o.Set("reason", st.ok() ? std::string() : st.message);
+    if (st.ok()) {
+        Napi::Object dev = Napi::Object::New(env);
+        dev.Set("name", d.name);
+        dev.Set("computeCapability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor));
+        dev.Set("totalBytes", (double) d.total_bytes);
+        dev.Set("freeBytes", (double) d.free_bytes);
+        o.Set("device", dev);
+    }
+#else
+    o.Set("built", false);
+    o.Set("deviceCount", 0);
+    o.Set("reason", "built without THINKCACHE_CUDA");
+#endif
+    o.Set("forward", false);  // the CUDA forward pass is not wired yet (issue 8)
+    return o;
+}
+
 static Napi::Object init(Napi::Env env, Napi::Object exports) {
     auto * data = new addon_data();
     env.SetInstanceData(data);
@@ -72,6 +102,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("listErrorCodes", Napi::Function::New(env, list_error_codes, "listErrorCodes"));
     exports.Set("listQuantTypes", Napi::Function::New(env, list_quant_types, "listQuantTypes"));
     exports.Set("systemInfo", Napi::Function::New(env, system_info, "systemInfo"));
+    exports.Set("cudaInfo", Napi::Function::New(env, cuda_info, "cudaInfo"));
     exports.Set("listKvPolicies", Napi::Function::New(env, list_kv_policies, "listKvPolicies"));
     AddonModel::init(env, exports, *data);
     AddonContext::init(env, exports, *data);

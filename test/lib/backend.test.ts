@@ -1,0 +1,42 @@
+// Backend selection (issue 8): 'cuda' never falls back silently; each reason is a typed error.
+import { describe, expect, it } from 'vitest';
+import { cudaInfo, resolveBackend } from '../../lib/backend.js';
+import { CudaError, loadModel, UnsupportedModelError } from '../../lib/index.js';
+import { getAddon } from '../../lib/binding.js';
+import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
+
+const none = { built: false, deviceCount: 0, reason: 'built without THINKCACHE_CUDA', forward: false };
+
+describe('backend selection', () => {
+  it('cuda without the build flag: UnsupportedModelError naming THINKCACHE_CUDA', () => {
+    expect(() => resolveBackend('cuda', none)).toThrow(UnsupportedModelError);
+    expect(() => resolveBackend('cuda', none)).toThrow(/built without THINKCACHE_CUDA/);
+  });
+  it('cuda built but no device or a driver error: CudaError with the reason', () => {
+    const info = { built: true, deviceCount: 0, reason: 'CUDA driver error (cudaErrorInsufficientDriver: ...)', forward: true };
+    expect(() => resolveBackend('cuda', info)).toThrow(CudaError);
+    expect(() => resolveBackend('cuda', info)).toThrow(/driver error/);
+  });
+  it('cuda with a device but no CUDA forward yet: UnsupportedModelError, not the CPU', () => {
+    expect(() => resolveBackend('cuda', { built: true, deviceCount: 1, reason: '', forward: false })).toThrow(/forward pass/);
+  });
+  it('auto picks cuda only when usable; cpu is always cpu', () => {
+    expect(resolveBackend('auto', none)).toBe('cpu');
+    expect(resolveBackend('auto', { built: true, deviceCount: 1, reason: '', forward: false })).toBe('cpu');
+    expect(resolveBackend('auto', { built: true, deviceCount: 1, reason: '', forward: true })).toBe('cuda');
+    expect(resolveBackend('cpu', { built: true, deviceCount: 1, reason: '', forward: true })).toBe('cpu');
+  });
+  it('this build: loadModel reports its backend, and backend "cuda" is a typed error', async () => {
+    const info = cudaInfo(getAddon());
+    const path = ensureFixture('llama', 'q8_0');
+    const model = await loadModel({ path, backend: 'auto' });
+    try {
+      expect(model.backend).toBe('cpu');
+    } finally {
+      await model.dispose();
+    }
+    const err = await loadModel({ path, backend: 'cuda' }).catch((e: unknown) => e);
+    expect(err instanceof UnsupportedModelError || err instanceof CudaError).toBe(true);
+    if (!info.built) expect(String((err as Error).message)).toMatch(/THINKCACHE_CUDA/);
+  });
+});
