@@ -9,6 +9,11 @@ const common = {
   capacity: z.number().int().min(2).max(1 << 24),
   /** The first `protect` positions are never evicted (attention sinks). */
   protect: z.number().int().min(0).max(1 << 20).default(0),
+  /**
+   * Also never evict massive-activation sinks: per layer, the tokens holding the 20 largest |values| of
+   * the layer input during prefill (RotateKV's detection, ALGORITHMS.md §3.5), plus token 0.
+   */
+  protectSinks: z.boolean().default(false),
 };
 
 export const LazyPolicySchema = z.strictObject({

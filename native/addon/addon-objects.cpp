@@ -166,6 +166,7 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
         p.policy.interval = opt_int(e, "interval", p.policy.interval);
         p.policy.lambda = (float) opt_num(e, "lambda", p.policy.lambda);
         p.policy.pool = opt_int(e, "pool", p.policy.pool);
+        p.policy.protect_sinks = e.Get("protectSinks").ToBoolean();
         if (p.policy.capacity < 1 || p.policy.window < 1 || p.policy.protect < 0 || p.policy.interval < 1 || p.policy.pool < 1) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: eviction capacity and window must be >= 1");
     }
     // storage codecs: { key, value, stagingTokens, protectFirst, groupSize, clip (< 0: codec default), postRope }

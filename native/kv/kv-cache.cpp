@@ -21,6 +21,8 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
         if (heads_[i].mode == KV_RETAIN_EVICT) layer_has_evict_[i / cfg_.n_head_kv] = 1;
     }
     policy_ = kv_policy_get(cfg_.policy.kind);
+    for (char e : layer_has_evict_) layer_has_evict_any_ |= e != 0;
+    sinks_.assign((size_t) cfg_.n_layer, {});
     if (cfg_.n_head <= 0) cfg_.n_head = cfg_.n_head_kv;
     if (policy_ && policy_->score_qk) {
         q_window_ = policy_->query_window(cfg_.policy);
@@ -114,6 +116,13 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     keep.reserve((size_t) (h.n - m));
     for (int32_t j = 0; j < h.n; j++) if (j < n_prot || j >= n_prot + m) keep.push_back(j);
     compact(h, keep);  // also rebuilds the coded view
+}
+
+void kv_cache::add_sinks(int il, const std::vector<int32_t> & positions) {
+    std::vector<int32_t> & s = sinks_[(size_t) il];
+    s.insert(s.end(), positions.begin(), positions.end());
+    std::sort(s.begin(), s.end());
+    s.erase(std::unique(s.begin(), s.end()), s.end());
 }
 
 void kv_cache::record_query(int il, const float * q) {
@@ -300,7 +309,7 @@ void kv_cache::retain(int il) {
         } else {
             policy_->score(h.stats, h.n, step_, cfg_.policy, scores.data());
         }
-        keep = kv_select_keep(scores.data(), h.pos.data(), h.n, policy_->budget(step_, prompt_, cfg_.policy), policy_->recent(cfg_.policy), cfg_.policy.protect);
+        keep = kv_select_keep(scores.data(), h.pos.data(), h.n, policy_->budget(step_, prompt_, cfg_.policy), policy_->recent(cfg_.policy), cfg_.policy.protect, sinks_[(size_t) il]);
         evicted_ += h.n - (int64_t) keep.size();
         compact(h, keep);
         h.dropped = true;
@@ -353,6 +362,7 @@ int32_t kv_cache::remove_from(int32_t p) {
         compact(h, idx);
         h.dropped = false;
     }
+    for (auto & sk : sinks_) sk.erase(std::lower_bound(sk.begin(), sk.end(), keep_pos), sk.end());
     n_logical_ = keep_pos;
     return keep_pos;
 }

@@ -187,6 +187,11 @@ public:
     bool wants_queries(int il) const { return q_window_ > 0 && layer_has_evict_[(size_t) il]; }
     // note: call only when wants_queries(il); q: [n_head][head_dim] of the newest token.
     void record_query(int il, const float * q);
+    // Massive-activation sinks (ALGORITHMS.md §3.5): the policy asks for detection at prefill; the
+    // forward pass reports the positions of the tokens holding the largest residual-stream values.
+    bool wants_sinks() const { return cfg_.policy.protect_sinks && layer_has_evict_any_; }
+    void add_sinks(int il, const std::vector<int32_t> & positions);
+    const std::vector<int32_t> & sinks(int il) const { return sinks_[(size_t) il]; }
 
     const kv_cache_config & config() const { return cfg_; }
 
@@ -217,6 +222,8 @@ private:
     std::shared_ptr<page_pool> pool_;
     std::vector<head_store> heads_;   // [n_layer][n_head_kv]
     std::vector<char> layer_has_evict_;
+    bool layer_has_evict_any_ = false;
+    std::vector<std::vector<int32_t>> sinks_;  // [n_layer] sorted sink positions
     const kv_policy * policy_ = nullptr;
     kv_coded_view cv0_;               // codec parameters shared by the coded heads
     int32_t n_logical_ = 0;

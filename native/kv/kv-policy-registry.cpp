@@ -37,12 +37,13 @@ const kv_policy * kv_policy_all(int * count) {
     return rows;
 }
 
-std::vector<int32_t> kv_select_keep(const float * scores, const int32_t * pos, int32_t n, int32_t budget, int32_t recent, int32_t protect) {
+std::vector<int32_t> kv_select_keep(const float * scores, const int32_t * pos, int32_t n, int32_t budget, int32_t recent, int32_t protect,
+                                    const std::vector<int32_t> & sinks) {
     std::vector<int32_t> keep, cand;
     std::vector<char> kept((size_t) n, 0);
     const int32_t first_recent = std::max(0, n - recent);
     for (int32_t j = 0; j < n; j++) {
-        if (pos[j] < protect || j >= first_recent) kept[(size_t) j] = 1;
+        if (pos[j] < protect || j >= first_recent || std::binary_search(sinks.begin(), sinks.end(), pos[j])) kept[(size_t) j] = 1;
         else cand.push_back(j);
     }
     int32_t n_kept = 0;

@@ -30,6 +30,7 @@ struct kv_policy_params {
     int32_t interval = 128;   // snapkv / rkv: compress every `interval` decode steps
     float lambda = 0.1f;      // rkv: weight of attention importance vs redundancy
     int32_t pool = 7;         // snapkv / rkv: 1-D max-pool kernel over token scores
+    bool protect_sinks = false;  // also never evict massive-activation sinks detected at prefill (§3.5)
 };
 
 struct kv_head_view;
@@ -84,9 +85,11 @@ const kv_policy * kv_policy_get(kv_policy_kind kind);
 const kv_policy * kv_policy_find(const char * name);
 const kv_policy * kv_policy_all(int * count);
 
-// Deterministic selection shared by every policy: keeps the `protect` first positions, the `recent`
-// newest tokens, and the best-scoring others up to `budget` tokens in all (ties: the newer token wins).
-// Returns the kept indices in ascending order (positions stay ascending after compaction).
-std::vector<int32_t> kv_select_keep(const float * scores, const int32_t * pos, int32_t n, int32_t budget, int32_t recent, int32_t protect);
+// Deterministic selection shared by every policy: keeps the `protect` first positions, the positions in
+// `sinks` (sorted; may be empty), the `recent` newest tokens, and the best-scoring others up to `budget`
+// tokens in all (ties: the newer token wins). Returns the kept indices in ascending order (positions
+// stay ascending after compaction).
+std::vector<int32_t> kv_select_keep(const float * scores, const int32_t * pos, int32_t n, int32_t budget, int32_t recent, int32_t protect,
+                                    const std::vector<int32_t> & sinks = {});
 
 } // namespace core

@@ -6,6 +6,7 @@
 //   logits = rmsnorm(x_last)·w_out_norm · Woutᵀ
 #include "forward.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -70,6 +71,18 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
             return status(ERR_ABORTED, "forward_chunk: aborted");
         }
         const layer_weights & L = m.layers[il];
+        if (n_tokens > 1 && kv.wants_sinks()) {
+            // massive activations (§3.5): the tokens holding the 20 largest |values| of the layer input
+            const size_t total = T * (size_t) n_embd, k_top = std::min<size_t>(20, total);
+            s.sink_idx.resize(total);
+            for (size_t i = 0; i < total; i++) s.sink_idx[i] = (int32_t) i;
+            std::partial_sort(s.sink_idx.begin(), s.sink_idx.begin() + (ptrdiff_t) k_top, s.sink_idx.end(),
+                              [&](int32_t a, int32_t b) { return std::fabs(s.x[(size_t) a]) > std::fabs(s.x[(size_t) b]); });
+            std::vector<int32_t> found;
+            for (size_t i = 0; i < k_top; i++) found.push_back(s.pos[(size_t) s.sink_idx[i] / n_embd]);
+            if (pos0 == 0) found.push_back(0);
+            kv.add_sinks((int) il, found);
+        }
         // ---- attention block
         for (size_t t = 0; t < T; t++) rms_norm_ref(s.x.data() + t * n_embd, L.attn_norm, s.xn.data() + t * n_embd, n_embd, hp.rms_eps);
         cpu_matmul(pool, L.wq, s.xn.data(), s.q.data(), n_tokens, s.mm);

@@ -20,6 +20,7 @@ struct forward_scratch {
     std::vector<float> q;       // [n_tokens][n_head*head_dim]
     std::vector<float> k;       // [n_tokens][n_head_kv*head_dim]
     std::vector<float> v;       // [n_tokens][n_head_kv*head_dim_v]
+    std::vector<int32_t> sink_idx;  // massive-activation detection scratch [n_tokens * n_embd]
     std::vector<float> kx, vx;  // [n_tokens][n_head][head_dim(_v)] keys/values copied per query head (per-query-head caches)
     std::vector<float> attn;    // [n_tokens][n_head*head_dim_v]
     std::vector<float> o;       // [n_tokens][n_embd]

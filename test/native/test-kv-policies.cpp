@@ -153,3 +153,24 @@ TC_TEST("kv-policies: lazy rejects nothing silently — C > W is the caller's co
     TC_CHECK(lazy->budget(64, 100, pp) == 132);
     TC_CHECK(!lazy->due(15, 1000, 100, pp) && lazy->due(64, 1000, 100, pp) && !lazy->due(64, 120, 100, pp));
 }
+
+TC_TEST("kv-policies: massive-activation sinks reported at prefill are never evicted, by any policy") {
+    int count = 0;
+    const kv_policy * all = kv_policy_all(&count);
+    for (int i = 0; i < count; i++) {
+        kv_policy_params pp;
+        pp.kind = all[i].kind;
+        pp.capacity = 64;
+        pp.window = 16;
+        pp.interval = 16;
+        pp.protect_sinks = true;
+        auto kv = make(pp);
+        TC_CHECK(kv->wants_sinks());
+        kv->add_sinks(0, {7, 33});
+        run(*kv, 48, 300, [](int32_t p, int32_t c) { return pattern(p, c, 11); });
+        for (int ih = 0; ih < N_HEAD_KV; ih++) {
+            const std::vector<int32_t> held = positions(*kv, ih);
+            TC_CHECK(std::count(held.begin(), held.end(), 7) == 1 && std::count(held.begin(), held.end(), 33) == 1) << all[i].name << ": a sink was evicted";
+        }
+    }
+}
