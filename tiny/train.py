@@ -3,11 +3,12 @@ style, SwiGLU, untied output) on the synthetic tasks of tasks.py, on the CPU wit
 
     sudo apt-get install -y python3-torch libopenblas0-pthread     # once (Debian packages, no pip)
     nice -n 19 /usr/bin/python3 tiny/train.py --out tiny/checkpoints/run1 > tiny/checkpoints/run1.log 2>&1 &
-    /usr/bin/python3 tiny/train.py --out tiny/checkpoints/run1 --export tiny/checkpoints/run1/weights
+    /usr/bin/python3 tiny/train.py --out tiny/checkpoints/run1 --export tiny/checkpoints/run1/weights   # shape from the checkpoint
 
 Seeded and reproducible: the batch of step s depends only on (seed, s); the model init only on the seed.
 Resumable: rerun the same command, it continues from <out>/ckpt.pt (written every --ckpt-every-s seconds and
-at the end, atomically). Stopping the process (SIGSTOP/SIGCONT, kill) at any moment is harmless: nothing
+at the end, atomically). The learning rate is warmup-stable-decay; the checkpoint at the start of the decay is
+also kept as <out>/ckpt-stable-<step>.pt, so a longer run can continue from it (copy it to ckpt.pt, raise --steps). Stopping the process (SIGSTOP/SIGCONT, kill) at any moment is harmless: nothing
 depends on wall time except when a checkpoint is written.
 
 --export writes the weights as float32 .npy files plus manifest.json for tiny/export-gguf.ts. RoPE is trained in
@@ -46,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=60)
+    p.add_argument("--decay-steps", type=int, default=150)
     p.add_argument("--wd", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ckpt-every-s", type=float, default=180.0)
@@ -184,10 +186,15 @@ def make_batch(a, step):
 
 
 def lr_at(a, step):
+    """Warmup, then constant, then a linear decay to 10% over the last --decay-steps steps (WSD). Until the decay
+    starts the schedule does not depend on --steps, so a run may be lengthened or shortened on resume and is still
+    exactly the run that the final --steps describes."""
     if step < a.warmup:
         return a.lr * (step + 1) / a.warmup
-    p = (step - a.warmup) / max(1, a.steps - a.warmup)
-    return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+    d0 = a.steps - a.decay_steps
+    if step < d0:
+        return a.lr
+    return a.lr * (0.1 + 0.9 * (a.steps - step) / a.decay_steps)
 
 
 def save_ckpt(path, model, opt, step, a):
@@ -236,6 +243,12 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
     ckpt = os.path.join(a.out, "ckpt.pt")
+    if a.export:
+        # shape and training arguments come from the checkpoint, not from the command line
+        if not os.path.exists(ckpt):
+            raise SystemExit(f"--export: no checkpoint at {ckpt}")
+        saved = torch.load(ckpt, map_location="cpu")["args"]
+        a = argparse.Namespace(**{**vars(a), **{k: v for k, v in saved.items() if k not in ("out", "export", "bench")}})
     model = Model(a)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() == 2]
@@ -248,7 +261,9 @@ def main(argv=None):
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
-        print(f"resumed from {ckpt} at step {step}", flush=True)
+        print(f"resumed from {ckpt} at step {step} (steps {a.steps}, decay from {a.steps - a.decay_steps})", flush=True)
+        if step > a.steps - a.decay_steps and st["args"].get("steps") != a.steps:
+            print("warning: --steps changed after the decay began; this run is not reproducible by one command", flush=True)
     if a.export:
         export(model, a, a.export)
         return
@@ -280,6 +295,9 @@ def main(argv=None):
             print(f"step {step} loss {loss_acc / n_acc:.4f} lr {lr_at(a, step - 1):.2e} tok/s {tok_acc / max(dt, 1e-9):.0f} "
                   f"elapsed {time.time() - t0:.0f}s", flush=True)
             tok_acc, loss_acc, n_acc, tw = 0, 0.0, 0, time.time()
+        if step == a.steps - a.decay_steps:
+            # the last checkpoint before the decay: a longer run can resume from it with a larger --steps
+            save_ckpt(os.path.join(a.out, f"ckpt-stable-{step}.pt"), model, opt, step, a)
         if a.bench and step - bench_start >= a.bench:
             return
         if time.time() - t_last_ckpt > a.ckpt_every_s or step == a.steps:

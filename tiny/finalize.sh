@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Export the latest checkpoint of a run to the bundled GGUF and measure its accuracy.
+#   tiny/finalize.sh [RUN_DIR=tiny/checkpoints/run1] [N=100] [LLAMA=5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-tiny/checkpoints/run1}
+N=${2:-100}
+LLAMA=${3:-5}
+OUT=tiny/model/thinkcache-tiny-reasoner.gguf
+/usr/bin/python3 tiny/train.py --out "$RUN" --export "$RUN/weights"
+npx tsx tiny/export-gguf.ts --weights "$RUN/weights" --out "$OUT" --type f16
+cp "$RUN/weights/manifest.json" /tmp/tiny-manifest.json
+/usr/bin/python3 tiny/tasks.py --dump-tokens /tmp/tiny-tokens.json 20
+npx tsx tiny/eval.ts --model "$OUT" --check-tokenizer /tmp/tiny-tokens.json
+npx tsx tiny/eval.ts --model "$OUT" --n "$N" --llama "$LLAMA" --json "$RUN/eval.json"
