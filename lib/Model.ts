@@ -86,7 +86,7 @@ export class Model {
       storage: {
         key: kv.effective.storage.key, value: kv.effective.storage.value, stagingTokens: kv.effective.storage.stagingTokens,
         protectFirst: kv.effective.storage.protectFirst, groupSize: kv.effective.storage.groupSize,
-        clip: kv.effective.storage.clip ?? -1, postRope: kv.effective.storage.variant === 'post-rope',
+        clip: kv.effective.storage.clip ?? -1, postRope: kv.effective.storage.variant === 'post-rope', protectSinks: kv.effective.storage.protectSinks,
       },
     }));
     const context = new Context(this, ctx, opts.sequences, kv.effective, () => this._children.delete(context));

@@ -48,6 +48,8 @@ export const KvStorageOptionsSchema = z.strictObject({
   stagingTokens: z.number().int().min(0).max(1 << 20).default(64),
   /** Positions < protectFirst are never quantized (attention sinks). */
   protectFirst: z.number().int().min(0).max(1 << 20).default(16),
+  /** Massive-activation sinks detected at prefill (ALGORITHMS.md §3.5) are never quantized either. */
+  protectSinks: z.boolean().default(true),
   /** rot clip ratio c (default 0.8 for rot2, 1.0 otherwise, as RotateKV). */
   clip: z.number().gt(0).max(1).optional(),
   /** Channels per quantization group (rot, KIVI values); KIVI keys: tokens per group. q8/q4 use 32. */
@@ -67,7 +69,7 @@ export type KvOptions = z.input<typeof KvOptionsSchema>;
 /** Exactly what the cache applies (ctx.effective.kv). */
 export interface EffectiveKv {
   storage: {
-    key: KvCodec; value: KvCodec; stagingTokens: number; protectFirst: number; clip: number | null; groupSize: number;
+    key: KvCodec; value: KvCodec; stagingTokens: number; protectFirst: number; protectSinks: boolean; clip: number | null; groupSize: number;
     variant: 'pre-rope' | 'post-rope';
   };
   heads: {

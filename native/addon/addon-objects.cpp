@@ -186,6 +186,7 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
         p.storage.group = opt_int(so, "groupSize", 32);
         p.storage.clip = (float) opt_num(so, "clip", -1);
         p.storage.post_rope = so.Get("postRope").ToBoolean();
+        p.storage.protect_sinks = !so.Has("protectSinks") || so.Get("protectSinks").ToBoolean();
         const int D = (int) m->hp.head_dim, DV = (int) m->hp.head_dim_v;
         const bool rot = core::kv_codec_get(p.storage.key).rotated || core::kv_codec_get(p.storage.value).rotated;
         if (rot && ((D & (D - 1)) || (DV & (DV - 1)))) {

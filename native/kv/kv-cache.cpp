@@ -67,9 +67,12 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     const kv_storage_config & st = cfg_.storage;
     const kv_coded_view & c = cv0_;
     const int D = cfg_.head_dim, DV = cfg_.head_dim_v, F = flush_tokens();
-    int32_t n_prot = 0;
-    while (n_prot < h.n && h.pos[(size_t) n_prot] < st.protect) n_prot++;
-    const int32_t m = (h.n - n_prot - st.staging) / F * F;
+    // protected: the first `protect` positions and this layer's sinks; they stay in f16 wherever they are
+    const std::vector<int32_t> & sk = sinks_[(size_t) il];
+    auto prot = [&](int32_t pos) { return pos < st.protect || (st.protect_sinks && std::binary_search(sk.begin(), sk.end(), pos)); };
+    std::vector<int32_t> cand;  // f16 indices of unprotected tokens, oldest first
+    for (int32_t j = 0; j < h.n; j++) if (!prot(h.pos[(size_t) j])) cand.push_back(j);
+    const int32_t m = ((int32_t) cand.size() - st.staging) / F * F;
     if (m <= 0) return;
     const int32_t nq = (int32_t) h.qpos.size();
     // pages for the new blocks; on OOM the tokens simply stay in f16
@@ -87,7 +90,7 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     std::vector<float> kb((size_t) F * D), vb((size_t) F * DV), tmp((size_t) std::max(D, DV)), cs((size_t) std::max(st.n_rot, 2));
     for (int32_t b0 = 0; b0 < m; b0 += F) {
         for (int t = 0; t < F; t++) {
-            const int32_t j = n_prot + b0 + t;
+            const int32_t j = cand[(size_t) (b0 + t)];
             const kv_segment & sg = h.segs[(size_t) (j / KV_PAGE_TOKENS)];
             const int32_t jj = j % KV_PAGE_TOKENS;
             float * kr = kb.data() + (size_t) t * D;
@@ -114,7 +117,10 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     }
     std::vector<int32_t> keep;
     keep.reserve((size_t) (h.n - m));
-    for (int32_t j = 0; j < h.n; j++) if (j < n_prot || j >= n_prot + m) keep.push_back(j);
+    for (int32_t j = 0, c = 0; j < h.n; j++) {
+        if (c < m && cand[(size_t) c] == j) { c++; continue; }
+        keep.push_back(j);
+    }
     compact(h, keep);  // also rebuilds the coded view
 }
 
@@ -341,7 +347,12 @@ int32_t kv_cache::remove_from(int32_t p) {
         if (!h.coded) continue;
         const int32_t kept_q = (int32_t) (std::lower_bound(h.qpos.begin(), h.qpos.end(), keep_pos) - h.qpos.begin());
         const int32_t P = std::min<int32_t>(keep_pos, cfg_.storage.protect);
-        const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - cfg_.storage.staging) / F * F;
+        int32_t n_sink = 0;  // sinks that are not already inside the protected prefix
+        if (cfg_.storage.protect_sinks) {
+            const auto & sk = sinks_[(size_t) (&h - heads_.data()) / cfg_.n_head_kv];
+            for (int32_t sp : sk) n_sink += sp >= cfg_.storage.protect && sp < keep_pos;
+        }
+        const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - n_sink - cfg_.storage.staging) / F * F;
         if (kept_q != fresh_q) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
     }
     for (auto & h : heads_) {

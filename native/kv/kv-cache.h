@@ -105,6 +105,7 @@ struct kv_storage_config {
     int group = 32;            // channels per group (KIVI keys: tokens per group)
     float clip = -1.0f;        // rot clip ratio; < 0: 0.8 for rot2, 1.0 otherwise (§3.4)
     bool post_rope = false;
+    bool protect_sinks = true; // massive-activation sinks detected at prefill (§3.5) are never quantized
     // the model's RoPE (pre-RoPE rot keys)
     int n_rot = 0;
     rope_style rope = ROPE_STYLE_NORM;
@@ -189,7 +190,7 @@ public:
     void record_query(int il, const float * q);
     // Massive-activation sinks (ALGORITHMS.md §3.5): the policy asks for detection at prefill; the
     // forward pass reports the positions of the tokens holding the largest residual-stream values.
-    bool wants_sinks() const { return cfg_.policy.protect_sinks && layer_has_evict_any_; }
+    bool wants_sinks() const { return (cfg_.policy.protect_sinks && layer_has_evict_any_) || (cfg_.storage.coded() && cfg_.storage.protect_sinks); }
     void add_sinks(int il, const std::vector<int32_t> & positions);
     const std::vector<int32_t> & sinks(int il) const { return sinks_[(size_t) il]; }
 

@@ -2,6 +2,7 @@
 // per-codec round-trip error within a per-bit-width budget, dot/axpy from codes == decode, rotation +
 // permutation + RoPE at full precision reproducing plain attention, sinks and staging never quantized,
 // memory report == ALGORITHMS.md §3.7 formulas, fewer pages, rewind, and the cache path vs the f16 cache.
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -282,6 +283,30 @@ TC_TEST("kv codecs: protected tokens and the staging window stay f16; memory rep
             f16fx.feed(*kv16, n, chunk, rng2);
             // (q8 is 8.5/16 of f16: at 300 tokens its separate key and value pages round up to about the f16 count)
             if (t != KV_CODEC_Q8) TC_CHECK(r.bytes_allocated < kv16->memory(false).bytes_allocated) << tr.name;
+        }
+    }
+}
+
+TC_TEST("kv codecs: massive-activation sinks found at prefill are never quantized, wherever they sit") {
+    coded_fixture fx;
+    std::mt19937 rng(9);
+    kv_storage_config st;
+    st.key = st.value = KV_CODEC_ROT2;
+    st.staging = 16;
+    st.protect = 2;
+    auto kv = fx.make(st);
+    TC_CHECK(kv->wants_sinks());
+    for (int il = 0; il < fx.n_layer; il++) kv->add_sinks(il, {0, 37, 90 + il});
+    fx.feed(*kv, 250, 50, rng);
+    for (int il = 0; il < fx.n_layer; il++) {
+        for (int ih = 0; ih < fx.n_head_kv; ih++) {
+            const kv_head_view hv = kv->head(il, ih);
+            std::vector<int32_t> fpos;
+            for (int s = 0; s < hv.n_seg; s++) for (int j = 0; j < hv.seg[s].n; j++) fpos.push_back(hv.seg[s].pos[j]);
+            for (int32_t p : {0, 1, 37, 90 + il}) TC_CHECK(std::count(fpos.begin(), fpos.end(), p) == 1) << "sink " << p << " not in f16";
+            for (int32_t j = 0; j < hv.coded->n; j++) TC_CHECK(hv.coded->pos[j] != 37 && hv.coded->pos[j] != 90 + il && hv.coded->pos[j] >= 2);
+            // 250 − 2 protected − 2 sinks − 16 staging = 230 → 224 quantized
+            TC_CHECK(hv.coded->n == 224 && hv.n + hv.coded->n == 250) << hv.coded->n;
         }
     }
 }
