@@ -50,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--decay-steps", type=int, default=150)
     p.add_argument("--wd", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda; checkpoints are saved on the CPU either way")
     p.add_argument("--ckpt-every-s", type=float, default=180.0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--export", default=None, help="write the checkpoint's weights (npy + manifest) to this folder and exit")
@@ -115,7 +116,7 @@ class Block(nn.Module):
             ks = apply_rope(k[:, s:e], cos[:L], sin[:L])[:, None]
             # GQA as llama.cpp: query head i uses KV head i // g
             att = torch.matmul(qs, ks.transpose(-1, -2)) * (1.0 / math.sqrt(self.hd))
-            att = att + self.causal(L)
+            att = att + self.causal(L, x.device)
             att = torch.softmax(att, dim=-1)
             outs.append(torch.matmul(att, v[:, s:e][:, None]).reshape(self.h, L, self.hd))
         o = torch.cat(outs, dim=1).transpose(0, 1).reshape(T, -1)
@@ -126,10 +127,10 @@ class Block(nn.Module):
     _mask = None
 
     @classmethod
-    def causal(cls, L):
-        if cls._mask is None or cls._mask.shape[0] < L:
+    def causal(cls, L, device):
+        if cls._mask is None or cls._mask.shape[0] < L or cls._mask.device != device:
             n = max(L, 2048)
-            cls._mask = torch.full((n, n), float("-inf")).triu(1)
+            cls._mask = torch.full((n, n), float("-inf"), device=device).triu(1)
         return cls._mask[:L, :L]
 
 
@@ -199,7 +200,10 @@ def lr_at(a, step):
 
 def save_ckpt(path, model, opt, step, a):
     tmp = path + ".tmp"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "args": vars(a)}, tmp)
+    cpu = lambda t: t.cpu() if torch.is_tensor(t) else t  # noqa: E731
+    osd = opt.state_dict()
+    osd = {"state": {k: {n: cpu(v) for n, v in st.items()} for k, st in osd["state"].items()}, "param_groups": osd["param_groups"]}
+    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": osd, "step": step, "args": vars(a)}, tmp)
     os.replace(tmp, path)
 
 
@@ -249,7 +253,8 @@ def main(argv=None):
             raise SystemExit(f"--export: no checkpoint at {ckpt}")
         saved = torch.load(ckpt, map_location="cpu")["args"]
         a = argparse.Namespace(**{**vars(a), **{k: v for k, v in saved.items() if k not in ("out", "export", "bench")}})
-    model = Model(a)
+        a.device = "cpu"
+    model = Model(a).to(a.device if not a.export else "cpu")
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -259,6 +264,7 @@ def main(argv=None):
     if os.path.exists(ckpt):
         st = torch.load(ckpt, map_location="cpu")
         model.load_state_dict(st["model"])
+        model.to(a.device)
         opt.load_state_dict(st["opt"])
         step = st["step"]
         print(f"resumed from {ckpt} at step {step} (steps {a.steps}, decay from {a.steps - a.decay_steps})", flush=True)
@@ -278,6 +284,7 @@ def main(argv=None):
     bench_start = step
     while step < a.steps:
         idx, tgt, segs = make_batch(a, step)
+        idx, tgt = idx.to(a.device), tgt.to(a.device)
         for g in opt.param_groups:
             g["lr"] = lr_at(a, step)
         logits = model(idx, segs)
