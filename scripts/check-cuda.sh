@@ -13,6 +13,7 @@
 #                           (built elsewhere with the same flags and carried over); also chosen
 #                           automatically when nvcc is missing and the binaries are there
 #   CHECK_CUDA_JOBS         build parallelism (default: nproc)
+#   CHECK_CUDA_ALLOW_SKIP=1 exit 0 when no device is visible (CPU-only smoke run of this script); else 2
 #   CHECK_CUDA_BENCH_ARGS   extra decode-bench-cuda arguments (default: f16,q8_0,q4_K at 1K/8K/32K)
 set -u
 T0=$(date +%s)
@@ -68,5 +69,9 @@ grep -E "PERF" "$OUT/ops-perf.log" >> "$SUMMARY"
 # shellcheck disable=SC2086
 run_step decode-bench 180 sh -c "\"$BUILD/decode-bench-cuda\" ${CHECK_CUDA_BENCH_ARGS:-} > \"$OUT/bench.jsonl\"" || rc_all=1
 cat "$OUT/decode-bench.log" >> "$SUMMARY"
-say "check-cuda: done in $(( $(date +%s) - T0 )) s, $([ $rc_all = 0 ] && echo OK || echo FAIL)"
+if grep -q "skipped: no CUDA device" "$OUT/ops-test.log" 2>/dev/null; then
+  say "NO DEVICE: the CUDA tests skipped ($(grep -m1 'skipped: no CUDA device' "$OUT/ops-test.log" | sed 's/^ *//')); nothing was measured"
+  [ "${CHECK_CUDA_ALLOW_SKIP:-0}" = 1 ] || rc_all=2
+fi
+say "check-cuda: done in $(( $(date +%s) - T0 )) s, $([ $rc_all = 0 ] && echo OK || echo "FAIL (rc $rc_all)")"
 exit $rc_all
