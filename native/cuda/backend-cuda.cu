@@ -145,6 +145,29 @@ status event_timer::stop(stream_t s, float * ms) {
     return status::success();
 }
 
+graph::~graph() {
+    if (e_) cudaGraphExecDestroy((cudaGraphExec_t) e_);
+    if (g_) cudaGraphDestroy((cudaGraph_t) g_);
+}
+status graph::begin(stream_t s) {
+    CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    return status::success();
+}
+status graph::end(stream_t s) {
+    cudaGraph_t g = nullptr;
+    CUDA_CHECK(cudaStreamEndCapture(s, &g));
+    g_ = g;
+    cudaGraphExec_t e = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&e, g, 0));
+    e_ = e;
+    return status::success();
+}
+status graph::launch(stream_t s) const {
+    if (!e_) return status(ERR_INTERNAL, "graph::launch before graph::end");
+    CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t) e_, s));
+    return status::success();
+}
+
 status flush_l2(stream_t s) {
     static void * buf = nullptr;
     static size_t bytes = 0;

@@ -91,6 +91,21 @@ private:
     void * a_ = nullptr, * b_ = nullptr;
 };
 
+// A captured stream sequence replayed as one CUDA graph (decode steps: one launch instead of hundreds).
+// Capture is relaxed, so nothing in the captured code may allocate.
+class graph {
+public:
+    graph() = default;
+    ~graph();
+    graph(const graph &) = delete;
+    graph & operator=(const graph &) = delete;
+    status begin(stream_t s);
+    status end(stream_t s);  // ends the capture and instantiates
+    status launch(stream_t s) const;
+private:
+    void * g_ = nullptr, * e_ = nullptr;
+};
+
 // Overwrites a buffer of >= 2x L2 so the next kernel starts with a cold L2 (llm.c benchmark_kernel).
 status flush_l2(stream_t s);
 
