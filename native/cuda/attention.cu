@@ -245,6 +245,8 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         const kv_head_view hv = kv.head(il, h);
         for (int i = 0; i < hv.n_seg; i++, page++) {
             const kv_segment & sg = hv.seg[i];
+            if (sg.n < 0 || sg.n > KV_PAGE_TOKENS)
+                return status(ERR_INTERNAL, strfmt("cuda attention: layer %d head %d segment %d holds %d tokens (a page holds %d)", il, h, i, sg.n, KV_PAGE_TOKENS));
             seg_n[h].push_back(sg.n);
             pos[h].insert(pos[h].end(), sg.pos, sg.pos + sg.n);
             const size_t kbytes = (size_t) (sg.n + KV_TILE - 1) / KV_TILE * hd * KV_TILE * sizeof(f16_t);
