@@ -252,7 +252,7 @@ void kv_cache::compact(head_store & h, const std::vector<int32_t> & keep) {
 
 void kv_cache::retain(int il) {
     const int S = cfg_.stream_sinks, R = cfg_.stream_recent, H = cfg_.n_head_kv;
-    std::vector<int32_t> keep;
+    std::vector<int32_t> & keep = keep_;
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
         if (h.coded) flush(il, ih, h);
@@ -268,9 +268,9 @@ void kv_cache::retain(int il) {
         h.dropped = true;
     }
     if (!layer_has_evict_[(size_t) il]) return;
-    // layer mean of the probabilities, defined when every head of the layer holds the same token set
-    std::vector<float> layer_mean;
-    bool same = true;
+    // layer mean of the probabilities (TOVA), defined when every head of the layer holds the same token set
+    std::vector<float> & layer_mean = layer_mean_;
+    bool same = policy_->needs_layer_mean;
     const head_store & h0 = heads_[(size_t) il * H];
     for (int ih = 0; ih < H && same; ih++) {
         const head_store & h = heads_[(size_t) il * H + ih];
@@ -278,13 +278,13 @@ void kv_cache::retain(int il) {
     }
     if (same) {
         layer_mean.assign((size_t) h0.n, 0.0f);
-        const float inv = 1.0f / (float) (cfg_.n_layer > 0 ? H : 1);
+        const float inv = 1.0f / (float) cfg_.n_head;  // p_sum already sums the group's query heads
         for (int ih = 0; ih < H; ih++) {
             const head_store & h = heads_[(size_t) il * H + ih];
             for (int32_t j = 0; j < h.n; j++) layer_mean[(size_t) j] += h.p_sum[(size_t) j] * inv;
         }
     }
-    std::vector<float> scores;
+    std::vector<float> & scores = scores_;
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
         if (h.mode != KV_RETAIN_EVICT) continue;

@@ -225,6 +225,8 @@ private:
     std::vector<char> layer_has_evict_;
     bool layer_has_evict_any_ = false;
     std::vector<std::vector<int32_t>> sinks_;  // [n_layer] sorted sink positions
+    std::vector<int32_t> keep_;               // retain() scratch (no allocation per step once grown)
+    std::vector<float> scores_, layer_mean_;
     const kv_policy * policy_ = nullptr;
     kv_coded_view cv0_;               // codec parameters shared by the coded heads
     int32_t n_logical_ = 0;

@@ -79,6 +79,8 @@ struct kv_policy {
     // Policies that score from keys and the last `query_window` queries set these instead of `score`.
     int32_t (*query_window)(const kv_policy_params & pp) = nullptr;
     void (*score_qk)(const kv_qk_inputs & in, const kv_policy_params & pp, float * scores) = nullptr;
+    // The policy reads kv_step_probs::p_layer (the mean over every query head of the layer).
+    bool needs_layer_mean = false;
 };
 
 const kv_policy * kv_policy_get(kv_policy_kind kind);
