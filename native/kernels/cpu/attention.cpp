@@ -257,6 +257,15 @@ __attribute__((target("avx2,f16c,fma"))) void acc_mad_f16_avx2(f16_t * acc, cons
 }
 #endif
 
+// q·k scores of keys [j0, j1) of a segment for the level's kernel (all give the same bits).
+void score_block(int level, const attn_params & p, const float * q16, int G, const kv_segment & h, int32_t j0, int32_t j1, float * s, float * kf) {
+#if defined(__x86_64__)
+    if (level == 2) return score_block_avx512(p, q16, G, h, j0, j1, s, kf);
+    if (level == 1) return score_block_avx2(p, q16, G, h, j0, j1, s, kf);
+#endif
+    score_block_generic(p, q16, G, h, j0, j1, s);
+}
+
 int dispatch_level() {
     static const int level = [] {
         const char * l = cpu_dispatch_level();
@@ -332,12 +341,7 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
                 const int32_t n = visible_keys(h, q_pos[t]);
                 for (int32_t j0 = 0; j0 < n; j0 += ATTN_BLOCK) {
                     const int32_t j1 = std::min(n, j0 + ATTN_BLOCK);
-#if defined(__x86_64__)
-                    if (level == 2) score_block_avx512(p, q16, ng, h, j0, j1, s, kf);
-                    else if (level == 1) score_block_avx2(p, q16, ng, h, j0, j1, s, kf);
-                    else
-#endif
-                        score_block_generic(p, q16, ng, h, j0, j1, s);
+                    score_block(level, p, q16, ng, h, j0, j1, s, kf);
                     for (int g = 0; g < ng; g++) {
                         const float * sg = s + (size_t) g * ATTN_BLOCK;
                         for (int32_t j = j0; j < j1; j++) {
@@ -364,12 +368,7 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
                     const int32_t n = visible_keys(h, q_pos[t]);
                     for (int32_t j0 = 0; j0 < n; j0 += ATTN_BLOCK) {
                         const int32_t j1 = std::min(n, j0 + ATTN_BLOCK);
-#if defined(__x86_64__)
-                        if (level == 2) score_block_avx512(p, q16, ng, h, j0, j1, s, kf);
-                        else if (level == 1) score_block_avx2(p, q16, ng, h, j0, j1, s, kf);
-                        else
-#endif
-                            score_block_generic(p, q16, ng, h, j0, j1, s);
+                        score_block(level, p, q16, ng, h, j0, j1, s, kf);
                         for (int32_t j = j0; j < j1; j++) {
                             float mx = 0, sum = 0;
                             for (int g = 0; g < ng; g++) {
