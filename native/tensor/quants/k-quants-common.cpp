@@ -194,4 +194,48 @@ float make_qkx2_quants(int n, int nmax, const float * x, const float * weights, 
     return scale;
 }
 
+void quantize_k4_superblock(const float * x, int nmax, float rmin, int nstep, uint8_t * L, uint8_t * scales, f16_t * d, f16_t * dmin) {
+    uint8_t Laux[32];
+    float weights[32], mins[QK_K / 32], sc[QK_K / 32];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 32; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        const float av_x = std::sqrt(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+        sc[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, false);
+        if (sc[j] > max_scale) max_scale = sc[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < QK_K / 32; ++j) {
+        uint8_t ls = (uint8_t) nearest_int(inv_scale * sc[j]);
+        uint8_t lm = (uint8_t) nearest_int(inv_min * mins[j]);
+        ls = std::min<uint8_t>(63, ls);
+        lm = std::min<uint8_t>(63, lm);
+        if (j < 4) {
+            scales[j] = ls;
+            scales[j + 4] = lm;
+        } else {
+            scales[j + 4] = (uint8_t) ((ls & 0xF) | ((lm & 0xF) << 4));
+            scales[j - 4] |= (uint8_t) ((ls >> 4) << 6);
+            scales[j - 0] |= (uint8_t) ((lm >> 4) << 6);
+        }
+    }
+    *d = f32_to_f16(max_scale / 63.f);
+    *dmin = f32_to_f16(max_min / 63.f);
+    uint8_t s6, m6;
+    for (int j = 0; j < QK_K / 32; ++j) {
+        get_scale_min_k4(j, scales, &s6, &m6);
+        const float dj = f16_to_f32(*d) * s6;
+        if (!dj) continue;
+        const float dm = f16_to_f32(*dmin) * m6;
+        for (int ii = 0; ii < 32; ++ii) {
+            const int l = nearest_int((x[32 * j + ii] + dm) / dj);
+            L[32 * j + ii] = (uint8_t) std::max(0, std::min(nmax, l));
+        }
+    }
+}
+
 } // namespace core

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../ggml-type.h"
+
 namespace core {
 
 #define QK_K 256
@@ -29,6 +31,12 @@ inline void get_scale_min_k4(int j, const uint8_t * q, uint8_t * d, uint8_t * m)
         *m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
     }
 }
+
+// The q4_K/q5_K super-block search (ggml's quantize_row_q4_K_ref / q5_K_ref share it): per 32-element
+// sub-block an asymmetric weighted search with levels [0, nmax], the eight scales and mins packed to 6 bits
+// in `scales` (12 bytes) under the super-block's d and dmin, then L re-quantized against the packed values.
+// x: [QK_K]; L: [QK_K] levels out; d, dmin: the block's f16 scale and min scale out.
+void quantize_k4_superblock(const float * x, int nmax, float rmin, int nstep, uint8_t * L, uint8_t * scales, f16_t * d, f16_t * dmin);
 
 // ggml's scale searches (see ggml-quants.c for the derivations).
 // Symmetric: L[i] in [0, 2*nmax), returns the scale. rmse_type 1 weights errors by x^2.

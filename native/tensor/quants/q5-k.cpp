@@ -13,48 +13,9 @@ namespace core {
 void quantize_row_q5_K_ref(const float * x, void * vy, int64_t n) {
     assert(n % QK_K == 0);
     block_q5_K * y = (block_q5_K *) vy;
-    uint8_t L[QK_K], Laux[32];
-    float mins[QK_K / 32], scales[QK_K / 32], weights[32];
+    uint8_t L[QK_K];
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-            const float av_x = std::sqrt(sum_x2 / 32);
-            for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
-            scales[j] = make_qkx2_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, false);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-        const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            uint8_t ls = (uint8_t) nearest_int(inv_scale * scales[j]);
-            uint8_t lm = (uint8_t) nearest_int(inv_min * mins[j]);
-            ls = std::min<uint8_t>(63, ls);
-            lm = std::min<uint8_t>(63, lm);
-            if (j < 4) {
-                y[i].scales[j] = ls;
-                y[i].scales[j + 4] = lm;
-            } else {
-                y[i].scales[j + 4] = (uint8_t) ((ls & 0xF) | ((lm & 0xF) << 4));
-                y[i].scales[j - 4] |= (uint8_t) ((ls >> 4) << 6);
-                y[i].scales[j - 0] |= (uint8_t) ((lm >> 4) << 6);
-            }
-        }
-        y[i].d = f32_to_f16(max_scale / 63.f);
-        y[i].dmin = f32_to_f16(max_min / 63.f);
-        uint8_t sc, m;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            get_scale_min_k4(j, y[i].scales, &sc, &m);
-            const float d = f16_to_f32(y[i].d) * sc;
-            if (!d) continue;
-            const float dm = f16_to_f32(y[i].dmin) * m;
-            for (int ii = 0; ii < 32; ++ii) {
-                const int l = nearest_int((x[32 * j + ii] + dm) / d);
-                L[32 * j + ii] = (uint8_t) std::max(0, std::min(31, l));
-            }
-        }
+        quantize_k4_superblock(x, 31, -0.5f, 15, L, y[i].scales, &y[i].d, &y[i].dmin);
         uint8_t * qh = y[i].qh;
         uint8_t * ql = y[i].qs;
         std::memset(qh, 0, QK_K / 8);
