@@ -13,20 +13,25 @@ import { CHAT_USAGE, cmdChat, cmdRunChat } from './cli/chat.js';
 import { loadModelWithProgress, PrefillProgress, progressEnabled } from './cli/progress.js';
 import { cmdEval } from './cli/eval.js';
 import { cmdProfileHeads } from './cli/profile-heads.js';
+import { cmdDemo, DEMO_USAGE } from './cli/demo.js';
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
                  [--top-k K] [--top-p P] [--min-p P] [--threads N] [--context N] [--json]
   thinkcache inspect --model PATH [--json]
-${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON ... | --profile P.tsv --sweep-sparsity 0,0.5 [--stream 16+48])
+${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... | --profile P.tsv --sweep-sparsity 0,0.5 [--stream 16+48])
                   [--traces N] [--max-tokens T] [--prompts FILE] [--json] [--chart out.svg]
+  thinkcache eval --accuracy [--model PATH] [--tasks add,chase,cups] [--data FILE.jsonl ...] [--n N]
+                  [--kv JSON|PRESET ...] [--profile P.tsv] [--max-tokens T] [--loop-guard] [--json]
   thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T]
                   [--sinks S] [--recent R]
 
+  demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate
   chat      talk with a model through its chat template (reasoning dimmed); run --chat for one turn
-  eval      KL / top-1 / ΔNLL of KV configurations against the full cache, with KV bytes
+  eval      KL / top-1 / ΔNLL of KV configurations against the full cache, with KV bytes;
+            --accuracy: task accuracy (tiny reasoner's held-out tasks, GSM8K/MATH JSONL) per configuration
   profile-heads  calibrate a head profile (window-substitution error on the model's own traces)
 `;
 
@@ -166,6 +171,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'quantize': return await (await import('./cli/quantize.js')).cmdQuantize(rest);
       case 'chat': return await cmdChat(rest);
       case 'eval': return await cmdEval(rest);
+      case 'demo': return await cmdDemo(rest);
       case 'profile-heads': return await cmdProfileHeads(rest);
       case undefined: case '-h': case '--help': case 'help':
         process.stdout.write(USAGE);

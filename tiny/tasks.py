@@ -194,6 +194,7 @@ GENERATORS = {"add": gen_add, "chase": gen_chase, "cups": gen_cups}
 
 # Seeds: training examples use (TRAIN_BASE + step stream), test sets TEST_BASE + index; the ranges never meet.
 TEST_BASE = {"add": 9_000_000, "chase": 9_100_000, "cups": 9_200_000}
+CALIB_BASE = {"add": 9_500_000, "chase": 9_600_000, "cups": 9_700_000}  # head-profile calibration (tiny/data/calib.jsonl)
 
 
 def example(task: str, seed: int) -> dict:
@@ -224,6 +225,15 @@ def main(argv: list[str]) -> None:
             with open(os.path.join(out, f"test-{t}.jsonl"), "w") as f:
                 for ex in test_set(t, n):
                     f.write(json.dumps({"task": t, "seed": ex["seed"], "question": ex["question"], "answer": ex["answer"], "chain": ex["chain"]}) + "\n")
+        return
+    if len(argv) >= 2 and argv[0] == "--write-calib":
+        # calibration problems for head profiles (thinkcache profile-heads --prompts): seeds disjoint from the test sets
+        n = int(argv[2]) if len(argv) > 2 else 4
+        with open(argv[1], "w") as f:
+            for t in TASKS:
+                for i in range(n):
+                    ex = example(t, CALIB_BASE[t] + i)
+                    f.write(json.dumps({"task": t, "seed": ex["seed"], "question": ex["question"], "answer": ex["answer"]}) + "\n")
         return
     if len(argv) >= 2 and argv[0] == "--dump-tokens":
         # texts (without BOS) and our token ids, for the tokenizer cross-check against lib/ and llama.cpp

@@ -65,7 +65,7 @@ const DIM = '\x1b[2m';
 const UNDIM = '\x1b[22m';
 
 /** Writes one reply: reasoning dimmed (or to `reasoningOut` when that is another stream), answer plain. */
-class ReplyPrinter {
+export class ReplyPrinter {
   private inReasoning = false;
   constructor(private readonly out: NodeJS.WriteStream, private readonly reasoningOut: NodeJS.WriteStream) {}
   onEvent(ev: GenerateEvent): void {

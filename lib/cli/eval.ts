@@ -1,15 +1,22 @@
 /**
- * `thinkcache eval`: fidelity of KV configurations against the full cache (ALGORITHMS.md §5, P1).
- *   thinkcache eval --model M --kv '{"heads":{"profile":"p.tsv","sparsity":0.5}}' [--kv ...]
+ * `thinkcache eval`: fidelity of KV configurations against the full cache (ALGORITHMS.md §5, P1), or, with
+ * --accuracy, free-running task accuracy (P2).
+ *   thinkcache eval --model M --kv '{"heads":{"profile":"p.tsv","sparsity":0.5}}' [--kv rot2 ...]
  *                   [--profile P.tsv --sweep-sparsity 0,0.25,0.5,0.75 --stream 16+48,4+28]
  *                   [--traces N] [--max-tokens T] [--prompts FILE] [--threads N] [--context N]
  *                   [--json] [--chart out.svg]
+ *   thinkcache eval --accuracy [--model M] [--tasks tiny|add,chase,cups] [--data FILE.jsonl ...] [--n N]
+ *                   [--kv CONFIG ...] [--max-tokens T] [--loop-guard] [--json]
+ * --kv takes a JSON object (the API's `kv` option) or a preset name (full, rlkv-50, lazy-50, rot2, q4).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { LlmError } from '../errors.js';
 import { DEFAULT_PROMPTS, fidelityChartSvg, runFidelity, type FidelityResult } from '../eval/fidelity.js';
+import { formatAccuracyTable, loadJsonlProblems, loadTinyProblems, runAccuracy, TINY_TASKS, tinyModelPath, type AccuracyProblem } from '../eval/accuracy.js';
+import { readPromptFile } from '../eval/prompts.js';
 import { KvOptionsSchema, type KvOptions } from '../kv/kv-options.js';
+import { KV_PRESETS, kvPreset } from '../kv/presets.js';
 import { loadModel } from '../Model.js';
 import { parseOptions } from '../options.js';
 
@@ -38,17 +45,13 @@ export async function cmdEval(args: string[]): Promise<number> {
       model: { type: 'string', short: 'm' }, kv: { type: 'string', multiple: true }, profile: { type: 'string' },
       'sweep-sparsity': { type: 'string' }, stream: { type: 'string' }, traces: { type: 'string' }, 'max-tokens': { type: 'string' },
       prompts: { type: 'string' }, threads: { type: 'string' }, context: { type: 'string' }, json: { type: 'boolean' }, chart: { type: 'string' },
+      accuracy: { type: 'boolean' }, tasks: { type: 'string' }, data: { type: 'string', multiple: true }, n: { type: 'string' }, 'loop-guard': { type: 'boolean' },
     },
     strict: true,
   });
+  if (values.accuracy) return cmdAccuracy(values);
   if (!values.model) throw new LlmError('thinkcache eval: --model is required', 'ERR_INVALID_OPTIONS');
-  const configs: { label: string; kv: KvOptions }[] = [];
-  for (const text of values.kv ?? []) {
-    let obj: unknown;
-    try { obj = JSON.parse(text); } catch { throw new LlmError(`--kv: not valid JSON: ${text}`, 'ERR_INVALID_OPTIONS'); }
-    parseOptions(KvOptionsSchema, obj, 'kv');
-    configs.push({ label: text.length > 48 ? `${text.slice(0, 45)}...` : text, kv: obj as KvOptions });
-  }
+  const configs = parseKvConfigs(values.kv ?? [], values.profile);
   if (values['sweep-sparsity']) {
     if (!values.profile) throw new LlmError('--sweep-sparsity needs --profile P.tsv', 'ERR_INVALID_OPTIONS');
     const windows = (values.stream ?? '16+64').split(',').map((w) => {
@@ -64,15 +67,10 @@ export async function cmdEval(args: string[]): Promise<number> {
     }
   }
   if (configs.length === 0) throw new LlmError('thinkcache eval: give at least one --kv CONFIG or --profile with --sweep-sparsity', 'ERR_INVALID_OPTIONS');
-  let prompts: string[] = DEFAULT_PROMPTS;
-  if (values.prompts) {
-    prompts = readFileSync(values.prompts, 'utf8').split('\n').filter((l) => l.trim()).map((l) => {
-      try { const o = JSON.parse(l); return String(o.question ?? o.problem ?? o.prompt ?? l); } catch { return l; }
-    });
-  }
+  await using model = await loadModel({ path: values.model });
+  const prompts: (string | number[])[] = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
   const traces = int(values.traces, 'traces', Math.min(8, prompts.length));
   const maxTokens = int(values['max-tokens'], 'max-tokens', 256);
-  await using model = await loadModel({ path: values.model });
   const contextSize = int(values.context, 'context', Math.min(model.info.nCtxTrain || 4096, 4096));
   const threads = values.threads ? int(values.threads, 'threads', 1) : undefined;
   const tty = process.stderr.isTTY && !values.json;
@@ -89,5 +87,62 @@ export async function cmdEval(args: string[]): Promise<number> {
     process.stdout.write(table);
   }
   if (values.chart) writeFileSync(values.chart, fidelityChartSvg(results));
+  return 0;
+}
+
+/** `--kv` values: JSON objects (validated) or preset names; the label is the preset name or the JSON text. */
+export function parseKvConfigs(texts: string[], profile: string | undefined): { label: string; kv: KvOptions }[] {
+  return texts.map((text) => {
+    const preset = kvPreset(text.trim());
+    if (preset) return { label: preset.name, kv: preset.build(profile) };
+    let obj: unknown;
+    try { obj = JSON.parse(text); } catch {
+      throw new LlmError(`--kv: expected a JSON object or a preset name (${KV_PRESETS.map((p) => p.name).join(', ')}), received: ${text}`, 'ERR_INVALID_OPTIONS');
+    }
+    parseOptions(KvOptionsSchema, obj, 'kv');
+    return { label: text.length > 48 ? `${text.slice(0, 45)}...` : text, kv: obj as KvOptions };
+  });
+}
+
+interface AccuracyArgs {
+  model?: string; kv?: string[]; profile?: string; tasks?: string; data?: string[]; n?: string; 'max-tokens'?: string;
+  threads?: string; context?: string; json?: boolean; 'loop-guard'?: boolean;
+}
+
+/** `thinkcache eval --accuracy`: P2 over the tiny reasoner's held-out tasks and/or JSONL problem files. */
+async function cmdAccuracy(values: AccuracyArgs): Promise<number> {
+  const modelPath = values.model ?? tinyModelPath();
+  const n = int(values.n, 'n', 100);
+  const problems: AccuracyProblem[] = [];
+  const tiny = values.tasks ?? (values.data?.length ? undefined : 'tiny');
+  if (tiny) {
+    for (const t of tiny === 'tiny' ? TINY_TASKS : tiny.split(',').map((x) => x.trim().replace(/^tiny:/, ''))) problems.push(...loadTinyProblems(t, n));
+  }
+  for (const f of values.data ?? []) problems.push(...loadJsonlProblems(f, n));
+  const configs = values.kv?.length ? parseKvConfigs(values.kv, values.profile) : [{ label: 'full', kv: {} }];
+  if (!configs.some((c) => c.label === 'full')) configs.unshift({ label: 'full', kv: {} });
+  const maxTokens = int(values['max-tokens'], 'max-tokens', values.data?.length ? 4096 : 2048);
+  await using model = await loadModel({ path: modelPath });
+  const tty = process.stderr.isTTY && !values.json;
+  let done = 0;
+  const total = problems.length * configs.length;
+  const { summaries } = await runAccuracy(model, {
+    configs, problems, maxTokens, ...(values.context ? { contextSize: int(values.context, 'context', 4096) } : {}),
+    ...(values.threads ? { threads: int(values.threads, 'threads', 1) } : {}),
+    loopGuard: values['loop-guard'] ? { window: 400, minDistinct: 40 } : false,
+    onResult: (r) => {
+      done++;
+      if (values.json) process.stdout.write(JSON.stringify({ type: 'problem', ...r }) + '\n');
+      else if (tty) process.stderr.write(`\r  ${done}/${total} problems (${r.config})`.padEnd(60));
+    },
+  });
+  if (tty) process.stderr.write('\n');
+  const table = `model ${modelPath}: ${problems.length} problems, greedy, at most ${maxTokens} tokens each\n` + formatAccuracyTable(summaries);
+  if (values.json) {
+    for (const s of summaries) process.stdout.write(JSON.stringify({ type: 'summary', model: modelPath, ...s, effective: undefined, retention: s.effective.heads.retention }) + '\n');
+    process.stderr.write(table);
+  } else {
+    process.stdout.write(table);
+  }
   return 0;
 }

@@ -3,10 +3,11 @@
  * Training-free head calibration on the model's own greedy traces: window-substitution error (§1.12 b,
  * default) or the mean-query/mean-key attention curve (§1.12 a).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { LlmError } from '../errors.js';
 import { DEFAULT_PROMPTS } from '../eval/fidelity.js';
+import { readPromptFile } from '../eval/prompts.js';
 import { calibrateHeadProfile } from '../kv/calibrate.js';
 import { formatHeadProfile } from '../kv/head-profile.js';
 import { loadModel } from '../Model.js';
@@ -28,10 +29,10 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
     if (!Number.isInteger(n) || n < 0) throw new LlmError(`--${name}: expected a non-negative integer, received "${v}"`, 'ERR_INVALID_OPTIONS');
     return n;
   };
-  const prompts = values.prompts ? readFileSync(values.prompts, 'utf8').split('\n').filter((l) => l.trim()) : DEFAULT_PROMPTS;
-  const traces = num(values.traces, 'traces', Math.min(8, prompts.length));
   if (values.method !== 'wse' && values.method !== 'mean-qk') throw new LlmError(`--method: expected wse or mean-qk, received "${values.method}"`, 'ERR_INVALID_OPTIONS');
   await using model = await loadModel({ path: values.model });
+  const prompts: (string | number[])[] = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
+  const traces = num(values.traces, 'traces', Math.min(8, prompts.length));
   const r = await calibrateHeadProfile(model, {
     prompts: prompts.slice(0, traces), maxTokens: num(values['max-tokens'], 'max-tokens', 256), method: values.method,
     sinks: num(values.sinks, 'sinks', 16), recent: num(values.recent, 'recent', 64), ...(values.threads ? { threads: num(values.threads, 'threads', 1) } : {}),

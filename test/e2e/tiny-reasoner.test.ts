@@ -2,6 +2,7 @@
 // (node-llama-cpp 3.21.1) and our tokenizer agree on the chat text of held-out problems (special tokens parsed),
 // the chat template renders the ChatML prompt, and the first greedy tokens of one problem per task are equal.
 // Skips with a reason when the model file is absent (it is committed once training is done).
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -53,5 +54,13 @@ describe.skipIf(!have)('bundled tiny reasoner', () => {
       await seq.dispose();
       expect(got).toEqual(want);
     }
+  });
+
+  it('thinkcache demo streams the sample problem and prints accuracy and KV memory per preset', () => {
+    const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'thinkcache.cjs'), 'demo', '--n', '1', '--threads', '1'], { encoding: 'utf8', cwd: ROOT, timeout: 300_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/<think>|correct|wrong/);
+    expect(r.stdout).toMatch(/\(expected [a-z]{2}\)/);
+    for (const preset of ['full', 'rlkv-50', 'lazy-50', 'rot2']) expect(r.stdout).toMatch(new RegExp(`^${preset}\\s+(add|chase|cups)\\s+1\\s`, 'm'));
   });
 });

@@ -52,4 +52,27 @@ describe('thinkcache CLI', () => {
     expect(unknown.status).toBe(2);
     expect(unknown.stderr).toMatch(/unknown command "frobnicate"/);
   });
+  it('demo: bad options are typed errors before any model loads; the bundled model is found or named', () => {
+    const bad = cli('demo', '--n', '0');
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/--n: expected an integer in 1\.\.100/);
+    const task = cli('demo', '--task', 'sort');
+    expect(task.status).not.toBe(0);
+    expect(task.stderr).toMatch(/unknown tiny task "sort"/);
+    const preset = cli('demo', '--kv', 'rot9');
+    expect(preset.status).not.toBe(0);
+    expect(preset.stderr).toMatch(/unknown preset "rot9"/);
+  });
+
+  it('eval --accuracy on a fixture: one JSON line per problem and per summary, full cache first', () => {
+    const model = ensureFixture('qwen3', 'f16');
+    const r = cli('eval', '--accuracy', '--model', model, '--tasks', 'add', '--n', '2', '--kv', 'lazy-50', '--max-tokens', '24', '--threads', '1', '--json');
+    expect(r.status, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.filter((l) => l.type === 'problem').map((l) => l.config)).toEqual(['full', 'full', 'lazy-50', 'lazy-50']);
+    const sums = lines.filter((l) => l.type === 'summary');
+    expect(sums.map((l) => l.config)).toEqual(['full', 'lazy-50']);
+    expect(sums[0].n).toBe(2);
+    expect(r.stderr).toMatch(/accuracy/);
+  });
 });
