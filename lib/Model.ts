@@ -15,6 +15,7 @@ import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type Contex
 import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
 import { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/chat-template.js';
 import { resolveKvOptions } from './kv/kv-options.js';
+import { calibrateRotation, resolvePermutation, type RotationCalibration } from './kv/rotation.js';
 
 export type ModelInfo = AddonModelInfo;
 
@@ -29,6 +30,7 @@ export class Model {
   readonly backend: BackendName;
   private _disposed = false;
   private readonly _children = new Set<Context>();
+  private _rotation?: Promise<RotationCalibration>;
 
   private constructor(native: AddonModel, path: string, backend: BackendName) {
     this._native = native;
@@ -73,6 +75,11 @@ export class Model {
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
     const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;
+    // rot keys: the calibrated channel permutation (§3.3) from a sidecar or the built-in calibration
+    const rotKeys = kv.effective.storage.key.startsWith('rot');
+    const rotation = rotKeys ? await resolvePermutation(this, kv.effective.storage.permutation) : null;
+    kv.effective.storage.permutation = rotation ? rotation.source : rotKeys ? 'none (identity)' : kv.effective.storage.permutation;
+    this._ensureNotDisposed();
     const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
       contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),
       threads: opts.threads ?? 0,
@@ -87,11 +94,19 @@ export class Model {
         key: kv.effective.storage.key, value: kv.effective.storage.value, stagingTokens: kv.effective.storage.stagingTokens,
         protectFirst: kv.effective.storage.protectFirst, groupSize: kv.effective.storage.groupSize,
         clip: kv.effective.storage.clip ?? -1, postRope: kv.effective.storage.variant === 'post-rope', protectSinks: kv.effective.storage.protectSinks,
+        ...(rotation ? { perm: rotation.perm } : {}),
       },
     }));
     const context = new Context(this, ctx, opts.sequences, kv.effective, () => this._children.delete(context));
     this._children.add(context);
     return context;
+  }
+
+  /** @internal The permutation from the built-in calibration text, computed once per model. */
+  _builtinRotation(): Promise<RotationCalibration> {
+    this._rotation ??= calibrateRotation(this, { source: 'built-in calibration text' }).then((r) => ({ ...r, source: `built-in calibration text (${r.tokens} tokens)` }));
+    this._rotation.catch(() => { this._rotation = undefined; });
+    return this._rotation;
   }
 
   /** Tokenizes text as llama.cpp does (BOS added when the model asks for it, unless addBos says otherwise). */

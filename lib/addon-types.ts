@@ -111,7 +111,8 @@ export interface AddonSequence {
   nTokens(): number;
   memory(perHead?: boolean): AddonKvMemory;
   /** Head calibration (window-substitution error) over the following evals; null turns it off. */
-  setCalibration(sinks: number | null, recent?: number): void;
+  /** keysOnly: only the pre-RoPE q/k sums (no window-substitution pass). */
+  setCalibration(sinks: number | null, recent?: number, keysOnly?: boolean): void;
   getCalibration(): { errSum: Float64Array; outMassSum: Float64Array; count: Float64Array; qSum: Float64Array; kSum: Float64Array; tokens: number } | null;
   dispose(): void;
 }
@@ -169,7 +170,7 @@ export interface Addon {
     options: {
       contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number; perQueryHead?: boolean;
       eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number; interval?: number; lambda?: number; pool?: number; protectSinks?: boolean };
-      storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean; protectSinks?: boolean };
+      storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean; protectSinks?: boolean; perm?: Int32Array };
     },
   ) => AddonContext;
   AddonSequence: new (context: AddonContext) => AddonSequence;

@@ -14,6 +14,7 @@ import { loadModelWithProgress, PrefillProgress, progressEnabled } from './cli/p
 import { cmdEval } from './cli/eval.js';
 import { cmdProfileHeads } from './cli/profile-heads.js';
 import { cmdDemo, DEMO_USAGE } from './cli/demo.js';
+import { CALIBRATE_ROTATION_USAGE, cmdCalibrateRotation } from './cli/calibrate-rotation.js';
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
@@ -25,7 +26,7 @@ ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... |
                   [--kv JSON|PRESET ...] [--profile P.tsv] [--max-tokens T] [--loop-guard] [--json]
   thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T]
                   [--sinks S] [--recent R]
-
+${CALIBRATE_ROTATION_USAGE}
   demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate
@@ -33,6 +34,7 @@ ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... |
   eval      KL / top-1 / ΔNLL of KV configurations against the full cache, with KV bytes;
             --accuracy: task accuracy (tiny reasoner's held-out tasks, GSM8K/MATH JSONL) per configuration
   profile-heads  calibrate a head profile (window-substitution error on the model's own traces)
+  calibrate-rotation  RotateKV key channel permutation → <model>.rotkv.json (used by rot keys automatically)
 `;
 
 function num(v: string | undefined, name: string, int: boolean): number | undefined {
@@ -172,6 +174,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'chat': return await cmdChat(rest);
       case 'eval': return await cmdEval(rest);
       case 'demo': return await cmdDemo(rest);
+      case 'calibrate-rotation': return await cmdCalibrateRotation(rest);
       case 'profile-heads': return await cmdProfileHeads(rest);
       case undefined: case '-h': case '--help': case 'help':
         process.stdout.write(USAGE);

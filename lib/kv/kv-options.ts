@@ -56,6 +56,12 @@ export const KvStorageOptionsSchema = z.strictObject({
   groupSize: z.number().int().min(8).max(1024).default(32),
   /** rot keys: rotate before RoPE (RotateKV, RoPE re-applied in attention) or after it (§6.2 C6). */
   variant: z.enum(['pre-rope', 'post-rope']).default('pre-rope'),
+  /**
+   * rot keys: the calibrated channel permutation (§3.3). 'auto': the sidecar `<model>.rotkv.json` when it
+   * exists (made by `thinkcache calibrate-rotation`), else calibrated on built-in text when the context is
+   * created (once per model); a path: that sidecar; 'none': identity.
+   */
+  permutation: z.union([z.literal('auto'), z.literal('none'), z.string().min(1)]).default('auto'),
 });
 
 export const KvOptionsSchema = z.strictObject({
@@ -71,6 +77,8 @@ export interface EffectiveKv {
   storage: {
     key: KvCodec; value: KvCodec; stagingTokens: number; protectFirst: number; protectSinks: boolean; clip: number | null; groupSize: number;
     variant: 'pre-rope' | 'post-rope';
+    /** rot keys: where the channel permutation came from ('none (identity)' when not permuted); else the setting. */
+    permutation: string;
   };
   heads: {
     nLayer: number;

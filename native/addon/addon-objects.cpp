@@ -1,6 +1,7 @@
 #include "addon-objects.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "../kernels/cpu/quant-traits-cpu.h"
 #include "addon-gguf.h"
@@ -194,6 +195,31 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
         }
         if (D % 8 || DV % 8 || p.storage.staging < 0 || p.storage.protect < 0 || p.storage.group < 1) {
             throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: storage needs head sizes that are multiples of 8, stagingTokens/protectFirst >= 0, groupSize >= 1");
+        }
+        // key channel permutation of rot codecs (calibrated, §3.3): Int32Array [n_layer][n_head_kv][head_dim], each
+        // head's slice a permutation of 0..head_dim-1; per-query-head caches get their KV head's slice per copy
+        Napi::Value pv = so.Get("perm");
+        if (pv.IsTypedArray()) {
+            if (pv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: storage.perm must be an Int32Array");
+            Napi::Int32Array pa = pv.As<Napi::Int32Array>();
+            const size_t L = m->hp.n_layer, H = m->hp.n_head_kv;
+            if (pa.ElementLength() != L * H * (size_t) D) {
+                throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: storage.perm has %zu entries, expected n_layer·n_head_kv·head_dim = %zu", pa.ElementLength(), L * H * (size_t) D));
+            }
+            std::vector<uint8_t> seen((size_t) D);
+            for (size_t lh = 0; lh < L * H; lh++) {
+                std::fill(seen.begin(), seen.end(), 0);
+                for (int d = 0; d < D; d++) {
+                    const int32_t v = pa[lh * D + d];
+                    if (v < 0 || v >= D || seen[(size_t) v]) throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: storage.perm of layer %zu head %zu is not a permutation of 0..%d", lh / H, lh % H, D - 1));
+                    seen[(size_t) v] = 1;
+                }
+            }
+            const size_t HC = p.per_query_head ? m->hp.n_head : H, g = HC / H;
+            p.storage.perm.resize(L * HC * D);
+            for (size_t l = 0; l < L; l++)
+                for (size_t h = 0; h < HC; h++)
+                    std::memcpy(p.storage.perm.data() + (l * HC + h) * D, pa.Data() + (l * H + h / g) * D, sizeof(int32_t) * D);
         }
     }
     p.stream_sinks = opt_int(o, "streamSinks", 16);
@@ -430,14 +456,16 @@ Napi::Value AddonSequence::set_calibration(const Napi::CallbackInfo & info) {
         s.set_calibration(-1, 0);
         return env.Undefined();
     }
-    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "setCalibration(sinks, recent): numbers expected");
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "setCalibration(sinks, recent[, keysOnly]): numbers expected");
+    // keysOnly: only the pre-RoPE query/key sums (mean-qk profiles, rotation permutations), no window-error pass
+    const bool keys_only = info.Length() > 2 && info[2].ToBoolean();
     const int sinks = info[0].As<Napi::Number>().Int32Value(), recent = info[1].As<Napi::Number>().Int32Value();
     if (sinks < 0 || recent < 1) throw_status(env, core::ERR_INVALID_ARG, "setCalibration: sinks must be >= 0 and recent >= 1");
     const core::kv_cache & kv = s.kv();
     for (int il = 0; il < kv.config().n_layer; il++)
         for (int ih = 0; ih < kv.config().n_head_kv; ih++)
             if (kv.retention(il, ih) != core::KV_RETAIN_FULL) throw_status(env, core::ERR_INVALID_ARG, "setCalibration: needs a context whose heads are all full (no kv.heads sparsity)");
-    s.set_calibration(sinks, recent);
+    s.set_calibration(sinks, recent, !keys_only);
     return env.Undefined();
 }
 

@@ -73,7 +73,7 @@ int32_t engine_sequence::remove_from(int32_t pos) {
     return kept;
 }
 
-void engine_sequence::set_calibration(int sinks, int recent) {
+void engine_sequence::set_calibration(int sinks, int recent, bool window_error) {
     if (sinks < 0) {
         wse_.reset();
     } else {
@@ -82,6 +82,7 @@ void engine_sequence::set_calibration(int sinks, int recent) {
         wse_ = std::make_unique<wse_accumulator>();
         wse_->sinks = sinks;
         wse_->recent = recent;
+        wse_->window_error = window_error;
         wse_->err_sum.assign(n, 0.0);
         wse_->out_mass_sum.assign(n, 0.0);
         wse_->count.assign(n, 0.0);

@@ -62,7 +62,7 @@ public:
     kv_memory_report memory(bool per_head) const { return kv_->memory(per_head); }
     kv_cache & kv() { return *kv_; }
     // Head calibration (window-substitution error) on the following evals; sinks < 0 turns it off.
-    void set_calibration(int sinks, int recent);
+    void set_calibration(int sinks, int recent, bool window_error = true);
     const wse_accumulator * calibration() const { return wse_.get(); }
     engine_context & ctx() { return *ctx_; }
 

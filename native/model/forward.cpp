@@ -125,7 +125,7 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
         }
         if (kv.wants_queries((int) il)) kv.record_query((int) il, s.q.data() + (T - 1) * n_q);
         attention(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, s.attn.data(), s.at);
-        if (s.wse) attention_window_error(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, *s.wse);
+        if (s.wse && s.wse->window_error) attention_window_error(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, *s.wse);
         kv.retain((int) il);  // STREAM heads keep their sinks + recent window
         cpu_matmul(pool, L.wo, s.attn.data(), s.o.data(), n_tokens, s.mm);
         add_ref(s.x.data(), s.o.data(), (int64_t) T * n_embd);

@@ -3,6 +3,8 @@
 // permutation + RoPE at full precision reproducing plain attention, sinks and staging never quantized,
 // memory report == ALGORITHMS.md §3.7 formulas, fewer pages, rewind, and the cache path vs the f16 cache.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -200,12 +202,13 @@ namespace {
 
 struct coded_fixture {
     int n_layer = 2, n_head_kv = 2, D = 64, DV = 64;
+    rope_style style = ROPE_STYLE_NEOX;
     std::shared_ptr<page_pool> pool = std::make_shared<page_pool>(kv_page_bytes(64, 64));
     std::unique_ptr<kv_cache> make(kv_storage_config st, int n_ctx = 2048) {
         kv_cache_config c;
         c.n_layer = n_layer; c.n_head_kv = n_head_kv; c.head_dim = D; c.head_dim_v = DV; c.n_ctx = n_ctx;
         st.n_rot = D;
-        st.rope = ROPE_STYLE_NEOX;
+        st.rope = style;
         c.storage = st;
         return std::make_unique<kv_cache>(c, pool);
     }
@@ -219,7 +222,7 @@ struct coded_fixture {
             for (int t = 0; t < m; t++) {
                 pos[t] = kv.n_logical() + t;
                 rope_cache_ref(cs.data(), pos[t], D, 10000.0f, 1.0f, nullptr);
-                rope_apply_ref(k.data() + (size_t) t * n_head_kv * D, n_head_kv, D, D, ROPE_STYLE_NEOX, cs.data());
+                rope_apply_ref(k.data() + (size_t) t * n_head_kv * D, n_head_kv, D, D, style, cs.data());
             }
             status s = kv.reserve(m);
             TC_CHECK(s.ok()) << s.message;
@@ -361,6 +364,104 @@ TC_TEST("kv codecs: attention over a coded cache tracks the f16 cache (error shr
             const double budget = t == KV_CODEC_ROT2 ? 0.7 : t == KV_CODEC_ROT3 ? 0.2 : t == KV_CODEC_ROT4 ? 0.1 : 1e-3;
             TC_CHECK(e < budget) << kv_codec_get(t).name << " post=" << post << ": NMSE vs f16 " << e;
             if (!post) { TC_CHECK(e < prev * 1.5) << kv_codec_get(t).name; prev = e; }
+        }
+    }
+}
+
+TC_TEST("kv codecs: the AVX-512 coded attention == the scalar ref (rot2/3/4, pre/post-RoPE, permuted, NORM/NEOX, D 32/64/128)") {
+    int checked = 0;
+    for (int D : {32, 64, 128}) {
+        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4}) {
+            for (bool post : {false, true}) {
+                for (rope_style style : {ROPE_STYLE_NORM, ROPE_STYLE_NEOX}) {
+                    coded_fixture fx;
+                    fx.n_layer = 1;
+                    fx.D = fx.DV = D;
+                    fx.style = style;
+                    fx.pool = std::make_shared<page_pool>(kv_page_bytes(D, D));
+                    std::mt19937 rng(11 + D + (int) t);
+                    kv_storage_config st;
+                    st.key = st.value = t;
+                    st.staging = 24;
+                    st.protect = 5;
+                    st.group = D == 32 ? 16 : 32;
+                    st.post_rope = post;
+                    st.perm.resize((size_t) fx.n_head_kv * D);
+                    for (int h = 0; h < fx.n_head_kv; h++) {
+                        std::iota(st.perm.begin() + (size_t) h * D, st.perm.begin() + (size_t) (h + 1) * D, 0);
+                        if (h == 1) std::shuffle(st.perm.begin() + (size_t) h * D, st.perm.begin() + (size_t) (h + 1) * D, rng);
+                    }
+                    auto kv = fx.make(st, 4096);
+                    fx.feed(*kv, 537, 97, rng);  // 537 − 24 staging − 5 protected: 508 quantized, not a multiple of 16
+                    for (int G : {1, 7}) {
+                        std::mt19937 rq(5 + G);
+                        auto q = randn(rq, (size_t) G * D, 2.0f);
+                        for (int h = 0; h < fx.n_head_kv; h++) {
+                            const kv_head_view hv = kv->head(0, h);
+                            TC_CHECK(hv.coded && hv.coded->n > 400);
+                            for (int32_t qpos : {536, 300}) {  // the whole cache, and a query that sees a prefix of it
+                                std::vector<float> o((size_t) G * D, 0.0f), oref((size_t) G * D);
+                                attend_group_coded_ref(D, D, 0.125f, q.data(), G, qpos, hv, oref.data());
+                                if (!attend_group_coded_avx512(D, D, 0.125f, q.data(), G, qpos, hv, o.data())) {
+                                    tc::g_skipped = "AVX-512 coded attention: this CPU has no AVX-512 (the scalar ref is used)";
+                                    return;
+                                }
+                                // pre-RoPE: the ref takes RoPE angles from rope_cache_ref (θ_i by repeated f32 products, so
+                                // i ulp off), the fast path from double tables: the keys differ by ~1e-5 relative
+                                const double e = nmse(o.data(), oref.data(), o.size());
+                                TC_CHECK(e < (post ? 1e-9 : 2e-8)) << kv_codec_get(t).name << " D=" << D << " post=" << post << " style=" << style << " G=" << G
+                                                   << " head=" << h << " qpos=" << qpos << ": NMSE " << e;
+                                checked++;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    TC_CHECK(checked == 3 * 3 * 2 * 2 * 2 * 2 * 2);
+}
+
+TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
+    if (tc::g_mode != "perf") { tc::g_skipped = "timing only with --mode perf"; return; }
+    const int D = 64, n = 16384, G = 7;
+    for (bool post : {false, true}) {
+        coded_fixture fx;
+        fx.n_layer = 1;
+        fx.n_head_kv = 1;
+        std::mt19937 rng(1);
+        kv_storage_config st;
+        st.key = st.value = KV_CODEC_ROT2;
+        st.group = 64;
+        st.post_rope = post;
+        st.perm.resize((size_t) D);
+        std::iota(st.perm.begin(), st.perm.end(), 0);
+        std::shuffle(st.perm.begin(), st.perm.end(), rng);
+        auto kv = fx.make(st, n + 16);
+        fx.feed(*kv, n, 512, rng);
+        auto q = randn(rng, (size_t) G * D);
+        std::vector<float> o((size_t) G * D);
+        const kv_head_view hv = kv->head(0, 0);
+        for (int path = 0; path < 3; path++) {
+            const int reps = path == 0 ? 3 : 30;
+            auto t0 = std::chrono::steady_clock::now();
+            for (int r = 0; r < reps; r++) {
+                if (path == 0) attend_group_coded_ref(D, D, 0.125f, q.data(), G, n, hv, o.data());
+                else if (path == 1) attend_group_coded_avx512(D, D, 0.125f, q.data(), G, n, hv, o.data());
+                else {
+                    // the f16 cache of the same length, for scale
+                    static std::unique_ptr<kv_cache> kv16;
+                    if (!kv16) { coded_fixture f2; f2.n_layer = 1; f2.n_head_kv = 1; kv16 = f2.make(kv_storage_config{}, n + 16); std::mt19937 r2(1); f2.feed(*kv16, n, 512, r2); }
+                    attn_params p;
+                    p.n_tokens = 1; p.n_head = G; p.n_head_kv = 1; p.head_dim = D; p.head_dim_v = D; p.scale = 0.125f;
+                    static thread_pool pool(1);
+                    static attn_scratch sc;
+                    const int32_t qp = n;
+                    attention(pool, p, q.data(), &qp, *kv16, 0, o.data(), sc);
+                }
+            }
+            const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
+            std::printf("    %s %-10s %8.1f us per head-step (%.1f ns per key)\n", post ? "post-RoPE" : "pre-RoPE ", path == 0 ? "ref" : path == 1 ? "avx512" : "f16 cache", us, us * 1000 / n);
         }
     }
 }

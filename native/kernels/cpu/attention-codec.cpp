@@ -94,6 +94,14 @@ void kv_codec_axpy(const kv_codec_traits & t, const kv_codec_params & p, const u
     t.axpy(p, blk, j, w, acc);
 }
 
+void attend_group_coded(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+#if defined(__x86_64__)
+    static const bool avx512 = !std::strcmp(cpu_dispatch_level(), "avx512") && cpu_features().avx512f;
+    if (avx512 && attend_group_coded_avx512(D, DV, scale, q_rows, G, qpos, hv, out_rows)) return;
+#endif
+    attend_group_coded_ref(D, DV, scale, q_rows, G, qpos, hv, out_rows);
+}
+
 void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
     const kv_coded_view & c = *hv.coded;
     const kv_storage_config & st = *c.st;

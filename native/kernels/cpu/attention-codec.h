@@ -23,4 +23,14 @@ void kv_codec_axpy(const kv_codec_traits & t, const kv_codec_params & p, const u
 void attend_group_coded_ref(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
                             const kv_head_view & hv, float * out_rows);
 
+// AVX-512 path for rot keys and rot values (attention-codec-avx512.cpp): same math, vectorized; returns
+// false (and does nothing) for configurations it does not cover (head sizes other than 32/64/128, groups
+// not a multiple of 16, partial RoPE, non-rot codecs) or on CPUs without AVX-512.
+bool attend_group_coded_avx512(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
+                               const kv_head_view & hv, float * out_rows);
+
+// The fastest path the CPU and the configuration allow (THINKCACHE_CPU caps it), else the _ref.
+void attend_group_coded(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
+                        const kv_head_view & hv, float * out_rows);
+
 } // namespace core

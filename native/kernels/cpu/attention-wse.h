@@ -26,6 +26,7 @@ struct wse_accumulator {
     std::vector<double> q_sum;         // [n_layer][n_head][head_dim]
     std::vector<double> k_sum;         // [n_layer][n_head_kv][head_dim]
     double tokens = 0;                 // tokens summed (per layer)
+    bool window_error = true;          // false: only the q/k sums (no window-substitution pass)
 };
 
 // note: call only on a cache whose heads are all FULL (the windows are cut from the full history).

@@ -133,6 +133,18 @@ __attribute__((target("avx2,fma"))) inline __m256 v_expf_avx2(__m256 x) {
                                       _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)))));
 }
 
+__attribute__((target("avx512f,avx512dq,fma"))) float exp_sub_sum_avx512(float * x, int64_t n, float mx) {
+    int64_t i = 0;
+    __m512 acc = _mm512_setzero_ps();
+    const __m512 m = _mm512_set1_ps(mx);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = v_expf_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+        _mm512_storeu_ps(x + i, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    return _mm512_reduce_add_ps(acc) + exp_sub_sum_ref(x + i, n - i, mx);
+}
+
 __attribute__((target("avx2,fma"))) void silu_mul_avx2(float * g, const float * u, int64_t n) {
     int64_t i = 0;
     const __m256 one = _mm256_set1_ps(1.0f);
@@ -144,17 +156,52 @@ __attribute__((target("avx2,fma"))) void silu_mul_avx2(float * g, const float * 
     silu_mul_ref(g + i, u + i, n - i);
 }
 
-} // namespace
-#endif
+__attribute__((target("avx2,fma"))) float exp_sub_sum_avx2(float * x, int64_t n, float mx) {
+    int64_t i = 0;
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 m = _mm256_set1_ps(mx);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = v_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s) + exp_sub_sum_ref(x + i, n - i, mx);
+}
 
-void silu_mul(float * g, const float * u, int64_t n) {
-#if defined(__x86_64__)
+int simd_level() {
     static const int level = [] {
         const char * l = cpu_dispatch_level();
         if (!std::strcmp(l, "avx512") && cpu_features().avx512f) return 2;
         if (!std::strcmp(l, "avx2") || !std::strcmp(l, "avx512")) return 1;
         return 0;
     }();
+    return level;
+}
+
+} // namespace
+#endif
+
+float exp_sub_sum_ref(float * x, int64_t n, float mx) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) { x[i] = std::exp(x[i] - mx); s += x[i]; }
+    return s;
+}
+
+float exp_sub_sum(float * x, int64_t n, float mx) {
+#if defined(__x86_64__)
+    const int level = simd_level();
+    if (level == 2) return exp_sub_sum_avx512(x, n, mx);
+    if (level == 1) return exp_sub_sum_avx2(x, n, mx);
+#endif
+    return exp_sub_sum_ref(x, n, mx);
+}
+
+void silu_mul(float * g, const float * u, int64_t n) {
+#if defined(__x86_64__)
+    const int level = simd_level();
     if (level == 2) return silu_mul_avx512(g, u, n);
     if (level == 1) return silu_mul_avx2(g, u, n);
 #endif

@@ -25,6 +25,11 @@ void silu_mul_ref(float * g, const float * u, int64_t n);
 // exact values llama.cpp computes; AVX-512 and AVX2 each follow the variant llama.cpp runs on that CPU.
 void silu_mul(float * g, const float * u, int64_t n);
 
+// Softmax numerator: x[i] = exp(x[i] − mx) for i < n, returns Σ x[i]. The _ref uses libm's expf; the
+// dispatched version ggml's vectorized exp (within 2 ulp).
+float exp_sub_sum_ref(float * x, int64_t n, float mx);
+float exp_sub_sum(float * x, int64_t n, float mx);
+
 // y[i] += x[i]
 void add_ref(float * y, const float * x, int64_t n);
 

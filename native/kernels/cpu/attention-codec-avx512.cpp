@@ -1,0 +1,436 @@
+// AVX-512 attention over rot-coded heads: the same math as attend_group_coded_ref (its oracle), organized
+// for speed. Per block of 16 quantized tokens:
+//   keys   codes → x̂ (16 channels per register, one group scale/zero-point per register), pre-RoPE:
+//          inverse channel permutation in registers (permutex2var), unnormalized FWHT in registers (its
+//          1/√D folded into the queries), RoPE at the stored position (cos/sin from a two-level table:
+//          angle = (256·hi + lo)·θ, combined with one complex product), then q·k for every query head
+//          of the group with a 16-way transposing reduction (no horizontal sum per key);
+//          post-RoPE: the queries were rotated and permuted once, keys are read as stored;
+//   values codes → v̂ (still rotated), acc[g] += p·v̂ over the block with the probabilities broadcast; one
+//          FWHT per query head at the end undoes the rotation.
+// f16 tokens (protected + staging) use F16C conversions. No dequantized copy of the cache is kept.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "attention-codec.h"
+#include "ops.h"
+#include "quant-traits-cpu.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+namespace core {
+
+namespace {
+
+#define TC_AVX512 __attribute__((target("avx512f,fma,f16c")))
+
+// cos/sin of pos·θ_i for the coded keys' positions, θ_i = freq_scale · base^(−2i/n_rot) / ff_i, as the
+// pre-RoPE encoder uses (rope_cache_ref), from two tables computed in double: lo[p & 255] and hi[p >> 8].
+// Layout per position: W = n_rot entries for NORM (pairs adjacent: c duplicated, s as (−s, +s)) or
+// n_rot/2 for NEOX (halves); both combine as C = Ca·Cb − Sa·Sb, S = Sa·Cb + Ca·Sb.
+struct rope_tables {
+    int n_rot = 0, W = 0;
+    rope_style style = ROPE_STYLE_NORM;
+    float base = 0, scale = 0;
+    const float * ff = nullptr;
+    std::vector<float> lo_c, lo_s, hi_c, hi_s;
+    int n_hi = 0;
+
+    void fill(float * c, float * s, double p) const {
+        for (int i = 0; i < n_rot / 2; i++) {
+            const double th = (double) scale * std::pow((double) base, -2.0 * i / n_rot) / (ff ? (double) ff[i] : 1.0);
+            const double cc = std::cos(p * th), ss = std::sin(p * th);
+            if (style == ROPE_STYLE_NORM) {
+                c[2 * i] = c[2 * i + 1] = (float) cc;
+                s[2 * i] = (float) -ss;
+                s[2 * i + 1] = (float) ss;
+            } else {
+                c[i] = (float) cc;
+                s[i] = (float) ss;
+            }
+        }
+    }
+    void ensure(const kv_storage_config & st, int32_t max_pos) {
+        if (st.n_rot != n_rot || st.rope != style || st.freq_base != base || st.freq_scale != scale || st.freq_factors != ff) {
+            n_rot = st.n_rot;
+            style = st.rope;
+            base = st.freq_base;
+            scale = st.freq_scale;
+            ff = st.freq_factors;
+            W = style == ROPE_STYLE_NORM ? n_rot : n_rot / 2;
+            lo_c.assign((size_t) 256 * W, 0.0f);
+            lo_s.assign((size_t) 256 * W, 0.0f);
+            for (int p = 0; p < 256; p++) fill(lo_c.data() + (size_t) p * W, lo_s.data() + (size_t) p * W, p);
+            n_hi = 0;
+            hi_c.clear();
+            hi_s.clear();
+        }
+        const int need = (max_pos >> 8) + 1;
+        if (need > n_hi) {
+            hi_c.resize((size_t) need * W);
+            hi_s.resize((size_t) need * W);
+            for (int h = n_hi; h < need; h++) fill(hi_c.data() + (size_t) h * W, hi_s.data() + (size_t) h * W, 256.0 * h);
+            n_hi = need;
+        }
+    }
+};
+
+TC_AVX512 inline __m512 fwht16(__m512 x) {
+    __m512 sw = _mm512_permute_ps(x, 0xB1);
+    x = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(x, sw), _mm512_sub_ps(sw, x));
+    sw = _mm512_permute_ps(x, 0x4E);
+    x = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(x, sw), _mm512_sub_ps(sw, x));
+    sw = _mm512_shuffle_f32x4(x, x, 0xB1);
+    x = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(x, sw), _mm512_sub_ps(sw, x));
+    sw = _mm512_shuffle_f32x4(x, x, 0x4E);
+    return _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(x, sw), _mm512_sub_ps(sw, x));
+}
+
+// Unnormalized Walsh–Hadamard transform of R registers (16·R channels): H_16R = H_R ⊗ H_16.
+template <int R> TC_AVX512 inline void fwht_regs(__m512 * x) {
+    for (int r = 0; r < R; r++) x[r] = fwht16(x[r]);
+    for (int len = 1; len < R; len <<= 1)
+        for (int i = 0; i < R; i += 2 * len)
+            for (int j = i; j < i + len; j++) {
+                const __m512 a = x[j], b = x[j + len];
+                x[j] = _mm512_add_ps(a, b);
+                x[j + len] = _mm512_sub_ps(a, b);
+            }
+}
+
+// 16 codes of B bits starting at element e (a multiple of 16) as float lanes.
+template <int B> TC_AVX512 inline __m512 codes16(const uint8_t * c, int e) {
+    uint32_t w0 = 0, w1 = 0;
+    std::memcpy(&w0, c + (size_t) e * B / 8, B);
+    std::memcpy(&w1, c + (size_t) (e + 8) * B / 8, B);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int) w0)), _mm256_set1_epi32((int) w1), 1);
+    const __m512i sh = _mm512_setr_epi32(0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B, 0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(v, sh), _mm512_set1_epi32((1 << B) - 1)));
+}
+
+// x̂ of one rot token (codes | f16 scales | u8 zero-points), 16 channels per register.
+template <int R, int B> TC_AVX512 inline void decode_rot(const uint8_t * blk, int group, __m512 * x) {
+    constexpr int D = 16 * R;
+    const int ng = D / group;
+    const uint8_t * sc = blk + (size_t) D * B / 8, * zp = sc + 2 * ng;
+    for (int r = 0; r < R; r++) {
+        const int g = 16 * r / group;
+        uint16_t h;
+        std::memcpy(&h, sc + 2 * g, 2);
+        const float s = _cvtsh_ss(h);
+        x[r] = _mm512_fmsub_ps(codes16<B>(blk, 16 * r), _mm512_set1_ps(s), _mm512_set1_ps(s * (float) zp[g]));
+    }
+}
+
+// Walks the blocks of a coded head's pages in token order (one token per block for rot codecs) without
+// a division per token.
+struct block_cursor {
+    void * const * pages;
+    int32_t per_page;
+    size_t bytes;
+    int32_t page = 0, in = 0;
+    block_cursor(void * const * p, int32_t pp, size_t b) : pages(p), per_page(pp), bytes(b) {}
+    const uint8_t * next() {
+        const uint8_t * r = (const uint8_t *) pages[page] + (size_t) in * bytes;
+        if (++in == per_page) { in = 0; page++; }
+        return r;
+    }
+};
+
+// The transposing reduction tree: 16 vectors in, one out, lane l = Σ lanes of a[order⁻¹(l)].
+TC_AVX512 inline __m512 reduce16_tree(const __m512 * a) {
+    __m512 b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+}
+
+// The lane order of the tree, found by feeding it a[j] = (j, 0, ..., 0).
+TC_AVX512 __m512i reduce16_order() {
+    __m512 v[16];
+    for (int j = 0; j < 16; j++) v[j] = _mm512_mask_mov_ps(_mm512_setzero_ps(), 1, _mm512_set1_ps((float) j));
+    alignas(64) float out[16];
+    _mm512_store_ps(out, reduce16_tree(v));
+    alignas(64) int32_t idx[16];
+    for (int l = 0; l < 16; l++) idx[(int) out[l]] = l;  // tree lane l holds Σ a[out[l]]
+    return _mm512_load_si512(idx);
+}
+
+// Lane j of the result = Σ lanes of a[j].
+TC_AVX512 inline __m512 reduce16(const __m512 * a) {
+    static const __m512i order = reduce16_order();
+    return _mm512_permutexvar_ps(order, reduce16_tree(a));
+}
+
+struct coded_scratch {
+    std::vector<float> s;       // [G][n_all] scores, then probabilities
+    std::vector<float> kbuf;    // [16][D] reconstructed keys of one block
+    std::vector<float> vbuf;    // [16][DV] decoded values of one block
+    std::vector<float> qs;      // [G][D] queries for the quantized keys (scaled; rotated for post-RoPE)
+    std::vector<float> acc;     // [G][DV] rotated-value accumulators, then f16-token accumulators
+    std::vector<float> acc16;
+    std::vector<int32_t> pidx;  // [R][16] inverse permutation indices
+    std::vector<const f16_t *> v16;
+    std::vector<float> inv_sum;
+};
+
+template <int R, int KB, int VB>
+TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+    constexpr int D = 16 * R;
+    const kv_coded_view & c = *hv.coded;
+    const kv_storage_config & st = *c.st;
+    const bool pre = !st.post_rope;
+    const int kgroup = kv_codec_group(KV_CODEC_ROT2, D, c.kp.group), vgroup = kv_codec_group(KV_CODEC_ROT2, D, c.vp.group);
+    thread_local coded_scratch sc;
+    thread_local rope_tables rt;
+
+    int32_t n16 = 0;
+    for (int32_t sg = 0; sg < hv.n_seg; sg++) n16 += hv.seg[sg].n;
+    int32_t nq = 0;
+    while (nq < c.n && c.pos[nq] <= qpos) nq++;
+    const size_t n_all = (size_t) n16 + (size_t) nq + 16;
+    sc.s.resize((size_t) G * n_all);
+    sc.kbuf.assign((size_t) 16 * D, 0.0f);
+    sc.vbuf.resize((size_t) 16 * D);
+    sc.qs.resize((size_t) G * D);
+    sc.acc.assign((size_t) G * D, 0.0f);
+    sc.acc16.assign((size_t) G * D, 0.0f);
+    sc.v16.clear();
+    // plain pointers: thread_local members re-read in the loops would cost a TLS lookup each time
+    float * const S = sc.s.data(), * const KBUF = sc.kbuf.data(), * const VBUF = sc.vbuf.data(), * const QS = sc.qs.data();
+    float * const ACC = sc.acc.data(), * const ACC16 = sc.acc16.data();
+
+    // ---- queries for the quantized keys: pre-RoPE keys come back as √D·k (unnormalized FWHT), post-RoPE
+    // keys are P·H·k, so use P·H·q
+    const float qscale = pre ? scale / std::sqrt((float) D) : scale;
+    for (int g = 0; g < G; g++) {
+        const float * q = q_rows + (size_t) g * D;
+        float * o = QS + (size_t) g * D;
+        if (pre) {
+            for (int d = 0; d < D; d++) o[d] = q[d] * qscale;
+        } else {
+            alignas(64) float t[D];
+            __m512 x[R];
+            for (int r = 0; r < R; r++) x[r] = _mm512_loadu_ps(q + 16 * r);
+            fwht_regs<R>(x);
+            for (int r = 0; r < R; r++) _mm512_store_ps(t + 16 * r, x[r]);
+            const float s2 = qscale / std::sqrt((float) D);
+            for (int d = 0; d < D; d++) o[d] = t[(size_t) (c.perm ? c.perm[d] : d)] * s2;
+        }
+    }
+    // inverse permutation as permutex2var indices: reconstructed channel e comes from stored channel inv[e]
+    const bool permute = pre && c.perm != nullptr;
+    if (permute) {
+        sc.pidx.resize((size_t) D);
+        for (int d = 0; d < D; d++) sc.pidx[(size_t) c.perm[d]] = d;
+    }
+
+    // ---- scores of the f16 tokens (protected first, staging last; positions ascend)
+    size_t idx = 0;
+    for (int32_t sg = 0; sg < hv.n_seg; sg++) {
+        const kv_segment & h = hv.seg[sg];
+        int32_t nv = 0;
+        while (nv < h.n && h.pos[nv] <= qpos) nv++;
+        for (int32_t t0 = 0; t0 < nv; t0 += KV_TILE) {
+            const int m = std::min<int32_t>(KV_TILE, nv - t0);
+            const f16_t * kt = h.k + (size_t) (t0 / KV_TILE) * D * KV_TILE;
+            for (int g = 0; g < G; g++) {
+                const float * q = q_rows + (size_t) g * D;
+                __m512 a = _mm512_setzero_ps();
+                for (int d = 0; d < D; d++)
+                    a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (kt + (size_t) d * KV_TILE))), a);
+                _mm512_mask_storeu_ps(S + (size_t) g * n_all + idx, (__mmask16) ((1u << m) - 1), _mm512_mul_ps(a, _mm512_set1_ps(scale)));
+            }
+            for (int t = 0; t < m; t++) sc.v16.push_back(h.v + (size_t) (t0 + t) * D);
+            idx += (size_t) m;
+        }
+    }
+    const size_t nv16 = idx;
+
+    // ---- scores of the quantized keys, 16 at a time
+    if (pre && nq > 0) rt.ensure(st, c.pos[nq - 1]);
+    const int W = rt.W;
+    __m512i pi[R];
+    __mmask16 pm[R][R / 2 > 0 ? R / 2 : 1];
+    if (permute) {
+        // output register o: lanes from source pair p = idx >> 5 (registers 2p, 2p+1), index idx & 31
+        for (int o = 0; o < R; o++) {
+            alignas(64) int32_t ii[16];
+            for (int l = 0; l < 16; l++) ii[l] = sc.pidx[(size_t) (16 * o + l)];
+            pi[o] = _mm512_and_si512(_mm512_load_si512(ii), _mm512_set1_epi32(31));
+            for (int p = 0; p < (R + 1) / 2; p++) {
+                __mmask16 m = 0;
+                for (int l = 0; l < 16; l++) if (ii[l] >> 5 == p) m |= (__mmask16) (1u << l);
+                pm[o][p] = m;
+            }
+        }
+    }
+    block_cursor kcur(c.kpages, c.k_page_tokens, c.k_block_bytes);
+    for (int32_t j0 = 0; j0 < nq; j0 += 16) {
+        const int m = std::min<int32_t>(16, nq - j0);
+        for (int t = 0; t < m; t++) {
+            const uint8_t * blk = kcur.next();
+            __m512 x[R];
+            decode_rot<R, KB>(blk, kgroup, x);
+            if (pre) {
+                if (permute) {
+                    __m512 y[R];
+                    for (int o = 0; o < R; o++) {
+                        __m512 r = _mm512_setzero_ps();
+                        for (int p = 0; p < (R + 1) / 2; p++) {
+                            const __m512 hi = 2 * p + 1 < R ? x[2 * p + 1] : x[2 * p];
+                            r = _mm512_mask_mov_ps(r, pm[o][p], _mm512_permutex2var_ps(x[2 * p], pi[o], hi));
+                        }
+                        y[o] = r;
+                    }
+                    for (int o = 0; o < R; o++) x[o] = y[o];
+                }
+                fwht_regs<R>(x);
+                const int32_t p = c.pos[j0 + t];
+                const float * lc = rt.lo_c.data() + (size_t) (p & 255) * W, * ls = rt.lo_s.data() + (size_t) (p & 255) * W;
+                const float * hc = rt.hi_c.data() + (size_t) (p >> 8) * W, * hs = rt.hi_s.data() + (size_t) (p >> 8) * W;
+                if (st.rope == ROPE_STYLE_NORM) {
+                    for (int r = 0; r < R; r++) {
+                        const __m512 ca = _mm512_loadu_ps(hc + 16 * r), sa = _mm512_loadu_ps(hs + 16 * r);
+                        const __m512 cb = _mm512_loadu_ps(lc + 16 * r), sb = _mm512_loadu_ps(ls + 16 * r);
+                        const __m512 C = _mm512_fnmadd_ps(sa, sb, _mm512_mul_ps(ca, cb)), S = _mm512_fmadd_ps(ca, sb, _mm512_mul_ps(sa, cb));
+                        x[r] = _mm512_fmadd_ps(x[r], C, _mm512_mul_ps(_mm512_permute_ps(x[r], 0xB1), S));
+                    }
+                } else {
+                    for (int r = 0; r < R / 2; r++) {
+                        const __m512 ca = _mm512_loadu_ps(hc + 16 * r), sa = _mm512_loadu_ps(hs + 16 * r);
+                        const __m512 cb = _mm512_loadu_ps(lc + 16 * r), sb = _mm512_loadu_ps(ls + 16 * r);
+                        const __m512 C = _mm512_fnmadd_ps(sa, sb, _mm512_mul_ps(ca, cb)), S = _mm512_fmadd_ps(ca, sb, _mm512_mul_ps(sa, cb));
+                        const __m512 x0 = x[r], x1 = x[r + R / 2];
+                        x[r] = _mm512_fmsub_ps(x0, C, _mm512_mul_ps(x1, S));
+                        x[r + R / 2] = _mm512_fmadd_ps(x0, S, _mm512_mul_ps(x1, C));
+                    }
+                }
+            }
+            for (int r = 0; r < R; r++) _mm512_storeu_ps(KBUF + (size_t) t * D + 16 * r, x[r]);
+        }
+        for (int g = 0; g < G; g++) {
+            const float * q = QS + (size_t) g * D;
+            __m512 qv[R];
+            for (int r = 0; r < R; r++) qv[r] = _mm512_loadu_ps(q + 16 * r);
+            __m512 a[16];
+            // rows past m hold the previous block's keys (or zeros): finite, and masked out below
+            for (int t = 0; t < 16; t++) {
+                __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(KBUF + (size_t) t * D));
+                for (int r = 1; r < R; r++) s = _mm512_fmadd_ps(qv[r], _mm512_loadu_ps(KBUF + (size_t) t * D + 16 * r), s);
+                a[t] = s;
+            }
+            _mm512_mask_storeu_ps(S + (size_t) g * n_all + nv16 + (size_t) j0, (__mmask16) ((1u << m) - 1), reduce16(a));
+        }
+    }
+    const size_t n_vis = nv16 + (size_t) nq;
+
+    // ---- softmax and p·V
+    std::vector<float> & inv_sum = sc.inv_sum;
+    inv_sum.resize((size_t) G);
+    for (int g = 0; g < G; g++) {
+        float * sg = S + (size_t) g * n_all;
+        __m512 vmx = _mm512_set1_ps(-INFINITY);
+        size_t i = 0;
+        for (; i + 16 <= n_vis; i += 16) vmx = _mm512_max_ps(vmx, _mm512_loadu_ps(sg + i));
+        float mx = _mm512_reduce_max_ps(vmx);
+        for (; i < n_vis; i++) mx = std::max(mx, sg[i]);
+        const float sum = exp_sub_sum(sg, (int64_t) n_vis, mx);
+        inv_sum[(size_t) g] = sum > 0 ? 1.0f / sum : 0.0f;
+    }
+    for (size_t i = 0; i < nv16; i++) {
+        __m512 v[R];
+        for (int r = 0; r < R; r++) v[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (sc.v16[i] + 16 * r)));
+        for (int g = 0; g < G; g++) {
+            const __m512 p = _mm512_set1_ps(S[(size_t) g * n_all + i]);
+            float * a = ACC16 + (size_t) g * D;
+            for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, _mm512_fmadd_ps(p, v[r], _mm512_loadu_ps(a + 16 * r)));
+        }
+    }
+    block_cursor vcur(c.vpages, c.v_page_tokens, c.v_block_bytes);
+    for (int32_t j0 = 0; j0 < nq; j0 += 16) {
+        const int m = std::min<int32_t>(16, nq - j0);
+        for (int t = 0; t < m; t++) {
+            __m512 x[R];
+            decode_rot<R, VB>(vcur.next(), vgroup, x);
+            for (int r = 0; r < R; r++) _mm512_storeu_ps(VBUF + (size_t) t * D + 16 * r, x[r]);
+        }
+        for (int g = 0; g < G; g++) {
+            const float * p = S + (size_t) g * n_all + nv16 + (size_t) j0;
+            float * a = ACC + (size_t) g * D;
+            __m512 ac[R];
+            for (int r = 0; r < R; r++) ac[r] = _mm512_loadu_ps(a + 16 * r);
+            for (int t = 0; t < m; t++) {
+                const __m512 pv = _mm512_set1_ps(p[t]);
+                for (int r = 0; r < R; r++) ac[r] = _mm512_fmadd_ps(pv, _mm512_loadu_ps(VBUF + (size_t) t * D + 16 * r), ac[r]);
+            }
+            for (int r = 0; r < R; r++) _mm512_storeu_ps(a + 16 * r, ac[r]);
+        }
+    }
+    const __m512 vn = _mm512_set1_ps(1.0f / std::sqrt((float) D));
+    for (int g = 0; g < G; g++) {
+        __m512 x[R];
+        for (int r = 0; r < R; r++) x[r] = _mm512_loadu_ps(ACC + (size_t) g * D + 16 * r);
+        fwht_regs<R>(x);  // Σ p·H·v = H·Σ p·v; H self-inverse (normalized below)
+        const __m512 is = _mm512_set1_ps(inv_sum[(size_t) g]);
+        for (int r = 0; r < R; r++) {
+            const __m512 o = _mm512_fmadd_ps(x[r], vn, _mm512_loadu_ps(ACC16 + (size_t) g * D + 16 * r));
+            _mm512_storeu_ps(out_rows + (size_t) g * D + 16 * r, _mm512_mul_ps(o, is));
+        }
+    }
+}
+
+template <int R, int KB> bool dispatch_vb(int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out) {
+    switch (vb) {
+        case 2: coded_avx512<R, KB, 2>(G, scale, q, qpos, hv, out); return true;
+        case 3: coded_avx512<R, KB, 3>(G, scale, q, qpos, hv, out); return true;
+        case 4: coded_avx512<R, KB, 4>(G, scale, q, qpos, hv, out); return true;
+        default: return false;
+    }
+}
+
+template <int R> bool dispatch_kb(int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out) {
+    switch (kb) {
+        case 2: return dispatch_vb<R, 2>(vb, G, scale, q, qpos, hv, out);
+        case 3: return dispatch_vb<R, 3>(vb, G, scale, q, qpos, hv, out);
+        case 4: return dispatch_vb<R, 4>(vb, G, scale, q, qpos, hv, out);
+        default: return false;
+    }
+}
+
+bool dispatch_bits(int D, int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out) {
+    switch (D) {
+        case 32: return dispatch_kb<2>(kb, vb, G, scale, q, qpos, hv, out);
+        case 64: return dispatch_kb<4>(kb, vb, G, scale, q, qpos, hv, out);
+        case 128: return dispatch_kb<8>(kb, vb, G, scale, q, qpos, hv, out);
+        default: return false;
+    }
+}
+
+} // namespace
+
+bool attend_group_coded_avx512(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+    const kv_coded_view & c = *hv.coded;
+    const kv_storage_config & st = *c.st;
+    if (!c.kc->rotated || !c.vc->rotated || D != DV || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1) return false;
+    if (kv_codec_group(KV_CODEC_ROT2, D, c.kp.group) % 16 || kv_codec_group(KV_CODEC_ROT2, DV, c.vp.group) % 16) return false;
+    if (!st.post_rope && (st.n_rot != D || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX))) return false;
+    return dispatch_bits(D, c.kc->bits, c.vc->bits, G, scale, q_rows, qpos, hv, out_rows);
+}
+
+} // namespace core
+
+#else
+
+namespace core {
+bool attend_group_coded_avx512(int, int, float, const float *, int, int32_t, const kv_head_view &, float *) { return false; }
+} // namespace core
+
+#endif
