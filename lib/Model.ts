@@ -76,9 +76,12 @@ export class Model {
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
     const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;
     // rot keys: the calibrated channel permutation (§3.3) from a sidecar or the built-in calibration
+    // ('auto' only for pre-RoPE keys: the statistic is of pre-RoPE keys, which RoPE would mix in the post-RoPE variant)
     const rotKeys = kv.effective.storage.key.startsWith('rot');
-    const rotation = rotKeys ? await resolvePermutation(this, kv.effective.storage.permutation) : null;
-    kv.effective.storage.permutation = rotation ? rotation.source : rotKeys ? 'none (identity)' : kv.effective.storage.permutation;
+    const setting = kv.effective.storage.permutation;
+    const postAuto = kv.effective.storage.variant === 'post-rope' && setting === 'auto';
+    const rotation = rotKeys && !postAuto ? await resolvePermutation(this, setting) : null;
+    kv.effective.storage.permutation = rotation ? rotation.source : postAuto && rotKeys ? 'none (post-RoPE variant; give a sidecar path to permute)' : rotKeys ? 'none (identity)' : setting;
     this._ensureNotDisposed();
     const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
       contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),

@@ -59,7 +59,8 @@ export const KvStorageOptionsSchema = z.strictObject({
   /**
    * rot keys: the calibrated channel permutation (§3.3). 'auto': the sidecar `<model>.rotkv.json` when it
    * exists (made by `thinkcache calibrate-rotation`), else calibrated on built-in text when the context is
-   * created (once per model); a path: that sidecar; 'none': identity.
+   * created (once per model) — pre-RoPE keys only, the post-RoPE variant stays unpermuted; a path: that
+   * sidecar; 'none': identity.
    */
   permutation: z.union([z.literal('auto'), z.literal('none'), z.string().min(1)]).default('auto'),
 });

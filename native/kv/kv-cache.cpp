@@ -23,6 +23,7 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
     policy_ = kv_policy_get(cfg_.policy.kind);
     for (char e : layer_has_evict_) layer_has_evict_any_ |= e != 0;
     sinks_.assign((size_t) cfg_.n_layer, {});
+    sink_cand_.assign((size_t) cfg_.n_layer, {});
     if (cfg_.n_head <= 0) cfg_.n_head = cfg_.n_head_kv;
     if (policy_ && policy_->score_qk) {
         q_window_ = policy_->query_window(cfg_.policy);
@@ -124,9 +125,19 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     compact(h, keep);  // also rebuilds the coded view
 }
 
-void kv_cache::add_sinks(int il, const std::vector<int32_t> & positions) {
+// ALGORITHMS.md §3.5 over a chunked prompt: the sink set is the tokens of the 20 largest |values| of the
+// layer input over the *whole* prompt (a token holding several of them counts once), plus token 0; a
+// union of per-chunk top-20s would grow by up to 20 tokens every chunk. A token displaced by a later chunk
+// is quantized at its next flush like any other (nothing already quantized is ever requantized).
+void kv_cache::add_sinks(int il, const std::vector<int32_t> & positions, const std::vector<float> & magnitudes) {
+    auto & cand = sink_cand_[(size_t) il];  // elements, not tokens
+    for (size_t i = 0; i < positions.size(); i++) cand.emplace_back(magnitudes[i], positions[i]);
+    std::stable_sort(cand.begin(), cand.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
+    if (cand.size() > (size_t) KV_MAX_SINKS) cand.resize((size_t) KV_MAX_SINKS);
     std::vector<int32_t> & s = sinks_[(size_t) il];
-    s.insert(s.end(), positions.begin(), positions.end());
+    s.clear();
+    for (const auto & c : cand) s.push_back(c.second);
+    s.push_back(0);  // token 0 is always a sink (sequences start at position 0)
     std::sort(s.begin(), s.end());
     s.erase(std::unique(s.begin(), s.end()), s.end());
 }
@@ -373,7 +384,12 @@ int32_t kv_cache::remove_from(int32_t p) {
         compact(h, idx);
         h.dropped = false;
     }
-    for (auto & sk : sinks_) sk.erase(std::lower_bound(sk.begin(), sk.end(), keep_pos), sk.end());
+    for (size_t il = 0; il < sinks_.size(); il++) {
+        auto & sk = sinks_[il];
+        sk.erase(std::lower_bound(sk.begin(), sk.end(), keep_pos), sk.end());
+        auto & cand = sink_cand_[il];
+        cand.erase(std::remove_if(cand.begin(), cand.end(), [&](const std::pair<float, int32_t> & c) { return c.second >= keep_pos; }), cand.end());
+    }
     n_logical_ = keep_pos;
     return keep_pos;
 }

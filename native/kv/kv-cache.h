@@ -15,6 +15,7 @@
 // Invariant: within a head, positions ascend across segments (trimming compacts in order).
 #pragma once
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -46,6 +47,9 @@ struct kv_segment {
     // note: call only with j < n, d < head_dim.
     f16_t key(int32_t j, int d, int head_dim) const { return k[((size_t) (j / KV_TILE) * head_dim + d) * KV_TILE + (j % KV_TILE)]; }
 };
+
+// Massive-activation sinks kept per layer (ALGORITHMS.md §3.5: the tokens of the 20 largest |values|).
+constexpr int KV_MAX_SINKS = 20;
 
 struct kv_storage_config;
 
@@ -191,7 +195,11 @@ public:
     // Massive-activation sinks (ALGORITHMS.md §3.5): the policy asks for detection at prefill; the
     // forward pass reports the positions of the tokens holding the largest residual-stream values.
     bool wants_sinks() const { return (cfg_.policy.protect_sinks && layer_has_evict_any_) || (cfg_.storage.coded() && cfg_.storage.protect_sinks); }
-    void add_sinks(int il, const std::vector<int32_t> & positions);
+    // Each prefill chunk reports its candidates (position and |value| of its largest layer-input elements);
+    // a layer keeps the tokens of the KV_MAX_SINKS largest over the whole prompt (not per chunk), and token 0.
+    void add_sinks(int il, const std::vector<int32_t> & positions, const std::vector<float> & magnitudes);
+    // Test helper: these positions become sinks (infinite magnitude, so up to KV_MAX_SINKS of them).
+    void add_sinks(int il, const std::vector<int32_t> & positions) { add_sinks(il, positions, std::vector<float>(positions.size(), INFINITY)); }
     const std::vector<int32_t> & sinks(int il) const { return sinks_[(size_t) il]; }
 
     const kv_cache_config & config() const { return cfg_; }
@@ -225,6 +233,7 @@ private:
     std::vector<char> layer_has_evict_;
     bool layer_has_evict_any_ = false;
     std::vector<std::vector<int32_t>> sinks_;  // [n_layer] sorted sink positions
+    std::vector<std::vector<std::pair<float, int32_t>>> sink_cand_;  // [n_layer] (|value|, position), largest first
     std::vector<int32_t> keep_;               // retain() scratch (no allocation per step once grown)
     std::vector<float> scores_, layer_mean_;
     const kv_policy * policy_ = nullptr;

@@ -79,9 +79,12 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
             std::partial_sort(s.sink_idx.begin(), s.sink_idx.begin() + (ptrdiff_t) k_top, s.sink_idx.end(),
                               [&](int32_t a, int32_t b) { return std::fabs(s.x[(size_t) a]) > std::fabs(s.x[(size_t) b]); });
             std::vector<int32_t> found;
-            for (size_t i = 0; i < k_top; i++) found.push_back(s.pos[(size_t) s.sink_idx[i] / n_embd]);
-            if (pos0 == 0) found.push_back(0);
-            kv.add_sinks((int) il, found);
+            std::vector<float> mag;
+            for (size_t i = 0; i < k_top; i++) {
+                found.push_back(s.pos[(size_t) s.sink_idx[i] / n_embd]);
+                mag.push_back(std::fabs(s.x[(size_t) s.sink_idx[i]]));
+            }
+            kv.add_sinks((int) il, found, mag);  // the layer keeps the 20 largest over the whole prompt, and token 0
         }
         // ---- attention block
         for (size_t t = 0; t < T; t++) rms_norm_ref(s.x.data() + t * n_embd, L.attn_norm, s.xn.data() + t * n_embd, n_embd, hp.rms_eps);

@@ -465,3 +465,27 @@ TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
         }
     }
 }
+
+TC_TEST("kv codecs: sinks over a chunked prompt are the 20 largest of the whole prompt, not a union of per-chunk top-20s") {
+    coded_fixture fx;
+    fx.n_layer = 1;
+    kv_storage_config st;
+    st.key = st.value = KV_CODEC_ROT2;
+    auto kv = fx.make(st);
+    // three chunks report 20 candidates each; magnitudes grow chunk by chunk, so the last chunk's win
+    for (int c = 0; c < 3; c++) {
+        std::vector<int32_t> pos;
+        std::vector<float> mag;
+        for (int i = 0; i < 20; i++) { pos.push_back(100 * c + i + 1); mag.push_back(10.0f * (c + 1) + (float) i / 100); }
+        kv->add_sinks(0, pos, mag);
+    }
+    const auto & s = kv->sinks(0);
+    TC_CHECK(s.size() == 21) << s.size();
+    TC_CHECK(s.front() == 0);
+    for (size_t i = 1; i < s.size(); i++) TC_CHECK(s[i] >= 201 && s[i] <= 220) << s[i];
+    // several of the largest elements in one token: it counts once, and fewer tokens are sinks
+    auto kv2 = fx.make(st);
+    kv2->add_sinks(0, std::vector<int32_t>(20, 5), std::vector<float>(20, 50.0f));
+    kv2->add_sinks(0, {7, 8}, {1.0f, 2.0f});  // smaller than the 20 elements already held
+    TC_CHECK(kv2->sinks(0) == std::vector<int32_t>({0, 5}));
+}
