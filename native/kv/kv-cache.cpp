@@ -11,6 +11,32 @@
 
 namespace core {
 
+namespace {
+
+int32_t runs_count(const std::vector<kv_pos_run> & r) { return r.empty() ? 0 : r.back().first + r.back().n; }
+
+void runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
+    if (!r.empty() && r.back().pos + r.back().n == pos) { r.back().n++; return; }
+    r.push_back({runs_count(r), pos, 1});
+}
+
+// coded tokens with position < p
+int32_t runs_count_below(const std::vector<kv_pos_run> & r, int32_t p) {
+    int32_t c = 0;
+    for (const kv_pos_run & x : r) {
+        if (x.pos >= p) break;
+        c = x.first + std::min(x.n, p - x.pos);
+    }
+    return c;
+}
+
+void runs_truncate(std::vector<kv_pos_run> & r, int32_t k) {
+    while (!r.empty() && r.back().first >= k) r.pop_back();
+    if (!r.empty()) r.back().n = std::min(r.back().n, k - r.back().first);
+}
+
+} // namespace
+
 size_t kv_page_bytes(int head_dim, int head_dim_v) { return (size_t) KV_PAGE_TOKENS * (head_dim + head_dim_v) * sizeof(f16_t); }
 
 kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool) : cfg_(cfg), pool_(std::move(pool)) {
@@ -75,7 +101,7 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     for (int32_t j = 0; j < h.n; j++) if (!prot(h.pos[(size_t) j])) cand.push_back(j);
     const int32_t m = ((int32_t) cand.size() - st.staging) / F * F;
     if (m <= 0) return;
-    const int32_t nq = (int32_t) h.qpos.size();
+    const int32_t nq = runs_count(h.qruns);
     // pages for the new blocks; on OOM the tokens simply stay in f16
     auto grow = [&](std::vector<void *> & pages, int32_t per_page) {
         while ((int64_t) pages.size() * per_page < (int64_t) nq + m) {
@@ -105,7 +131,7 @@ void kv_cache::flush(int il, int ih, head_store & h) {
             float * vr = vb.data() + (size_t) t * DV;
             for (int d = 0; d < DV; d++) vr[d] = f16_to_f32(sg.v[(size_t) jj * DV + d]);
             if (c.vc->rotated) fwht_ref(vr, DV);
-            h.qpos.push_back(h.pos[(size_t) j]);
+            runs_push(h.qruns, h.pos[(size_t) j]);
         }
         for (int t = 0; t < F; t += c.k_block_tokens) {
             const int32_t q = nq + b0 + t, b = q / c.k_block_tokens, bpp = c.k_page_tokens / c.k_block_tokens;
@@ -217,8 +243,9 @@ void kv_cache::rebuild_segments(head_store & h) const {
     if (h.coded) {
         const size_t i = (size_t) (&h - heads_.data());
         h.cv = cv0_;
-        h.cv.n = (int32_t) h.qpos.size();
-        h.cv.pos = h.qpos.data();
+        h.cv.n = runs_count(h.qruns);
+        h.cv.runs = h.qruns.data();
+        h.cv.n_runs = (int32_t) h.qruns.size();
         h.cv.kpages = h.qk_pages.data();
         h.cv.vpages = h.qv_pages.data();
         h.cv.perm = cfg_.storage.perm.empty() ? nullptr : cfg_.storage.perm.data() + i * cfg_.head_dim;
@@ -356,7 +383,7 @@ int32_t kv_cache::remove_from(int32_t p) {
     const int F = cfg_.storage.coded() ? flush_tokens() : 1;
     for (const auto & h : heads_) {
         if (!h.coded) continue;
-        const int32_t kept_q = (int32_t) (std::lower_bound(h.qpos.begin(), h.qpos.end(), keep_pos) - h.qpos.begin());
+        const int32_t kept_q = runs_count_below(h.qruns, keep_pos);
         const int32_t P = std::min<int32_t>(keep_pos, cfg_.storage.protect);
         int32_t n_sink = 0;  // sinks that are not already inside the protected prefix
         if (cfg_.storage.protect_sinks) {
@@ -372,8 +399,8 @@ int32_t kv_cache::remove_from(int32_t p) {
         std::vector<int32_t> idx((size_t) keep);
         for (int32_t j = 0; j < keep; j++) idx[(size_t) j] = j;
         if (h.coded) {
-            const int32_t kept_q = (int32_t) (std::lower_bound(h.qpos.begin(), h.qpos.end(), keep_pos) - h.qpos.begin());
-            h.qpos.resize((size_t) kept_q);
+            const int32_t kept_q = runs_count_below(h.qruns, keep_pos);
+            runs_truncate(h.qruns, kept_q);
             auto shrink = [&](std::vector<void *> & pages, int32_t per_page) {
                 const size_t need = (size_t) ((kept_q + per_page - 1) / per_page);
                 while (pages.size() > need) { pool_->free(pages.back()); pages.pop_back(); }
@@ -405,8 +432,8 @@ kv_memory_report kv_cache::memory(bool per_head) const {
         const head_store & h = heads_[i];
         uint64_t kb = (uint64_t) h.n * cfg_.head_dim * sizeof(f16_t);
         uint64_t vb = (uint64_t) h.n * cfg_.head_dim_v * sizeof(f16_t);
-        const int64_t nq = (int64_t) h.qpos.size();
-        uint64_t pb = (uint64_t) (h.n + nq) * sizeof(int32_t);
+        const int64_t nq = runs_count(h.qruns);
+        uint64_t pb = (uint64_t) h.n * sizeof(int32_t) + h.qruns.size() * sizeof(kv_pos_run);
         uint64_t mb = h.segs.capacity() * sizeof(kv_segment) + h.pages.capacity() * sizeof(void *);
         uint64_t alloc = h.pages.size() * page_bytes + h.pos.capacity() * sizeof(int32_t) + mb;
         if (h.coded) {
@@ -419,7 +446,7 @@ kv_memory_report kv_cache::memory(bool per_head) const {
             r.quantized_tokens += nq;
             kb += kc + ks;
             vb += vc + vs;
-            alloc += (h.qk_pages.size() + h.qv_pages.size()) * page_bytes + h.qpos.capacity() * sizeof(int32_t);
+            alloc += (h.qk_pages.size() + h.qv_pages.size()) * page_bytes + h.qruns.capacity() * sizeof(kv_pos_run);
         }
         r.resident_tokens += h.n + nq;
         r.key_bytes += kb;

@@ -14,6 +14,7 @@
 // Storage is f16 (llama.cpp's default cache type, so a FULL-only cache gives its greedy tokens).
 // Invariant: within a head, positions ascend across segments (trimming compacts in order).
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cmath>
 #include <cstdint>
@@ -53,12 +54,21 @@ constexpr int KV_MAX_SINKS = 20;
 
 struct kv_storage_config;
 
+// A run of coded tokens with consecutive positions: coded indices [first, first + n) hold positions
+// [pos, pos + n). A FULL head's coded tokens form a few runs (only protected tokens and sinks, which stay
+// f16, break them), so positions cost 12 B per run, not 4 B per token (§3.7 counts positions only with
+// eviction).
+struct kv_pos_run {
+    int32_t first = 0, pos = 0, n = 0;
+};
+
 // The quantized tokens of a coded head (storage codec other than f16, FULL heads only): blocks of
 // codes in pages of their own, keys and values apart (they may use different codecs). Positions ascend,
 // and lie between the head's protected f16 tokens and its f16 staging window.
 struct kv_coded_view {
     int32_t n = 0;                         // quantized tokens
-    const int32_t * pos = nullptr;         // [n]
+    const kv_pos_run * runs = nullptr;     // [n_runs], covering coded indices 0..n-1 in order
+    int32_t n_runs = 0;
     const kv_codec_traits * kc = nullptr, * vc = nullptr;
     kv_codec_params kp, vp;
     int k_block_tokens = 1, v_block_tokens = 1;
@@ -69,6 +79,21 @@ struct kv_coded_view {
     const int32_t * perm = nullptr;        // [head_dim] key channel permutation of this head (nullptr: identity)
     const kv_storage_config * st = nullptr;
 
+    // note: call only with j < n. Position of coded token j (binary search over the runs).
+    int32_t pos_at(int32_t j) const {
+        int32_t lo = 0, hi = n_runs - 1;
+        while (lo < hi) {
+            const int32_t mid = (lo + hi + 1) / 2;
+            if (runs[mid].first <= j) lo = mid; else hi = mid - 1;
+        }
+        return runs[lo].pos + (j - runs[lo].first);
+    }
+    // Coded tokens with position <= p (they are a prefix: positions ascend).
+    int32_t count_le(int32_t p) const {
+        int32_t c = 0;
+        for (int32_t r = 0; r < n_runs && runs[r].pos <= p; r++) c = runs[r].first + std::min(runs[r].n, p - runs[r].pos + 1);
+        return c;
+    }
     // note: call only with j < n. Returns the block holding token j and j's index inside it.
     const uint8_t * key_block(int32_t j, int & jj) const {
         jj = j % k_block_tokens;
@@ -141,7 +166,7 @@ struct kv_memory_report {
     int64_t resident_tokens = 0;     // sum over heads of tokens held
     uint64_t key_bytes = 0;          // key payload of held tokens
     uint64_t value_bytes = 0;        // value payload of held tokens
-    uint64_t position_bytes = 0;     // int32 position per held token
+    uint64_t position_bytes = 0;     // int32 position per f16 token + one kv_pos_run (12 B) per run of coded tokens
     uint64_t metadata_bytes = 0;     // per-head bookkeeping (segment tables)
     // of key + value bytes, for coded heads: codes, scales + zero-points, and f16 tokens (staging and
     // protected); key_bytes + value_bytes = code + scale + staging + the f16 payload of uncoded heads
@@ -217,7 +242,7 @@ private:
         // coded heads: the f16 pages hold the protected tokens then staging; older tokens live here
         bool coded = false;
         std::vector<void *> qk_pages, qv_pages;
-        std::vector<int32_t> qpos;        // [nq]
+        std::vector<kv_pos_run> qruns;    // positions of the coded tokens, as runs
         kv_coded_view cv;
     };
     void flush(int il, int ih, head_store & h);

@@ -168,7 +168,9 @@ TC_TEST("kv codecs: rotation + permutation + RoPE at full precision reproduces p
             }
             void * kpage = kbuf.data(), * vpage = vbuf.data();
             kv_coded_view cv;
-            cv.n = n; cv.pos = pos.data(); cv.kc = &tr; cv.vc = &tr; cv.kp = kp; cv.vp = vp;
+            std::vector<kv_pos_run> runs;  // one run per token: the positions are 3j + 1
+            for (int j = 0; j < n; j++) runs.push_back({j, pos[j], 1});
+            cv.n = n; cv.runs = runs.data(); cv.n_runs = n; cv.kc = &tr; cv.vc = &tr; cv.kp = kp; cv.vp = vp;
             cv.k_page_tokens = cv.v_page_tokens = n; cv.k_block_bytes = cv.v_block_bytes = (size_t) D * 2;
             cv.kpages = &kpage; cv.vpages = &vpage; cv.perm = perm.data(); cv.st = &st;
             kv_head_view hv;
@@ -254,7 +256,8 @@ TC_TEST("kv codecs: protected tokens and the staging window stay f16; memory rep
                     const kv_head_view hv = kv->head(il, ih);
                     TC_CHECK(hv.coded && hv.coded->n == nq && hv.n == nf) << kv_codec_get(t).name << ": nq " << (hv.coded ? hv.coded->n : -1) << " vs " << nq;
                     if (!hv.coded) continue;
-                    for (int32_t j = 0; j < hv.coded->n; j++) TC_CHECK(hv.coded->pos[j] == st.protect + j);
+                    for (int32_t j = 0; j < hv.coded->n; j++) TC_CHECK(hv.coded->pos_at(j) == st.protect + j);
+                    TC_CHECK(hv.coded->n_runs == (hv.coded->n > 0 ? 1 : 0)) << "contiguous coded positions are one run";
                     std::vector<int32_t> fpos;
                     for (int s = 0; s < hv.n_seg; s++) for (int j = 0; j < hv.seg[s].n; j++) fpos.push_back(hv.seg[s].pos[j]);
                     for (int j = 0; j < st.protect; j++) TC_CHECK(fpos[(size_t) j] == j) << "sink " << j << " quantized";
@@ -273,7 +276,7 @@ TC_TEST("kv codecs: protected tokens and the staging window stay f16; memory rep
             TC_CHECK(r.code_bytes == heads * nq * 2 * (uint64_t) (D * b / 8)) << tr.name << ": code bytes " << r.code_bytes;
             TC_CHECK(r.scale_bytes == (uint64_t) std::llround(heads * nq * (meta + meta_v))) << tr.name << ": scale bytes " << r.scale_bytes;
             TC_CHECK(r.staging_bytes == heads * nf * (uint64_t) (D + fx.DV) * 2) << tr.name;
-            TC_CHECK(r.position_bytes == heads * n * 4);
+            TC_CHECK(r.position_bytes == heads * ((uint64_t) nf * 4 + (nq > 0 ? sizeof(kv_pos_run) : 0))) << "f16 tokens 4 B each, the coded ones one run";
             TC_CHECK(r.key_bytes + r.value_bytes == r.code_bytes + r.scale_bytes + r.staging_bytes);
             TC_CHECK(r.quantized_tokens == (int64_t) heads * nq && r.resident_tokens == (int64_t) heads * n);
             if (t == KV_CODEC_ROT2) {  // §3.7 with D = 64, Gq = 32, b = 2: 2·(16 + 2·3) = 44 B per token per head
@@ -307,7 +310,14 @@ TC_TEST("kv codecs: massive-activation sinks found at prefill are never quantize
             std::vector<int32_t> fpos;
             for (int s = 0; s < hv.n_seg; s++) for (int j = 0; j < hv.seg[s].n; j++) fpos.push_back(hv.seg[s].pos[j]);
             for (int32_t p : {0, 1, 37, 90 + il}) TC_CHECK(std::count(fpos.begin(), fpos.end(), p) == 1) << "sink " << p << " not in f16";
-            for (int32_t j = 0; j < hv.coded->n; j++) TC_CHECK(hv.coded->pos[j] != 37 && hv.coded->pos[j] != 90 + il && hv.coded->pos[j] >= 2);
+            for (int32_t j = 0; j < hv.coded->n; j++) TC_CHECK(hv.coded->pos_at(j) != 37 && hv.coded->pos_at(j) != 90 + il && hv.coded->pos_at(j) >= 2);
+            // the sinks split the coded positions into runs; positions and counts read back through them
+            TC_CHECK(hv.coded->n_runs >= 2) << hv.coded->n_runs;
+            for (int32_t j = 0; j < hv.coded->n; j++) {
+                if (j > 0) TC_CHECK(hv.coded->pos_at(j) > hv.coded->pos_at(j - 1));
+                TC_CHECK(hv.coded->count_le(hv.coded->pos_at(j)) == j + 1);
+            }
+            TC_CHECK(hv.coded->count_le(-1) == 0 && hv.coded->count_le(1 << 30) == hv.coded->n);
             // 250 − 2 protected − 2 sinks − 16 staging = 230 → 224 quantized
             TC_CHECK(hv.coded->n == 224 && hv.n + hv.coded->n == 250) << hv.coded->n;
         }

@@ -193,8 +193,7 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
 
     int32_t n16 = 0;
     for (int32_t sg = 0; sg < hv.n_seg; sg++) n16 += hv.seg[sg].n;
-    int32_t nq = 0;
-    while (nq < c.n && c.pos[nq] <= qpos) nq++;
+    const int32_t nq = c.count_le(qpos);
     const size_t n_all = (size_t) n16 + (size_t) nq + 16;
     sc.s.resize((size_t) G * n_all);
     sc.kbuf.assign((size_t) 16 * D, 0.0f);
@@ -255,7 +254,7 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
     const size_t nv16 = idx;
 
     // ---- scores of the quantized keys, 16 at a time
-    if (pre && nq > 0) rt.ensure(st, c.pos[nq - 1]);
+    if (pre && nq > 0) rt.ensure(st, c.pos_at(nq - 1));
     const int W = rt.W;
     __m512i pi[R];
     __mmask16 pm[R][R / 2 > 0 ? R / 2 : 1];
@@ -273,6 +272,7 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
         }
     }
     block_cursor kcur(c.kpages, c.k_page_tokens, c.k_block_bytes);
+    int32_t run = 0;  // position cursor over the runs
     for (int32_t j0 = 0; j0 < nq; j0 += 16) {
         const int m = std::min<int32_t>(16, nq - j0);
         for (int t = 0; t < m; t++) {
@@ -293,7 +293,9 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
                     for (int o = 0; o < R; o++) x[o] = y[o];
                 }
                 fwht_regs<R>(x);
-                const int32_t p = c.pos[j0 + t];
+                const int32_t j = j0 + t;
+                while (j >= c.runs[run].first + c.runs[run].n) run++;
+                const int32_t p = c.runs[run].pos + (j - c.runs[run].first);
                 const float * lc = rt.lo_c.data() + (size_t) (p & 255) * W, * ls = rt.lo_s.data() + (size_t) (p & 255) * W;
                 const float * hc = rt.hi_c.data() + (size_t) (p >> 8) * W, * hs = rt.hi_s.data() + (size_t) (p >> 8) * W;
                 if (st.rope == ROPE_STYLE_NORM) {

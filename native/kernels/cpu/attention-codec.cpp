@@ -148,8 +148,7 @@ void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, in
         }
     }
     const size_t n_vis16 = idx;
-    int32_t nq = 0;
-    while (nq < c.n && c.pos[nq] <= qpos) nq++;
+    const int32_t nq = c.count_le(qpos);
     for (int32_t j = 0; j < nq; j++, idx++) {
         int jj;
         const uint8_t * blk = c.key_block(j, jj);
@@ -157,7 +156,7 @@ void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, in
             c.kc->decode(c.kp, blk, jj, kt.data());
             for (int d = 0; d < D; d++) kr[(size_t) (c.perm ? c.perm[d] : d)] = kt[d];
             fwht_ref(kr.data(), D);
-            rope_cache_ref(cs.data(), c.pos[j], st.n_rot, st.freq_base, st.freq_scale, st.freq_factors);
+            rope_cache_ref(cs.data(), c.pos_at(j), st.n_rot, st.freq_base, st.freq_scale, st.freq_factors);
             rope_apply_ref(kr.data(), 1, D, st.n_rot, st.rope, cs.data());
             for (int g = 0; g < G; g++) {
                 const float * q = q_rows + (size_t) g * D;
