@@ -1,7 +1,7 @@
 // Builds the C++ test binary (no Node dependency) with CMake and runs it: op tests against the scalar
 // references, the GGUF reader fuzz test, the stories260K golden decode.
 import { fileURLToPath } from 'node:url';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -12,8 +12,13 @@ if (!hasCmake) console.warn('native-tests skipped: cmake is not installed (apt i
 describe.skipIf(!hasCmake)('native-tests (C++)', () => {
   it('builds and passes', () => {
     const build = join(root, 'build-native');
-    execFileSync('cmake', ['-S', root, '-B', build, '-DTHINKCACHE_ADDON=OFF', '-DCMAKE_BUILD_TYPE=Release'], { stdio: 'pipe' });
-    execFileSync('cmake', ['--build', build, '-j', '2', '--target', 'native-tests'], { stdio: 'pipe' });
+    // compiler output can run to megabytes on a fresh build: keep it (64 MiB) and show it only on failure
+    const run = (args: string[]) => {
+      const b = spawnSync('cmake', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+      if (b.status !== 0) throw new Error(`cmake ${args.join(' ')} failed (${b.error?.message ?? `status ${b.status}`}):\n${b.stdout}\n${b.stderr}`);
+    };
+    run(['-S', root, '-B', build, '-DTHINKCACHE_ADDON=OFF', '-DCMAKE_BUILD_TYPE=Release']);
+    run(['--build', build, '-j', '2', '--target', 'native-tests']);
     const r = spawnSync(join(build, 'native-tests'), [], { cwd: root, encoding: 'utf8' });
     if (r.status !== 0) console.error(r.stdout, r.stderr);
     expect(r.stdout).toMatch(/(\d+)\/\1 tests passed/);
