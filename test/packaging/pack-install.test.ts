@@ -133,6 +133,14 @@ describe.skipIf(!runOn)('npm pack → install into an empty project → use', ()
     expect(JSON.parse(r.stdout.trim()).tokens).toEqual(expected);
   });
 
+  it('the tarball ships the tiny reasoner, and `npx thinkcache demo` runs from the installed package', () => {
+    for (const f of ['tiny/model/thinkcache-tiny-reasoner.gguf', 'tiny/model/thinkcache-tiny-reasoner.heads.tsv', 'tiny/data/test-add.jsonl', 'tiny/README.md']) expect(files).toContain(f);
+    expect(files.filter((f) => f.startsWith('tiny/checkpoints') || f.endsWith('.py'))).toEqual([]);
+    const r = sh('npx', ['--no-install', 'thinkcache', 'demo', '--task', 'add', '--kv', 'full', '--threads', '1', '--no-table'], project);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/\(expected \d+\)/);
+  });
+
   it('without any binary, the error names what was tried and how to build one', () => {
     const prebuilds = join(project, 'node_modules', 'thinkcache', 'prebuilds');
     renameSync(prebuilds, `${prebuilds}.off`);
