@@ -16,3 +16,11 @@ export { systemInfo, listQuantTypes, listKvPolicies } from './system.js';
 export { EvictionOptionsSchema, EVICTION_POLICIES, type EvictionOptions } from './kv/kv-policies.js';
 export { KvOptionsSchema, type KvOptions, type EffectiveKv } from './kv/kv-options.js';
 export { parseHeadProfile, loadHeadProfile, formatHeadProfile, selectStreamHeads, type HeadProfile } from './kv/head-profile.js';
+export { KV_PRESETS, kvPreset, type KvPreset } from './kv/presets.js';
+export { calibrateRotation, saveRotationSidecar, loadRotationSidecar, modelFingerprint, type RotationCalibration } from './kv/rotation.js';
+export { calibrateHeadProfile, type CalibrateOptions, type CalibrationResult } from './kv/calibrate.js';
+export { runFidelity, type FidelityOptions, type FidelityResult } from './eval/fidelity.js';
+export {
+  runAccuracy, loadTinyProblems, loadJsonlProblems, mathAnswersEqual, TINY_TASKS,
+  type AccuracyOptions, type AccuracyProblem, type AccuracyRow, type AccuracySummary,
+} from './eval/accuracy.js';
