@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { LlmError } from '../errors.js';
-import { bundledPath, formatAccuracyTable, loadTinyProblems, runAccuracy, TINY_TASKS, tinyModelPath } from '../eval/accuracy.js';
+import { bundledPath, formatAccuracyTable, kib, loadTinyProblems, runAccuracy, TINY_TASKS, tinyModelPath } from '../eval/accuracy.js';
 import { KV_PRESETS, kvPreset } from '../kv/presets.js';
 import type { GenerateEvent } from '../Sequence.js';
 import { ReplyPrinter } from './chat.js';
@@ -19,8 +19,6 @@ export const DEMO_USAGE = `  thinkcache demo [--task add|chase|cups] [--n N] [--
 `;
 
 const DEFAULT_PRESETS = ['full', 'rlkv-50', 'lazy-50', 'rot2'];
-
-function kib(n: number): string { return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)} MiB` : `${(n / 1024).toFixed(1)} KiB`; }
 
 export async function cmdDemo(args: string[]): Promise<number> {
   const { values } = parseArgs({

@@ -13,7 +13,7 @@ import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { LlmError } from '../errors.js';
 import { DEFAULT_PROMPTS, fidelityChartSvg, runFidelity, type FidelityResult } from '../eval/fidelity.js';
-import { formatAccuracyTable, loadJsonlProblems, loadTinyProblems, runAccuracy, TINY_TASKS, tinyModelPath, type AccuracyProblem } from '../eval/accuracy.js';
+import { formatAccuracyTable, kib, loadJsonlProblems, loadTinyProblems, runAccuracy, TINY_TASKS, tinyModelPath, type AccuracyProblem } from '../eval/accuracy.js';
 import { readPromptFile } from '../eval/prompts.js';
 import { KvOptionsSchema, type KvOptions } from '../kv/kv-options.js';
 import { KV_PRESETS, kvPreset } from '../kv/presets.js';
@@ -27,11 +27,9 @@ function int(v: string | undefined, name: string, def: number): number {
   return n;
 }
 
-function kb(n: number): string { return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)} MiB` : `${(n / 1024).toFixed(1)} KiB`; }
-
 export function formatFidelityTable(rs: FidelityResult[]): string {
   const head = ['config', 'KV bytes (mean)', 'of full', 'KL mean', 'KL p95', 'top-1', 'ΔNLL', 'mean rank'];
-  const rows = rs.map((r) => [r.label, kb(r.kvBytes), `${(100 * r.kvFraction).toFixed(1)}%`, r.klMean.toExponential(2), r.klP95.toExponential(2),
+  const rows = rs.map((r) => [r.label, kib(r.kvBytes), `${(100 * r.kvFraction).toFixed(1)}%`, r.klMean.toExponential(2), r.klP95.toExponential(2),
     `${(100 * r.top1Agreement).toFixed(1)}%`, r.deltaNll.toFixed(4), r.meanRank.toFixed(2)]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');

@@ -257,7 +257,8 @@ export async function runAccuracy(model: Model, opts: AccuracyOptions): Promise<
   return { summaries, rows };
 }
 
-function kib(n: number): string { return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)} MiB` : `${(n / 1024).toFixed(1)} KiB`; }
+/** KiB/MiB for KV tables (shared by eval, demo and this module). */
+export function kib(n: number): string { return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)} MiB` : `${(n / 1024).toFixed(1)} KiB`; }
 
 /** A readable table of summaries (one line per configuration and task). */
 export function formatAccuracyTable(ss: AccuracySummary[]): string {

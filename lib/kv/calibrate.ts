@@ -6,6 +6,7 @@
  * full cache), written in the RLKV/DuoAttention TSV layout so §1.4 applies unchanged.
  */
 import type { Model } from '../Model.js';
+import type { Sequence } from '../Sequence.js';
 import type { HeadProfile } from './head-profile.js';
 
 export type CalibrationMethod = 'wse' | 'mean-qk';
@@ -43,22 +44,34 @@ export interface CalibrationResult {
   tokens: number;
 }
 
+/**
+ * The calibration traces: each prompt (text with the model's BOS rule, or token ids) followed by up to
+ * `maxTokens` greedy tokens (EOG does not stop it), cut to fit `contextSize`; `seq` is left cleared.
+ */
+export async function greedyTraces(model: Model, seq: Sequence, prompts: readonly (string | readonly number[])[], maxTokens: number, contextSize: number,
+  onProgress?: (done: number) => void): Promise<number[][]> {
+  const traces: number[][] = [];
+  for (const prompt of prompts) {
+    const tokens = (typeof prompt === 'string' ? model.tokenize(prompt) : [...prompt]).slice(0, contextSize - 1);
+    let gen: number[] = [];
+    const room = Math.min(maxTokens, contextSize - 1 - tokens.length);
+    if (room > 0) {
+      for await (const ev of seq.generate(tokens, { maxTokens: room, stopAtEog: false })) if (ev.type === 'finish') gen = ev.tokens;
+      seq.clear();
+    }
+    traces.push([...tokens, ...gen]);
+    onProgress?.(traces.length);
+  }
+  return traces;
+}
+
 export async function calibrateHeadProfile(model: Model, opts: CalibrateOptions): Promise<CalibrationResult> {
   const sinks = opts.sinks ?? 16, recent = opts.recent ?? 64;
   const contextSize = opts.contextSize ?? Math.min(model.info.nCtxTrain || 4096, 4096);
   await using ctx = await model.createContext({ contextSize, ...(opts.threads ? { threads: opts.threads } : {}) });
   const seq = ctx.acquireSequence();
-  const traces: number[][] = [];
-  let done = 0;
-  for (const prompt of opts.prompts) {
-    const tokens = typeof prompt === 'string' ? model.tokenize(prompt) : [...prompt];
-    let gen: number[] = [];
-    for await (const ev of seq.generate(tokens, { maxTokens: Math.min(opts.maxTokens, contextSize - tokens.length - 1), stopAtEog: false })) {
-      if (ev.type === 'finish') gen = ev.tokens;
-    }
-    traces.push([...tokens, ...gen]);
-    opts.onProgress?.(++done, opts.prompts.length * 2);
-  }
+  const traces = await greedyTraces(model, seq, opts.prompts, opts.maxTokens, contextSize, (d) => opts.onProgress?.(d, opts.prompts.length * 2));
+  let done = traces.length;
   seq.clear();
   seq._native.setCalibration(sinks, recent);
   let tokens = 0;

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { InvalidOptionsError } from '../errors.js';
 import type { Model } from '../Model.js';
+import { greedyTraces } from './calibrate.js';
 
 export const ROTATION_SIDECAR_FORMAT = 'thinkcache-rotkv-permutation';
 
@@ -132,20 +133,8 @@ export async function calibrateRotation(model: Model, opts: {
   const contextSize = opts.contextSize ?? Math.max(64, Math.min(model.info.nCtxTrain || 4096, Math.max(...token.map((t) => t.length)) + maxTokens + 1));
   await using ctx = await model.createContext({ contextSize, ...(opts.threads ? { threads: opts.threads } : {}), kv: { storage: { permutation: 'none' } } });
   await using seq = ctx.acquireSequence();
-  const traces: number[][] = [];
-  let done = 0;
-  for (const t of token) {
-    const tt = t.slice(0, contextSize - 1);
-    if (maxTokens > 0 && tt.length < contextSize - 1) {
-      let gen: number[] = [];
-      for await (const ev of seq.generate(tt, { maxTokens: Math.min(maxTokens, contextSize - 1 - tt.length), stopAtEog: false })) if (ev.type === 'finish') gen = ev.tokens;
-      traces.push([...tt, ...gen]);
-      seq.clear();
-    } else {
-      traces.push(tt);
-    }
-    opts.onProgress?.(++done, token.length * 2);
-  }
+  const traces = await greedyTraces(model, seq, token, maxTokens, contextSize, (d) => opts.onProgress?.(d, token.length * 2));
+  let done = traces.length;
   seq._native.setCalibration(0, 1, true);
   try {
     for (const t of traces) {

@@ -20,15 +20,7 @@ void runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
     r.push_back({runs_count(r), pos, 1});
 }
 
-// coded tokens with position < p
-int32_t runs_count_below(const std::vector<kv_pos_run> & r, int32_t p) {
-    int32_t c = 0;
-    for (const kv_pos_run & x : r) {
-        if (x.pos >= p) break;
-        c = x.first + std::min(x.n, p - x.pos);
-    }
-    return c;
-}
+int32_t runs_count_below(const std::vector<kv_pos_run> & r, int32_t p) { return kv_runs_count_below(r.data(), (int32_t) r.size(), p); }
 
 void runs_truncate(std::vector<kv_pos_run> & r, int32_t k) {
     while (!r.empty() && r.back().first >= k) r.pop_back();

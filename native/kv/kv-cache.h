@@ -62,6 +62,13 @@ struct kv_pos_run {
     int32_t first = 0, pos = 0, n = 0;
 };
 
+// Coded tokens (of runs[0..n_runs)) whose position is below p: a prefix, since positions ascend.
+inline int32_t kv_runs_count_below(const kv_pos_run * runs, int32_t n_runs, int32_t p) {
+    int32_t c = 0;
+    for (int32_t r = 0; r < n_runs && runs[r].pos < p; r++) c = runs[r].first + std::min(runs[r].n, p - runs[r].pos);
+    return c;
+}
+
 // The quantized tokens of a coded head (storage codec other than f16, FULL heads only): blocks of
 // codes in pages of their own, keys and values apart (they may use different codecs). Positions ascend,
 // and lie between the head's protected f16 tokens and its f16 staging window.
@@ -89,11 +96,7 @@ struct kv_coded_view {
         return runs[lo].pos + (j - runs[lo].first);
     }
     // Coded tokens with position <= p (they are a prefix: positions ascend).
-    int32_t count_le(int32_t p) const {
-        int32_t c = 0;
-        for (int32_t r = 0; r < n_runs && runs[r].pos <= p; r++) c = runs[r].first + std::min(runs[r].n, p - runs[r].pos + 1);
-        return c;
-    }
+    int32_t count_le(int32_t p) const { return kv_runs_count_below(runs, n_runs, p + 1); }
     // note: call only with j < n. Returns the block holding token j and j's index inside it.
     const uint8_t * key_block(int32_t j, int & jj) const {
         jj = j % k_block_tokens;
