@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -160,12 +161,17 @@ TC_TEST("perf/matvec") {
     if (tc::g_mode != "perf") return;
     std::printf("    cpu level %s; cold = weights rotated over >= 192 MiB (DRAM), hot = one copy (cache-resident "
                 "when it fits L2+L3); best of 8 windows\n", cpu_dispatch_level());
-    const ggml_type types[] = {GGML_TYPE_Q8_0, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_F32};
-    const int64_t shapes[][2] = {{896, 4864}, {4864, 896}}; // {n_in, n_out}
+    const ggml_type types[] = {GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_F32};
+    // {n_in, n_out}: the Qwen2-0.5B FFN, and the Qwen2-1.5B FFN for the K-quants (256-element super-blocks)
+    const int64_t shapes_05b[][2] = {{896, 4864}, {4864, 896}};
+    const int64_t shapes_15b[][2] = {{1536, 8960}, {8960, 1536}};
+    const char * only = std::getenv("PERF_TYPES"); // e.g. PERF_TYPES=q4_K,q6_K
     matmul_scratch scratch;
     for (ggml_type type : types) {
         const quant_traits * t = quant_traits_get(type);
-        for (auto & sh : shapes) {
+        if (only && !std::strstr(only, t->name)) continue;
+        const bool k_quant = t->block_size == 256;
+        for (auto & sh : k_quant ? shapes_15b : shapes_05b) {
             const int64_t n_in = sh[0], n_out = sh[1];
             const test_weight w0 = make_weight(*t, n_in, n_out, 3);
             const size_t bytes = w0.data.size();

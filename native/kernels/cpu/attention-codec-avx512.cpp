@@ -24,6 +24,7 @@
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the AVX-512 intrinsics as "may be used
 // uninitialized" (a known false positive); keep the build log readable.
 #if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
