@@ -37,8 +37,10 @@ export const KV_CODECS = ['f16', 'q8', 'q4', 'kivi2', 'kivi4', 'rot2', 'rot3', '
 export type KvCodec = (typeof KV_CODECS)[number];
 
 /**
- * How FULL heads store keys and values (other heads stay f16). Tokens older than the staging window,
- * other than the first `protectFirst` positions, are quantized in blocks; attention reads the codes.
+ * How FULL and evicting heads store keys and values (STREAM heads stay f16). Tokens older than the staging
+ * window, other than the first `protectFirst` positions, are quantized in blocks; attention reads the codes.
+ * Evicting heads keep at least the policy's window W in f16 (ALGORITHMS.md §6.2 C5), need a per-token
+ * codec (not KIVI, §6.2 C7) and a policy that scores from attention (lazy, h2o, tova, streaming).
  * @example { key: 'rot2', value: 'rot2', stagingTokens: 64, protectFirst: 16 }
  */
 export const KvStorageOptionsSchema = z.strictObject({
@@ -65,12 +67,31 @@ export const KvStorageOptionsSchema = z.strictObject({
   permutation: z.union([z.literal('auto'), z.literal('none'), z.string().min(1)]).default('auto'),
 });
 
-export const KvOptionsSchema = z.strictObject({
-  storage: KvStorageOptionsSchema.optional(),
-  heads: KvHeadsOptionsSchema.optional(),
-  /** Token eviction for the heads that are neither STREAM nor kept FULL (see heads.full). */
-  eviction: EvictionOptionsSchema.optional(),
-});
+export const KvOptionsSchema = z
+  .strictObject({
+    storage: KvStorageOptionsSchema.optional(),
+    heads: KvHeadsOptionsSchema.optional(),
+    /** Token eviction for the heads that are neither STREAM nor kept FULL (see heads.full). */
+    eviction: EvictionOptionsSchema.optional(),
+  })
+  .superRefine((kv, ctx) => {
+    const st = kv.storage;
+    if (!st || !kv.eviction || (st.key === 'f16' && st.value === 'f16')) return;
+    for (const side of ['key', 'value'] as const) {
+      if (st[side].startsWith('kivi')) {
+        ctx.addIssue({
+          code: 'custom', path: ['storage', side],
+          message: `${st[side]} groups tokens into blocks that per-token eviction cannot split (ALGORITHMS.md §6.2 C7); with eviction use rot2/rot3/rot4, q8 or q4`,
+        });
+      }
+    }
+    if (kv.eviction.policy === 'snapkv' || kv.eviction.policy === 'rkv') {
+      ctx.addIssue({
+        code: 'custom', path: ['eviction', 'policy'],
+        message: `${kv.eviction.policy} scores from f16 keys; combine storage codecs with lazy, h2o, tova or streaming`,
+      });
+    }
+  });
 export type KvOptions = z.input<typeof KvOptionsSchema>;
 
 /** Exactly what the cache applies (ctx.effective.kv). */

@@ -33,6 +33,14 @@ export const KV_PRESETS: readonly KvPreset[] = [
     build: () => ({ storage: { key: 'rot2', value: 'rot2' } }),
   },
   {
+    name: 'rot2-lazy-50', description: 'lazy-50 with its kept tokens stored as rot2 (past the window W = 64 in f16; ALGORITHMS.md §6.2 C5)', needsProfile: false,
+    build: () => ({ storage: { key: 'rot2', value: 'rot2' }, eviction: { policy: 'lazy', capacity: 128, window: 64, ratio: 0.5, protect: 4 } }),
+  },
+  {
+    name: 'rot2-rlkv-50', description: 'rlkv-50 with the full heads stored as rot2 (streaming heads stay f16)', needsProfile: true,
+    build: (p) => ({ storage: { key: 'rot2', value: 'rot2' }, heads: { profile: needProfile('rot2-rlkv-50', p), sparsity: 0.5, stream: { sinks: 16, recent: 64 } } }),
+  },
+  {
     name: 'q4', description: '4-bit per-token keys and values in blocks of 32 (llama.cpp q4_0-like baseline)', needsProfile: false,
     build: () => ({ storage: { key: 'q4', value: 'q4' } }),
   },

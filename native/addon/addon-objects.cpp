@@ -222,6 +222,18 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
                     std::memcpy(p.storage.perm.data() + (l * HC + h) * D, pa.Data() + (l * H + h / g) * D, sizeof(int32_t) * D);
         }
     }
+    {  // codecs on evicting heads: per-token codecs and attention-scored policies only (kv_storage_check)
+        core::kv_cache_config kc;
+        kc.head_dim = (int) m->hp.head_dim;
+        kc.head_dim_v = (int) m->hp.head_dim_v;
+        kc.retention = p.retention;
+        kc.policy = p.policy;
+        kc.storage.key = p.storage.key;
+        kc.storage.value = p.storage.value;
+        kc.storage.group = p.storage.group;
+        const core::status s = core::kv_storage_check(kc);
+        if (!s.ok()) throw_status(env, s.code, "new AddonContext: " + s.message);
+    }
     p.stream_sinks = opt_int(o, "streamSinks", 16);
     p.stream_recent = opt_int(o, "streamRecent", 64);
     if (p.stream_sinks < 0 || p.stream_recent < 1) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: streamSinks must be >= 0 and streamRecent >= 1");

@@ -22,6 +22,15 @@ void runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
 
 int32_t runs_count_below(const std::vector<kv_pos_run> & r, int32_t p) { return kv_runs_count_below(r.data(), (int32_t) r.size(), p); }
 
+// new[k] = old[src[k]] for every per-token array of an EVICT head (policy statistics and probabilities),
+// which are laid out [coded tokens | f16 tokens]
+template <class T> void gather(std::vector<T> & a, const std::vector<int32_t> & src) {
+    if (a.empty()) return;
+    std::vector<T> out(src.size());
+    for (size_t k = 0; k < src.size(); k++) out[k] = a[(size_t) src[k]];
+    a.swap(out);
+}
+
 void runs_truncate(std::vector<kv_pos_run> & r, int32_t k) {
     while (!r.empty() && r.back().first >= k) r.pop_back();
     if (!r.empty()) r.back().n = std::min(r.back().n, k - r.back().first);
@@ -35,7 +44,7 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
     heads_.resize((size_t) cfg_.n_layer * cfg_.n_head_kv);
     layer_has_evict_.assign((size_t) cfg_.n_layer, 0);
     for (size_t i = 0; i < heads_.size(); i++) {
-        heads_[i].mode = cfg_.retention.empty() ? KV_RETAIN_FULL : cfg_.retention[i];
+        heads_[i].mode = cfg_.retention.empty() ? (uint8_t) KV_RETAIN_FULL : cfg_.retention[i];
         if (heads_[i].mode == KV_RETAIN_EVICT) layer_has_evict_[i / cfg_.n_head_kv] = 1;
     }
     policy_ = kv_policy_get(cfg_.policy.kind);
@@ -64,8 +73,30 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
         c.k_page_tokens = (int32_t) (pool_->page_bytes() / c.k_block_bytes) * c.k_block_tokens;
         c.v_page_tokens = (int32_t) (pool_->page_bytes() / c.v_block_bytes) * c.v_block_tokens;
         c.st = &cfg_.storage;
-        for (auto & h : heads_) h.coded = h.mode == KV_RETAIN_FULL;
+        // EVICT heads too when the codecs and the policy allow it (kv_storage_check); STREAM heads stay f16
+        const bool evict_ok = kv_storage_check(cfg_).ok();
+        for (auto & h : heads_) h.coded = h.mode == KV_RETAIN_FULL || (h.mode == KV_RETAIN_EVICT && evict_ok);
     }
+}
+
+status kv_storage_check(const kv_cache_config & cfg) {
+    const kv_storage_config & st = cfg.storage;
+    bool evict = false;
+    for (uint8_t r : cfg.retention) evict |= r == KV_RETAIN_EVICT;
+    if (!st.coded() || !evict) return {};
+    // §6.2 C7: evicting single tokens needs per-token blocks (KIVI's keys group 32 tokens per channel)
+    const kv_codec_traits & kc = kv_codec_get(st.key), & vc = kv_codec_get(st.value);
+    const kv_codec_params kp{cfg.head_dim, st.group, 1.0f, true}, vp{cfg.head_dim_v, st.group, 1.0f, false};
+    if (kc.block_tokens(kp) != 1 || vc.block_tokens(vp) != 1) {
+        return status(ERR_INVALID_ARG, strfmt("kv storage: codecs %s/%s group tokens into blocks, which per-token eviction cannot split "
+                                              "(ALGORITHMS.md §6.2 C7); on evicting heads use a per-token codec (rot2/3/4, q8, q4)", kc.name, vc.name));
+    }
+    const kv_policy * pol = kv_policy_get(cfg.policy.kind);
+    if (pol && pol->score_qk) {
+        return status(ERR_INVALID_ARG, strfmt("kv storage: the %s policy scores from f16 keys; combine codecs with a policy that scores "
+                                              "from attention (lazy, h2o, tova, streaming)", pol->name));
+    }
+    return {};
 }
 
 kv_cache::~kv_cache() {
@@ -79,6 +110,54 @@ kv_cache::~kv_cache() {
 // Tokens leave staging in blocks of this many (a multiple of both codecs' block sizes).
 int kv_cache::flush_tokens() const { return std::max({KV_TILE, cv0_.k_block_tokens, cv0_.v_block_tokens}); }
 
+// f16 staging window of a coded head: an EVICT head keeps at least its policy's protected recent window in
+// f16 (§6.2 C5: w_fp = W), so its young tokens' statistics come from exact keys and tokens are quantized
+// once they may be evicted, not before.
+int32_t kv_cache::staging_of(const head_store & h) const {
+    if (h.mode != KV_RETAIN_EVICT || !policy_) return cfg_.storage.staging;
+    // (streaming's "recent" is its whole budget: it still quantizes past the window W)
+    const int32_t w = std::min<int32_t>(policy_->recent(cfg_.policy), cfg_.policy.window);
+    return std::max<int32_t>(cfg_.storage.staging, w);
+}
+
+void kv_cache::gather_stats(head_store & h, const std::vector<int32_t> & src) {
+    gather(h.stats.last, src);
+    gather(h.stats.mri, src);
+    gather(h.stats.acc, src);
+    gather(h.stats.cur, src);
+    gather(h.p_max, src);
+    gather(h.p_sum, src);
+}
+
+void kv_cache::positions_all(const head_store & h, std::vector<int32_t> & out) const {
+    out.clear();
+    for (const kv_pos_run & r : h.qruns) for (int32_t i = 0; i < r.n; i++) out.push_back(r.pos + i);
+    out.insert(out.end(), h.pos.begin(), h.pos.end());
+}
+
+// Keeps the coded tokens listed in `keep` (ascending coded indices): per-token blocks move down in order,
+// the position runs are rebuilt from the kept positions, and pages no longer needed go back to the pool.
+void kv_cache::compact_coded(head_store & h, const std::vector<int32_t> & keep) {
+    const kv_coded_view & c = cv0_;
+    std::vector<int32_t> pos;
+    positions_all(h, pos);  // coded positions first
+    auto move = [&](std::vector<void *> & pages, int32_t per_page, size_t bb) {
+        for (size_t i = 0; i < keep.size(); i++) {
+            const int32_t src = keep[i], dst = (int32_t) i;
+            if (src == dst) continue;
+            std::memcpy((uint8_t *) pages[(size_t) (dst / per_page)] + (size_t) (dst % per_page) * bb,
+                        (const uint8_t *) pages[(size_t) (src / per_page)] + (size_t) (src % per_page) * bb, bb);
+        }
+        const size_t need = (keep.size() + (size_t) per_page - 1) / (size_t) per_page;
+        while (pages.size() > need) { pool_->free(pages.back()); pages.pop_back(); }
+    };
+    move(h.qk_pages, c.k_page_tokens, c.k_block_bytes);
+    move(h.qv_pages, c.v_page_tokens, c.v_block_bytes);
+    std::vector<kv_pos_run> runs;
+    for (int32_t j : keep) runs_push(runs, pos[(size_t) j]);
+    h.qruns.swap(runs);
+}
+
 // Moves the oldest unprotected f16 tokens beyond the staging window to codec pages, in whole blocks.
 // The staged key is post-RoPE f16: rot keys (pre-RoPE variant) are un-RoPE'd at their position first
 // (RoPE is orthogonal: rotating by −pos inverts it), then FWHT'd and permuted; rot values are FWHT'd.
@@ -91,7 +170,7 @@ void kv_cache::flush(int il, int ih, head_store & h) {
     auto prot = [&](int32_t pos) { return pos < st.protect || (st.protect_sinks && std::binary_search(sk.begin(), sk.end(), pos)); };
     std::vector<int32_t> cand;  // f16 indices of unprotected tokens, oldest first
     for (int32_t j = 0; j < h.n; j++) if (!prot(h.pos[(size_t) j])) cand.push_back(j);
-    const int32_t m = ((int32_t) cand.size() - st.staging) / F * F;
+    const int32_t m = ((int32_t) cand.size() - staging_of(h)) / F * F;
     if (m <= 0) return;
     const int32_t nq = runs_count(h.qruns);
     // pages for the new blocks; on OOM the tokens simply stay in f16
@@ -134,11 +213,17 @@ void kv_cache::flush(int il, int ih, head_store & h) {
             c.vc->encode(c.vp, vb.data() + (size_t) t * DV, (uint8_t *) h.qv_pages[(size_t) (b / bpp)] + (size_t) (b % bpp) * c.v_block_bytes);
         }
     }
-    std::vector<int32_t> keep;
+    std::vector<int32_t> keep, src;
     keep.reserve((size_t) (h.n - m));
     for (int32_t j = 0, c = 0; j < h.n; j++) {
         if (c < m && cand[(size_t) c] == j) { c++; continue; }
         keep.push_back(j);
+    }
+    if (h.mode == KV_RETAIN_EVICT) {  // statistics follow their tokens: [coded | moved | f16 kept]
+        for (int32_t j = 0; j < nq; j++) src.push_back(j);
+        for (int32_t i = 0; i < m; i++) src.push_back(nq + cand[(size_t) i]);
+        for (int32_t j : keep) src.push_back(nq + j);
+        gather_stats(h, src);
     }
     compact(h, keep);  // also rebuilds the coded view
 }
@@ -213,8 +298,9 @@ void kv_cache::append(int il, int n_tokens, const float * k, const float * v, co
         }
         if (h.mode == KV_RETAIN_EVICT) {
             policy_->append(h.stats, n_tokens, step_);
-            h.p_max.assign((size_t) h.n, 0.0f);
-            h.p_sum.assign((size_t) h.n, 0.0f);
+            const size_t n_all = (size_t) h.n + (size_t) runs_count(h.qruns);
+            h.p_max.assign(n_all, 0.0f);
+            h.p_sum.assign(n_all, 0.0f);
         }
         rebuild_segments(h);
     }
@@ -244,8 +330,9 @@ void kv_cache::rebuild_segments(head_store & h) const {
     }
 }
 
-// Moves the tokens listed in `keep` (ascending source indices) to the front, in order, and frees the
+// Moves the f16 tokens listed in `keep` (ascending source indices) to the front, in order, and frees the
 // pages no longer needed. Destinations never pass their sources, so copying in order is safe in place.
+// Per-token policy arrays are the caller's (gather_stats).
 void kv_cache::compact(head_store & h, const std::vector<int32_t> & keep) {
     const int D = cfg_.head_dim, DV = cfg_.head_dim_v;
     auto kptr = [&](int32_t j, int d) {
@@ -263,15 +350,11 @@ void kv_cache::compact(head_store & h, const std::vector<int32_t> & keep) {
             for (int d = 0; d < D; d++) *kptr(dst, d) = *kptr(src, d);
             std::memcpy(vptr(dst), vptr(src), sizeof(f16_t) * DV);
             h.pos[(size_t) dst] = h.pos[(size_t) src];
-            for (auto * a : {&h.stats.last, &h.stats.mri}) if (!a->empty()) (*a)[(size_t) dst] = (*a)[(size_t) src];
-            for (auto * a : {&h.stats.acc, &h.stats.cur, &h.p_max, &h.p_sum}) if (!a->empty()) (*a)[(size_t) dst] = (*a)[(size_t) src];
         }
         dst++;
     }
     h.n = dst;
     h.pos.resize((size_t) dst);
-    for (auto * a : {&h.stats.last, &h.stats.mri}) if (!a->empty()) a->resize((size_t) dst);
-    for (auto * a : {&h.stats.acc, &h.stats.cur, &h.p_max, &h.p_sum}) if (!a->empty()) a->resize((size_t) dst);
     const size_t pages_needed = (size_t) (dst + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS;
     while (h.pages.size() > pages_needed) {
         pool_->free(h.pages.back());
@@ -285,7 +368,7 @@ void kv_cache::retain(int il) {
     std::vector<int32_t> & keep = keep_;
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
-        if (h.coded) flush(il, ih, h);
+        if (h.coded && h.mode != KV_RETAIN_EVICT) flush(il, ih, h);  // EVICT heads: after their eviction step
     }
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
@@ -298,59 +381,72 @@ void kv_cache::retain(int il) {
         h.dropped = true;
     }
     if (!layer_has_evict_[(size_t) il]) return;
+    // An EVICT head's tokens, as its policy sees them: [coded | f16] (a plain head: f16 only). The coded
+    // tokens are older than every unprotected f16 token, so the unprotected ones ascend by index and the
+    // newest are last (recent windows and "newer wins" ties hold as with positions).
+    std::vector<std::vector<int32_t>> & pos_all = pos_all_;
+    pos_all.resize((size_t) H);
+    for (int ih = 0; ih < H; ih++) positions_all(heads_[(size_t) il * H + ih], pos_all[(size_t) ih]);
     // layer mean of the probabilities (TOVA), defined when every head of the layer holds the same token set
     std::vector<float> & layer_mean = layer_mean_;
     bool same = policy_->needs_layer_mean;
-    const head_store & h0 = heads_[(size_t) il * H];
     for (int ih = 0; ih < H && same; ih++) {
         const head_store & h = heads_[(size_t) il * H + ih];
-        same = h.mode == KV_RETAIN_EVICT && h.n == h0.n && std::equal(h.pos.begin(), h.pos.end(), h0.pos.begin());
+        same = h.mode == KV_RETAIN_EVICT && pos_all[(size_t) ih] == pos_all[0];
     }
     if (same) {
-        layer_mean.assign((size_t) h0.n, 0.0f);
+        layer_mean.assign(pos_all[0].size(), 0.0f);
         const float inv = 1.0f / (float) cfg_.n_head;  // p_sum already sums the group's query heads
         for (int ih = 0; ih < H; ih++) {
             const head_store & h = heads_[(size_t) il * H + ih];
-            for (int32_t j = 0; j < h.n; j++) layer_mean[(size_t) j] += h.p_sum[(size_t) j] * inv;
+            for (size_t j = 0; j < layer_mean.size(); j++) layer_mean[j] += h.p_sum[j] * inv;
         }
     }
     std::vector<float> & scores = scores_;
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
         if (h.mode != KV_RETAIN_EVICT) continue;
+        const std::vector<int32_t> & pa = pos_all[(size_t) ih];
+        const int32_t n_all = (int32_t) pa.size(), nq = n_all - h.n;
         kv_step_probs p{h.p_max.data(), h.p_sum.data(), same ? layer_mean.data() : nullptr};
-        policy_->observe(h.stats, h.n, p, step_, cfg_.policy);
-        if (!policy_->due(step_, h.n, prompt_, cfg_.policy)) continue;
-        const auto t0 = std::chrono::steady_clock::now();
-        scores.resize((size_t) h.n);
-        if (policy_->score_qk) {
-            // the group's rows of the recorded queries, oldest first
-            const int G = cfg_.n_head / H, D = cfg_.head_dim;
-            const int nq = std::min<int32_t>(qcount_[(size_t) il], q_window_);
-            std::vector<float> qs((size_t) nq * G * D);
-            for (int i = 0; i < nq; i++) {
-                const int32_t slot = (qcount_[(size_t) il] - nq + i) % q_window_;
-                const float * src = qring_[(size_t) il].data() + ((size_t) slot * cfg_.n_head + (size_t) ih * G) * D;
-                std::memcpy(qs.data() + (size_t) i * G * D, src, sizeof(float) * G * D);
+        policy_->observe(h.stats, n_all, p, step_, cfg_.policy);
+        if (policy_->due(step_, n_all, prompt_, cfg_.policy)) {
+            const auto t0 = std::chrono::steady_clock::now();
+            scores.resize((size_t) n_all);
+            if (policy_->score_qk) {  // (never with coded heads: kv_storage_check)
+                // the group's rows of the recorded queries, oldest first
+                const int G = cfg_.n_head / H, D = cfg_.head_dim;
+                const int nqr = std::min<int32_t>(qcount_[(size_t) il], q_window_);
+                std::vector<float> qs((size_t) nqr * G * D);
+                for (int i = 0; i < nqr; i++) {
+                    const int32_t slot = (qcount_[(size_t) il] - nqr + i) % q_window_;
+                    const float * src = qring_[(size_t) il].data() + ((size_t) slot * cfg_.n_head + (size_t) ih * G) * D;
+                    std::memcpy(qs.data() + (size_t) i * G * D, src, sizeof(float) * G * D);
+                }
+                const kv_head_view hv = head(il, ih);
+                kv_qk_inputs in;
+                in.head = &hv;
+                in.head_dim = D;
+                in.group = G;
+                in.queries = qs.data();
+                in.n_queries = nqr;
+                in.scale = 1.0f / std::sqrt((float) D);
+                policy_->score_qk(in, cfg_.policy, scores.data());
+            } else {
+                policy_->score(h.stats, n_all, step_, cfg_.policy, scores.data());
             }
-            const kv_head_view hv = head(il, ih);
-            kv_qk_inputs in;
-            in.head = &hv;
-            in.head_dim = D;
-            in.group = G;
-            in.queries = qs.data();
-            in.n_queries = nq;
-            in.scale = 1.0f / std::sqrt((float) D);
-            policy_->score_qk(in, cfg_.policy, scores.data());
-        } else {
-            policy_->score(h.stats, h.n, step_, cfg_.policy, scores.data());
+            keep = kv_select_keep(scores.data(), pa.data(), n_all, policy_->budget(step_, prompt_, cfg_.policy), policy_->recent(cfg_.policy), cfg_.policy.protect, sinks_[(size_t) il]);
+            evicted_ += n_all - (int64_t) keep.size();
+            std::vector<int32_t> keep_c, keep_f;
+            for (int32_t j : keep) (j < nq ? keep_c : keep_f).push_back(j < nq ? j : j - nq);
+            gather_stats(h, keep);
+            if (h.coded) compact_coded(h, keep_c);
+            compact(h, keep_f);
+            h.dropped = true;
+            compactions_++;
+            compaction_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
-        keep = kv_select_keep(scores.data(), h.pos.data(), h.n, policy_->budget(step_, prompt_, cfg_.policy), policy_->recent(cfg_.policy), cfg_.policy.protect, sinks_[(size_t) il]);
-        evicted_ += h.n - (int64_t) keep.size();
-        compact(h, keep);
-        h.dropped = true;
-        compactions_++;
-        compaction_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (h.coded) flush(il, ih, h);  // the survivors past the f16 window (§6.1 step 9)
     }
 }
 
@@ -382,7 +478,7 @@ int32_t kv_cache::remove_from(int32_t p) {
             const auto & sk = sinks_[(size_t) (&h - heads_.data()) / cfg_.n_head_kv];
             for (int32_t sp : sk) n_sink += sp >= cfg_.storage.protect && sp < keep_pos;
         }
-        const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - n_sink - cfg_.storage.staging) / F * F;
+        const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - n_sink - staging_of(h)) / F * F;
         if (kept_q != fresh_q) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
     }
     for (auto & h : heads_) {
@@ -390,6 +486,13 @@ int32_t kv_cache::remove_from(int32_t p) {
         while (keep < h.n && h.pos[(size_t) keep] < keep_pos) keep++;
         std::vector<int32_t> idx((size_t) keep);
         for (int32_t j = 0; j < keep; j++) idx[(size_t) j] = j;
+        if (h.mode == KV_RETAIN_EVICT) {  // [coded | f16] statistics: the kept prefix of each part
+            const int32_t nq = runs_count(h.qruns), kept_q = runs_count_below(h.qruns, keep_pos);
+            std::vector<int32_t> src;
+            for (int32_t j = 0; j < kept_q; j++) src.push_back(j);
+            for (int32_t j = 0; j < keep; j++) src.push_back(nq + j);
+            gather_stats(h, src);
+        }
         if (h.coded) {
             const int32_t kept_q = runs_count_below(h.qruns, keep_pos);
             runs_truncate(h.qruns, kept_q);

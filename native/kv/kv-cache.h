@@ -69,7 +69,7 @@ inline int32_t kv_runs_count_below(const kv_pos_run * runs, int32_t n_runs, int3
     return c;
 }
 
-// The quantized tokens of a coded head (storage codec other than f16, FULL heads only): blocks of
+// The quantized tokens of a coded head (storage codec other than f16; FULL and EVICT heads): blocks of
 // codes in pages of their own, keys and values apart (they may use different codecs). Positions ascend,
 // and lie between the head's protected f16 tokens and its f16 staging window.
 struct kv_coded_view {
@@ -154,8 +154,13 @@ struct kv_cache_config {
     int stream_sinks = 16;           // S
     int stream_recent = 64;          // R
     kv_policy_params policy;         // for EVICT heads
-    kv_storage_config storage;       // codecs of FULL heads (other heads stay f16)
+    kv_storage_config storage;       // codecs of FULL and EVICT heads (STREAM heads stay f16)
 };
+
+// Whether `storage` can apply to the EVICT heads of `cfg` (per-token codecs, a policy that scores from
+// attention probabilities); ERR_INVALID_ARG with the reason otherwise. The cache keeps EVICT heads f16
+// when it fails, so callers check it first and report the error.
+status kv_storage_check(const kv_cache_config & cfg);
 
 struct kv_head_memory {
     int32_t resident = 0;            // tokens held
@@ -212,7 +217,8 @@ public:
     kv_retention retention(int il, int ih) const { return (kv_retention) heads_[(size_t) il * cfg_.n_head_kv + ih].mode; }
     // Eviction policies need this step's attention probabilities of the chunk's last query row.
     bool wants_probs(int il) const { return layer_has_evict_[(size_t) il]; }
-    // [n] buffers attention() fills for EVICT heads: max and sum over the group's query heads.
+    // Buffers attention() fills for EVICT heads: max and sum over the group's query heads, one entry per held
+    // token laid out [coded tokens (kv_coded_view order) | f16 tokens (segment order)].
     float * probs_max(int il, int ih) { return heads_[(size_t) il * cfg_.n_head_kv + ih].p_max.data(); }
     float * probs_sum(int il, int ih) { return heads_[(size_t) il * cfg_.n_head_kv + ih].p_sum.data(); }
     int32_t decode_step() const { return step_; }
@@ -240,8 +246,9 @@ private:
         std::vector<void *> pages;        // each KV_PAGE_TOKENS tokens
         std::vector<int32_t> pos;         // [n]
         std::vector<kv_segment> segs;     // rebuilt after every change
-        kv_token_stats stats;             // EVICT: per-token policy statistics (parallel to pos)
-        std::vector<float> p_max, p_sum;  // EVICT: this step's probabilities [n]
+        // EVICT: per-token policy statistics and this step's probabilities, laid out [coded | f16 tokens]
+        kv_token_stats stats;
+        std::vector<float> p_max, p_sum;
         // coded heads: the f16 pages hold the protected tokens then staging; older tokens live here
         bool coded = false;
         std::vector<void *> qk_pages, qv_pages;
@@ -249,6 +256,10 @@ private:
         kv_coded_view cv;
     };
     void flush(int il, int ih, head_store & h);
+    int32_t staging_of(const head_store & h) const;
+    void gather_stats(head_store & h, const std::vector<int32_t> & src);
+    void compact_coded(head_store & h, const std::vector<int32_t> & keep);
+    void positions_all(const head_store & h, std::vector<int32_t> & out) const;
     int flush_tokens() const;
     void rebuild_segments(head_store & h) const;
     void compact(head_store & h, const std::vector<int32_t> & keep);
@@ -264,6 +275,7 @@ private:
     std::vector<std::vector<std::pair<float, int32_t>>> sink_cand_;  // [n_layer] (|value|, position), largest first
     std::vector<int32_t> keep_;               // retain() scratch (no allocation per step once grown)
     std::vector<float> scores_, layer_mean_;
+    std::vector<std::vector<int32_t>> pos_all_;  // retain() scratch
     const kv_policy * policy_ = nullptr;
     kv_coded_view cv0_;               // codec parameters shared by the coded heads
     int32_t n_logical_ = 0;

@@ -1,5 +1,6 @@
 // The policy registry (one row per policy) and the shared selection rule.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "kv-policy.h"
@@ -39,18 +40,26 @@ const kv_policy * kv_policy_all(int * count) {
 
 std::vector<int32_t> kv_select_keep(const float * scores, const int32_t * pos, int32_t n, int32_t budget, int32_t recent, int32_t protect,
                                     const std::vector<int32_t> & sinks) {
+    // "recent" and "newer" go by position, not index: a coded head lists its tokens [coded | f16], where
+    // protected f16 tokens follow newer coded ones (kv-cache.h)
     std::vector<int32_t> keep, cand;
     std::vector<char> kept((size_t) n, 0);
-    const int32_t first_recent = std::max(0, n - recent);
+    int32_t first_recent = INT32_MAX;  // the smallest position among the `recent` newest
+    if (recent > 0 && n > 0) {
+        std::vector<int32_t> p(pos, pos + n);
+        const int32_t k = std::min(recent, n);
+        std::nth_element(p.begin(), p.begin() + (n - k), p.end());
+        first_recent = p[(size_t) (n - k)];
+    }
     for (int32_t j = 0; j < n; j++) {
-        if (pos[j] < protect || j >= first_recent || std::binary_search(sinks.begin(), sinks.end(), pos[j])) kept[(size_t) j] = 1;
+        if (pos[j] < protect || pos[j] >= first_recent || std::binary_search(sinks.begin(), sinks.end(), pos[j])) kept[(size_t) j] = 1;
         else cand.push_back(j);
     }
     int32_t n_kept = 0;
     for (char k : kept) n_kept += k;
     const int32_t room = std::max(0, budget - n_kept);
     if ((int32_t) cand.size() > room) {
-        std::stable_sort(cand.begin(), cand.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a > b); });
+        std::stable_sort(cand.begin(), cand.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && pos[a] > pos[b]); });
         cand.resize((size_t) room);
     }
     for (int32_t j : cand) kept[(size_t) j] = 1;

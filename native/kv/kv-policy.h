@@ -89,8 +89,9 @@ const kv_policy * kv_policy_all(int * count);
 
 // Deterministic selection shared by every policy: keeps the `protect` first positions, the positions in
 // `sinks` (sorted; may be empty), the `recent` newest tokens, and the best-scoring others up to `budget`
-// tokens in all (ties: the newer token wins). Returns the kept indices in ascending order (positions
-// stay ascending after compaction).
+// tokens in all (ties: the newer token wins). "Newest" and "newer" go by position, so the result does not
+// depend on the order tokens are listed in (a coded head lists them [coded | f16]). Returns the kept
+// indices in ascending order.
 std::vector<int32_t> kv_select_keep(const float * scores, const int32_t * pos, int32_t n, int32_t budget, int32_t recent, int32_t protect,
                                     const std::vector<int32_t> & sinks = {});
 

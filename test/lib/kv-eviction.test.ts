@@ -86,3 +86,41 @@ describe('lazy per-query-head reference mode', () => {
     expect(perHead.fin.tokens).toHaveLength(100);
   });
 });
+
+describe('storage codecs on evicting heads (ALGORITHMS.md §6.2 C1 a, C5, C7)', () => {
+  it('rot2 + lazy: evicting heads hold 2-bit codes, stay within budget, and evict quantized tokens', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const capacity = 96, window = 16;
+    await using ctx = await model.createContext({
+      contextSize: 512, threads: 1,
+      kv: { storage: { key: 'rot2', value: 'rot2', stagingTokens: 16, protectFirst: 4, permutation: 'none' }, eviction: { policy: 'lazy', capacity, window, protect: 4 } },
+    });
+    const seq = ctx.acquireSequence();
+    let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+    let maxQuantized = 0;
+    for await (const ev of seq.generate('Once upon a time there was a little girl', { maxTokens: 300, stopAtEog: false })) {
+      if (ev.type === 'finish') fin = ev;
+      if (ev.type === 'kv-compaction') maxQuantized = Math.max(maxQuantized, seq.memory().quantizedTokens ?? 0);
+    }
+    const m = seq.memory({ detail: 'heads' });
+    for (const r of m.heads!.residentTokens) expect(r).toBeLessThanOrEqual(capacity + window);
+    expect(fin!.kv.evictedTokens).toBeGreaterThan(0);
+    expect(m.quantizedTokens).toBeGreaterThan(8 * (capacity - 2 * window - 16));  // most of each head's budget is codes
+    expect(m.breakdown.codes).toBeGreaterThan(0);
+    // the same budget in f16 holds the same tokens in several times the bytes
+    await using ctx16 = await model.createContext({ contextSize: 512, threads: 1, kv: { eviction: { policy: 'lazy', capacity, window, protect: 4 } } });
+    const seq16 = ctx16.acquireSequence();
+    for await (const ev of seq16.generate('Once upon a time there was a little girl', { maxTokens: 300, stopAtEog: false })) void ev;
+    const m16 = seq16.memory();
+    expect(m.residentTokens).toBe(m16.residentTokens);
+    expect(m.breakdown.keys + m.breakdown.values).toBeLessThan((m16.breakdown.keys + m16.breakdown.values) / 2);
+  });
+
+  it('refuses block codecs (KIVI) and key-scoring policies with eviction, naming the reason', async () => {
+    await using model = await loadModel({ path: fixture() });
+    await expect(model.createContext({ kv: { storage: { key: 'kivi2', value: 'kivi2' }, eviction: { policy: 'lazy', capacity: 96, window: 16 } } }))
+      .rejects.toThrow(/per-token eviction cannot split/);
+    await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2' }, eviction: { policy: 'snapkv', capacity: 96 } } }))
+      .rejects.toThrow(/snapkv scores from f16 keys/);
+  });
+});

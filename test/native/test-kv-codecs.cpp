@@ -499,3 +499,167 @@ TC_TEST("kv codecs: sinks over a chunked prompt are the 20 largest of the whole 
     kv2->add_sinks(0, {7, 8}, {1.0f, 2.0f});  // smaller than the 20 elements already held
     TC_CHECK(kv2->sinks(0) == std::vector<int32_t>({0, 5}));
 }
+
+// ---- codecs on evicting heads (ALGORITHMS.md §6.2 C1 a, C5, C7; §6.1 step 9) ----
+
+namespace {
+
+// The positions a head holds, in the order of the cache's probability buffers: [coded | f16].
+std::vector<int32_t> layout_positions(const kv_cache & kv, int il, int ih) {
+    std::vector<int32_t> out;
+    const kv_head_view hv = kv.head(il, ih);
+    if (hv.coded) for (int32_t j = 0; j < hv.coded->n; j++) out.push_back(hv.coded->pos_at(j));
+    for (int s = 0; s < hv.n_seg; s++) for (int j = 0; j < hv.seg[s].n; j++) out.push_back(hv.seg[s].pos[j]);
+    return out;
+}
+
+} // namespace
+
+TC_TEST("kv codecs on evicting heads: every policy keeps the positions it keeps on an f16 cache; evicted codes free their pages") {
+    int compared = 0;
+    for (const char * pol : {"lazy", "h2o", "tova", "streaming"}) {
+        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_Q4}) {
+            // a budget of many pages, so page granularity does not hide the saving
+            const int L = 1, H = 2, Dm = 64, P = 1100, steps = 300;
+            auto pool = std::make_shared<page_pool>(kv_page_bytes(Dm, Dm));
+            kv_cache_config c;
+            c.n_layer = L; c.n_head_kv = H; c.n_head = 2 * H; c.head_dim = c.head_dim_v = Dm; c.n_ctx = 4096;
+            c.retention.assign((size_t) L * H, KV_RETAIN_EVICT);
+            c.policy.kind = kv_policy_find(pol)->kind;
+            c.policy.capacity = 900;
+            c.policy.window = 32;
+            c.policy.protect = 4;
+            c.storage.n_rot = Dm;
+            c.storage.rope = ROPE_STYLE_NEOX;
+            kv_cache f16(c, pool);
+            kv_cache_config cc = c;
+            cc.storage.key = cc.storage.value = t;
+            cc.storage.staging = 16;  // below W: the EVICT heads stage W = 32 (§6.2 C5)
+            cc.storage.protect = 4;
+            TC_CHECK(kv_storage_check(cc).ok());
+            kv_cache coded(cc, pool);
+            std::mt19937 rng(21);
+            std::vector<float> cs((size_t) Dm);
+            int64_t max_q = 0;
+            bool evicted_coded = false;
+            for (int t_step = 0; t_step <= steps; t_step++) {
+                const int m = t_step == 0 ? P : 1;
+                const int32_t p0 = f16.n_logical();
+                auto k = randn(rng, (size_t) m * H * Dm), v = randn(rng, (size_t) m * H * Dm);
+                std::vector<int32_t> pos((size_t) m);
+                for (int i = 0; i < m; i++) {
+                    pos[(size_t) i] = p0 + i;
+                    rope_cache_ref(cs.data(), pos[(size_t) i], Dm, 10000.0f, 1.0f, nullptr);
+                    rope_apply_ref(k.data() + (size_t) i * H * Dm, H, Dm, Dm, ROPE_STYLE_NEOX, cs.data());
+                }
+                for (kv_cache * kv : {&f16, &coded}) {
+                    TC_CHECK(kv->reserve(m).ok());
+                    kv->append(0, m, k.data(), v.data(), pos.data());
+                    // the same probability per position in both caches, written in each cache's own layout
+                    const int32_t cur = pos.back();
+                    for (int ih = 0; ih < H; ih++) {
+                        const std::vector<int32_t> lp = layout_positions(*kv, 0, ih);
+                        double z = 0;
+                        std::vector<double> w(lp.size());
+                        for (size_t j = 0; j < lp.size(); j++) {
+                            const int32_t ps = lp[j];
+                            double x = 1e-7 * (1 + (ps * 2654435761u + cur * 40503u + ih) % 97);
+                            if ((ps * 7 + cur) % 61 == 0) x += 0.02;  // scattered recurring hits
+                            if (cur - ps < 8) x += 0.05;
+                            z += (w[j] = x);
+                        }
+                        for (size_t j = 0; j < lp.size(); j++) {
+                            kv->probs_max(0, ih)[j] = (float) (w[j] / z);
+                            kv->probs_sum(0, ih)[j] = (float) (2 * w[j] / z);
+                        }
+                    }
+                    kv->retain(0);
+                }
+                for (int ih = 0; ih < H; ih++) {
+                    const std::vector<int32_t> a = layout_positions(f16, 0, ih);
+                    std::vector<int32_t> b = layout_positions(coded, 0, ih);
+                    std::sort(b.begin(), b.end());
+                    TC_CHECK(a == b) << pol << "/" << kv_codec_get(t).name << " step " << t_step << " head " << ih << ": " << a.size() << " vs "
+                                     << b.size() << " positions";
+                    if (a != b) return;
+                    const kv_head_view hv = coded.head(0, ih);
+                    TC_CHECK(hv.coded != nullptr);
+                    if (!hv.coded) return;
+                    // the f16 part holds the protected tokens and at most the staging window plus one flush block
+                    TC_CHECK(hv.n <= 4 + 32 + 16 + 16) << "f16 tokens " << hv.n;
+                    max_q = std::max<int64_t>(max_q, hv.coded->n);
+                    for (int32_t j = 1; j < hv.coded->n; j++) TC_CHECK(hv.coded->pos_at(j) > hv.coded->pos_at(j - 1));
+                }
+                const kv_memory_report r = coded.memory(false);
+                if (r.evicted_tokens > 0 && r.quantized_tokens > 0 && r.quantized_tokens < max_q * H) evicted_coded = true;
+                compared++;
+            }
+            TC_CHECK(max_q > 0) << pol << ": no token was ever quantized";
+            // pages follow the held tokens: after all that eviction, allocation is what the held tokens need
+            const kv_memory_report r = coded.memory(true), r16 = f16.memory(false);
+            TC_CHECK(r.resident_tokens == r16.resident_tokens);
+            TC_CHECK(r.bytes_allocated * 2 < r16.bytes_allocated) << pol << ": coded " << r.bytes_allocated << " B vs f16 " << r16.bytes_allocated;
+            TC_CHECK(r.bytes_used * 3 < r16.bytes_used) << pol << ": coded " << r.bytes_used << " B used vs f16 " << r16.bytes_used;
+            if (std::string(pol) != "streaming") TC_CHECK(evicted_coded) << pol << "/" << kv_codec_get(t).name << ": never evicted a coded token";
+        }
+    }
+    TC_CHECK(compared == 4 * 2 * 301);
+}
+
+TC_TEST("kv codecs on evicting heads: attention writes each held token's probability in the [coded | f16] layout (ref == AVX-512)") {
+    coded_fixture fx;
+    fx.n_layer = 1;
+    std::mt19937 rng(31);
+    kv_storage_config st;
+    st.key = st.value = KV_CODEC_ROT2;
+    st.staging = 24;
+    st.protect = 5;
+    auto kv = fx.make(st, 4096);
+    fx.feed(*kv, 300, 300, rng);
+    const kv_head_view hv = kv->head(0, 1);
+    TC_CHECK(hv.coded && hv.coded->n > 200);
+    if (!hv.coded) return;
+    const int G = 7, D = fx.D;
+    const int32_t n_all = hv.n + hv.coded->n;
+    auto q = randn(rng, (size_t) G * D, 2.0f);
+    const std::vector<int32_t> lp = layout_positions(*kv, 0, 1);
+    for (int32_t qpos : {299, 150}) {
+        std::vector<float> o((size_t) G * D), pm((size_t) n_all, -1.0f), ps((size_t) n_all, -1.0f);
+        kv_group_probs pr{pm.data(), ps.data()};
+        attend_group_coded_ref(D, D, 0.125f, q.data(), G, qpos, hv, o.data(), &pr);
+        double total = 0;
+        for (int32_t j = 0; j < n_all; j++) {
+            total += ps[(size_t) j];
+            TC_CHECK(pm[(size_t) j] >= 0 && pm[(size_t) j] <= ps[(size_t) j] + 1e-7f);
+            if (lp[(size_t) j] > qpos) TC_CHECK(ps[(size_t) j] == 0.0f) << "invisible token " << lp[(size_t) j] << " got probability";
+        }
+        TC_CHECK(std::fabs(total - G) < 1e-4) << "probabilities of the group sum to " << total << ", not " << G;
+        std::vector<float> o2((size_t) G * D), pm2((size_t) n_all, -1.0f), ps2((size_t) n_all, -1.0f);
+        kv_group_probs pr2{pm2.data(), ps2.data()};
+        if (!attend_group_coded_avx512(D, D, 0.125f, q.data(), G, qpos, hv, o2.data(), &pr2)) {
+            tc::g_skipped = "AVX-512 coded attention: this CPU has no AVX-512 (the scalar ref is used)";
+            return;
+        }
+        double e = 0, s = 0;
+        for (int32_t j = 0; j < n_all; j++) { e += (ps2[(size_t) j] - ps[(size_t) j]) * (double) (ps2[(size_t) j] - ps[(size_t) j]); s += (double) ps[(size_t) j] * ps[(size_t) j]; }
+        TC_CHECK(e / s < 1e-8) << "AVX-512 probabilities vs ref: NMSE " << e / s;
+    }
+}
+
+TC_TEST("kv codecs on evicting heads: block codecs (KIVI) and key-scoring policies are refused with the reason") {
+    kv_cache_config c;
+    c.n_layer = 1; c.n_head_kv = 2; c.head_dim = c.head_dim_v = 64;
+    c.retention.assign(2, KV_RETAIN_EVICT);
+    c.storage.key = c.storage.value = KV_CODEC_KIVI2;
+    status s = kv_storage_check(c);
+    TC_CHECK(!s.ok() && s.code == ERR_INVALID_ARG && s.message.find("C7") != std::string::npos) << s.message;
+    c.storage.key = c.storage.value = KV_CODEC_ROT2;
+    c.policy.kind = KV_POLICY_SNAPKV;
+    s = kv_storage_check(c);
+    TC_CHECK(!s.ok() && s.message.find("snapkv") != std::string::npos) << s.message;
+    c.policy.kind = KV_POLICY_LAZY;
+    TC_CHECK(kv_storage_check(c).ok());
+    c.retention.assign(2, KV_RETAIN_FULL);
+    c.storage.key = c.storage.value = KV_CODEC_KIVI2;
+    TC_CHECK(kv_storage_check(c).ok()) << "KIVI on FULL heads stays allowed";
+}

@@ -189,7 +189,8 @@ struct coded_scratch {
 };
 
 template <int R, int KB, int VB>
-TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qpos, const kv_head_view & hv, float * out_rows,
+                            const kv_group_probs * probs) {
     constexpr int D = 16 * R;
     const kv_coded_view & c = *hv.coded;
     const kv_storage_config & st = *c.st;
@@ -354,6 +355,7 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
         const float sum = exp_sub_sum(sg, (int64_t) n_vis, mx);
         inv_sum[(size_t) g] = sum > 0 ? 1.0f / sum : 0.0f;
     }
+    if (probs) kv_group_probs_fill(*probs, S, n_all, G, inv_sum.data(), n16, (int32_t) nv16, c.n, nq);
     for (size_t i = 0; i < nv16; i++) {
         __m512 v[R];
         for (int r = 0; r < R; r++) v[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (sc.v16[i] + 16 * r)));
@@ -396,42 +398,45 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
     }
 }
 
-template <int R, int KB> bool dispatch_vb(int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out) {
+using probs_t = const kv_group_probs *;
+
+template <int R, int KB> bool dispatch_vb(int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, probs_t pr) {
     switch (vb) {
-        case 2: coded_avx512<R, KB, 2>(G, scale, q, qpos, hv, out); return true;
-        case 3: coded_avx512<R, KB, 3>(G, scale, q, qpos, hv, out); return true;
-        case 4: coded_avx512<R, KB, 4>(G, scale, q, qpos, hv, out); return true;
+        case 2: coded_avx512<R, KB, 2>(G, scale, q, qpos, hv, out, pr); return true;
+        case 3: coded_avx512<R, KB, 3>(G, scale, q, qpos, hv, out, pr); return true;
+        case 4: coded_avx512<R, KB, 4>(G, scale, q, qpos, hv, out, pr); return true;
         default: return false;
     }
 }
 
-template <int R> bool dispatch_kb(int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out) {
+template <int R> bool dispatch_kb(int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, probs_t pr) {
     switch (kb) {
-        case 2: return dispatch_vb<R, 2>(vb, G, scale, q, qpos, hv, out);
-        case 3: return dispatch_vb<R, 3>(vb, G, scale, q, qpos, hv, out);
-        case 4: return dispatch_vb<R, 4>(vb, G, scale, q, qpos, hv, out);
+        case 2: return dispatch_vb<R, 2>(vb, G, scale, q, qpos, hv, out, pr);
+        case 3: return dispatch_vb<R, 3>(vb, G, scale, q, qpos, hv, out, pr);
+        case 4: return dispatch_vb<R, 4>(vb, G, scale, q, qpos, hv, out, pr);
         default: return false;
     }
 }
 
-bool dispatch_bits(int D, int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out) {
+bool dispatch_bits(int D, int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, probs_t pr) {
     switch (D) {
-        case 32: return dispatch_kb<2>(kb, vb, G, scale, q, qpos, hv, out);
-        case 64: return dispatch_kb<4>(kb, vb, G, scale, q, qpos, hv, out);
-        case 128: return dispatch_kb<8>(kb, vb, G, scale, q, qpos, hv, out);
+        case 32: return dispatch_kb<2>(kb, vb, G, scale, q, qpos, hv, out, pr);
+        case 64: return dispatch_kb<4>(kb, vb, G, scale, q, qpos, hv, out, pr);
+        case 128: return dispatch_kb<8>(kb, vb, G, scale, q, qpos, hv, out, pr);
         default: return false;
     }
 }
 
 } // namespace
 
-bool attend_group_coded_avx512(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+bool attend_group_coded_avx512(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows,
+                               const kv_group_probs * probs) {
     const kv_coded_view & c = *hv.coded;
     const kv_storage_config & st = *c.st;
     if (!c.kc->rotated || !c.vc->rotated || D != DV || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1) return false;
     if (kv_codec_group(KV_CODEC_ROT2, D, c.kp.group) % 16 || kv_codec_group(KV_CODEC_ROT2, DV, c.vp.group) % 16) return false;
     if (!st.post_rope && (st.n_rot != D || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX))) return false;
-    return dispatch_bits(D, c.kc->bits, c.vc->bits, G, scale, q_rows, qpos, hv, out_rows);
+    return dispatch_bits(D, c.kc->bits, c.vc->bits, G, scale, q_rows, qpos, hv, out_rows, probs);
 }
 
 } // namespace core
@@ -439,7 +444,7 @@ bool attend_group_coded_avx512(int D, int DV, float scale, const float * q_rows,
 #else
 
 namespace core {
-bool attend_group_coded_avx512(int, int, float, const float *, int, int32_t, const kv_head_view &, float *) { return false; }
+bool attend_group_coded_avx512(int, int, float, const float *, int, int32_t, const kv_head_view &, float *, const kv_group_probs *) { return false; }
 } // namespace core
 
 #endif

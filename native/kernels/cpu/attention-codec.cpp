@@ -94,19 +94,43 @@ void kv_codec_axpy(const kv_codec_traits & t, const kv_codec_params & p, const u
     t.axpy(p, blk, j, w, acc);
 }
 
-void attend_group_coded(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+void attend_group_coded(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows,
+                        const kv_group_probs * probs) {
 #if defined(__x86_64__)
     static const bool avx512 = !std::strcmp(cpu_dispatch_level(), "avx512") && cpu_features().avx512f;
-    if (avx512 && attend_group_coded_avx512(D, DV, scale, q_rows, G, qpos, hv, out_rows)) return;
+    if (avx512 && attend_group_coded_avx512(D, DV, scale, q_rows, G, qpos, hv, out_rows, probs)) return;
 #endif
-    attend_group_coded_ref(D, DV, scale, q_rows, G, qpos, hv, out_rows);
+    attend_group_coded_ref(D, DV, scale, q_rows, G, qpos, hv, out_rows, probs);
 }
 
-void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows) {
+void kv_group_probs_fill(const kv_group_probs & probs, const float * w, size_t n_all, int G, const float * inv_sum, int32_t n_f16,
+                         int32_t n_vis16, int32_t n_coded, int32_t n_visq) {
+    float * pmax = probs.p_max, * psum = probs.p_sum;
+    std::fill(pmax, pmax + n_coded + n_f16, 0.0f);
+    std::fill(psum, psum + n_coded + n_f16, 0.0f);
+    for (int g = 0; g < G; g++) {
+        const float * wg = w + (size_t) g * n_all;
+        const float inv = inv_sum[g];
+        for (int32_t i = 0; i < n_vis16; i++) {
+            const float p = wg[i] * inv;
+            pmax[n_coded + i] = std::max(pmax[n_coded + i], p);
+            psum[n_coded + i] += p;
+        }
+        for (int32_t j = 0; j < n_visq; j++) {
+            const float p = wg[n_vis16 + j] * inv;
+            pmax[j] = std::max(pmax[j], p);
+            psum[j] += p;
+        }
+    }
+}
+
+void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows,
+                            const kv_group_probs * probs) {
     const kv_coded_view & c = *hv.coded;
     const kv_storage_config & st = *c.st;
     const bool k_rot = c.kc->rotated, pre = k_rot && !st.post_rope;
-    thread_local std::vector<float> s, qr, kt, kr, cs, acc_p, acc_r;
+    thread_local std::vector<float> s, qr, kt, kr, cs, acc_p, acc_r, inv_sum;
+    inv_sum.resize((size_t) G);
     int32_t n_f16 = 0;
     for (int32_t sg = 0; sg < hv.n_seg; sg++) n_f16 += hv.seg[sg].n;
     const size_t n_all = (size_t) n_f16 + c.n;
@@ -190,9 +214,11 @@ void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, in
         }
         if (c.vc->rotated) fwht_ref(acc_r.data(), DV);  // Σ p·H·v = H·Σ p·v, H self-inverse
         const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+        inv_sum[(size_t) g] = inv;
         float * o = out_rows + (size_t) g * DV;
         for (int d = 0; d < DV; d++) o[d] = (acc_p[d] + (c.vc->rotated ? acc_r[d] : 0.0f)) * inv;
     }
+    if (probs) kv_group_probs_fill(*probs, s.data(), n_all, G, inv_sum.data(), n_f16, (int32_t) n_vis16, c.n, nq);
 }
 
 } // namespace core

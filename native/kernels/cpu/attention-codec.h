@@ -19,18 +19,31 @@ namespace core {
 float kv_codec_dot(const kv_codec_traits & t, const kv_codec_params & p, const uint8_t * blk, int j, const float * q);
 void kv_codec_axpy(const kv_codec_traits & t, const kv_codec_params & p, const uint8_t * blk, int j, float w, float * acc);
 
+// Where an EVICT head's policy gets this query row's attention: per held token, the max and the sum over
+// the group's query heads of the probability, laid out [coded tokens | f16 tokens] (kv_cache::probs_max);
+// tokens the query cannot see get 0.
+struct kv_group_probs {
+    float * p_max = nullptr;
+    float * p_sum = nullptr;
+};
+
 // q_rows: [G][head_dim] post-RoPE queries, out_rows: [G][head_dim_v]. note: call only when hv.coded.
 void attend_group_coded_ref(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
-                            const kv_head_view & hv, float * out_rows);
+                            const kv_head_view & hv, float * out_rows, const kv_group_probs * probs = nullptr);
 
 // AVX-512 path for rot keys and rot values (attention-codec-avx512.cpp): same math, vectorized; returns
 // false (and does nothing) for configurations it does not cover (head sizes other than 32/64/128, groups
 // not a multiple of 16, partial RoPE, non-rot codecs) or on CPUs without AVX-512.
 bool attend_group_coded_avx512(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
-                               const kv_head_view & hv, float * out_rows);
+                               const kv_head_view & hv, float * out_rows, const kv_group_probs * probs = nullptr);
 
 // The fastest path the CPU and the configuration allow (THINKCACHE_CPU caps it), else the _ref.
 void attend_group_coded(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
-                        const kv_head_view & hv, float * out_rows);
+                        const kv_head_view & hv, float * out_rows, const kv_group_probs * probs = nullptr);
+
+// Fills `probs` from unnormalized softmax weights w[g][i] (row stride n_all) over the visible tokens,
+// f16 ones first (n_vis16 of n_f16) then coded ones (n_visq of n_coded), and 1/sum per query head.
+void kv_group_probs_fill(const kv_group_probs & probs, const float * w, size_t n_all, int G, const float * inv_sum, int32_t n_f16,
+                         int32_t n_vis16, int32_t n_coded, int32_t n_visq);
 
 } // namespace core

@@ -327,7 +327,10 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
             const kv_head_view hv = kv.head(il, ih);
             const float * qr = q + ((size_t) t * p.n_head + (size_t) ih * G + ga) * D;
             if (hv.coded) {  // storage codecs: their own path (attention-codec.h)
-                attend_group_coded(D, DV, p.scale, qr, ng, q_pos[t], hv, out + ((size_t) t * p.n_head + (size_t) ih * G + ga) * DV);
+                kv_group_probs pr;
+                const bool probs = want_probs && t == p.n_tokens - 1 && kv.retention(il, ih) == KV_RETAIN_EVICT;
+                if (probs) pr = {kv.probs_max(il, ih), kv.probs_sum(il, ih)};
+                attend_group_coded(D, DV, p.scale, qr, ng, q_pos[t], hv, out + ((size_t) t * p.n_head + (size_t) ih * G + ga) * DV, probs ? &pr : nullptr);
                 continue;
             }
             for (int i = 0; i < ng * D; i++) q16[i] = f16_to_f32(f32_to_f16(qr[i]));  // q·k on f16 inputs, as llama.cpp
