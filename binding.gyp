@@ -17,6 +17,7 @@
         "native/gguf/gguf-reader.cpp",
         "native/kernels/cpu/arch/x86-avx2.cpp",
         "native/kernels/cpu/arch/x86-avx512.cpp",
+        "native/kernels/cpu/attention-codec-avx2.cpp",
         "native/kernels/cpu/attention-codec-avx512.cpp",
         "native/kernels/cpu/attention-codec.cpp",
         "native/kernels/cpu/attention-wse.cpp",

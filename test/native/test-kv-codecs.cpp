@@ -378,8 +378,9 @@ TC_TEST("kv codecs: attention over a coded cache tracks the f16 cache (error shr
     }
 }
 
-TC_TEST("kv codecs: the AVX-512 coded attention == the scalar ref (rot2/3/4, pre/post-RoPE, permuted, NORM/NEOX, D 32/64/128)") {
+TC_TEST("kv codecs: the AVX2 and AVX-512 coded attention == the scalar ref (rot2/3/4, pre/post-RoPE, permuted, NORM/NEOX, D 32/64/128)") {
     int checked = 0;
+    bool no_avx512 = false;
     for (int D : {32, 64, 128}) {
         for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4}) {
             for (bool post : {false, true}) {
@@ -410,16 +411,24 @@ TC_TEST("kv codecs: the AVX-512 coded attention == the scalar ref (rot2/3/4, pre
                             const kv_head_view hv = kv->head(0, h);
                             TC_CHECK(hv.coded && hv.coded->n > 400);
                             for (int32_t qpos : {536, 300}) {  // the whole cache, and a query that sees a prefix of it
-                                std::vector<float> o((size_t) G * D, 0.0f), oref((size_t) G * D);
+                                std::vector<float> o((size_t) G * D, 0.0f), o2((size_t) G * D, 0.0f), oref((size_t) G * D);
                                 attend_group_coded_ref(D, D, 0.125f, q.data(), G, qpos, hv, oref.data());
-                                if (!attend_group_coded_avx512(D, D, 0.125f, q.data(), G, qpos, hv, o.data())) {
-                                    tc::g_skipped = "AVX-512 coded attention: this CPU has no AVX-512 (the scalar ref is used)";
+                                if (!attend_group_coded_avx2(D, D, 0.125f, q.data(), G, qpos, hv, o2.data())) {
+                                    tc::g_skipped = "fused coded attention: this CPU has no AVX2 (the scalar ref is used)";
                                     return;
                                 }
                                 // pre-RoPE: the ref takes RoPE angles from rope_cache_ref (θ_i by repeated f32 products, so
-                                // i ulp off), the fast path from double tables: the keys differ by ~1e-5 relative
+                                // i ulp off), the fast paths from double tables: the keys differ by ~1e-5 relative
+                                const double e2 = nmse(o2.data(), oref.data(), o2.size());
+                                TC_CHECK(e2 < (post ? 1e-9 : 2e-8)) << "AVX2 " << kv_codec_get(t).name << " D=" << D << " post=" << post << " style=" << style
+                                                    << " G=" << G << " head=" << h << " qpos=" << qpos << ": NMSE " << e2;
+                                checked++;
+                                if (!attend_group_coded_avx512(D, D, 0.125f, q.data(), G, qpos, hv, o.data())) {
+                                    no_avx512 = true;
+                                    continue;
+                                }
                                 const double e = nmse(o.data(), oref.data(), o.size());
-                                TC_CHECK(e < (post ? 1e-9 : 2e-8)) << kv_codec_get(t).name << " D=" << D << " post=" << post << " style=" << style << " G=" << G
+                                TC_CHECK(e < (post ? 1e-9 : 2e-8)) << "AVX-512 " << kv_codec_get(t).name << " D=" << D << " post=" << post << " style=" << style << " G=" << G
                                                    << " head=" << h << " qpos=" << qpos << ": NMSE " << e;
                                 checked++;
                             }
@@ -429,7 +438,12 @@ TC_TEST("kv codecs: the AVX-512 coded attention == the scalar ref (rot2/3/4, pre
             }
         }
     }
-    TC_CHECK(checked == 3 * 3 * 2 * 2 * 2 * 2 * 2);
+    if (no_avx512) {
+        TC_CHECK(checked == 3 * 3 * 2 * 2 * 2 * 2 * 2);
+        tc::g_skipped = "AVX-512 coded attention: this CPU has no AVX-512 (AVX2 checked)";
+    } else {
+        TC_CHECK(checked == 2 * 3 * 3 * 2 * 2 * 2 * 2 * 2);
+    }
 }
 
 TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
@@ -452,12 +466,14 @@ TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
         auto q = randn(rng, (size_t) G * D);
         std::vector<float> o((size_t) G * D);
         const kv_head_view hv = kv->head(0, 0);
-        for (int path = 0; path < 3; path++) {
+        for (int path = 0; path < 4; path++) {
             const int reps = path == 0 ? 3 : 30;
             auto t0 = std::chrono::steady_clock::now();
-            for (int r = 0; r < reps; r++) {
+            for (int r = -1; r < reps; r++) {  // r = -1: untimed warm-up (builds the f16 cache of path 2)
+                if (r == 0) t0 = std::chrono::steady_clock::now();
                 if (path == 0) attend_group_coded_ref(D, D, 0.125f, q.data(), G, n, hv, o.data());
                 else if (path == 1) attend_group_coded_avx512(D, D, 0.125f, q.data(), G, n, hv, o.data());
+                else if (path == 3) attend_group_coded_avx2(D, D, 0.125f, q.data(), G, n, hv, o.data());
                 else {
                     // the f16 cache of the same length, for scale
                     static std::unique_ptr<kv_cache> kv16;
@@ -471,7 +487,7 @@ TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
                 }
             }
             const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
-            std::printf("    %s %-10s %8.1f us per head-step (%.1f ns per key)\n", post ? "post-RoPE" : "pre-RoPE ", path == 0 ? "ref" : path == 1 ? "avx512" : "f16 cache", us, us * 1000 / n);
+            std::printf("    %s %-10s %8.1f us per head-step (%.1f ns per key)\n", post ? "post-RoPE" : "pre-RoPE ", path == 0 ? "ref" : path == 1 ? "avx512" : path == 3 ? "avx2" : "f16 cache", us, us * 1000 / n);
         }
     }
 }
@@ -606,7 +622,7 @@ TC_TEST("kv codecs on evicting heads: every policy keeps the positions it keeps 
     TC_CHECK(compared == 4 * 2 * 301);
 }
 
-TC_TEST("kv codecs on evicting heads: attention writes each held token's probability in the [coded | f16] layout (ref == AVX-512)") {
+TC_TEST("kv codecs on evicting heads: attention writes each held token's probability in the [coded | f16] layout (ref == AVX2 == AVX-512)") {
     coded_fixture fx;
     fx.n_layer = 1;
     std::mt19937 rng(31);
@@ -643,6 +659,12 @@ TC_TEST("kv codecs on evicting heads: attention writes each held token's probabi
         double e = 0, s = 0;
         for (int32_t j = 0; j < n_all; j++) { e += (ps2[(size_t) j] - ps[(size_t) j]) * (double) (ps2[(size_t) j] - ps[(size_t) j]); s += (double) ps[(size_t) j] * ps[(size_t) j]; }
         TC_CHECK(e / s < 1e-8) << "AVX-512 probabilities vs ref: NMSE " << e / s;
+        std::vector<float> pm3((size_t) n_all, -1.0f), ps3((size_t) n_all, -1.0f);
+        kv_group_probs pr3{pm3.data(), ps3.data()};
+        TC_CHECK(attend_group_coded_avx2(D, D, 0.125f, q.data(), G, qpos, hv, o2.data(), &pr3));
+        e = 0;
+        for (int32_t j = 0; j < n_all; j++) e += (ps3[(size_t) j] - ps[(size_t) j]) * (double) (ps3[(size_t) j] - ps[(size_t) j]);
+        TC_CHECK(e / s < 1e-8) << "AVX2 probabilities vs ref: NMSE " << e / s;
     }
 }
 

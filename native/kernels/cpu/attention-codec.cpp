@@ -98,7 +98,9 @@ void attend_group_coded(int D, int DV, float scale, const float * q_rows, int G,
                         const kv_group_probs * probs) {
 #if defined(__x86_64__)
     static const bool avx512 = !std::strcmp(cpu_dispatch_level(), "avx512") && cpu_features().avx512f;
+    static const bool avx2 = avx512 || !std::strcmp(cpu_dispatch_level(), "avx2");
     if (avx512 && attend_group_coded_avx512(D, DV, scale, q_rows, G, qpos, hv, out_rows, probs)) return;
+    if (avx2 && attend_group_coded_avx2(D, DV, scale, q_rows, G, qpos, hv, out_rows, probs)) return;
 #endif
     attend_group_coded_ref(D, DV, scale, q_rows, G, qpos, hv, out_rows, probs);
 }

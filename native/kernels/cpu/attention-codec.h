@@ -37,6 +37,11 @@ void attend_group_coded_ref(int head_dim, int head_dim_v, float scale, const flo
 bool attend_group_coded_avx512(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
                                const kv_head_view & hv, float * out_rows, const kv_group_probs * probs = nullptr);
 
+// AVX2 + FMA + F16C path (attention-codec-avx2.cpp), same coverage as the AVX-512 one (groups a multiple
+// of 8); returns false when it does not apply.
+bool attend_group_coded_avx2(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
+                             const kv_head_view & hv, float * out_rows, const kv_group_probs * probs = nullptr);
+
 // The fastest path the CPU and the configuration allow (THINKCACHE_CPU caps it), else the _ref.
 void attend_group_coded(int head_dim, int head_dim_v, float scale, const float * q_rows, int G, int32_t qpos,
                         const kv_head_view & hv, float * out_rows, const kv_group_probs * probs = nullptr);
