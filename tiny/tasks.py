@@ -2,16 +2,21 @@
 character-level SentencePiece-style vocabulary of the tiny reasoner.
 
 Every example is a chat: the user asks, the assistant answers `<think>\n{chain}\n</think>\n\n{answer}`.
-Three tasks (all seeded; an example depends only on (task, seed)):
+Three tasks (all seeded; an example depends only on (task, seed)). Every look-up a chain needs is keyed by
+one token, and every line is fixed-width, so each step is either an induction-style look-up or a copy from
+the same column of the line above — circuits a 2-4 layer model learns in a CPU budget:
 
-- `add`:   column addition of two n-digit numbers (n = 5..24), worked right to left with carries. The chain
-           labels every digit (lowercase for the first number, uppercase for the second), works one column per
-           line with a two-digit column sum, then reassembles the labelled sum.
-- `chase`: pointer chasing in a key/value table given in the prompt (24..80 entries forming one cycle, 6..48 hops). Every hop
-           looks a two-letter key up in the table, which may lie a thousand tokens back.
-- `cups`:  state tracking: where the ball is after a long list of numbered cup swaps (12..120 swaps).
+- `add`:   column addition of two n-digit numbers (n = 5..16). The question also gives the digits labelled
+           (a..p for the first number, A..P for the second). Pass 1 works right to left, one column per line
+           (`g8+G7+0=15`: both digits looked up by label, the carry from the line above); pass 2 builds the
+           answer left to right in a fixed-width field (`c9|529......`: the unit digit of column c looked up,
+           the rest copied from the line above); the answer copies the last field.
+- `chase`: pointer chasing in a key/value table given in the prompt (16..52 single-letter keys forming one
+           cycle, 6..40 hops). Every hop (`07 Z>s`) looks its key up in the table, up to ~500 tokens back.
+- `cups`:  state tracking: where the ball is after 12..52 cup swaps, each labelled by a letter in the prompt
+           (prompt `a25`, chain `a25 3`: the swap looked up by its label, the ball from the line above).
 
-Examples are ~160..~1800 tokens (the vocabulary is one token per character). Run as a script to write the
+Examples are ~170..~710 tokens (the vocabulary is one token per character). Run as a script to write the
 held-out test sets: `/usr/bin/python3 tiny/tasks.py --write-tests tiny/data` (seeds disjoint from training).
 """
 from __future__ import annotations
@@ -123,41 +128,46 @@ def completion_text(chain: str, answer: str) -> str:
 
 LOWER = string.ascii_lowercase
 UPPER = string.ascii_uppercase
+KEYS = LOWER + UPPER  # single-token labels and table keys: every look-up is keyed by one token
+
+# sizes (training and test sets share them)
+ADD_MIN, ADD_MAX, ADD_WIDTH = 5, 16, 17
+CHASE_MIN, CHASE_MAX, CHASE_HOPS = 16, 52, 40
+CUPS_MIN, CUPS_MAX = 12, 52
 
 
 def gen_add(rng: random.Random) -> dict:
-    n = rng.randint(5, 24)
+    n = rng.randint(ADD_MIN, ADD_MAX)
     a = [rng.randint(1, 9)] + [rng.randint(0, 9) for _ in range(n - 1)]
     b = [rng.randint(1, 9)] + [rng.randint(0, 9) for _ in range(n - 1)]
     sa, sb = "".join(map(str, a)), "".join(map(str, b))
-    lines = ["A: " + " ".join(LOWER[i] + str(a[i]) for i in range(n)), "B: " + " ".join(UPPER[i] + str(b[i]) for i in range(n))]
+    question = (f"{sa}+{sb}=?\n" + " ".join(LOWER[i] + str(a[i]) for i in range(n)) + "\n"
+                + " ".join(UPPER[i] + str(b[i]) for i in range(n)))
+    # pass 1, right to left: one column per line, label + digit of A, label + digit of B, carry in, two-digit sum
+    lines = []
     carry = 0
     digits = [0] * n
     for i in range(n - 1, -1, -1):
         s = a[i] + b[i] + carry
-        lines.append(f"{LOWER[i]}: {a[i]}+{b[i]}+{carry}={s:02d}")
+        lines.append(f"{LOWER[i]}{a[i]}+{UPPER[i]}{b[i]}+{carry}={s:02d}")
         digits[i] = s % 10
         carry = s // 10
-    lines.append(f"sum: {carry} " + " ".join(LOWER[i] + str(digits[i]) for i in range(n)))
+    # pass 2, left to right: the answer grows one digit per line in a fixed-width field, so every copy is from
+    # the same column of the line above (and the answer below copies the last line's field)
+    partial = "1" if carry else ""
+    lines.append(f"+{carry}|" + partial.ljust(ADD_WIDTH, "."))
+    for i in range(n):
+        partial += str(digits[i])
+        lines.append(f"{LOWER[i]}{digits[i]}|" + partial.ljust(ADD_WIDTH, "."))
     answer = str(int(sa) + int(sb))
-    assert answer == (str(carry) if carry else "") + "".join(map(str, digits))
-    return {"question": f"{sa}+{sb}=?", "chain": "\n".join(lines), "answer": answer}
-
-
-def _key(rng: random.Random) -> str:
-    return rng.choice(LOWER) + rng.choice(LOWER)
+    assert answer == partial
+    return {"question": question, "chain": "\n".join(lines), "answer": answer}
 
 
 def gen_chase(rng: random.Random) -> dict:
-    n = rng.randint(24, 80)
-    hops = rng.randint(6, min(48, n - 1))
-    keys: list[str] = []
-    seen = set()
-    while len(keys) < n:
-        k = _key(rng)
-        if k not in seen:
-            seen.add(k)
-            keys.append(k)
+    n = rng.randint(CHASE_MIN, CHASE_MAX)
+    hops = rng.randint(6, min(CHASE_HOPS, n - 1))
+    keys = rng.sample(KEYS, n)
     # one cycle through all keys, so a walk of fewer than n hops never repeats a key
     table = {keys[i]: keys[(i + 1) % n] for i in range(n)}
     order = keys[:]
@@ -167,26 +177,27 @@ def gen_chase(rng: random.Random) -> dict:
     cur = start
     for h in range(hops, 0, -1):
         nxt = table[cur]
-        lines.append(f"{h} {cur}>{nxt}")
+        lines.append(f"{h:02d} {cur}>{nxt}")
         cur = nxt
-    question = "Table:\n" + "\n".join(f"{k}>{table[k]}" for k in order) + f"\nStart at {start} and follow {hops} steps."
+    question = "Table:\n" + "\n".join(f"{k}>{table[k]}" for k in order) + f"\nStart at {start} and follow {hops:02d} steps."
     return {"question": question, "chain": "\n".join(lines), "answer": cur}
 
 
 def gen_cups(rng: random.Random) -> dict:
     m = rng.randint(4, 8)
-    cups = UPPER[:m]
-    n = rng.randint(12, 120)
+    cups = "12345678"[:m]
+    n = rng.randint(CUPS_MIN, CUPS_MAX)
     ball = rng.choice(cups)
     swaps = [rng.sample(cups, 2) for _ in range(n)]
-    question = f"Cups {cups[0]}-{cups[-1]}. The ball is under {ball}. Swaps:\n" + "\n".join(f"{i + 1} {x}{y}" for i, (x, y) in enumerate(swaps)) + "\nWhere is the ball?"
+    question = (f"Cups {cups[0]}-{cups[-1]}. The ball is under {ball}. Swaps:\n"
+                + "\n".join(f"{KEYS[i]}{x}{y}" for i, (x, y) in enumerate(swaps)) + "\nWhere is the ball?")
     lines = [f"start {ball}"]
     for i, (x, y) in enumerate(swaps):
         if ball == x:
             ball = y
         elif ball == y:
             ball = x
-        lines.append(f"{i + 1} {x}{y} {ball}")
+        lines.append(f"{KEYS[i]}{x}{y} {ball}")
     return {"question": question, "chain": "\n".join(lines), "answer": ball}
 
 
