@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "attention-codec-common.h"
 #include "attention-codec.h"
 #include "ops.h"
 #include "quant-traits-cpu.h"
@@ -24,57 +25,10 @@ namespace core {
 
 namespace {
 
+using coded_attn::block_cursor;
+using coded_attn::rope_tables;
+
 #define TC_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-// cos/sin of pos·θ_i from two tables computed in double (see attention-codec-avx512.cpp): per position
-// W = n_rot entries for NORM (c duplicated, s as (−s, +s)) or n_rot/2 for NEOX; C = Ca·Cb − Sa·Sb,
-// S = Sa·Cb + Ca·Sb with a = 256·(p >> 8), b = p & 255.
-struct rope_tables2 {
-    int n_rot = 0, W = 0;
-    rope_style style = ROPE_STYLE_NORM;
-    float base = 0, scale = 0;
-    const float * ff = nullptr;
-    std::vector<float> lo_c, lo_s, hi_c, hi_s;
-    int n_hi = 0;
-
-    void fill(float * c, float * s, double p) const {
-        for (int i = 0; i < n_rot / 2; i++) {
-            const double th = (double) scale * std::pow((double) base, -2.0 * i / n_rot) / (ff ? (double) ff[i] : 1.0);
-            const double cc = std::cos(p * th), ss = std::sin(p * th);
-            if (style == ROPE_STYLE_NORM) {
-                c[2 * i] = c[2 * i + 1] = (float) cc;
-                s[2 * i] = (float) -ss;
-                s[2 * i + 1] = (float) ss;
-            } else {
-                c[i] = (float) cc;
-                s[i] = (float) ss;
-            }
-        }
-    }
-    void ensure(const kv_storage_config & st, int32_t max_pos) {
-        if (st.n_rot != n_rot || st.rope != style || st.freq_base != base || st.freq_scale != scale || st.freq_factors != ff) {
-            n_rot = st.n_rot;
-            style = st.rope;
-            base = st.freq_base;
-            scale = st.freq_scale;
-            ff = st.freq_factors;
-            W = style == ROPE_STYLE_NORM ? n_rot : n_rot / 2;
-            lo_c.assign((size_t) 256 * W, 0.0f);
-            lo_s.assign((size_t) 256 * W, 0.0f);
-            for (int p = 0; p < 256; p++) fill(lo_c.data() + (size_t) p * W, lo_s.data() + (size_t) p * W, p);
-            n_hi = 0;
-            hi_c.clear();
-            hi_s.clear();
-        }
-        const int need = (max_pos >> 8) + 1;
-        if (need > n_hi) {
-            hi_c.resize((size_t) need * W);
-            hi_s.resize((size_t) need * W);
-            for (int h = n_hi; h < need; h++) fill(hi_c.data() + (size_t) h * W, hi_s.data() + (size_t) h * W, 256.0 * h);
-            n_hi = need;
-        }
-    }
-};
 
 TC_AVX2 inline __m256 fwht8(__m256 x) {
     __m256 sw = _mm256_permute_ps(x, 0xB1);
@@ -119,19 +73,6 @@ template <int R, int B> TC_AVX2 inline void decode_rot(const uint8_t * blk, int 
     }
 }
 
-struct block_cursor {
-    void * const * pages;
-    int32_t per_page;
-    size_t bytes;
-    int32_t page = 0, in = 0;
-    block_cursor(void * const * p, int32_t pp, size_t b) : pages(p), per_page(pp), bytes(b) {}
-    const uint8_t * next() {
-        const uint8_t * r = (const uint8_t *) pages[page] + (size_t) in * bytes;
-        if (++in == per_page) { in = 0; page++; }
-        return r;
-    }
-};
-
 // Lane j of the result = Σ lanes of a[j] (8 vectors).
 TC_AVX2 inline __m256 reduce8(const __m256 * a) {
     const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
@@ -161,7 +102,7 @@ TC_AVX2 void coded_avx2(int G, float scale, const float * q_rows, int32_t qpos, 
     const bool pre = !st.post_rope;
     const int kgroup = kv_codec_group(KV_CODEC_ROT2, D, c.kp.group), vgroup = kv_codec_group(KV_CODEC_ROT2, D, c.vp.group);
     thread_local coded_scratch2 sc;
-    thread_local rope_tables2 rt;
+    thread_local rope_tables rt;
 
     int32_t n16 = 0;
     for (int32_t sg = 0; sg < hv.n_seg; sg++) n16 += hv.seg[sg].n;
