@@ -381,9 +381,8 @@ void kv_cache::retain(int il) {
         h.dropped = true;
     }
     if (!layer_has_evict_[(size_t) il]) return;
-    // An EVICT head's tokens, as its policy sees them: [coded | f16] (a plain head: f16 only). The coded
-    // tokens are older than every unprotected f16 token, so the unprotected ones ascend by index and the
-    // newest are last (recent windows and "newer wins" ties hold as with positions).
+    // An EVICT head's tokens, as its policy sees them: [coded | f16] (a plain head: f16 only). Positions
+    // are not sorted across the two parts (protected f16 tokens are old); kv_select_keep goes by position.
     std::vector<std::vector<int32_t>> & pos_all = pos_all_;
     pos_all.resize((size_t) H);
     for (int ih = 0; ih < H; ih++) positions_all(heads_[(size_t) il * H + ih], pos_all[(size_t) ih]);
