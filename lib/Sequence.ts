@@ -153,6 +153,15 @@ export class Sequence {
     return this._native.memory(options.detail === 'heads');
   }
 
+  /**
+   * The positions one cache head holds (coded and f16), ascending: which tokens an eviction policy kept.
+   * `head` is the KV head (the query head for `perQueryHead` caches).
+   */
+  heldPositions(layer: number, head: number): Int32Array {
+    this._ensureUsable();
+    return this._native.heldPositions(layer, head);
+  }
+
   /** Empties the KV cache. */
   clear(): void {
     this._ensureUsable();

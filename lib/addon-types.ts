@@ -106,6 +106,8 @@ export interface AddonSequence {
   sample(): number;
   getLogits(): Float32Array;
   abort(): void;
+  /** Positions one cache head (layer, KV head; per query head with perQueryHead) holds, coded and f16, ascending. */
+  heldPositions(layer: number, head: number): Int32Array;
   /** Drops tokens at positions >= pos; returns how many leading tokens are still valid (may be fewer when STREAM heads dropped tokens). */
   removeFrom(pos: number): number;
   nTokens(): number;

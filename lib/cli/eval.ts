@@ -33,7 +33,10 @@ export function formatFidelityTable(rs: FidelityResult[]): string {
     `${(100 * r.top1Agreement).toFixed(1)}%`, r.deltaNll.toFixed(4), r.meanRank.toFixed(2)]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
-  return [line(head), ...rows.map(line)].join('\n') + '\n';
+  // §6.2 C2: how far codes change what an eviction policy keeps, against the f16 twin in the same run
+  const notes = rs.filter((r) => r.keepJaccard).map((r) =>
+    `keep-set Jaccard of ${r.label} vs ${r.keepJaccard!.vs}: mean ${r.keepJaccard!.mean.toFixed(3)}, min ${r.keepJaccard!.min.toFixed(3)} (per layer and head, end of each trace)`);
+  return [line(head), ...rows.map(line), ...notes].join('\n') + '\n';
 }
 
 export async function cmdEval(args: string[]): Promise<number> {

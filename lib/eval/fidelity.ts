@@ -50,6 +50,30 @@ export interface FidelityResult {
   kvFraction: number;
   kvBytesEnd: number;
   curve: FidelityCurvePoint[];
+  /**
+   * ALGORITHMS.md §6.2 C2: for an evicting configuration with storage codecs, the Jaccard overlap of its
+   * kept token sets with those of its f16 twin in the same run (the configuration with the same heads and
+   * eviction and no codecs), per (layer, head) at the end of every trace: mean and minimum. Below ~0.9 the
+   * quantization noise changes what the policy keeps.
+   */
+  keepJaccard?: { vs: string; mean: number; min: number };
+}
+
+/** The configuration with the same heads and eviction and f16 storage, if the list has one. */
+function f16Twin(kv: KvOptions, all: { label: string; kv: KvOptions }[]): number {
+  const st = kv.storage;
+  if (!kv.eviction || !st || ((st.key ?? 'f16') === 'f16' && (st.value ?? 'f16') === 'f16')) return -1;
+  const key = (o: KvOptions) => JSON.stringify([o.heads ?? null, o.eviction ?? null]);
+  return all.findIndex((o) => key(o.kv) === key(kv) && (!o.kv.storage || ((o.kv.storage.key ?? 'f16') === 'f16' && (o.kv.storage.value ?? 'f16') === 'f16')));
+}
+
+function jaccard(a: Int32Array, b: Int32Array): number {
+  let i = 0, j = 0, both = 0;
+  while (i < a.length && j < b.length) {
+    if (a[i] === b[j]) { both++; i++; j++; } else if (a[i]! < b[j]!) i++; else j++;
+  }
+  const union = a.length + b.length - both;
+  return union ? both / union : 1;
 }
 
 function logSoftmax(x: Float32Array): Float64Array {
@@ -69,7 +93,7 @@ function argmax(x: Float32Array): number {
   return b;
 }
 
-interface Acc { kl: number[]; top1: number[]; nllC: number[]; rank: number[]; kvBytes: number[]; kvBytesEnd: number[]; pos: number[] }
+interface Acc { kl: number[]; top1: number[]; nllC: number[]; rank: number[]; kvBytes: number[]; kvBytesEnd: number[]; pos: number[]; jaccard: number[] }
 
 /** Runs the harness; results[0] is the full cache itself (KL 0). */
 export async function runFidelity(model: Model, opts: FidelityOptions): Promise<FidelityResult[]> {
@@ -80,7 +104,12 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
   for (const c of all) contexts.push(await model.createContext({ contextSize, ...(threads ? { threads } : {}), kv: c.kv }));
   try {
     const seqs = contexts.map((c) => c.acquireSequence());
-    const acc: Acc[] = all.map(() => ({ kl: [], top1: [], nllC: [], rank: [], kvBytes: [], kvBytesEnd: [], pos: [] }));
+    const acc: Acc[] = all.map(() => ({ kl: [], top1: [], nllC: [], rank: [], kvBytes: [], kvBytesEnd: [], pos: [], jaccard: [] }));
+    const twins = all.map((c) => f16Twin(c.kv, all));
+    const cacheHeads = (i: number) => {
+      const e = contexts[i]!.effective.kv;
+      return { layers: e.heads.retention.length, heads: e.heads.retention[0]?.length ?? 0 };
+    };
     const nllFull: number[] = [];
     const total = opts.prompts.length * opts.maxTokens;
     let done = 0;
@@ -115,6 +144,11 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
         if (i + 1 < opts.maxTokens) logits = await Promise.all(seqs.map((s) => s.evaluate([ref])));
       }
       seqs.forEach((s, c) => acc[c]!.kvBytesEnd.push(s.memory().bytesUsed));
+      twins.forEach((t, c) => {
+        if (t < 0) return;
+        const { layers, heads } = cacheHeads(c);
+        for (let l = 0; l < layers; l++) for (let h = 0; h < heads; h++) acc[c]!.jaccard.push(jaccard(seqs[c]!.heldPositions(l, h), seqs[t]!.heldPositions(l, h)));
+      });
     }
     const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
     const p95 = (xs: number[]) => {
@@ -137,6 +171,7 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
         label: c.label, kv: c.kv, effective: contexts[i]!.effective.kv, traces: opts.prompts.length, positions: a.kl.length,
         klMean: mean(a.kl), klP95: p95(a.kl), top1Agreement: mean(a.top1), deltaNll: mean(a.nllC) - mean(nllFull), nllFull: mean(nllFull),
         meanRank: mean(a.rank), kvBytes, kvBytesFull, kvFraction: kvBytesFull ? kvBytes / kvBytesFull : 1, kvBytesEnd: mean(a.kvBytesEnd), curve,
+        ...(twins[i]! >= 0 ? { keepJaccard: { vs: all[twins[i]!]!.label, mean: mean(a.jaccard), min: Math.min(...a.jaccard) } } : {}),
       };
     });
   } finally {

@@ -303,6 +303,7 @@ void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data)
         InstanceMethod<&AddonSequence::remove_from>("removeFrom"),
         InstanceMethod<&AddonSequence::n_tokens>("nTokens"),
         InstanceMethod<&AddonSequence::memory>("memory"),
+        InstanceMethod<&AddonSequence::held_positions>("heldPositions"),
         InstanceMethod<&AddonSequence::set_calibration>("setCalibration"),
         InstanceMethod<&AddonSequence::get_calibration>("getCalibration"),
         InstanceMethod<&AddonSequence::dispose>("dispose"),
@@ -414,6 +415,23 @@ Napi::Value AddonSequence::n_tokens(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     if (!seq) throw_status(env, core::ERR_DISPOSED, "nTokens: the sequence has been disposed");
     return Napi::Number::New(env, seq->n_tokens());
+}
+
+// heldPositions(layer, head): the positions one cache head holds (coded and f16), ascending.
+Napi::Value AddonSequence::held_positions(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (!seq) throw_status(env, core::ERR_DISPOSED, "heldPositions: the sequence has been disposed");
+    if (busy.load()) throw_status(env, core::ERR_BUSY, "heldPositions: the sequence is busy with another operation");
+    const core::kv_cache_config & c = seq->kv().config();
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "heldPositions(layer, head): expected two integers");
+    const int64_t il = info[0].As<Napi::Number>().Int64Value(), ih = info[1].As<Napi::Number>().Int64Value();
+    if (il < 0 || il >= c.n_layer || ih < 0 || ih >= c.n_head_kv) {
+        throw_status(env, core::ERR_INVALID_ARG, core::strfmt("heldPositions: layer %lld head %lld outside the cache's %d layers x %d heads", (long long) il, (long long) ih, c.n_layer, c.n_head_kv));
+    }
+    const std::vector<int32_t> p = seq->kv().held_positions((int) il, (int) ih);
+    Napi::Int32Array a = Napi::Int32Array::New(env, p.size());
+    if (!p.empty()) std::memcpy(a.Data(), p.data(), p.size() * sizeof(int32_t));
+    return a;
 }
 
 Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {

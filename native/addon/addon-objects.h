@@ -62,6 +62,7 @@ private:
     Napi::Value remove_from(const Napi::CallbackInfo & info);
     Napi::Value n_tokens(const Napi::CallbackInfo & info);
     Napi::Value memory(const Napi::CallbackInfo & info);
+    Napi::Value held_positions(const Napi::CallbackInfo & info);
     Napi::Value set_calibration(const Napi::CallbackInfo & info);  // setCalibration(sinks, recent) | setCalibration(null)
     Napi::Value get_calibration(const Napi::CallbackInfo & info);  // { errSum, outMassSum, count }: Float64Array [n_layer * n_head_kv]
     Napi::Value dispose(const Napi::CallbackInfo & info);

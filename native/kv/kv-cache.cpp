@@ -449,6 +449,13 @@ void kv_cache::retain(int il) {
     }
 }
 
+std::vector<int32_t> kv_cache::held_positions(int il, int ih) const {
+    std::vector<int32_t> out;
+    positions_all(heads_[(size_t) il * cfg_.n_head_kv + ih], out);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
 kv_head_view kv_cache::head(int il, int ih) const {
     const head_store & h = heads_[(size_t) il * cfg_.n_head_kv + ih];
     return {h.n, (int32_t) h.segs.size(), h.segs.data(), h.coded ? &h.cv : nullptr};

@@ -213,6 +213,8 @@ public:
     int32_t remove_from(int32_t pos);
     void clear();
     kv_memory_report memory(bool per_head) const;
+    // Positions head (il, ih) holds, coded and f16, ascending (keep-set comparisons, §6.2 C2).
+    std::vector<int32_t> held_positions(int il, int ih) const;
     int32_t n_logical() const { return n_logical_; }
     kv_retention retention(int il, int ih) const { return (kv_retention) heads_[(size_t) il * cfg_.n_head_kv + ih].mode; }
     // Eviction policies need this step's attention probabilities of the chunk's last query row.

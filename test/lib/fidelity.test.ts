@@ -8,7 +8,7 @@ import { loadModel, parseHeadProfile } from '../../lib/index.js';
 import { runFidelity } from '../../lib/eval/fidelity.js';
 import { calibrateHeadProfile } from '../../lib/kv/calibrate.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
-import { repoRoot } from '../helpers/shared-data.js';
+import { haveSharedFile, repoRoot, stories260K } from '../helpers/shared-data.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'thinkcache-fid-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -37,6 +37,60 @@ describe('runFidelity', () => {
     expect(s.kvFraction).toBeLessThan(0.3);
     expect(s.curve).toHaveLength(16);
     expect(s.curve[0]!.klMean).toBeLessThanOrEqual(s.curve[15]!.klMean + 1e-9); // the window only matters once it is full
+  });
+});
+
+describe('keep-set overlap with codes on evicting heads (§6.2 C2)', () => {
+  const eviction = { policy: 'lazy' as const, capacity: 40, window: 16, protect: 2 };
+  const st = { stagingTokens: 8, protectFirst: 2, permutation: 'none' as const };
+
+  it('finds the f16 twin by heads + eviction; heldPositions is the kept set', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const rs = await runFidelity(model, {
+      configs: [
+        { label: 'lazy', kv: { eviction } },
+        { label: 'lazy+rot2', kv: { eviction, storage: { key: 'rot2', value: 'rot2', ...st } } },
+        { label: 'rot2', kv: { storage: { key: 'rot2', value: 'rot2', ...st } } },
+      ],
+      prompts: ['Once upon a time', 'The cat'], maxTokens: 100, contextSize: 256, threads: 1,
+    });
+    const by = Object.fromEntries(rs.map((r) => [r.label, r]));
+    expect(by['lazy']!.keepJaccard).toBeUndefined();
+    expect(by['rot2']!.keepJaccard).toBeUndefined();  // no eviction: nothing to compare
+    const j = by['lazy+rot2']!.keepJaccard!;
+    expect(j.vs).toBe('lazy');
+    expect(j.mean).toBeGreaterThan(0);
+    expect(j.mean).toBeLessThanOrEqual(1);
+    expect(j.min).toBeLessThanOrEqual(j.mean);
+
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1, kv: { eviction, storage: { key: 'rot2', value: 'rot2', ...st } } });
+    const seq = ctx.acquireSequence();
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) void ev;
+    const m = seq.memory({ detail: 'heads' });
+    const held = seq.heldPositions(1, 1);
+    expect(held.length).toBe(m.heads!.residentTokens[1 * 2 + 1]);
+    for (let i = 1; i < held.length; i++) expect(held[i]!).toBeGreaterThan(held[i - 1]!);
+    expect(held[0]).toBe(0);
+    expect(held.at(-1)).toBe(seq.memory().logicalTokens - 1);
+    expect(() => seq.heldPositions(9, 0)).toThrow(/outside the cache/);
+  });
+
+  it('on a trained model (stories260K), q8 keeps what f16 keeps (Jaccard > 0.9), rot2 less', async (t) => {
+    if (!haveSharedFile(stories260K, 'the keep-set overlap on stories260K')) return t.skip();
+    await using model = await loadModel({ path: stories260K });
+    const ev = { policy: 'lazy' as const, capacity: 98, window: 64, protect: 4 };
+    const s = { stagingTokens: 16, protectFirst: 4 };
+    const rs = await runFidelity(model, {
+      configs: [
+        { label: 'lazy', kv: { eviction: ev } },
+        { label: 'lazy+q8', kv: { eviction: ev, storage: { key: 'q8', value: 'q8', ...s } } },
+        { label: 'lazy+rot2', kv: { eviction: ev, storage: { key: 'rot2', value: 'rot2', ...s } } },
+      ],
+      prompts: ['Once upon a time', 'Lily and Ben'], maxTokens: 200, contextSize: 512, threads: 1,
+    });
+    const q8 = rs[2]!.keepJaccard!, rot2 = rs[3]!.keepJaccard!;
+    expect(q8.mean).toBeGreaterThan(0.9);
+    expect(rot2.mean).toBeLessThan(q8.mean);
   });
 });
 
