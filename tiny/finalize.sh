@@ -7,6 +7,9 @@ RUN=${1:-tiny/checkpoints/run1}
 N=${2:-100}
 LLAMA=${3:-5}
 OUT=tiny/model/thinkcache-tiny-reasoner.gguf
+# held-out test sets and calibration problems from the current tasks.py (seeded: unchanged when tasks.py is)
+/usr/bin/python3 tiny/tasks.py --write-tests tiny/data 100
+/usr/bin/python3 tiny/tasks.py --write-calib tiny/data/calib.jsonl 4
 /usr/bin/python3 tiny/train.py --out "$RUN" --export "$RUN/weights"
 npx tsx tiny/export-gguf.ts --weights "$RUN/weights" --out "$OUT" --type f16
 cp "$RUN/weights/manifest.json" /tmp/tiny-manifest.json
