@@ -6,7 +6,7 @@
  *
  *   node --expose-gc --import tsx bench/kv-long.bench.ts [--contexts 1024,4096,8192] [--threads 2]
  *        [--configs full,lazy,rlkv75,llama.cpp] [--capacity 2048] [--window 128]
- *   configs: full lazy rlkv50 rlkv75 rlkv50+lazy rot2 rot2-g32 rot2-post rot3 rot4 q4 q8 llama.cpp llama.cpp-q4_0 llama.cpp-q8_0
+ *   configs: full lazy rlkv50 rlkv75 rlkv50+lazy rot2 rot2-g32 rot2-post rot3 rot4 q4 q8 rot2+lazy llama.cpp llama.cpp-q4_0 llama.cpp-q8_0
  *   (rot* use RotateKV's group of 128 channels, i.e. the whole 64-channel head here, unless -g32)
  *
  * By default each engine grows one sequence through the contexts (fill up to the next context, settle, time,
@@ -58,6 +58,8 @@ const CONFIGS: Record<string, (L: number, H: number) => KvOptions | undefined> =
   rot4: () => ({ storage: { key: 'rot4', value: 'rot4', groupSize: 64 } }),
   q4: () => ({ storage: { key: 'q4', value: 'q4' } }),
   q8: () => ({ storage: { key: 'q8', value: 'q8' } }),
+  // lazy's kept tokens as 2-bit codes past its window W (codes on evicting heads, ALGORITHMS.md §6.2 C5)
+  'rot2+lazy': () => ({ storage: { key: 'rot2', value: 'rot2', groupSize: 64 }, eviction: { policy: 'lazy', capacity: C, window: W, protect: 4 } }),
 };
 
 // llama.cpp caches: bytes per element (f16 2; q4_0 18 B per 32; q8_0 34 B per 32)
