@@ -136,11 +136,10 @@ void kv_cache::positions_all(const head_store & h, std::vector<int32_t> & out) c
 }
 
 // Keeps the coded tokens listed in `keep` (ascending coded indices): per-token blocks move down in order,
-// the position runs are rebuilt from the kept positions, and pages no longer needed go back to the pool.
-void kv_cache::compact_coded(head_store & h, const std::vector<int32_t> & keep) {
+// the position runs are rebuilt from the kept positions (pos: the head's positions_all, coded ones first),
+// and pages no longer needed go back to the pool.
+void kv_cache::compact_coded(head_store & h, const std::vector<int32_t> & keep, const std::vector<int32_t> & pos) {
     const kv_coded_view & c = cv0_;
-    std::vector<int32_t> pos;
-    positions_all(h, pos);  // coded positions first
     auto move = [&](std::vector<void *> & pages, int32_t per_page, size_t bb) {
         for (size_t i = 0; i < keep.size(); i++) {
             const int32_t src = keep[i], dst = (int32_t) i;
@@ -383,14 +382,15 @@ void kv_cache::retain(int il) {
     if (!layer_has_evict_[(size_t) il]) return;
     // An EVICT head's tokens, as its policy sees them: [coded | f16] (a plain head: f16 only). Positions
     // are not sorted across the two parts (protected f16 tokens are old); kv_select_keep goes by position.
+    // They are listed only when needed: for TOVA's layer mean, and for a head whose eviction is due.
     std::vector<std::vector<int32_t>> & pos_all = pos_all_;
     pos_all.resize((size_t) H);
-    for (int ih = 0; ih < H; ih++) positions_all(heads_[(size_t) il * H + ih], pos_all[(size_t) ih]);
     // layer mean of the probabilities (TOVA), defined when every head of the layer holds the same token set
     std::vector<float> & layer_mean = layer_mean_;
     bool same = policy_->needs_layer_mean;
     for (int ih = 0; ih < H && same; ih++) {
         const head_store & h = heads_[(size_t) il * H + ih];
+        positions_all(h, pos_all[(size_t) ih]);
         same = h.mode == KV_RETAIN_EVICT && pos_all[(size_t) ih] == pos_all[0];
     }
     if (same) {
@@ -405,12 +405,13 @@ void kv_cache::retain(int il) {
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
         if (h.mode != KV_RETAIN_EVICT) continue;
-        const std::vector<int32_t> & pa = pos_all[(size_t) ih];
-        const int32_t n_all = (int32_t) pa.size(), nq = n_all - h.n;
+        const int32_t nq = runs_count(h.qruns), n_all = h.n + nq;
         kv_step_probs p{h.p_max.data(), h.p_sum.data(), same ? layer_mean.data() : nullptr};
         policy_->observe(h.stats, n_all, p, step_, cfg_.policy);
         if (policy_->due(step_, n_all, prompt_, cfg_.policy)) {
             const auto t0 = std::chrono::steady_clock::now();
+            std::vector<int32_t> & pa = pos_all[(size_t) ih];
+            if (!same) positions_all(h, pa);
             scores.resize((size_t) n_all);
             if (policy_->score_qk) {  // (never with coded heads: kv_storage_check)
                 // the group's rows of the recorded queries, oldest first
@@ -439,7 +440,7 @@ void kv_cache::retain(int il) {
             std::vector<int32_t> keep_c, keep_f;
             for (int32_t j : keep) (j < nq ? keep_c : keep_f).push_back(j < nq ? j : j - nq);
             gather_stats(h, keep);
-            if (h.coded) compact_coded(h, keep_c);
+            if (h.coded) compact_coded(h, keep_c, pa);
             compact(h, keep_f);
             h.dropped = true;
             compactions_++;

@@ -260,7 +260,7 @@ private:
     void flush(int il, int ih, head_store & h);
     int32_t staging_of(const head_store & h) const;
     void gather_stats(head_store & h, const std::vector<int32_t> & src);
-    void compact_coded(head_store & h, const std::vector<int32_t> & keep);
+    void compact_coded(head_store & h, const std::vector<int32_t> & keep, const std::vector<int32_t> & pos);
     void positions_all(const head_store & h, std::vector<int32_t> & out) const;
     int flush_tokens() const;
     void rebuild_segments(head_store & h) const;

@@ -336,45 +336,19 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
     }
 }
 
-using probs_t = const kv_group_probs *;
-
-template <int R, int KB> bool dispatch_vb(int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, probs_t pr) {
-    switch (vb) {
-        case 2: coded_avx512<R, KB, 2>(G, scale, q, qpos, hv, out, pr); return true;
-        case 3: coded_avx512<R, KB, 3>(G, scale, q, qpos, hv, out, pr); return true;
-        case 4: coded_avx512<R, KB, 4>(G, scale, q, qpos, hv, out, pr); return true;
-        default: return false;
+struct fused_avx512 {
+    template <int R, int KB, int VB>
+    static void run(int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, const kv_group_probs * pr) {
+        coded_avx512<R, KB, VB>(G, scale, q, qpos, hv, out, pr);
     }
-}
-
-template <int R> bool dispatch_kb(int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, probs_t pr) {
-    switch (kb) {
-        case 2: return dispatch_vb<R, 2>(vb, G, scale, q, qpos, hv, out, pr);
-        case 3: return dispatch_vb<R, 3>(vb, G, scale, q, qpos, hv, out, pr);
-        case 4: return dispatch_vb<R, 4>(vb, G, scale, q, qpos, hv, out, pr);
-        default: return false;
-    }
-}
-
-bool dispatch_bits(int D, int kb, int vb, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, probs_t pr) {
-    switch (D) {
-        case 32: return dispatch_kb<2>(kb, vb, G, scale, q, qpos, hv, out, pr);
-        case 64: return dispatch_kb<4>(kb, vb, G, scale, q, qpos, hv, out, pr);
-        case 128: return dispatch_kb<8>(kb, vb, G, scale, q, qpos, hv, out, pr);
-        default: return false;
-    }
-}
+};
 
 } // namespace
 
 bool attend_group_coded_avx512(int D, int DV, float scale, const float * q_rows, int G, int32_t qpos, const kv_head_view & hv, float * out_rows,
                                const kv_group_probs * probs) {
-    const kv_coded_view & c = *hv.coded;
-    const kv_storage_config & st = *c.st;
-    if (!c.kc->rotated || !c.vc->rotated || D != DV || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1) return false;
-    if (kv_codec_group(KV_CODEC_ROT2, D, c.kp.group) % 16 || kv_codec_group(KV_CODEC_ROT2, DV, c.vp.group) % 16) return false;
-    if (!st.post_rope && (st.n_rot != D || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX))) return false;
-    return dispatch_bits(D, c.kc->bits, c.vc->bits, G, scale, q_rows, qpos, hv, out_rows, probs);
+    if (!coded_attn::fused_path_applies(D, DV, 16, hv)) return false;
+    return coded_attn::dispatch_fused<fused_avx512, 16>(D, G, scale, q_rows, qpos, hv, out_rows, probs);
 }
 
 } // namespace core

@@ -4,9 +4,11 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../../kv/kv-cache.h"
+#include "attention-codec.h"
 
 namespace core {
 namespace coded_attn {
@@ -76,6 +78,46 @@ struct block_cursor {
         return r;
     }
 };
+
+// Whether a fused kernel with `lanes`-wide registers covers this head: rot keys and values of one token per
+// block, D == DV, groups a multiple of the lane count, and full NORM/NEOX RoPE for pre-RoPE keys.
+inline bool fused_path_applies(int D, int DV, int lanes, const kv_head_view & hv) {
+    const kv_coded_view & c = *hv.coded;
+    const kv_storage_config & st = *c.st;
+    if (!c.kc->rotated || !c.vc->rotated || D != DV || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1) return false;
+    if (kv_codec_group(KV_CODEC_ROT2, D, c.kp.group) % lanes || kv_codec_group(KV_CODEC_ROT2, DV, c.vp.group) % lanes) return false;
+    return st.post_rope || (st.n_rot == D && (st.rope == ROPE_STYLE_NORM || st.rope == ROPE_STYLE_NEOX));
+}
+
+// Instantiates Kernel::run<R, KB, VB> for R = D / lanes registers per row and the key/value bit widths
+// (2..4 each); false for a head size other than 32/64/128.
+template <class Kernel, int LANES>
+bool dispatch_fused(int D, int G, float scale, const float * q, int32_t qpos, const kv_head_view & hv, float * out, const kv_group_probs * pr) {
+    const int kb = hv.coded->kc->bits, vb = hv.coded->vc->bits;
+    auto by_vb = [&](auto r, auto k) {
+        constexpr int R = decltype(r)::value, KB = decltype(k)::value;
+        switch (vb) {
+            case 2: Kernel::template run<R, KB, 2>(G, scale, q, qpos, hv, out, pr); return true;
+            case 3: Kernel::template run<R, KB, 3>(G, scale, q, qpos, hv, out, pr); return true;
+            case 4: Kernel::template run<R, KB, 4>(G, scale, q, qpos, hv, out, pr); return true;
+            default: return false;
+        }
+    };
+    auto by_kb = [&](auto r) {
+        switch (kb) {
+            case 2: return by_vb(r, std::integral_constant<int, 2>{});
+            case 3: return by_vb(r, std::integral_constant<int, 3>{});
+            case 4: return by_vb(r, std::integral_constant<int, 4>{});
+            default: return false;
+        }
+    };
+    switch (D) {
+        case 32: return by_kb(std::integral_constant<int, 32 / LANES>{});
+        case 64: return by_kb(std::integral_constant<int, 64 / LANES>{});
+        case 128: return by_kb(std::integral_constant<int, 128 / LANES>{});
+        default: return false;
+    }
+}
 
 } // namespace coded_attn
 } // namespace core
