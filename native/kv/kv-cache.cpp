@@ -2,8 +2,8 @@
 #include "kv-cache.h"
 
 #include <algorithm>
+#include <cassert>
 #include <chrono>
-#include <cmath>
 #include <cmath>
 #include <cstring>
 
@@ -76,11 +76,32 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
         // EVICT heads too when the codecs and the policy allow it (kv_storage_check); STREAM heads stay f16
         const bool evict_ok = kv_storage_check(cfg_).ok();
         for (auto & h : heads_) h.coded = h.mode == KV_RETAIN_FULL || (h.mode == KV_RETAIN_EVICT && evict_ok);
+        // grouped key rotation where a whole group is FULL (kv_storage_check validated rot_group)
+        const int RG = st.rot_group;
+        sib_.resize(heads_.size());
+        for (size_t i = 0; i < heads_.size(); i++) sib_[i] = &heads_[i].cv;
+        if (RG > 1 && c.kc->rotated && !st.post_rope && cfg_.n_head_kv % RG == 0) {
+            for (size_t g0 = 0; g0 < heads_.size(); g0 += (size_t) RG) {
+                bool all_full = true;
+                for (int s = 0; s < RG; s++) all_full &= heads_[g0 + (size_t) s].mode == KV_RETAIN_FULL && heads_[g0 + (size_t) s].coded;
+                if (!all_full) continue;
+                for (int s = 0; s < RG; s++) { heads_[g0 + (size_t) s].rot_g = RG; heads_[g0 + (size_t) s].rot_slot = s; }
+            }
+        }
     }
 }
 
 status kv_storage_check(const kv_cache_config & cfg) {
     const kv_storage_config & st = cfg.storage;
+    if (st.rot_group != 1) {
+        const int rg = st.rot_group;
+        if (rg < 1 || (rg & (rg - 1)) || cfg.n_head_kv % rg) {
+            return status(ERR_INVALID_ARG, strfmt("kv storage: a key rotation group of %d heads must be a power of two dividing the %d KV heads", rg, cfg.n_head_kv));
+        }
+        if (!kv_codec_get(st.key).rotated || st.post_rope) {
+            return status(ERR_INVALID_ARG, "kv storage: grouped key rotation needs rot keys rotated before RoPE (RotateKV's pre-RoPE variant)");
+        }
+    }
     bool evict = false;
     for (uint8_t r : cfg.retention) evict |= r == KV_RETAIN_EVICT;
     if (!st.coded() || !evict) return {};
@@ -157,13 +178,20 @@ void kv_cache::compact_coded(head_store & h, const std::vector<int32_t> & keep, 
     h.qruns.swap(runs);
 }
 
-// Moves the oldest unprotected f16 tokens beyond the staging window to codec pages, in whole blocks.
-// The staged key is post-RoPE f16: rot keys (pre-RoPE variant) are un-RoPE'd at their position first
-// (RoPE is orthogonal: rotating by −pos inverts it), then FWHT'd and permuted; rot values are FWHT'd.
-void kv_cache::flush(int il, int ih, head_store & h) {
+// Moves the oldest unprotected f16 tokens beyond the staging window to codec pages, in whole blocks, for
+// heads ih0 .. ih0 + nh − 1: one head, or a key rotation group of FULL heads (they hold the same tokens:
+// the same protected prefix, sinks and staging). The staged key is post-RoPE f16: rot keys (pre-RoPE
+// variant) are un-RoPE'd at their position first (RoPE is orthogonal: rotating by −pos inverts it), then
+// FWHT'd — per head, and for a group also across its heads (H_{nh·D} = H_nh ⊗ H_D: the per-head transforms,
+// then butterflies over the heads, scaled 1/√nh) — and permuted per head; rot values are FWHT'd per head.
+void kv_cache::flush(int il, int ih0, int nh) {
     const kv_storage_config & st = cfg_.storage;
     const kv_coded_view & c = cv0_;
-    const int D = cfg_.head_dim, DV = cfg_.head_dim_v, F = flush_tokens();
+    const int D = cfg_.head_dim, DV = cfg_.head_dim_v, F = flush_tokens(), H = cfg_.n_head_kv;
+    std::vector<head_store *> hs((size_t) nh);
+    for (int s = 0; s < nh; s++) hs[(size_t) s] = &heads_[(size_t) il * H + ih0 + s];
+    head_store & h = *hs[0];
+    for (int s = 1; s < nh; s++) assert(hs[(size_t) s]->pos == h.pos && runs_count(hs[(size_t) s]->qruns) == runs_count(h.qruns));
     // protected: the first `protect` positions and this layer's sinks; they stay in f16 wherever they are
     const std::vector<int32_t> & sk = sinks_[(size_t) il];
     auto prot = [&](int32_t pos) { return pos < st.protect || (st.protect_sinks && std::binary_search(sk.begin(), sk.end(), pos)); };
@@ -181,35 +209,52 @@ void kv_cache::flush(int il, int ih, head_store & h) {
         }
         return true;
     };
-    if (!grow(h.qk_pages, c.k_page_tokens) || !grow(h.qv_pages, c.v_page_tokens)) return;
-    const int32_t * perm = st.perm.empty() ? nullptr : st.perm.data() + ((size_t) il * cfg_.n_head_kv + ih) * D;
+    for (head_store * x : hs) if (!grow(x->qk_pages, c.k_page_tokens) || !grow(x->qv_pages, c.v_page_tokens)) return;
     const bool pre = c.kc->rotated && !st.post_rope;
-    std::vector<float> kb((size_t) F * D), vb((size_t) F * DV), tmp((size_t) std::max(D, DV)), cs((size_t) std::max(st.n_rot, 2));
+    // [nh][F][D] keys and [nh][F][DV] values of one block of tokens, ready to encode
+    std::vector<float> kb((size_t) nh * F * D), vb((size_t) nh * F * DV), tmp((size_t) nh * std::max(D, DV)), cs((size_t) std::max(st.n_rot, 2));
+    const float gs = 1.0f / std::sqrt((float) nh);
     for (int32_t b0 = 0; b0 < m; b0 += F) {
         for (int t = 0; t < F; t++) {
             const int32_t j = cand[(size_t) (b0 + t)];
-            const kv_segment & sg = h.segs[(size_t) (j / KV_PAGE_TOKENS)];
             const int32_t jj = j % KV_PAGE_TOKENS;
-            float * kr = kb.data() + (size_t) t * D;
-            for (int d = 0; d < D; d++) tmp[d] = f16_to_f32(sg.key(jj, d, D));
-            if (pre) {
-                rope_cache_ref(cs.data(), -h.pos[(size_t) j], st.n_rot, st.freq_base, st.freq_scale, st.freq_factors);
-                rope_apply_ref(tmp.data(), 1, D, st.n_rot, st.rope, cs.data());
+            if (pre) rope_cache_ref(cs.data(), -h.pos[(size_t) j], st.n_rot, st.freq_base, st.freq_scale, st.freq_factors);
+            for (int s = 0; s < nh; s++) {
+                const kv_segment & sg = hs[(size_t) s]->segs[(size_t) (j / KV_PAGE_TOKENS)];
+                float * x = tmp.data() + (size_t) s * D;
+                for (int d = 0; d < D; d++) x[d] = f16_to_f32(sg.key(jj, d, D));
+                if (pre) rope_apply_ref(x, 1, D, st.n_rot, st.rope, cs.data());
+                if (c.kc->rotated) fwht_ref(x, D);
+                float * vr = vb.data() + ((size_t) s * F + t) * DV;
+                for (int d = 0; d < DV; d++) vr[d] = f16_to_f32(sg.v[(size_t) jj * DV + d]);
+                if (c.vc->rotated) fwht_ref(vr, DV);
             }
-            if (c.kc->rotated) fwht_ref(tmp.data(), D);
-            for (int d = 0; d < D; d++) kr[d] = tmp[(size_t) (perm && c.kc->rotated ? perm[d] : d)];
-            float * vr = vb.data() + (size_t) t * DV;
-            for (int d = 0; d < DV; d++) vr[d] = f16_to_f32(sg.v[(size_t) jj * DV + d]);
-            if (c.vc->rotated) fwht_ref(vr, DV);
-            runs_push(h.qruns, h.pos[(size_t) j]);
+            for (int len = 1; len < nh; len <<= 1) {  // H_nh across the heads' rotated keys
+                for (int i = 0; i < nh; i += 2 * len) {
+                    for (int s = i; s < i + len; s++) {
+                        float * a = tmp.data() + (size_t) s * D, * b = tmp.data() + (size_t) (s + len) * D;
+                        for (int d = 0; d < D; d++) { const float u = a[d], w = b[d]; a[d] = u + w; b[d] = u - w; }
+                    }
+                }
+            }
+            for (int s = 0; s < nh; s++) {
+                const int32_t * perm = st.perm.empty() || !c.kc->rotated ? nullptr : st.perm.data() + ((size_t) il * H + ih0 + s) * D;
+                const float * x = tmp.data() + (size_t) s * D;
+                float * kr = kb.data() + ((size_t) s * F + t) * D;
+                for (int d = 0; d < D; d++) kr[d] = x[(size_t) (perm ? perm[d] : d)] * (nh > 1 ? gs : 1.0f);
+                runs_push(hs[(size_t) s]->qruns, h.pos[(size_t) j]);
+            }
         }
-        for (int t = 0; t < F; t += c.k_block_tokens) {
-            const int32_t q = nq + b0 + t, b = q / c.k_block_tokens, bpp = c.k_page_tokens / c.k_block_tokens;
-            c.kc->encode(c.kp, kb.data() + (size_t) t * D, (uint8_t *) h.qk_pages[(size_t) (b / bpp)] + (size_t) (b % bpp) * c.k_block_bytes);
-        }
-        for (int t = 0; t < F; t += c.v_block_tokens) {
-            const int32_t q = nq + b0 + t, b = q / c.v_block_tokens, bpp = c.v_page_tokens / c.v_block_tokens;
-            c.vc->encode(c.vp, vb.data() + (size_t) t * DV, (uint8_t *) h.qv_pages[(size_t) (b / bpp)] + (size_t) (b % bpp) * c.v_block_bytes);
+        for (int s = 0; s < nh; s++) {
+            head_store & x = *hs[(size_t) s];
+            for (int t = 0; t < F; t += c.k_block_tokens) {
+                const int32_t q = nq + b0 + t, b = q / c.k_block_tokens, bpp = c.k_page_tokens / c.k_block_tokens;
+                c.kc->encode(c.kp, kb.data() + ((size_t) s * F + t) * D, (uint8_t *) x.qk_pages[(size_t) (b / bpp)] + (size_t) (b % bpp) * c.k_block_bytes);
+            }
+            for (int t = 0; t < F; t += c.v_block_tokens) {
+                const int32_t q = nq + b0 + t, b = q / c.v_block_tokens, bpp = c.v_page_tokens / c.v_block_tokens;
+                c.vc->encode(c.vp, vb.data() + ((size_t) s * F + t) * DV, (uint8_t *) x.qv_pages[(size_t) (b / bpp)] + (size_t) (b % bpp) * c.v_block_bytes);
+            }
         }
     }
     std::vector<int32_t> keep, src;
@@ -218,13 +263,13 @@ void kv_cache::flush(int il, int ih, head_store & h) {
         if (c < m && cand[(size_t) c] == j) { c++; continue; }
         keep.push_back(j);
     }
-    if (h.mode == KV_RETAIN_EVICT) {  // statistics follow their tokens: [coded | moved | f16 kept]
+    if (h.mode == KV_RETAIN_EVICT) {  // (a head alone) statistics follow their tokens: [coded | moved | f16 kept]
         for (int32_t j = 0; j < nq; j++) src.push_back(j);
         for (int32_t i = 0; i < m; i++) src.push_back(nq + cand[(size_t) i]);
         for (int32_t j : keep) src.push_back(nq + j);
         gather_stats(h, src);
     }
-    compact(h, keep);  // also rebuilds the coded view
+    for (head_store * x : hs) compact(*x, keep);  // also rebuilds the coded views
 }
 
 // ALGORITHMS.md §3.5 over a chunked prompt: the sink set is the tokens of the 20 largest |values| of the
@@ -326,6 +371,9 @@ void kv_cache::rebuild_segments(head_store & h) const {
         h.cv.kpages = h.qk_pages.data();
         h.cv.vpages = h.qv_pages.data();
         h.cv.perm = cfg_.storage.perm.empty() ? nullptr : cfg_.storage.perm.data() + i * cfg_.head_dim;
+        h.cv.rot_g = h.rot_g;
+        h.cv.rot_slot = h.rot_slot;
+        h.cv.sib = h.rot_g > 1 ? sib_.data() + (i - (size_t) h.rot_slot) : nullptr;
     }
 }
 
@@ -367,7 +415,8 @@ void kv_cache::retain(int il) {
     std::vector<int32_t> & keep = keep_;
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
-        if (h.coded && h.mode != KV_RETAIN_EVICT) flush(il, ih, h);  // EVICT heads: after their eviction step
+        // EVICT heads: after their eviction step; a rotation group flushes together, from its first slot
+        if (h.coded && h.mode != KV_RETAIN_EVICT && h.rot_slot == 0) flush(il, ih, h.rot_g);
     }
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
@@ -446,7 +495,7 @@ void kv_cache::retain(int il) {
             compactions_++;
             compaction_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
-        if (h.coded) flush(il, ih, h);  // the survivors past the f16 window (§6.1 step 9)
+        if (h.coded) flush(il, ih, 1);  // the survivors past the f16 window (§6.1 step 9)
     }
 }
 

@@ -85,6 +85,12 @@ struct kv_coded_view {
     void * const * vpages = nullptr;
     const int32_t * perm = nullptr;        // [head_dim] key channel permutation of this head (nullptr: identity)
     const kv_storage_config * st = nullptr;
+    // Grouped-head key rotation (ALGORITHMS.md §3.2, §6.2 C1 b): the pre-RoPE keys of rot_g consecutive FULL
+    // heads were rotated together by FWHT_{rot_g·D}, this head being slot rot_slot; each slot then holds D of
+    // the rotated channels, permuted and quantized like a per-head key. sib[s] is slot s's view (all slots hold
+    // the same tokens), so head h's key is (1/√rot_g)·Σ_s (−1)^popcount(h&s)·H_D·P_s⁻¹·x̂_s. rot_g == 1: per head.
+    int rot_g = 1, rot_slot = 0;
+    const kv_coded_view * const * sib = nullptr;
 
     // note: call only with j < n. Position of coded token j (binary search over the runs).
     int32_t pos_at(int32_t j) const {
@@ -126,7 +132,7 @@ enum kv_retention : uint8_t {
 // Storage codecs (ALGORITHMS.md §3, §4.1, §6.1; kv-codec.h). A coded head keeps its first `protect`
 // positions and its `staging` newest tokens in f16 (the usual tiled pages) and moves older tokens, in
 // blocks of `flush` tokens, to codec pages. Keys of rot codecs are rotated by a normalized FWHT per
-// head (G = 1, §6.2 C1 a) and permuted; by default before RoPE (the f16 key is un-RoPE'd at its
+// head (G = 1, §6.2 C1 a), or across a group of FULL heads (rot_group, §6.2 C1 b), and permuted; by default before RoPE (the f16 key is un-RoPE'd at its
 // position when it leaves staging; attention dequantizes, inverts the rotation and applies RoPE at
 // the stored position), or after RoPE (`post_rope`, §6.2 C6: the query is rotated instead).
 // Values of rot codecs are rotated per head; attention un-rotates the accumulated output once.
@@ -144,6 +150,10 @@ struct kv_storage_config {
     float freq_base = 10000.0f, freq_scale = 1.0f;
     const float * freq_factors = nullptr;  // [n_rot/2] or nullptr (owned by the model)
     std::vector<int32_t> perm;  // [n_layer][n_head_kv][head_dim] key channel permutation; empty = identity
+    // KV heads per key rotation group (a power of two dividing n_head_kv; pre-RoPE rot keys only). A group
+    // is rotated together only where all its heads are FULL (they then hold the same tokens); the other
+    // groups' heads rotate per head (§6.2 C1: a head's key must not depend on tokens another head evicted).
+    int rot_group = 1;
     bool coded() const { return key != KV_CODEC_F16 || value != KV_CODEC_F16; }
 };
 
@@ -217,6 +227,9 @@ public:
     std::vector<int32_t> held_positions(int il, int ih) const;
     int32_t n_logical() const { return n_logical_; }
     kv_retention retention(int il, int ih) const { return (kv_retention) heads_[(size_t) il * cfg_.n_head_kv + ih].mode; }
+    // Heads whose keys head (il, ih) was rotated with (kv_storage_config::rot_group where its group is all
+    // FULL and coded with pre-RoPE rot keys, else 1).
+    int rot_group_of(int il, int ih) const { return heads_[(size_t) il * cfg_.n_head_kv + ih].rot_g; }
     // Eviction policies need this step's attention probabilities of the chunk's last query row.
     bool wants_probs(int il) const { return layer_has_evict_[(size_t) il]; }
     // Buffers attention() fills for EVICT heads: max and sum over the group's query heads, one entry per held
@@ -256,8 +269,11 @@ private:
         std::vector<void *> qk_pages, qv_pages;
         std::vector<kv_pos_run> qruns;    // positions of the coded tokens, as runs
         kv_coded_view cv;
+        int rot_g = 1, rot_slot = 0;      // key rotation group (kv_coded_view::rot_g)
     };
-    void flush(int il, int ih, head_store & h);
+    // Moves tokens past the staging window of heads ih0 .. ih0 + n_heads − 1 (one rotation group, holding
+    // the same tokens; n_heads = 1 for a head rotated alone) to codec pages.
+    void flush(int il, int ih0, int n_heads);
     int32_t staging_of(const head_store & h) const;
     void gather_stats(head_store & h, const std::vector<int32_t> & src);
     void compact_coded(head_store & h, const std::vector<int32_t> & keep, const std::vector<int32_t> & pos);
@@ -280,6 +296,7 @@ private:
     std::vector<std::vector<int32_t>> pos_all_;  // retain() scratch
     const kv_policy * policy_ = nullptr;
     kv_coded_view cv0_;               // codec parameters shared by the coded heads
+    std::vector<const kv_coded_view *> sib_;  // [n_layer][n_head_kv] &heads_[i].cv (rotation groups' slots)
     int32_t n_logical_ = 0;
     int32_t step_ = 0;                // decode steps since the last prompt chunk
     int32_t prompt_ = 0;              // tokens of the prompt (before the first decode step)

@@ -683,3 +683,125 @@ TC_TEST("kv codecs on evicting heads: block codecs (KIVI) and key-scoring polici
     c.storage.key = c.storage.value = KV_CODEC_KIVI2;
     TC_CHECK(kv_storage_check(c).ok()) << "KIVI on FULL heads stays allowed";
 }
+
+TC_TEST("kv codecs: grouped key rotation (G = 1, 2, 4): slots inverted by FWHT_{G·D} give the keys; attention matches f16; only all-FULL groups") {
+    int fused_checked = 0;
+    for (int RG : {1, 2, 4}) {
+        coded_fixture fx;
+        fx.n_head_kv = 4;
+        std::mt19937 rng(31), prng(7);
+        kv_storage_config st;
+        st.key = st.value = KV_CODEC_ROT4;
+        st.staging = 16;
+        st.protect = 3;
+        st.rot_group = RG;
+        st.perm.resize((size_t) fx.n_layer * fx.n_head_kv * fx.D);
+        for (size_t i = 0; i < st.perm.size(); i += (size_t) fx.D) {
+            std::iota(st.perm.begin() + (ptrdiff_t) i, st.perm.begin() + (ptrdiff_t) i + fx.D, 0);
+            std::shuffle(st.perm.begin() + (ptrdiff_t) i, st.perm.begin() + (ptrdiff_t) i + fx.D, prng);
+        }
+        auto kv = fx.make(st);
+        auto kv16 = fx.make(kv_storage_config{});
+        std::mt19937 rng2 = rng;
+        const int n = 200;
+        fx.feed(*kv, n, 23, rng);
+        fx.feed(*kv16, n, 23, rng2);
+        const int D = fx.D, H = fx.n_head_kv;
+        std::vector<float> cs((size_t) D), y((size_t) RG * D), x((size_t) D);
+        double worst = 0;
+        for (int il = 0; il < fx.n_layer; il++) {
+            for (int ih = 0; ih < H; ih++) TC_CHECK(kv->rot_group_of(il, ih) == RG) << "RG " << RG;
+            for (int g0 = 0; g0 < H; g0 += RG) {
+                const kv_head_view h0 = kv->head(il, g0);
+                TC_CHECK(h0.coded && h0.coded->n > 100) << (h0.coded ? h0.coded->n : -1);
+                for (int32_t j = 0; j < h0.coded->n; j++) {
+                    // the spec's inverse (§3.6): concatenate the slots' dequantized channels, undo each slot's
+                    // permutation, FWHT of size G·D, RoPE each head's share at the stored position
+                    for (int s = 0; s < RG; s++) {
+                        const kv_coded_view & c = *kv->head(il, g0 + s).coded;
+                        TC_CHECK(c.n == h0.coded->n && c.pos_at(j) == h0.coded->pos_at(j));
+                        int jj;
+                        const uint8_t * blk = c.key_block(j, jj);
+                        c.kc->decode(c.kp, blk, jj, x.data());
+                        const int32_t * perm = st.perm.data() + ((size_t) il * H + g0 + s) * D;
+                        for (int d = 0; d < D; d++) y[(size_t) s * D + perm[d]] = x[d];
+                    }
+                    fwht_ref(y.data(), RG * D);
+                    const int32_t p = h0.coded->pos_at(j);
+                    rope_cache_ref(cs.data(), p, D, 10000.0f, 1.0f, nullptr);
+                    rope_apply_ref(y.data(), RG, D, D, fx.style, cs.data());
+                    for (int s = 0; s < RG; s++) {
+                        // the f16 twin holds every token in f16, at index = position
+                        const kv_head_view t = kv16->head(il, g0 + s);
+                        const kv_segment & sg = t.seg[p / KV_PAGE_TOKENS];
+                        for (int d = 0; d < D; d++) x[d] = f16_to_f32(sg.key(p % KV_PAGE_TOKENS, d, D));
+                        worst = std::max(worst, nmse(y.data() + (size_t) s * D, x.data(), (size_t) D));
+                    }
+                }
+            }
+            // attention of each head (the dispatcher; grouped heads run the _ref) vs the f16 cache's
+            for (int ih = 0; ih < H; ih++) {
+                const int G = 3;
+                auto q = randn(rng, (size_t) G * D);
+                std::vector<float> a((size_t) G * D), b((size_t) G * D);
+                attend_group_coded(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), a.data());
+                // the fused kernels (where this CPU has them) against the _ref, grouped slots included
+                std::vector<float> r((size_t) G * D), f((size_t) G * D);
+                attend_group_coded_ref(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), r.data());
+                for (int path = 0; path < 2; path++) {
+                    const bool ran = path == 0 ? attend_group_coded_avx2(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), f.data())
+                                               : attend_group_coded_avx512(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), f.data());
+                    if (!ran) continue;
+                    fused_checked++;
+                    double md = 0;
+                    for (size_t i = 0; i < f.size(); i++) md = std::max(md, (double) std::fabs(f[i] - r[i]));
+                    TC_CHECK(md < 1e-5) << (path ? "AVX-512" : "AVX2") << " vs ref, RG " << RG << ": max |diff| " << md;
+                }
+                const kv_head_view t = kv16->head(il, ih);
+                for (int g = 0; g < G; g++) {
+                    std::vector<double> sc;
+                    double mx = -1e300, sum = 0;
+                    for (int s = 0; s < t.n_seg; s++)
+                        for (int j = 0; j < t.seg[s].n; j++) {
+                            double dot = 0;
+                            for (int d = 0; d < D; d++) dot += (double) q[(size_t) g * D + d] * f16_to_f32(t.seg[s].key(j, d, D));
+                            sc.push_back(dot * 0.125);
+                            mx = std::max(mx, sc.back());
+                        }
+                    for (double & v : sc) { v = std::exp(v - mx); sum += v; }
+                    size_t k = 0;
+                    for (int s = 0; s < t.n_seg; s++)
+                        for (int j = 0; j < t.seg[s].n; j++, k++)
+                            for (int d = 0; d < D; d++) b[(size_t) g * D + d] += (float) (sc[k] / sum * f16_to_f32(t.seg[s].v[(size_t) j * D + d]));
+                }
+                const double e = nmse(a.data(), b.data(), a.size());
+                TC_CHECK(e < 2e-2) << "RG " << RG << " layer " << il << " head " << ih << ": attention NMSE " << e;
+            }
+        }
+        TC_CHECK(worst < 2e-2) << "RG " << RG << ": worst key NMSE " << worst;  // rot4 of N(0,1) keys: ~5e-3
+    }
+    if (!fused_checked) std::printf("  (grouped rotation: no AVX2/AVX-512 on this CPU, fused kernels not compared)\n");
+    // only groups whose heads are all FULL rotate together
+    coded_fixture fx;
+    fx.n_head_kv = 4;
+    kv_cache_config c;
+    c.n_layer = 2; c.n_head_kv = 4; c.head_dim = c.head_dim_v = 64; c.n_ctx = 512;
+    c.retention.assign(8, KV_RETAIN_FULL);
+    c.retention[1] = KV_RETAIN_STREAM;  // layer 0, group {0, 1} is not all FULL
+    c.storage.key = c.storage.value = KV_CODEC_ROT2;
+    c.storage.rot_group = 2;
+    c.storage.n_rot = 64;
+    TC_CHECK(kv_storage_check(c).ok());
+    kv_cache mixed(c, fx.pool);
+    TC_CHECK(mixed.rot_group_of(0, 0) == 1 && mixed.rot_group_of(0, 1) == 1 && mixed.rot_group_of(0, 2) == 2 && mixed.rot_group_of(1, 0) == 2);
+    // refused: not a power of two / not dividing the KV heads, post-RoPE, non-rot keys
+    for (int bad = 0; bad < 4; bad++) {
+        kv_cache_config b = c;
+        if (bad == 0) b.storage.rot_group = 3;
+        if (bad == 1) b.storage.rot_group = 8;
+        if (bad == 2) b.storage.post_rope = true;
+        if (bad == 3) b.storage.key = KV_CODEC_Q8;
+        const status s = kv_storage_check(b);
+        TC_CHECK(!s.ok() && s.code == ERR_INVALID_ARG) << "case " << bad;
+    }
+}

@@ -120,7 +120,8 @@ TC_AVX2 void coded_avx2(int G, float scale, const float * q_rows, int32_t qpos, 
     float * const ACC = sc.acc.data(), * const ACC16 = sc.acc16.data(), * const ROW = sc.row.data();
 
     // ---- queries for the quantized keys (as in the AVX-512 kernel)
-    const float qscale = pre ? scale / std::sqrt((float) D) : scale;
+    const int RG = pre ? c.rot_g : 1;  // grouped key rotation: 1/√G folded in here (as in the AVX-512 kernel)
+    const float qscale = pre ? scale / std::sqrt((float) D * (float) RG) : scale;
     for (int g = 0; g < G; g++) {
         const float * q = q_rows + (size_t) g * D;
         float * o = QS + (size_t) g * D;
@@ -135,12 +136,19 @@ TC_AVX2 void coded_avx2(int G, float scale, const float * q_rows, int32_t qpos, 
             for (int d = 0; d < D; d++) o[d] = ROW[(size_t) (c.perm ? c.perm[d] : d)] * s2;
         }
     }
-    const bool permute = pre && c.perm != nullptr;
-    __m256i pidx[R];
-    if (permute) {
+    // per slot of the rotation group (one slot unless grouped): its blocks and its inverse permutation as
+    // gather indices (reconstructed channel e comes from stored channel inv[e])
+    bool permute[coded_attn::kMaxRotGroup] = {};
+    __m256i pidx[coded_attn::kMaxRotGroup][R];
+    block_cursor kcur[coded_attn::kMaxRotGroup];
+    for (int sl = 0; sl < RG; sl++) {
+        const kv_coded_view & o = RG > 1 ? *c.sib[sl] : c;
+        kcur[sl] = block_cursor(o.kpages, o.k_page_tokens, o.k_block_bytes);
+        permute[sl] = pre && o.perm != nullptr;
+        if (!permute[sl]) continue;
         sc.pidx.resize((size_t) D);
-        for (int d = 0; d < D; d++) sc.pidx[(size_t) c.perm[d]] = d;
-        for (int r = 0; r < R; r++) pidx[r] = _mm256_loadu_si256((const __m256i *) (sc.pidx.data() + 8 * r));
+        for (int d = 0; d < D; d++) sc.pidx[(size_t) o.perm[d]] = d;
+        for (int r = 0; r < R; r++) pidx[sl][r] = _mm256_loadu_si256((const __m256i *) (sc.pidx.data() + 8 * r));
     }
 
     // ---- scores of the f16 tokens (protected first, staging last; positions ascend)
@@ -175,18 +183,26 @@ TC_AVX2 void coded_avx2(int G, float scale, const float * q_rows, int32_t qpos, 
     // ---- scores of the quantized keys, 8 at a time
     if (pre && nq > 0) rt.ensure(st, c.pos_at(nq - 1));
     const int W = rt.W;
-    block_cursor kcur(c.kpages, c.k_page_tokens, c.k_block_bytes);
     int32_t run = 0;
     for (int32_t j0 = 0; j0 < nq; j0 += 8) {
         const int m = std::min<int32_t>(8, nq - j0);
         for (int t = 0; t < m; t++) {
-            const uint8_t * blk = kcur.next();
             __m256 x[R];
-            decode_rot<R, KB>(blk, kgroup, x);
+            decode_rot<R, KB>(kcur[0].next(), kgroup, x);
             if (pre) {
-                if (permute) {
+                if (permute[0]) {
                     for (int r = 0; r < R; r++) _mm256_storeu_ps(ROW + 8 * r, x[r]);
-                    for (int r = 0; r < R; r++) x[r] = _mm256_i32gather_ps(ROW, pidx[r], 4);
+                    for (int r = 0; r < R; r++) x[r] = _mm256_i32gather_ps(ROW, pidx[0][r], 4);
+                }
+                for (int sl = 1; sl < RG; sl++) {  // grouped: Σ_s ±P_s⁻¹·x̂_s (slot 0's sign is +), then one FWHT
+                    __m256 u[R];
+                    decode_rot<R, KB>(kcur[sl].next(), kgroup, u);
+                    if (permute[sl]) {
+                        for (int r = 0; r < R; r++) _mm256_storeu_ps(ROW + 8 * r, u[r]);
+                        for (int r = 0; r < R; r++) u[r] = _mm256_i32gather_ps(ROW, pidx[sl][r], 4);
+                    }
+                    const bool neg = coded_attn::rot_sign_negative(c.rot_slot, sl);
+                    for (int r = 0; r < R; r++) x[r] = neg ? _mm256_sub_ps(x[r], u[r]) : _mm256_add_ps(x[r], u[r]);
                 }
                 fwht_regs<R>(x);
                 const int32_t j = j0 + t;

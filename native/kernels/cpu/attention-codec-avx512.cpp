@@ -114,6 +114,44 @@ TC_AVX512 inline __m512 reduce16(const __m512 * a) {
     return _mm512_permutexvar_ps(order, reduce16_tree(a));
 }
 
+// A stored → reconstructed channel permutation in registers: output register o gathers its lanes from
+// register pairs (2p, 2p+1) with permutex2var (index & 31) under a mask per pair. Identity when unset.
+template <int R> struct perm_tables {
+    bool on = false;
+    __m512i pi[R];
+    __mmask16 pm[R][R / 2 > 0 ? R / 2 : 1];
+    // perm: stored channel c holds rotated channel perm[c]; reconstructed channel e comes from inv[e]
+    TC_AVX512 void build(const int32_t * perm, std::vector<int32_t> & inv) {
+        constexpr int D = 16 * R;
+        inv.resize((size_t) D);
+        for (int d = 0; d < D; d++) inv[(size_t) perm[d]] = d;
+        for (int o = 0; o < R; o++) {
+            alignas(64) int32_t ii[16];
+            for (int l = 0; l < 16; l++) ii[l] = inv[(size_t) (16 * o + l)];
+            pi[o] = _mm512_and_si512(_mm512_load_si512(ii), _mm512_set1_epi32(31));
+            for (int p = 0; p < (R + 1) / 2; p++) {
+                __mmask16 m = 0;
+                for (int l = 0; l < 16; l++) if (ii[l] >> 5 == p) m |= (__mmask16) (1u << l);
+                pm[o][p] = m;
+            }
+        }
+        on = true;
+    }
+    TC_AVX512 inline void apply(__m512 * x) const {
+        if (!on) return;
+        __m512 y[R];
+        for (int o = 0; o < R; o++) {
+            __m512 r = _mm512_setzero_ps();
+            for (int p = 0; p < (R + 1) / 2; p++) {
+                const __m512 hi = 2 * p + 1 < R ? x[2 * p + 1] : x[2 * p];
+                r = _mm512_mask_mov_ps(r, pm[o][p], _mm512_permutex2var_ps(x[2 * p], pi[o], hi));
+            }
+            y[o] = r;
+        }
+        for (int o = 0; o < R; o++) x[o] = y[o];
+    }
+};
+
 struct coded_scratch {
     std::vector<float> s;       // [G][n_all] scores, then probabilities
     std::vector<float> kbuf;    // [16][D] reconstructed keys of one block
@@ -154,7 +192,9 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
 
     // ---- queries for the quantized keys: pre-RoPE keys come back as √D·k (unnormalized FWHT), post-RoPE
     // keys are P·H·k, so use P·H·q
-    const float qscale = pre ? scale / std::sqrt((float) D) : scale;
+    // (a grouped key rotation adds its 1/√G here: a head's key is (1/√G)·Σ_s ±H_D·P_s⁻¹·x̂_s)
+    const int RG = pre ? c.rot_g : 1;
+    const float qscale = pre ? scale / std::sqrt((float) D * (float) RG) : scale;
     for (int g = 0; g < G; g++) {
         const float * q = q_rows + (size_t) g * D;
         float * o = QS + (size_t) g * D;
@@ -169,12 +209,6 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
             const float s2 = qscale / std::sqrt((float) D);
             for (int d = 0; d < D; d++) o[d] = t[(size_t) (c.perm ? c.perm[d] : d)] * s2;
         }
-    }
-    // inverse permutation as permutex2var indices: reconstructed channel e comes from stored channel inv[e]
-    const bool permute = pre && c.perm != nullptr;
-    if (permute) {
-        sc.pidx.resize((size_t) D);
-        for (int d = 0; d < D; d++) sc.pidx[(size_t) c.perm[d]] = d;
     }
 
     // ---- scores of the f16 tokens (protected first, staging last; positions ascend)
@@ -202,41 +236,29 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
     // ---- scores of the quantized keys, 16 at a time
     if (pre && nq > 0) rt.ensure(st, c.pos_at(nq - 1));
     const int W = rt.W;
-    __m512i pi[R];
-    __mmask16 pm[R][R / 2 > 0 ? R / 2 : 1];
-    if (permute) {
-        // output register o: lanes from source pair p = idx >> 5 (registers 2p, 2p+1), index idx & 31
-        for (int o = 0; o < R; o++) {
-            alignas(64) int32_t ii[16];
-            for (int l = 0; l < 16; l++) ii[l] = sc.pidx[(size_t) (16 * o + l)];
-            pi[o] = _mm512_and_si512(_mm512_load_si512(ii), _mm512_set1_epi32(31));
-            for (int p = 0; p < (R + 1) / 2; p++) {
-                __mmask16 m = 0;
-                for (int l = 0; l < 16; l++) if (ii[l] >> 5 == p) m |= (__mmask16) (1u << l);
-                pm[o][p] = m;
-            }
-        }
+    // per slot of the rotation group (one slot unless grouped): its blocks and its inverse permutation as
+    // permutex2var tables
+    perm_tables<R> pt[coded_attn::kMaxRotGroup];
+    block_cursor kcur[coded_attn::kMaxRotGroup];
+    for (int sl = 0; sl < RG; sl++) {
+        const kv_coded_view & o = RG > 1 ? *c.sib[sl] : c;
+        kcur[sl] = block_cursor(o.kpages, o.k_page_tokens, o.k_block_bytes);
+        if (pre && o.perm) pt[sl].build(o.perm, sc.pidx);
     }
-    block_cursor kcur(c.kpages, c.k_page_tokens, c.k_block_bytes);
     int32_t run = 0;  // position cursor over the runs
     for (int32_t j0 = 0; j0 < nq; j0 += 16) {
         const int m = std::min<int32_t>(16, nq - j0);
         for (int t = 0; t < m; t++) {
-            const uint8_t * blk = kcur.next();
             __m512 x[R];
-            decode_rot<R, KB>(blk, kgroup, x);
+            decode_rot<R, KB>(kcur[0].next(), kgroup, x);
             if (pre) {
-                if (permute) {
-                    __m512 y[R];
-                    for (int o = 0; o < R; o++) {
-                        __m512 r = _mm512_setzero_ps();
-                        for (int p = 0; p < (R + 1) / 2; p++) {
-                            const __m512 hi = 2 * p + 1 < R ? x[2 * p + 1] : x[2 * p];
-                            r = _mm512_mask_mov_ps(r, pm[o][p], _mm512_permutex2var_ps(x[2 * p], pi[o], hi));
-                        }
-                        y[o] = r;
-                    }
-                    for (int o = 0; o < R; o++) x[o] = y[o];
+                pt[0].apply(x);
+                for (int sl = 1; sl < RG; sl++) {  // grouped: Σ_s ±P_s⁻¹·x̂_s (slot 0's sign is +), then one FWHT
+                    __m512 u[R];
+                    decode_rot<R, KB>(kcur[sl].next(), kgroup, u);
+                    pt[sl].apply(u);
+                    const bool neg = coded_attn::rot_sign_negative(c.rot_slot, sl);
+                    for (int r = 0; r < R; r++) x[r] = neg ? _mm512_sub_ps(x[r], u[r]) : _mm512_add_ps(x[r], u[r]);
                 }
                 fwht_regs<R>(x);
                 const int32_t j = j0 + t;

@@ -64,6 +64,12 @@ struct rope_tables {
     }
 };
 
+// Largest key rotation group the fused kernels cover (kv_coded_view::rot_g); larger groups take the _ref.
+constexpr int kMaxRotGroup = 8;
+
+// Hadamard sign of slot s in the share of slot h: H_G[h][s] = (−1)^popcount(h & s) (Sylvester order).
+inline bool rot_sign_negative(int h, int s) { return __builtin_popcount((unsigned) (h & s)) & 1; }
+
 // Walks the blocks of a coded head's pages in token order (one token per block for rot codecs) without
 // a division per token.
 struct block_cursor {
@@ -71,7 +77,7 @@ struct block_cursor {
     int32_t per_page;
     size_t bytes;
     int32_t page = 0, in = 0;
-    block_cursor(void * const * p, int32_t pp, size_t b) : pages(p), per_page(pp), bytes(b) {}
+    block_cursor(void * const * p = nullptr, int32_t pp = 0, size_t b = 0) : pages(p), per_page(pp), bytes(b) {}
     const uint8_t * next() {
         const uint8_t * r = (const uint8_t *) pages[page] + (size_t) in * bytes;
         if (++in == per_page) { in = 0; page++; }
@@ -85,6 +91,7 @@ inline bool fused_path_applies(int D, int DV, int lanes, const kv_head_view & hv
     const kv_coded_view & c = *hv.coded;
     const kv_storage_config & st = *c.st;
     if (!c.kc->rotated || !c.vc->rotated || D != DV || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1) return false;
+    if (c.rot_g > kMaxRotGroup) return false;
     if (kv_codec_group(KV_CODEC_ROT2, D, c.kp.group) % lanes || kv_codec_group(KV_CODEC_ROT2, DV, c.vp.group) % lanes) return false;
     return st.post_rope || (st.n_rot == D && (st.rope == ROPE_STYLE_NORM || st.rope == ROPE_STYLE_NEOX));
 }

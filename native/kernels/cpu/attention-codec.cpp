@@ -179,8 +179,21 @@ void attend_group_coded_ref(int D, int DV, float scale, const float * q_rows, in
         int jj;
         const uint8_t * blk = c.key_block(j, jj);
         if (pre) {
-            c.kc->decode(c.kp, blk, jj, kt.data());
-            for (int d = 0; d < D; d++) kr[(size_t) (c.perm ? c.perm[d] : d)] = kt[d];
+            if (c.rot_g == 1) {
+                c.kc->decode(c.kp, blk, jj, kt.data());
+                for (int d = 0; d < D; d++) kr[(size_t) (c.perm ? c.perm[d] : d)] = kt[d];
+            } else {  // grouped rotation: this head's share of FWHT_{G·D} = (1/√G)·Σ_s ±H_D·P_s⁻¹·x̂_s
+                std::fill(kr.begin(), kr.end(), 0.0f);
+                const float gs = 1.0f / std::sqrt((float) c.rot_g);
+                for (int sl = 0; sl < c.rot_g; sl++) {
+                    const kv_coded_view & o = *c.sib[sl];
+                    int oj;
+                    const uint8_t * ob = o.key_block(j, oj);
+                    o.kc->decode(o.kp, ob, oj, kt.data());
+                    const float w = __builtin_popcount((unsigned) (c.rot_slot & sl)) & 1 ? -gs : gs;
+                    for (int d = 0; d < D; d++) kr[(size_t) (o.perm ? o.perm[d] : d)] += w * kt[d];
+                }
+            }
             fwht_ref(kr.data(), D);
             rope_cache_ref(cs.data(), c.pos_at(j), st.n_rot, st.freq_base, st.freq_scale, st.freq_factors);
             rope_apply_ref(kr.data(), 1, D, st.n_rot, st.rope, cs.data());
