@@ -14,8 +14,8 @@ import { callNative, callNativeSync, DisposedError, GgufFormatError, InvalidOpti
 import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type ContextOptions, type LoadModelOptions } from './options.js';
 import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
 import { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/chat-template.js';
-import { resolveKvOptions } from './kv/kv-options.js';
-import { calibrateRotation, resolvePermutation, type RotationCalibration } from './kv/rotation.js';
+import { resolveKvOptions, rotationGroupedMask } from './kv/kv-options.js';
+import { calibrateRotation, groupedPermutation, resolvePermutation, type RotationCalibration } from './kv/rotation.js';
 
 export type ModelInfo = AddonModelInfo;
 
@@ -97,7 +97,8 @@ export class Model {
         key: kv.effective.storage.key, value: kv.effective.storage.value, stagingTokens: kv.effective.storage.stagingTokens,
         protectFirst: kv.effective.storage.protectFirst, groupSize: kv.effective.storage.groupSize,
         clip: kv.effective.storage.clip ?? -1, postRope: kv.effective.storage.variant === 'post-rope', protectSinks: kv.effective.storage.protectSinks,
-        ...(rotation ? { perm: rotation.perm } : {}),
+        rotationGroup: kv.effective.storage.rotationGroup,
+        ...(rotation ? { perm: groupedPermutation(rotation, kv.effective.storage.rotationGroup, rotationGroupedMask(kv.retention, kv.effective.storage.rotationGroup)) } : {}),
       },
     }));
     const context = new Context(this, ctx, opts.sequences, kv.effective, () => this._children.delete(context));

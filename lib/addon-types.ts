@@ -172,7 +172,7 @@ export interface Addon {
     options: {
       contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number; perQueryHead?: boolean;
       eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number; interval?: number; lambda?: number; pool?: number; protectSinks?: boolean };
-      storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean; protectSinks?: boolean; perm?: Int32Array };
+      storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean; protectSinks?: boolean; rotationGroup?: number; perm?: Int32Array };
     },
   ) => AddonContext;
   AddonSequence: new (context: AddonContext) => AddonSequence;

@@ -65,6 +65,13 @@ export const KvStorageOptionsSchema = z.strictObject({
    * sidecar; 'none': identity.
    */
   permutation: z.union([z.literal('auto'), z.literal('none'), z.string().min(1)]).default('auto'),
+  /**
+   * rot keys, pre-RoPE: KV heads whose keys are rotated together by one FWHT of size G·headDim (RotateKV's
+   * grouped-head rotation, ALGORITHMS.md §3.2; its default is 4). A power of two dividing the model's KV
+   * heads. Only groups whose heads all keep the full cache rotate together (§6.2 C1 b: a head's key must not
+   * depend on tokens another head evicted); the others rotate per head. 1: per head.
+   */
+  rotationGroup: z.number().int().min(1).max(8).refine((g) => (g & (g - 1)) === 0, { message: 'must be a power of two (1, 2, 4 or 8)' }).default(1),
 });
 
 export const KvOptionsSchema = z
@@ -101,6 +108,9 @@ export interface EffectiveKv {
     variant: 'pre-rope' | 'post-rope';
     /** rot keys: where the channel permutation came from ('none (identity)' when not permuted); else the setting. */
     permutation: string;
+    /** KV heads per key rotation group (the setting) and how many heads are in groups rotated together. */
+    rotationGroup: number;
+    groupedHeads: number;
   };
   heads: {
     nLayer: number;
@@ -125,6 +135,19 @@ export interface ResolvedKv {
   /** [nLayer * nHeadKv], 0 full, 1 stream, 2 evict. */
   retention: Uint8Array;
   eviction: z.output<typeof EvictionOptionsSchema> | null;
+}
+
+/**
+ * [nLayer · nHeadKv]: 1 where a head's key rotation group (G consecutive KV heads) is rotated together, which
+ * the native cache does where every head of the group keeps the full cache (retention 0).
+ */
+export function rotationGroupedMask(retention: Uint8Array, G: number): Uint8Array {
+  const out = new Uint8Array(retention.length);
+  if (G <= 1) return out;
+  for (let g0 = 0; g0 + G <= retention.length; g0 += G) {
+    if (retention.subarray(g0, g0 + G).every((r) => r === 0)) out.fill(1, g0, g0 + G);
+  }
+  return out;
 }
 
 export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefined, shape: { nLayer: number; nHeadKv: number }): ResolvedKv {
@@ -171,6 +194,18 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
   for (const [l, h] of heads.fullHeads ?? []) { check(l, h, 'fullHeads'); retention[l * shape.nHeadKv + h] = 0; }
   let streamHeads = 0, evictHeads = 0;
   for (const r of retention) { if (r === 1) streamHeads++; else if (r === 2) evictHeads++; }
+  const G = storage.rotationGroup;
+  let groupedHeads = 0;
+  if (G > 1) {
+    if (!storage.key.startsWith('rot') || storage.variant !== 'pre-rope') {
+      throw new InvalidOptionsError(`kv.storage.rotationGroup: grouped rotation applies to rot keys rotated before RoPE; got key ${storage.key}, variant ${storage.variant}`);
+    }
+    if (shape.nHeadKv % G !== 0) throw new InvalidOptionsError(`kv.storage.rotationGroup: ${G} does not divide the model's ${shape.nHeadKv} KV heads`);
+    if (eviction?.policy === 'lazy' && eviction.perQueryHead) {
+      throw new InvalidOptionsError('kv.storage.rotationGroup: per-query-head lazy caches rotate per head; use rotationGroup 1 or perQueryHead false');
+    }
+    groupedHeads = rotationGroupedMask(retention, G).reduce((a, b) => a + b, 0);
+  }
   const names = ['full', 'stream', 'evict'] as const;
   const rows: ('full' | 'stream' | 'evict')[][] = [];
   for (let l = 0; l < shape.nLayer; l++) {
@@ -180,7 +215,7 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
     retention,
     eviction,
     effective: {
-      storage: { ...storage, clip: storage.clip ?? null },
+      storage: { ...storage, clip: storage.clip ?? null, groupedHeads },
       eviction,
       heads: {
         nLayer: shape.nLayer, nHeadKv: shape.nHeadKv, retention: rows, streamHeads, fullHeads: n - streamHeads - evictHeads, evictHeads,

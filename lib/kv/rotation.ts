@@ -88,6 +88,42 @@ export function rotationFromKeySums(kSum: Float64Array, tokens: number, shape: {
 }
 
 /**
+ * The permutation for grouped key rotation (rotationGroup G): where `grouped` marks a group rotated together,
+ * slot h of the group stores D channels of FWHT_{G·D} of the group's concatenated keys, whose mean is
+ * (1/√G)·Σ_s (−1)^popcount(h & s)·rotatedMean_s (H_{G·D} = H_G ⊗ H_D, and the mean of a linear map is the map
+ * of the mean); each slot is sorted by that mean. Heads outside grouped groups keep their per-head permutation.
+ */
+export function groupedPermutation(cal: RotationCalibration, G: number, grouped: Uint8Array): Int32Array {
+  const { nLayer, nHeadKv, headDim: D } = cal;
+  const perm = Int32Array.from(cal.perm);
+  if (G <= 1 || !grouped.some((g) => g === 1)) return perm;
+  if (cal.rotatedMean.length !== nLayer * nHeadKv * D) {
+    throw new InvalidOptionsError(`kv.storage.rotationGroup: the permutation from ${cal.source} has no channel means (a version-1 sidecar); recalibrate with \`thinkcache calibrate-rotation\``);
+  }
+  const s = 1 / Math.sqrt(G);
+  for (let g0 = 0; g0 < nLayer * nHeadKv; g0 += G) {
+    if (!grouped[g0]) continue;
+    for (let h = 0; h < G; h++) {
+      const mean = new Float64Array(D);
+      for (let sl = 0; sl < G; sl++) {
+        const sign = popcount(h & sl) & 1 ? -s : s;
+        const src = cal.rotatedMean.subarray((g0 + sl) * D, (g0 + sl + 1) * D);
+        for (let d = 0; d < D; d++) mean[d] = mean[d]! + sign * src[d]!;
+      }
+      const order = Array.from({ length: D }, (_, i) => i).sort((a, b) => mean[a]! - mean[b]! || a - b);
+      perm.set(order, (g0 + h) * D);
+    }
+  }
+  return perm;
+}
+
+function popcount(x: number): number {
+  let c = 0;
+  for (; x; x &= x - 1) c++;
+  return c;
+}
+
+/**
  * Built-in calibration text: mixed prose, arithmetic worked step by step, a short program and a list —
  * the kinds of tokens a reasoning trace holds. Written for this project.
  */
@@ -155,12 +191,16 @@ export async function calibrateRotation(model: Model, opts: {
 
 /** Writes the sidecar (JSON: format, model fingerprint and shape, source, one permutation row per head). */
 export function saveRotationSidecar(file: string, cal: RotationCalibration, modelPath: string): void {
-  const rows: number[][] = [];
-  for (let lh = 0; lh < cal.nLayer * cal.nHeadKv; lh++) rows.push(Array.from(cal.perm.subarray(lh * cal.headDim, (lh + 1) * cal.headDim)));
+  const rows: number[][] = [], means: number[][] = [];
+  for (let lh = 0; lh < cal.nLayer * cal.nHeadKv; lh++) {
+    rows.push(Array.from(cal.perm.subarray(lh * cal.headDim, (lh + 1) * cal.headDim)));
+    if (cal.rotatedMean.length) means.push(Array.from(cal.rotatedMean.subarray(lh * cal.headDim, (lh + 1) * cal.headDim), (v) => Number(v.toPrecision(7))));
+  }
+  // version 2 adds the rotated channel means, from which grouped rotation (rotationGroup > 1) derives its permutation
   writeFileSync(file, JSON.stringify({
-    format: ROTATION_SIDECAR_FORMAT, version: 1, model: modelPath.split(/[\\/]/).pop(), fingerprint: cal.fingerprint,
+    format: ROTATION_SIDECAR_FORMAT, version: 2, model: modelPath.split(/[\\/]/).pop(), fingerprint: cal.fingerprint,
     nLayer: cal.nLayer, nHeadKv: cal.nHeadKv, headDim: cal.headDim, statistic: 'signed-sum', rotation: 'per-head FWHT (G = 1)',
-    source: cal.source, tokens: cal.tokens, perm: rows,
+    source: cal.source, tokens: cal.tokens, perm: rows, ...(means.length ? { mean: means } : {}),
   }) + '\n');
 }
 
@@ -188,7 +228,17 @@ export function loadRotationSidecar(file: string, model: Model): RotationCalibra
       perm[i * headDim + d] = v as number;
     });
   });
-  return { nLayer, nHeadKv, headDim, perm, rotatedMean: new Float64Array(0), tokens: Number(o.tokens ?? 0), source: `sidecar ${file} (${String(o.source ?? '?')})`, fingerprint: fp };
+  let rotatedMean = new Float64Array(0);
+  if (o.mean !== undefined) {
+    const m = o.mean;
+    if (!Array.isArray(m) || m.length !== nLayer * nHeadKv) throw bad(`expected ${nLayer * nHeadKv} mean rows`);
+    rotatedMean = new Float64Array(nLayer * nHeadKv * headDim);
+    m.forEach((r: unknown, i) => {
+      if (!Array.isArray(r) || r.length !== headDim || !r.every((v) => typeof v === 'number' && Number.isFinite(v))) throw bad(`mean row ${i} is not ${headDim} finite numbers`);
+      rotatedMean.set(r as number[], i * headDim);
+    });
+  }
+  return { nLayer, nHeadKv, headDim, perm, rotatedMean, tokens: Number(o.tokens ?? 0), source: `sidecar ${file} (${String(o.source ?? '?')})`, fingerprint: fp };
 }
 
 /** Default sidecar location: next to the model. */

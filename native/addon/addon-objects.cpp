@@ -170,7 +170,8 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
         p.policy.protect_sinks = e.Get("protectSinks").ToBoolean();
         if (p.policy.capacity < 1 || p.policy.window < 1 || p.policy.protect < 0 || p.policy.interval < 1 || p.policy.pool < 1) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: eviction capacity and window must be >= 1");
     }
-    // storage codecs: { key, value, stagingTokens, protectFirst, groupSize, clip (< 0: codec default), postRope }
+    // storage codecs: { key, value, stagingTokens, protectFirst, groupSize, clip (< 0: codec default), postRope,
+    // protectSinks, rotationGroup, perm }
     Napi::Value sv = o.Get("storage");
     if (sv.IsObject()) {
         Napi::Object so = sv.As<Napi::Object>();
@@ -188,6 +189,7 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
         p.storage.clip = (float) opt_num(so, "clip", -1);
         p.storage.post_rope = so.Get("postRope").ToBoolean();
         p.storage.protect_sinks = !so.Has("protectSinks") || so.Get("protectSinks").ToBoolean();
+        p.storage.rot_group = opt_int(so, "rotationGroup", 1);
         const int D = (int) m->hp.head_dim, DV = (int) m->hp.head_dim_v;
         const bool rot = core::kv_codec_get(p.storage.key).rotated || core::kv_codec_get(p.storage.value).rotated;
         if (rot && ((D & (D - 1)) || (DV & (DV - 1)))) {
@@ -231,6 +233,9 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
         kc.storage.key = p.storage.key;
         kc.storage.value = p.storage.value;
         kc.storage.group = p.storage.group;
+        kc.storage.rot_group = p.storage.rot_group;
+        kc.storage.post_rope = p.storage.post_rope;
+        kc.n_head_kv = (int) (p.per_query_head ? m->hp.n_head : m->hp.n_head_kv);
         const core::status s = core::kv_storage_check(kc);
         if (!s.ok()) throw_status(env, s.code, "new AddonContext: " + s.message);
     }

@@ -7,8 +7,10 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidOptionsError, loadModel, type GenerateEvent } from '../../lib/index.js';
 import {
-  BUILTIN_CALIBRATION_TEXT, calibrateRotation, defaultSidecarPath, fwht, loadRotationSidecar, modelFingerprint, rotationFromKeySums, saveRotationSidecar,
+  BUILTIN_CALIBRATION_TEXT, calibrateRotation, defaultSidecarPath, fwht, groupedPermutation, loadRotationSidecar, modelFingerprint, rotationFromKeySums,
+  saveRotationSidecar, type RotationCalibration,
 } from '../../lib/kv/rotation.js';
+import { rotationGroupedMask } from '../../lib/kv/kv-options.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 import { repoRoot } from '../helpers/shared-data.js';
 import { spawnSync } from 'node:child_process';
@@ -48,6 +50,27 @@ describe('rotation statistic', () => {
     expect(perm[D - 1]).toBe(3);  // most positive last
     expect([...perm.subarray(D)]).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
   });
+
+  it('grouped rotation sorts each slot by its mean under FWHT_{G·D}; heads outside grouped groups keep theirs', () => {
+    const D = 8, G = 2, nLayer = 2, nHeadKv = 2;
+    const rotatedMean = Float64Array.from({ length: nLayer * nHeadKv * D }, (_, i) => Math.sin(i * 2.3) + (i % 5) / 7);
+    const cal: RotationCalibration = { nLayer, nHeadKv, headDim: D, ...rotationFromKeySums(new Float64Array(nLayer * nHeadKv * D), 1, { nLayer, nHeadKv, headDim: D }), rotatedMean, tokens: 1, source: 'test', fingerprint: 'x' };
+    // layer 0 all full (grouped), layer 1 has a stream head (per head)
+    const mask = rotationGroupedMask(Uint8Array.from([0, 0, 0, 1]), G);
+    expect([...mask]).toEqual([1, 1, 0, 0]);
+    const perm = groupedPermutation(cal, G, mask);
+    // the slots' means from the definition: FWHT of size G·D of the concatenated keys' means
+    const cat = new Float64Array(G * D);
+    for (let s = 0; s < G; s++) cat.set(fwht(Float64Array.from(rotatedMean.subarray(s * D, (s + 1) * D))), s * D);  // back to key means
+    const grouped = fwht(cat);
+    for (let h = 0; h < G; h++) {
+      const row = [...perm.subarray(h * D, (h + 1) * D)];
+      expect([...row].sort((a, b) => a - b)).toEqual([...Array(D).keys()]);
+      for (let c = 1; c < D; c++) expect(grouped[h * D + row[c]!]!).toBeGreaterThanOrEqual(grouped[h * D + row[c - 1]!]! - 1e-12);
+    }
+    expect([...perm.subarray(2 * D)]).toEqual([...cal.perm.subarray(2 * D)]);
+    expect(() => groupedPermutation({ ...cal, rotatedMean: new Float64Array(0) }, G, mask)).toThrow(/no channel means .* recalibrate/);
+  });
 });
 
 describe('calibration and sidecar', () => {
@@ -65,7 +88,9 @@ describe('calibration and sidecar', () => {
     expect(cal.fingerprint).toBe(modelFingerprint(fixture()));
     const side = join(dir, 'cal.rotkv.json');
     saveRotationSidecar(side, cal, fixture());
-    expect(loadRotationSidecar(side, model).perm).toEqual(cal.perm);
+    const back = loadRotationSidecar(side, model);
+    expect(back.perm).toEqual(cal.perm);
+    back.rotatedMean.forEach((v, i) => expect(v).toBeCloseTo(cal.rotatedMean[i]!, 5));  // (grouped rotation needs them)
 
     const o = JSON.parse(readFileSync(side, 'utf8'));
     writeFileSync(join(dir, 'fp.json'), JSON.stringify({ ...o, fingerprint: 'sha256:0' }));
@@ -108,6 +133,33 @@ describe('calibration and sidecar', () => {
     const given = await run({ permutation: join(dir, 'rev.json') });
     expect(given.permutation).toMatch(/^sidecar .*rev\.json/);
     await expect(run({ permutation: join(dir, 'missing.json') })).rejects.toThrow(/cannot read it as JSON/);
+  });
+
+  it('grouped key rotation (rotationGroup 2) runs, reports its grouped heads, stores the same bytes, and refuses what it cannot do', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const { nLayer, nHeadKv } = model.info;
+    const run = async (storage: object, extra: object = {}) => {
+      await using ctx = await model.createContext({ contextSize: 256, threads: 1, kv: { storage: { key: 'rot2', value: 'rot2', stagingTokens: 4, protectFirst: 1, ...storage }, ...extra } });
+      const seq = ctx.acquireSequence();
+      let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+      for await (const ev of seq.generate('Once upon a time there was a little robot who liked to count', { maxTokens: 40, stopAtEog: false })) if (ev.type === 'finish') fin = ev;
+      return { eff: ctx.effective.kv, tokens: fin!.tokens, kv: fin!.kv };
+    };
+    const perHead = await run({});
+    const grouped = await run({ rotationGroup: 2 });
+    expect(grouped.eff.storage.rotationGroup).toBe(2);
+    expect(grouped.eff.storage.groupedHeads).toBe(nLayer * nHeadKv);
+    expect(perHead.eff.storage.groupedHeads).toBe(0);
+    expect(grouped.tokens).toHaveLength(40);
+    expect(grouped.kv.breakdown).toEqual(perHead.kv.breakdown);
+    expect(grouped.kv.breakdown.codes).toBeGreaterThan(0);  // the same codes per head, only rotated differently
+    // a STREAM head in layer 0 leaves that layer's group per head
+    const mixed = await run({ rotationGroup: 2 }, { heads: { streamHeads: [[0, 1]] } });
+    expect(mixed.eff.storage.groupedHeads).toBe((nLayer - 1) * nHeadKv);
+    await expect(run({ rotationGroup: 3 })).rejects.toThrow(/power of two/);
+    await expect(run({ rotationGroup: 4 })).rejects.toThrow(/does not divide the model's 2 KV heads/);
+    await expect(run({ rotationGroup: 2, variant: 'post-rope' })).rejects.toThrow(/rotated before RoPE/);
+    await expect(run({ rotationGroup: 2, key: 'q8' })).rejects.toThrow(/rot keys/);
   });
 
   it('thinkcache calibrate-rotation writes the sidecar and reports it', () => {

@@ -19,7 +19,7 @@ async function greedy(kv: object | undefined, prompt: string, n: number) {
 describe('kv.storage', () => {
   it('resolves defaults and shows them in the effective config', () => {
     const r = resolveKvOptions(KvOptionsSchema.parse({ storage: { key: 'rot2', value: 'kivi2' } }), { nLayer: 2, nHeadKv: 2 });
-    expect(r.effective.storage).toEqual({ key: 'rot2', value: 'kivi2', stagingTokens: 64, protectFirst: 16, protectSinks: true, clip: null, groupSize: 32, variant: 'pre-rope', permutation: 'auto' });
+    expect(r.effective.storage).toEqual({ key: 'rot2', value: 'kivi2', stagingTokens: 64, protectFirst: 16, protectSinks: true, clip: null, groupSize: 32, variant: 'pre-rope', permutation: 'auto', rotationGroup: 1, groupedHeads: 0 });
     expect(resolveKvOptions(undefined, { nLayer: 1, nHeadKv: 1 }).effective.storage.key).toBe('f16');
     expect(() => KvOptionsSchema.parse({ storage: { key: 'rot5' } })).toThrow();
     expect(() => resolveKvOptions(KvOptionsSchema.parse({ storage: { key: 'kivi2', groupSize: 24 } }), { nLayer: 1, nHeadKv: 1 })).toThrow(InvalidOptionsError);
