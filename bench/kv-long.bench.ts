@@ -6,7 +6,7 @@
  *
  *   node --expose-gc --import tsx bench/kv-long.bench.ts [--contexts 1024,4096,8192] [--threads 2]
  *        [--configs full,lazy,rlkv75,llama.cpp] [--capacity 2048] [--window 128]
- *   configs: full lazy rlkv50 rlkv75 rlkv50+lazy rot2 rot2-g32 rot2-post rot3 rot4 q4 q8 rot2+lazy llama.cpp llama.cpp-q4_0 llama.cpp-q8_0
+ *   configs: full lazy rlkv50 rlkv75 rlkv50+lazy rot2 rot2-g32 rot2-grouped rot2-post rot3 rot4 q4 q8 rot2+lazy llama.cpp llama.cpp-q4_0 llama.cpp-q8_0
  *   (rot* use RotateKV's group of 128 channels, i.e. the whole 64-channel head here, unless -g32)
  *
  * By default each engine grows one sequence through the contexts (fill up to the next context, settle, time,
@@ -53,6 +53,8 @@ const CONFIGS: Record<string, (L: number, H: number) => KvOptions | undefined> =
   'rlkv50+lazy': (L, H) => ({ heads: { profile: profile(L, H), sparsity: 0.5, stream: { sinks: 16, recent: 64 } }, eviction: { policy: 'lazy', capacity: C, window: W, protect: 4 } }),
   rot2: () => ({ storage: { key: 'rot2', value: 'rot2', groupSize: 64 } }),
   'rot2-g32': () => ({ storage: { key: 'rot2', value: 'rot2', groupSize: 32 } }),
+  // RotateKV's grouped-head key rotation over both KV heads of the Qwen2 shape (FWHT of 2·64 channels)
+  'rot2-grouped': () => ({ storage: { key: 'rot2', value: 'rot2', groupSize: 64, rotationGroup: 2 } }),
   'rot2-post': () => ({ storage: { key: 'rot2', value: 'rot2', groupSize: 64, variant: 'post-rope' } }),
   rot3: () => ({ storage: { key: 'rot3', value: 'rot3', groupSize: 64 } }),
   rot4: () => ({ storage: { key: 'rot4', value: 'rot4', groupSize: 64 } }),
