@@ -2,21 +2,26 @@
 character-level SentencePiece-style vocabulary of the tiny reasoner.
 
 Every example is a chat: the user asks, the assistant answers `<think>\n{chain}\n</think>\n\n{answer}`.
-Three tasks (all seeded; an example depends only on (task, seed)). Every look-up a chain needs is keyed by
-one token, and every line is fixed-width, so each step is either an induction-style look-up or a copy from
-the same column of the line above — circuits a 2-4 layer model learns in a CPU budget:
+Three tasks (all seeded; an example depends only on (task, seed)). Every line is fixed-width and every look-up
+is keyed by one token that occurs exactly once before its query (or only with the same continuation), so each
+step is an induction-style look-up or a copy from the same column of the line above — circuits a 4-layer model
+learns in a CPU budget. (Tasks v2 keyed chase by letters that were both keys and values, and cups by labels
+that also occurred in the prompt's words: the model learned no look-up at all; 52-way letter copies also
+stalled at head_dim 32.)
 
-- `add`:   column addition of two n-digit numbers (n = 5..16). The question also gives the digits labelled
-           (a..p for the first number, A..P for the second). Pass 1 works right to left, one column per line
-           (`g8+G7+0=15`: both digits looked up by label, the carry from the line above); pass 2 builds the
-           answer left to right in a fixed-width field (`c9|529......`: the unit digit of column c looked up,
-           the rest copied from the line above); the answer copies the last field.
-- `chase`: pointer chasing in a key/value table given in the prompt (16..52 single-letter keys forming one
-           cycle, 6..40 hops). Every hop (`07 Z>s`) looks its key up in the table, up to ~500 tokens back.
-- `cups`:  state tracking: where the ball is after 12..52 cup swaps, each labelled by a letter in the prompt
-           (prompt `a25`, chain `a25 3`: the swap looked up by its label, the ball from the line above).
+- `add`:   column addition of two n-digit numbers (n = 5..12). The question also gives the digits labelled
+           (a..l for the first number, A..L for the second). Pass 1 works right to left, one column per line
+           (`g8+G7+0=15 s5`: both digits looked up by label, the carry from the line above, the two-digit sum,
+           and its unit digit again under the column's tag m..x); pass 2 builds the answer left to right in a
+           fixed-width field (`o9|529.......`: the unit digit looked up by its tag, the rest copied from the
+           line above); the answer copies the last field.
+- `chase`: pointer chasing in a table given in the prompt: 8..26 upper-case keys, each line `Ks` giving the
+           next key in lower case (one cycle through all keys); 6..40 hops (`07 Ks`: the key is the upper-case
+           of the value above, its value looked up in the table; longer walks go round the cycle again).
+- `cups`:  state tracking: where the ball is after 10..26 cup swaps labelled A..Z in the prompt
+           (prompt `A25`, chain `A25 3`: the swap looked up by its label, the ball from the line above).
 
-Examples are ~170..~710 tokens (the vocabulary is one token per character). Run as a script to write the
+Examples are ~120..~530 tokens (the vocabulary is one token per character). Run as a script to write the
 held-out test sets: `/usr/bin/python3 tiny/tasks.py --write-tests tiny/data` (seeds disjoint from training).
 """
 from __future__ import annotations
