@@ -449,18 +449,23 @@ TC_TEST("kv codecs: the AVX2 and AVX-512 coded attention == the scalar ref (rot2
 TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
     if (tc::g_mode != "perf") { tc::g_skipped = "timing only with --mode perf"; return; }
     const int D = 64, n = 16384, G = 7;
-    for (bool post : {false, true}) {
+    for (int variant = 0; variant < 3; variant++) {  // pre-RoPE, post-RoPE, pre-RoPE with grouped rotation (G = 2)
+        const bool post = variant == 1;
+        const int RG = variant == 2 ? 2 : 1;
         coded_fixture fx;
         fx.n_layer = 1;
-        fx.n_head_kv = 1;
+        fx.n_head_kv = RG;
         std::mt19937 rng(1);
         kv_storage_config st;
         st.key = st.value = KV_CODEC_ROT2;
         st.group = 64;
         st.post_rope = post;
-        st.perm.resize((size_t) D);
-        std::iota(st.perm.begin(), st.perm.end(), 0);
-        std::shuffle(st.perm.begin(), st.perm.end(), rng);
+        st.rot_group = RG;
+        st.perm.resize((size_t) RG * D);
+        for (int h = 0; h < RG; h++) {
+            std::iota(st.perm.begin() + h * D, st.perm.begin() + (h + 1) * D, 0);
+            std::shuffle(st.perm.begin() + h * D, st.perm.begin() + (h + 1) * D, rng);
+        }
         auto kv = fx.make(st, n + 16);
         fx.feed(*kv, n, 512, rng);
         auto q = randn(rng, (size_t) G * D);
@@ -487,7 +492,7 @@ TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
                 }
             }
             const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
-            std::printf("    %s %-10s %8.1f us per head-step (%.1f ns per key)\n", post ? "post-RoPE" : "pre-RoPE ", path == 0 ? "ref" : path == 1 ? "avx512" : path == 3 ? "avx2" : "f16 cache", us, us * 1000 / n);
+            std::printf("    %s %-10s %8.1f us per head-step (%.1f ns per key)\n", post ? "post-RoPE " : RG > 1 ? "grouped G2" : "pre-RoPE  ", path == 0 ? "ref" : path == 1 ? "avx512" : path == 3 ? "avx2" : "f16 cache", us, us * 1000 / n);
         }
     }
 }
