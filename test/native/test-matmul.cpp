@@ -219,11 +219,16 @@ TC_TEST("perf/matvec") {
 
 TC_TEST("perf/matmul-prefill") {
     if (tc::g_mode != "perf") return;
-    const ggml_type types[] = {GGML_TYPE_Q8_0, GGML_TYPE_F16, GGML_TYPE_F32};
+    const ggml_type types[] = {GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_F16, GGML_TYPE_F32};
+    const char * only = std::getenv("PERF_TYPES"); // e.g. PERF_TYPES=q4_K
     matmul_scratch scratch;
     for (ggml_type type : types) {
         const quant_traits * t = quant_traits_get(type);
-        const int64_t n_in = 896, n_out = 4864, n_tokens = 64;
+        if (only && !std::strstr(only, t->name)) continue;
+        // the Qwen2-0.5B FFN up projection; K-quants (256-element super-blocks) on the Qwen2-1.5B FFN
+        const bool k_quant = t->block_size == 256;
+        for (int shape = 0; shape < (k_quant ? 2 : 1); shape++) {
+        const int64_t n_in = k_quant ? (shape ? 8960 : 1536) : 896, n_out = k_quant ? (shape ? 1536 : 8960) : 4864, n_tokens = 64;
         const test_weight w = make_weight(*t, n_in, n_out, 3);
         const std::vector<float> x = random_floats(n_in * n_tokens, 9);
         std::vector<float> y(n_out * n_tokens);
@@ -239,6 +244,7 @@ TC_TEST("perf/matmul-prefill") {
             std::printf("    matmul %-5s n_in=%lld n_out=%lld n_tokens=%lld threads=%d: %7.2f ms  %6.1f GFLOP/s\n",
                         t->name, (long long) n_in, (long long) n_out, (long long) n_tokens, n_threads, per * 1e3,
                         2.0 * n_in * n_out * n_tokens / per / 1e9);
+        }
         }
     }
 }
