@@ -280,6 +280,10 @@ def main(argv=None):
         return
     print(f"params {n_params} ({n_params / 1e6:.2f} M), vocab {tasks.N_VOCAB}, steps {a.steps}, tokens/step {a.tokens}", flush=True)
     model.train()
+    # SIGTERM (a timeout, a GPU lease ending): finish the step, write the checkpoint, exit
+    import signal
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     t_last_ckpt = time.time()
     t0 = time.time()
     tok_acc = 0
@@ -312,9 +316,12 @@ def main(argv=None):
             save_ckpt(os.path.join(a.out, f"ckpt-stable-{step}.pt"), model, opt, step, a)
         if a.bench and step - bench_start >= a.bench:
             return
-        if time.time() - t_last_ckpt > a.ckpt_every_s or step == a.steps:
+        if time.time() - t_last_ckpt > a.ckpt_every_s or step == a.steps or stop:
             save_ckpt(ckpt, model, opt, step, a)
             t_last_ckpt = time.time()
+        if stop:
+            print(f"SIGTERM: checkpoint written at step {step}", flush=True)
+            return
     print("done", flush=True)
 
 
