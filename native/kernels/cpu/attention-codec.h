@@ -3,6 +3,8 @@
 // and quantized tokens read straight from their codes:
 //   keys, rot pre-RoPE (RotateKV, ALGORITHMS.md §3.6): per key, dequantize → inverse permutation →
 //         FWHT (self-inverse) → RoPE at the stored position, once per key for the whole group, then q·k;
+//         With grouped key rotation (kv_coded_view::rot_g > 1) the key of head h is rebuilt from every slot of
+//         its rotation group: (1/√G)·Σ_s ±P_s⁻¹·x̂_s, then one FWHT_D and RoPE (H_{G·D} = H_G ⊗ H_D);
 //   keys, rot post-RoPE (§6.2 C6): the query is rotated once, q'' = P·H·q, and q''·k̂' read from codes;
 //   keys, q8/q4/kivi: q·k̂ read from codes;
 //   values: acc += p·v̂ from codes; rotated values accumulate apart and get one FWHT at the end.
