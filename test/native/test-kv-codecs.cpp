@@ -497,6 +497,36 @@ TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
     }
 }
 
+TC_TEST("kv cache: f16 attention timing vs context, Qwen2-1.5B head shape (perf mode)") {
+    if (tc::g_mode != "perf") { tc::g_skipped = "timing only with --mode perf"; return; }
+    const int D = 128, G = 6;  // one KV head of Qwen2-1.5B: 6 query heads, head_dim 128
+    for (int threads : {1, 2}) {
+        for (int n : {1024, 2048, 4096, 6144, 8192}) {
+            coded_fixture fx;
+            fx.n_layer = 1;
+            fx.n_head_kv = 2;
+            fx.D = fx.DV = D;
+            fx.pool = std::make_shared<page_pool>(kv_page_bytes(D, D));
+            std::mt19937 rng(1);
+            auto kv = fx.make(kv_storage_config{}, n + 16);
+            fx.feed(*kv, n, 512, rng);
+            auto q = randn(rng, (size_t) 2 * G * D);
+            std::vector<float> o((size_t) 2 * G * D);
+            attn_params p;
+            p.n_tokens = 1; p.n_head = 2 * G; p.n_head_kv = 2; p.head_dim = D; p.head_dim_v = D; p.scale = 0.088f;
+            thread_pool pool(threads);
+            attn_scratch sc;
+            const int32_t qp = n;
+            attention(pool, p, q.data(), &qp, *kv, 0, o.data(), sc);
+            const int reps = 20;
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int r = 0; r < reps; r++) attention(pool, p, q.data(), &qp, *kv, 0, o.data(), sc);
+            const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
+            std::printf("    threads %d  n %5d: %8.1f us per layer-step (2 KV heads), %.2f ns per key and KV head\n", threads, n, us, us * 1000 / n / 2 * threads);
+        }
+    }
+}
+
 TC_TEST("kv codecs: sinks over a chunked prompt are the 20 largest of the whole prompt, not a union of per-chunk top-20s") {
     coded_fixture fx;
     fx.n_layer = 1;
