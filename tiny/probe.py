@@ -6,10 +6,10 @@ to train or export the model).
     # a fresh model trained on one task with chosen sizes: does a circuit form within a step budget?
     /usr/bin/python3 tiny/probe.py train --task chase --min 8 --max 8 --hops 8 --steps 600 -- --n-head 4 --n-head-kv 2
 
-Columns count characters from the start of each chain line (line 0 is the first line after `<think>`); for
-`chase` column 3 is the key (copied from the value above), column 4 the value (looked up in the table); for
-`cups` columns 1-2 are the swap (looked up by its label) and column 4 the ball; for `add` pass 1, columns 1 and
-4 are the looked-up digits and 9-12 the sum and its tagged unit digit.
+Columns count characters from the start of each chain line (line 0 is the first line after `<think>`); with the
+tasks of tasks.py, `chase` lines `07 Z>s` have the key in column 3 (copied from the value above) and the value in
+column 5 (looked up in the table); `cups` lines `a25 3` the swap in columns 1-2 (looked up by its label) and the
+ball in column 4; `add` pass-1 lines `g8+G7+0=15` the looked-up digits in columns 1 and 4 and the sum in 8-9.
 """
 from __future__ import annotations
 
