@@ -76,9 +76,7 @@ def cmd_train(a, extra: list[str]) -> None:
     torch.manual_seed(1)
     torch.set_num_threads(a.threads)
     m = train.Model(targs)
-    decay = [p for p in m.parameters() if p.dim() == 2]
-    no_decay = [p for p in m.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": targs.wd}, {"params": no_decay, "weight_decay": 0.0}], lr=targs.lr, betas=(0.9, 0.95))
+    opt = train.make_optimizer(m, targs)
     t0, acc = time.time(), 0.0
     for step in range(a.steps):
         idx, tgt, segs = train.make_batch(targs, step)

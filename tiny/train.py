@@ -203,6 +203,14 @@ def lr_at(a, step):
     return a.lr * (0.1 + 0.9 * (a.steps - step) / a.decay_steps)
 
 
+def make_optimizer(model, a):
+    """AdamW (0.9, 0.95), weight decay on the matrices only."""
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
 def save_ckpt(path, model, opt, step, a):
     tmp = path + ".tmp"
     cpu = lambda t: t.cpu() if torch.is_tensor(t) else t  # noqa: E731
@@ -261,10 +269,7 @@ def main(argv=None):
         a.device = "cpu"
     model = Model(a).to(a.device if not a.export else "cpu")
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() == 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = make_optimizer(model, a)
     step = 0
     if os.path.exists(ckpt):
         st = torch.load(ckpt, map_location="cpu")

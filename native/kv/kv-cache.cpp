@@ -188,10 +188,7 @@ void kv_cache::flush(int il, int ih0, int nh) {
     const kv_storage_config & st = cfg_.storage;
     const kv_coded_view & c = cv0_;
     const int D = cfg_.head_dim, DV = cfg_.head_dim_v, F = flush_tokens(), H = cfg_.n_head_kv;
-    std::vector<head_store *> hs((size_t) nh);
-    for (int s = 0; s < nh; s++) hs[(size_t) s] = &heads_[(size_t) il * H + ih0 + s];
-    head_store & h = *hs[0];
-    for (int s = 1; s < nh; s++) assert(hs[(size_t) s]->pos == h.pos && runs_count(hs[(size_t) s]->qruns) == runs_count(h.qruns));
+    head_store & h = heads_[(size_t) il * H + ih0];
     // protected: the first `protect` positions and this layer's sinks; they stay in f16 wherever they are
     const std::vector<int32_t> & sk = sinks_[(size_t) il];
     auto prot = [&](int32_t pos) { return pos < st.protect || (st.protect_sinks && std::binary_search(sk.begin(), sk.end(), pos)); };
@@ -200,6 +197,10 @@ void kv_cache::flush(int il, int ih0, int nh) {
     const int32_t m = ((int32_t) cand.size() - staging_of(h)) / F * F;
     if (m <= 0) return;
     const int32_t nq = runs_count(h.qruns);
+    // (past the early return: this runs at every decode step for every coded head)
+    std::vector<head_store *> hs((size_t) nh);
+    for (int s = 0; s < nh; s++) hs[(size_t) s] = &heads_[(size_t) il * H + ih0 + s];
+    for (int s = 1; s < nh; s++) assert(hs[(size_t) s]->pos == h.pos && runs_count(hs[(size_t) s]->qruns) == nq);
     // pages for the new blocks; on OOM the tokens simply stay in f16
     auto grow = [&](std::vector<void *> & pages, int32_t per_page) {
         while ((int64_t) pages.size() * per_page < (int64_t) nq + m) {

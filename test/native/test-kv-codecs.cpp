@@ -719,7 +719,7 @@ TC_TEST("kv codecs on evicting heads: block codecs (KIVI) and key-scoring polici
     TC_CHECK(kv_storage_check(c).ok()) << "KIVI on FULL heads stays allowed";
 }
 
-TC_TEST("kv codecs: grouped key rotation (G = 1, 2, 4): slots inverted by FWHT_{G·D} give the keys; attention matches f16; only all-FULL groups") {
+TC_TEST("kv codecs: grouped key rotation (G = 1, 2, 4): slots inverted by FWHT_{G·D} give the keys; attention matches f16; fused == ref; only all-FULL groups") {
     int fused_checked = 0;
     for (int RG : {1, 2, 4}) {
         coded_fixture fx;
@@ -774,43 +774,33 @@ TC_TEST("kv codecs: grouped key rotation (G = 1, 2, 4): slots inverted by FWHT_{
                     }
                 }
             }
-            // attention of each head (the dispatcher; grouped heads run the _ref) vs the f16 cache's
+            // the layer's attention (the threaded entry; grouped heads take the fused kernels) vs the f16 cache's
+            const int G = 3;
+            attn_params p;
+            p.n_tokens = 1; p.n_head = H * G; p.n_head_kv = H; p.head_dim = D; p.head_dim_v = D; p.scale = 0.125f;
+            auto q = randn(rng, (size_t) H * G * D);
+            const int32_t qpos = n;
+            std::vector<float> a((size_t) H * G * D), b((size_t) H * G * D);
+            thread_pool pool(2);
+            attn_scratch sc;
+            attention(pool, p, q.data(), &qpos, *kv, il, a.data(), sc);
+            attention(pool, p, q.data(), &qpos, *kv16, il, b.data(), sc);
+            const double e = nmse(a.data(), b.data(), a.size());
+            TC_CHECK(e < 2e-2) << "RG " << RG << " layer " << il << ": attention NMSE vs f16 " << e;
             for (int ih = 0; ih < H; ih++) {
-                const int G = 3;
-                auto q = randn(rng, (size_t) G * D);
-                std::vector<float> a((size_t) G * D), b((size_t) G * D);
-                attend_group_coded(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), a.data());
                 // the fused kernels (where this CPU has them) against the _ref, grouped slots included
+                const float * qh = q.data() + (size_t) ih * G * D;
                 std::vector<float> r((size_t) G * D), f((size_t) G * D);
-                attend_group_coded_ref(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), r.data());
+                attend_group_coded_ref(D, D, 0.125f, qh, G, qpos, kv->head(il, ih), r.data());
                 for (int path = 0; path < 2; path++) {
-                    const bool ran = path == 0 ? attend_group_coded_avx2(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), f.data())
-                                               : attend_group_coded_avx512(D, D, 0.125f, q.data(), G, n, kv->head(il, ih), f.data());
+                    const bool ran = path == 0 ? attend_group_coded_avx2(D, D, 0.125f, qh, G, qpos, kv->head(il, ih), f.data())
+                                               : attend_group_coded_avx512(D, D, 0.125f, qh, G, qpos, kv->head(il, ih), f.data());
                     if (!ran) continue;
                     fused_checked++;
                     double md = 0;
                     for (size_t i = 0; i < f.size(); i++) md = std::max(md, (double) std::fabs(f[i] - r[i]));
                     TC_CHECK(md < 1e-5) << (path ? "AVX-512" : "AVX2") << " vs ref, RG " << RG << ": max |diff| " << md;
                 }
-                const kv_head_view t = kv16->head(il, ih);
-                for (int g = 0; g < G; g++) {
-                    std::vector<double> sc;
-                    double mx = -1e300, sum = 0;
-                    for (int s = 0; s < t.n_seg; s++)
-                        for (int j = 0; j < t.seg[s].n; j++) {
-                            double dot = 0;
-                            for (int d = 0; d < D; d++) dot += (double) q[(size_t) g * D + d] * f16_to_f32(t.seg[s].key(j, d, D));
-                            sc.push_back(dot * 0.125);
-                            mx = std::max(mx, sc.back());
-                        }
-                    for (double & v : sc) { v = std::exp(v - mx); sum += v; }
-                    size_t k = 0;
-                    for (int s = 0; s < t.n_seg; s++)
-                        for (int j = 0; j < t.seg[s].n; j++, k++)
-                            for (int d = 0; d < D; d++) b[(size_t) g * D + d] += (float) (sc[k] / sum * f16_to_f32(t.seg[s].v[(size_t) j * D + d]));
-                }
-                const double e = nmse(a.data(), b.data(), a.size());
-                TC_CHECK(e < 2e-2) << "RG " << RG << " layer " << il << " head " << ih << ": attention NMSE " << e;
             }
         }
         TC_CHECK(worst < 2e-2) << "RG " << RG << ": worst key NMSE " << worst;  // rot4 of N(0,1) keys: ~5e-3
