@@ -15,6 +15,8 @@
 #   CHECK_CUDA_JOBS         build parallelism (default: nproc)
 #   CHECK_CUDA_ALLOW_SKIP=1 exit 0 when no device is visible (CPU-only smoke run of this script); else 2
 #   CHECK_CUDA_BENCH_ARGS   extra decode-bench-cuda arguments (default: f16,q8_0,q4_K at 1K/8K/32K)
+#   CHECK_CUDA_PAUSE / CHECK_CUDA_RESUME  commands run just before / after the timed steps (tests, perf, bench),
+#                           e.g. to pause a training job sharing the GPU (scripts/gpu-session.sh)
 set -u
 T0=$(date +%s)
 BUDGET=${CHECK_CUDA_BUDGET_S:-480}
@@ -62,6 +64,7 @@ if [ "$PREBUILT" != 1 ]; then
 fi
 
 rc_all=0
+[ -n "${CHECK_CUDA_PAUSE:-}" ] && { sh -c "$CHECK_CUDA_PAUSE"; say "paused: $CHECK_CUDA_PAUSE"; }
 run_step ops-test 120 "$BUILD/native-tests" -o cuda/ || rc_all=1
 grep -E "FAIL|skipped|tests passed|DEQUANT|^cuda/" "$OUT/ops-test.log" | head -60 >> "$SUMMARY"
 run_step ops-perf 90 "$BUILD/native-tests" -o cuda/ --mode perf
@@ -69,6 +72,7 @@ grep -E "PERF" "$OUT/ops-perf.log" >> "$SUMMARY"
 # shellcheck disable=SC2086
 run_step decode-bench 180 sh -c "\"$BUILD/decode-bench-cuda\" ${CHECK_CUDA_BENCH_ARGS:-} > \"$OUT/bench.jsonl\"" || rc_all=1
 cat "$OUT/decode-bench.log" >> "$SUMMARY"
+[ -n "${CHECK_CUDA_RESUME:-}" ] && { sh -c "$CHECK_CUDA_RESUME"; say "resumed: $CHECK_CUDA_RESUME"; }
 if grep -q "skipped: no CUDA device" "$OUT/ops-test.log" 2>/dev/null; then
   say "NO DEVICE: the CUDA tests skipped ($(grep -m1 'skipped: no CUDA device' "$OUT/ops-test.log" | sed 's/^ *//')); nothing was measured"
   [ "${CHECK_CUDA_ALLOW_SKIP:-0}" = 1 ] || rc_all=2

@@ -2,21 +2,26 @@
 character-level SentencePiece-style vocabulary of the tiny reasoner.
 
 Every example is a chat: the user asks, the assistant answers `<think>\n{chain}\n</think>\n\n{answer}`.
-Three tasks (all seeded; an example depends only on (task, seed)). Every look-up a chain needs is keyed by
-one token, and every line is fixed-width, so each step is either an induction-style look-up or a copy from
-the same column of the line above — circuits a 2-4 layer model learns in a CPU budget:
+Three tasks (all seeded; an example depends only on (task, seed)). Every line is fixed-width and every look-up
+is keyed by one token that occurs exactly once before its query (or only with the same continuation), so each
+step is an induction-style look-up or a copy from the same column of the line above — circuits a 4-layer model
+learns in a CPU budget. (Tasks v2 keyed chase by letters that were both keys and values, and cups by labels
+that also occurred in the prompt's words: the model learned no look-up at all; 52-way letter copies also
+stalled at head_dim 32.)
 
-- `add`:   column addition of two n-digit numbers (n = 5..16). The question also gives the digits labelled
-           (a..p for the first number, A..P for the second). Pass 1 works right to left, one column per line
-           (`g8+G7+0=15`: both digits looked up by label, the carry from the line above); pass 2 builds the
-           answer left to right in a fixed-width field (`c9|529......`: the unit digit of column c looked up,
-           the rest copied from the line above); the answer copies the last field.
-- `chase`: pointer chasing in a key/value table given in the prompt (16..52 single-letter keys forming one
-           cycle, 6..40 hops). Every hop (`07 Z>s`) looks its key up in the table, up to ~500 tokens back.
-- `cups`:  state tracking: where the ball is after 12..52 cup swaps, each labelled by a letter in the prompt
-           (prompt `a25`, chain `a25 3`: the swap looked up by its label, the ball from the line above).
+- `add`:   column addition of two n-digit numbers (n = 5..12). The question also gives the digits labelled
+           (a..l for the first number, A..L for the second). Pass 1 works right to left, one column per line
+           (`g8+G7+0=15 s5`: both digits looked up by label, the carry from the line above, the two-digit sum,
+           and its unit digit again under the column's tag m..x); pass 2 builds the answer left to right in a
+           fixed-width field (`o9|529.......`: the unit digit looked up by its tag, the rest copied from the
+           line above); the answer copies the last field.
+- `chase`: pointer chasing in a table given in the prompt: 8..26 upper-case keys, each line `Ks` giving the
+           next key in lower case (one cycle through all keys); 6..40 hops (`07 Ks`: the key is the upper-case
+           of the value above, its value looked up in the table; longer walks go round the cycle again).
+- `cups`:  state tracking: where the ball is after 10..26 cup swaps labelled A..Z in the prompt
+           (prompt `A25`, chain `A25 3`: the swap looked up by its label, the ball from the line above).
 
-Examples are ~170..~710 tokens (the vocabulary is one token per character). Run as a script to write the
+Examples are ~120..~530 tokens (the vocabulary is one token per character). Run as a script to write the
 held-out test sets: `/usr/bin/python3 tiny/tasks.py --write-tests tiny/data` (seeds disjoint from training).
 """
 from __future__ import annotations
@@ -128,12 +133,14 @@ def completion_text(chain: str, answer: str) -> str:
 
 LOWER = string.ascii_lowercase
 UPPER = string.ascii_uppercase
-KEYS = LOWER + UPPER  # single-token labels and table keys: every look-up is keyed by one token
 
 # sizes (training and test sets share them)
-ADD_MIN, ADD_MAX, ADD_WIDTH = 5, 16, 17
-CHASE_MIN, CHASE_MAX, CHASE_HOPS = 16, 52, 40
-CUPS_MIN, CUPS_MAX = 12, 52
+ADD_MIN, ADD_MAX = 5, 12
+ADD_WIDTH = ADD_MAX + 1
+CHASE_MIN, CHASE_MAX, CHASE_HOPS = 8, 26, 40
+CUPS_MIN, CUPS_MAX = 10, 26
+# add: digits of the first number are labelled a..l, of the second A..L, the unit digits of the sum m..x
+ADD_TAGS = LOWER[ADD_MAX:2 * ADD_MAX]
 
 
 def gen_add(rng: random.Random) -> dict:
@@ -143,13 +150,14 @@ def gen_add(rng: random.Random) -> dict:
     sa, sb = "".join(map(str, a)), "".join(map(str, b))
     question = (f"{sa}+{sb}=?\n" + " ".join(LOWER[i] + str(a[i]) for i in range(n)) + "\n"
                 + " ".join(UPPER[i] + str(b[i]) for i in range(n)))
-    # pass 1, right to left: one column per line, label + digit of A, label + digit of B, carry in, two-digit sum
+    # pass 1, right to left: one column per line: both digits looked up by label, the carry from the line above,
+    # the two-digit sum, and its unit digit again under the column's tag (the key pass 2 looks it up by)
     lines = []
     carry = 0
     digits = [0] * n
     for i in range(n - 1, -1, -1):
         s = a[i] + b[i] + carry
-        lines.append(f"{LOWER[i]}{a[i]}+{UPPER[i]}{b[i]}+{carry}={s:02d}")
+        lines.append(f"{LOWER[i]}{a[i]}+{UPPER[i]}{b[i]}+{carry}={s:02d} {ADD_TAGS[i]}{s % 10}")
         digits[i] = s % 10
         carry = s // 10
     # pass 2, left to right: the answer grows one digit per line in a fixed-width field, so every copy is from
@@ -158,7 +166,7 @@ def gen_add(rng: random.Random) -> dict:
     lines.append(f"+{carry}|" + partial.ljust(ADD_WIDTH, "."))
     for i in range(n):
         partial += str(digits[i])
-        lines.append(f"{LOWER[i]}{digits[i]}|" + partial.ljust(ADD_WIDTH, "."))
+        lines.append(f"{ADD_TAGS[i]}{digits[i]}|" + partial.ljust(ADD_WIDTH, "."))
     answer = str(int(sa) + int(sb))
     assert answer == partial
     return {"question": question, "chain": "\n".join(lines), "answer": answer}
@@ -166,9 +174,10 @@ def gen_add(rng: random.Random) -> dict:
 
 def gen_chase(rng: random.Random) -> dict:
     n = rng.randint(CHASE_MIN, CHASE_MAX)
-    hops = rng.randint(6, min(CHASE_HOPS, n - 1))
-    keys = rng.sample(KEYS, n)
-    # one cycle through all keys, so a walk of fewer than n hops never repeats a key
+    hops = rng.randint(6, CHASE_HOPS)
+    keys = rng.sample(UPPER, n)
+    # one cycle through all keys; a walk longer than the cycle revisits keys, whose hop lines then agree with the
+    # table (every earlier occurrence of an upper-case key is followed by the same value)
     table = {keys[i]: keys[(i + 1) % n] for i in range(n)}
     order = keys[:]
     rng.shuffle(order)
@@ -177,9 +186,10 @@ def gen_chase(rng: random.Random) -> dict:
     cur = start
     for h in range(hops, 0, -1):
         nxt = table[cur]
-        lines.append(f"{h:02d} {cur}>{nxt}")
+        lines.append(f"{h:02d} {cur}{nxt.lower()}")
         cur = nxt
-    question = "Table:\n" + "\n".join(f"{k}>{table[k]}" for k in order) + f"\nStart at {start} and follow {hops:02d} steps."
+    question = ("table:\n" + "\n".join(f"{k}{table[k].lower()}" for k in order)
+                + f"\nfrom {start.lower()}, follow {hops:02d} steps.")
     return {"question": question, "chain": "\n".join(lines), "answer": cur}
 
 
@@ -189,15 +199,15 @@ def gen_cups(rng: random.Random) -> dict:
     n = rng.randint(CUPS_MIN, CUPS_MAX)
     ball = rng.choice(cups)
     swaps = [rng.sample(cups, 2) for _ in range(n)]
-    question = (f"Cups {cups[0]}-{cups[-1]}. The ball is under {ball}. Swaps:\n"
-                + "\n".join(f"{KEYS[i]}{x}{y}" for i, (x, y) in enumerate(swaps)) + "\nWhere is the ball?")
+    question = (f"cups {cups[0]}-{cups[-1]}, the ball is under {ball}. swaps:\n"
+                + "\n".join(f"{UPPER[i]}{x}{y}" for i, (x, y) in enumerate(swaps)) + "\nwhere is the ball?")
     lines = [f"start {ball}"]
     for i, (x, y) in enumerate(swaps):
         if ball == x:
             ball = y
         elif ball == y:
             ball = x
-        lines.append(f"{KEYS[i]}{x}{y} {ball}")
+        lines.append(f"{UPPER[i]}{x}{y} {ball}")
     return {"question": question, "chain": "\n".join(lines), "answer": ball}
 
 

@@ -60,6 +60,12 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--export", default=None, help="write the checkpoint's weights (npy + manifest) to this folder and exit")
     p.add_argument("--bench", type=int, default=0, help="time this many steps and exit (no checkpoint)")
+    p.add_argument("--pad", type=int, default=None,
+                   help="1: batch the step's examples as padded rows (one causal attention call per layer; the GPU "
+                        "path), 0: one packed stream, attention per example (the CPU path); default 1 on cuda, else 0. "
+                        "Both see the same examples per step and compute the same loss")
+    p.add_argument("--workers", type=int, default=0, help="data-loader processes building batches ahead (0: inline)")
+    p.add_argument("--bf16", type=int, default=None, help="bf16 autocast (default 1 on cuda, else 0)")
     return p.parse_args(argv)
 
 
@@ -129,6 +135,27 @@ class Block(nn.Module):
         y = self.ffn_norm(x)
         return x + self.w_down(F.silu(self.w_gate(y)) * self.w_up(y))
 
+    def forward_padded(self, x, cos, sin):
+        # x: (B, L, d), one example per row, padding after its end; causal attention never sees the padding
+        B, L, _ = x.shape
+        y = self.attn_norm(x)
+        q = apply_rope(self.wq(y).view(B, L, self.h, self.hd).transpose(1, 2), cos[:L], sin[:L])
+        k = apply_rope(self.wk(y).view(B, L, self.kv, self.hd).transpose(1, 2), cos[:L], sin[:L])
+        v = self.wv(y).view(B, L, self.kv, self.hd).transpose(1, 2)
+        g = self.h // self.kv
+        # GQA as llama.cpp: query head i uses KV head i // g
+        k = k.repeat_interleave(g, dim=1)
+        v = v.repeat_interleave(g, dim=1)
+        if hasattr(F, "scaled_dot_product_attention"):
+            # under autocast the RoPE product is float32 while v is bf16: one dtype for the fused kernel
+            o = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, is_causal=True)
+        else:  # torch < 2.0 (Debian's)
+            att = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.hd)) + self.causal(L, x.device)
+            o = torch.matmul(torch.softmax(att, dim=-1), v)
+        x = x + self.wo(o.transpose(1, 2).reshape(B, L, -1))
+        y = self.ffn_norm(x)
+        return x + self.w_down(F.silu(self.w_gate(y)) * self.w_up(y))
+
     _mask = None
 
     @classmethod
@@ -159,6 +186,11 @@ class Model(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, idx, segs):
+        if segs is None:  # padded rows (B, L)
+            x = self.tok(idx)
+            for b in self.blocks:
+                x = b.forward_padded(x, self.cos, self.sin)
+            return self.out(self.norm(x))
         x = self.tok(idx)
         for b in self.blocks:
             x = b(x, self.cos, self.sin, segs)
@@ -189,6 +221,42 @@ def make_batch(a, step):
         tgt_all += [-100] * (start - 1) + toks[start:] + [-100]
         segs.append((s, s + len(toks)))
     return torch.tensor(toks_all), torch.tensor(tgt_all), segs
+
+
+def pad_batch(idx, tgt, segs):
+    """The packed stream of make_batch as padded rows: (B, L) tokens and targets (-100 on the padding)."""
+    L = max(e - s for s, e in segs)
+    B = len(segs)
+    pi = torch.zeros((B, L), dtype=idx.dtype)
+    pt = torch.full((B, L), -100, dtype=tgt.dtype)
+    for r, (s, e) in enumerate(segs):
+        pi[r, :e - s] = idx[s:e]
+        pt[r, :e - s] = tgt[s:e]
+    return pi, pt
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Batches by step index, so that data-loader processes build them ahead in order."""
+
+    def __init__(self, a, first, last):
+        self.a, self.first, self.n = a, first, max(0, last - first)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        idx, tgt, segs = make_batch(self.a, self.first + i)
+        ntok = idx.shape[0]
+        if self.a.pad:
+            idx, tgt = pad_batch(idx, tgt, segs)
+            segs = None
+        return idx, tgt, segs, ntok
+
+
+def _worker_init(_):
+    # a timeout's SIGTERM reaches the whole process group: the workers ignore it, the main process checkpoints
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def lr_at(a, step):
@@ -256,6 +324,10 @@ def export(model, a, out):
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.pad is None:
+        a.pad = 1 if a.device.startswith("cuda") else 0
+    if a.bf16 is None:
+        a.bf16 = 1 if a.device.startswith("cuda") else 0
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
@@ -296,24 +368,29 @@ def main(argv=None):
     n_acc = 0
     tw = time.time()
     bench_start = step
+    batches = StepBatches(a, step, a.steps)
+    loader = iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=a.workers, worker_init_fn=_worker_init,
+                                              prefetch_factor=8 if a.workers else None)) if a.workers else None
+    use_cuda = a.device.startswith("cuda")
     while step < a.steps:
-        idx, tgt, segs = make_batch(a, step)
-        idx, tgt = idx.to(a.device), tgt.to(a.device)
+        idx, tgt, segs, ntok = next(loader) if loader else batches[step - bench_start]
+        idx, tgt = idx.to(a.device, non_blocking=True), tgt.to(a.device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(a, step)
-        logits = model(idx, segs)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.view(-1), ignore_index=-100)
+        with torch.autocast("cuda" if use_cuda else "cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
+            logits = model(idx, segs)
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), tgt.view(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        tok_acc += idx.shape[0]
-        loss_acc += float(loss)
+        tok_acc += int(ntok)
+        loss_acc += loss.detach()
         n_acc += 1
         if step % a.log_every == 0 or step == a.steps:
             dt = time.time() - tw
-            print(f"step {step} loss {loss_acc / n_acc:.4f} lr {lr_at(a, step - 1):.2e} tok/s {tok_acc / max(dt, 1e-9):.0f} "
+            print(f"step {step} loss {float(loss_acc) / n_acc:.4f} lr {lr_at(a, step - 1):.2e} tok/s {tok_acc / max(dt, 1e-9):.0f} "
                   f"elapsed {time.time() - t0:.0f}s", flush=True)
             tok_acc, loss_acc, n_acc, tw = 0, 0.0, 0, time.time()
         if step == a.steps - a.decay_steps:
