@@ -5,6 +5,13 @@
 #include "../tensor/quants/q4-k.h"
 #include "../tensor/quants/q6-k.h"
 #include "../tensor/quants/q8-0.h"
+#include "../tensor/quants/q2-k.h"
+#include "../tensor/quants/q3-k.h"
+#include "../tensor/quants/q4-0.h"
+#include "../tensor/quants/q4-1.h"
+#include "../tensor/quants/q5-0.h"
+#include "../tensor/quants/q5-1.h"
+#include "../tensor/quants/q5-k.h"
 
 namespace core {
 namespace cuda {
@@ -57,7 +64,8 @@ bool supports_op(op o, ggml_type t) {
     case op::RMS_NORM: case op::ROPE: case op::SILU_MUL: case op::ATTN_DECODE: return t == GGML_TYPE_F32 || t == GGML_TYPE_F16;
     case op::MATMUL: case op::DEQUANT:
         return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16 || t == GGML_TYPE_Q8_0 ||
-               t == GGML_TYPE_Q4_K || t == GGML_TYPE_Q6_K;
+               t == GGML_TYPE_Q4_K || t == GGML_TYPE_Q6_K || t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q4_1 || t == GGML_TYPE_Q5_0 ||
+               t == GGML_TYPE_Q5_1 || t == GGML_TYPE_Q2_K || t == GGML_TYPE_Q3_K || t == GGML_TYPE_Q5_K;
     }
     return false;
 }
@@ -230,6 +238,21 @@ status fill_random(void * dst, ggml_type t, int64_t n, uint32_t seed, float scal
     case GGML_TYPE_Q6_K:
         k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK_K, (int) sizeof(block_q6_K), (int) offsetof(block_q6_K, d), -1, seed,
                                              f32_to_f16(scale / 4096.0f));
+        break;
+    case GGML_TYPE_Q4_0: k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK4_0, (int) sizeof(block_q4_0), 0, -1, seed, f32_to_f16(scale / 8.0f)); break;
+    case GGML_TYPE_Q4_1: k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK4_1, (int) sizeof(block_q4_1), 0, 2, seed, f32_to_f16(scale / 16.0f)); break;
+    case GGML_TYPE_Q5_0: k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK5_0, (int) sizeof(block_q5_0), 0, -1, seed, f32_to_f16(scale / 16.0f)); break;
+    case GGML_TYPE_Q5_1: k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK5_1, (int) sizeof(block_q5_1), 0, 2, seed, f32_to_f16(scale / 32.0f)); break;
+    case GGML_TYPE_Q2_K:
+        k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK_K, (int) sizeof(block_q2_K), (int) offsetof(block_q2_K, d),
+                                             (int) offsetof(block_q2_K, dmin), seed, f32_to_f16(scale / 64.0f));
+        break;
+    case GGML_TYPE_Q3_K:
+        k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK_K, (int) sizeof(block_q3_K), (int) offsetof(block_q3_K, d), -1, seed,
+                                             f32_to_f16(scale / 128.0f));
+        break;
+    case GGML_TYPE_Q5_K:
+        k_fill_blocks<<<grid, block, 0, s>>>((uint8_t *) dst, n / QK_K, (int) sizeof(block_q5_K), 0, 2, seed, f32_to_f16(scale / 2048.0f));
         break;
     default: return status(ERR_UNSUPPORTED_QUANT, strfmt("fill_random: type %s not supported", ggml_type_name(t)));
     }

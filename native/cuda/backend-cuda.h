@@ -37,7 +37,7 @@ status probe(int device, device_info * out);
 int device_count(std::string * why);
 
 enum class op : int { RMS_NORM, ROPE, SILU_MUL, MATMUL, DEQUANT, ATTN_DECODE };
-// Which (op, weight type) pairs have CUDA kernels. MATMUL/DEQUANT: f32, f16, bf16, q8_0, q4_K, q6_K.
+// Which (op, weight type) pairs have CUDA kernels. MATMUL/DEQUANT: every weight format (not the activation formats q8_1, q8_K).
 bool supports_op(op o, ggml_type t = GGML_TYPE_F32);
 
 // Owned device memory (cudaMalloc); moves, never copies.

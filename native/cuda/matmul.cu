@@ -4,13 +4,25 @@
 //   q8_0 : y = d * qs[j]
 //   q4_K : per 64 elements j: d1 = d*sc(is), m1 = dmin*m(is); y = d1*(q & 0xF) - m1, then (q >> 4) with is+1
 //   q6_K : y = (d * sc[is]) * q,  q = (ql nibble | qh 2 bits << 4) - 32
+//   q4_0 : y = (q - 8) * d            q4_1 : y = q * d + m          (q: nibble j of 16, then the high nibbles)
+//   q5_0 : y = (q | h << 4) - 16) * d q5_1 : y = (q | h << 4) * d + m   (h: bit j of qh)
+//   q2_K : per 16 elements: dl = d*(sc & 0xF), ml = dmin*(sc >> 4); y = dl*q - ml   (q: 2 bits)
+//   q3_K : per 16 elements: dl = d*scale6; y = dl*(q - (hmask bit ? 0 : 4))          (q: 2 bits)
+//   q5_K : as q4_K with a fifth bit from qh: y = d1*(q | h << 4) - m1
 // Kernel: one warp per output row, lane l handles chunks of 8 consecutive elements (c = l, l+32, ...);
 // up to 8 tokens are accumulated per weight load.
 #include "common.cuh"
 #include "matmul.cuh"
 
 #include "../tensor/quants/k-quants-common.h"
+#include "../tensor/quants/q2-k.h"
+#include "../tensor/quants/q3-k.h"
+#include "../tensor/quants/q4-0.h"
+#include "../tensor/quants/q4-1.h"
 #include "../tensor/quants/q4-k.h"
+#include "../tensor/quants/q5-0.h"
+#include "../tensor/quants/q5-1.h"
+#include "../tensor/quants/q5-k.h"
 #include "../tensor/quants/q6-k.h"
 #include "../tensor/quants/q8-0.h"
 
@@ -109,6 +121,118 @@ template <bool VEC> struct chunk_loader<GGML_TYPE_Q6_K, VEC> {
     }
 };
 
+// 32-element formats: chunk c is elements [e0, e0+8) of block c/4; elements 0..15 are the low nibbles of
+// qs[0..15], elements 16..31 their high nibbles. Blocks are 18..24 bytes: byte loads only.
+__device__ __forceinline__ uint32_t load_u32_bytes(const uint8_t * p) {
+    return (uint32_t) p[0] | ((uint32_t) p[1] << 8) | ((uint32_t) p[2] << 16) | ((uint32_t) p[3] << 24);
+}
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q4_0, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q4_0 * b = (const block_q4_0 *) row + c / (QK4_0 / CHUNK);
+        const int e0 = (int) (c % (QK4_0 / CHUNK)) * CHUNK, hi = e0 / 16;
+        const float d = f16_bits_to_f32(b->d);
+        const uint8_t * q = b->qs + (e0 % 16);
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) v[k] = __fmul_rn((float) ((hi ? q[k] >> 4 : q[k] & 0xF) - 8), d);
+    }
+};
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q4_1, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q4_1 * b = (const block_q4_1 *) row + c / (QK4_1 / CHUNK);
+        const int e0 = (int) (c % (QK4_1 / CHUNK)) * CHUNK, hi = e0 / 16;
+        const float d = f16_bits_to_f32(b->d), m = f16_bits_to_f32(b->m);
+        const uint8_t * q = b->qs + (e0 % 16);
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) v[k] = __fadd_rn(__fmul_rn((float) (hi ? q[k] >> 4 : q[k] & 0xF), d), m);
+    }
+};
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q5_0, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q5_0 * b = (const block_q5_0 *) row + c / (QK5_0 / CHUNK);
+        const int e0 = (int) (c % (QK5_0 / CHUNK)) * CHUNK, hi = e0 / 16, j0 = e0 % 16;
+        const float d = f16_bits_to_f32(b->d);
+        const uint32_t qh = load_u32_bytes(b->qh);
+        const uint8_t * q = b->qs + j0;
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) {
+            const int x = (int) ((hi ? q[k] >> 4 : q[k] & 0xF) | (((qh >> (e0 + k)) & 1) << 4)) - 16;
+            v[k] = __fmul_rn((float) x, d);
+        }
+    }
+};
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q5_1, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q5_1 * b = (const block_q5_1 *) row + c / (QK5_1 / CHUNK);
+        const int e0 = (int) (c % (QK5_1 / CHUNK)) * CHUNK, hi = e0 / 16, j0 = e0 % 16;
+        const float d = f16_bits_to_f32(b->d), m = f16_bits_to_f32(b->m);
+        const uint32_t qh = load_u32_bytes(b->qh);
+        const uint8_t * q = b->qs + j0;
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) {
+            const int x = (int) ((hi ? q[k] >> 4 : q[k] & 0xF) | (((qh >> (e0 + k)) & 1) << 4));
+            v[k] = __fadd_rn(__fmul_rn((float) x, d), m);
+        }
+    }
+};
+// q2_K / q3_K: element e of a super-block: half n = e/128, shift pair j = (e%128)/32, sub-block s = (e%32)/16,
+// l = e%16; the 2-bit code is (qs[n*32 + s*16 + l] >> 2j) & 3, the scale index n*8 + 2j + s.
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q2_K, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q2_K * b = (const block_q2_K *) row + c / (QK_K / CHUNK);
+        const int e0 = (int) (c % (QK_K / CHUNK)) * CHUNK;
+        const int n = e0 / 128, j = (e0 % 128) / 32, sb = (e0 % 32) / 16, l0 = e0 % 16;
+        const uint8_t sc = b->scales[n * 8 + 2 * j + sb];
+        const float dl = __fmul_rn(f16_bits_to_f32(b->d), (float) (sc & 0xF)), ml = __fmul_rn(f16_bits_to_f32(b->dmin), (float) (sc >> 4));
+        const uint8_t * q = b->qs + n * 32 + sb * 16 + l0;
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) v[k] = __fsub_rn(__fmul_rn(dl, (float) ((q[k] >> (2 * j)) & 3)), ml);
+    }
+};
+// the 16 six-bit scales of q3_K (q3_K_unpack_scales), one at a time
+__device__ __forceinline__ int q3_k_scale(const uint8_t * p, int k) {
+    int lo, hi;
+    if (k < 4) { lo = p[k] & 0xF; hi = p[8 + k] & 3; }
+    else if (k < 8) { lo = p[k] & 0xF; hi = (p[8 + k - 4] >> 2) & 3; }
+    else if (k < 12) { lo = p[k - 8] >> 4; hi = (p[8 + k - 8] >> 4) & 3; }
+    else { lo = p[k - 8] >> 4; hi = (p[8 + k - 12] >> 6) & 3; }
+    return (lo | (hi << 4)) - 32;
+}
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q3_K, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q3_K * b = (const block_q3_K *) row + c / (QK_K / CHUNK);
+        const int e0 = (int) (c % (QK_K / CHUNK)) * CHUNK;
+        const int n = e0 / 128, j = (e0 % 128) / 32, sb = (e0 % 32) / 16, l0 = e0 % 16;
+        const float dl = __fmul_rn(f16_bits_to_f32(b->d), (float) q3_k_scale(b->scales, n * 8 + 2 * j + sb));
+        const uint8_t * q = b->qs + n * 32 + sb * 16 + l0;
+        const uint8_t * hm = b->hmask + sb * 16 + l0;
+        const int mbit = n * 4 + j;
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) {
+            const int x = ((q[k] >> (2 * j)) & 3) - (((hm[k] >> mbit) & 1) ? 0 : 4);
+            v[k] = __fmul_rn(dl, (float) x);
+        }
+    }
+};
+// q5_K: 64-element groups as q4_K (low nibbles, then high nibbles of qs[j*32 ..]), fifth bit 2j (+1) of qh[l]
+template <bool VEC> struct chunk_loader<GGML_TYPE_Q5_K, VEC> {
+    __device__ static void load(const uint8_t * row, int64_t c, int64_t, float v[CHUNK]) {
+        const block_q5_K * b = (const block_q5_K *) row + c / (QK_K / CHUNK);
+        const int e0 = (int) (c % (QK_K / CHUNK)) * CHUNK;
+        const int j = e0 / 64, l0 = e0 % 64, hi = l0 / 32;
+        int sc, m;
+        scale_min_k4(2 * j + hi, b->scales, sc, m);
+        const float d1 = __fmul_rn(f16_bits_to_f32(b->d), (float) sc), m1 = __fmul_rn(f16_bits_to_f32(b->dmin), (float) m);
+        const uint8_t * q = b->qs + j * 32 + (l0 % 32);
+        const uint8_t * qh = b->qh + (l0 % 32);
+        const int hbit = 2 * j + hi;
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) {
+            const int x = (hi ? q[k] >> 4 : q[k] & 0xF) + (((qh[k] >> hbit) & 1) ? 16 : 0);
+            v[k] = __fsub_rn(__fmul_rn(d1, (float) x), m1);
+        }
+    }
+};
+
 template <ggml_type T, bool VEC>
 __global__ void k_matmul(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const float * x, float * y, int n_tok) {
     const int64_t row = (int64_t) blockIdx.x * ROWS_PER_BLOCK + threadIdx.y;
@@ -189,6 +313,13 @@ status matmul(const weight_dev & w, const float * x, float * y, int64_t n_tokens
     case GGML_TYPE_Q8_0: return launch_matmul<GGML_TYPE_Q8_0>(w, x, y, n_tokens, s);
     case GGML_TYPE_Q4_K: return launch_matmul<GGML_TYPE_Q4_K>(w, x, y, n_tokens, s);
     case GGML_TYPE_Q6_K: return launch_matmul<GGML_TYPE_Q6_K>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q4_0: return launch_matmul<GGML_TYPE_Q4_0>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q4_1: return launch_matmul<GGML_TYPE_Q4_1>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q5_0: return launch_matmul<GGML_TYPE_Q5_0>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q5_1: return launch_matmul<GGML_TYPE_Q5_1>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q2_K: return launch_matmul<GGML_TYPE_Q2_K>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q3_K: return launch_matmul<GGML_TYPE_Q3_K>(w, x, y, n_tokens, s);
+    case GGML_TYPE_Q5_K: return launch_matmul<GGML_TYPE_Q5_K>(w, x, y, n_tokens, s);
     default: return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda matmul: weight type %s not supported", ggml_type_name(w.type)));
     }
 }
@@ -202,6 +333,13 @@ status dequantize(const void * src, ggml_type t, float * dst, int64_t n, stream_
     case GGML_TYPE_Q8_0: return launch_dequant<GGML_TYPE_Q8_0>(src, dst, n, s);
     case GGML_TYPE_Q4_K: return launch_dequant<GGML_TYPE_Q4_K>(src, dst, n, s);
     case GGML_TYPE_Q6_K: return launch_dequant<GGML_TYPE_Q6_K>(src, dst, n, s);
+    case GGML_TYPE_Q4_0: return launch_dequant<GGML_TYPE_Q4_0>(src, dst, n, s);
+    case GGML_TYPE_Q4_1: return launch_dequant<GGML_TYPE_Q4_1>(src, dst, n, s);
+    case GGML_TYPE_Q5_0: return launch_dequant<GGML_TYPE_Q5_0>(src, dst, n, s);
+    case GGML_TYPE_Q5_1: return launch_dequant<GGML_TYPE_Q5_1>(src, dst, n, s);
+    case GGML_TYPE_Q2_K: return launch_dequant<GGML_TYPE_Q2_K>(src, dst, n, s);
+    case GGML_TYPE_Q3_K: return launch_dequant<GGML_TYPE_Q3_K>(src, dst, n, s);
+    case GGML_TYPE_Q5_K: return launch_dequant<GGML_TYPE_Q5_K>(src, dst, n, s);
     default: return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda dequantize: type %s not supported", ggml_type_name(t)));
     }
 }

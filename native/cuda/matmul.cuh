@@ -1,5 +1,6 @@
 // Matrix products against device-resident weights (decode: matvec; prefill: tokens in groups of 8 that
-// share each weight load). Weight types: f32, f16, bf16, q8_0, q4_K, q6_K (supports_op(op::MATMUL, t)).
+// share each weight load). Weight types: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K,
+// q6_K: every weight format of the CPU backend (supports_op(op::MATMUL, t)).
 // Block formats are dequantized in registers bit-exactly as the CPU's to_float (`dequantize` below is
 // that decode alone, for the bit-exact test), then dotted with f32 activations in f32 (FMA). The CPU
 // oracle is cpu_matmul_ref (matmul.h); quantized CPU paths quantize the activations (q8_0 / q8_K), this

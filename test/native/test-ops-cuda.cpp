@@ -126,8 +126,13 @@ TC_TEST("cuda/device") {
     size_t fr = 0, tot = 0;
     TC_OK(be->memory(&fr, &tot));
     TC_CHECK(tot > 0 && fr <= tot);
-    TC_CHECK(cu::supports_op(cu::op::MATMUL, GGML_TYPE_Q4_K));
-    TC_CHECK(!cu::supports_op(cu::op::MATMUL, GGML_TYPE_Q2_K)) << "q2_K has no CUDA kernel yet: must report not supported";
+    // every weight format of the CPU backend has a CUDA matmul; q8_1 / q8_K are activation formats only
+    size_t nt = 0;
+    const quant_traits * all = quant_traits_all(&nt);
+    for (size_t i = 0; i < nt; i++) {
+        const bool activation_only = all[i].type == GGML_TYPE_Q8_1 || all[i].type == GGML_TYPE_Q8_K;
+        TC_CHECK(cu::supports_op(cu::op::MATMUL, all[i].type) != activation_only) << all[i].name;
+    }
     cu::device_buffer huge;
     const status st = huge.alloc((size_t) 1 << 50);
     TC_CHECK(st.code == ERR_OOM_DEVICE) << "1 PiB cudaMalloc gave " << status_code_name(st.code) << ": " << st.message;
@@ -305,7 +310,7 @@ TC_TEST("cuda/attention") {
         const int hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv;
         auto pool = std::make_shared<page_pool>(kv_page_bytes(hd, hd));
         kv_cache_config cfg;
-        cfg.n_layer = 1; cfg.n_head_kv = nkv; cfg.head_dim = hd; cfg.head_dim_v = hd; cfg.n_ctx = c.n_tok_kv + 64;
+        cfg.n_layer = 1; cfg.n_head_kv = nkv; cfg.head_dim = hd; cfg.head_dim_v = hd; cfg.n_ctx = 2 * c.n_tok_kv + 64;  // tokens sit at even positions
         if (c.stream_head) { cfg.retention.assign((size_t) nkv, KV_RETAIN_FULL); cfg.retention[0] = KV_RETAIN_STREAM; cfg.stream_sinks = 16; cfg.stream_recent = 64; }
         kv_cache kv(cfg, pool);
         // tokens at even positions, appended in chunks of 50 (STREAM heads trimmed after each chunk)
