@@ -281,5 +281,69 @@ status kv_layer_device::synthetic(int n_head_kv, int head_dim, int head_dim_v, c
     return build_tables(n_head_kv, seg_n, pos);
 }
 
+namespace {
+// token i = n0 + t of head h: page h * max_seg + i / 64; keys in transposed tiles [i%64 / 16][d][i % 16],
+// values [i % 64][d] after the keys (the host layout of kv-cache.h)
+__global__ void k_kv_append(uint8_t * pages, size_t page_bytes, int max_seg, int hd, int hdv, const float * k, const float * v, int n0) {
+    const int t = blockIdx.x, h = blockIdx.y, nh = gridDim.y;
+    const int i = n0 + t, j = i % KV_PAGE_TOKENS;
+    uint16_t * page = (uint16_t *) (pages + ((size_t) h * max_seg + i / KV_PAGE_TOKENS) * page_bytes);
+    uint16_t * kt = page + (size_t) (j / KV_TILE) * hd * KV_TILE + (j % KV_TILE);
+    uint16_t * vt = page + (size_t) KV_PAGE_TOKENS * hd + (size_t) j * hdv;
+    const float * ks = k + ((size_t) t * nh + h) * hd;
+    const float * vs = v + ((size_t) t * nh + h) * hdv;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) kt[(size_t) d * KV_TILE] = f32_to_f16_bits(ks[d]);
+    for (int d = threadIdx.x; d < hdv; d += blockDim.x) vt[d] = f32_to_f16_bits(vs[d]);
+}
+__global__ void k_fill_i32(int32_t * p, int n, int32_t value) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = value;
+}
+} // namespace
+
+status kv_layer_device::dense(int n_head_kv, int head_dim, int head_dim_v, int n_ctx, stream_t s) {
+    if (n_head_kv <= 0 || head_dim <= 0 || head_dim_v <= 0 || n_ctx <= 0)
+        return status(ERR_INVALID_ARG, strfmt("cuda kv: dense layer needs positive sizes (heads %d, head_dim %d/%d, n_ctx %d)", n_head_kv, head_dim, head_dim_v, n_ctx));
+    page_bytes_ = (size_t) KV_PAGE_TOKENS * (head_dim + head_dim_v) * sizeof(f16_t);
+    const int segs = (n_ctx + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS;
+    status st = pages_.alloc((size_t) n_head_kv * segs * page_bytes_);
+    if (!st.ok()) return st;
+    if (!(st = pages_.zero()).ok()) return st;
+    std::vector<std::vector<int32_t>> seg_n(n_head_kv, std::vector<int32_t>(segs, KV_PAGE_TOKENS)), pos(n_head_kv);
+    for (int h = 0; h < n_head_kv; h++) {
+        pos[h].resize((size_t) segs * KV_PAGE_TOKENS);
+        for (size_t j = 0; j < pos[h].size(); j++) pos[h][j] = (int32_t) j;
+    }
+    v_.head_dim = head_dim;
+    v_.head_dim_v = head_dim_v;
+    if (!(st = build_tables(n_head_kv, seg_n, pos)).ok()) return st;
+    n_ctx_ = n_ctx;
+    payload_bytes_ = 0;
+    n_held_ = 0;
+    return truncate(0, s);
+}
+
+status kv_layer_device::truncate(int n, stream_t s) {
+    if (n_ctx_ <= 0) return status(ERR_INVALID_ARG, "cuda kv: truncate needs a dense layer");
+    if (n < 0 || n > n_held_) return status(ERR_INVALID_ARG, strfmt("cuda kv: cannot keep %d of %d tokens", n, n_held_));
+    n_held_ = n;
+    const int ns = (n + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS;
+    v_.max_n_seg = ns;
+    payload_bytes_ = (size_t) n * v_.n_head_kv * (v_.head_dim + v_.head_dim_v) * sizeof(f16_t);
+    k_fill_i32<<<1, 128, 0, s>>>(n_seg_.as<int32_t>(), v_.n_head_kv, ns);
+    CUDA_CHECK_LAUNCH("kv n_seg");
+    return status::success();
+}
+
+status kv_layer_device::append(const float * k, const float * v, int n_tokens, stream_t s) {
+    if (n_ctx_ <= 0) return status(ERR_INVALID_ARG, "cuda kv: append needs a dense layer");
+    if (n_tokens <= 0) return status::success();
+    if (n_held_ + n_tokens > n_ctx_)
+        return status(ERR_CONTEXT_FULL, strfmt("cuda kv: %d new tokens at position %d exceed the context size %d", n_tokens, n_held_, n_ctx_));
+    k_kv_append<<<dim3(n_tokens, v_.n_head_kv), 128, 0, s>>>(pages_.as<uint8_t>(), page_bytes_, v_.max_seg, v_.head_dim, v_.head_dim_v, k, v, n_held_);
+    CUDA_CHECK_LAUNCH("kv append");
+    n_held_ += n_tokens;
+    return truncate(n_held_, s);
+}
+
 } // namespace cuda
 } // namespace core

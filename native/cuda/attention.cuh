@@ -36,6 +36,17 @@ public:
     // Synthetic layer: head h holds n_tokens[h] tokens at positions 0..n-1 (every head: pos_stride 1),
     // random f16 keys/values in [-1, 1) (bench; no host copy of the pages).
     status synthetic(int n_head_kv, int head_dim, int head_dim_v, const std::vector<int32_t> & n_tokens, uint32_t seed, stream_t s);
+    // Dense layer for the CUDA forward pass (forward-cuda.h): every head holds tokens 0..n-1 at positions
+    // 0..n-1, in pages reserved for n_ctx tokens. The pages start zeroed, so the unwritten tail of the last
+    // page holds finite values, which attention masks by position (a query at p sees positions <= p).
+    status dense(int n_head_kv, int head_dim, int head_dim_v, int n_ctx, stream_t s);
+    // Appends n_tokens keys and values (device, [n_tokens][n_head_kv][head_dim(_v)] f32, rounded to f16 as the
+    // host cache rounds them) at positions n_held()..; ERR_CONTEXT_FULL past n_ctx. Dense layers only.
+    status append(const float * k, const float * v, int n_tokens, stream_t s);
+    // Keeps the first n tokens of a dense layer (0: forgets them all; the pages stay reserved).
+    status truncate(int n, stream_t s);
+    int n_held() const { return n_held_; }
+    int n_ctx() const { return n_ctx_; }
     const kv_layer_view & view() const { return v_; }
     size_t page_bytes() const { return page_bytes_; }
     size_t payload_bytes() const { return payload_bytes_; }  // K + V bytes of the held tokens
@@ -44,6 +55,7 @@ private:
     status build_tables(int n_head_kv, const std::vector<std::vector<int32_t>> & seg_n, const std::vector<std::vector<int32_t>> & pos);
     kv_layer_view v_;
     size_t page_bytes_ = 0, payload_bytes_ = 0;
+    int n_held_ = 0, n_ctx_ = 0;  // dense layers
     device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, n_seg_;
 };
 

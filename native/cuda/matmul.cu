@@ -281,6 +281,28 @@ __global__ void k_dequant(const uint8_t * src, float * dst, int64_t n) {
         if (c * CHUNK + k < n) dst[c * CHUNK + k] = v[k];
 }
 
+// dst[r][:] = to_float(W row rows[r]); grid (n_rows, chunks / 256)
+template <ggml_type T>
+__global__ void k_get_rows(const uint8_t * w, size_t row_bytes, int64_t n_in, const int32_t * rows, float * dst) {
+    const int r = blockIdx.x;
+    const int64_t c = blockIdx.y * (int64_t) blockDim.x + threadIdx.x;
+    if (c * CHUNK >= n_in) return;
+    float v[CHUNK];
+    chunk_loader<T, false>::load(w + (size_t) rows[r] * row_bytes, c, n_in, v);
+    float * d = dst + (size_t) r * n_in + c * CHUNK;
+#pragma unroll
+    for (int k = 0; k < CHUNK; k++)
+        if (c * CHUNK + k < n_in) d[k] = v[k];
+}
+
+template <ggml_type T>
+status launch_get_rows(const weight_dev & w, const int32_t * rows, int n_rows, float * dst, stream_t s) {
+    const int64_t n_chunks = (w.n_in + CHUNK - 1) / CHUNK;
+    k_get_rows<T><<<dim3(n_rows, ceil_div(n_chunks, 256)), 256, 0, s>>>((const uint8_t *) w.data, w.row_bytes, w.n_in, rows, dst);
+    CUDA_CHECK_LAUNCH("get_rows");
+    return status::success();
+}
+
 template <ggml_type T>
 status launch_matmul(const weight_dev & w, const float * x, float * y, int64_t n_tokens, stream_t s) {
     const bool vec = (w.n_in % CHUNK) == 0 && (w.row_bytes % 16) == 0 && ((uintptr_t) w.data % 16) == 0 && ((uintptr_t) x % 16) == 0;
@@ -341,6 +363,26 @@ status dequantize(const void * src, ggml_type t, float * dst, int64_t n, stream_
     case GGML_TYPE_Q3_K: return launch_dequant<GGML_TYPE_Q3_K>(src, dst, n, s);
     case GGML_TYPE_Q5_K: return launch_dequant<GGML_TYPE_Q5_K>(src, dst, n, s);
     default: return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda dequantize: type %s not supported", ggml_type_name(t)));
+    }
+}
+
+status get_rows(const weight_dev & w, const int32_t * rows, int n_rows, float * dst, stream_t s) {
+    if (n_rows <= 0) return status::success();
+    switch (w.type) {
+    case GGML_TYPE_F32: return launch_get_rows<GGML_TYPE_F32>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_F16: return launch_get_rows<GGML_TYPE_F16>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_BF16: return launch_get_rows<GGML_TYPE_BF16>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q8_0: return launch_get_rows<GGML_TYPE_Q8_0>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q4_0: return launch_get_rows<GGML_TYPE_Q4_0>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q4_1: return launch_get_rows<GGML_TYPE_Q4_1>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q5_0: return launch_get_rows<GGML_TYPE_Q5_0>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q5_1: return launch_get_rows<GGML_TYPE_Q5_1>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q2_K: return launch_get_rows<GGML_TYPE_Q2_K>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q3_K: return launch_get_rows<GGML_TYPE_Q3_K>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q4_K: return launch_get_rows<GGML_TYPE_Q4_K>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q5_K: return launch_get_rows<GGML_TYPE_Q5_K>(w, rows, n_rows, dst, s);
+    case GGML_TYPE_Q6_K: return launch_get_rows<GGML_TYPE_Q6_K>(w, rows, n_rows, dst, s);
+    default: return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda get_rows: type %s not supported", ggml_type_name(w.type)));
     }
 }
 

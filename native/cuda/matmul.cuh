@@ -21,6 +21,8 @@ struct weight_dev {
 
 // y[t][o] = Σ_i W[o][i] x[t][i];  x: [n_tokens][n_in] f32, y: [n_tokens][n_out] f32 (device).
 status matmul(const weight_dev & w, const float * x, float * y, int64_t n_tokens, stream_t s);
+// dst[r][:] = to_float(W row rows[r]) for r < n_rows (the token embedding; rows: device int32, each < n_out).
+status get_rows(const weight_dev & w, const int32_t * rows, int n_rows, float * dst, stream_t s);
 // dst[i] = to_float(src)[i] for n elements of type t (n a multiple of the block size).
 status dequantize(const void * src, ggml_type t, float * dst, int64_t n, stream_t s);
 

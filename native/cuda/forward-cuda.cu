@@ -1,0 +1,243 @@
+// The forward pass on the device (forward-cuda.h), step for step as forward_chunk (model/forward.cpp):
+//   x = embed(tokens)
+//   per layer: h = rmsnorm(x)·w_attn_norm; q,k,v = h·Wq,Wk,Wv (+bias: qwen2); qwen3: per-head rmsnorm(q,k);
+//              RoPE(q,k); cache ← k,v; a = softmax(q·kᵀ/√d)·v over the cache; x += a·Wo
+//              h = rmsnorm(x)·w_ffn_norm; x += (silu(h·Wgate) ⊙ h·Wup)·Wdown
+//   logits = rmsnorm(x_last)·w_out_norm · Woutᵀ
+#include "forward-cuda.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "add.cuh"
+#include "attention.cuh"
+#include "common.cuh"
+#include "matmul.cuh"
+#include "rms_norm.cuh"
+#include "rope.cuh"
+#include "silu_mul.cuh"
+
+namespace core {
+namespace cuda {
+
+namespace {
+
+__global__ void k_positions(int32_t * pos, int n, int32_t pos0) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) pos[i] = pos0 + i;
+}
+
+struct dev_weight {
+    device_buffer buf;
+    weight_dev w;
+    status upload(const weight_view & v, const char * what, size_t * total) {
+        if (!supports_op(op::MATMUL, v.type))
+            return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda forward: %s has type %s, which has no CUDA kernel", what, ggml_type_name(v.type)));
+        const size_t bytes = v.row_bytes * (size_t) v.n_out;
+        status st = buf.alloc(bytes);
+        if (!st.ok()) return status(st.code, strfmt("cuda forward: %s (%zu bytes): %s", what, bytes, st.message.c_str()));
+        if (!(st = buf.upload(v.data, bytes)).ok()) return st;
+        w.data = buf.data();
+        w.type = v.type;
+        w.n_in = v.n_in;
+        w.n_out = v.n_out;
+        w.row_bytes = v.row_bytes;
+        *total += bytes;
+        return status::success();
+    }
+};
+
+struct dev_vec {
+    device_buffer buf;
+    const float * p = nullptr;  // nullptr: absent (optional tensor)
+    status upload(const float * host, size_t n, size_t * total) {
+        if (!host) return status::success();
+        status st = buf.alloc(n * sizeof(float));
+        if (!st.ok() || !(st = buf.upload(host, n * sizeof(float))).ok()) return st;
+        p = buf.as<float>();
+        *total += n * sizeof(float);
+        return status::success();
+    }
+};
+
+struct layer_dev {
+    dev_vec attn_norm, bq, bk, bv, q_norm, k_norm, ffn_norm;
+    dev_weight wq, wk, wv, wo, gate, up, down;
+    kv_layer_device kv;
+};
+
+} // namespace
+
+struct forward_session::impl {
+    const model * m = nullptr;
+    backend * be = nullptr;
+    int n_ctx = 0, n_past = 0, cap = 0;
+    dev_weight tok_embd, output;
+    weight_dev out_w;  // output, or tok_embd when tied
+    dev_vec output_norm, rope_freqs;
+    std::vector<layer_dev> layers;
+    device_buffer tok, pos, x, xn, q, k, v, attn, o, gate, up, logits;
+    attn_workspace ws;
+    size_t weight_bytes = 0;
+
+    status reserve(int T) {
+        if (T <= cap) return status::success();
+        const hparams & hp = m->hp;
+        const size_t n_q = (size_t) hp.n_head * hp.head_dim, n_k = (size_t) hp.n_head_kv * hp.head_dim, n_v = (size_t) hp.n_head_kv * hp.head_dim_v;
+        const size_t n_attn = (size_t) hp.n_head * hp.head_dim_v;
+        const size_t Tz = (size_t) T;
+        status st;
+        if (!(st = tok.alloc(Tz * 4)).ok() || !(st = pos.alloc(Tz * 4)).ok() || !(st = x.alloc(Tz * hp.n_embd * 4)).ok() ||
+            !(st = xn.alloc(Tz * hp.n_embd * 4)).ok() || !(st = q.alloc(Tz * n_q * 4)).ok() || !(st = k.alloc(Tz * n_k * 4)).ok() ||
+            !(st = v.alloc(Tz * n_v * 4)).ok() || !(st = attn.alloc(Tz * n_attn * 4)).ok() || !(st = o.alloc(Tz * hp.n_embd * 4)).ok() ||
+            !(st = gate.alloc(Tz * hp.n_ff * 4)).ok() || !(st = up.alloc(Tz * hp.n_ff * 4)).ok())
+            return st;
+        cap = T;
+        return status::success();
+    }
+
+    status run(const int32_t * tokens, int T, float * logits_host) {
+        const hparams & hp = m->hp;
+        const stream_t s = be->stream();
+        const int n_embd = (int) hp.n_embd, n_q = (int) (hp.n_head * hp.head_dim), n_k = (int) (hp.n_head_kv * hp.head_dim);
+        const int n_v = (int) (hp.n_head_kv * hp.head_dim_v);
+        status st;
+        if (!(st = reserve(T)).ok()) return st;
+        if (!(st = be->synchronize()).ok()) return st;  // the previous call's kernels may still read `tok`
+        if (!(st = tok.upload(tokens, (size_t) T * 4)).ok()) return st;
+        k_positions<<<ceil_div(T, 256), 256, 0, s>>>(pos.as<int32_t>(), T, n_past);
+        CUDA_CHECK_LAUNCH("positions");
+        if (!(st = get_rows(tok_embd.w, tok.as<int32_t>(), T, x.as<float>(), s)).ok()) return st;
+        attn_decode_params ap;
+        ap.n_tokens = T;
+        ap.n_head = (int) hp.n_head;
+        ap.scale = 1.0f / std::sqrt((float) hp.head_dim);
+        const rope_style rs = m->arch->rope;
+        for (layer_dev & L : layers) {
+            // ---- attention block
+            if (!(st = rms_norm(x.as<float>(), L.attn_norm.p, xn.as<float>(), n_embd, T, hp.rms_eps, s)).ok()) return st;
+            if (!(st = matmul(L.wq.w, xn.as<float>(), q.as<float>(), T, s)).ok()) return st;
+            if (!(st = matmul(L.wk.w, xn.as<float>(), k.as<float>(), T, s)).ok()) return st;
+            if (!(st = matmul(L.wv.w, xn.as<float>(), v.as<float>(), T, s)).ok()) return st;
+            if (L.bq.p && !(st = add_rows(q.as<float>(), L.bq.p, T, n_q, s)).ok()) return st;
+            if (L.bk.p && !(st = add_rows(k.as<float>(), L.bk.p, T, n_k, s)).ok()) return st;
+            if (L.bv.p && !(st = add_rows(v.as<float>(), L.bv.p, T, n_v, s)).ok()) return st;
+            if (L.q_norm.p) {
+                if (!(st = rms_norm(q.as<float>(), L.q_norm.p, q.as<float>(), hp.head_dim, (int64_t) T * hp.n_head, hp.rms_eps, s)).ok()) return st;
+                if (!(st = rms_norm(k.as<float>(), L.k_norm.p, k.as<float>(), hp.head_dim, (int64_t) T * hp.n_head_kv, hp.rms_eps, s)).ok()) return st;
+            }
+            if (!(st = rope(q.as<float>(), pos.as<int32_t>(), T, (int) hp.n_head, (int) hp.head_dim, (int) hp.n_rot, rs, hp.rope_freq_base,
+                            hp.rope_freq_scale, rope_freqs.p, s)).ok())
+                return st;
+            if (!(st = rope(k.as<float>(), pos.as<int32_t>(), T, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, rs, hp.rope_freq_base,
+                            hp.rope_freq_scale, rope_freqs.p, s)).ok())
+                return st;
+            if (!(st = L.kv.append(k.as<float>(), v.as<float>(), T, s)).ok()) return st;
+            if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), L.kv.view(), attn.as<float>(), ws, s)).ok()) return st;
+            if (!(st = matmul(L.wo.w, attn.as<float>(), o.as<float>(), T, s)).ok()) return st;
+            if (!(st = add(x.as<float>(), o.as<float>(), (int64_t) T * n_embd, s)).ok()) return st;
+            // ---- feed-forward block (SwiGLU)
+            if (!(st = rms_norm(x.as<float>(), L.ffn_norm.p, xn.as<float>(), n_embd, T, hp.rms_eps, s)).ok()) return st;
+            if (!(st = matmul(L.gate.w, xn.as<float>(), gate.as<float>(), T, s)).ok()) return st;
+            if (!(st = matmul(L.up.w, xn.as<float>(), up.as<float>(), T, s)).ok()) return st;
+            if (!(st = silu_mul(gate.as<float>(), up.as<float>(), (int64_t) T * hp.n_ff, s)).ok()) return st;
+            if (!(st = matmul(L.down.w, gate.as<float>(), o.as<float>(), T, s)).ok()) return st;
+            if (!(st = add(x.as<float>(), o.as<float>(), (int64_t) T * n_embd, s)).ok()) return st;
+        }
+        if (!logits_host) return status::success();
+        if (!(st = rms_norm(x.as<float>() + (size_t) (T - 1) * n_embd, output_norm.p, xn.as<float>(), n_embd, 1, hp.rms_eps, s)).ok()) return st;
+        if (!(st = matmul(out_w, xn.as<float>(), logits.as<float>(), 1, s)).ok()) return st;
+        if (!(st = be->synchronize()).ok()) return st;
+        return logits.download(logits_host, (size_t) hp.n_vocab * 4);
+    }
+};
+
+forward_session::forward_session(std::unique_ptr<impl> p) : p_(std::move(p)) {}
+forward_session::~forward_session() = default;
+
+status forward_session::create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out) {
+    const hparams & hp = m.hp;
+    if (n_ctx <= 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: n_ctx must be positive (got %d)", n_ctx));
+    if (!supports_op(op::ATTN_DECODE) || hp.n_head / hp.n_head_kv > 8 || hp.head_dim > 256 || hp.head_dim_v > 256 || hp.head_dim % 8 || hp.head_dim_v % 8)
+        return status(ERR_UNSUPPORTED_ARCH, strfmt("cuda forward: attention with %u query heads per KV head and head sizes %u/%u is not covered "
+                                                   "(group <= 8, head sizes <= 256 and multiples of 8)", hp.n_head / hp.n_head_kv, hp.head_dim, hp.head_dim_v));
+    auto p = std::make_unique<impl>();
+    p->m = &m;
+    p->be = &be;
+    p->n_ctx = n_ctx;
+    size_t * wb = &p->weight_bytes;
+    status st;
+    if (!(st = p->tok_embd.upload(m.tok_embd, "token_embd.weight", wb)).ok()) return st;
+    if (m.tied_output) p->out_w = p->tok_embd.w;
+    else {
+        if (!(st = p->output.upload(m.output, "output.weight", wb)).ok()) return st;
+        p->out_w = p->output.w;
+    }
+    if (!(st = p->output_norm.upload(m.output_norm, hp.n_embd, wb)).ok()) return st;
+    if (!(st = p->rope_freqs.upload(m.rope_freqs, hp.n_rot / 2, wb)).ok()) return st;
+    const size_t n_q = (size_t) hp.n_head * hp.head_dim, n_k = (size_t) hp.n_head_kv * hp.head_dim, n_v = (size_t) hp.n_head_kv * hp.head_dim_v;
+    p->layers.resize(hp.n_layer);
+    for (uint32_t il = 0; il < hp.n_layer; il++) {
+        const layer_weights & W = m.layers[il];
+        layer_dev & L = p->layers[il];
+        const std::string pre = "blk." + std::to_string(il) + ".";
+        if (!(st = L.attn_norm.upload(W.attn_norm, hp.n_embd, wb)).ok() || !(st = L.ffn_norm.upload(W.ffn_norm, hp.n_embd, wb)).ok() ||
+            !(st = L.bq.upload(W.bq, n_q, wb)).ok() || !(st = L.bk.upload(W.bk, n_k, wb)).ok() || !(st = L.bv.upload(W.bv, n_v, wb)).ok() ||
+            !(st = L.q_norm.upload(W.q_norm, hp.head_dim, wb)).ok() || !(st = L.k_norm.upload(W.k_norm, hp.head_dim, wb)).ok())
+            return st;
+        if (!(st = L.wq.upload(W.wq, (pre + "attn_q.weight").c_str(), wb)).ok() || !(st = L.wk.upload(W.wk, (pre + "attn_k.weight").c_str(), wb)).ok() ||
+            !(st = L.wv.upload(W.wv, (pre + "attn_v.weight").c_str(), wb)).ok() || !(st = L.wo.upload(W.wo, (pre + "attn_output.weight").c_str(), wb)).ok() ||
+            !(st = L.gate.upload(W.w_gate, (pre + "ffn_gate.weight").c_str(), wb)).ok() || !(st = L.up.upload(W.w_up, (pre + "ffn_up.weight").c_str(), wb)).ok() ||
+            !(st = L.down.upload(W.w_down, (pre + "ffn_down.weight").c_str(), wb)).ok())
+            return st;
+        if (!(st = L.kv.dense((int) hp.n_head_kv, (int) hp.head_dim, (int) hp.head_dim_v, n_ctx, be.stream())).ok()) return st;
+    }
+    if (!(st = p->logits.alloc((size_t) hp.n_vocab * 4)).ok()) return st;
+    if (!(st = be.synchronize()).ok()) return st;
+    out->reset(new forward_session(std::move(p)));
+    return status::success();
+}
+
+status forward_session::eval(const int32_t * tokens, int n_tokens, float * logits) {
+    impl & p = *p_;
+    const hparams & hp = p.m->hp;
+    if (n_tokens <= 0) return status(ERR_INVALID_ARG, "cuda forward: n_tokens must be positive");
+    for (int t = 0; t < n_tokens; t++)
+        if (tokens[t] < 0 || (uint32_t) tokens[t] >= hp.n_vocab)
+            return status(ERR_INVALID_ARG, strfmt("cuda forward: token id %d at index %d is out of range [0, %u)", tokens[t], t, hp.n_vocab));
+    if (p.n_past + n_tokens > p.n_ctx)
+        return status(ERR_CONTEXT_FULL, strfmt("cuda forward: %d new tokens at position %d exceed the context size %d", n_tokens, p.n_past, p.n_ctx));
+    const status st = p.run(tokens, n_tokens, logits);
+    if (!st.ok()) {
+        for (layer_dev & L : p.layers)
+            if (L.kv.n_held() > p.n_past) L.kv.truncate(p.n_past, p.be->stream());  // the cache without the chunk
+        return st;
+    }
+    p.n_past += n_tokens;
+    return status::success();
+}
+
+int forward_session::n_past() const { return p_->n_past; }
+
+status forward_session::clear() {
+    for (layer_dev & L : p_->layers) {
+        const status st = L.kv.truncate(0, p_->be->stream());
+        if (!st.ok()) return st;
+    }
+    p_->n_past = 0;
+    return status::success();
+}
+
+size_t forward_session::weight_bytes() const { return p_->weight_bytes; }
+size_t forward_session::kv_bytes() const {
+    size_t b = 0;
+    for (const layer_dev & L : p_->layers) b += L.kv.payload_bytes();
+    return b;
+}
+size_t forward_session::kv_reserved_bytes() const {
+    size_t b = 0;
+    for (const layer_dev & L : p_->layers) b += L.kv.view().n_head_kv * (size_t) L.kv.view().max_seg * L.kv.page_bytes();
+    return b;
+}
+
+} // namespace cuda
+} // namespace core

@@ -1,0 +1,44 @@
+// The forward pass on one CUDA device (llama, qwen2, qwen3): the same steps as forward_chunk
+// (model/forward.cpp) with every weight and the KV cache resident on the device; per call only the token
+// ids go up and, on request, the last token's logits come back. The cache is f16, every head keeping every
+// token (compressed caches — codecs, head budgets, eviction — run on the CPU only so far).
+// CPU oracle: forward_chunk itself (test-ops-cuda.cpp "cuda/forward": logits per step and greedy tokens).
+// Numerics: matmuls dot f32 activations with the exactly decoded weights (the CPU quantizes activations to
+// q8 / f16 first), attention rounds queries and cached keys/values to f16 as the CPU does.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "../model/model.h"
+#include "backend-cuda.h"
+
+namespace core {
+namespace cuda {
+
+class forward_session {
+public:
+    // Uploads every tensor the forward pass reads and reserves an f16 cache of n_ctx tokens per layer.
+    // Errors: ERR_OOM_DEVICE (with the size), ERR_UNSUPPORTED_QUANT (a weight type without a CUDA kernel),
+    // ERR_UNSUPPORTED_ARCH (a head layout the CUDA attention does not cover: group > 8, head_dim > 256).
+    static status create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out);
+    ~forward_session();
+
+    // Runs tokens[0..n) at positions n_past().. (appended to the cache); with `logits` non-null the last
+    // token's logits [n_vocab] are copied to it (the call then waits for the device). ERR_CONTEXT_FULL past
+    // n_ctx, ERR_INVALID_ARG for a token id out of range; the cache is unchanged on error.
+    status eval(const int32_t * tokens, int n_tokens, float * logits);
+    int n_past() const;
+    status clear();  // forgets every token (pages stay reserved)
+
+    size_t weight_bytes() const;   // bytes of the weights on the device
+    size_t kv_bytes() const;       // f16 key + value bytes of the tokens held
+    size_t kv_reserved_bytes() const;
+
+    struct impl;
+private:
+    explicit forward_session(std::unique_ptr<impl> p);
+    std::unique_ptr<impl> p_;
+};
+
+} // namespace cuda
+} // namespace core
