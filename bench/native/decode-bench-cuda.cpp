@@ -5,8 +5,15 @@
 // residual adds, KV append or sampling; those move no significant bytes); numbers are labelled
 // "op-level". Reports tok/s, bytes read per token (weights + KV), achieved GB/s and the fraction of the
 // HBM roofline (peak from the device's memory clock x bus width, or --hbm-gbs).
+// KV configurations (--kv), each head's tokens at context n:
+//   f16           every head holds n f16 tokens
+//   rot2          RotateKV, faithful pre-RoPE keys: n - 80 rot2 keys and values per head + 80 f16 tokens
+//                 (16 protected sinks, 64 staging), random codes and channel permutation
+//   rot2-post     the same with post-RoPE keys (§6.2 C6)
+//   rot2-hs-lazy  head-selective + lazy: even KV heads stream (80 f16 tokens: 16 sinks + 64 recent), odd
+//                 heads keep half of the tokens (LazyEviction ratio 0.5), stored as pre-RoPE rot2 + 80 f16
 //   decode-bench-cuda [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768]
-//                     [--steps 20] [--hbm-gbs N]
+//                     [--kv f16,rot2,rot2-post,rot2-hs-lazy] [--steps 20] [--hbm-gbs N]
 // One JSON line per (type, context) on stdout; a readable table on stderr.
 #include <algorithm>
 #include <cmath>
@@ -72,7 +79,8 @@ status make_weight(weight & w, ggml_type t, int64_t n_in, int64_t n_out, uint32_
 
 struct layer { weight q, k, v, o, gate, up, down; cu::device_buffer attn_norm, ffn_norm; cu::kv_layer_device kv; };
 
-status run(const shape & sh, ggml_type wt, const std::vector<int> & contexts, int steps, double hbm_gbs, cu::backend & be) {
+status run(const shape & sh, ggml_type wt, const std::vector<int> & contexts, const std::vector<std::string> & kvs, int steps, double hbm_gbs,
+           cu::backend & be) {
     cu::stream_t s = be.stream();
     const int E = sh.n_embd, H = sh.n_head, HKV = sh.n_head_kv, D = sh.head_dim, F = sh.n_ff;
     std::vector<layer> L(sh.n_layer);
@@ -105,10 +113,19 @@ status run(const shape & sh, ggml_type wt, const std::vector<int> & contexts, in
     cu::attn_workspace ws;
     const char * tname = ggml_type_name(wt);
 
-    for (int n_ctx : contexts) {
+    for (int n_ctx : contexts)
+    for (const std::string & kvc : kvs) {
         size_t kv_bytes = 0;
         for (int il = 0; il < sh.n_layer; il++) {
-            BENCH_OK(L[il].kv.synthetic(HKV, D, D, std::vector<int32_t>(HKV, n_ctx), 100u + il, s));
+            if (kvc == "f16") {
+                BENCH_OK(L[il].kv.synthetic(HKV, D, D, std::vector<int32_t>(HKV, n_ctx), 100u + il, s));
+            } else {
+                const int keep = 80;  // 16 protected + 64 staging f16 tokens
+                std::vector<int32_t> nf(HKV, std::min(keep, n_ctx)), nc(HKV, std::max(0, n_ctx - keep));
+                if (kvc == "rot2-hs-lazy")
+                    for (int h = 0; h < HKV; h++) nc[h] = h % 2 == 0 ? 0 : std::max(0, n_ctx / 2 - keep);
+                BENCH_OK(L[il].kv.synthetic_coded(HKV, D, nf, nc, 2, 2, 32, kvc != "rot2-post", 100u + il, s));
+            }
             kv_bytes += L[il].kv.payload_bytes();
         }
         BENCH_OK(pos.upload(&n_ctx, 4));
@@ -178,13 +195,13 @@ status run(const shape & sh, ggml_type wt, const std::vector<int> & contexts, in
         const double bytes = (double) weight_bytes + (double) kv_bytes;
         const double gbs = bytes / (t_all * 1e-3) / 1e9;
         const double frac = hbm_gbs > 0 ? gbs / hbm_gbs : 0;
-        std::fprintf(stderr, "%-11s %-5s ctx %6d: %8.1f tok/s op-level (%.3f ms/tok as a graph, %.3f eager; eager matvec+norms %.3f, attention+norms %.3f) | %.1f MB weights + %.1f MB KV f16 | %.0f GB/s = %.0f%% of %.0f GB/s\n",
-                     sh.name, tname, n_ctx, 1e3 / t_all, t_all, t_eager, t_mat, t_attn, weight_bytes / 1e6, kv_bytes / 1e6, gbs, frac * 100, hbm_gbs);
+        std::fprintf(stderr, "%-11s %-5s ctx %6d kv %-12s: %8.1f tok/s op-level (%.3f ms/tok as a graph, %.3f eager; eager matvec+norms %.3f, attention+norms %.3f) | %.1f MB weights + %.1f MB KV | %.0f GB/s = %.0f%% of %.0f GB/s\n",
+                     sh.name, tname, n_ctx, kvc.c_str(), 1e3 / t_all, t_all, t_eager, t_mat, t_attn, weight_bytes / 1e6, kv_bytes / 1e6, gbs, frac * 100, hbm_gbs);
         const cu::device_info & di = be.info();
-        std::printf("{\"bench\":\"decode-op-level\",\"device\":\"%s\",\"shape\":\"%s\",\"weights\":\"%s\",\"kv\":\"f16\",\"n_ctx\":%d,\"steps\":%d,"
+        std::printf("{\"bench\":\"decode-op-level\",\"device\":\"%s\",\"shape\":\"%s\",\"weights\":\"%s\",\"kv\":\"%s\",\"n_ctx\":%d,\"steps\":%d,"
                     "\"ms_per_token\":%.4f,\"tok_s\":%.2f,\"ms_per_token_eager\":%.4f,\"ms_matvec_norms\":%.4f,\"ms_attention_norms\":%.4f,\"weight_bytes\":%zu,\"kv_bytes\":%zu,"
                     "\"gb_s\":%.1f,\"hbm_peak_gb_s\":%.1f,\"roofline_fraction\":%.4f}\n",
-                    di.name.c_str(), sh.name, tname, n_ctx, steps, t_all, 1e3 / t_all, t_eager, t_mat, t_attn, weight_bytes, kv_bytes, gbs, hbm_gbs, frac);
+                    di.name.c_str(), sh.name, tname, kvc.c_str(), n_ctx, steps, t_all, 1e3 / t_all, t_eager, t_mat, t_attn, weight_bytes, kv_bytes, gbs, hbm_gbs, frac);
         std::fflush(stdout);
     }
     return status::success();
@@ -193,7 +210,7 @@ status run(const shape & sh, ggml_type wt, const std::vector<int> & contexts, in
 } // namespace
 
 int main(int argc, char ** argv) {
-    std::string shape_name = "qwen2-1.5b", types = "f16,q8_0,q4_K", ctxs = "1024,8192,32768";
+    std::string shape_name = "qwen2-1.5b", types = "f16,q8_0,q4_K", ctxs = "1024,8192,32768", kvs = "f16,rot2,rot2-post,rot2-hs-lazy";
     int steps = 20;
     double hbm = 0;
     for (int i = 1; i < argc; i++) {
@@ -202,9 +219,10 @@ int main(int argc, char ** argv) {
         if (a == "--shape") shape_name = next();
         else if (a == "--type") types = next();
         else if (a == "--contexts") ctxs = next();
+        else if (a == "--kv") kvs = next();
         else if (a == "--steps") steps = std::max(1, std::atoi(next().c_str()));
         else if (a == "--hbm-gbs") hbm = std::atof(next().c_str());
-        else { std::fprintf(stderr, "usage: decode-bench-cuda [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--steps N] [--hbm-gbs N]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: decode-bench-cuda [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy] [--steps N] [--hbm-gbs N]\n"); return 2; }
     }
     const shape * sh = nullptr;
     for (const shape & s : SHAPES) if (shape_name == s.name) sh = &s;
@@ -218,6 +236,9 @@ int main(int argc, char ** argv) {
                  d.total_bytes / 1073741824.0, hbm, d.hbm_peak_gbs > 0 ? " (from the device)" : " (--hbm-gbs)");
     std::vector<int> contexts;
     for (auto & c : split(ctxs)) contexts.push_back(std::atoi(c.c_str()));
+    const std::vector<std::string> kv_list = split(kvs);
+    for (const std::string & k : kv_list)
+        if (k != "f16" && k != "rot2" && k != "rot2-post" && k != "rot2-hs-lazy") { std::fprintf(stderr, "unknown --kv %s\n", k.c_str()); return 2; }
     int rc = 0;
     for (auto & tn : split(types)) {
         ggml_type t = GGML_TYPE_COUNT_KNOWN;
@@ -225,9 +246,8 @@ int main(int argc, char ** argv) {
         const quant_traits * all = quant_traits_all(&n);
         for (size_t i = 0; i < n; i++) if (tn == all[i].name) t = all[i].type;
         if (t == GGML_TYPE_COUNT_KNOWN || !cu::supports_op(cu::op::MATMUL, t)) { std::fprintf(stderr, "type %s: not supported\n", tn.c_str()); continue; }
-        if (!run(*sh, t, contexts, steps, hbm, *be).ok()) rc = 1;
+        if (!run(*sh, t, contexts, kv_list, steps, hbm, *be).ok()) rc = 1;
     }
-    std::fprintf(stderr, "kv codecs rot2 / rot2+head-selective+lazy: not supported on CUDA yet (f16 cache only)\n");
     return rc;
 }
 #else

@@ -7,6 +7,7 @@
 // Kernel 2 merges the splits: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "attention.cuh"
 #include "common.cuh"
@@ -28,7 +29,7 @@ size_t attn_smem_bytes(int G, int hd, int hdv) {
 }
 
 __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const float * q, const int32_t * q_pos, int n_head,
-                                                        float scale, int n_split, float * partial) {
+                                                        float scale, int n_split, int n_total, float * partial) {
     extern __shared__ float4 smem4[];
     const int hkv = blockIdx.x, split = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
     const int G = n_head / kv.n_head_kv, hd = kv.head_dim, hdv = kv.head_dim_v;
@@ -39,9 +40,11 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
     float * m_s = p_s + MAXG * KV_PAGE_TOKENS, * l_s = m_s + MAXG, * a_s = l_s + MAXG;
 
     const int32_t qp = q_pos[t];
+    const bool round_q = !(kv.is_coded && kv.is_coded[hkv]);  // coded heads dot f32 queries (attend_group_coded_ref)
     for (int i = tid; i < G * hd; i += THREADS) {
         const int g = i / hd, d = i % hd;
-        q_s[i] = __half2float(__float2half_rn(q[((size_t) t * n_head + hkv * G + g) * hd + d]));
+        const float x = q[((size_t) t * n_head + hkv * G + g) * hd + d];
+        q_s[i] = round_q ? __half2float(__float2half_rn(x)) : x;
     }
     if (tid < MAXG) { m_s[tid] = -INFINITY; l_s[tid] = 0.0f; }
     float acc[MAXG][DPT];
@@ -115,13 +118,191 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
 #pragma unroll
     for (int g = 0; g < MAXG; g++) {
         if (g >= G) break;
-        float * part = partial + (((size_t) t * n_head + hkv * G + g) * n_split + split) * stride;
+        float * part = partial + (((size_t) t * n_head + hkv * G + g) * n_total + split) * stride;
         if (tid == 0) { part[0] = m_s[g]; part[1] = l_s[g]; }
 #pragma unroll
         for (int k = 0; k < DPT; k++) {
             const int d = tid + k * THREADS;
             if (d < hdv) part[2 + d] = acc[g][k];
         }
+    }
+}
+
+// ---- kernel 1b: the coded tokens of a head (rot codecs), CT tokens per tile
+constexpr int CT = 32;
+
+__device__ __forceinline__ uint32_t code_get(const uint8_t * c, int i, int b) {  // kv_code_get
+    const int o = i * b, byte = o >> 3, sh = o & 7;
+    uint32_t w = c[byte];
+    if (sh + b > 8) w |= (uint32_t) c[byte + 1] << 8;
+    return (w >> sh) & ((1u << b) - 1);
+}
+// x̂[d] = scale_g · (code − zp_g) of a rot block (codes [D·b/8] | scales f16 [D/grp] | zero-points u8 [D/grp])
+__device__ __forceinline__ float rot_decode(const uint8_t * blk, int d, int D, int b, int grp) {
+    const int g = d / grp, ng = D / grp;
+    const uint8_t * sc = blk + D * b / 8;
+    const float s = f16_bits_to_f32((uint16_t) (sc[2 * g] | (sc[2 * g + 1] << 8)));
+    return s * ((float) code_get(blk, d, b) - (float) sc[2 * ng + g]);
+}
+// normalized FWHT of `rows` rows of length D in shared memory (row stride ld), by the whole block
+template <int D> __device__ void fwht_rows(float * x, int ld, int rows) {
+    for (int h = 1; h < D; h <<= 1) {
+        for (int i = threadIdx.x; i < rows * (D / 2); i += THREADS) {
+            const int r = i / (D / 2), k = i % (D / 2), j = (k / h) * 2 * h + (k % h);
+            float * xr = x + (size_t) r * ld;
+            const float a = xr[j], b = xr[j + h];
+            xr[j] = a + b;
+            xr[j + h] = a - b;
+        }
+        __syncthreads();
+    }
+}
+
+template <int D>
+__global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const float * q, const int32_t * q_pos, int n_head, float scale,
+                                                        int n_split_c, int split0, int n_total, float * partial) {
+    const int hkv = blockIdx.x, split = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
+    const int G = n_head / kv.n_head_kv;
+    __shared__ float q_s[MAXG][D];
+    __shared__ float k_t[CT][D + 1];
+    __shared__ float cs_s[CT][D / 2], sn_s[CT][D / 2];
+    __shared__ float p_s[MAXG][CT];
+    __shared__ float m_s[MAXG], l_s[MAXG], a_s[MAXG];
+    __shared__ float qsum[MAXG][D / 8];
+    __shared__ int nvis_s;
+    const float inv_sqrt_d = 1.0f / sqrtf((float) D);
+
+    const int32_t qp = q_pos[t];
+    const int nc = kv.is_coded && kv.is_coded[hkv] ? kv.n_coded[hkv] : 0;
+    const int c0 = nc ? kv.c_first[hkv] : 0;
+    const int32_t * cpos = kv.c_pos + c0;
+    const int32_t * perm = kv.perm ? kv.perm + (size_t) hkv * D : nullptr;
+    if (tid == 0) {  // coded tokens with position <= qp: a prefix (positions ascend)
+        int lo = 0, hi = nc;
+        while (lo < hi) { const int mid = (lo + hi) / 2; if (cpos[mid] <= qp) lo = mid + 1; else hi = mid; }
+        nvis_s = lo;
+    }
+    for (int i = tid; i < G * D; i += THREADS) q_s[i / D][i % D] = q[((size_t) t * n_head + hkv * G + i / D) * D + i % D];
+    if (tid < MAXG) { m_s[tid] = -INFINITY; l_s[tid] = 0.0f; }
+    __syncthreads();
+    if (!kv.pre_rope && nc > 0) {
+        // post-RoPE keys are P·H·k: dot them with P·H·q (q̃[d] = (H·q)[perm[d]]), Σ q̃ per quantization group
+        fwht_rows<D>(&q_s[0][0], D, G);
+        for (int i = tid; i < G * D; i += THREADS) k_t[i / D][i % D] = q_s[i / D][perm ? perm[i % D] : i % D] * inv_sqrt_d;
+        __syncthreads();
+        for (int i = tid; i < G * D; i += THREADS) q_s[i / D][i % D] = k_t[i / D][i % D];
+        __syncthreads();
+        const int ng = D / kv.kgroup;
+        for (int i = tid; i < G * ng; i += THREADS) {
+            const int g = i / ng, gr = i % ng;
+            float a = 0.0f;
+            for (int k = 0; k < kv.kgroup; k++) a += q_s[g][gr * kv.kgroup + k];
+            qsum[g][gr] = a;
+        }
+        __syncthreads();
+    }
+    const int nvis = nvis_s;
+    const int s0 = (int) ((int64_t) split * nvis / n_split_c), s1 = (int) ((int64_t) (split + 1) * nvis / n_split_c);
+    float acc[MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) acc[g] = 0.0f;
+    const float theta_scale = powf(kv.freq_base, -2.0f / (float) kv.n_rot);
+    for (int j0 = s0; j0 < s1; j0 += CT) {
+        const int nt = min(CT, s1 - j0);
+        __syncthreads();  // the previous tile is consumed
+        if (kv.pre_rope) {
+            // decode, undo the permutation (kr[perm[d]] = x̂[d]), FWHT, RoPE at the token's position
+            for (int i = tid; i < nt * D; i += THREADS) {
+                const int tok = i / D, d = i % D;
+                const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
+                k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
+            }
+            if (tid < nt) {  // rope_cache_ref: theta advanced by repeated multiplication
+                float theta = (float) cpos[j0 + tid];
+                for (int i = 0; i < D / 2; i++) {
+                    const float ff = kv.freq_factors ? kv.freq_factors[i] : 1.0f;
+                    const float tt = kv.freq_scale * (theta / ff);
+                    cs_s[tid][i] = cosf(tt);
+                    sn_s[tid][i] = sinf(tt);
+                    theta *= theta_scale;
+                }
+            }
+            __syncthreads();
+            fwht_rows<D>(&k_t[0][0], D + 1, nt);
+            for (int i = tid; i < nt * (D / 2); i += THREADS) {
+                const int tok = i / (D / 2), k = i % (D / 2);
+                const int i0 = kv.rope_neox ? k : 2 * k, i1 = kv.rope_neox ? k + D / 2 : 2 * k + 1;
+                const float x0 = k_t[tok][i0] * inv_sqrt_d, x1 = k_t[tok][i1] * inv_sqrt_d, c = cs_s[tok][k], sn = sn_s[tok][k];
+                k_t[tok][i0] = fmaf(x0, c, -(x1 * sn));
+                k_t[tok][i1] = fmaf(x0, sn, x1 * c);
+            }
+            __syncthreads();
+            for (int i = tid; i < G * CT; i += THREADS) {
+                const int g = i / CT, tok = i % CT;
+                float sc = -INFINITY;
+                if (tok < nt) {
+                    float dot = 0.0f;
+                    for (int d = 0; d < D; d++) dot = fmaf(q_s[g][d], k_t[tok][d], dot);
+                    sc = dot * scale;
+                }
+                p_s[g][tok] = sc;
+            }
+        } else {
+            for (int i = tid; i < G * CT; i += THREADS) {
+                const int g = i / CT, tok = i % CT;
+                float sc = -INFINITY;
+                if (tok < nt) {
+                    const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
+                    const uint8_t * sb = blk + D * kv.kbits / 8;
+                    const int ng = D / kv.kgroup;
+                    float r = 0.0f;
+                    for (int gr = 0; gr < ng; gr++) {
+                        float a = 0.0f;
+                        for (int k = 0; k < kv.kgroup; k++) a = fmaf(q_s[g][gr * kv.kgroup + k], (float) code_get(blk, gr * kv.kgroup + k, kv.kbits), a);
+                        const float s16 = f16_bits_to_f32((uint16_t) (sb[2 * gr] | (sb[2 * gr + 1] << 8)));
+                        r += s16 * (a - (float) sb[2 * ng + gr] * qsum[g][gr]);
+                    }
+                    sc = r * scale;
+                }
+                p_s[g][tok] = sc;
+            }
+        }
+        __syncthreads();
+        const int warp = tid / WARP, lane = tid % WARP;
+        for (int g = warp; g < G; g += THREADS / WARP) {
+            const float a = p_s[g][lane];
+            const float mx = warp_max(a);
+            const float m_old = m_s[g], m_new = fmaxf(m_old, mx);
+            float pa = 0.0f, alpha = 1.0f;
+            if (m_new != -INFINITY) { pa = expf(a - m_new); alpha = expf(m_old - m_new); }
+            p_s[g][lane] = pa;
+            const float sum = warp_sum(pa);
+            if (lane == 0) { l_s[g] = l_s[g] * alpha + sum; m_s[g] = m_new; a_s[g] = alpha; }
+        }
+        __syncthreads();
+        if (tid < D) {
+#pragma unroll
+            for (int g = 0; g < MAXG; g++)
+                if (g < G) acc[g] *= a_s[g];
+            for (int tok = 0; tok < nt; tok++) {
+                const float v = rot_decode(kv.vblk + (size_t) (c0 + j0 + tok) * kv.v_block_bytes, tid, D, kv.vbits, kv.vgroup);
+#pragma unroll
+                for (int g = 0; g < MAXG; g++)
+                    if (g < G) acc[g] = fmaf(p_s[g][tok], v, acc[g]);
+            }
+        }
+    }
+    __syncthreads();
+    // Σ p·H·v = H·Σ p·v: one FWHT per query head brings the split's accumulator back
+    if (tid < D)
+        for (int g = 0; g < G; g++) k_t[g][tid] = acc[g];
+    __syncthreads();
+    fwht_rows<D>(&k_t[0][0], D + 1, G);
+    const int stride = 2 + D;
+    for (int g = 0; g < G; g++) {
+        float * part = partial + (((size_t) t * n_head + hkv * G + g) * n_total + split0 + split) * stride;
+        if (tid == 0) { part[0] = m_s[g]; part[1] = l_s[g]; }
+        if (tid < D) part[2 + tid] = k_t[g][tid] * inv_sqrt_d;
     }
 }
 
@@ -164,7 +345,19 @@ status attention_decode(const attn_decode_params & p, const float * q, const int
         n_split = std::max(1, (2 * sms + kv.n_head_kv * p.n_tokens - 1) / (kv.n_head_kv * p.n_tokens));
     }
     n_split = std::max(1, std::min(n_split, std::max(1, kv.max_n_seg)));
-    const size_t need = (size_t) p.n_tokens * p.n_head * n_split * (2 + kv.head_dim_v) * sizeof(float);
+    // coded tokens: splits of at least 128 tokens, as many as fill the device
+    int n_split_c = 0;
+    if (kv.kblk && kv.max_n_coded > 0) {
+        int dev = 0, sms = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        const int fill = std::max(1, (2 * sms + kv.n_head_kv * p.n_tokens - 1) / (kv.n_head_kv * p.n_tokens));
+        n_split_c = std::max(1, std::min(fill, (kv.max_n_coded + 127) / 128));
+        if (kv.head_dim != kv.head_dim_v || (kv.head_dim != 32 && kv.head_dim != 64 && kv.head_dim != 128))
+            return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda attention: coded heads need head_dim == head_dim_v in {32, 64, 128} (got %d/%d)", kv.head_dim, kv.head_dim_v));
+    }
+    const int n_total = n_split + n_split_c;
+    const size_t need = (size_t) p.n_tokens * p.n_head * n_total * (2 + kv.head_dim_v) * sizeof(float);
     if (ws.partial.bytes() < need) {
         status st = ws.partial.alloc(need);
         if (!st.ok()) return st;
@@ -175,10 +368,20 @@ status attention_decode(const attn_decode_params & p, const float * q, const int
         CUDA_CHECK(cudaFuncSetAttribute(k_attn_split, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
         smem_set = smem;
     }
-    k_attn_split<<<dim3(kv.n_head_kv, n_split, p.n_tokens), THREADS, smem, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split,
+    k_attn_split<<<dim3(kv.n_head_kv, n_split, p.n_tokens), THREADS, smem, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split, n_total,
                                                                                   ws.partial.as<float>());
     CUDA_CHECK_LAUNCH("attention split");
-    k_attn_merge<<<dim3(p.n_head, p.n_tokens), 128, 0, s>>>(ws.partial.as<float>(), n_split, kv.head_dim_v, out);
+    if (n_split_c > 0) {
+        const dim3 grid(kv.n_head_kv, n_split_c, p.n_tokens);
+        float * part = ws.partial.as<float>();
+        switch (kv.head_dim) {
+        case 32: k_attn_coded<32><<<grid, THREADS, 0, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split_c, n_split, n_total, part); break;
+        case 64: k_attn_coded<64><<<grid, THREADS, 0, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split_c, n_split, n_total, part); break;
+        default: k_attn_coded<128><<<grid, THREADS, 0, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split_c, n_split, n_total, part); break;
+        }
+        CUDA_CHECK_LAUNCH("attention coded split");
+    }
+    k_attn_merge<<<dim3(p.n_head, p.n_tokens), 128, 0, s>>>(ws.partial.as<float>(), n_total, kv.head_dim_v, out);
     CUDA_CHECK_LAUNCH("attention merge");
     return status::success();
 }
@@ -232,10 +435,38 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     page_bytes_ = (size_t) KV_PAGE_TOKENS * (hd + hdv) * sizeof(f16_t);
     std::vector<std::vector<int32_t>> seg_n(nh), pos(nh);
     size_t n_pages = 0;
+    // coded heads: codes, positions and permutation gathered per head
+    std::vector<int32_t> is_coded(nh, 0), n_coded(nh, 0), c_pos, perm;
+    std::vector<uint8_t> kb, vb;
+    const kv_coded_view * first = nullptr;
     for (int h = 0; h < nh; h++) {
         const kv_head_view hv = kv.head(il, h);
-        if (hv.coded) return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda attention: layer %d head %d uses a storage codec (not supported on CUDA yet)", il, h));
         n_pages += (size_t) hv.n_seg;
+        if (!hv.coded) continue;
+        const kv_coded_view & c = *hv.coded;
+        const kv_storage_config & st = *c.st;
+        const int kg = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group), vg = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
+        const char * why = nullptr;
+        if (!c.kc->rotated || !c.vc->rotated || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1) why = "keys and values must use rot2/rot3/rot4";
+        else if (c.rot_g != 1) why = "grouped key rotation (rotationGroup > 1) is not supported on CUDA yet";
+        else if (hd != hdv || (hd != 32 && hd != 64 && hd != 128)) why = "head_dim == head_dim_v in {32, 64, 128} is required";
+        else if (kg < 8 || vg < 8) why = "quantization groups of at least 8 channels are required";
+        else if (!st.post_rope && (st.n_rot != hd || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX))) why = "pre-RoPE keys need full NORM/NEOX RoPE";
+        else if (first && (c.kc != first->kc || c.vc != first->vc || c.kp.group != first->kp.group || c.vp.group != first->vp.group || c.st != first->st))
+            why = "every coded head of a layer must use the same codecs";
+        if (why) return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda attention: layer %d head %d (%s/%s): %s", il, h, c.kc->name, c.vc->name, why));
+        if (!first) first = &c;
+        is_coded[h] = 1;
+        n_coded[h] = c.n;
+        for (int32_t j = 0; j < c.n; j++) {
+            int jj = 0;
+            const uint8_t * k = c.key_block(j, jj), * v = c.value_block(j, jj);
+            kb.insert(kb.end(), k, k + c.k_block_bytes);
+            vb.insert(vb.end(), v, v + c.v_block_bytes);
+            c_pos.push_back(c.pos_at(j));
+        }
+        if (c.perm) perm.insert(perm.end(), c.perm, c.perm + hd);
+        else for (int d = 0; d < hd; d++) perm.push_back(d);
     }
     status st = pages_.alloc(std::max<size_t>(1, n_pages) * page_bytes_);
     if (!st.ok()) return st;
@@ -258,7 +489,66 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     }
     v_.head_dim = hd;
     v_.head_dim_v = hdv;
-    return build_tables(nh, seg_n, pos);
+    if (!(st = build_tables(nh, seg_n, pos)).ok()) return st;
+    if (!first) return status::success();
+    const kv_coded_view & c = *first;
+    const kv_storage_config & sc = *c.st;
+    v_.kbits = c.kc->bits;
+    v_.vbits = c.vc->bits;
+    v_.kgroup = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group);
+    v_.vgroup = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
+    v_.k_block_bytes = (int) c.k_block_bytes;
+    v_.v_block_bytes = (int) c.v_block_bytes;
+    v_.pre_rope = sc.post_rope ? 0 : 1;
+    v_.rope_neox = sc.rope == ROPE_STYLE_NEOX;
+    v_.n_rot = sc.n_rot;
+    v_.freq_base = sc.freq_base;
+    v_.freq_scale = sc.freq_scale;
+    if (sc.freq_factors) {
+        if (!(st = ff_.alloc((size_t) sc.n_rot / 2 * 4)).ok() || !(st = ff_.upload(sc.freq_factors, (size_t) sc.n_rot / 2 * 4)).ok()) return st;
+        v_.freq_factors = ff_.as<float>();
+    }
+    payload_bytes_ += kb.size() + vb.size();
+    return build_coded(is_coded, kb, vb, n_coded, c_pos, perm);
+}
+
+status kv_layer_device::build_coded(const std::vector<int32_t> & is_coded, const std::vector<uint8_t> & kb, const std::vector<uint8_t> & vb,
+                                    const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm) {
+    const int nh = (int) is_coded.size();
+    std::vector<int32_t> c_first(nh, 0), perm_full;
+    int total = 0, pi = 0;
+    v_.max_n_coded = 0;
+    for (int h = 0; h < nh; h++) {
+        c_first[h] = total;
+        total += n_coded[h];
+        v_.max_n_coded = std::max(v_.max_n_coded, n_coded[h]);
+    }
+    // perm is given for the coded heads only (in head order): spread to [n_head_kv][head_dim], identity elsewhere
+    if (!perm.empty()) {
+        for (int h = 0; h < nh; h++) {
+            for (int d = 0; d < v_.head_dim; d++) perm_full.push_back(is_coded[h] ? perm[(size_t) pi * v_.head_dim + d] : d);
+            if (is_coded[h]) pi++;
+        }
+    }
+    status st;
+    auto put = [&](device_buffer & b, const void * src, size_t bytes) {
+        if (!(st = b.alloc(std::max<size_t>(bytes, 4))).ok()) return false;
+        if (bytes && !(st = b.upload(src, bytes)).ok()) return false;
+        return true;
+    };
+    if (!put(is_coded_, is_coded.data(), is_coded.size() * 4) || !put(kblk_, kb.data(), kb.size()) || !put(vblk_, vb.data(), vb.size()) ||
+        !put(c_first_, c_first.data(), c_first.size() * 4) || !put(n_coded_, n_coded.data(), n_coded.size() * 4) ||
+        !put(c_pos_, c_pos.data(), c_pos.size() * 4))
+        return st;
+    if (!perm_full.empty() && !put(perm_, perm_full.data(), perm_full.size() * 4)) return st;
+    v_.is_coded = is_coded_.as<int32_t>();
+    v_.kblk = kblk_.as<uint8_t>();
+    v_.vblk = vblk_.as<uint8_t>();
+    v_.c_first = c_first_.as<int32_t>();
+    v_.n_coded = n_coded_.as<int32_t>();
+    v_.c_pos = c_pos_.as<int32_t>();
+    v_.perm = perm_full.empty() ? nullptr : perm_.as<int32_t>();
+    return status::success();
 }
 
 status kv_layer_device::synthetic(int n_head_kv, int head_dim, int head_dim_v, const std::vector<int32_t> & n_tokens, uint32_t seed, stream_t s) {
@@ -343,6 +633,72 @@ status kv_layer_device::append(const float * k, const float * v, int n_tokens, s
     CUDA_CHECK_LAUNCH("kv append");
     n_held_ += n_tokens;
     return truncate(n_held_, s);
+}
+
+status kv_layer_device::synthetic_coded(int n_head_kv, int head_dim, const std::vector<int32_t> & n_f16, const std::vector<int32_t> & n_coded_h,
+                                        int kbits, int vbits, int group, bool pre_rope, uint32_t seed, stream_t s) {
+    const int D = head_dim;
+    if ((D != 32 && D != 64 && D != 128) || group < 8 || D % group || kbits < 2 || kbits > 4 || vbits < 2 || vbits > 4)
+        return status(ERR_INVALID_ARG, strfmt("cuda kv: synthetic coded layer: head_dim %d, group %d, bits %d/%d not covered", D, group, kbits, vbits));
+    page_bytes_ = (size_t) KV_PAGE_TOKENS * 2 * D * sizeof(f16_t);
+    std::vector<std::vector<int32_t>> seg_n(n_head_kv), pos(n_head_kv);
+    std::vector<int32_t> is_coded(n_head_kv, 0), c_pos, perm;
+    size_t n_pages = 0;
+    payload_bytes_ = 0;
+    for (int h = 0; h < n_head_kv; h++) {
+        const int32_t nc = n_coded_h[h], nf = n_f16[h];
+        // f16 tokens: 16 protected (positions 0..15), then the staging window after the coded tokens
+        for (int32_t j = 0; j < nf; j++) pos[h].push_back(nc > 0 && j >= 16 ? nc + j : j);
+        for (int32_t j = 0; j < nf; j += KV_PAGE_TOKENS) seg_n[h].push_back(std::min<int32_t>(KV_PAGE_TOKENS, nf - j));
+        n_pages += seg_n[h].size();
+        payload_bytes_ += (size_t) nf * 2 * D * sizeof(f16_t);
+        is_coded[h] = nc > 0;
+        for (int32_t j = 0; j < nc; j++) c_pos.push_back(16 + j);
+    }
+    status st = pages_.alloc(std::max<size_t>(1, n_pages) * page_bytes_);
+    if (!st.ok()) return st;
+    if (!(st = fill_random(pages_.data(), GGML_TYPE_F16, (int64_t) (pages_.bytes() / 2), seed, 1.0f, s)).ok()) return st;
+    v_.head_dim = D;
+    v_.head_dim_v = D;
+    if (!(st = build_tables(n_head_kv, seg_n, pos)).ok()) return st;
+    // codes: random bits, scales 2/(2^b - 1) (values in [-1, 1]), zero-points at mid range
+    const int kbb = D * kbits / 8 + D / group * 3, vbb = D * vbits / 8 + D / group * 3;
+    std::vector<uint8_t> kb((size_t) c_pos.size() * kbb), vb((size_t) c_pos.size() * vbb);
+    uint32_t x = seed * 2654435761u + 1;
+    auto rnd = [&]() { x ^= x << 13; x ^= x >> 17; x ^= x << 5; return x; };
+    auto fill = [&](std::vector<uint8_t> & b, int bb, int bits) {
+        const int ng = D / group, cb = D * bits / 8;
+        const f16_t sc = f32_to_f16(2.0f / (float) ((1 << bits) - 1));
+        for (size_t t = 0; t < b.size() / bb; t++) {
+            uint8_t * blk = b.data() + t * bb;
+            for (int i = 0; i < cb; i++) blk[i] = (uint8_t) rnd();
+            for (int g = 0; g < ng; g++) {
+                std::memcpy(blk + cb + 2 * g, &sc, 2);
+                blk[cb + 2 * ng + g] = (uint8_t) ((1 << bits) / 2);
+            }
+        }
+    };
+    fill(kb, kbb, kbits);
+    fill(vb, vbb, vbits);
+    for (int h = 0; h < n_head_kv; h++) {  // a random permutation per coded head
+        if (!is_coded[h]) continue;
+        std::vector<int32_t> p(D);
+        for (int d = 0; d < D; d++) p[d] = d;
+        for (int d = D - 1; d > 0; d--) std::swap(p[d], p[rnd() % (uint32_t) (d + 1)]);
+        perm.insert(perm.end(), p.begin(), p.end());
+    }
+    v_.kbits = kbits;
+    v_.vbits = vbits;
+    v_.kgroup = v_.vgroup = group;
+    v_.k_block_bytes = kbb;
+    v_.v_block_bytes = vbb;
+    v_.pre_rope = pre_rope ? 1 : 0;
+    v_.rope_neox = 1;
+    v_.n_rot = D;
+    v_.freq_base = 1000000.0f;
+    v_.freq_scale = 1.0f;
+    payload_bytes_ += kb.size() + vb.size();
+    return build_coded(is_coded, kb, vb, n_coded_h, c_pos, perm);
 }
 
 } // namespace cuda

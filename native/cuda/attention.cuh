@@ -5,8 +5,15 @@
 // [KV_PAGE_TOKENS][head_dim_v] f16 values; every head has its own segments, token count and explicit
 // int32 positions, and a query at position p attends the tokens of its KV head with position <= p.
 // CPU oracle: attention_ref (kernels/cpu/attention.h); queries are rounded to f16 before q·k as there.
-// Supported: f16 heads (coded heads: not yet), group size <= 8, head_dim and head_dim_v <= 256 and
-// multiples of 8.
+// Coded heads (RotateKV rot2/rot3/rot4 keys and values, ALGORITHMS.md §3): their quantized tokens are
+// read as codes, scales and zero-points straight from device memory by a second split kernel (kernel 1b)
+// whose partial softmax states merge with the f16 splits': pre-RoPE keys are decoded, un-permuted, rotated
+// back (FWHT) and RoPE'd per token; post-RoPE keys are dotted with P·H·q; values accumulate in the rotated
+// basis and one FWHT per split brings them back. As attend_group_coded_ref: coded heads use f32 queries,
+// f16 heads f16-rounded ones.
+// Supported: f16 heads; coded heads with rot codecs (one token per block), per-head key rotation
+// (rotationGroup 1), head_dim == head_dim_v in {32, 64, 128}, full NORM/NEOX RoPE for pre-RoPE keys;
+// group size <= 8, head_dim and head_dim_v <= 256 and multiples of 8.
 #pragma once
 #include <vector>
 
@@ -27,12 +34,32 @@ struct kv_layer_view {
     const int32_t * pos = nullptr;       // [n_head_kv][max_tokens]
     const int32_t * n_seg = nullptr;     // [n_head_kv]
     int max_n_seg = 0;                   // max over heads of n_seg (host copy, sizes the split)
+
+    // coded tokens (all null / 0 when no head of the layer has a storage codec)
+    const int32_t * is_coded = nullptr;  // [n_head_kv] 1: the head has a codec (attention uses f32 queries)
+    const uint8_t * kblk = nullptr;      // [total coded][k_block_bytes] key blocks, head after head
+    const uint8_t * vblk = nullptr;      // [total coded][v_block_bytes]
+    const int32_t * c_first = nullptr;   // [n_head_kv] index of the head's first coded token
+    const int32_t * n_coded = nullptr;   // [n_head_kv]
+    const int32_t * c_pos = nullptr;     // [total coded] positions (ascending per head)
+    const int32_t * perm = nullptr;      // [n_head_kv][head_dim] key channel permutation (nullptr: identity)
+    const float * freq_factors = nullptr;
+    int kbits = 0, vbits = 0, kgroup = 0, vgroup = 0, k_block_bytes = 0, v_block_bytes = 0;
+    int pre_rope = 0, rope_neox = 0, n_rot = 0;
+    float freq_base = 10000.0f, freq_scale = 1.0f;
+    int max_n_coded = 0;                 // host copy (sizes the coded split)
 };
 
 class kv_layer_device {
 public:
-    // Copies layer il of a host cache (f16 heads only: ERR_UNSUPPORTED_QUANT for a coded head).
+    // Copies layer il of a host cache: f16 segments, and the codes, scales, zero-points, positions and
+    // key permutation of coded heads (ERR_UNSUPPORTED_QUANT for a codec or layout the kernels do not cover).
     status upload(const kv_cache & kv, int il);
+    // Synthetic coded layer (bench): head h holds n_coded[h] rot-coded tokens at positions 16.. between 16
+    // protected f16 tokens and n_f16[h] - 16 staging f16 tokens (n_coded[h] == 0: an f16 head of n_f16[h]
+    // tokens, a STREAM head), random codes with unit-range scales.
+    status synthetic_coded(int n_head_kv, int head_dim, const std::vector<int32_t> & n_f16, const std::vector<int32_t> & n_coded, int kbits,
+                           int vbits, int group, bool pre_rope, uint32_t seed, stream_t s);
     // Synthetic layer: head h holds n_tokens[h] tokens at positions 0..n-1 (every head: pos_stride 1),
     // random f16 keys/values in [-1, 1) (bench; no host copy of the pages).
     status synthetic(int n_head_kv, int head_dim, int head_dim_v, const std::vector<int32_t> & n_tokens, uint32_t seed, stream_t s);
@@ -56,7 +83,10 @@ private:
     kv_layer_view v_;
     size_t page_bytes_ = 0, payload_bytes_ = 0;
     int n_held_ = 0, n_ctx_ = 0;  // dense layers
+    status build_coded(const std::vector<int32_t> & is_coded, const std::vector<uint8_t> & kb, const std::vector<uint8_t> & vb,
+                       const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm);
     device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, n_seg_;
+    device_buffer is_coded_, kblk_, vblk_, c_first_, n_coded_, c_pos_, perm_, ff_;
 };
 
 struct attn_decode_params {

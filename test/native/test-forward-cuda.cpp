@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
+#include "kv/codecs/kv-codec.h"
 #include "kv/kv-cache.h"
 #include "kv/page-pool.h"
 #include "model/model.h"
@@ -293,6 +295,120 @@ TC_TEST("cuda/kv-append") {
     TC_OK(dk.zero());
     TC_CHECK(d.append(dk.as<float>(), dk.as<float>(), 11, be->stream()).code == ERR_CONTEXT_FULL);
     TC_CHECK(d.truncate(3, be->stream()).code == ERR_INVALID_ARG);
+}
+
+
+// Coded heads (RotateKV rot2/3/4 keys and values, pre- and post-RoPE, permuted keys, NORM/NEOX, head sizes
+// 32/64/128, staging and protected f16 tokens, a STREAM f16 head beside them) read in place on the device:
+// CUDA == the CPU's attend_group_coded_ref (through attention_ref) up to summation order and RoPE angles.
+TC_TEST("cuda/attention coded (rot2/3/4)") {
+    TC_NEED_CUDA(be);
+    int cases = 0;
+    for (int D : {32, 64, 128}) {
+        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4}) {
+            for (bool post : {false, true}) {
+                const rope_style style = (D == 64) ? ROPE_STYLE_NORM : ROPE_STYLE_NEOX;
+                const int nkv = 3, G = D == 128 ? 6 : 4, nh = nkv * G;
+                std::mt19937 rng(11 + D + (int) t + post);
+                kv_cache_config cfg;
+                cfg.n_layer = 1; cfg.n_head_kv = nkv; cfg.head_dim = D; cfg.head_dim_v = D; cfg.n_ctx = 2048;
+                cfg.retention.assign(nkv, KV_RETAIN_FULL);
+                cfg.retention[2] = KV_RETAIN_STREAM;  // an f16 head (sinks + recent) beside the coded ones
+                cfg.stream_sinks = 16; cfg.stream_recent = 64;
+                kv_storage_config & st = cfg.storage;
+                st.key = st.value = t;
+                st.staging = 24;
+                st.protect = 5;
+                st.group = D == 32 ? 16 : 32;
+                st.post_rope = post;
+                st.n_rot = D;
+                st.rope = style;
+                st.freq_base = 10000.0f;
+                st.perm.resize((size_t) nkv * D);
+                for (int h = 0; h < nkv; h++) {
+                    std::iota(st.perm.begin() + (size_t) h * D, st.perm.begin() + (size_t) (h + 1) * D, 0);
+                    if (h == 1) std::shuffle(st.perm.begin() + (size_t) h * D, st.perm.begin() + (size_t) (h + 1) * D, rng);
+                }
+                auto pool = std::make_shared<page_pool>(kv_page_bytes(D, D));
+                kv_cache kv(cfg, pool);
+                // 537 tokens in chunks of 97, post-RoPE keys as forward_chunk appends them
+                std::vector<float> cs((size_t) D);
+                std::normal_distribution<float> nd(0.0f, 1.0f);
+                for (int done = 0; done < 537; done += 97) {
+                    const int m = std::min(97, 537 - done);
+                    std::vector<float> k((size_t) m * nkv * D), v((size_t) m * nkv * D);
+                    for (auto & x : k) x = nd(rng);
+                    for (auto & x : v) x = nd(rng);
+                    std::vector<int32_t> pos(m);
+                    for (int j = 0; j < m; j++) {
+                        pos[j] = done + j;
+                        rope_cache_ref(cs.data(), pos[j], D, 10000.0f, 1.0f, nullptr);
+                        rope_apply_ref(k.data() + (size_t) j * nkv * D, nkv, D, D, style, cs.data());
+                    }
+                    TC_OK(kv.reserve(m));
+                    kv.append(0, m, k.data(), v.data(), pos.data());
+                    kv.retain(0);
+                }
+                TC_CHECK(kv.head(0, 0).coded && kv.head(0, 0).coded->n > 400);
+                cu::kv_layer_device dkv;
+                TC_OK(dkv.upload(kv, 0));
+                for (const std::vector<int32_t> & q_pos : {std::vector<int32_t>{536}, std::vector<int32_t>{300, 301, 536}}) {
+                    const int nq = (int) q_pos.size();
+                    const std::vector<float> q = randn((size_t) nq * nh * D, 77 + nq, 2.0f);
+                    attn_params ap;
+                    ap.n_tokens = nq; ap.n_head = nh; ap.n_head_kv = nkv; ap.head_dim = D; ap.head_dim_v = D; ap.scale = 1.0f / std::sqrt((float) D);
+                    std::vector<float> cpu(q.size());
+                    attention_ref(ap, q.data(), q_pos.data(), kv, 0, cpu.data());
+                    cu::device_buffer dq = to_device(q), dp = to_device(q_pos), dout;
+                    TC_OK(dout.alloc(q.size() * 4));
+                    cu::attn_workspace ws;
+                    cu::attn_decode_params dp_;
+                    dp_.n_tokens = nq; dp_.n_head = nh; dp_.scale = ap.scale;
+                    TC_OK(cu::attention_decode(dp_, dq.as<float>(), dp.as<int32_t>(), dkv.view(), dout.as<float>(), ws, be->stream()));
+                    TC_OK(be->synchronize());
+                    const std::vector<float> y = to_host<float>(dout, q.size());
+                    const double e = nmse(y.data(), cpu.data(), y.size());
+                    // f32 summation order, and (pre-RoPE) cosf/sinf vs libm on the same angles: far below the codec error
+                    const double bound = 1e-8;
+                    std::printf("    ATTN_CODED(%s,D=%d,%s,%s,G=%d,n_q=%d): NMSE vs attention_ref %.3g %s %.0e %s\n", kv_codec_get(t).name, D,
+                                post ? "post-RoPE" : "pre-RoPE", style == ROPE_STYLE_NEOX ? "neox" : "norm", G, nq, e, e <= bound ? "<=" : ">", bound,
+                                e <= bound ? "OK" : "FAIL");
+                    TC_CHECK(e <= bound);
+                    cases++;
+                    if (tc::g_mode == "perf" && nq == 1) {
+                        std::vector<float> t_ms;
+                        for (int r = 0; r < 7; r++) {
+                            cu::event_timer tm;
+                            float ms = 0;
+                            TC_OK(tm.start(be->stream()));
+                            TC_OK(cu::attention_decode(dp_, dq.as<float>(), dp.as<int32_t>(), dkv.view(), dout.as<float>(), ws, be->stream()));
+                            TC_OK(tm.stop(be->stream(), &ms));
+                            t_ms.push_back(ms);
+                        }
+                        std::sort(t_ms.begin(), t_ms.end());
+                        std::printf("    PERF ATTN_CODED(%s,D=%d,%s,537 tokens): %.2f us\n", kv_codec_get(t).name, D, post ? "post" : "pre", t_ms[3] * 1e3);
+                    }
+                }
+            }
+        }
+    }
+    // a codec the kernels do not read is refused with the reason
+    kv_cache_config cfg;
+    cfg.n_layer = 1; cfg.n_head_kv = 1; cfg.head_dim = 64; cfg.head_dim_v = 64; cfg.n_ctx = 256;
+    cfg.storage.key = cfg.storage.value = KV_CODEC_KIVI2;
+    cfg.storage.n_rot = 64;
+    kv_cache kv(cfg, std::make_shared<page_pool>(kv_page_bytes(64, 64)));
+    const std::vector<float> k((size_t) 200 * 64, 0.5f);
+    std::vector<int32_t> pos(200);
+    std::iota(pos.begin(), pos.end(), 0);
+    TC_OK(kv.reserve(200));
+    kv.append(0, 200, k.data(), k.data(), pos.data());
+    kv.retain(0);
+    cu::kv_layer_device dkv;
+    const status st = dkv.upload(kv, 0);
+    TC_CHECK(st.code == ERR_UNSUPPORTED_QUANT) << st.message;
+    std::printf("    refused: %s\n", st.message.c_str());
+    TC_CHECK(cases == 36);
 }
 
 namespace {
