@@ -95,6 +95,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
             pg[lane] = pa;
             pg[lane + WARP] = pb;
             const float sum = warp_sum(pa + pb);
+            __syncwarp();  // every lane has read m_s[g] (racecheck does not count the shuffles as a barrier)
             if (lane == 0) { l_s[g] = l_s[g] * alpha + sum; m_s[g] = m_new; a_s[g] = alpha; }
         }
         __syncthreads();
@@ -277,6 +278,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
             if (m_new != -INFINITY) { pa = expf(a - m_new); alpha = expf(m_old - m_new); }
             p_s[g][lane] = pa;
             const float sum = warp_sum(pa);
+            __syncwarp();  // every lane has read m_s[g] (racecheck does not count the shuffles as a barrier)
             if (lane == 0) { l_s[g] = l_s[g] * alpha + sum; m_s[g] = m_new; a_s[g] = alpha; }
         }
         __syncthreads();
@@ -429,7 +431,14 @@ status kv_layer_device::build_tables(int n_head_kv, const std::vector<std::vecto
     return status::success();
 }
 
+void kv_layer_device::reset() {
+    v_ = kv_layer_view{};
+    n_held_ = n_ctx_ = 0;
+    payload_bytes_ = 0;
+}
+
 status kv_layer_device::upload(const kv_cache & kv, int il) {
+    reset();  // nothing of a previous layout (coded tables above all) may leak into this one
     const kv_cache_config & cfg = kv.config();
     const int nh = cfg.n_head_kv, hd = cfg.head_dim, hdv = cfg.head_dim_v;
     page_bytes_ = (size_t) KV_PAGE_TOKENS * (hd + hdv) * sizeof(f16_t);
@@ -552,6 +561,7 @@ status kv_layer_device::build_coded(const std::vector<int32_t> & is_coded, const
 }
 
 status kv_layer_device::synthetic(int n_head_kv, int head_dim, int head_dim_v, const std::vector<int32_t> & n_tokens, uint32_t seed, stream_t s) {
+    reset();  // nothing of a previous layout (coded tables above all) may leak into this one
     page_bytes_ = (size_t) KV_PAGE_TOKENS * (head_dim + head_dim_v) * sizeof(f16_t);
     std::vector<std::vector<int32_t>> seg_n(n_head_kv), pos(n_head_kv);
     size_t n_pages = 0;
@@ -591,6 +601,7 @@ __global__ void k_fill_i32(int32_t * p, int n, int32_t value) {
 } // namespace
 
 status kv_layer_device::dense(int n_head_kv, int head_dim, int head_dim_v, int n_ctx, stream_t s) {
+    reset();  // nothing of a previous layout (coded tables above all) may leak into this one
     if (n_head_kv <= 0 || head_dim <= 0 || head_dim_v <= 0 || n_ctx <= 0)
         return status(ERR_INVALID_ARG, strfmt("cuda kv: dense layer needs positive sizes (heads %d, head_dim %d/%d, n_ctx %d)", n_head_kv, head_dim, head_dim_v, n_ctx));
     page_bytes_ = (size_t) KV_PAGE_TOKENS * (head_dim + head_dim_v) * sizeof(f16_t);
@@ -637,6 +648,7 @@ status kv_layer_device::append(const float * k, const float * v, int n_tokens, s
 
 status kv_layer_device::synthetic_coded(int n_head_kv, int head_dim, const std::vector<int32_t> & n_f16, const std::vector<int32_t> & n_coded_h,
                                         int kbits, int vbits, int group, bool pre_rope, uint32_t seed, stream_t s) {
+    reset();  // nothing of a previous layout (coded tables above all) may leak into this one
     const int D = head_dim;
     if ((D != 32 && D != 64 && D != 128) || group < 8 || D % group || kbits < 2 || kbits > 4 || vbits < 2 || vbits > 4)
         return status(ERR_INVALID_ARG, strfmt("cuda kv: synthetic coded layer: head_dim %d, group %d, bits %d/%d not covered", D, group, kbits, vbits));

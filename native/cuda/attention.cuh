@@ -83,6 +83,7 @@ private:
     kv_layer_view v_;
     size_t page_bytes_ = 0, payload_bytes_ = 0;
     int n_held_ = 0, n_ctx_ = 0;  // dense layers
+    void reset();
     status build_coded(const std::vector<int32_t> & is_coded, const std::vector<uint8_t> & kb, const std::vector<uint8_t> & vb,
                        const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm);
     device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, n_seg_;

@@ -300,7 +300,7 @@ TC_TEST("cuda/kv-append") {
 
 // Coded heads (RotateKV rot2/3/4 keys and values, pre- and post-RoPE, permuted keys, NORM/NEOX, head sizes
 // 32/64/128, staging and protected f16 tokens, a STREAM f16 head beside them) read in place on the device:
-// CUDA == the CPU's attend_group_coded_ref (through attention_ref) up to summation order and RoPE angles.
+// CUDA == the CPU's attend_group_coded_ref (through attention_ref) up to f32 rounding.
 TC_TEST("cuda/attention coded (rot2/3/4)") {
     TC_NEED_CUDA(be);
     int cases = 0;
@@ -368,8 +368,9 @@ TC_TEST("cuda/attention coded (rot2/3/4)") {
                     TC_OK(be->synchronize());
                     const std::vector<float> y = to_host<float>(dout, q.size());
                     const double e = nmse(y.data(), cpu.data(), y.size());
-                    // f32 summation order, and (pre-RoPE) cosf/sinf vs libm on the same angles: far below the codec error
-                    const double bound = 1e-8;
+                    // attention_ref's own rounding against fp64 is ~1e-6 (cuda/attention prints it: up to 2.4e-5 there);
+                    // the codec error these kernels must not blur is 1e-2..1e-1. Measured on an H200: 2.4e-7..1.3e-6.
+                    const double bound = 1e-5;
                     std::printf("    ATTN_CODED(%s,D=%d,%s,%s,G=%d,n_q=%d): NMSE vs attention_ref %.3g %s %.0e %s\n", kv_codec_get(t).name, D,
                                 post ? "post-RoPE" : "pre-RoPE", style == ROPE_STYLE_NEOX ? "neox" : "norm", G, nq, e, e <= bound ? "<=" : ">", bound,
                                 e <= bound ? "OK" : "FAIL");
@@ -408,6 +409,11 @@ TC_TEST("cuda/attention coded (rot2/3/4)") {
     const status st = dkv.upload(kv, 0);
     TC_CHECK(st.code == ERR_UNSUPPORTED_QUANT) << st.message;
     std::printf("    refused: %s\n", st.message.c_str());
+    // a device layer reused for another layout keeps nothing of the coded one (the bench reuses its layers)
+    TC_OK(dkv.synthetic_coded(2, 64, {80, 80}, {0, 300}, 2, 2, 32, true, 1, be->stream()));
+    TC_CHECK(dkv.view().kblk && dkv.view().max_n_coded == 300);
+    TC_OK(dkv.synthetic(2, 64, 64, {500, 500}, 2, be->stream()));
+    TC_CHECK(!dkv.view().kblk && !dkv.view().is_coded && dkv.view().max_n_coded == 0 && dkv.view().pre_rope == 0);
     TC_CHECK(cases == 36);
 }
 
