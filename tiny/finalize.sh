@@ -17,5 +17,5 @@ cp "$RUN/weights/manifest.json" /tmp/tiny-manifest.json
 npx tsx tiny/eval.ts --model "$OUT" --check-tokenizer /tmp/tiny-tokens.json
 npx tsx tiny/eval.ts --model "$OUT" --n "$N" --llama "$LLAMA" --json "$RUN/eval.json"
 # head profile for the rlkv presets of `thinkcache demo` (calibration problems, disjoint from the test sets)
-node bin/thinkcache.cjs profile-heads --model "$OUT" --out tiny/model/thinkcache-tiny-reasoner.heads.tsv \
-  --prompts tiny/data/calib.jsonl --traces 12 --max-tokens 1024
+node bin/thinkcache.cjs profile-heads --model "$OUT" --out tiny/model/thinkcache-tiny-reasoner.heads.tsv --method ablation \
+  --prompts tiny/data/calib.jsonl --traces 12 --max-tokens 512

@@ -3,7 +3,7 @@
  * --accuracy, free-running task accuracy (P2).
  *   thinkcache eval --model M --kv '{"heads":{"profile":"p.tsv","sparsity":0.5}}' [--kv rot2 ...]
  *                   [--profile P.tsv --sweep-sparsity 0,0.25,0.5,0.75 --stream 16+48,4+28]
- *                   [--traces N] [--max-tokens T] [--prompts FILE] [--threads N] [--context N]
+ *                   [--traces N] [--max-tokens T] [--stop-at-eog] [--prompts FILE] [--threads N] [--context N]
  *                   [--json] [--chart out.svg]
  *   thinkcache eval --accuracy [--model M] [--tasks tiny|add,chase,cups] [--data FILE.jsonl ...] [--n N]
  *                   [--kv CONFIG ...] [--max-tokens T] [--loop-guard] [--json]
@@ -47,6 +47,7 @@ export async function cmdEval(args: string[]): Promise<number> {
       'sweep-sparsity': { type: 'string' }, stream: { type: 'string' }, traces: { type: 'string' }, 'max-tokens': { type: 'string' },
       prompts: { type: 'string' }, threads: { type: 'string' }, context: { type: 'string' }, json: { type: 'boolean' }, chart: { type: 'string' },
       accuracy: { type: 'boolean' }, tasks: { type: 'string' }, data: { type: 'string', multiple: true }, n: { type: 'string' }, 'loop-guard': { type: 'boolean' },
+      'stop-at-eog': { type: 'boolean' },
     },
     strict: true,
   });
@@ -76,11 +77,11 @@ export async function cmdEval(args: string[]): Promise<number> {
   const threads = values.threads ? int(values.threads, 'threads', 1) : undefined;
   const tty = process.stderr.isTTY && !values.json;
   const results = await runFidelity(model, {
-    configs, prompts: prompts.slice(0, traces), maxTokens, contextSize, ...(threads ? { threads } : {}),
+    configs, prompts: prompts.slice(0, traces), maxTokens, contextSize, ...(threads ? { threads } : {}), stopAtEog: values['stop-at-eog'] === true,
     onProgress: tty ? (d, t) => { if (d % 16 === 0 || d === t) process.stderr.write(`\r  replaying ${d}/${t} positions`); } : undefined,
   });
   if (tty) process.stderr.write('\n');
-  const table = `model ${values.model}: ${traces} traces × ${maxTokens} tokens, greedy full-cache references replayed token by token\n` + formatFidelityTable(results);
+  const table = `model ${values.model}: ${traces} traces × ${values['stop-at-eog'] ? `up to ${maxTokens} tokens (to end of generation)` : `${maxTokens} tokens`}, greedy full-cache references replayed token by token\n` + formatFidelityTable(results);
   if (values.json) {
     for (const r of results) process.stdout.write(JSON.stringify({ model: values.model, ...r, effective: undefined, retention: r.effective.heads.retention }) + '\n');
     process.stderr.write(table);

@@ -1,7 +1,8 @@
 /**
- * `thinkcache profile-heads --model M --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T] [--sinks S] [--recent R]`
+ * `thinkcache profile-heads --model M --out P.tsv [--method wse|mean-qk|ablation] [--traces N] [--max-tokens T] [--sinks S] [--recent R]`
  * Training-free head calibration on the model's own greedy traces: window-substitution error (§1.12 b,
- * default) or the mean-query/mean-key attention curve (§1.12 a).
+ * default), the mean-query/mean-key attention curve (§1.12 a), or ablation (the KL of streaming each KV
+ * head alone; one decode pass per KV head).
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -29,7 +30,9 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
     if (!Number.isInteger(n) || n < 0) throw new LlmError(`--${name}: expected a non-negative integer, received "${v}"`, 'ERR_INVALID_OPTIONS');
     return n;
   };
-  if (values.method !== 'wse' && values.method !== 'mean-qk') throw new LlmError(`--method: expected wse or mean-qk, received "${values.method}"`, 'ERR_INVALID_OPTIONS');
+  if (values.method !== 'wse' && values.method !== 'mean-qk' && values.method !== 'ablation') {
+    throw new LlmError(`--method: expected wse, mean-qk or ablation, received "${values.method}"`, 'ERR_INVALID_OPTIONS');
+  }
   await using model = await loadModel({ path: values.model });
   const prompts: (string | number[])[] = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
   const traces = num(values.traces, 'traces', Math.min(8, prompts.length));
@@ -46,7 +49,8 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
       scores: Array.from(r.profile.scores), meanError: Array.from(r.meanError), meanOutMass: Array.from(r.meanOutMass) }) + '\n');
   } else {
     process.stdout.write(`wrote ${values.out}: ${nLayer} layers × ${nHeadKv} KV heads from ${r.traces} traces (${r.tokens} tokens), ${r.profile.source}\n`);
-    process.stdout.write('layer  per KV head: rank score (mean window error, out-of-window attention mass)\n');
+    process.stdout.write(r.method === 'ablation' ? 'layer  per KV head: rank score (mean KL when streamed alone, -)\n'
+      : 'layer  per KV head: rank score (mean window error, out-of-window attention mass)\n');
     for (let l = 0; l < nLayer; l++) {
       const cells = [];
       for (let h = 0; h < nHeadKv; h++) {

@@ -22,6 +22,11 @@ export interface FidelityOptions {
   threads?: number;
   /** Number of position bins in the curves (default 16). */
   bins?: number;
+  /**
+   * End each trace after the full cache's greedy token is end-of-generation (default false: exactly
+   * maxTokens positions per trace). What a model writes after its answer is not a chain of thought.
+   */
+  stopAtEog?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -141,6 +146,7 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
         }
         done++;
         opts.onProgress?.(done, total);
+        if (opts.stopAtEog && model.tokenizer.isEog(ref)) break;
         if (i + 1 < opts.maxTokens) logits = await Promise.all(seqs.map((s) => s.evaluate([ref])));
       }
       seqs.forEach((s, c) => acc[c]!.kvBytesEnd.push(s.memory().bytesUsed));

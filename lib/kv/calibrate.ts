@@ -4,12 +4,21 @@
  * while the native attention measures, per (layer, KV head), how much the output would change if the
  * head saw only its S sinks and R most recent tokens. Scores are ranks in [0, 1] (higher = needs the
  * full cache), written in the RLKV/DuoAttention TSV layout so §1.4 applies unchanged.
+ *
+ * 'ablation' measures the end-to-end effect instead: every KV head is streamed alone (S sinks + R recent,
+ * all other heads full) in lockstep with the full cache over the same greedy traces (the fidelity
+ * harness, §5 P1), and its score is the mean KL(full ‖ ablated) of the next-token distribution. It costs
+ * one decode pass per KV head (n_layer · n_head_kv + 1 caches side by side), but sees what the window
+ * error cannot: a head whose small attention change is amplified downstream, or a large change that later
+ * layers ignore. On the tiny reasoner the window-error ranking was unrelated to the heads' effect on
+ * accuracy (tiny/README.md); the ablation ranking follows it.
  */
+import { runFidelity } from '../eval/fidelity.js';
 import type { Model } from '../Model.js';
 import type { Sequence } from '../Sequence.js';
 import type { HeadProfile } from './head-profile.js';
 
-export type CalibrationMethod = 'wse' | 'mean-qk';
+export type CalibrationMethod = 'wse' | 'mean-qk' | 'ablation';
 
 export interface CalibrateOptions {
   /**
@@ -17,6 +26,7 @@ export interface CalibrateOptions {
    * 'mean-qk' (§1.12 a, kvpress's "duo_attention_on_the_fly"): the mean query and mean key of each head
    * over the traces, repeated at positions 0..499 with RoPE; score = mean of the last query's cumulative
    * attention curve (high = attends early/far = retrieval head). Cheap, but measures positional bias.
+   * 'ablation': mean KL(full ‖ this head streamed alone) over the traces (one decode pass per KV head).
    */
   method?: CalibrationMethod;
   prompts: (string | readonly number[])[];
@@ -68,6 +78,7 @@ export async function greedyTraces(model: Model, seq: Sequence, prompts: readonl
 export async function calibrateHeadProfile(model: Model, opts: CalibrateOptions): Promise<CalibrationResult> {
   const sinks = opts.sinks ?? 16, recent = opts.recent ?? 64;
   const contextSize = opts.contextSize ?? Math.min(model.info.nCtxTrain || 4096, 4096);
+  if (opts.method === 'ablation') return ablationProfile(model, opts, sinks, recent, contextSize);
   await using ctx = await model.createContext({ contextSize, ...(opts.threads ? { threads: opts.threads } : {}) });
   const seq = ctx.acquireSequence();
   const traces = await greedyTraces(model, seq, opts.prompts, opts.maxTokens, contextSize, (d) => opts.onProgress?.(d, opts.prompts.length * 2));
@@ -94,16 +105,44 @@ export async function calibrateHeadProfile(model: Model, opts: CalibrateOptions)
     throw new RangeError(`calibrateHeadProfile: no position reached sinks + recent = ${sinks + recent}; use longer traces (maxTokens) or a smaller window`);
   }
   const raw = method === 'wse' ? meanError : meanQkScores(model, c.qSum, c.kSum, c.tokens);
-  // ranks in [0, 1]: rank / (N − 1), ties by flat index (stable)
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => raw[a]! - raw[b]! || a - b);
-  const scores = new Float64Array(n);
-  order.forEach((idx, r) => { scores[idx] = n > 1 ? r / (n - 1) : 1; });
+  const scores = rankScores(raw);
   return {
     profile: {
       nLayer: model.info.nLayer, nHeadKv: model.info.nHeadKv, scores,
       source: method === 'wse' ? `wse(S=${sinks},R=${recent},traces=${traces.length})` : `mean-qk(positions=${MEAN_QK_POSITIONS},traces=${traces.length})`,
     },
     method, rawScores: raw, meanError, meanOutMass, samples: c.count, traces: traces.length, tokens,
+  };
+}
+
+/** Ranks in [0, 1]: rank / (N − 1), ties by flat index (stable); higher raw score = higher rank. */
+function rankScores(raw: Float64Array): Float64Array {
+  const n = raw.length;
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => raw[a]! - raw[b]! || a - b);
+  const scores = new Float64Array(n);
+  order.forEach((idx, r) => { scores[idx] = n > 1 ? r / (n - 1) : 1; });
+  return scores;
+}
+
+async function ablationProfile(model: Model, opts: CalibrateOptions, sinks: number, recent: number, contextSize: number): Promise<CalibrationResult> {
+  const { nLayer, nHeadKv } = model.info;
+  const n = nLayer * nHeadKv;
+  const configs = [];
+  for (let l = 0; l < nLayer; l++) {
+    for (let h = 0; h < nHeadKv; h++) configs.push({ label: `${l},${h}`, kv: { heads: { streamHeads: [[l, h] as [number, number]], stream: { sinks, recent } } } });
+  }
+  // traces end at the model's end of generation: what it writes after an answer is no chain of thought
+  const res = await runFidelity(model, {
+    configs, prompts: opts.prompts, maxTokens: opts.maxTokens, contextSize, stopAtEog: true, ...(opts.threads ? { threads: opts.threads } : {}),
+    onProgress: opts.onProgress,
+  });
+  const raw = new Float64Array(n);
+  for (let i = 0; i < n; i++) raw[i] = res[i + 1]!.klMean;
+  const positions = res[0]!.positions;
+  return {
+    profile: { nLayer, nHeadKv, scores: rankScores(raw), source: `ablation(S=${sinks},R=${recent},traces=${opts.prompts.length})` },
+    method: 'ablation', rawScores: raw, meanError: raw, meanOutMass: new Float64Array(n), samples: new Float64Array(n).fill(positions),
+    traces: opts.prompts.length, tokens: positions,
   };
 }
 
