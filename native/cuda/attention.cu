@@ -109,7 +109,8 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
                 const int d = tid + k * THREADS;
                 if (d >= hdv) break;
                 float a = acc[g][k] * alpha;
-                for (int j = 0; j < n; j++) a = fmaf(pg[j], f16_bits_to_f32(v_s[j * hdv + d]), a);
+                for (int j = 0; j < n; j++)  // masked slots (p = 0) never enter: a stale inf would make 0·inf = NaN
+                    if (pg[j] != 0.0f) a = fmaf(pg[j], f16_bits_to_f32(v_s[j * hdv + d]), a);
                 acc[g][k] = a;
             }
         }
@@ -207,7 +208,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     float acc[MAXG];
 #pragma unroll
     for (int g = 0; g < MAXG; g++) acc[g] = 0.0f;
-    const float theta_scale = powf(kv.freq_base, -2.0f / (float) kv.n_rot);
+    const float theta_scale = kv.theta_scale;
     for (int j0 = s0; j0 < s1; j0 += CT) {
         const int nt = min(CT, s1 - j0);
         __syncthreads();  // the previous tile is consumed
@@ -365,11 +366,8 @@ status attention_decode(const attn_decode_params & p, const float * q, const int
         if (!st.ok()) return st;
     }
     const size_t smem = attn_smem_bytes(G, kv.head_dim, kv.head_dim_v);
-    static size_t smem_set = 48 * 1024;
-    if (smem > smem_set) {
+    if (smem > 48 * 1024)  // per device and cheap: set on every such launch rather than cached process-wide
         CUDA_CHECK(cudaFuncSetAttribute(k_attn_split, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
-        smem_set = smem;
-    }
     k_attn_split<<<dim3(kv.n_head_kv, n_split, p.n_tokens), THREADS, smem, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split, n_total,
                                                                                   ws.partial.as<float>());
     CUDA_CHECK_LAUNCH("attention split");
@@ -433,6 +431,7 @@ status kv_layer_device::build_tables(int n_head_kv, const std::vector<std::vecto
 
 void kv_layer_device::reset() {
     v_ = kv_layer_view{};
+    for (device_buffer * b : {&is_coded_, &kblk_, &vblk_, &c_first_, &n_coded_, &c_pos_, &perm_, &ff_}) b->reset();
     n_held_ = n_ctx_ = 0;
     payload_bytes_ = 0;
 }
@@ -513,6 +512,7 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     v_.n_rot = sc.n_rot;
     v_.freq_base = sc.freq_base;
     v_.freq_scale = sc.freq_scale;
+    v_.theta_scale = std::pow(sc.freq_base, -2.0f / (float) sc.n_rot);  // rope_cache_ref's host expression
     if (sc.freq_factors) {
         if (!(st = ff_.alloc((size_t) sc.n_rot / 2 * 4)).ok() || !(st = ff_.upload(sc.freq_factors, (size_t) sc.n_rot / 2 * 4)).ok()) return st;
         v_.freq_factors = ff_.as<float>();
@@ -562,6 +562,8 @@ status kv_layer_device::build_coded(const std::vector<int32_t> & is_coded, const
 
 status kv_layer_device::synthetic(int n_head_kv, int head_dim, int head_dim_v, const std::vector<int32_t> & n_tokens, uint32_t seed, stream_t s) {
     reset();  // nothing of a previous layout (coded tables above all) may leak into this one
+    if ((int) n_tokens.size() != n_head_kv)
+        return status(ERR_INVALID_ARG, strfmt("cuda kv: synthetic layer: %zu token counts for %d heads", n_tokens.size(), n_head_kv));
     page_bytes_ = (size_t) KV_PAGE_TOKENS * (head_dim + head_dim_v) * sizeof(f16_t);
     std::vector<std::vector<int32_t>> seg_n(n_head_kv), pos(n_head_kv);
     size_t n_pages = 0;
@@ -638,7 +640,7 @@ status kv_layer_device::truncate(int n, stream_t s) {
 status kv_layer_device::append(const float * k, const float * v, int n_tokens, stream_t s) {
     if (n_ctx_ <= 0) return status(ERR_INVALID_ARG, "cuda kv: append needs a dense layer");
     if (n_tokens <= 0) return status::success();
-    if (n_held_ + n_tokens > n_ctx_)
+    if ((int64_t) n_held_ + n_tokens > n_ctx_)
         return status(ERR_CONTEXT_FULL, strfmt("cuda kv: %d new tokens at position %d exceed the context size %d", n_tokens, n_held_, n_ctx_));
     k_kv_append<<<dim3(n_tokens, v_.n_head_kv), 128, 0, s>>>(pages_.as<uint8_t>(), page_bytes_, v_.max_seg, v_.head_dim, v_.head_dim_v, k, v, n_held_);
     CUDA_CHECK_LAUNCH("kv append");
@@ -650,6 +652,8 @@ status kv_layer_device::synthetic_coded(int n_head_kv, int head_dim, const std::
                                         int kbits, int vbits, int group, bool pre_rope, uint32_t seed, stream_t s) {
     reset();  // nothing of a previous layout (coded tables above all) may leak into this one
     const int D = head_dim;
+    if ((int) n_f16.size() != n_head_kv || (int) n_coded_h.size() != n_head_kv)
+        return status(ERR_INVALID_ARG, strfmt("cuda kv: synthetic coded layer: %zu/%zu token counts for %d heads", n_f16.size(), n_coded_h.size(), n_head_kv));
     if ((D != 32 && D != 64 && D != 128) || group < 8 || D % group || kbits < 2 || kbits > 4 || vbits < 2 || vbits > 4)
         return status(ERR_INVALID_ARG, strfmt("cuda kv: synthetic coded layer: head_dim %d, group %d, bits %d/%d not covered", D, group, kbits, vbits));
     page_bytes_ = (size_t) KV_PAGE_TOKENS * 2 * D * sizeof(f16_t);
@@ -709,6 +713,7 @@ status kv_layer_device::synthetic_coded(int n_head_kv, int head_dim, const std::
     v_.n_rot = D;
     v_.freq_base = 1000000.0f;
     v_.freq_scale = 1.0f;
+    v_.theta_scale = std::pow(v_.freq_base, -2.0f / (float) D);
     payload_bytes_ += kb.size() + vb.size();
     return build_coded(is_coded, kb, vb, n_coded_h, c_pos, perm);
 }

@@ -47,6 +47,7 @@ struct kv_layer_view {
     int kbits = 0, vbits = 0, kgroup = 0, vgroup = 0, k_block_bytes = 0, v_block_bytes = 0;
     int pre_rope = 0, rope_neox = 0, n_rot = 0;
     float freq_base = 10000.0f, freq_scale = 1.0f;
+    float theta_scale = 1.0f;            // base^(-2/n_rot), computed on the host as rope_cache_ref does
     int max_n_coded = 0;                 // host copy (sizes the coded split)
 };
 

@@ -96,6 +96,9 @@ status device_buffer::alloc(size_t bytes) {
 status device_buffer::upload(const void * src, size_t bytes, size_t offset) {
     if (offset + bytes > bytes_) return status(ERR_INVALID_ARG, strfmt("upload of %zu bytes at %zu past a %zu-byte buffer", bytes, offset, bytes_));
     CUDA_CHECK(cudaMemcpy((char *) ptr_ + offset, src, bytes, cudaMemcpyHostToDevice));
+    // a copy from pageable memory may return before its DMA has landed, and the backend's work stream does
+    // not wait for the legacy stream: finish here, so kernels launched next see the data (setup paths only)
+    CUDA_CHECK(cudaDeviceSynchronize());
     return status::success();
 }
 status device_buffer::download(void * dst, size_t bytes, size_t offset) const {
@@ -104,7 +107,10 @@ status device_buffer::download(void * dst, size_t bytes, size_t offset) const {
     return status::success();
 }
 status device_buffer::zero() {
-    if (ptr_) CUDA_CHECK(cudaMemset(ptr_, 0, bytes_));
+    if (ptr_) {
+        CUDA_CHECK(cudaMemset(ptr_, 0, bytes_));
+        CUDA_CHECK(cudaDeviceSynchronize());  // as upload: ordered before the work stream's next kernels
+    }
     return status::success();
 }
 

@@ -67,6 +67,8 @@ struct layer_dev {
 
 } // namespace
 
+constexpr int kChunk = 512;
+
 struct forward_session::impl {
     const model * m = nullptr;
     backend * be = nullptr;
@@ -81,6 +83,7 @@ struct forward_session::impl {
 
     status reserve(int T) {
         if (T <= cap) return status::success();
+        cap = 0;  // alloc frees first: after a failure part-way no buffer may be assumed to hold T tokens
         const hparams & hp = m->hp;
         const size_t n_q = (size_t) hp.n_head * hp.head_dim, n_k = (size_t) hp.n_head_kv * hp.head_dim, n_v = (size_t) hp.n_head_kv * hp.head_dim_v;
         const size_t n_attn = (size_t) hp.n_head * hp.head_dim_v;
@@ -103,7 +106,8 @@ struct forward_session::impl {
         status st;
         if (!(st = reserve(T)).ok()) return st;
         if (!(st = be->synchronize()).ok()) return st;  // the previous call's kernels may still read `tok`
-        if (!(st = tok.upload(tokens, (size_t) T * 4)).ok()) return st;
+        // on the work stream itself (a plain cudaMemcpy runs on the legacy stream, which this one does not wait for)
+        CUDA_CHECK(cudaMemcpyAsync(tok.data(), tokens, (size_t) T * 4, cudaMemcpyHostToDevice, s));
         k_positions<<<ceil_div(T, 256), 256, 0, s>>>(pos.as<int32_t>(), T, n_past);
         CUDA_CHECK_LAUNCH("positions");
         if (!(st = get_rows(tok_embd.w, tok.as<int32_t>(), T, x.as<float>(), s)).ok()) return st;
@@ -204,15 +208,22 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
     for (int t = 0; t < n_tokens; t++)
         if (tokens[t] < 0 || (uint32_t) tokens[t] >= hp.n_vocab)
             return status(ERR_INVALID_ARG, strfmt("cuda forward: token id %d at index %d is out of range [0, %u)", tokens[t], t, hp.n_vocab));
-    if (p.n_past + n_tokens > p.n_ctx)
+    if ((int64_t) p.n_past + n_tokens > p.n_ctx)
         return status(ERR_CONTEXT_FULL, strfmt("cuda forward: %d new tokens at position %d exceed the context size %d", n_tokens, p.n_past, p.n_ctx));
-    const status st = p.run(tokens, n_tokens, logits);
-    if (!st.ok()) {
-        for (layer_dev & L : p.layers)
-            if (L.kv.n_held() > p.n_past) L.kv.truncate(p.n_past, p.be->stream());  // the cache without the chunk
-        return st;
+    // chunks of at most kChunk tokens (as the CPU's n_batch): bounded activations and attention partials, and
+    // grid dimensions far below their 65535 limit; the logits of the last chunk only
+    const int n_past0 = p.n_past;
+    for (int i = 0; i < n_tokens; i += kChunk) {
+        const int n = std::min(kChunk, n_tokens - i);
+        const status st = p.run(tokens + i, n, i + n == n_tokens ? logits : nullptr);
+        if (!st.ok()) {
+            for (layer_dev & L : p.layers)
+                if (L.kv.n_held() > n_past0) L.kv.truncate(n_past0, p.be->stream());  // the cache without the call's tokens
+            p.n_past = n_past0;
+            return st;
+        }
+        p.n_past += n;
     }
-    p.n_past += n_tokens;
     return status::success();
 }
 

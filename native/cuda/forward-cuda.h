@@ -23,9 +23,10 @@ public:
     static status create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out);
     ~forward_session();
 
-    // Runs tokens[0..n) at positions n_past().. (appended to the cache); with `logits` non-null the last
-    // token's logits [n_vocab] are copied to it (the call then waits for the device). ERR_CONTEXT_FULL past
-    // n_ctx, ERR_INVALID_ARG for a token id out of range; the cache is unchanged on error.
+    // Runs tokens[0..n) at positions n_past().. (appended to the cache, in chunks of up to 512 tokens); with
+    // `logits` non-null the last token's logits [n_vocab] are copied to it (the call then waits for the
+    // device). ERR_CONTEXT_FULL past n_ctx, ERR_INVALID_ARG for a token id out of range; on any error the
+    // cache holds what it held before the call.
     status eval(const int32_t * tokens, int n_tokens, float * logits);
     int n_past() const;
     status clear();  // forgets every token (pages stay reserved)

@@ -435,6 +435,7 @@ void compare_forward(cu::backend * be, const std::shared_ptr<const model> & m, c
     std::vector<float> gl(nv);
     TC_OK(seq.eval(prompt.data(), (int) prompt.size(), true));
     TC_OK(fs->eval(prompt.data(), (int) prompt.size(), gl.data()));
+    const std::vector<float> first = gl;
     double sum = 0;
     for (int i = 0;; i++) {
         const std::vector<float> & cl = seq.logits();
@@ -451,6 +452,16 @@ void compare_forward(cu::backend * be, const std::shared_ptr<const model> & m, c
     r->mean = sum / r->steps;
     TC_CHECK(fs->n_past() == (int) prompt.size() + steps);
     TC_CHECK(fs->kv_bytes() == (size_t) fs->n_past() * m->hp.n_layer * m->hp.n_head_kv * (m->hp.head_dim + m->hp.head_dim_v) * 2);
+    // errors leave the cache as it was; clear() and the same prompt give the same logits again
+    const int held = fs->n_past();
+    const int32_t bad = (int32_t) nv;
+    TC_CHECK(fs->eval(&bad, 1, gl.data()).code == ERR_INVALID_ARG);
+    std::vector<int32_t> too_many((size_t) (1024 - held + 1), 1);
+    TC_CHECK(fs->eval(too_many.data(), (int) too_many.size(), gl.data()).code == ERR_CONTEXT_FULL);
+    TC_CHECK(fs->n_past() == held);
+    TC_OK(fs->clear());
+    TC_OK(fs->eval(prompt.data(), (int) prompt.size(), gl.data()));
+    TC_CHECK(std::memcmp(gl.data(), first.data(), nv * 4) == 0) << "the prompt's logits after clear() differ";
 }
 
 } // namespace
@@ -476,7 +487,7 @@ TC_TEST("cuda/forward") {
         std::vector<int32_t> prompt(21);
         for (size_t i = 0; i < prompt.size(); i++) prompt[i] = (int32_t) ((i * 37 + 5) % f.n_vocab);
         compare_result r;
-        compare_forward(be, m, prompt, 40, &r);
+        compare_forward(be, m, prompt, 100, &r);  // 121 tokens: two pages per head
         // the CPU quantizes activations (q8_0 / q8_K, f16 for f16 weights) where the GPU keeps them in f32
         const double bound = 2e-3;
         const bool ok = r.worst <= bound && r.top1_same * 10 >= r.steps * 9;
