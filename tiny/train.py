@@ -1,5 +1,7 @@
 """Train the tiny reasoner: a Llama-shaped decoder (RMSNorm, GQA, RoPE in llama.cpp's NORM = interleaved-pair
-style, SwiGLU, untied output) on the synthetic tasks of tasks.py, on the CPU with Debian's python3-torch.
+style, SwiGLU, untied output) on the synthetic tasks of tasks.py, on the CPU with Debian's python3-torch, or on a
+GPU (`--device cuda`: padded rows under one fused causal attention per layer, bf16 autocast, data-loader processes;
+the same examples and the same loss as the CPU's packed stream; tiny/gpu-train.sh runs it inside a device call).
 
     sudo apt-get install -y python3-torch libopenblas0-pthread     # once (Debian packages, no pip)
     nice -n 19 /usr/bin/python3 tiny/train.py --out tiny/checkpoints/run1 > tiny/checkpoints/run1.log 2>&1 &
