@@ -14,7 +14,8 @@
 #                           automatically when nvcc is missing and the binaries are there
 #   CHECK_CUDA_JOBS         build parallelism (default: nproc)
 #   CHECK_CUDA_ALLOW_SKIP=1 exit 0 when no device is visible (CPU-only smoke run of this script); else 2
-#   CHECK_CUDA_BENCH_ARGS   extra decode-bench-cuda arguments (default: f16,q8_0,q4_K at 1K/8K/32K)
+#   CHECK_CUDA_BENCH_ARGS   extra decode-bench-cuda arguments (default: f16,q8_0,q4_K weights at 1K/8K/32K, KV f16,
+#                           rot2, rot2-post, rot2-hs-lazy: 36 rows, ~25 s on an H200)
 #   CHECK_CUDA_PAUSE / CHECK_CUDA_RESUME  commands run just before / after the timed steps (tests, perf, bench),
 #                           e.g. to pause a training job sharing the GPU (scripts/gpu-session.sh)
 set -u
