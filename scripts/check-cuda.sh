@@ -16,6 +16,7 @@
 #   CHECK_CUDA_ALLOW_SKIP=1 exit 0 when no device is visible (CPU-only smoke run of this script); else 2
 #   CHECK_CUDA_BENCH_ARGS   extra decode-bench-cuda arguments (default: f16,q8_0,q4_K weights at 1K/8K/32K, KV f16,
 #                           rot2, rot2-post, rot2-hs-lazy: 36 rows, ~25 s on an H200)
+#   CHECK_CUDA_FORWARD=0     skip the real-forward benchmark (decode-bench-cuda --forward, q8_0 1.5B shape)
 #   CHECK_CUDA_PAUSE / CHECK_CUDA_RESUME  commands run just before / after the timed steps (tests, perf, bench),
 #                           e.g. to pause a training job sharing the GPU (scripts/gpu-session.sh)
 set -u
@@ -73,6 +74,11 @@ grep -E "PERF" "$OUT/ops-perf.log" >> "$SUMMARY"
 # shellcheck disable=SC2086
 run_step decode-bench 180 sh -c "\"$BUILD/decode-bench-cuda\" ${CHECK_CUDA_BENCH_ARGS:-} > \"$OUT/bench.jsonl\"" || rc_all=1
 cat "$OUT/decode-bench.log" >> "$SUMMARY"
+# the real forward pass on a synthetic Qwen2-1.5B (q8_0 weights made on the CPU first, ~1 min); CHECK_CUDA_FORWARD=0 skips
+if [ "${CHECK_CUDA_FORWARD:-1}" = 1 ]; then
+  run_step forward-bench 240 sh -c "\"$BUILD/decode-bench-cuda\" --forward --type q8_0 ${CHECK_CUDA_FORWARD_ARGS:-} > \"$OUT/forward.jsonl\"" || rc_all=1
+  grep -E "forward:|synthesized" "$OUT/forward-bench.log" >> "$SUMMARY"
+fi
 [ -n "${CHECK_CUDA_RESUME:-}" ] && { sh -c "$CHECK_CUDA_RESUME"; say "resumed: $CHECK_CUDA_RESUME"; }
 if grep -q "skipped: no CUDA device" "$OUT/ops-test.log" 2>/dev/null; then
   say "NO DEVICE: the CUDA tests skipped ($(grep -m1 'skipped: no CUDA device' "$OUT/ops-test.log" | sed 's/^ *//')); nothing was measured"
