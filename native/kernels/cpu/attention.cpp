@@ -279,6 +279,28 @@ __attribute__((target("avx2,f16c,fma"))) void acc_scale_f16_avx2(f16_t * acc, in
 }
 #endif
 
+#if defined(__x86_64__)
+__attribute__((target("avx512f,f16c"))) void round_f16_avx512(const float * x, float * y, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++) y[i] = f16_to_f32(f32_to_f16(x[i]));
+}
+__attribute__((target("avx2,f16c"))) void round_f16_avx2(const float * x, float * y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++) y[i] = f16_to_f32(f32_to_f16(x[i]));
+}
+#endif
+
+// y = f16(x) as f32 (round to nearest even), with F16C where the level has it: the same bits as the scalar path.
+void round_f16(int level, const float * x, float * y, int n) {
+#if defined(__x86_64__)
+    if (level == 2) { round_f16_avx512(x, y, n); return; }
+    if (level == 1) { round_f16_avx2(x, y, n); return; }
+#endif
+    for (int i = 0; i < n; i++) y[i] = f16_to_f32(f32_to_f16(x[i]));
+}
+
 // q·k scores of keys [j0, j1) of a segment for the level's kernel (all give the same bits).
 void score_block(int level, const attn_params & p, const float * q16, int G, const kv_segment & h, int32_t j0, int32_t j1, float * s, float * kf) {
 #if defined(__x86_64__)
@@ -355,7 +377,7 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
                 attend_group_coded(D, DV, p.scale, qr, ng, q_pos[t], hv, out + ((size_t) t * p.n_head + (size_t) ih * G + ga) * DV, probs ? &pr : nullptr);
                 continue;
             }
-            for (int i = 0; i < ng * D; i++) q16[i] = f16_to_f32(f32_to_f16(qr[i]));  // q·k on f16 inputs, as llama.cpp
+            round_f16(level, qr, q16, ng * D);  // q·k on f16 inputs, as llama.cpp
             f16_acc_state st[ATTN_MAX_GROUP];
             for (int g = 0; g < ng; g++) {
                 st[g] = {-INFINITY, 0.0f, acc + (size_t) g * DV};
