@@ -39,7 +39,7 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
   const r = await calibrateHeadProfile(model, {
     prompts: prompts.slice(0, traces), maxTokens: num(values['max-tokens'], 'max-tokens', 256), method: values.method,
     sinks: num(values.sinks, 'sinks', 16), recent: num(values.recent, 'recent', 64), ...(values.threads ? { threads: num(values.threads, 'threads', 1) } : {}),
-    onProgress: process.stderr.isTTY && !values.json ? (d, t) => process.stderr.write(`\r  ${d}/${t} passes`) : undefined,
+    onProgress: process.stderr.isTTY && !values.json ? (d, t) => process.stderr.write(`\r  ${d}/${t} ${values.method === 'ablation' ? 'positions (every KV head streamed alone, in lockstep)' : 'passes'}`) : undefined,
   });
   if (process.stderr.isTTY && !values.json) process.stderr.write('\n');
   writeFileSync(values.out, formatHeadProfile(r.profile));
