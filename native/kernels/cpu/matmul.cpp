@@ -11,6 +11,7 @@
 #include "matmul.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 
 #include "../../tensor/quant-traits.h"
@@ -105,13 +106,23 @@ void cpu_matmul(thread_pool & pool, const weight_view & w, const float * x, floa
         matmul_rows(w, vec_dot, gemm, act, act_row_bytes, y, n_tokens, 0, w.n_out);
         return;
     }
-    struct { const weight_view * w; vec_dot_fn vec_dot; gemm_fn gemm; const uint8_t * act; size_t act_row_bytes; float * y; int64_t n_tokens; } job =
-        {&w, vec_dot, gemm, act, act_row_bytes, y, n_tokens};
+    // Rows are handed out in chunks from a shared counter (about 8 per thread, whole 16-row groups), not as one
+    // fixed share each: on a shared machine a thread that gets descheduled no longer holds the others at the
+    // barrier. Every row is computed the same way whatever its chunk (tile shapes are bit-exact, see gemm), so the
+    // results do not depend on the split.
+    const int nth_all = pool.size();
+    const int64_t chunk = std::max<int64_t>(16, (w.n_out + 8 * nth_all - 1) / (8 * nth_all) + 15) / 16 * 16;
+    std::atomic<int64_t> next{0};
+    struct { const weight_view * w; vec_dot_fn vec_dot; gemm_fn gemm; const uint8_t * act; size_t act_row_bytes; float * y; int64_t n_tokens;
+             int64_t chunk; std::atomic<int64_t> * next; } job = {&w, vec_dot, gemm, act, act_row_bytes, y, n_tokens, chunk, &next};
     auto * j = &job;
-    pool.run([j](int ith, int nth) {
-        int64_t r0, r1;
-        split_range(j->w->n_out, ith, nth, &r0, &r1);
-        if (r0 < r1) matmul_rows(*j->w, j->vec_dot, j->gemm, j->act, j->act_row_bytes, j->y, j->n_tokens, r0, r1);
+    pool.run([j](int, int) {
+        for (;;) {
+            const int64_t r0 = j->next->fetch_add(j->chunk, std::memory_order_relaxed);
+            if (r0 >= j->w->n_out) break;
+            const int64_t r1 = std::min(j->w->n_out, r0 + j->chunk);
+            matmul_rows(*j->w, j->vec_dot, j->gemm, j->act, j->act_row_bytes, j->y, j->n_tokens, r0, r1);
+        }
     });
 }
 
