@@ -472,7 +472,10 @@ TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
         std::vector<float> o((size_t) G * D);
         const kv_head_view hv = kv->head(0, 0);
         for (int path = 0; path < 4; path++) {
-            const int reps = path == 0 ? 3 : 30;
+            // best of 5 batches (this machine is shared: a mean picks up other tenants' bursts)
+            const int reps = path == 0 ? 3 : 20;
+            double best_us = 1e30;
+            for (int batch = 0; batch < (path == 0 ? 1 : 5); batch++) {
             auto t0 = std::chrono::steady_clock::now();
             for (int r = -1; r < reps; r++) {  // r = -1: untimed warm-up (builds the f16 cache of path 2)
                 if (r == 0) t0 = std::chrono::steady_clock::now();
@@ -491,7 +494,9 @@ TC_TEST("kv codecs: coded attention timing at 16K tokens (perf mode)") {
                     attention(pool, p, q.data(), &qp, *kv16, 0, o.data(), sc);
                 }
             }
-            const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
+            best_us = std::min(best_us, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps);
+            }
+            const double us = best_us;
             std::printf("    %s %-10s %8.1f us per head-step (%.1f ns per key)\n", post ? "post-RoPE " : RG > 1 ? "grouped G2" : "pre-RoPE  ", path == 0 ? "ref" : path == 1 ? "avx512" : path == 3 ? "avx2" : "f16 cache", us, us * 1000 / n);
         }
     }

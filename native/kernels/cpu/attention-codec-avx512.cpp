@@ -63,6 +63,19 @@ template <int R> TC_AVX512 inline void fwht_regs(__m512 * x) {
 
 // 16 codes of B bits starting at element e (a multiple of 16) as float lanes.
 template <int B> TC_AVX512 inline __m512 codes16(const uint8_t * c, int e) {
+    if constexpr (B == 2) {  // one 32-bit word holds the 16 codes
+        uint32_t w;
+        std::memcpy(&w, c + (size_t) e / 4, 4);
+        const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int) w), sh), _mm512_set1_epi32(3)));
+    }
+    if constexpr (B == 4) {  // two words: lanes 0-7 from the first, 8-15 from the second
+        uint64_t w;
+        std::memcpy(&w, c + (size_t) e / 2, 8);
+        const __m512i v = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), _mm512_castsi128_si512(_mm_cvtsi64_si128((long long) w)));
+        const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+        return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(v, sh), _mm512_set1_epi32(15)));
+    }
     uint32_t w0 = 0, w1 = 0;
     std::memcpy(&w0, c + (size_t) e * B / 8, B);
     std::memcpy(&w1, c + (size_t) (e + 8) * B / 8, B);
@@ -151,6 +164,147 @@ template <int R> struct perm_tables {
         for (int o = 0; o < R; o++) x[o] = y[o];
     }
 };
+
+// ---- pre-RoPE keys, 16 consecutive positions at a time, token-transposed: Y[e] holds channel e of the 16 keys
+// (one lane per token), so the permutation is a choice of destination, the FWHT is butterflies between
+// registers (no in-register shuffles), RoPE takes its angles for the whole block from one p0 row and a
+// step table, and q·k needs no reduction. Used for full blocks of one run of positions with 2- or 4-bit
+// codes (a channel's code never straddles a 32-bit word); other blocks take the per-token path.
+
+// Unnormalized Walsh–Hadamard transform across D lane-vectors, three stages per pass (radix 8).
+template <int K, int LEN = 1> TC_AVX512 inline void butterflies(__m512 * x) {  // stages LEN, 2·LEN, .. < K of K registers
+    if constexpr (LEN < K) {
+        for (int i = 0; i < K; i += 2 * LEN)
+            for (int j = i; j < i + LEN; j++) {
+                const __m512 a = x[j], b = x[j + LEN];
+                x[j] = _mm512_add_ps(a, b);
+                x[j + LEN] = _mm512_sub_ps(a, b);
+            }
+        butterflies<K, 2 * LEN>(x);
+    }
+}
+template <int S, int K> TC_AVX512 inline void fwht_lanes_pass(__m512 * Y) {  // strides S, 2S, .. (K/2)·S
+#pragma GCC unroll 16
+    for (int off = 0; off < S; off++) {
+        __m512 x[K];
+        for (int e = 0; e < K; e++) x[e] = Y[off + e * S];
+        butterflies<K>(x);
+        for (int e = 0; e < K; e++) Y[off + e * S] = x[e];
+    }
+}
+template <int D, int S = 1> TC_AVX512 inline void fwht_lanes(__m512 * Y) {
+    if constexpr (S < D) {
+        constexpr int K = D / S >= 8 ? 8 : D / S;
+        for (int base = 0; base < D; base += S * K) fwht_lanes_pass<S, K>(Y + base);
+        fwht_lanes<D, S * K>(Y);
+    }
+}
+
+// out[h·n_all + t] = q_h·Y(t) for NH query heads (rows of q, D apart), the 16 tokens' scores at once.
+template <int NH, int D> TC_AVX512 inline void dots_lanes(const __m512 * Y, const float * q, float * out, size_t n_all) {
+    __m512 acc[NH];
+    for (int h = 0; h < NH; h++) acc[h] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int e = 0; e < D; e++) {
+        const __m512 y = Y[e];
+        for (int h = 0; h < NH; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t) h * D + e]), y, acc[h]);
+    }
+    for (int h = 0; h < NH; h++) _mm512_storeu_ps(out + (size_t) h * n_all, acc[h]);
+}
+
+// Scores S[g·n_all + col + t] = QS[g]·RoPE_{p0+t}(H·Σ_s ±P_s⁻¹·x̂_s(t)) for t = 0..15. blk[sl][t]: token t's
+// block in slot sl (one slot unless grouped); perm[sl]: stored channel c holds rotated channel perm[c].
+template <int R, int KB>
+TC_AVX512 void keys_block_lanes(const uint8_t * (*blk)[16], int RG, const int32_t * const * perm, int rot_slot, int kgroup,
+                                int32_t p0, const rope_tables & rt, const float * QS, int G, float * S, size_t n_all, size_t col) {
+    constexpr int D = 16 * R, NW = D * KB / 32, NF = D / 2;
+    static_assert(32 % KB == 0, "codes must not straddle 32-bit words");
+    alignas(64) __m512 Y[D];
+    const int ng = D / kgroup;
+    const __m512i tok_words = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(NW));
+    const __m512i mask = _mm512_set1_epi32((1 << KB) - 1);
+    for (int sl = 0; sl < RG; sl++) {
+        alignas(64) uint32_t T[16 * NW];
+        alignas(32) uint16_t sh[D / 16][16];
+        alignas(16) uint8_t zz[D / 16][16];
+        for (int t = 0; t < 16; t++) {
+            const uint8_t * b = blk[sl][t];
+            std::memcpy(T + t * NW, b, (size_t) NW * 4);
+            const uint8_t * sc = b + (size_t) D * KB / 8, * zp = sc + 2 * ng;
+            for (int g = 0; g < ng; g++) {
+                std::memcpy(&sh[g][t], sc + 2 * g, 2);
+                zz[g][t] = zp[g];
+            }
+        }
+        __m512i V[NW];
+        for (int w = 0; w < NW; w++) V[w] = _mm512_i32gather_epi32(_mm512_add_epi32(tok_words, _mm512_set1_epi32(w)), T, 4);
+        const bool neg = sl > 0 && coded_attn::rot_sign_negative(rot_slot, sl);
+        const int32_t * pm = perm[sl];
+        __m512 sv[D / 16], szv[D / 16];
+        for (int g = 0; g < ng; g++) {
+            sv[g] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *) sh[g]));
+            szv[g] = _mm512_mul_ps(sv[g], _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *) zz[g]))));
+        }
+        alignas(64) __m512 X[D];  // stored channel order
+#pragma GCC unroll 16
+        for (int w = 0; w < NW; w++) {
+#pragma GCC unroll 16
+            for (int k = 0; k < 32 / KB; k++) {
+                const int c = w * (32 / KB) + k, g = c / kgroup;
+                const __m512i code = _mm512_and_si512(_mm512_srli_epi32(V[w], KB * k), mask);
+                X[c] = _mm512_fmsub_ps(_mm512_cvtepi32_ps(code), sv[g], szv[g]);
+            }
+        }
+        if (sl == 0) {
+            if (pm) for (int c = 0; c < D; c++) Y[pm[c]] = X[c];
+            else std::memcpy((void *) Y, (const void *) X, sizeof(X));
+        } else {
+            for (int c = 0; c < D; c++) {
+                const int e = pm ? pm[c] : c;
+                Y[e] = neg ? _mm512_sub_ps(Y[e], X[c]) : _mm512_add_ps(Y[e], X[c]);
+            }
+        }
+    }
+    fwht_lanes<D>(Y);
+    // angles of p0 (two-level table), then per frequency the 16 steps: cos/sin((p0 + t)·θ_i)
+    alignas(64) float C0[NF], S0[NF];
+    {
+        const int W = rt.W, e_step = rt.style == ROPE_STYLE_NORM ? 2 : 1, e_off = rt.style == ROPE_STYLE_NORM ? 1 : 0;
+        const float * lc = rt.lo_c.data() + (size_t) (p0 & 255) * W, * ls = rt.lo_s.data() + (size_t) (p0 & 255) * W;
+        const float * hc = rt.hi_c.data() + (size_t) (p0 >> 8) * W, * hs = rt.hi_s.data() + (size_t) (p0 >> 8) * W;
+        for (int i = 0; i < NF; i++) {
+            const int e = e_step * i + e_off;
+            C0[i] = hc[e] * lc[e] - hs[e] * ls[e];
+            S0[i] = hs[e] * lc[e] + hc[e] * ls[e];
+        }
+    }
+    const float * tc = rt.t16_c.data(), * ts = rt.t16_s.data();
+    const bool norm = rt.style == ROPE_STYLE_NORM;
+#pragma GCC unroll 8
+    for (int i = 0; i < NF; i++) {
+        const __m512 ct = _mm512_loadu_ps(tc + 16 * i), st = _mm512_loadu_ps(ts + 16 * i);
+        const __m512 c0 = _mm512_set1_ps(C0[i]), s0 = _mm512_set1_ps(S0[i]);
+        const __m512 C = _mm512_fnmadd_ps(s0, st, _mm512_mul_ps(c0, ct)), Sn = _mm512_fmadd_ps(c0, st, _mm512_mul_ps(s0, ct));
+        const int a = norm ? 2 * i : i, b = norm ? 2 * i + 1 : i + NF;
+        const __m512 x0 = Y[a], x1 = Y[b];
+        Y[a] = _mm512_fmsub_ps(x0, C, _mm512_mul_ps(x1, Sn));
+        Y[b] = _mm512_fmadd_ps(x0, Sn, _mm512_mul_ps(x1, C));
+    }
+    for (int g0 = 0; g0 < G; g0 += 8) {
+        float * out = S + (size_t) g0 * n_all + col;
+        const float * q = QS + (size_t) g0 * D;
+        switch (std::min(8, G - g0)) {
+            case 1: dots_lanes<1, D>(Y, q, out, n_all); break;
+            case 2: dots_lanes<2, D>(Y, q, out, n_all); break;
+            case 3: dots_lanes<3, D>(Y, q, out, n_all); break;
+            case 4: dots_lanes<4, D>(Y, q, out, n_all); break;
+            case 5: dots_lanes<5, D>(Y, q, out, n_all); break;
+            case 6: dots_lanes<6, D>(Y, q, out, n_all); break;
+            case 7: dots_lanes<7, D>(Y, q, out, n_all); break;
+            default: dots_lanes<8, D>(Y, q, out, n_all); break;
+        }
+    }
+}
 
 struct coded_scratch {
     std::vector<float> s;       // [G][n_all] scores, then probabilities
@@ -246,8 +400,23 @@ TC_AVX512 void coded_avx512(int G, float scale, const float * q_rows, int32_t qp
         if (pre && o.perm) pt[sl].build(o.perm, sc.pidx);
     }
     int32_t run = 0;  // position cursor over the runs
+    const int32_t * perms[coded_attn::kMaxRotGroup];
+    for (int sl = 0; sl < RG; sl++) perms[sl] = (RG > 1 ? *c.sib[sl] : c).perm;
     for (int32_t j0 = 0; j0 < nq; j0 += 16) {
         const int m = std::min<int32_t>(16, nq - j0);
+        if constexpr (KB == 2 || KB == 4) {
+            if (pre && m == 16) {
+                while (j0 >= c.runs[run].first + c.runs[run].n) run++;
+                if (j0 + 15 < c.runs[run].first + c.runs[run].n) {  // 16 consecutive positions
+                    const uint8_t * blk[coded_attn::kMaxRotGroup][16];
+                    for (int sl = 0; sl < RG; sl++)
+                        for (int t = 0; t < 16; t++) blk[sl][t] = kcur[sl].next();
+                    keys_block_lanes<R, KB>(blk, RG, perms, c.rot_slot, kgroup, c.runs[run].pos + (j0 - c.runs[run].first), rt, QS, G, S, n_all,
+                                            nv16 + (size_t) j0);
+                    continue;
+                }
+            }
+        }
         for (int t = 0; t < m; t++) {
             __m512 x[R];
             decode_rot<R, KB>(kcur[0].next(), kgroup, x);

@@ -24,6 +24,9 @@ struct rope_tables {
     const float * ff = nullptr;
     std::vector<float> lo_c, lo_s, hi_c, hi_s;
     int n_hi = 0;
+    // step tables for 16 consecutive positions, by frequency: t16_c[i·16 + t] = cos(t·θ_i), t16_s likewise
+    // (a block of keys at p0..p0+15 gets its angles as one complex product with the p0 row)
+    std::vector<float> t16_c, t16_s;
 
     void fill(float * c, float * s, double p) const {
         for (int i = 0; i < n_rot / 2; i++) {
@@ -53,6 +56,15 @@ struct rope_tables {
             n_hi = 0;
             hi_c.clear();
             hi_s.clear();
+            const int nf = n_rot / 2;
+            t16_c.assign((size_t) nf * 16, 0.0f);
+            t16_s.assign((size_t) nf * 16, 0.0f);
+            for (int t = 0; t < 16; t++)
+                for (int i = 0; i < nf; i++) {
+                    const int e = style == ROPE_STYLE_NORM ? 2 * i + 1 : i;  // NORM rows: c duplicated, s as (−s, +s)
+                    t16_c[(size_t) i * 16 + t] = lo_c[(size_t) t * W + e];
+                    t16_s[(size_t) i * 16 + t] = lo_s[(size_t) t * W + e];
+                }
         }
         const int need = (max_pos >> 8) + 1;
         if (need > n_hi) {
