@@ -10,7 +10,7 @@ import type { AddonModel, AddonModelInfo, GgufValue } from './addon-types.js';
 import { cudaInfo, resolveBackend, type BackendName } from './backend.js';
 import { getAddon } from './binding.js';
 import { Context } from './Context.js';
-import { callNative, callNativeSync, DisposedError, GgufFormatError, InvalidOptionsError, LlmError, UnsupportedModelError } from './errors.js';
+import { callNative, callNativeSync, DisposedError, GgufFormatError, InvalidOptionsError, LlmError } from './errors.js';
 import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type ContextOptions, type LoadModelOptions } from './options.js';
 import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
 import { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/chat-template.js';
@@ -26,7 +26,7 @@ export class Model {
   readonly info: ModelInfo;
   readonly metadata: Readonly<Record<string, GgufValue>>;
   readonly tokenizer: Tokenizer;
-  /** Which backend runs this model ('auto' resolved; 'cpu' until the CUDA forward pass lands). */
+  /** Which backend runs this model ('auto' resolved). On 'cuda' the weights live on the device and contexts hold the full f16 cache there. */
   readonly backend: BackendName;
   private _disposed = false;
   private readonly _children = new Set<Context>();
@@ -49,11 +49,11 @@ export class Model {
   /** @internal use loadModel() */
   static async _load(options: LoadModelOptions): Promise<Model> {
     const opts = parseOptions(LoadModelOptionsSchema, options, 'loadModel');
-    // throws UnsupportedModelError (no CUDA in this build / no CUDA forward yet) or CudaError (no device,
-    // driver error) for 'cuda'; never falls back to the CPU silently
+    // throws UnsupportedModelError (no CUDA in this build) or CudaError (no device, driver error) for 'cuda';
+    // never falls back to the CPU silently. On 'cuda' the weights are uploaded here, once (OutOfMemoryError
+    // ERR_OOM_DEVICE when they do not fit).
     const backend = resolveBackend(opts.backend, cudaInfo(getAddon()));
-    if (backend !== 'cpu') throw new UnsupportedModelError(`loadModel: backend "${backend}" has no model loader yet`);
-    const native = await callNative(() => getAddon().AddonModel.load(opts.path));
+    const native = await callNative(() => getAddon().AddonModel.load(opts.path, { backend }));
     try {
       return new Model(native, opts.path, backend);
     } catch (err) {
@@ -74,6 +74,12 @@ export class Model {
     this._ensureNotDisposed();
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
+    if (this.backend === 'cuda') {
+      // the CUDA forward pass holds the full f16 cache; the compressed caches run on the CPU so far (issue 8)
+      const asked = kv.eviction ? 'kv.eviction' : kv.retention.some((r) => r !== 0) ? 'kv.heads (head-selective retention)'
+        : kv.effective.storage.key !== 'f16' || kv.effective.storage.value !== 'f16' ? 'kv.storage (quantized codecs)' : '';
+      if (asked) throw new InvalidOptionsError(`createContext: ${asked} is not available on the CUDA backend yet (it holds the full f16 cache); load the model with backend 'cpu' for compressed caches`);
+    }
     const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;
     // rot keys: the calibrated channel permutation (§3.3) from a sidecar or the built-in calibration
     // ('auto' only for pre-RoPE keys: the statistic is of pre-RoPE keys, which RoPE would mix in the post-RoPE variant)

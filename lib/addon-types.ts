@@ -45,7 +45,9 @@ export interface AddonModelInfo {
   tiedOutput: boolean;
   weightBytes: number;
   fileSize: number;
-  backend: 'cpu';
+  backend: 'cpu' | 'cuda';
+  /** Bytes of the weights on the device (backend 'cuda'). */
+  deviceWeightBytes?: number;
   cpuDispatch: string;
 }
 
@@ -166,7 +168,7 @@ export interface Addon {
   systemInfo(): AddonSystemInfo;
   /** Absent in addons built before issue 8 (see lib/backend.ts). */
   cudaInfo?(): AddonCudaInfo;
-  AddonModel: { load(path: string): Promise<AddonModel> };
+  AddonModel: { load(path: string, options?: { backend?: 'cpu' | 'cuda' }): Promise<AddonModel> };
   AddonContext: new (
     model: AddonModel,
     options: {

@@ -4,6 +4,10 @@
 #include <cstring>
 
 #include "../kernels/cpu/quant-traits-cpu.h"
+#ifdef THINKCACHE_WITH_CUDA
+#include "../cuda/backend-cuda.h"
+#include "../cuda/forward-cuda.h"
+#endif
 #include "addon-gguf.h"
 #include "workers.h"
 
@@ -26,26 +30,38 @@ double opt_num(const Napi::Object & o, const char * key, double def) {
 
 class load_model_worker : public promise_worker {
 public:
-    load_model_worker(Napi::Env env, std::string path, addon_data & data)
-        : promise_worker(env, "thinkcache:loadModel"), path_(std::move(path)), data_(data) {}
+    load_model_worker(Napi::Env env, std::string path, bool cuda, addon_data & data)
+        : promise_worker(env, "thinkcache:loadModel"), path_(std::move(path)), cuda_(cuda), data_(data) {}
 
 protected:
     status run() override {
         std::unique_ptr<core::model> m;
         status s = core::model_load(path_, m);
-        if (s.ok()) model_ = std::shared_ptr<const core::model>(std::move(m));
-        return s;
+        if (!s.ok()) return s;
+        model_ = std::shared_ptr<const core::model>(std::move(m));
+        if (!cuda_) return s;
+#ifdef THINKCACHE_WITH_CUDA
+        // the weights go to the device once, here; every context of this model shares them
+        std::unique_ptr<core::cuda::backend> be;
+        if (!(s = core::cuda::backend::create(0, &be)).ok()) return s;
+        return core::cuda::device_model::create(model_, *be, &cuda_model_);
+#else
+        return status(core::ERR_CUDA, "loadModel: this build has no CUDA backend (built without THINKCACHE_CUDA)");
+#endif
     }
     Napi::Value result(Napi::Env env) override {
         Napi::Object obj = data_.model_ctor.New({});
         AddonModel::Unwrap(obj)->model = model_;
+        AddonModel::Unwrap(obj)->cuda_model = cuda_model_;
         return obj;
     }
 
 private:
     std::string path_;
+    bool cuda_;
     addon_data & data_;
     std::shared_ptr<const core::model> model_;
+    std::shared_ptr<const core::cuda::device_model> cuda_model_;
 };
 
 } // namespace
@@ -71,7 +87,14 @@ std::shared_ptr<const core::model> AddonModel::require_model(Napi::Env env) cons
 Napi::Value AddonModel::load(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsString()) throw_status(env, core::ERR_INVALID_ARG, "AddonModel.load: path must be a string");
-    auto * w = new load_model_worker(env, info[0].As<Napi::String>().Utf8Value(), *env.GetInstanceData<addon_data>());
+    bool cuda = false;
+    if (info.Length() > 1 && info[1].IsObject()) {
+        Napi::Value b = info[1].As<Napi::Object>().Get("backend");
+        const std::string name = b.IsString() ? b.As<Napi::String>().Utf8Value() : "cpu";
+        if (name != "cpu" && name != "cuda") throw_status(env, core::ERR_INVALID_ARG, core::strfmt("AddonModel.load: backend must be 'cpu' or 'cuda' (got '%s')", name.c_str()));
+        cuda = name == "cuda";
+    }
+    auto * w = new load_model_worker(env, info[0].As<Napi::String>().Utf8Value(), cuda, *env.GetInstanceData<addon_data>());
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -98,7 +121,10 @@ Napi::Value AddonModel::info(const Napi::CallbackInfo & info) {
     o.Set("tiedOutput", m->tied_output);
     o.Set("weightBytes", (double) m->weight_bytes);
     o.Set("fileSize", (double) m->file->file_size);
-    o.Set("backend", "cpu");
+    o.Set("backend", cuda_model ? "cuda" : "cpu");
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_model) o.Set("deviceWeightBytes", (double) cuda_model->weight_bytes());
+#endif
     o.Set("cpuDispatch", core::cpu_dispatch_level());
     return o;
 }
@@ -111,6 +137,7 @@ Napi::Value AddonModel::metadata(const Napi::CallbackInfo & info) {
 
 Napi::Value AddonModel::dispose(const Napi::CallbackInfo & info) {
     model.reset();
+    cuda_model.reset();  // device memory goes when the last context using it is gone
     return info.Env().Undefined();
 }
 
@@ -135,6 +162,7 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
     auto m = AddonModel::Unwrap(mo)->require_model(env);
     Napi::Object o = info[1].As<Napi::Object>();
     core::context_params p;
+    p.cuda_model = AddonModel::Unwrap(mo)->cuda_model;
     p.n_ctx = opt_int(o, "contextSize", (int32_t) std::min<uint32_t>(m->hp.n_ctx_train, 4096));
     p.n_threads = opt_int(o, "threads", 0);
     p.n_batch = opt_int(o, "batchSize", 512);
@@ -245,7 +273,8 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
     if (p.n_ctx < 1 || p.n_threads < 0 || p.n_threads > 1024 || p.n_batch < 1) {
         throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: invalid options (contextSize %d, threads %d, batchSize %d)", p.n_ctx, p.n_threads, p.n_batch));
     }
-    ctx = std::make_shared<core::engine_context>(m, p);
+    const status st = core::engine_context::create(m, p, &ctx);
+    if (!st.ok()) throw_status(env, st.code, "new AddonContext: " + st.message);
 }
 
 std::shared_ptr<core::engine_context> AddonContext::require_ctx(Napi::Env env) const {
@@ -323,7 +352,8 @@ AddonSequence::AddonSequence(const Napi::CallbackInfo & info) : Napi::ObjectWrap
         throw_status(env, core::ERR_INVALID_ARG, "new AddonSequence(context): expected a context");
     }
     auto c = AddonContext::Unwrap(info[0].As<Napi::Object>())->require_ctx(env);
-    seq = std::make_shared<core::engine_sequence>(c);
+    const status st = core::engine_sequence::create(c, &seq);  // on CUDA: reserves the device cache
+    if (!st.ok()) throw_status(env, st.code, "new AddonSequence: " + st.message);
 }
 
 AddonSequence::~AddonSequence() {
@@ -433,7 +463,13 @@ Napi::Value AddonSequence::held_positions(const Napi::CallbackInfo & info) {
     if (il < 0 || il >= c.n_layer || ih < 0 || ih >= c.n_head_kv) {
         throw_status(env, core::ERR_INVALID_ARG, core::strfmt("heldPositions: layer %lld head %lld outside the cache's %d layers x %d heads", (long long) il, (long long) ih, c.n_layer, c.n_head_kv));
     }
-    const std::vector<int32_t> p = seq->kv().held_positions((int) il, (int) ih);
+    std::vector<int32_t> p;
+    if (seq->on_cuda()) {  // the device cache is dense: every head holds every position
+        p.resize((size_t) seq->n_tokens());
+        for (size_t i = 0; i < p.size(); i++) p[i] = (int32_t) i;
+    } else {
+        p = seq->kv().held_positions((int) il, (int) ih);
+    }
     Napi::Int32Array a = Napi::Int32Array::New(env, p.size());
     if (!p.empty()) std::memcpy(a.Data(), p.data(), p.size() * sizeof(int32_t));
     return a;
@@ -487,6 +523,7 @@ Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {
 Napi::Value AddonSequence::set_calibration(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     core::engine_sequence & s = require_idle(env, "setCalibration");
+    if (s.on_cuda()) throw_status(env, core::ERR_INVALID_ARG, "setCalibration: head calibration runs on the CPU backend (load the model with backend 'cpu')");
     if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined()) {
         s.set_calibration(-1, 0);
         return env.Undefined();

@@ -20,9 +20,10 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
 public:
     static void init(Napi::Env env, Napi::Object exports, addon_data & data);
     explicit AddonModel(const Napi::CallbackInfo & info);
-    static Napi::Value load(const Napi::CallbackInfo & info);   // AddonModel.load(path): Promise<AddonModel>
+    static Napi::Value load(const Napi::CallbackInfo & info);   // AddonModel.load(path, { backend?: 'cpu' | 'cuda' }): Promise<AddonModel>
 
     std::shared_ptr<const core::model> model;
+    std::shared_ptr<const core::cuda::device_model> cuda_model;  // the weights on the device (backend 'cuda')
     std::shared_ptr<const core::model> require_model(Napi::Env env) const;
 
 private:

@@ -90,7 +90,11 @@ static Napi::Value cuda_info(const Napi::CallbackInfo & info) {
     o.Set("deviceCount", 0);
     o.Set("reason", "built without THINKCACHE_CUDA");
 #endif
-    o.Set("forward", false);  // the CUDA forward pass is not wired yet (issue 8)
+#ifdef THINKCACHE_WITH_CUDA
+    o.Set("forward", true);  // loadModel({ backend: 'cuda' }) runs the forward pass on the device (full f16 cache)
+#else
+    o.Set("forward", false);
+#endif
     return o;
 }
 

@@ -62,24 +62,30 @@ struct dev_vec {
 struct layer_dev {
     dev_vec attn_norm, bq, bk, bv, q_norm, k_norm, ffn_norm;
     dev_weight wq, wk, wv, wo, gate, up, down;
-    kv_layer_device kv;
 };
 
 } // namespace
 
 constexpr int kChunk = 512;
 
-struct forward_session::impl {
-    const model * m = nullptr;
-    backend * be = nullptr;
-    int n_ctx = 0, n_past = 0, cap = 0;
+struct device_model::impl {
+    std::shared_ptr<const model> m;
     dev_weight tok_embd, output;
     weight_dev out_w;  // output, or tok_embd when tied
     dev_vec output_norm, rope_freqs;
     std::vector<layer_dev> layers;
+    size_t weight_bytes = 0;
+};
+
+struct forward_session::impl {
+    std::shared_ptr<const device_model> dm;
+    const device_model::impl * W = nullptr;
+    const model * m = nullptr;
+    backend * be = nullptr;
+    int n_ctx = 0, n_past = 0, cap = 0;
+    std::vector<kv_layer_device> kv;  // [n_layer]
     device_buffer tok, pos, x, xn, q, k, v, attn, o, gate, up, logits;
     attn_workspace ws;
-    size_t weight_bytes = 0;
 
     status reserve(int T) {
         if (T <= cap) return status::success();
@@ -110,13 +116,15 @@ struct forward_session::impl {
         CUDA_CHECK(cudaMemcpyAsync(tok.data(), tokens, (size_t) T * 4, cudaMemcpyHostToDevice, s));
         k_positions<<<ceil_div(T, 256), 256, 0, s>>>(pos.as<int32_t>(), T, n_past);
         CUDA_CHECK_LAUNCH("positions");
-        if (!(st = get_rows(tok_embd.w, tok.as<int32_t>(), T, x.as<float>(), s)).ok()) return st;
+        if (!(st = get_rows(W->tok_embd.w, tok.as<int32_t>(), T, x.as<float>(), s)).ok()) return st;
         attn_decode_params ap;
         ap.n_tokens = T;
         ap.n_head = (int) hp.n_head;
         ap.scale = 1.0f / std::sqrt((float) hp.head_dim);
         const rope_style rs = m->arch->rope;
-        for (layer_dev & L : layers) {
+        for (size_t il = 0; il < W->layers.size(); il++) {
+            const layer_dev & L = W->layers[il];
+            kv_layer_device & KV = kv[il];
             // ---- attention block
             if (!(st = rms_norm(x.as<float>(), L.attn_norm.p, xn.as<float>(), n_embd, T, hp.rms_eps, s)).ok()) return st;
             if (!(st = matmul(L.wq.w, xn.as<float>(), q.as<float>(), T, s)).ok()) return st;
@@ -130,13 +138,13 @@ struct forward_session::impl {
                 if (!(st = rms_norm(k.as<float>(), L.k_norm.p, k.as<float>(), hp.head_dim, (int64_t) T * hp.n_head_kv, hp.rms_eps, s)).ok()) return st;
             }
             if (!(st = rope(q.as<float>(), pos.as<int32_t>(), T, (int) hp.n_head, (int) hp.head_dim, (int) hp.n_rot, rs, hp.rope_freq_base,
-                            hp.rope_freq_scale, rope_freqs.p, s)).ok())
+                            hp.rope_freq_scale, W->rope_freqs.p, s)).ok())
                 return st;
             if (!(st = rope(k.as<float>(), pos.as<int32_t>(), T, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, rs, hp.rope_freq_base,
-                            hp.rope_freq_scale, rope_freqs.p, s)).ok())
+                            hp.rope_freq_scale, W->rope_freqs.p, s)).ok())
                 return st;
-            if (!(st = L.kv.append(k.as<float>(), v.as<float>(), T, s)).ok()) return st;
-            if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), L.kv.view(), attn.as<float>(), ws, s)).ok()) return st;
+            if (!(st = KV.append(k.as<float>(), v.as<float>(), T, s)).ok()) return st;
+            if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), KV.view(), attn.as<float>(), ws, s)).ok()) return st;
             if (!(st = matmul(L.wo.w, attn.as<float>(), o.as<float>(), T, s)).ok()) return st;
             if (!(st = add(x.as<float>(), o.as<float>(), (int64_t) T * n_embd, s)).ok()) return st;
             // ---- feed-forward block (SwiGLU)
@@ -148,26 +156,27 @@ struct forward_session::impl {
             if (!(st = add(x.as<float>(), o.as<float>(), (int64_t) T * n_embd, s)).ok()) return st;
         }
         if (!logits_host) return status::success();
-        if (!(st = rms_norm(x.as<float>() + (size_t) (T - 1) * n_embd, output_norm.p, xn.as<float>(), n_embd, 1, hp.rms_eps, s)).ok()) return st;
-        if (!(st = matmul(out_w, xn.as<float>(), logits.as<float>(), 1, s)).ok()) return st;
+        if (!(st = rms_norm(x.as<float>() + (size_t) (T - 1) * n_embd, W->output_norm.p, xn.as<float>(), n_embd, 1, hp.rms_eps, s)).ok()) return st;
+        if (!(st = matmul(W->out_w, xn.as<float>(), logits.as<float>(), 1, s)).ok()) return st;
         if (!(st = be->synchronize()).ok()) return st;
         return logits.download(logits_host, (size_t) hp.n_vocab * 4);
     }
 };
 
-forward_session::forward_session(std::unique_ptr<impl> p) : p_(std::move(p)) {}
-forward_session::~forward_session() = default;
+device_model::device_model(std::unique_ptr<impl> p) : p_(std::move(p)) {}
+device_model::~device_model() = default;
+const model & device_model::host() const { return *p_->m; }
+size_t device_model::weight_bytes() const { return p_->weight_bytes; }
 
-status forward_session::create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out) {
+status device_model::create(std::shared_ptr<const model> mp, backend & be, std::shared_ptr<const device_model> * out) {
+    if (!mp) return status(ERR_INVALID_ARG, "cuda forward: no model");
+    const model & m = *mp;
     const hparams & hp = m.hp;
-    if (n_ctx <= 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: n_ctx must be positive (got %d)", n_ctx));
     if (!supports_op(op::ATTN_DECODE) || hp.n_head / hp.n_head_kv > 8 || hp.head_dim > 256 || hp.head_dim_v > 256 || hp.head_dim % 8 || hp.head_dim_v % 8)
         return status(ERR_UNSUPPORTED_ARCH, strfmt("cuda forward: attention with %u query heads per KV head and head sizes %u/%u is not covered "
                                                    "(group <= 8, head sizes <= 256 and multiples of 8)", hp.n_head / hp.n_head_kv, hp.head_dim, hp.head_dim_v));
     auto p = std::make_unique<impl>();
-    p->m = &m;
-    p->be = &be;
-    p->n_ctx = n_ctx;
+    p->m = mp;
     size_t * wb = &p->weight_bytes;
     status st;
     if (!(st = p->tok_embd.upload(m.tok_embd, "token_embd.weight", wb)).ok()) return st;
@@ -193,15 +202,45 @@ status forward_session::create(const model & m, int n_ctx, backend & be, std::un
             !(st = L.gate.upload(W.w_gate, (pre + "ffn_gate.weight").c_str(), wb)).ok() || !(st = L.up.upload(W.w_up, (pre + "ffn_up.weight").c_str(), wb)).ok() ||
             !(st = L.down.upload(W.w_down, (pre + "ffn_down.weight").c_str(), wb)).ok())
             return st;
-        if (!(st = L.kv.dense((int) hp.n_head_kv, (int) hp.head_dim, (int) hp.head_dim_v, n_ctx, be.stream())).ok()) return st;
     }
+    if (!(st = be.synchronize()).ok()) return st;
+    out->reset(new device_model(std::move(p)));
+    return status::success();
+}
+
+forward_session::forward_session(std::unique_ptr<impl> p) : p_(std::move(p)) {}
+forward_session::~forward_session() = default;
+
+status forward_session::create(std::shared_ptr<const device_model> dm, int n_ctx, backend & be, std::unique_ptr<forward_session> * out) {
+    if (!dm) return status(ERR_INVALID_ARG, "cuda forward: no device model");
+    if (n_ctx <= 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: n_ctx must be positive (got %d)", n_ctx));
+    const hparams & hp = dm->host().hp;
+    auto p = std::make_unique<impl>();
+    p->W = &dm->get();
+    p->m = &dm->host();
+    p->dm = std::move(dm);
+    p->be = &be;
+    p->n_ctx = n_ctx;
+    status st;
+    p->kv.resize(hp.n_layer);
+    for (kv_layer_device & L : p->kv)
+        if (!(st = L.dense((int) hp.n_head_kv, (int) hp.head_dim, (int) hp.head_dim_v, n_ctx, be.stream())).ok()) return st;
     if (!(st = p->logits.alloc((size_t) hp.n_vocab * 4)).ok()) return st;
     if (!(st = be.synchronize()).ok()) return st;
     out->reset(new forward_session(std::move(p)));
     return status::success();
 }
 
-status forward_session::eval(const int32_t * tokens, int n_tokens, float * logits) {
+status forward_session::create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out) {
+    if (n_ctx <= 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: n_ctx must be positive (got %d)", n_ctx));
+    std::shared_ptr<const device_model> dm;
+    // non-owning: the caller keeps `m` alive for the session's lifetime
+    const status st = device_model::create(std::shared_ptr<const model>(std::shared_ptr<const model>(), &m), be, &dm);
+    if (!st.ok()) return st;
+    return create(std::move(dm), n_ctx, be, out);
+}
+
+status forward_session::eval(const int32_t * tokens, int n_tokens, float * logits, const std::atomic<bool> * abort) {
     impl & p = *p_;
     const hparams & hp = p.m->hp;
     if (n_tokens <= 0) return status(ERR_INVALID_ARG, "cuda forward: n_tokens must be positive");
@@ -215,10 +254,10 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
     const int n_past0 = p.n_past;
     for (int i = 0; i < n_tokens; i += kChunk) {
         const int n = std::min(kChunk, n_tokens - i);
-        const status st = p.run(tokens + i, n, i + n == n_tokens ? logits : nullptr);
+        status st = abort && abort->load() ? status(ERR_ABORTED, "eval: aborted") : p.run(tokens + i, n, i + n == n_tokens ? logits : nullptr);
         if (!st.ok()) {
-            for (layer_dev & L : p.layers)
-                if (L.kv.n_held() > n_past0) L.kv.truncate(n_past0, p.be->stream());  // the cache without the call's tokens
+            for (kv_layer_device & L : p.kv)
+                if (L.n_held() > n_past0) L.truncate(n_past0, p.be->stream());  // the cache without the call's tokens
             p.n_past = n_past0;
             return st;
         }
@@ -228,25 +267,30 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
 }
 
 int forward_session::n_past() const { return p_->n_past; }
+int forward_session::n_ctx() const { return p_->n_ctx; }
 
-status forward_session::clear() {
-    for (layer_dev & L : p_->layers) {
-        const status st = L.kv.truncate(0, p_->be->stream());
+status forward_session::truncate(int n) {
+    if (n < 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: cannot keep %d tokens", n));
+    if (n >= p_->n_past) return status::success();
+    for (kv_layer_device & L : p_->kv) {
+        const status st = L.truncate(n, p_->be->stream());
         if (!st.ok()) return st;
     }
-    p_->n_past = 0;
+    p_->n_past = n;
     return status::success();
 }
 
-size_t forward_session::weight_bytes() const { return p_->weight_bytes; }
+status forward_session::clear() { return truncate(0); }
+
+size_t forward_session::weight_bytes() const { return p_->W->weight_bytes; }
 size_t forward_session::kv_bytes() const {
     size_t b = 0;
-    for (const layer_dev & L : p_->layers) b += L.kv.payload_bytes();
+    for (const kv_layer_device & L : p_->kv) b += L.payload_bytes();
     return b;
 }
 size_t forward_session::kv_reserved_bytes() const {
     size_t b = 0;
-    for (const layer_dev & L : p_->layers) b += L.kv.view().n_head_kv * (size_t) L.kv.view().max_seg * L.kv.page_bytes();
+    for (const kv_layer_device & L : p_->kv) b += L.view().n_head_kv * (size_t) L.view().max_seg * L.page_bytes();
     return b;
 }
 

@@ -6,6 +6,7 @@
 // Numerics: matmuls dot f32 activations with the exactly decoded weights (the CPU quantizes activations to
 // q8 / f16 first), attention rounds queries and cached keys/values to f16 as the CPU does.
 #pragma once
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -15,21 +16,42 @@
 namespace core {
 namespace cuda {
 
+// The weights of one model on the device, uploaded once and shared by every session that runs the model
+// (the contexts and sequences of one loaded model). Keeps the host model alive.
+class device_model {
+public:
+    // Uploads every tensor the forward pass reads. Errors: ERR_OOM_DEVICE (with the size),
+    // ERR_UNSUPPORTED_QUANT (a weight type without a CUDA kernel), ERR_UNSUPPORTED_ARCH (a head layout the
+    // CUDA attention does not cover: group > 8, head sizes > 256 or not multiples of 8).
+    static status create(std::shared_ptr<const model> m, backend & be, std::shared_ptr<const device_model> * out);
+    ~device_model();
+    const model & host() const;
+    size_t weight_bytes() const;  // bytes of the weights on the device
+
+    struct impl;
+    const impl & get() const { return *p_; }
+private:
+    explicit device_model(std::unique_ptr<impl> p);
+    std::unique_ptr<impl> p_;
+};
+
 class forward_session {
 public:
-    // Uploads every tensor the forward pass reads and reserves an f16 cache of n_ctx tokens per layer.
-    // Errors: ERR_OOM_DEVICE (with the size), ERR_UNSUPPORTED_QUANT (a weight type without a CUDA kernel),
-    // ERR_UNSUPPORTED_ARCH (a head layout the CUDA attention does not cover: group > 8, head_dim > 256).
+    // A session over shared device weights: reserves an f16 cache of n_ctx tokens per layer on `be`'s device.
+    static status create(std::shared_ptr<const device_model> dm, int n_ctx, backend & be, std::unique_ptr<forward_session> * out);
+    // Uploads the weights of `m` for this session alone (tests and benchmarks; `m` must outlive the session).
     static status create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out);
     ~forward_session();
 
     // Runs tokens[0..n) at positions n_past().. (appended to the cache, in chunks of up to 512 tokens); with
     // `logits` non-null the last token's logits [n_vocab] are copied to it (the call then waits for the
-    // device). ERR_CONTEXT_FULL past n_ctx, ERR_INVALID_ARG for a token id out of range; on any error the
-    // cache holds what it held before the call.
-    status eval(const int32_t * tokens, int n_tokens, float * logits);
+    // device). ERR_CONTEXT_FULL past n_ctx, ERR_INVALID_ARG for a token id out of range, ERR_ABORTED when
+    // *abort turns true (checked between chunks); on any error the cache holds what it held before the call.
+    status eval(const int32_t * tokens, int n_tokens, float * logits, const std::atomic<bool> * abort = nullptr);
     int n_past() const;
-    status clear();  // forgets every token (pages stay reserved)
+    int n_ctx() const;
+    status clear();            // forgets every token (pages stay reserved)
+    status truncate(int n);    // keeps the first n tokens (n >= n_past(): nothing to do)
 
     size_t weight_bytes() const;   // bytes of the weights on the device
     size_t kv_bytes() const;       // f16 key + value bytes of the tokens held

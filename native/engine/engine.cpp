@@ -2,6 +2,11 @@
 
 #include <algorithm>
 
+#ifdef THINKCACHE_WITH_CUDA
+#include "../cuda/backend-cuda.h"
+#include "../cuda/forward-cuda.h"
+#endif
+
 namespace core {
 
 static int resolve_threads(int n) { return n > 0 ? n : std::max(1, cpu_physical_cores()); }
@@ -10,6 +15,77 @@ engine_context::engine_context(std::shared_ptr<const model> m, const context_par
     : model_(std::move(m)), params_(p), pool_(resolve_threads(p.n_threads)),
       kv_pool_(std::make_shared<page_pool>(kv_page_bytes((int) model_->hp.head_dim, (int) model_->hp.head_dim_v))) {
     params_.n_threads = pool_.size();
+}
+
+status context_params_check_cuda(const context_params & p) {
+    const char * what = nullptr;
+    for (uint8_t r : p.retention)
+        if (r != KV_RETAIN_FULL) what = "head retention (stream/evict heads)";
+    if (p.storage.key != KV_CODEC_F16 || p.storage.value != KV_CODEC_F16) what = "storage codecs";
+    if (p.per_query_head) what = "per-query-head caches";
+    if (what)
+        return status(ERR_INVALID_ARG, strfmt("the CUDA backend runs the full f16 cache only so far: %s need backend 'cpu'", what));
+    return {};
+}
+
+status engine_context::create(std::shared_ptr<const model> m, const context_params & p, std::shared_ptr<engine_context> * out) {
+    if (!p.cuda_model) {
+        *out = std::make_shared<engine_context>(std::move(m), p);
+        return {};
+    }
+#ifdef THINKCACHE_WITH_CUDA
+    status st = context_params_check_cuda(p);
+    if (!st.ok()) return st;
+    std::unique_ptr<cuda::backend> be;
+    if (!(st = cuda::backend::create(0, &be)).ok()) return st;
+    auto c = std::make_shared<engine_context>(std::move(m), p);
+    c->cuda_be_ = std::shared_ptr<cuda::backend>(std::move(be));
+    *out = std::move(c);
+    return {};
+#else
+    return status(ERR_CUDA, "this build has no CUDA backend (built without THINKCACHE_CUDA)");
+#endif
+}
+
+status engine_sequence::create(std::shared_ptr<engine_context> ctx, std::shared_ptr<engine_sequence> * out) {
+    auto seq = std::make_shared<engine_sequence>(ctx);
+    if (ctx->on_cuda()) {
+#ifdef THINKCACHE_WITH_CUDA
+        std::unique_ptr<cuda::forward_session> fs;
+        const status st = cuda::forward_session::create(ctx->params().cuda_model, ctx->params().n_ctx, *ctx->cuda_backend(), &fs);
+        if (!st.ok()) return st;
+        seq->cuda_ = std::shared_ptr<cuda::forward_session>(std::move(fs));
+#endif
+    }
+    *out = std::move(seq);
+    return {};
+}
+
+int32_t engine_sequence::n_tokens() const {
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) return cuda_->n_past();
+#endif
+    return kv_->n_logical();
+}
+
+kv_memory_report engine_sequence::memory(bool per_head) const {
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) {
+        kv_memory_report r;
+        const hparams & hp = ctx_->mdl().hp;
+        r.logical_tokens = cuda_->n_past();
+        r.resident_tokens = (int64_t) cuda_->n_past() * hp.n_layer * hp.n_head_kv;
+        const uint64_t kv = cuda_->kv_bytes();
+        r.key_bytes = kv * hp.head_dim / (hp.head_dim + hp.head_dim_v);
+        r.value_bytes = kv - r.key_bytes;
+        r.staging_bytes = 0;
+        r.bytes_used = kv;
+        r.bytes_allocated = cuda_->kv_reserved_bytes();
+        (void) per_head;  // every head holds every token: no per-head rows
+        return r;
+    }
+#endif
+    return kv_->memory(per_head);
 }
 
 engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std::move(ctx)), sampler_(sampler_params{}) {
@@ -37,13 +113,25 @@ engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std
 status engine_sequence::eval(const int32_t * tokens, int n_tokens, bool want_logits) {
     const model & m = ctx_->mdl();
     if (n_tokens <= 0) return status(ERR_INVALID_ARG, "eval: no tokens given");
-    if ((int64_t) kv_->n_logical() + n_tokens > ctx_->params().n_ctx) {
-        return status(ERR_CONTEXT_FULL, strfmt("eval: %d tokens at position %d exceed the context size %d", n_tokens, kv_->n_logical(), ctx_->params().n_ctx));
+    if ((int64_t) this->n_tokens() + n_tokens > ctx_->params().n_ctx) {
+        return status(ERR_CONTEXT_FULL, strfmt("eval: %d tokens at position %d exceed the context size %d", n_tokens, this->n_tokens(), ctx_->params().n_ctx));
     }
     if (want_logits && logits_.size() != m.hp.n_vocab) logits_.resize(m.hp.n_vocab);
     has_logits_ = false;
     const int n_batch = std::max(1, ctx_->params().n_batch);
     std::lock_guard<std::mutex> lock(ctx_->compute_mutex());
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) {  // the whole call on the device (chunked there); only the last logits come back
+        status s = cuda_->eval(tokens, n_tokens, want_logits ? logits_.data() : nullptr, &abort);
+        if (!s.ok()) return s;
+        for (int t = 0; t < n_tokens; t++) {
+            history_.push_back(tokens[t]);
+            sampler_.accept(tokens[t]);
+        }
+        has_logits_ = want_logits;
+        return {};
+    }
+#endif
     for (int i = 0; i < n_tokens; i += n_batch) {
         if (abort.load()) return status(ERR_ABORTED, "eval: aborted");
         const int n = std::min(n_batch, n_tokens - i);
@@ -67,6 +155,16 @@ status engine_sequence::sample(int32_t * out) {
 }
 
 int32_t engine_sequence::remove_from(int32_t pos) {
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) {
+        std::lock_guard<std::mutex> lock(ctx_->compute_mutex());
+        const int32_t want = std::max<int32_t>(0, std::min<int32_t>(pos, cuda_->n_past()));
+        const int32_t kept = cuda_->truncate(want).ok() ? want : cuda_->n_past();
+        if ((size_t) kept < history_.size()) history_.resize((size_t) kept);
+        has_logits_ = false;
+        return kept;
+    }
+#endif
     const int32_t kept = kv_->remove_from(pos);
     if ((size_t) kept < history_.size()) history_.resize((size_t) kept);
     has_logits_ = false;

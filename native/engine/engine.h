@@ -13,6 +13,12 @@
 
 namespace core {
 
+namespace cuda {  // native/cuda/ (built with THINKCACHE_CUDA only; in CPU builds these pointers stay null)
+class backend;
+class device_model;
+class forward_session;
+} // namespace cuda
+
 struct context_params {
     int n_ctx = 4096;
     int n_threads = 0;      // 0: physical cores
@@ -23,11 +29,24 @@ struct context_params {
     kv_policy_params policy;         // for EVICT heads
     kv_storage_config storage;       // KV storage codecs (FULL heads); RoPE fields are filled per model
     bool per_query_head = false;     // one token set per query head (KV copied per head; LazyEviction's reference layout)
+    // CUDA backend (issue 8): the model's weights on the device. Set: every sequence of the context runs on
+    // that device with the full f16 cache (retention, eviction and storage codecs must be left at their
+    // defaults: the compressed caches run on the CPU only so far). Null: the CPU runs the model.
+    std::shared_ptr<const cuda::device_model> cuda_model;
 };
+
+// Whether `p` asks for anything the CUDA forward pass does not run (compressed caches, calibration layouts);
+// ERR_INVALID_ARG naming the first such option.
+status context_params_check_cuda(const context_params & p);
 
 class engine_context {
 public:
-    engine_context(std::shared_ptr<const model> m, const context_params & p);
+    engine_context(std::shared_ptr<const model> m, const context_params & p);  // CPU only (p.cuda_model ignored)
+    // Any backend: with p.cuda_model also checks the options (context_params_check_cuda) and makes the
+    // context's CUDA stream (ERR_CUDA when it cannot).
+    static status create(std::shared_ptr<const model> m, const context_params & p, std::shared_ptr<engine_context> * out);
+    bool on_cuda() const { return (bool) cuda_be_; }
+    cuda::backend * cuda_backend() const { return cuda_be_.get(); }
     const model & mdl() const { return *model_; }
     const context_params & params() const { return params_; }
     thread_pool & pool() { return pool_; }
@@ -40,11 +59,15 @@ private:
     thread_pool pool_;
     std::shared_ptr<page_pool> kv_pool_;  // KV pages shared by the sequences of this context
     std::mutex mu_;
+    std::shared_ptr<cuda::backend> cuda_be_;  // the device stream of a CUDA context
 };
 
 class engine_sequence {
 public:
-    explicit engine_sequence(std::shared_ptr<engine_context> ctx);
+    explicit engine_sequence(std::shared_ptr<engine_context> ctx);  // CPU contexts (a CUDA context needs create())
+    // Any backend: on a CUDA context also reserves the device cache of n_ctx tokens (ERR_OOM_DEVICE with the size).
+    static status create(std::shared_ptr<engine_context> ctx, std::shared_ptr<engine_sequence> * out);
+    bool on_cuda() const { return (bool) cuda_; }
 
     // Feeds tokens (prompt chunks or one decoded token). With want_logits the last token's logits are
     // kept for sample()/logits(). Checks the abort flag between layers and chunks.
@@ -56,10 +79,11 @@ public:
 
     const std::vector<float> & logits() const { return logits_; }
     bool has_logits() const { return has_logits_; }
-    int32_t n_tokens() const { return kv_->n_logical(); }
+    int32_t n_tokens() const;
     // Drops tokens at positions >= pos; returns how many leading tokens remain valid (see kv_cache).
     int32_t remove_from(int32_t pos);
-    kv_memory_report memory(bool per_head) const { return kv_->memory(per_head); }
+    // KV memory. On CUDA: the device cache's f16 payload (bytes_used) and reservation (bytes_allocated).
+    kv_memory_report memory(bool per_head) const;
     kv_cache & kv() { return *kv_; }
     // Head calibration (window-substitution error) on the following evals; sinks < 0 turns it off.
     void set_calibration(int sinks, int recent, bool window_error = true);
@@ -77,6 +101,7 @@ private:
     std::vector<float> logits_;     // [n_vocab]
     std::unique_ptr<wse_accumulator> wse_;
     bool has_logits_ = false;
+    std::shared_ptr<cuda::forward_session> cuda_;  // the device cache and activations of a CUDA sequence
 };
 
 } // namespace core

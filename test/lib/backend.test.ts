@@ -1,7 +1,7 @@
 // Backend selection (issue 8): 'cuda' never falls back silently; each reason is a typed error.
 import { describe, expect, it } from 'vitest';
 import { cudaInfo, resolveBackend } from '../../lib/backend.js';
-import { CudaError, loadModel, UnsupportedModelError } from '../../lib/index.js';
+import { CudaError, InvalidOptionsError, loadModel, UnsupportedModelError } from '../../lib/index.js';
 import { getAddon } from '../../lib/binding.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 
@@ -38,5 +38,31 @@ describe('backend selection', () => {
     const err = await loadModel({ path, backend: 'cuda' }).catch((e: unknown) => e);
     expect(err instanceof UnsupportedModelError || err instanceof CudaError).toBe(true);
     if (!info.built) expect(String((err as Error).message)).toMatch(/THINKCACHE_CUDA/);
+  });
+  it('the addon loader takes the backend: "cuda" on a build without CUDA is ERR_CUDA, an unknown name ERR_INVALID_ARG', async () => {
+    const info = cudaInfo(getAddon());
+    const path = ensureFixture('llama', 'q8_0');
+    const addon = getAddon();
+    expect(() => addon.AddonModel.load(path, { backend: 'tpu' as 'cpu' })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    const m = await addon.AddonModel.load(path, { backend: 'cpu' });
+    expect(m.info().backend).toBe('cpu');
+    m.dispose();
+    if (!info.built) {
+      await expect(addon.AddonModel.load(path, { backend: 'cuda' })).rejects.toMatchObject({ code: 'ERR_CUDA', message: expect.stringMatching(/THINKCACHE_CUDA/) });
+    } else if (info.deviceCount === 0) {
+      await expect(addon.AddonModel.load(path, { backend: 'cuda' })).rejects.toMatchObject({ code: 'ERR_CUDA' });
+    }
+  });
+  it('a CUDA model refuses compressed caches with a typed error before anything is allocated', async () => {
+    const model = await loadModel({ path: ensureFixture('llama', 'q8_0'), backend: 'cpu' });
+    try {
+      (model as { backend: string }).backend = 'cuda';  // the JS-side check, as a CUDA model would run it
+      await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2' } } })).rejects.toThrow(InvalidOptionsError);
+      await expect(model.createContext({ kv: { storage: { key: 'q8', value: 'f16' } } })).rejects.toThrow(/kv\.storage .*CUDA backend/);
+      await expect(model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } })).rejects.toThrow(/kv\.eviction .*backend 'cpu'/);
+      await expect(model.createContext({ kv: { heads: { layers: { '0': 'stream' } } } })).rejects.toThrow(/kv\.heads/);
+    } finally {
+      await model.dispose();
+    }
   });
 });

@@ -560,4 +560,87 @@ TC_TEST("cuda/forward tiny reasoner greedy == CPU") {
     }
 }
 
+// The engine on a CUDA context (what loadModel({ backend: 'cuda' }) runs): two sequences share the device
+// weights; each one's logits track the CPU engine's (teacher-forced), remove_from() rewinds the device cache
+// to exactly what a fresh evaluation gives, the memory report is the device cache's, and the options the
+// CUDA path does not run (storage codecs, stream heads) are refused with the reason.
+TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; refusals") {
+    TC_NEED_CUDA(be);
+    const fixture_spec f = {"qwen2", 256, 3, 8, 2, 32, 512, 300, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, kTied};
+    const std::vector<uint8_t> img = make_fixture(f, 77);
+    std::unique_ptr<gguf_file> gf;
+    TC_OK(gguf_parse_memory(img.data(), img.size(), gf));
+    std::unique_ptr<model> mm;
+    TC_OK(model_load_from_gguf(std::move(gf), mm));
+    std::shared_ptr<const model> m(std::move(mm));
+    std::shared_ptr<const cu::device_model> dm;
+    TC_OK(cu::device_model::create(m, *be, &dm));
+    TC_CHECK(dm->weight_bytes() > 0);
+
+    context_params cpu_p;
+    cpu_p.n_ctx = 256;
+    cpu_p.n_threads = 2;
+    context_params gpu_p = cpu_p;
+    gpu_p.cuda_model = dm;
+    std::shared_ptr<engine_context> cctx, gctx;
+    TC_OK(engine_context::create(m, cpu_p, &cctx));
+    TC_OK(engine_context::create(m, gpu_p, &gctx));
+    TC_CHECK(!cctx->on_cuda() && gctx->on_cuda());
+    std::shared_ptr<engine_sequence> cs, g1, g2;
+    TC_OK(engine_sequence::create(cctx, &cs));
+    TC_OK(engine_sequence::create(gctx, &g1));
+    TC_OK(engine_sequence::create(gctx, &g2));
+    TC_CHECK(g1->on_cuda() && g2->on_cuda());
+
+    const size_t nv = f.n_vocab;
+    std::vector<int32_t> toks(60);
+    for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t) ((i * 53 + 11) % f.n_vocab);
+    TC_OK(cs->eval(toks.data(), 20, true));
+    TC_OK(g1->eval(toks.data(), 20, true));
+    double worst = 0;
+    int same = 0, steps = 0;
+    std::vector<std::vector<float>> g1_logits;
+    for (size_t t = 20; t < toks.size(); t++) {
+        worst = std::max(worst, nmse(g1->logits().data(), cs->logits().data(), nv));
+        same += argmax(g1->logits().data(), nv) == argmax(cs->logits().data(), nv);
+        steps++;
+        g1_logits.push_back(g1->logits());
+        TC_OK(cs->eval(&toks[t], 1, true));
+        TC_OK(g1->eval(&toks[t], 1, true));
+    }
+    std::printf("    ENGINE(cuda vs cpu, %d teacher-forced steps): logits NMSE worst %.3g, top-1 %d/%d\n", steps, worst, same, steps);
+    TC_CHECK(worst <= 2e-3 && same * 10 >= steps * 9);
+    TC_CHECK(g1->n_tokens() == (int32_t) toks.size());
+
+    // the second sequence is independent: the same prompt gives the first sequence's first logits
+    TC_OK(g2->eval(toks.data(), 20, true));
+    TC_CHECK(std::memcmp(g2->logits().data(), g1_logits[0].data(), nv * 4) == 0) << "a second sequence on the same device weights differs";
+
+    // rewind to 30 tokens and replay: the logits after token 39 equal the first pass's
+    TC_CHECK(g1->remove_from(30) == 30 && g1->n_tokens() == 30);
+    TC_OK(g1->eval(&toks[30], 10, true));
+    TC_CHECK(std::memcmp(g1->logits().data(), g1_logits[40 - 20].data(), nv * 4) == 0) << "replay after remove_from differs";
+
+    const kv_memory_report r = g1->memory(false);
+    const uint64_t per_token = (uint64_t) f.n_layer * f.n_head_kv * (f.head_dim + f.head_dim) * 2;
+    TC_CHECK(r.logical_tokens == 40 && r.bytes_used == per_token * 40) << "device cache bytes " << r.bytes_used << " vs " << per_token * 40;
+    TC_CHECK(r.bytes_allocated >= r.bytes_used);
+
+    // a full context is refused and keeps what it held
+    std::vector<int32_t> many(300, 1);
+    TC_CHECK(g2->eval(many.data(), (int) many.size(), true).code == ERR_CONTEXT_FULL);
+    TC_CHECK(g2->n_tokens() == 20);
+
+    context_params bad = gpu_p;
+    bad.storage.key = bad.storage.value = KV_CODEC_ROT2;
+    std::shared_ptr<engine_context> x;
+    const status s1 = engine_context::create(m, bad, &x);
+    TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("storage codecs") != std::string::npos) << s1.message;
+    bad = gpu_p;
+    bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
+    bad.retention[1] = KV_RETAIN_STREAM;
+    const status s2 = engine_context::create(m, bad, &x);
+    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("retention") != std::string::npos) << s2.message;
+}
+
 #endif // THINKCACHE_WITH_CUDA
