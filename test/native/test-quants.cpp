@@ -253,6 +253,39 @@ TC_TEST("quants/cpu-vec-dot") {
     }
 }
 
+// The AVX-512/VNNI block-format dots (x86-quant-dots.inc, compiled twice) sum the same exact int32 values as the
+// AVX2 ones and update the float accumulator the same way: identical bits, which keeps our greedy tokens on
+// llama.cpp's (its AVX2 expression) whatever the CPU.
+TC_TEST("quants/cpu-vec-dot avx2 == avx512 bit for bit (block formats)") {
+    if (cpu_level_supported() < CPU_LEVEL_AVX512) {
+        tc::g_skipped = "this CPU has no AVX-512";
+        return;
+    }
+    int compared = 0;
+    for (const ggml_type t : {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q8_0, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,
+                              GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K}) {
+        const quant_traits & tw = *quant_traits_get(t);
+        const quant_traits_cpu * c2 = quant_traits_cpu_get_level(t, CPU_LEVEL_AVX2), * c5 = quant_traits_cpu_get_level(t, CPU_LEVEL_AVX512);
+        if (!c2 || !c5 || c2->vec_dot == c5->vec_dot) continue;
+        const quant_traits * ta = quant_traits_get(c2->vec_dot_type);
+        for (int64_t ne : {tw.block_size * 1, tw.block_size * 6, tw.block_size * 35}) {
+            const std::vector<float> xw = random_floats(ne * 8, 21 + (uint32_t) ne), xa = random_floats(ne, 22 + (uint32_t) ne);
+            const size_t wrow = quant_row_bytes(&tw, ne);
+            std::vector<uint8_t> w(wrow * 8), a(quant_row_bytes(ta, ne));
+            for (int r = 0; r < 8; r++) tw.from_float_ref(xw.data() + r * ne, w.data() + r * wrow, ne);
+            ta->from_float_ref(xa.data(), a.data(), ne);
+            for (int r = 0; r < 8; r++) {
+                float s2 = 0, s5 = 0;
+                c2->vec_dot(ne, &s2, w.data() + r * wrow, a.data());
+                c5->vec_dot(ne, &s5, w.data() + r * wrow, a.data());
+                TC_CHECK(f32_bits(s2) == f32_bits(s5)) << "VEC_DOT(type=" << tw.name << ",n=" << ne << ",row=" << r << "): avx2 " << s2 << " avx512 " << s5;
+                compared++;
+            }
+        }
+    }
+    TC_CHECK(compared > 0);
+}
+
 // Every gemm micro-kernel computes, for each (row, token) pair, the same expression as the vec_dot of its
 // row (so prefill and decode round alike): bit-exact, for every tile shape up to GEMM_MR x GEMM_NT.
 TC_TEST("quants/cpu-gemm-bit-exact") {
