@@ -38,7 +38,9 @@ status engine_context::create(std::shared_ptr<const model> m, const context_para
     if (!st.ok()) return st;
     std::unique_ptr<cuda::backend> be;
     if (!(st = cuda::backend::create(0, &be)).ok()) return st;
-    auto c = std::make_shared<engine_context>(std::move(m), p);
+    context_params pc = p;
+    pc.n_threads = 1;  // the device computes; the pool only runs sampling-side work
+    auto c = std::make_shared<engine_context>(std::move(m), pc);
     c->cuda_be_ = std::shared_ptr<cuda::backend>(std::move(be));
     *out = std::move(c);
     return {};
