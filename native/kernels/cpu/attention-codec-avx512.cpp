@@ -8,6 +8,9 @@
 //          post-RoPE: the queries were rotated and permuted once, keys are read as stored;
 //   values codes → v̂ (still rotated), acc[g] += p·v̂ over the block with the probabilities broadcast; one
 //          FWHT per query head at the end undoes the rotation.
+// Pre-RoPE keys of a full block of 16 consecutive positions with 2- or 4-bit codes take keys_block_lanes
+// instead: the same math token-transposed (one lane per token), which needs no in-register shuffles for the
+// FWHT and no reduction for q·k.
 // f16 tokens (protected + staging) use F16C conversions. No dequantized copy of the cache is kept.
 #include <algorithm>
 #include <cmath>
