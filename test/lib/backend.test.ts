@@ -65,4 +65,26 @@ describe('backend selection', () => {
       await model.dispose();
     }
   });
+
+  // Runs where the addon was built with CUDA (`npm run build:cuda`) and a device answers; elsewhere it says why.
+  const probe = cudaInfo(getAddon());
+  const usable = probe.built && probe.deviceCount > 0 && probe.forward;
+  if (!usable) console.warn(`CUDA generate test skipped: ${probe.reason || 'no usable CUDA device'}`);
+  it.skipIf(!usable)('on a CUDA device: generate() gives the CPU backend\'s greedy tokens; the KV report is the device cache', async () => {
+    const path = ensureFixture('llama', 'f32');
+    const run = async (backend: 'cpu' | 'cuda') => {
+      await using model = await loadModel({ path, backend });
+      expect(model.backend).toBe(backend);
+      await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+      const seq = ctx.acquireSequence();
+      let fin: { tokens: number[]; kv: { logicalTokens: number; bytesUsed: number } } | undefined;
+      for await (const ev of seq.generate('Once upon a time', { maxTokens: 24, stopAtEog: false })) if (ev.type === 'finish') fin = ev;
+      return fin!;
+    };
+    const cpu = await run('cpu');
+    const gpu = await run('cuda');
+    expect(gpu.tokens).toEqual(cpu.tokens);
+    expect(gpu.kv.logicalTokens).toBe(cpu.kv.logicalTokens);
+    expect(gpu.kv.bytesUsed).toBeGreaterThan(0);
+  });
 });
