@@ -80,7 +80,6 @@ kv_memory_report engine_sequence::memory(bool per_head) const {
         const uint64_t kv = cuda_->kv_bytes();
         r.key_bytes = kv * hp.head_dim / (hp.head_dim + hp.head_dim_v);
         r.value_bytes = kv - r.key_bytes;
-        r.staging_bytes = 0;
         r.bytes_used = kv;
         r.bytes_allocated = cuda_->kv_reserved_bytes();
         (void) per_head;  // every head holds every token: no per-head rows

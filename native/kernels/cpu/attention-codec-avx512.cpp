@@ -52,16 +52,21 @@ TC_AVX512 inline __m512 fwht16(__m512 x) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(x, sw), _mm512_sub_ps(sw, x));
 }
 
+template <int K, int LEN = 1> TC_AVX512 inline void butterflies(__m512 * x) {  // stages LEN, 2·LEN, .. < K of K registers
+    if constexpr (LEN < K) {
+        for (int i = 0; i < K; i += 2 * LEN)
+            for (int j = i; j < i + LEN; j++) {
+                const __m512 a = x[j], b = x[j + LEN];
+                x[j] = _mm512_add_ps(a, b);
+                x[j + LEN] = _mm512_sub_ps(a, b);
+            }
+        butterflies<K, 2 * LEN>(x);
+    }
+}
 // Unnormalized Walsh–Hadamard transform of R registers (16·R channels): H_16R = H_R ⊗ H_16.
 template <int R> TC_AVX512 inline void fwht_regs(__m512 * x) {
     for (int r = 0; r < R; r++) x[r] = fwht16(x[r]);
-    for (int len = 1; len < R; len <<= 1)
-        for (int i = 0; i < R; i += 2 * len)
-            for (int j = i; j < i + len; j++) {
-                const __m512 a = x[j], b = x[j + len];
-                x[j] = _mm512_add_ps(a, b);
-                x[j + len] = _mm512_sub_ps(a, b);
-            }
+    butterflies<R>(x);
 }
 
 // 16 codes of B bits starting at element e (a multiple of 16) as float lanes.
@@ -175,17 +180,6 @@ template <int R> struct perm_tables {
 // codes (a channel's code never straddles a 32-bit word); other blocks take the per-token path.
 
 // Unnormalized Walsh–Hadamard transform across D lane-vectors, three stages per pass (radix 8).
-template <int K, int LEN = 1> TC_AVX512 inline void butterflies(__m512 * x) {  // stages LEN, 2·LEN, .. < K of K registers
-    if constexpr (LEN < K) {
-        for (int i = 0; i < K; i += 2 * LEN)
-            for (int j = i; j < i + LEN; j++) {
-                const __m512 a = x[j], b = x[j + LEN];
-                x[j] = _mm512_add_ps(a, b);
-                x[j + LEN] = _mm512_sub_ps(a, b);
-            }
-        butterflies<K, 2 * LEN>(x);
-    }
-}
 template <int S, int K> TC_AVX512 inline void fwht_lanes_pass(__m512 * Y) {  // strides S, 2S, .. (K/2)·S
 #pragma GCC unroll 16
     for (int off = 0; off < S; off++) {
