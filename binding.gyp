@@ -33,6 +33,7 @@
         "native/kv/codecs/rot.cpp",
         "native/kv/kv-cache.cpp",
         "native/kv/kv-policy-registry.cpp",
+        "native/kv/kv-ring.cpp",
         "native/kv/page-pool.cpp",
         "native/kv/policies/h2o.cpp",
         "native/kv/policies/lazy.cpp",

@@ -277,17 +277,20 @@ void kv_cache::flush(int il, int ih0, int nh) {
 // layer input over the *whole* prompt (a token holding several of them counts once), plus token 0; a
 // union of per-chunk top-20s would grow by up to 20 tokens every chunk. A token displaced by a later chunk
 // is quantized at its next flush like any other (nothing already quantized is ever requantized).
-void kv_cache::add_sinks(int il, const std::vector<int32_t> & positions, const std::vector<float> & magnitudes) {
-    auto & cand = sink_cand_[(size_t) il];  // elements, not tokens
+void kv_sinks_merge(std::vector<std::pair<float, int32_t>> & cand, const std::vector<int32_t> & positions, const std::vector<float> & magnitudes,
+                    std::vector<int32_t> & sinks) {
     for (size_t i = 0; i < positions.size(); i++) cand.emplace_back(magnitudes[i], positions[i]);
     std::stable_sort(cand.begin(), cand.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
     if (cand.size() > (size_t) KV_MAX_SINKS) cand.resize((size_t) KV_MAX_SINKS);
-    std::vector<int32_t> & s = sinks_[(size_t) il];
-    s.clear();
-    for (const auto & c : cand) s.push_back(c.second);
-    s.push_back(0);  // token 0 is always a sink (sequences start at position 0)
-    std::sort(s.begin(), s.end());
-    s.erase(std::unique(s.begin(), s.end()), s.end());
+    sinks.clear();
+    for (const auto & c : cand) sinks.push_back(c.second);
+    sinks.push_back(0);  // token 0 is always a sink (sequences start at position 0)
+    std::sort(sinks.begin(), sinks.end());
+    sinks.erase(std::unique(sinks.begin(), sinks.end()), sinks.end());
+}
+
+void kv_cache::add_sinks(int il, const std::vector<int32_t> & positions, const std::vector<float> & magnitudes) {
+    kv_sinks_merge(sink_cand_[(size_t) il], positions, magnitudes, sinks_[(size_t) il]);  // elements, not tokens
 }
 
 void kv_cache::record_query(int il, const float * q) {

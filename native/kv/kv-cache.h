@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "../common/status.h"
@@ -306,6 +307,12 @@ private:
     int64_t evicted_ = 0, compactions_ = 0;
     double compaction_s_ = 0;
 };
+
+// The sink set of one layer (ALGORITHMS.md §3.5 over a chunked prompt): `cand` holds the KV_MAX_SINKS largest
+// (|value|, position) elements seen so far; the chunk's candidates join it and `sinks` becomes their distinct
+// positions plus token 0, ascending. Shared by kv_cache and the device cache's bookkeeping (kv-ring.h).
+void kv_sinks_merge(std::vector<std::pair<float, int32_t>> & cand, const std::vector<int32_t> & positions, const std::vector<float> & magnitudes,
+                    std::vector<int32_t> & sinks);
 
 // Bytes of one page for the given head sizes (before rounding to the OS page size).
 size_t kv_page_bytes(int head_dim, int head_dim_v);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "kv/kv-cache.h"
+#include "kv/kv-ring.h"
 #include "test-harness.h"
 
 using namespace core;
@@ -154,4 +155,172 @@ TC_TEST("kv: pages go back to the pool and are reused; RSS falls by what the rep
     // with one FULL head and the rest streaming, the sequence holds far less
     const kv_memory_report m = again->memory(true);
     TC_CHECK(m.heads[0].resident == 4096 && m.heads[1].resident == S + R && m.heads[1].budget == S + R && m.heads[0].budget == -1);
+}
+
+// ---- the device cache's bookkeeping (kv-ring.h) against kv_cache --------------------------------------
+// The same tokens, chunks, sinks and rewinds go through a kv_cache and a kv_ring_layer per layer. After
+// every chunk each head must hold the same positions, quantize the same ones in the same order, and a
+// simulated device (slot payloads written by append and moved only by the ops) must hold in every slot in
+// view the token the bookkeeping says — so no ring wrap ever overwrote a token still needed.
+namespace {
+struct ring_sim {
+    std::vector<kv_ring_layer> layers;
+    std::vector<std::vector<std::vector<int32_t>>> data;  // [layer][head][slot] the position whose payload the slot holds
+    std::vector<std::vector<std::vector<int32_t>>> coded;  // [layer][head] positions of the payloads quantized, in order
+    void apply(int il, const std::vector<kv_ring_ops> & ops) {
+        for (size_t h = 0; h < ops.size(); h++) {
+            auto & d = data[(size_t) il][h];
+            const kv_ring_ops & op = ops[h];
+            for (size_t i = 0; i < op.enc_slot.size(); i++) {
+                TC_CHECK(d[(size_t) op.enc_slot[i]] == op.enc_pos[i]) << "layer " << il << " head " << h << ": quantizing slot " << op.enc_slot[i]
+                                                                     << " expects position " << op.enc_pos[i] << ", holds " << d[(size_t) op.enc_slot[i]];
+                coded[(size_t) il][h].push_back(d[(size_t) op.enc_slot[i]]);
+            }
+            for (size_t i = 0; i < op.copy_src.size(); i++) d[(size_t) op.copy_dst[i]] = d[(size_t) op.copy_src[i]];
+            for (int32_t s : op.clear_slot) d[(size_t) s] = KV_RING_EMPTY;
+        }
+    }
+};
+
+void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std::pair<int, int>> & script /* (chunk, 0) or (-1, rewind to) */,
+                   uint32_t seed) {
+    auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
+    kv_cache kv(c, pool);
+    kv_ring_config rc;
+    status st = kv_ring_config_from(c, 512, &rc);
+    TC_CHECK(st.ok()) << label << ": " << st.message;
+    if (!st.ok()) return;
+    ring_sim sim;
+    for (int il = 0; il < c.n_layer; il++) {
+        sim.layers.emplace_back(rc, il);
+        sim.data.emplace_back();
+        sim.coded.emplace_back((size_t) c.n_head_kv);
+        for (int h = 0; h < c.n_head_kv; h++) sim.data.back().emplace_back((size_t) sim.layers.back().slots(h), KV_RING_EMPTY);
+    }
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd;
+    std::vector<kv_ring_ops> ops;
+    int n_checks = 0;
+    for (const auto & [chunk, target] : script) {
+        if (chunk < 0) {  // rewind
+            const int32_t n_before = kv.n_logical();
+            const int32_t kept = kv.remove_from(target);
+            if (target >= n_before) { TC_CHECK(kept == n_before); continue; }  // nothing to drop (forward_session's early return)
+            int32_t keep = target;
+            for (auto & L : sim.layers) keep = L.limit_stream(keep);
+            for (auto & L : sim.layers) keep = L.limit_coded(keep);
+            TC_CHECK(keep == kept) << label << ": rewind to " << target << ": kv_cache keeps " << kept << ", the ring " << keep;
+            for (int il = 0; il < c.n_layer; il++) {
+                sim.layers[(size_t) il].truncate(kept, ops);
+                sim.apply(il, ops);
+                for (int h = 0; h < c.n_head_kv; h++) sim.coded[(size_t) il][(size_t) h].resize((size_t) sim.layers[(size_t) il].n_coded(h));
+            }
+        } else {
+            const int32_t c0 = kv.n_logical();
+            const int D = c.head_dim, DV = c.head_dim_v, H = c.n_head_kv;
+            std::vector<float> k((size_t) chunk * H * D), v((size_t) chunk * H * DV);
+            std::vector<int32_t> pos((size_t) chunk);
+            for (int t = 0; t < chunk; t++) pos[(size_t) t] = c0 + t;
+            TC_CHECK(kv.reserve(chunk).ok());
+            for (int il = 0; il < c.n_layer; il++) {
+                if (chunk > 1 && kv.wants_sinks()) {  // a few random sink candidates per chunk, as forward_chunk reports them
+                    std::vector<int32_t> sp;
+                    std::vector<float> mag;
+                    for (int i = 0; i < 20; i++) { sp.push_back(c0 + (int32_t) (rng() % (uint32_t) chunk)); mag.push_back(std::fabs(nd(rng)) * 10.0f); }
+                    kv.add_sinks(il, sp, mag);
+                    sim.layers[(size_t) il].add_sinks(sp, mag);
+                    TC_CHECK(kv.sinks(il) == sim.layers[(size_t) il].sinks()) << label << ": sink sets differ";
+                }
+                for (float & x : k) x = nd(rng);
+                for (float & x : v) x = nd(rng);
+                kv.append(il, chunk, k.data(), v.data(), pos.data());
+                kv_ring_layer & L = sim.layers[(size_t) il];
+                std::vector<int32_t> rc_before((size_t) H);
+                for (int h = 0; h < H; h++) rc_before[(size_t) h] = L.rc(h);
+                st = L.append(c0, chunk);
+                TC_CHECK(st.ok()) << label << ": " << st.message;
+                for (int h = 0; h < H; h++)  // the device append: the same slot function
+                    for (int t = 0; t < chunk; t++)
+                        sim.data[(size_t) il][(size_t) h][(size_t) kv_ring_slot(c0, t, L.fix_below(h), rc_before[(size_t) h], L.fix_cap(h), L.ring_cap(h))] = c0 + t;
+                // what attention sees this chunk (before retain) must be what kv_cache attends
+                for (int h = 0; h < H; h++) {
+                    TC_CHECK(L.held_positions(h) == kv.held_positions(il, h)) << label << ": layer " << il << " head " << h << " at " << c0 << "+" << chunk
+                                                                              << ": attention sets differ";
+                }
+                kv.retain(il);
+                L.retain(c0 + chunk, ops);
+                sim.apply(il, ops);
+                for (int h = 0; h < H; h++) {
+                    const std::vector<int32_t> want = kv.held_positions(il, h), got = L.held_positions(h);
+                    TC_CHECK(got == want) << label << ": layer " << il << " head " << h << " after " << c0 + chunk << " tokens: holds " << got.size()
+                                          << " positions, kv_cache " << want.size();
+                    const kv_head_view hv = kv.head(il, h);
+                    std::vector<int32_t> cpos;
+                    if (hv.coded) for (int32_t j = 0; j < hv.coded->n; j++) cpos.push_back(hv.coded->pos_at(j));
+                    TC_CHECK(cpos == L.coded_pos(h) && cpos == sim.coded[(size_t) il][(size_t) h])
+                        << label << ": layer " << il << " head " << h << ": quantized " << L.coded_pos(h).size() << " (device " << sim.coded[(size_t) il][(size_t) h].size()
+                        << ") vs kv_cache " << cpos.size();
+                    TC_CHECK(L.n_f16(h) == hv.n) << label << ": f16 count " << L.n_f16(h) << " vs " << hv.n;
+                    const auto & sp = L.slot_pos(h);
+                    bool same = true;
+                    for (size_t s = 0; s < sp.size(); s++) {
+                        const bool view = sp[s] != KV_RING_EMPTY && ((int32_t) s < L.fix_cap(h) || sp[s] >= L.lo(h));
+                        if (view) same &= sim.data[(size_t) il][(size_t) h][s] == sp[s];
+                    }
+                    TC_CHECK(same) << label << ": layer " << il << " head " << h << ": a slot in view holds another token's payload";
+                    TC_CHECK(L.pages_in_use(h) * KV_PAGE_TOKENS <= L.slots(h));
+                    n_checks++;
+                }
+            }
+        }
+    }
+    TC_CHECK(n_checks > 0);
+}
+
+kv_cache_config ring_cfg(kv_codec_type codec, bool sinks, bool post_rope) {
+    kv_cache_config c;
+    c.n_layer = 2;
+    c.n_head_kv = 4;
+    c.n_head = 8;
+    c.head_dim = c.head_dim_v = 32;
+    c.n_ctx = 4096;
+    c.retention.assign(8, KV_RETAIN_FULL);
+    c.retention[1] = c.retention[6] = KV_RETAIN_STREAM;
+    c.stream_sinks = 4;
+    c.stream_recent = 24;
+    c.storage.key = c.storage.value = codec;
+    c.storage.protect_sinks = sinks;
+    c.storage.post_rope = post_rope;
+    c.storage.n_rot = 32;
+    c.storage.rope = ROPE_STYLE_NEOX;
+    return c;
+}
+} // namespace
+
+TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16, STREAM, rot2 ± sinks, rewinds)") {
+    // prefill in chunks (a long one that flushes hundreds at once), decode steps past several flushes and the
+    // ring's wrap, rewinds that are exact and ones that fall back to the protected prefix, then more decoding
+    std::vector<std::pair<int, int>> script = {{512, 0}, {512, 0}, {300, 0}};
+    for (int i = 0; i < 700; i++) script.push_back({1, 0});
+    script.push_back({-1, 1400});  // inexact for coded heads: back to the protected prefix
+    script.push_back({200, 0});
+    for (int i = 0; i < 90; i++) script.push_back({1, 0});
+    script.push_back({-1, 100000});  // nothing to drop
+    script.push_back({-1, 250});
+    for (int i = 0; i < 40; i++) script.push_back({1, 0});
+    ring_vs_cache("f16 + stream", ring_cfg(KV_CODEC_F16, false, false), script, 1);
+    ring_vs_cache("rot2 pre-RoPE + sinks", ring_cfg(KV_CODEC_ROT2, true, false), script, 2);
+    ring_vs_cache("rot2 post-RoPE", ring_cfg(KV_CODEC_ROT2, false, true), script, 3);
+    kv_cache_config all_full = ring_cfg(KV_CODEC_ROT4, true, false);
+    all_full.retention.clear();
+    ring_vs_cache("rot4 all FULL + sinks", all_full, script, 4);
+    // what the device cache refuses, with the reason
+    kv_cache_config ev = ring_cfg(KV_CODEC_F16, false, false);
+    ev.retention[0] = KV_RETAIN_EVICT;
+    kv_ring_config rc;
+    status st = kv_ring_config_from(ev, 512, &rc);
+    TC_CHECK(!st.ok() && st.message.find("eviction") != std::string::npos) << st.message;
+    kv_cache_config q8 = ring_cfg(KV_CODEC_Q8, false, false);
+    st = kv_ring_config_from(q8, 512, &rc);
+    TC_CHECK(!st.ok() && st.message.find("rot2") != std::string::npos) << st.message;
 }

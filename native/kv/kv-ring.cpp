@@ -1,0 +1,245 @@
+// Bookkeeping of the device-resident compressed KV cache (see kv-ring.h).
+#include "kv-ring.h"
+
+#include <algorithm>
+
+namespace core {
+
+namespace {
+int32_t round_up(int32_t x, int32_t m) { return (x + m - 1) / m * m; }
+} // namespace
+
+status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out) {
+    const kv_storage_config & st = c.storage;
+    if (c.n_layer <= 0 || c.n_head_kv <= 0 || c.n_ctx <= 0 || max_chunk <= 0)
+        return status(ERR_INVALID_ARG, "kv ring: the cache needs layers, KV heads, a context size and a chunk size");
+    for (uint8_t r : c.retention)
+        if (r == KV_RETAIN_EVICT) return status(ERR_INVALID_ARG, "the CUDA cache holds no eviction policy (evicting heads) yet: use backend 'cpu'");
+    if (st.coded()) {
+        const kv_codec_traits & kc = kv_codec_get(st.key), & vc = kv_codec_get(st.value);
+        if (!kc.rotated || !vc.rotated)
+            return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes with rot2/rot3/rot4 keys and values only (asked: %s/%s): use backend 'cpu'", kc.name, vc.name));
+        if (st.rot_group != 1) return status(ERR_INVALID_ARG, "the CUDA cache rotates keys per head (rotationGroup 1) only: use backend 'cpu'");
+        if (c.head_dim != c.head_dim_v || (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128))
+            return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes heads of 32, 64 or 128 channels with equal key and value sizes (this model: %d/%d)", c.head_dim, c.head_dim_v));
+        if (kv_codec_group(st.key, c.head_dim, st.group) < 8) return status(ERR_INVALID_ARG, "the CUDA cache needs quantization groups of at least 8 channels");
+        if (!st.post_rope && (st.n_rot != c.head_dim || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX)))
+            return status(ERR_INVALID_ARG, "the CUDA cache's pre-RoPE keys need full NORM/NEOX RoPE (use the post-RoPE variant)");
+        if (st.staging < 0 || st.protect < 0) return status(ERR_INVALID_ARG, "kv ring: staging and protect must be >= 0");
+    }
+    kv_ring_config r;
+    r.n_layer = c.n_layer;
+    r.n_head_kv = c.n_head_kv;
+    r.n_ctx = c.n_ctx;
+    r.max_chunk = max_chunk;
+    r.stream_sinks = c.stream_sinks;
+    r.stream_recent = c.stream_recent;
+    r.protect = st.protect;
+    r.staging = st.staging;
+    r.flush = KV_TILE;  // kv_cache::flush_tokens for per-token codecs
+    r.protect_sinks = st.protect_sinks;
+    r.kind.resize((size_t) c.n_layer * c.n_head_kv);
+    for (size_t i = 0; i < r.kind.size(); i++) {
+        const uint8_t mode = c.retention.empty() ? (uint8_t) KV_RETAIN_FULL : c.retention[i];
+        r.kind[i] = mode == KV_RETAIN_STREAM ? KV_RING_STREAM : st.coded() ? KV_RING_CODED : KV_RING_DENSE;
+    }
+    *out = std::move(r);
+    return {};
+}
+
+kv_ring_layer::kv_ring_layer(const kv_ring_config & c, int il)
+    : coded_cap_(c.n_ctx), stream_sinks_(c.stream_sinks), stream_recent_(c.stream_recent), protect_(c.protect), staging_(c.staging),
+      flush_(std::max(1, c.flush)), protect_sinks_(c.protect_sinks) {
+    const int32_t ctx_cap = round_up(c.n_ctx, KV_PAGE_TOKENS);
+    heads_.resize((size_t) c.n_head_kv);
+    for (int h = 0; h < c.n_head_kv; h++) {
+        head & x = heads_[(size_t) h];
+        x.kind = c.kind[(size_t) il * c.n_head_kv + h];
+        if (x.kind == KV_RING_STREAM) {
+            x.fix_below = c.stream_sinks;
+            x.fix_cap = round_up(c.stream_sinks, KV_PAGE_TOKENS);
+            // in view at once: R recent + a chunk
+            x.ring_cap = std::min(ctx_cap, round_up(c.stream_recent + c.max_chunk, KV_PAGE_TOKENS));
+        } else if (x.kind == KV_RING_CODED) {
+            any_coded_ = true;
+            x.fix_below = c.protect;
+            x.fix_cap = round_up(c.protect + (c.protect_sinks ? KV_MAX_SINKS + 1 : 0), KV_PAGE_TOKENS);
+            // in view at once: staging + less than one flush block + sinks not yet moved out + a chunk
+            x.ring_cap = std::min(ctx_cap, round_up(c.staging + flush_ + (c.protect_sinks ? KV_MAX_SINKS + 1 : 0) + c.max_chunk, KV_PAGE_TOKENS));
+        } else {
+            x.ring_cap = ctx_cap;
+        }
+        x.slot_pos.assign((size_t) (x.fix_cap + x.ring_cap), KV_RING_EMPTY);
+    }
+}
+
+bool kv_ring_layer::in_view(const head & h, int32_t slot) const {
+    const int32_t p = h.slot_pos[(size_t) slot];
+    return p != KV_RING_EMPTY && (slot < h.fix_cap || p >= h.lo);
+}
+
+bool kv_ring_layer::is_protected(int32_t p) const {
+    return p < protect_ || (protect_sinks_ && std::binary_search(sinks_.begin(), sinks_.end(), p));
+}
+
+int32_t kv_ring_layer::pages_in_use(int h) const {
+    const head & x = heads_[(size_t) h];
+    const int32_t ring = std::min(x.rc, x.ring_cap);
+    return x.fix_cap / KV_PAGE_TOKENS + (ring + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS;
+}
+
+int32_t kv_ring_layer::n_f16(int h) const {
+    const head & x = heads_[(size_t) h];
+    int32_t n = 0;
+    for (int32_t s = 0; s < (int32_t) x.slot_pos.size(); s++) n += in_view(x, s);
+    return n;
+}
+
+std::vector<int32_t> kv_ring_layer::held_positions(int h) const {
+    const head & x = heads_[(size_t) h];
+    std::vector<int32_t> out(x.coded);
+    for (int32_t s = 0; s < (int32_t) x.slot_pos.size(); s++)
+        if (in_view(x, s)) out.push_back(x.slot_pos[(size_t) s]);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+status kv_ring_layer::append(int32_t c0, int32_t T) {
+    for (size_t h = 0; h < heads_.size(); h++) {
+        head & x = heads_[h];
+        int32_t ring = 0;
+        for (int32_t t = 0; t < T; t++) {
+            const int32_t s = kv_ring_slot(c0, t, x.fix_below, x.rc, x.fix_cap, x.ring_cap);
+            // a slot in view holding an older token would be lost (stale slots of a truncation hold later positions)
+            if (in_view(x, s) && x.slot_pos[(size_t) s] < c0)
+                return status(ERR_INTERNAL, strfmt("kv ring: head %zu: token %d would overwrite position %d still in view (slot %d of %d)", h, c0 + t,
+                                                   x.slot_pos[(size_t) s], s, (int) x.slot_pos.size()));
+            x.slot_pos[(size_t) s] = c0 + t;
+            ring += s >= x.fix_cap;
+        }
+        x.rc += ring;
+    }
+    return {};
+}
+
+void kv_ring_layer::add_sinks(const std::vector<int32_t> & positions, const std::vector<float> & magnitudes) {
+    kv_sinks_merge(sink_cand_, positions, magnitudes, sinks_);
+}
+
+void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops) {
+    ops.assign(heads_.size(), kv_ring_ops{});
+    std::vector<std::pair<int32_t, int32_t>> f16;  // (position, slot) in view, ascending
+    for (size_t h = 0; h < heads_.size(); h++) {
+        head & x = heads_[h];
+        kv_ring_ops & op = ops[h];
+        if (x.kind == KV_RING_DENSE) continue;
+        f16.clear();
+        for (int32_t s = 0; s < (int32_t) x.slot_pos.size(); s++)
+            if (in_view(x, s)) f16.emplace_back(x.slot_pos[(size_t) s], s);
+        std::sort(f16.begin(), f16.end());
+        if (x.kind == KV_RING_STREAM) {
+            // kv_cache::retain: more than S + R held keeps the first S and the last R
+            if ((int32_t) f16.size() <= stream_sinks_ + stream_recent_) continue;
+            x.lo = stream_recent_ > 0 ? f16[f16.size() - (size_t) stream_recent_].first : f16.back().first + 1;
+            x.dropped = true;
+            (void) n;
+            continue;
+        }
+        // kv_cache::flush: the oldest unprotected tokens beyond the staging window, in whole blocks
+        std::vector<std::pair<int32_t, int32_t>> cand;
+        for (const auto & e : f16)
+            if (!is_protected(e.first)) cand.push_back(e);
+        const int32_t m = ((int32_t) cand.size() - staging_) / flush_ * flush_;
+        if (m <= 0) continue;
+        std::vector<int32_t> freed;  // fixed slots emptied by quantizing a displaced sink
+        for (int32_t i = 0; i < m; i++) {
+            op.enc_slot.push_back(cand[(size_t) i].second);
+            op.enc_pos.push_back(cand[(size_t) i].first);
+            x.coded.push_back(cand[(size_t) i].first);
+            if (cand[(size_t) i].second < x.fix_cap) {
+                x.slot_pos[(size_t) cand[(size_t) i].second] = KV_RING_EMPTY;
+                freed.push_back(cand[(size_t) i].second);
+            }
+        }
+        const int32_t new_lo = std::max(x.lo, cand[(size_t) m - 1].first + 1);
+        for (const auto & e : f16) {  // protected ring tokens falling below lo move to fixed slots
+            if (e.second < x.fix_cap || e.first >= new_lo || !is_protected(e.first)) continue;
+            int32_t dst = -1;
+            for (int32_t s = x.fix_below; s < x.fix_cap && dst < 0; s++)
+                if (x.slot_pos[(size_t) s] == KV_RING_EMPTY) dst = s;
+            if (dst < 0) continue;  // never: fix_cap leaves room for every sink
+            op.copy_src.push_back(e.second);
+            op.copy_dst.push_back(dst);
+            x.slot_pos[(size_t) dst] = e.first;
+            freed.erase(std::remove(freed.begin(), freed.end(), dst), freed.end());
+        }
+        op.clear_slot = freed;
+        x.lo = new_lo;
+    }
+}
+
+// Quantized tokens kept by a rewind to `keep`: kv_cache counts them over its position runs (a prefix of
+// the coded order; positions ascend but for displaced sinks), so this does too.
+int32_t kv_ring_layer::coded_below(const head & x, int32_t keep) {
+    std::vector<kv_pos_run> runs;
+    for (int32_t p : x.coded) {
+        if (!runs.empty() && runs.back().pos + runs.back().n == p) runs.back().n++;
+        else runs.push_back({runs.empty() ? 0 : runs.back().first + runs.back().n, p, 1});
+    }
+    return kv_runs_count_below(runs.data(), (int32_t) runs.size(), keep);
+}
+
+int32_t kv_ring_layer::limit_stream(int32_t keep) const {
+    for (const head & x : heads_)
+        if (x.dropped) keep = std::min(keep, (int32_t) stream_sinks_);
+    return keep;
+}
+
+int32_t kv_ring_layer::limit_coded(int32_t keep) const {
+    for (const head & x : heads_) {
+        if (x.kind != KV_RING_CODED) continue;
+        const int32_t kept_q = coded_below(x, keep);
+        const int32_t P = std::min<int32_t>(keep, protect_);
+        int32_t n_sink = 0;
+        if (protect_sinks_)
+            for (int32_t sp : sinks_) n_sink += sp >= protect_ && sp < keep;
+        const int32_t fresh_q = std::max<int32_t>(0, keep - P - n_sink - staging_) / flush_ * flush_;
+        if (kept_q != fresh_q) keep = std::min<int32_t>(keep, std::max(0, protect_));
+    }
+    return keep;
+}
+
+void kv_ring_layer::truncate(int32_t keep, std::vector<kv_ring_ops> & ops) {
+    ops.assign(heads_.size(), kv_ring_ops{});
+    sinks_.erase(std::lower_bound(sinks_.begin(), sinks_.end(), keep), sinks_.end());
+    sink_cand_.erase(std::remove_if(sink_cand_.begin(), sink_cand_.end(), [&](const std::pair<float, int32_t> & c) { return c.second >= keep; }),
+                     sink_cand_.end());
+    for (size_t h = 0; h < heads_.size(); h++) {
+        head & x = heads_[h];
+        x.dropped = false;
+        if (x.kind == KV_RING_DENSE) {
+            // the device's slots past keep keep their later positions, masked (a query at p sees positions <= p,
+            // all written again before it runs) and overwritten in order: only the bookkeeping forgets them
+            for (int32_t s = keep; s < std::min(x.rc, x.ring_cap); s++) x.slot_pos[(size_t) s] = KV_RING_EMPTY;
+            x.rc = keep;
+            continue;
+        }
+        x.coded.resize((size_t) coded_below(x, keep));
+        const int32_t old_lo = x.lo;
+        x.lo = 0;
+        for (int32_t p : x.coded) x.lo = std::max(x.lo, p + 1);
+        for (int32_t s = 0; s < (int32_t) x.slot_pos.size(); s++) {
+            const int32_t p = x.slot_pos[(size_t) s];
+            if (p == KV_RING_EMPTY) continue;
+            // past keep; or a ring copy that was quantized or moved to a fixed slot (below the old lo), which a
+            // lower lo would bring back into view
+            if (p >= keep || (s >= x.fix_cap && p < old_lo && p >= x.lo)) {
+                ops[h].clear_slot.push_back(s);
+                x.slot_pos[(size_t) s] = KV_RING_EMPTY;
+            }
+        }
+        x.rc = std::max<int32_t>(0, keep - x.fix_below);
+    }
+}
+
+} // namespace core
