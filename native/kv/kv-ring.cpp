@@ -63,7 +63,9 @@ kv_ring_layer::kv_ring_layer(const kv_ring_config & c, int il)
         } else if (x.kind == KV_RING_CODED) {
             any_coded_ = true;
             x.fix_below = c.protect;
-            x.fix_cap = round_up(c.protect + (c.protect_sinks ? KV_MAX_SINKS + 1 : 0), KV_PAGE_TOKENS);
+            // the sinks (KV_MAX_SINKS and token 0), and room for as many again: a retain copies new sinks in
+            // before it empties the slots of displaced ones (kv_ring_layer::begin)
+            x.fix_cap = round_up(c.protect + (c.protect_sinks ? 2 * (KV_MAX_SINKS + 1) : 0), KV_PAGE_TOKENS);
             // in view at once: staging + less than one flush block + sinks not yet moved out + a chunk
             x.ring_cap = std::min(ctx_cap, round_up(c.staging + flush_ + (c.protect_sinks ? KV_MAX_SINKS + 1 : 0) + c.max_chunk, KV_PAGE_TOKENS));
         } else {
@@ -114,7 +116,7 @@ status kv_ring_layer::append(int32_t c0, int32_t T) {
             if (in_view(x, s) && x.slot_pos[(size_t) s] < c0)
                 return status(ERR_INTERNAL, strfmt("kv ring: head %zu: token %d would overwrite position %d still in view (slot %d of %d)", h, c0 + t,
                                                    x.slot_pos[(size_t) s], s, (int) x.slot_pos.size()));
-            x.slot_pos[(size_t) s] = c0 + t;
+            set_slot(h, s, c0 + t);
             ring += s >= x.fix_cap;
         }
         x.rc += ring;
@@ -156,23 +158,20 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops) {
             op.enc_slot.push_back(cand[(size_t) i].second);
             op.enc_pos.push_back(cand[(size_t) i].first);
             x.coded.push_back(cand[(size_t) i].first);
-            if (cand[(size_t) i].second < x.fix_cap) {
-                x.slot_pos[(size_t) cand[(size_t) i].second] = KV_RING_EMPTY;
-                freed.push_back(cand[(size_t) i].second);
-            }
+            if (cand[(size_t) i].second < x.fix_cap) freed.push_back(cand[(size_t) i].second);
         }
         const int32_t new_lo = std::max(x.lo, cand[(size_t) m - 1].first + 1);
         for (const auto & e : f16) {  // protected ring tokens falling below lo move to fixed slots
             if (e.second < x.fix_cap || e.first >= new_lo || !is_protected(e.first)) continue;
-            int32_t dst = -1;
+            int32_t dst = -1;  // an empty fixed slot (the ones emptied by this retain are still occupied)
             for (int32_t s = x.fix_below; s < x.fix_cap && dst < 0; s++)
                 if (x.slot_pos[(size_t) s] == KV_RING_EMPTY) dst = s;
-            if (dst < 0) continue;  // never: fix_cap leaves room for every sink
+            if (dst < 0) continue;  // never: fix_cap leaves room for every sink twice
             op.copy_src.push_back(e.second);
             op.copy_dst.push_back(dst);
-            x.slot_pos[(size_t) dst] = e.first;
-            freed.erase(std::remove(freed.begin(), freed.end(), dst), freed.end());
+            set_slot(h, dst, e.first);
         }
+        for (int32_t s : freed) set_slot(h, s, KV_RING_EMPTY);
         op.clear_slot = freed;
         x.lo = new_lo;
     }
@@ -220,7 +219,7 @@ void kv_ring_layer::truncate(int32_t keep, std::vector<kv_ring_ops> & ops) {
         if (x.kind == KV_RING_DENSE) {
             // the device's slots past keep keep their later positions, masked (a query at p sees positions <= p,
             // all written again before it runs) and overwritten in order: only the bookkeeping forgets them
-            for (int32_t s = keep; s < std::min(x.rc, x.ring_cap); s++) x.slot_pos[(size_t) s] = KV_RING_EMPTY;
+            for (int32_t s = keep; s < std::min(x.rc, x.ring_cap); s++) set_slot(h, s, KV_RING_EMPTY);
             x.rc = keep;
             continue;
         }
@@ -235,11 +234,47 @@ void kv_ring_layer::truncate(int32_t keep, std::vector<kv_ring_ops> & ops) {
             // lower lo would bring back into view
             if (p >= keep || (s >= x.fix_cap && p < old_lo && p >= x.lo)) {
                 ops[h].clear_slot.push_back(s);
-                x.slot_pos[(size_t) s] = KV_RING_EMPTY;
+                set_slot(h, s, KV_RING_EMPTY);
             }
         }
         x.rc = std::max<int32_t>(0, keep - x.fix_below);
     }
+}
+
+void kv_ring_layer::set_slot(size_t h, int32_t s, int32_t p) {
+    int32_t & v = heads_[h].slot_pos[(size_t) s];
+    if (journal_on_) journal_.push_back({(int32_t) h, s, v});
+    v = p;
+}
+
+void kv_ring_layer::begin() {
+    journal_on_ = true;
+    journal_.clear();
+    mark_.clear();
+    for (const head & x : heads_) mark_.push_back({x.rc, x.lo, (int32_t) x.coded.size(), x.dropped});
+    mark_sinks_ = sinks_;
+    mark_cand_ = sink_cand_;
+}
+
+void kv_ring_layer::rollback(std::vector<slot_entry> & restored) {
+    restored.clear();
+    if (!journal_on_) return;
+    for (size_t i = journal_.size(); i-- > 0;) {
+        const slot_entry & e = journal_[i];
+        heads_[(size_t) e.head].slot_pos[(size_t) e.slot] = e.pos;
+        restored.push_back(e);  // (a slot written twice ends with its oldest value: the last entry listed)
+    }
+    for (size_t h = 0; h < heads_.size(); h++) {
+        head & x = heads_[h];
+        x.rc = mark_[h].rc;
+        x.lo = mark_[h].lo;
+        x.dropped = mark_[h].dropped;
+        x.coded.resize((size_t) mark_[h].n_coded);
+    }
+    sinks_ = mark_sinks_;
+    sink_cand_ = mark_cand_;
+    journal_on_ = false;
+    journal_.clear();
 }
 
 } // namespace core

@@ -111,6 +111,16 @@ public:
     // Drops every token at position >= keep (an exact keep from the limits above). ops: [n_head_kv] (clears).
     void truncate(int32_t keep, std::vector<kv_ring_ops> & ops);
 
+    // A failed call's undo (forward_session::eval): begin() before the first append, then commit() or
+    // rollback(), which restores this object exactly and lists the (head, slot, position) entries the
+    // device's position table must be given back. The slot payloads need no undo: appends and copies only
+    // write slots out of view, and a retain never copies into a slot it empties (so a rollback finds every
+    // restored slot's payload untouched).
+    void begin();
+    void commit() { journal_on_ = false; }
+    struct slot_entry { int32_t head, slot, pos; };
+    void rollback(std::vector<slot_entry> & restored);
+
 private:
     struct head {
         uint8_t kind = KV_RING_DENSE;
@@ -123,12 +133,20 @@ private:
     bool in_view(const head & h, int32_t slot) const;
     bool is_protected(int32_t p) const;
     static int32_t coded_below(const head & x, int32_t keep);
+    void set_slot(size_t h, int32_t s, int32_t p);
     std::vector<head> heads_;
     int32_t coded_cap_ = 0;
     int stream_sinks_ = 0, stream_recent_ = 0, protect_ = 0, staging_ = 0, flush_ = 16;
     bool protect_sinks_ = true, any_coded_ = false;
     std::vector<int32_t> sinks_;                        // ascending
     std::vector<std::pair<float, int32_t>> sink_cand_;  // kv_sinks_merge's state
+    // journal of the call in flight
+    bool journal_on_ = false;
+    std::vector<slot_entry> journal_;  // old values, in write order
+    struct head_mark { int32_t rc, lo, n_coded; bool dropped; };
+    std::vector<head_mark> mark_;
+    std::vector<int32_t> mark_sinks_;
+    std::vector<std::pair<float, int32_t>> mark_cand_;
 };
 
 } // namespace core

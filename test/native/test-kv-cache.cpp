@@ -177,7 +177,7 @@ struct ring_sim {
                 coded[(size_t) il][h].push_back(d[(size_t) op.enc_slot[i]]);
             }
             for (size_t i = 0; i < op.copy_src.size(); i++) d[(size_t) op.copy_dst[i]] = d[(size_t) op.copy_src[i]];
-            for (int32_t s : op.clear_slot) d[(size_t) s] = KV_RING_EMPTY;
+            (void) op.clear_slot;  // a clear empties the position table only: the payload stays (a rollback relies on it)
         }
     }
 };
@@ -201,7 +201,69 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
     std::normal_distribution<float> nd;
     std::vector<kv_ring_ops> ops;
     int n_checks = 0;
+    auto check_layer = [&](int il, int32_t n_tok) {
+        const int H = c.n_head_kv;
+        kv_ring_layer & L = sim.layers[(size_t) il];
+        for (int h = 0; h < H; h++) {
+            const std::vector<int32_t> want = kv.held_positions(il, h), got = L.held_positions(h);
+            TC_CHECK(got == want) << label << ": layer " << il << " head " << h << " after " << n_tok << " tokens: holds " << got.size()
+                                  << " positions, kv_cache " << want.size();
+            const kv_head_view hv = kv.head(il, h);
+            std::vector<int32_t> cpos;
+            if (hv.coded) for (int32_t j = 0; j < hv.coded->n; j++) cpos.push_back(hv.coded->pos_at(j));
+            TC_CHECK(cpos == L.coded_pos(h) && cpos == sim.coded[(size_t) il][(size_t) h])
+                << label << ": layer " << il << " head " << h << ": quantized " << L.coded_pos(h).size() << " (device " << sim.coded[(size_t) il][(size_t) h].size()
+                << ") vs kv_cache " << cpos.size();
+            TC_CHECK(L.n_f16(h) == hv.n) << label << ": f16 count " << L.n_f16(h) << " vs " << hv.n;
+            const auto & sp = L.slot_pos(h);
+            bool same = true;
+            for (size_t s = 0; s < sp.size(); s++) {
+                const bool view = sp[s] != KV_RING_EMPTY && ((int32_t) s < L.fix_cap(h) || sp[s] >= L.lo(h));
+                if (view) same &= sim.data[(size_t) il][(size_t) h][s] == sp[s];
+            }
+            TC_CHECK(same) << label << ": layer " << il << " head " << h << ": a slot in view holds another token's payload";
+            TC_CHECK(L.pages_in_use(h) * KV_PAGE_TOKENS <= L.slots(h));
+            n_checks++;
+        }
+    };
     for (const auto & [chunk, target] : script) {
+        if (chunk == 1 && target == -2) {  // a decode step that fails, undone, before the real one
+            for (auto & L : sim.layers) L.begin();
+            const int32_t c0 = kv.n_logical();
+            for (auto & L : sim.layers) {
+                TC_CHECK(L.append(c0, 1).ok());
+                L.retain(c0 + 1, ops);
+            }
+            std::vector<kv_ring_layer::slot_entry> restored;
+            for (int il = 0; il < c.n_layer; il++) {
+                sim.layers[(size_t) il].rollback(restored);
+                check_layer(il, c0);
+            }
+        }
+        if (chunk == -2) {  // a call that fails after `target` tokens went through every layer: rolled back
+            const int32_t c0 = kv.n_logical();
+            for (auto & L : sim.layers) L.begin();
+            for (int il = 0; il < c.n_layer; il++) {
+                kv_ring_layer & L = sim.layers[(size_t) il];
+                if (target > 1 && L.wants_sinks()) L.add_sinks({c0 + target - 1}, {1e6f});
+                std::vector<int32_t> rcb;
+                for (int h = 0; h < c.n_head_kv; h++) rcb.push_back(L.rc(h));
+                TC_CHECK(L.append(c0, target).ok());
+                for (int h = 0; h < c.n_head_kv; h++)
+                    for (int t = 0; t < target; t++)
+                        sim.data[(size_t) il][(size_t) h][(size_t) kv_ring_slot(c0, t, L.fix_below(h), rcb[(size_t) h], L.fix_cap(h), L.ring_cap(h))] = c0 + t;
+                L.retain(c0 + target, ops);
+                sim.apply(il, ops);
+            }
+            std::vector<kv_ring_layer::slot_entry> restored;
+            for (int il = 0; il < c.n_layer; il++) {
+                sim.layers[(size_t) il].rollback(restored);
+                for (int h = 0; h < c.n_head_kv; h++) sim.coded[(size_t) il][(size_t) h].resize((size_t) sim.layers[(size_t) il].n_coded(h));
+                TC_CHECK(sim.layers[(size_t) il].sinks() == kv.sinks(il)) << label << ": rollback: sinks differ";
+                check_layer(il, c0);
+            }
+            continue;
+        }
         if (chunk < 0) {  // rewind
             const int32_t n_before = kv.n_logical();
             const int32_t kept = kv.remove_from(target);
@@ -250,27 +312,7 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
                 kv.retain(il);
                 L.retain(c0 + chunk, ops);
                 sim.apply(il, ops);
-                for (int h = 0; h < H; h++) {
-                    const std::vector<int32_t> want = kv.held_positions(il, h), got = L.held_positions(h);
-                    TC_CHECK(got == want) << label << ": layer " << il << " head " << h << " after " << c0 + chunk << " tokens: holds " << got.size()
-                                          << " positions, kv_cache " << want.size();
-                    const kv_head_view hv = kv.head(il, h);
-                    std::vector<int32_t> cpos;
-                    if (hv.coded) for (int32_t j = 0; j < hv.coded->n; j++) cpos.push_back(hv.coded->pos_at(j));
-                    TC_CHECK(cpos == L.coded_pos(h) && cpos == sim.coded[(size_t) il][(size_t) h])
-                        << label << ": layer " << il << " head " << h << ": quantized " << L.coded_pos(h).size() << " (device " << sim.coded[(size_t) il][(size_t) h].size()
-                        << ") vs kv_cache " << cpos.size();
-                    TC_CHECK(L.n_f16(h) == hv.n) << label << ": f16 count " << L.n_f16(h) << " vs " << hv.n;
-                    const auto & sp = L.slot_pos(h);
-                    bool same = true;
-                    for (size_t s = 0; s < sp.size(); s++) {
-                        const bool view = sp[s] != KV_RING_EMPTY && ((int32_t) s < L.fix_cap(h) || sp[s] >= L.lo(h));
-                        if (view) same &= sim.data[(size_t) il][(size_t) h][s] == sp[s];
-                    }
-                    TC_CHECK(same) << label << ": layer " << il << " head " << h << ": a slot in view holds another token's payload";
-                    TC_CHECK(L.pages_in_use(h) * KV_PAGE_TOKENS <= L.slots(h));
-                    n_checks++;
-                }
+                check_layer(il, c0 + chunk);
             }
         }
     }
@@ -301,7 +343,8 @@ TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16,
     // prefill in chunks (a long one that flushes hundreds at once), decode steps past several flushes and the
     // ring's wrap, rewinds that are exact and ones that fall back to the protected prefix, then more decoding
     std::vector<std::pair<int, int>> script = {{512, 0}, {512, 0}, {300, 0}};
-    for (int i = 0; i < 700; i++) script.push_back({1, 0});
+    for (int i = 0; i < 700; i++) script.push_back({1, i % 97 == 0 ? -2 : 0});
+    script.push_back({-2, 400});  // a failed prefill call, undone
     script.push_back({-1, 1400});  // inexact for coded heads: back to the protected prefix
     script.push_back({200, 0});
     for (int i = 0; i < 90; i++) script.push_back({1, 0});
