@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
         for (int i = tid; i < G * KV_PAGE_TOKENS; i += THREADS) {
             const int g = i / KV_PAGE_TOKENS, j = i % KV_PAGE_TOKENS;
             float sc = -INFINITY;
-            if (j < n && pos[j] <= qp) {
+            if (j < n && pos[j] <= qp && (!kv.lo || first + j < kv.ring_base[hkv] || pos[j] >= kv.lo[hkv])) {
                 const uint16_t * kt = k_s + (size_t) (j / KV_TILE) * hd * KV_TILE + (j % KV_TILE);
                 const float * qg = q_s + g * hd;
                 float dot = 0.0f;

@@ -34,6 +34,10 @@ struct kv_layer_view {
     const int32_t * pos = nullptr;       // [n_head_kv][max_tokens]
     const int32_t * n_seg = nullptr;     // [n_head_kv]
     int max_n_seg = 0;                   // max over heads of n_seg (host copy, sizes the split)
+    // ring layers (kv-ring.cuh; nullptr elsewhere): slot i = seg_first + j of head h is in view when
+    // i < ring_base[h] (a fixed slot) or its position >= lo[h]
+    const int32_t * lo = nullptr;        // [n_head_kv]
+    const int32_t * ring_base = nullptr; // [n_head_kv]
 
     // coded tokens (all null / 0 when no head of the layer has a storage codec)
     const int32_t * is_coded = nullptr;  // [n_head_kv] 1: the head has a codec (attention uses f32 queries)

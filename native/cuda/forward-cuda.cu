@@ -12,6 +12,7 @@
 #include "add.cuh"
 #include "attention.cuh"
 #include "common.cuh"
+#include "kv-ring.cuh"
 #include "matmul.cuh"
 #include "rms_norm.cuh"
 #include "rope.cuh"
@@ -83,7 +84,16 @@ struct forward_session::impl {
     const model * m = nullptr;
     backend * be = nullptr;
     int n_ctx = 0, n_past = 0, cap = 0;
-    std::vector<kv_layer_device> kv;  // [n_layer]
+    int chunk = kChunk;
+    std::vector<kv_layer_device> kv;  // [n_layer] (dense cache)
+    // compressed cache: host bookkeeping and device data per layer
+    bool ring = false;
+    int stream_budget = 0;             // S + R (memory report)
+    std::vector<kv_ring_layer> rl;
+    std::vector<kv_ring_device> rd;
+    ring_step step;
+    std::vector<float> top_v;
+    std::vector<int32_t> top_i;
     device_buffer tok, pos, x, xn, q, k, v, attn, o, gate, up, logits;
     attn_workspace ws;
 
@@ -102,6 +112,53 @@ struct forward_session::impl {
             return st;
         cap = T;
         return status::success();
+    }
+
+    // forward_chunk's sink candidates: the 20 largest |x| of the layer input over the chunk (per token on
+    // the device, the top 20 of those here), merged into the layer's sink set as kv_cache::add_sinks does
+    status ring_sinks(int il, int T, stream_t s) {
+        const int n_embd = (int) m->hp.n_embd, K = 20;
+        status st = rd[(size_t) il].top_abs(x.as<float>(), T, n_embd, K, top_v, top_i, s);
+        if (!st.ok()) return st;
+        std::vector<int32_t> order(top_v.size());
+        for (size_t i = 0; i < order.size(); i++) order[i] = (int32_t) i;
+        const size_t k = std::min<size_t>((size_t) K, order.size());
+        std::partial_sort(order.begin(), order.begin() + (ptrdiff_t) k, order.end(), [&](int32_t a, int32_t b) {
+            return top_v[(size_t) a] > top_v[(size_t) b] || (top_v[(size_t) a] == top_v[(size_t) b] && a < b);
+        });
+        std::vector<int32_t> found;
+        std::vector<float> mag;
+        for (size_t i = 0; i < k; i++) {
+            found.push_back(n_past + order[i] / K);
+            mag.push_back(top_v[(size_t) order[i]]);
+        }
+        rl[(size_t) il].add_sinks(found, mag);
+        return status::success();
+    }
+
+    // One layer's cache step on the compressed cache: the host decides (append, then retain), the device
+    // appends, attends over what is in view, then quantizes / copies / clears as decided.
+    status ring_attention(int il, const attn_decode_params & ap, int T, stream_t s) {
+        kv_ring_layer & L = rl[(size_t) il];
+        kv_ring_device & D = rd[(size_t) il];
+        const int H = L.n_head_kv();
+        step.rc_before.resize((size_t) H);
+        step.pages.resize((size_t) H);
+        step.lo.resize((size_t) H);
+        step.n_coded.resize((size_t) H);
+        for (int h = 0; h < H; h++) step.rc_before[(size_t) h] = L.rc(h);
+        status st = L.append(n_past, T);
+        if (!st.ok()) return st;
+        for (int h = 0; h < H; h++) {
+            step.pages[(size_t) h] = L.pages_in_use(h);
+            step.lo[(size_t) h] = L.lo(h);
+            step.n_coded[(size_t) h] = L.n_coded(h);
+        }
+        L.retain(n_past + T, step.ops);
+        if (!(st = D.stage(step, s)).ok()) return st;
+        if (!(st = D.append(k.as<float>(), v.as<float>(), n_past, T, s)).ok()) return st;
+        if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), D.view(), attn.as<float>(), ws, s)).ok()) return st;
+        return D.apply(s);
     }
 
     status run(const int32_t * tokens, int T, float * logits_host) {
@@ -124,7 +181,8 @@ struct forward_session::impl {
         const rope_style rs = m->arch->rope;
         for (size_t il = 0; il < W->layers.size(); il++) {
             const layer_dev & L = W->layers[il];
-            kv_layer_device & KV = kv[il];
+            kv_layer_device & KV = kv[ring ? 0 : il];
+            if (ring && T > 1 && rl[il].wants_sinks() && !(st = ring_sinks((int) il, T, s)).ok()) return st;
             // ---- attention block
             if (!(st = rms_norm(x.as<float>(), L.attn_norm.p, xn.as<float>(), n_embd, T, hp.rms_eps, s)).ok()) return st;
             if (!(st = matmul(L.wq.w, xn.as<float>(), q.as<float>(), T, s)).ok()) return st;
@@ -143,8 +201,12 @@ struct forward_session::impl {
             if (!(st = rope(k.as<float>(), pos.as<int32_t>(), T, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, rs, hp.rope_freq_base,
                             hp.rope_freq_scale, W->rope_freqs.p, s)).ok())
                 return st;
-            if (!(st = KV.append(k.as<float>(), v.as<float>(), T, s)).ok()) return st;
-            if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), KV.view(), attn.as<float>(), ws, s)).ok()) return st;
+            if (ring) {
+                if (!(st = ring_attention((int) il, ap, T, s)).ok()) return st;
+            } else {
+                if (!(st = KV.append(k.as<float>(), v.as<float>(), T, s)).ok()) return st;
+                if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), KV.view(), attn.as<float>(), ws, s)).ok()) return st;
+            }
             if (!(st = matmul(L.wo.w, attn.as<float>(), o.as<float>(), T, s)).ok()) return st;
             if (!(st = add(x.as<float>(), o.as<float>(), (int64_t) T * n_embd, s)).ok()) return st;
             // ---- feed-forward block (SwiGLU)
@@ -231,6 +293,67 @@ status forward_session::create(std::shared_ptr<const device_model> dm, int n_ctx
     return status::success();
 }
 
+status forward_session::create(std::shared_ptr<const device_model> dm, const kv_cache_config & kc, int chunk, backend & be,
+                               std::unique_ptr<forward_session> * out) {
+    if (!dm) return status(ERR_INVALID_ARG, "cuda forward: no device model");
+    bool dense = kc.storage.key == KV_CODEC_F16 && kc.storage.value == KV_CODEC_F16;
+    for (uint8_t r : kc.retention) dense &= r == KV_RETAIN_FULL;
+    const hparams & hp = dm->host().hp;
+    if (kc.n_layer != (int) hp.n_layer || kc.n_head_kv != (int) hp.n_head_kv || kc.head_dim != (int) hp.head_dim || kc.head_dim_v != (int) hp.head_dim_v)
+        return status(ERR_INVALID_ARG, "cuda forward: the cache configuration does not match the model (per-query-head caches run on the CPU only)");
+    if (chunk <= 0) chunk = kChunk;
+    chunk = std::min(chunk, kChunk);
+    if (dense) {
+        status st = create(std::move(dm), kc.n_ctx, be, out);
+        if (st.ok()) (*out)->p_->chunk = chunk;
+        return st;
+    }
+    kv_ring_config rc;
+    status st = kv_ring_config_from(kc, chunk, &rc);
+    if (!st.ok()) return st;
+    if (!(st = create(std::move(dm), 1, be, out)).ok()) return st;  // weights and activations; its 1-token dense layers go unused
+    impl & p = *(*out)->p_;
+    p.kv.resize(1);
+    p.n_ctx = kc.n_ctx;
+    p.chunk = chunk;
+    p.ring = true;
+    p.stream_budget = kc.stream_sinks + kc.stream_recent;
+    ring_codec codec;
+    const kv_storage_config & sc = kc.storage;
+    if (sc.coded()) {
+        codec.kbits = kv_codec_get(sc.key).bits;
+        codec.vbits = kv_codec_get(sc.value).bits;
+        codec.group = sc.group;
+        codec.kclip = sc.clip >= 0 ? sc.clip : sc.key == KV_CODEC_ROT2 ? 0.8f : 1.0f;  // kv_cache's defaults (§3.4)
+        codec.vclip = sc.clip >= 0 ? sc.clip : sc.value == KV_CODEC_ROT2 ? 0.8f : 1.0f;
+        codec.pre_rope = !sc.post_rope;
+        codec.rope_neox = sc.rope == ROPE_STYLE_NEOX;
+        codec.n_rot = sc.n_rot;
+        codec.freq_base = sc.freq_base;
+        codec.freq_scale = sc.freq_scale;
+        codec.freq_factors = sc.freq_factors;
+    }
+    p.rl.clear();
+    p.rd.clear();
+    p.rl.reserve((size_t) kc.n_layer);
+    p.rd.reserve((size_t) kc.n_layer);
+    const size_t per_layer = (size_t) kc.n_head_kv * kc.head_dim;
+    for (int il = 0; il < kc.n_layer; il++) {
+        p.rl.emplace_back(rc, il);
+        p.rd.emplace_back();
+        const int32_t * perm = sc.coded() && !sc.perm.empty() ? sc.perm.data() + (size_t) il * per_layer : nullptr;
+        if (!(st = p.rd.back().create(p.rl.back(), kc.head_dim, kc.head_dim_v, codec, perm, be.stream())).ok()) return st;
+    }
+    return be.synchronize();
+}
+
+status forward_session::create(const model & m, const kv_cache_config & kc, int chunk, backend & be, std::unique_ptr<forward_session> * out) {
+    std::shared_ptr<const device_model> dm;
+    const status st = device_model::create(std::shared_ptr<const model>(std::shared_ptr<const model>(), &m), be, &dm);
+    if (!st.ok()) return st;
+    return create(std::move(dm), kc, chunk, be, out);
+}
+
 status forward_session::create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out) {
     if (n_ctx <= 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: n_ctx must be positive (got %d)", n_ctx));
     std::shared_ptr<const device_model> dm;
@@ -252,44 +375,141 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
     // chunks of at most kChunk tokens (as the CPU's n_batch): bounded activations and attention partials, and
     // grid dimensions far below their 65535 limit; the logits of the last chunk only
     const int n_past0 = p.n_past;
-    for (int i = 0; i < n_tokens; i += kChunk) {
-        const int n = std::min(kChunk, n_tokens - i);
+    if (p.ring)
+        for (kv_ring_layer & L : p.rl) L.begin();
+    for (int i = 0; i < n_tokens; i += p.chunk) {
+        const int n = std::min(p.chunk, n_tokens - i);
         status st = abort && abort->load() ? status(ERR_ABORTED, "eval: aborted") : p.run(tokens + i, n, i + n == n_tokens ? logits : nullptr);
-        if (!st.ok()) {
-            for (kv_layer_device & L : p.kv)
-                if (L.n_held() > n_past0) L.truncate(n_past0, p.be->stream());  // the cache without the call's tokens
+        if (!st.ok()) {  // the cache without the call's tokens
+            if (p.ring) {
+                std::vector<kv_ring_layer::slot_entry> restored;
+                for (size_t il = 0; il < p.rl.size(); il++) {
+                    p.rl[il].rollback(restored);
+                    p.rd[il].set_positions(restored, p.be->stream());
+                }
+            } else {
+                for (kv_layer_device & L : p.kv)
+                    if (L.n_held() > n_past0) L.truncate(n_past0, p.be->stream());
+            }
             p.n_past = n_past0;
             return st;
         }
         p.n_past += n;
     }
+    if (p.ring)
+        for (kv_ring_layer & L : p.rl) L.commit();
     return status::success();
 }
 
 int forward_session::n_past() const { return p_->n_past; }
 int forward_session::n_ctx() const { return p_->n_ctx; }
 
-status forward_session::truncate(int n) {
+status forward_session::truncate(int n, int * kept) {
+    impl & p = *p_;
+    if (kept) *kept = p.n_past;
     if (n < 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: cannot keep %d tokens", n));
-    if (n >= p_->n_past) return status::success();
-    for (kv_layer_device & L : p_->kv) {
-        const status st = L.truncate(n, p_->be->stream());
-        if (!st.ok()) return st;
+    if (n >= p.n_past) return status::success();
+    if (p.ring) {
+        int32_t keep = n;  // kv_cache::remove_from: stream heads first, then coded heads, over every layer
+        for (const kv_ring_layer & L : p.rl) keep = L.limit_stream(keep);
+        for (const kv_ring_layer & L : p.rl) keep = L.limit_coded(keep);
+        std::vector<kv_ring_ops> ops;
+        std::vector<kv_ring_layer::slot_entry> clears;
+        for (size_t il = 0; il < p.rl.size(); il++) {
+            p.rl[il].truncate(keep, ops);
+            clears.clear();
+            for (size_t h = 0; h < ops.size(); h++)
+                for (int32_t sl : ops[h].clear_slot) clears.push_back({(int32_t) h, sl, KV_RING_EMPTY});
+            const status st = p.rd[il].set_positions(clears, p.be->stream());
+            if (!st.ok()) return st;
+        }
+        p.n_past = keep;
+    } else {
+        for (kv_layer_device & L : p.kv) {
+            const status st = L.truncate(n, p.be->stream());
+            if (!st.ok()) return st;
+        }
+        p.n_past = n;
     }
-    p_->n_past = n;
+    if (kept) *kept = p.n_past;
     return status::success();
 }
 
 status forward_session::clear() { return truncate(0); }
+bool forward_session::compressed() const { return p_->ring; }
+
+kv_memory_report forward_session::memory(bool per_head) const {
+    const impl & p = *p_;
+    const hparams & hp = p.m->hp;
+    kv_memory_report r;
+    r.logical_tokens = p.n_past;
+    const uint64_t D = hp.head_dim, DV = hp.head_dim_v;
+    if (!p.ring) {
+        r.resident_tokens = (int64_t) p.n_past * hp.n_layer * hp.n_head_kv;
+        r.key_bytes = (uint64_t) r.resident_tokens * D * 2;
+        r.value_bytes = (uint64_t) r.resident_tokens * DV * 2;
+        r.bytes_used = r.key_bytes + r.value_bytes;
+        r.bytes_allocated = kv_reserved_bytes();
+        if (per_head) r.heads.assign((size_t) hp.n_layer * hp.n_head_kv, kv_head_memory{p.n_past, -1, 0, (r.key_bytes + r.value_bytes) / std::max<uint64_t>(1, (uint64_t) hp.n_layer * hp.n_head_kv)});
+        return r;
+    }
+    if (per_head) r.heads.resize((size_t) hp.n_layer * hp.n_head_kv);
+    for (size_t il = 0; il < p.rl.size(); il++) {
+        const kv_ring_layer & L = p.rl[il];
+        const kv_ring_device & Dv = p.rd[il];
+        const kv_layer_view & v = Dv.view();
+        for (int h = 0; h < L.n_head_kv(); h++) {
+            const uint64_t nf = (uint64_t) L.n_f16(h), nq = (uint64_t) L.n_coded(h);
+            const uint64_t kc = nq * (uint64_t) (v.kbits ? D * v.kbits / 8 : 0), vc = nq * (uint64_t) (v.vbits ? DV * v.vbits / 8 : 0);
+            const uint64_t ks = nq * Dv.k_block_bytes() - kc, vs = nq * Dv.v_block_bytes() - vc;
+            const uint64_t kb = nf * D * 2 + kc + ks, vb = nf * DV * 2 + vc + vs, pb = 4 * (nf + nq);
+            if (L.kind(h) == KV_RING_CODED) r.staging_bytes += nf * (D + DV) * 2;
+            r.code_bytes += kc + vc;
+            r.scale_bytes += ks + vs;
+            r.quantized_tokens += (int64_t) nq;
+            r.resident_tokens += (int64_t) (nf + nq);
+            r.key_bytes += kb;
+            r.value_bytes += vb;
+            r.position_bytes += pb;
+            if (L.kind(h) == KV_RING_STREAM) r.evicted_tokens += std::max<int64_t>(0, (int64_t) p.n_past - (int64_t) (nf + nq));
+            if (per_head) {
+                kv_head_memory & m = r.heads[il * (size_t) L.n_head_kv() + (size_t) h];
+                m.resident = (int32_t) (nf + nq);
+                m.budget = L.kind(h) == KV_RING_STREAM ? p.stream_budget : -1;
+                m.bytes_used = kb + vb + pb;
+                m.bytes_allocated = (uint64_t) L.slots(h) * (D + DV) * 2 + (L.kind(h) == KV_RING_CODED ? (uint64_t) L.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4) : 0);
+            }
+        }
+        r.bytes_allocated += Dv.reserved_bytes();
+    }
+    r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes;
+    return r;
+}
+
+std::vector<int32_t> forward_session::held_positions(int il, int ih) const {
+    const impl & p = *p_;
+    if (p.ring) return p.rl[(size_t) il].held_positions(ih);
+    std::vector<int32_t> out((size_t) p.n_past);
+    for (int i = 0; i < p.n_past; i++) out[(size_t) i] = i;
+    return out;
+}
 
 size_t forward_session::weight_bytes() const { return p_->W->weight_bytes; }
 size_t forward_session::kv_bytes() const {
+    if (p_->ring) {
+        const kv_memory_report r = memory(false);
+        return r.key_bytes + r.value_bytes;
+    }
     size_t b = 0;
     for (const kv_layer_device & L : p_->kv) b += L.payload_bytes();
     return b;
 }
 size_t forward_session::kv_reserved_bytes() const {
     size_t b = 0;
+    if (p_->ring) {
+        for (const kv_ring_device & D : p_->rd) b += D.reserved_bytes();
+        return b;
+    }
     for (const kv_layer_device & L : p_->kv) b += L.view().n_head_kv * (size_t) L.view().max_seg * L.page_bytes();
     return b;
 }

@@ -1,7 +1,10 @@
 // The forward pass on one CUDA device (llama, qwen2, qwen3): the same steps as forward_chunk
 // (model/forward.cpp) with every weight and the KV cache resident on the device; per call only the token
-// ids go up and, on request, the last token's logits come back. The cache is f16, every head keeping every
-// token (compressed caches — codecs, head budgets, eviction — run on the CPU only so far).
+// ids go up and, on request, the last token's logits come back (and, in prefill chunks of a cache that
+// protects sinks, each layer's 20 largest |x| per token). The cache is either dense f16 (every head keeps
+// every token) or compressed (kv-ring.cuh: STREAM heads, RotateKV rot2/3/4 quantize-on-write with
+// protected tokens, sinks and the f16 staging window — kv_cache's semantics, its bookkeeping checked
+// against kv_cache on the CPU); eviction policies run on the CPU only so far.
 // CPU oracle: forward_chunk itself (test-ops-cuda.cpp "cuda/forward": logits per step and greedy tokens).
 // Numerics: matmuls dot f32 activations with the exactly decoded weights (the CPU quantizes activations to
 // q8 / f16 first), attention rounds queries and cached keys/values to f16 as the CPU does.
@@ -10,6 +13,7 @@
 #include <memory>
 #include <vector>
 
+#include "../kv/kv-cache.h"
 #include "../model/model.h"
 #include "backend-cuda.h"
 
@@ -39,8 +43,14 @@ class forward_session {
 public:
     // A session over shared device weights: reserves an f16 cache of n_ctx tokens per layer on `be`'s device.
     static status create(std::shared_ptr<const device_model> dm, int n_ctx, backend & be, std::unique_ptr<forward_session> * out);
+    // A session whose cache follows `kv` (kv_cache_config as the CPU engine builds it: n_ctx, retention,
+    // STREAM sizes, storage codecs with the model's RoPE and the key permutation): dense f16 when every head is
+    // FULL and uncoded, else the compressed device cache. chunk: tokens per forward step (the CPU's n_batch,
+    // at most 512). ERR_INVALID_ARG naming what the device cache does not hold (kv_ring_config_from).
+    static status create(std::shared_ptr<const device_model> dm, const kv_cache_config & kv, int chunk, backend & be, std::unique_ptr<forward_session> * out);
     // Uploads the weights of `m` for this session alone (tests and benchmarks; `m` must outlive the session).
     static status create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out);
+    static status create(const model & m, const kv_cache_config & kv, int chunk, backend & be, std::unique_ptr<forward_session> * out);
     ~forward_session();
 
     // Runs tokens[0..n) at positions n_past().. (appended to the cache, in chunks of up to 512 tokens); with
@@ -51,8 +61,13 @@ public:
     int n_past() const;
     int n_ctx() const;
     status clear();            // forgets every token (pages stay reserved)
-    status truncate(int n);    // keeps the first n tokens (n >= n_past(): nothing to do)
-
+    // Keeps the first n tokens (n >= n_past(): nothing to do). A compressed cache keeps fewer when its
+    // state at n would differ from a fresh evaluation's (kv_cache::remove_from's rules): *kept says how many.
+    status truncate(int n, int * kept = nullptr);
+    bool compressed() const;
+    // kv_cache::memory's report of the device cache (positions: 4 B per f16 and per quantized token).
+    kv_memory_report memory(bool per_head) const;
+    std::vector<int32_t> held_positions(int il, int ih) const;  // ascending
     size_t weight_bytes() const;   // bytes of the weights on the device
     size_t kv_bytes() const;       // f16 key + value bytes of the tokens held
     size_t kv_reserved_bytes() const;

@@ -1,0 +1,411 @@
+// The compressed KV cache of one layer on the device (see kv-ring.cuh). CPU oracles: kv_cache::flush and
+// rot.cpp's encode (quantize-on-write), kv_cache::add_sinks' candidates (forward_chunk's top |x|); the
+// test cuda/ring-engine (test-forward-cuda.cpp) runs a whole model both ways.
+#include "kv-ring.cuh"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "common.cuh"
+
+namespace core {
+namespace cuda {
+namespace {
+
+constexpr int STEP_META = 4;  // pages, lo, n_coded, rc_before per head
+
+__device__ __forceinline__ uint16_t * slot_page(const kv_layer_view & kv, int h, int slot) {
+    return (uint16_t *) kv.seg_page[(size_t) h * kv.max_seg + slot / KV_PAGE_TOKENS];
+}
+// key element d of slot j (inside its page): transposed tiles [64/16][D][16]; values [64][Dv] after the keys
+__device__ __forceinline__ size_t key_at(int j, int d, int D) { return ((size_t) (j / KV_TILE) * D + d) * KV_TILE + (j % KV_TILE); }
+__device__ __forceinline__ size_t value_at(int j, int d, int D, int DV) { return (size_t) KV_PAGE_TOKENS * D + (size_t) j * DV + d; }
+
+__global__ void k_ring_append(kv_layer_view kv, const int32_t * geo, const int32_t * rc, int32_t * pos, const float * k, const float * v, int32_t c0) {
+    const int t = blockIdx.x, h = blockIdx.y, H = gridDim.y;
+    const int D = kv.head_dim, DV = kv.head_dim_v;
+    const int32_t slot = kv_ring_slot(c0, t, geo[h], rc[h], geo[H + h], geo[2 * H + h]);
+    uint16_t * page = slot_page(kv, h, slot);
+    const int j = slot % KV_PAGE_TOKENS;
+    const float * ks = k + ((size_t) t * H + h) * D;
+    const float * vs = v + ((size_t) t * H + h) * DV;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) page[key_at(j, d, D)] = f32_to_f16_bits(ks[d]);
+    for (int d = threadIdx.x; d < DV; d += blockDim.x) page[value_at(j, d, D, DV)] = f32_to_f16_bits(vs[d]);
+    if (threadIdx.x == 0) pos[(size_t) h * kv.max_tokens + slot] = c0 + t;
+}
+
+// rot.cpp's encode of x[0..D) (shared memory) into blk, one thread per channel d.
+template <int D>
+__device__ void rot_encode(const float * x, int bits, int G, float clip, uint8_t * blk, int * code) {
+    const int d = threadIdx.x, ng = D / G, qmax = (1 << bits) - 1;
+    const int g = d / G;
+    float mn = x[g * G], mx = x[g * G];
+    for (int i = 1; i < G; i++) { mn = fminf(mn, x[g * G + i]); mx = fmaxf(mx, x[g * G + i]); }
+    const float xmax = clip * mx, xmin = clip * mn;
+    uint16_t sh = f32_to_f16_bits((xmax - xmin) / (float) qmax);
+    if (f16_bits_to_f32(sh) <= 0.0f) sh = 1;  // zero-range group: smallest positive f16
+    const float s = f16_bits_to_f32(sh);
+    const int z = min(max((int) rintf(-xmin / s), 0), 255);
+    code[d] = min(max((int) rintf(x[d] / s) + z, 0), qmax);
+    __syncthreads();
+    const int cb = D * bits / 8;
+    for (int ib = d; ib < cb; ib += D) {  // little-endian bit stream: element i at bits [i·b, (i+1)·b)
+        uint32_t w = 0;
+        for (int e = (8 * ib) / bits; e <= (8 * ib + 7) / bits && e < D; e++) {
+            const int sft = e * bits - 8 * ib;
+            w |= sft >= 0 ? (uint32_t) code[e] << sft : (uint32_t) code[e] >> -sft;
+        }
+        blk[ib] = (uint8_t) (w & 0xffu);
+    }
+    if (d % G == 0) {
+        blk[cb + 2 * g] = (uint8_t) (sh & 0xffu);
+        blk[cb + 2 * g + 1] = (uint8_t) (sh >> 8);
+        blk[cb + 2 * ng + g] = (uint8_t) z;
+    }
+    __syncthreads();
+}
+
+// Quantize-on-write, one token per block (D threads): kv_cache::flush's steps for a head rotated alone.
+template <int D>
+__global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * kblk, uint8_t * vblk, int32_t * c_pos, float kclip, float vclip) {
+    const int e = blockIdx.x, d = threadIdx.x;
+    const int h = ent[4 * e], slot = ent[4 * e + 1], pos = ent[4 * e + 2], ci = ent[4 * e + 3];
+    __shared__ float xk[D], xv[D], cs[D / 2], sn[D / 2], qk[D], qv[D];
+    __shared__ int code[D];
+    const uint16_t * page = slot_page(kv, h, slot);
+    const int j = slot % KV_PAGE_TOKENS;
+    xk[d] = f16_bits_to_f32(page[key_at(j, d, D)]);
+    xv[d] = f16_bits_to_f32(page[value_at(j, d, D, D)]);
+    if (kv.pre_rope && d < D / 2) {  // rope_cache_ref(cs, −pos): θ advanced by repeated multiplication
+        float theta = (float) (-pos);
+        for (int i = 0; i < d; i++) theta *= kv.theta_scale;
+        const float ff = kv.freq_factors ? kv.freq_factors[d] : 1.0f;
+        const float tt = kv.freq_scale * (theta / ff);
+        cs[d] = cosf(tt);
+        sn[d] = sinf(tt);
+    }
+    __syncthreads();
+    if (kv.pre_rope && d < D / 2) {  // rope_apply_ref at −pos undoes the key's RoPE
+        const int i0 = kv.rope_neox ? d : 2 * d, i1 = kv.rope_neox ? d + D / 2 : 2 * d + 1;
+        const float x0 = xk[i0], x1 = xk[i1], c = cs[d], s = sn[d];
+        xk[i0] = fmaf(x0, c, -(x1 * s));
+        xk[i1] = fmaf(x0, s, x1 * c);
+    }
+    __syncthreads();
+    for (int hh = 1; hh < D; hh <<= 1) {  // fwht_ref's butterflies
+        if (d < D / 2) {
+            const int i = (d / hh) * 2 * hh + d % hh;
+            const float a = xk[i], b = xk[i + hh];
+            xk[i] = a + b;
+            xk[i + hh] = a - b;
+            const float av = xv[i], bv = xv[i + hh];
+            xv[i] = av + bv;
+            xv[i + hh] = av - bv;
+        }
+        __syncthreads();
+    }
+    const float sc = 1.0f / sqrtf((float) D);
+    const int32_t * perm = kv.perm ? kv.perm + (size_t) h * D : nullptr;
+    qk[d] = xk[perm ? perm[d] : d] * sc;  // fwht_ref scales, then the cache permutes
+    qv[d] = xv[d] * sc;
+    __syncthreads();
+    const size_t c = (size_t) kv.c_first[h] + ci;
+    rot_encode<D>(qk, kv.kbits, kv.kgroup, kclip, kblk + c * kv.k_block_bytes, code);
+    rot_encode<D>(qv, kv.vbits, kv.vgroup, vclip, vblk + c * kv.v_block_bytes, code);
+    if (d == 0) c_pos[c] = pos;
+}
+
+__global__ void k_ring_copy(kv_layer_view kv, const int32_t * ent, int32_t * pos) {
+    const int e = blockIdx.x;
+    const int h = ent[3 * e], src = ent[3 * e + 1], dst = ent[3 * e + 2];
+    const int D = kv.head_dim, DV = kv.head_dim_v;
+    const uint16_t * ps = slot_page(kv, h, src);
+    uint16_t * pd = slot_page(kv, h, dst);
+    const int js = src % KV_PAGE_TOKENS, jd = dst % KV_PAGE_TOKENS;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) pd[key_at(jd, d, D)] = ps[key_at(js, d, D)];
+    for (int d = threadIdx.x; d < DV; d += blockDim.x) pd[value_at(jd, d, D, DV)] = ps[value_at(js, d, D, DV)];
+    if (threadIdx.x == 0) pos[(size_t) h * kv.max_tokens + dst] = pos[(size_t) h * kv.max_tokens + src];
+}
+
+__global__ void k_ring_set_pos(const int32_t * ent, int n, int max_tokens, int32_t * pos) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x)
+        pos[(size_t) ent[3 * e] * max_tokens + ent[3 * e + 1]] = ent[3 * e + 2];
+}
+
+// Per token t, the k largest |x[t][·]| and their indices (ties: the lower index), k rounds of a block argmax.
+__global__ void k_top_abs(const float * x, int n_embd, int k, float * vals, int32_t * idx) {
+    extern __shared__ float a[];
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    const int t = blockIdx.x, tid = threadIdx.x, nw = (blockDim.x + WARP - 1) / WARP;
+    for (int i = tid; i < n_embd; i += blockDim.x) a[i] = fabsf(x[(size_t) t * n_embd + i]);
+    __syncthreads();
+    for (int r = 0; r < k; r++) {
+        float best = -1.0f;
+        int bidx = INT_MAX;
+        for (int i = tid; i < n_embd; i += blockDim.x)
+            if (a[i] > best) { best = a[i]; bidx = i; }
+        for (int o = WARP / 2; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bidx, o);
+            if (ov > best || (ov == best && oi < bidx)) { best = ov; bidx = oi; }
+        }
+        if (tid % WARP == 0) { bv[tid / WARP] = best; bi[tid / WARP] = bidx; }
+        __syncthreads();
+        if (tid == 0) {
+            for (int w = 1; w < nw; w++)
+                if (bv[w] > bv[0] || (bv[w] == bv[0] && bi[w] < bi[0])) { bv[0] = bv[w]; bi[0] = bi[w]; }
+            vals[(size_t) t * k + r] = bv[0];
+            idx[(size_t) t * k + r] = bi[0];
+            if (bi[0] >= 0 && bi[0] < n_embd) a[bi[0]] = -1.0f;
+        }
+        __syncthreads();
+    }
+}
+
+} // namespace
+
+kv_ring_device::~kv_ring_device() {
+    if (pinned_) cudaFreeHost(pinned_);
+}
+
+kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
+    : v_(o.v_), n_head_kv_(o.n_head_kv_), n_enc_(o.n_enc_), n_copy_(o.n_copy_), n_clear_(o.n_clear_), coded_cap_(o.coded_cap_), kclip_(o.kclip_),
+      vclip_(o.vclip_), pages_(std::move(o.pages_)), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
+      pos_(std::move(o.pos_)), geo_(std::move(o.geo_)), step_dev_(std::move(o.step_dev_)), is_coded_(std::move(o.is_coded_)), kblk_(std::move(o.kblk_)),
+      vblk_(std::move(o.vblk_)), c_first_(std::move(o.c_first_)), c_pos_(std::move(o.c_pos_)), perm_(std::move(o.perm_)), ff_(std::move(o.ff_)),
+      tops_(std::move(o.tops_)), pinned_(o.pinned_), pinned_cap_(o.pinned_cap_) {
+    o.pinned_ = nullptr;
+    o.pinned_cap_ = 0;
+}
+
+status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring_codec & codec, const int32_t * perm, stream_t s) {
+    const int H = L.n_head_kv();
+    n_head_kv_ = H;
+    v_ = kv_layer_view{};
+    v_.n_head_kv = H;
+    v_.head_dim = D;
+    v_.head_dim_v = DV;
+    const size_t page_bytes = (size_t) KV_PAGE_TOKENS * (D + DV) * sizeof(uint16_t);
+    int max_seg = 1;
+    size_t n_pages = 0;
+    std::vector<int32_t> geo((size_t) 3 * H), is_coded((size_t) H, 0), c_first((size_t) H, 0);
+    int n_coded_heads = 0;
+    for (int h = 0; h < H; h++) {
+        const int pg = L.slots(h) / KV_PAGE_TOKENS;
+        max_seg = std::max(max_seg, pg);
+        n_pages += (size_t) pg;
+        geo[(size_t) h] = L.fix_below(h);
+        geo[(size_t) H + h] = L.fix_cap(h);
+        geo[(size_t) 2 * H + h] = L.ring_cap(h);
+        if (L.kind(h) == KV_RING_CODED) {
+            is_coded[(size_t) h] = 1;
+            c_first[(size_t) h] = n_coded_heads++ * L.coded_cap();
+        }
+    }
+    const int max_tokens = max_seg * KV_PAGE_TOKENS;
+    std::vector<const uint16_t *> ptrs((size_t) H * max_seg, nullptr);
+    std::vector<int32_t> seg_n((size_t) H * max_seg, KV_PAGE_TOKENS), seg_first((size_t) H * max_seg, 0);
+    status st;
+    if (!(st = pages_.alloc(std::max<size_t>(1, n_pages) * page_bytes)).ok()) return st;
+    if (!(st = pages_.zero()).ok()) return st;
+    size_t page = 0;
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < L.slots(h) / KV_PAGE_TOKENS; i++) {
+            ptrs[(size_t) h * max_seg + i] = (const uint16_t *) (pages_.as<uint8_t>() + page++ * page_bytes);
+            seg_first[(size_t) h * max_seg + i] = i * KV_PAGE_TOKENS;
+        }
+    const std::vector<int32_t> pos((size_t) H * max_tokens, KV_RING_EMPTY);
+    auto put = [&](device_buffer & b, const void * src, size_t bytes) {
+        if (!(st = b.alloc(std::max<size_t>(bytes, 4))).ok()) return false;
+        return bytes == 0 || (st = b.upload(src, bytes)).ok();
+    };
+    if (!put(page_ptrs_, ptrs.data(), ptrs.size() * sizeof(void *)) || !put(seg_n_, seg_n.data(), seg_n.size() * 4) ||
+        !put(seg_first_, seg_first.data(), seg_first.size() * 4) || !put(pos_, pos.data(), pos.size() * 4) || !put(geo_, geo.data(), geo.size() * 4))
+        return st;
+    v_.max_seg = max_seg;
+    v_.max_tokens = max_tokens;
+    v_.seg_page = page_ptrs_.as<const uint16_t *>();
+    v_.seg_n = seg_n_.as<int32_t>();
+    v_.seg_first = seg_first_.as<int32_t>();
+    v_.pos = pos_.as<int32_t>();
+    v_.ring_base = geo_.as<int32_t>() + H;
+    // the step tables are staged per chunk; until then a view with nothing in it
+    const std::vector<int32_t> zero((size_t) STEP_META * H, 0);
+    if (!put(step_dev_, zero.data(), zero.size() * 4)) return st;
+    v_.n_seg = step_dev_.as<int32_t>();
+    v_.lo = step_dev_.as<int32_t>() + H;
+    if (n_coded_heads == 0) return status::success();
+    if (codec.kbits < 2 || codec.kbits > 4 || codec.vbits < 2 || codec.vbits > 4 || D != DV || (D != 32 && D != 64 && D != 128))
+        return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4 (bits %d/%d) and head_dim == head_dim_v in {32, 64, 128} (%d/%d)",
+                                                    codec.kbits, codec.vbits, D, DV));
+    const int G = kv_codec_group(KV_CODEC_ROT2, D, codec.group);
+    coded_cap_ = L.coded_cap();
+    v_.kbits = codec.kbits;
+    v_.vbits = codec.vbits;
+    v_.kgroup = v_.vgroup = G;
+    v_.k_block_bytes = D * codec.kbits / 8 + D / G * 3;
+    v_.v_block_bytes = D * codec.vbits / 8 + D / G * 3;
+    v_.pre_rope = codec.pre_rope ? 1 : 0;
+    v_.rope_neox = codec.rope_neox ? 1 : 0;
+    v_.n_rot = codec.n_rot;
+    v_.freq_base = codec.freq_base;
+    v_.freq_scale = codec.freq_scale;
+    v_.theta_scale = std::pow(codec.freq_base, -2.0f / (float) codec.n_rot);  // rope_cache_ref's host expression
+    kclip_ = codec.kclip;
+    vclip_ = codec.vclip;
+    const size_t nc = (size_t) n_coded_heads * coded_cap_;
+    if (!(st = kblk_.alloc(nc * v_.k_block_bytes)).ok() || !(st = vblk_.alloc(nc * v_.v_block_bytes)).ok() || !(st = c_pos_.alloc(nc * 4)).ok()) return st;
+    if (!put(is_coded_, is_coded.data(), is_coded.size() * 4) || !put(c_first_, c_first.data(), c_first.size() * 4)) return st;
+    if (perm && !put(perm_, perm, (size_t) H * D * 4)) return st;
+    if (codec.freq_factors && !put(ff_, codec.freq_factors, (size_t) codec.n_rot / 2 * 4)) return st;
+    v_.is_coded = is_coded_.as<int32_t>();
+    v_.kblk = kblk_.as<uint8_t>();
+    v_.vblk = vblk_.as<uint8_t>();
+    v_.c_first = c_first_.as<int32_t>();
+    v_.c_pos = c_pos_.as<int32_t>();
+    v_.n_coded = step_dev_.as<int32_t>() + 2 * H;
+    v_.perm = perm ? perm_.as<int32_t>() : nullptr;
+    v_.freq_factors = codec.freq_factors ? ff_.as<float>() : nullptr;
+    (void) s;
+    return status::success();
+}
+
+status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
+    const int H = n_head_kv_;
+    n_enc_ = n_copy_ = n_clear_ = 0;
+    for (const kv_ring_ops & o : st_in.ops) {
+        n_enc_ += (int) o.enc_slot.size();
+        n_copy_ += (int) o.copy_src.size();
+        n_clear_ += (int) o.clear_slot.size();
+    }
+    const size_t need = (size_t) STEP_META * H + 4 * (size_t) n_enc_ + 3 * (size_t) n_copy_ + 3 * (size_t) n_clear_;
+    status st;
+    if (need > pinned_cap_) {  // the previous chunk's upload is done (the caller synchronized)
+        if (pinned_) cudaFreeHost(pinned_);
+        pinned_ = nullptr;
+        pinned_cap_ = 0;
+        const size_t cap = std::max<size_t>(need, 1024);
+        CUDA_CHECK(cudaMallocHost((void **) &pinned_, cap * 4));
+        pinned_cap_ = cap;
+    }
+    if (need * 4 > step_dev_.bytes()) {
+        if (!(st = step_dev_.alloc(std::max<size_t>(need, 1024) * 4)).ok()) return st;
+        v_.n_seg = step_dev_.as<int32_t>();
+        v_.lo = step_dev_.as<int32_t>() + H;
+        if (v_.kblk) v_.n_coded = step_dev_.as<int32_t>() + 2 * H;
+    }
+    int32_t * p = pinned_;
+    v_.max_n_seg = 0;
+    v_.max_n_coded = 0;
+    for (int h = 0; h < H; h++) {
+        p[h] = st_in.pages[(size_t) h];
+        p[H + h] = st_in.lo[(size_t) h];
+        p[2 * H + h] = st_in.n_coded[(size_t) h];
+        p[3 * H + h] = st_in.rc_before[(size_t) h];
+        v_.max_n_seg = std::max(v_.max_n_seg, p[h]);
+        v_.max_n_coded = std::max(v_.max_n_coded, p[2 * H + h]);
+    }
+    int32_t * q = p + (size_t) STEP_META * H;
+    for (int h = 0; h < H; h++) {
+        const kv_ring_ops & o = st_in.ops[(size_t) h];
+        for (size_t i = 0; i < o.enc_slot.size(); i++) {
+            *q++ = h;
+            *q++ = o.enc_slot[i];
+            *q++ = o.enc_pos[i];
+            *q++ = st_in.n_coded[(size_t) h] + (int32_t) i;
+        }
+    }
+    for (int h = 0; h < H; h++) {
+        const kv_ring_ops & o = st_in.ops[(size_t) h];
+        for (size_t i = 0; i < o.copy_src.size(); i++) {
+            *q++ = h;
+            *q++ = o.copy_src[i];
+            *q++ = o.copy_dst[i];
+        }
+    }
+    for (int h = 0; h < H; h++)
+        for (int32_t sl : st_in.ops[(size_t) h].clear_slot) {
+            *q++ = h;
+            *q++ = sl;
+            *q++ = KV_RING_EMPTY;
+        }
+    if (n_enc_ > 0 && !v_.kblk) return status(ERR_INTERNAL, "cuda kv ring: quantize ops for a layer without coded heads");
+    CUDA_CHECK(cudaMemcpyAsync(step_dev_.data(), pinned_, need * 4, cudaMemcpyHostToDevice, s));
+    return status::success();
+}
+
+status kv_ring_device::append(const float * k, const float * v, int32_t c0, int T, stream_t s) {
+    if (T <= 0) return status::success();
+    k_ring_append<<<dim3(T, n_head_kv_), 128, 0, s>>>(v_, geo_.as<int32_t>(), step_dev_.as<int32_t>() + 3 * n_head_kv_, pos_.as<int32_t>(), k, v, c0);
+    CUDA_CHECK_LAUNCH("kv ring append");
+    return status::success();
+}
+
+status kv_ring_device::apply(stream_t s) {
+    const int32_t * ent = step_dev_.as<int32_t>() + (size_t) STEP_META * n_head_kv_;
+    if (n_enc_ > 0) {
+        switch (v_.head_dim) {
+        case 32: k_ring_encode<32><<<n_enc_, 32, 0, s>>>(v_, ent, kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(), kclip_, vclip_); break;
+        case 64: k_ring_encode<64><<<n_enc_, 64, 0, s>>>(v_, ent, kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(), kclip_, vclip_); break;
+        default: k_ring_encode<128><<<n_enc_, 128, 0, s>>>(v_, ent, kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(), kclip_, vclip_); break;
+        }
+        CUDA_CHECK_LAUNCH("kv ring encode");
+    }
+    ent += 4 * (size_t) n_enc_;
+    if (n_copy_ > 0) {
+        k_ring_copy<<<n_copy_, 128, 0, s>>>(v_, ent, pos_.as<int32_t>());
+        CUDA_CHECK_LAUNCH("kv ring copy");
+    }
+    ent += 3 * (size_t) n_copy_;
+    if (n_clear_ > 0) {
+        k_ring_set_pos<<<ceil_div(n_clear_, 128), 128, 0, s>>>(ent, n_clear_, v_.max_tokens, pos_.as<int32_t>());
+        CUDA_CHECK_LAUNCH("kv ring clear");
+    }
+    return status::success();
+}
+
+status kv_ring_device::set_positions(const std::vector<kv_ring_layer::slot_entry> & e, stream_t s) {
+    if (e.empty()) return status::success();
+    std::vector<int32_t> flat;
+    flat.reserve(e.size() * 3);
+    for (const auto & x : e) {
+        flat.push_back(x.head);
+        flat.push_back(x.slot);
+        flat.push_back(x.pos);
+    }
+    device_buffer buf;
+    status st;
+    if (!(st = buf.alloc(flat.size() * 4)).ok()) return st;
+    CUDA_CHECK(cudaMemcpyAsync(buf.data(), flat.data(), flat.size() * 4, cudaMemcpyHostToDevice, s));
+    k_ring_set_pos<<<ceil_div((int64_t) e.size(), 128), 128, 0, s>>>(buf.as<int32_t>(), (int) e.size(), v_.max_tokens, pos_.as<int32_t>());
+    CUDA_CHECK_LAUNCH("kv ring set positions");
+    CUDA_CHECK(cudaStreamSynchronize(s));  // `buf` and `flat` go out of scope
+    return status::success();
+}
+
+status kv_ring_device::top_abs(const float * x, int T, int n_embd, int k, std::vector<float> & vals, std::vector<int32_t> & idx, stream_t s) {
+    const size_t n = (size_t) T * k;
+    status st;
+    if (tops_.bytes() < n * 8 && !(st = tops_.alloc(n * 8)).ok()) return st;
+    const size_t smem = (size_t) n_embd * 4;
+    if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_top_abs, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
+    float * dv = tops_.as<float>();
+    int32_t * di = (int32_t *) (dv + n);
+    k_top_abs<<<T, 256, smem, s>>>(x, n_embd, k, dv, di);
+    CUDA_CHECK_LAUNCH("top |x|");
+    vals.resize(n);
+    idx.resize(n);
+    CUDA_CHECK(cudaMemcpyAsync(vals.data(), dv, n * 4, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaMemcpyAsync(idx.data(), di, n * 4, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    return status::success();
+}
+
+size_t kv_ring_device::reserved_bytes() const {
+    return pages_.bytes() + kblk_.bytes() + vblk_.bytes() + c_pos_.bytes() + pos_.bytes();
+}
+
+} // namespace cuda
+} // namespace core

@@ -1,0 +1,86 @@
+// The compressed KV cache of one layer on the device (issue 8): the data side of kv_ring_layer
+// (native/kv/kv-ring.h, which decides every slot, flush and copy on the host and is checked against
+// kv_cache on the CPU). Per head: f16 pages (fixed slots, then the ring) in the layout attention reads
+// (kv_layer_view, pages of transposed key tiles then values), and for coded heads n_ctx RotateKV blocks
+// (codes | f16 scales | u8 zero-points, rot.cpp's layout) with their positions.
+// Per chunk and layer the host stages one small int32 array (chunk tables + the retain's ops), uploaded
+// from pinned memory on the work stream; then:
+//   append   the chunk's keys and values rounded to f16 into their slots (kv_ring_slot), positions too
+//   (attention over the view: ring slots below lo are out of view)
+//   apply    quantize-on-write: each listed token's key is read back from its f16 slot, un-RoPE'd at its
+//            position (pre-RoPE keys), FWHT'd and permuted, values FWHT'd, both quantized per group of
+//            channels (kv_cache::flush + rot.cpp's encode, the same float steps); sinks leaving the ring
+//            are copied to fixed slots; emptied slots get KV_RING_EMPTY.
+#pragma once
+#include <vector>
+
+#include "../kv/kv-ring.h"
+#include "attention.cuh"
+
+namespace core {
+namespace cuda {
+
+// The coded heads' codecs and the model's RoPE (kv_storage_config resolved for one model).
+struct ring_codec {
+    int kbits = 0, vbits = 0;            // 0: no coded head
+    int group = 32;                      // channels per quantization group (clamped to head_dim)
+    float kclip = 1.0f, vclip = 1.0f;
+    bool pre_rope = true;
+    bool rope_neox = false;
+    int n_rot = 0;
+    float freq_base = 10000.0f, freq_scale = 1.0f;
+    const float * freq_factors = nullptr;  // host [n_rot/2] or nullptr
+};
+
+// One chunk of one layer, as the host's bookkeeping decided it (forward-cuda.cu builds it around
+// kv_ring_layer::append and ::retain).
+struct ring_step {
+    std::vector<int32_t> rc_before;   // [H] ring counters before the append (the append kernel's slots)
+    std::vector<int32_t> pages;       // [H] pages attention scans (after the append)
+    std::vector<int32_t> lo;          // [H] ring lower bounds as attention sees them (before the retain)
+    std::vector<int32_t> n_coded;     // [H] quantized tokens as attention sees them (before the retain)
+    std::vector<kv_ring_ops> ops;     // [H] the retain
+};
+
+class kv_ring_device {
+public:
+    kv_ring_device() = default;
+    ~kv_ring_device();
+    kv_ring_device(kv_ring_device && o) noexcept;
+    kv_ring_device(const kv_ring_device &) = delete;
+    kv_ring_device & operator=(const kv_ring_device &) = delete;
+
+    // Device memory for the geometry of `L` (pages zeroed, every position empty). perm: [n_head_kv][head_dim]
+    // key channel permutation of this layer, or nullptr (identity). ERR_OOM_DEVICE with the size.
+    status create(const kv_ring_layer & L, int head_dim, int head_dim_v, const ring_codec & codec, const int32_t * perm, stream_t s);
+    // Stages a chunk's tables and ops (after the previous chunk's work is done: forward_session::run
+    // synchronizes first) and enqueues their upload; view() then describes the cache as attention sees it.
+    status stage(const ring_step & st, stream_t s);
+    // k, v: [T][n_head_kv][head_dim(_v)] f32 on the device, tokens at positions c0 .. c0 + T − 1.
+    status append(const float * k, const float * v, int32_t c0, int T, stream_t s);
+    // The staged retain ops, in order: quantize, copy, clear.
+    status apply(stream_t s);
+    // Sets position entries (rollback and truncate): triplets (head, slot, position).
+    status set_positions(const std::vector<kv_ring_layer::slot_entry> & e, stream_t s);
+    // Massive-activation candidates of a chunk's layer input x [T][n_embd] (device): per token the k largest
+    // |x| and their element index, downloaded into vals/idx ([T][k]); waits for the stream.
+    status top_abs(const float * x, int T, int n_embd, int k, std::vector<float> & vals, std::vector<int32_t> & idx, stream_t s);
+
+    const kv_layer_view & view() const { return v_; }
+    size_t reserved_bytes() const;
+    size_t k_block_bytes() const { return (size_t) v_.k_block_bytes; }
+    size_t v_block_bytes() const { return (size_t) v_.v_block_bytes; }
+
+private:
+    kv_layer_view v_;
+    int n_head_kv_ = 0, n_enc_ = 0, n_copy_ = 0, n_clear_ = 0;
+    int32_t coded_cap_ = 0;
+    float kclip_ = 1.0f, vclip_ = 1.0f;
+    device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, geo_, step_dev_;
+    device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_;
+    int32_t * pinned_ = nullptr;  // host staging of the step (cudaMallocHost)
+    size_t pinned_cap_ = 0;       // int32 entries
+};
+
+} // namespace cuda
+} // namespace core
