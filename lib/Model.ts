@@ -26,7 +26,7 @@ export class Model {
   readonly info: ModelInfo;
   readonly metadata: Readonly<Record<string, GgufValue>>;
   readonly tokenizer: Tokenizer;
-  /** Which backend runs this model ('auto' resolved). On 'cuda' the weights live on the device and contexts hold the full f16 cache there. */
+  /** Which backend runs this model ('auto' resolved). On 'cuda' the weights live on the device and contexts compute there with their KV cache (dense f16, or stream heads and rot2/3/4 storage; see createContext). */
   readonly backend: BackendName;
   private _disposed = false;
   private readonly _children = new Set<Context>();
@@ -74,11 +74,15 @@ export class Model {
     this._ensureNotDisposed();
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
-    if (this.backend === 'cuda') {
-      // the CUDA forward pass holds the full f16 cache; the compressed caches run on the CPU so far (issue 8)
-      const asked = kv.eviction ? 'kv.eviction' : kv.retention.some((r) => r !== 0) ? 'kv.heads (head-selective retention)'
-        : kv.effective.storage.key !== 'f16' || kv.effective.storage.value !== 'f16' ? 'kv.storage (quantized codecs)' : '';
-      if (asked) throw new InvalidOptionsError(`createContext: ${asked} is not available on the CUDA backend yet (it holds the full f16 cache); load the model with backend 'cpu' for compressed caches`);
+    const onCuda = this.backend === 'cuda' && opts.backend !== 'cpu';
+    if (onCuda) {
+      // the device cache holds stream heads and rot2/3/4 storage; eviction policies and the other codecs run on the CPU (issue 8)
+      const st = kv.effective.storage;
+      const coded = st.key !== 'f16' || st.value !== 'f16';
+      const asked = kv.eviction ? 'kv.eviction (eviction policies)'
+        : coded && !(st.key.startsWith('rot') && st.value.startsWith('rot')) ? `kv.storage ${st.key}/${st.value} (the CUDA cache quantizes with rot2/rot3/rot4 keys and values)`
+        : coded && st.rotationGroup > 1 ? 'kv.storage.rotationGroup > 1' : '';
+      if (asked) throw new InvalidOptionsError(`createContext: ${asked} is not available on the CUDA backend yet; pass backend: 'cpu' to run this context on the CPU`);
     }
     const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;
     // rot keys: the calibrated channel permutation (§3.3) from a sidecar or the built-in calibration
@@ -93,6 +97,7 @@ export class Model {
       contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),
       threads: opts.threads ?? 0,
       batchSize: opts.batchSize,
+      cpu: opts.backend === 'cpu',
       // per-query-head caches (lazy's reference mode) have one entry per query head: copy each KV head's mode
       retention: perQueryHead ? Uint8Array.from({ length: kv.retention.length * (this.info.nHead / this.info.nHeadKv) }, (_, i) => kv.retention[Math.floor(i / (this.info.nHead / this.info.nHeadKv))]!) : kv.retention,
       perQueryHead,

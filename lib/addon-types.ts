@@ -61,6 +61,8 @@ export interface AddonContextInfo {
   contextSize: number;
   threads: number;
   batchSize: number;
+  /** Where the context computes (addons built before it report nothing: the CPU). */
+  backend?: 'cpu' | 'cuda';
 }
 
 export interface AddonContext {
@@ -172,7 +174,7 @@ export interface Addon {
   AddonContext: new (
     model: AddonModel,
     options: {
-      contextSize?: number; threads?: number; batchSize?: number; retention?: Uint8Array; streamSinks?: number; streamRecent?: number; perQueryHead?: boolean;
+      contextSize?: number; threads?: number; batchSize?: number; cpu?: boolean; retention?: Uint8Array; streamSinks?: number; streamRecent?: number; perQueryHead?: boolean;
       eviction?: { policy: string; capacity: number; window?: number; alpha?: number; protect?: number; ratio?: number; interval?: number; lambda?: number; pool?: number; protectSinks?: boolean };
       storage?: { key: string; value: string; stagingTokens: number; protectFirst: number; groupSize: number; clip: number; postRope: boolean; protectSinks?: boolean; rotationGroup?: number; perm?: Int32Array };
     },

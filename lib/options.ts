@@ -28,6 +28,11 @@ export const ContextOptionsSchema = z.strictObject({
   batchSize: positiveInt.max(1 << 16).default(512),
   /** KV cache configuration: head-selective retention (RLKV), later eviction and storage codecs. */
   kv: KvOptionsSchema.optional(),
+  /**
+   * Where this context computes: 'model' (where the model was loaded) or 'cpu' (the CPU, also for a model
+   * loaded on CUDA: its weights stay mapped on the host; eviction policies and calibration run there).
+   */
+  backend: z.enum(['model', 'cpu']).default('model'),
 });
 export type ContextOptions = z.input<typeof ContextOptionsSchema>;
 

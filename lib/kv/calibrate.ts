@@ -79,7 +79,8 @@ export async function calibrateHeadProfile(model: Model, opts: CalibrateOptions)
   const sinks = opts.sinks ?? 16, recent = opts.recent ?? 64;
   const contextSize = opts.contextSize ?? Math.min(model.info.nCtxTrain || 4096, 4096);
   if (opts.method === 'ablation') return ablationProfile(model, opts, sinks, recent, contextSize);
-  await using ctx = await model.createContext({ contextSize, ...(opts.threads ? { threads: opts.threads } : {}) });
+  // (on the CPU also for a model on CUDA: the window-substitution error comes from the CPU engine's calibration hook)
+  await using ctx = await model.createContext({ contextSize, backend: 'cpu', ...(opts.threads ? { threads: opts.threads } : {}) });
   const seq = ctx.acquireSequence();
   const traces = await greedyTraces(model, seq, opts.prompts, opts.maxTokens, contextSize, (d) => opts.onProgress?.(d, opts.prompts.length * 2));
   let done = traces.length;

@@ -167,7 +167,8 @@ export async function calibrateRotation(model: Model, opts: {
   const maxTokens = opts.maxTokens ?? 0;
   const token = prompts.map((p) => (typeof p === 'string' ? model.tokenize(p) : [...p]));
   const contextSize = opts.contextSize ?? Math.max(64, Math.min(model.info.nCtxTrain || 4096, Math.max(...token.map((t) => t.length)) + maxTokens + 1));
-  await using ctx = await model.createContext({ contextSize, ...(opts.threads ? { threads: opts.threads } : {}), kv: { storage: { permutation: 'none' } } });
+  // (on the CPU also for a model on CUDA: the key statistics come from the CPU engine's calibration hook)
+  await using ctx = await model.createContext({ contextSize, backend: 'cpu', ...(opts.threads ? { threads: opts.threads } : {}), kv: { storage: { permutation: 'none' } } });
   await using seq = ctx.acquireSequence();
   const traces = await greedyTraces(model, seq, token, maxTokens, contextSize, (d) => opts.onProgress?.(d, token.length * 2));
   let done = traces.length;

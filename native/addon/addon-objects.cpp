@@ -162,7 +162,8 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
     auto m = AddonModel::Unwrap(mo)->require_model(env);
     Napi::Object o = info[1].As<Napi::Object>();
     core::context_params p;
-    p.cuda_model = AddonModel::Unwrap(mo)->cuda_model;
+    // a model on CUDA computes there unless this context asks for the CPU (its weights stay mapped on the host)
+    if (!o.Get("cpu").ToBoolean()) p.cuda_model = AddonModel::Unwrap(mo)->cuda_model;
     p.n_ctx = opt_int(o, "contextSize", (int32_t) std::min<uint32_t>(m->hp.n_ctx_train, 4096));
     p.n_threads = opt_int(o, "threads", 0);
     p.n_batch = opt_int(o, "batchSize", 512);
@@ -289,6 +290,7 @@ Napi::Value AddonContext::info(const Napi::CallbackInfo & info) {
     o.Set("contextSize", c->params().n_ctx);
     o.Set("threads", c->params().n_threads);
     o.Set("batchSize", c->params().n_batch);
+    o.Set("backend", c->on_cuda() ? "cuda" : "cpu");
     return o;
 }
 
@@ -463,13 +465,7 @@ Napi::Value AddonSequence::held_positions(const Napi::CallbackInfo & info) {
     if (il < 0 || il >= c.n_layer || ih < 0 || ih >= c.n_head_kv) {
         throw_status(env, core::ERR_INVALID_ARG, core::strfmt("heldPositions: layer %lld head %lld outside the cache's %d layers x %d heads", (long long) il, (long long) ih, c.n_layer, c.n_head_kv));
     }
-    std::vector<int32_t> p;
-    if (seq->on_cuda()) {  // the device cache is dense: every head holds every position
-        p.resize((size_t) seq->n_tokens());
-        for (size_t i = 0; i < p.size(); i++) p[i] = (int32_t) i;
-    } else {
-        p = seq->kv().held_positions((int) il, (int) ih);
-    }
+    const std::vector<int32_t> p = seq->held_positions((int) il, (int) ih);
     Napi::Int32Array a = Napi::Int32Array::New(env, p.size());
     if (!p.empty()) std::memcpy(a.Data(), p.data(), p.size() * sizeof(int32_t));
     return a;

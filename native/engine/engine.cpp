@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include "../kv/kv-ring.h"
+
 #include <algorithm>
 
 #ifdef THINKCACHE_WITH_CUDA
@@ -17,15 +19,38 @@ engine_context::engine_context(std::shared_ptr<const model> m, const context_par
     params_.n_threads = pool_.size();
 }
 
-status context_params_check_cuda(const context_params & p) {
-    const char * what = nullptr;
-    for (uint8_t r : p.retention)
-        if (r != KV_RETAIN_FULL) what = "head retention (stream/evict heads)";
-    if (p.storage.key != KV_CODEC_F16 || p.storage.value != KV_CODEC_F16) what = "storage codecs";
-    if (p.per_query_head) what = "per-query-head caches";
-    if (what)
-        return status(ERR_INVALID_ARG, strfmt("the CUDA backend runs the full f16 cache only so far: %s need backend 'cpu'", what));
+kv_cache_config make_kv_config(const model & m, const context_params & p) {
+    const hparams & hp = m.hp;
+    kv_cache_config kc;
+    kc.n_layer = (int) hp.n_layer;
+    kc.n_head_kv = p.per_query_head ? (int) hp.n_head : (int) hp.n_head_kv;
+    kc.n_head = (int) hp.n_head;
+    kc.head_dim = (int) hp.head_dim;
+    kc.head_dim_v = (int) hp.head_dim_v;
+    kc.n_ctx = p.n_ctx;
+    kc.retention = p.retention;
+    kc.stream_sinks = p.stream_sinks;
+    kc.stream_recent = p.stream_recent;
+    kc.policy = p.policy;
+    kc.storage = p.storage;
+    kc.storage.n_rot = (int) hp.n_rot;
+    kc.storage.rope = m.arch->rope;
+    kc.storage.freq_base = hp.rope_freq_base;
+    kc.storage.freq_scale = hp.rope_freq_scale;
+    kc.storage.freq_factors = m.rope_freqs;
+    return kc;
+}
+
+status context_params_check_cuda(const context_params & p, const model & m) {
+    if (p.per_query_head)
+        return status(ERR_INVALID_ARG, "the CUDA backend has no per-query-head caches (lazy's reference layout): use backend 'cpu'");
+#ifdef THINKCACHE_WITH_CUDA
+    kv_ring_config rc;
+    return kv_ring_config_from(make_kv_config(m, p), std::max(1, std::min(p.n_batch, 512)), &rc);
+#else
+    (void) m;
     return {};
+#endif
 }
 
 status engine_context::create(std::shared_ptr<const model> m, const context_params & p, std::shared_ptr<engine_context> * out) {
@@ -34,7 +59,7 @@ status engine_context::create(std::shared_ptr<const model> m, const context_para
         return {};
     }
 #ifdef THINKCACHE_WITH_CUDA
-    status st = context_params_check_cuda(p);
+    status st = context_params_check_cuda(p, *m);
     if (!st.ok()) return st;
     std::unique_ptr<cuda::backend> be;
     if (!(st = cuda::backend::create(0, &be)).ok()) return st;
@@ -54,7 +79,8 @@ status engine_sequence::create(std::shared_ptr<engine_context> ctx, std::shared_
     if (ctx->on_cuda()) {
 #ifdef THINKCACHE_WITH_CUDA
         std::unique_ptr<cuda::forward_session> fs;
-        const status st = cuda::forward_session::create(ctx->params().cuda_model, ctx->params().n_ctx, *ctx->cuda_backend(), &fs);
+        const context_params & cp = ctx->params();
+        const status st = cuda::forward_session::create(cp.cuda_model, make_kv_config(ctx->mdl(), cp), cp.n_batch, *ctx->cuda_backend(), &fs);
         if (!st.ok()) return st;
         seq->cuda_ = std::shared_ptr<cuda::forward_session>(std::move(fs));
 #endif
@@ -72,43 +98,20 @@ int32_t engine_sequence::n_tokens() const {
 
 kv_memory_report engine_sequence::memory(bool per_head) const {
 #ifdef THINKCACHE_WITH_CUDA
-    if (cuda_) {
-        kv_memory_report r;
-        const hparams & hp = ctx_->mdl().hp;
-        r.logical_tokens = cuda_->n_past();
-        r.resident_tokens = (int64_t) cuda_->n_past() * hp.n_layer * hp.n_head_kv;
-        const uint64_t kv = cuda_->kv_bytes();
-        r.key_bytes = kv * hp.head_dim / (hp.head_dim + hp.head_dim_v);
-        r.value_bytes = kv - r.key_bytes;
-        r.bytes_used = kv;
-        r.bytes_allocated = cuda_->kv_reserved_bytes();
-        (void) per_head;  // every head holds every token: no per-head rows
-        return r;
-    }
+    if (cuda_) return cuda_->memory(per_head);
 #endif
     return kv_->memory(per_head);
 }
 
 engine_sequence::engine_sequence(std::shared_ptr<engine_context> ctx) : ctx_(std::move(ctx)), sampler_(sampler_params{}) {
-    const hparams & hp = ctx_->mdl().hp;
-    kv_cache_config kc;
-    kc.n_layer = (int) hp.n_layer;
-    kc.n_head_kv = ctx_->params().per_query_head ? (int) hp.n_head : (int) hp.n_head_kv;
-    kc.n_head = (int) hp.n_head;
-    kc.head_dim = (int) hp.head_dim;
-    kc.head_dim_v = (int) hp.head_dim_v;
-    kc.n_ctx = ctx_->params().n_ctx;
-    kc.retention = ctx_->params().retention;
-    kc.stream_sinks = ctx_->params().stream_sinks;
-    kc.stream_recent = ctx_->params().stream_recent;
-    kc.policy = ctx_->params().policy;
-    kc.storage = ctx_->params().storage;
-    kc.storage.n_rot = (int) hp.n_rot;
-    kc.storage.rope = ctx_->mdl().arch->rope;
-    kc.storage.freq_base = hp.rope_freq_base;
-    kc.storage.freq_scale = hp.rope_freq_scale;
-    kc.storage.freq_factors = ctx_->mdl().rope_freqs;
-    kv_ = std::make_unique<kv_cache>(kc, ctx_->kv_pool());
+    kv_ = std::make_unique<kv_cache>(make_kv_config(ctx_->mdl(), ctx_->params()), ctx_->kv_pool());
+}
+
+std::vector<int32_t> engine_sequence::held_positions(int il, int ih) const {
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) return cuda_->held_positions(il, ih);
+#endif
+    return kv_->held_positions(il, ih);
 }
 
 status engine_sequence::eval(const int32_t * tokens, int n_tokens, bool want_logits) {
@@ -160,7 +163,8 @@ int32_t engine_sequence::remove_from(int32_t pos) {
     if (cuda_) {
         std::lock_guard<std::mutex> lock(ctx_->compute_mutex());
         const int32_t want = std::max<int32_t>(0, std::min<int32_t>(pos, cuda_->n_past()));
-        const int32_t kept = cuda_->truncate(want).ok() ? want : cuda_->n_past();
+        int kept = cuda_->n_past();
+        cuda_->truncate(want, &kept);  // (a failure keeps everything: kept says so)
         if ((size_t) kept < history_.size()) history_.resize((size_t) kept);
         has_logits_ = false;
         return kept;

@@ -30,14 +30,18 @@ struct context_params {
     kv_storage_config storage;       // KV storage codecs (FULL heads); RoPE fields are filled per model
     bool per_query_head = false;     // one token set per query head (KV copied per head; LazyEviction's reference layout)
     // CUDA backend (issue 8): the model's weights on the device. Set: every sequence of the context runs on
-    // that device with the full f16 cache (retention, eviction and storage codecs must be left at their
-    // defaults: the compressed caches run on the CPU only so far). Null: the CPU runs the model.
+    // that device, its cache there too (dense f16, or compressed: STREAM heads and rot2/3/4 storage; eviction
+    // policies, other codecs, grouped rotation and per-query-head caches run on the CPU only so far).
+    // Null: the CPU runs the model.
     std::shared_ptr<const cuda::device_model> cuda_model;
 };
 
-// Whether `p` asks for anything the CUDA forward pass does not run (compressed caches, calibration layouts);
-// ERR_INVALID_ARG naming the first such option.
-status context_params_check_cuda(const context_params & p);
+// The KV cache configuration of a sequence of model `m` under `p` (the model's RoPE filled in): what the CPU
+// cache and the CUDA session both follow.
+kv_cache_config make_kv_config(const model & m, const context_params & p);
+
+// Whether `p` asks for anything the CUDA cache does not hold; ERR_INVALID_ARG naming it.
+status context_params_check_cuda(const context_params & p, const model & m);
 
 class engine_context {
 public:
@@ -82,8 +86,10 @@ public:
     int32_t n_tokens() const;
     // Drops tokens at positions >= pos; returns how many leading tokens remain valid (see kv_cache).
     int32_t remove_from(int32_t pos);
-    // KV memory. On CUDA: the device cache's f16 payload (bytes_used) and reservation (bytes_allocated).
+    // KV memory (on CUDA: the device cache's report, forward_session::memory).
     kv_memory_report memory(bool per_head) const;
+    // Positions head (il, ih) holds, ascending (either backend).
+    std::vector<int32_t> held_positions(int il, int ih) const;
     kv_cache & kv() { return *kv_; }
     // Head calibration (window-substitution error) on the following evals; sinks < 0 turns it off.
     void set_calibration(int sinks, int recent, bool window_error = true);

@@ -53,14 +53,20 @@ describe('backend selection', () => {
       await expect(addon.AddonModel.load(path, { backend: 'cuda' })).rejects.toMatchObject({ code: 'ERR_CUDA' });
     }
   });
-  it('a CUDA model refuses compressed caches with a typed error before anything is allocated', async () => {
+  it('a CUDA model refuses what its device cache does not hold, with a typed error before anything is allocated; backend "cpu" contexts take anything', async () => {
     const model = await loadModel({ path: ensureFixture('llama', 'q8_0'), backend: 'cpu' });
     try {
       (model as { backend: string }).backend = 'cuda';  // the JS-side check, as a CUDA model would run it
-      await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2' } } })).rejects.toThrow(InvalidOptionsError);
-      await expect(model.createContext({ kv: { storage: { key: 'q8', value: 'f16' } } })).rejects.toThrow(/kv\.storage .*CUDA backend/);
-      await expect(model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } })).rejects.toThrow(/kv\.eviction .*backend 'cpu'/);
-      await expect(model.createContext({ kv: { heads: { layers: { '0': 'stream' } } } })).rejects.toThrow(/kv\.heads/);
+      await expect(model.createContext({ kv: { storage: { key: 'q8', value: 'f16' } } })).rejects.toThrow(/kv\.storage q8\/f16 .*rot2\/rot3\/rot4/);
+      await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'f16' } } })).rejects.toThrow(InvalidOptionsError);
+      await expect(model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } })).rejects.toThrow(/kv\.eviction .*backend: 'cpu'/);
+      // held by the device cache: stream heads, rot2/3/4 storage (this native model is a CPU one, so they run there)
+      await (await model.createContext({ kv: { heads: { layers: { '0': 'stream' } } } })).dispose();
+      await (await model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2', permutation: 'none' } } })).dispose();
+      // a context asking for the CPU skips the device checks
+      await using ctx = await model.createContext({ backend: 'cpu', kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } });
+      expect(ctx.info.backend).toBe('cpu');
+      await expect(model.createContext({ backend: 'gpu' as 'cpu' })).rejects.toThrow(InvalidOptionsError);
     } finally {
       await model.dispose();
     }
@@ -86,5 +92,30 @@ describe('backend selection', () => {
     expect(gpu.tokens).toEqual(cpu.tokens);
     expect(gpu.kv.logicalTokens).toBe(cpu.kv.logicalTokens);
     expect(gpu.kv.bytesUsed).toBeGreaterThan(0);
+  });
+  it.skipIf(!usable)('on a CUDA device: stream heads + rot2 hold, quantize and report what the CPU cache does; backend "cpu" contexts of a CUDA model run on the CPU', async () => {
+    const path = ensureFixture('qwen3', 'f32');  // head_dim 32: the device cache quantizes 32/64/128-channel heads
+    const kv = { heads: { layers: { '0': 'stream' as const } }, storage: { key: 'rot2' as const, value: 'rot2' as const, permutation: 'none' as const } };
+    const run = async (backend: 'cpu' | 'cuda', ctxBackend: 'model' | 'cpu' = 'model') => {
+      await using model = await loadModel({ path, backend });
+      await using ctx = await model.createContext({ contextSize: 512, threads: 1, batchSize: 64, backend: ctxBackend, kv });
+      const seq = ctx.acquireSequence();
+      const toks = Array.from({ length: 240 }, (_, i) => (i * 37 + 3) % model.info.nVocab);
+      await seq.evaluate(toks.slice(0, 200));
+      let logits = new Float32Array();
+      for (const t of toks.slice(200)) logits = await seq.evaluate([t]);  // 40 decode steps: flushes and stream trims
+      const argmax = logits.reduce((b, v, i, a) => (v > a[b]! ? i : b), 0);
+      return { backend: ctx.info.backend, held: [...seq._native.heldPositions(1, 0)], argmax, logits, mem: seq.memory() };
+    };
+    const cpu = await run('cpu');
+    const gpu = await run('cuda');
+    const mixed = await run('cuda', 'cpu');
+    expect(gpu.backend).toBe('cuda');
+    expect(mixed.backend).toBe('cpu');
+    expect(gpu.held).toEqual(cpu.held);
+    expect(gpu.mem.quantizedTokens).toBe(cpu.mem.quantizedTokens);
+    expect(gpu.mem.residentTokens).toBe(cpu.mem.residentTokens);
+    expect(gpu.argmax).toBe(cpu.argmax);
+    expect(mixed.logits).toEqual(cpu.logits);
   });
 });

@@ -631,16 +631,147 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     TC_CHECK(g2->eval(many.data(), (int) many.size(), true).code == ERR_CONTEXT_FULL);
     TC_CHECK(g2->n_tokens() == 20);
 
-    context_params bad = gpu_p;
-    bad.storage.key = bad.storage.value = KV_CODEC_ROT2;
+    // what the device cache does not hold is refused with the reason, before anything is allocated
     std::shared_ptr<engine_context> x;
+    context_params bad = gpu_p;
+    bad.storage.key = bad.storage.value = KV_CODEC_Q8;
     const status s1 = engine_context::create(m, bad, &x);
-    TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("storage codecs") != std::string::npos) << s1.message;
+    TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("rot2") != std::string::npos) << s1.message;
     bad = gpu_p;
     bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
-    bad.retention[1] = KV_RETAIN_STREAM;
+    bad.retention[1] = KV_RETAIN_EVICT;
     const status s2 = engine_context::create(m, bad, &x);
-    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("retention") != std::string::npos) << s2.message;
+    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("eviction") != std::string::npos) << s2.message;
+    bad = gpu_p;
+    bad.storage.key = bad.storage.value = KV_CODEC_ROT2;
+    bad.storage.rot_group = 2;
+    const status s3 = engine_context::create(m, bad, &x);
+    TC_CHECK(s3.code == ERR_INVALID_ARG && s3.message.find("rotationGroup") != std::string::npos) << s3.message;
+    bad = gpu_p;
+    bad.per_query_head = true;
+    const status s4 = engine_context::create(m, bad, &x);
+    TC_CHECK(s4.code == ERR_INVALID_ARG && s4.message.find("per-query-head") != std::string::npos) << s4.message;
+}
+
+// The compressed cache on the device (kv-ring.cuh) against the CPU engine with the same options: stream
+// heads, rot2 pre-RoPE with sinks, rot2 post-RoPE, rot4 on every head. Chunks of 64 tokens (prefill flushes
+// hundreds of tokens, decode every 16 steps), teacher-forced logits step by step, then every head's held
+// positions, the memory report, a rewind (exact and not) and replay.
+TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4)") {
+    TC_NEED_CUDA(be);
+    const fixture_spec f = {"qwen2", 256, 3, 8, 2, 32, 512, 300, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, kTied};
+    const std::vector<uint8_t> img = make_fixture(f, 78);
+    std::unique_ptr<gguf_file> gf;
+    TC_OK(gguf_parse_memory(img.data(), img.size(), gf));
+    std::unique_ptr<model> mm;
+    TC_OK(model_load_from_gguf(std::move(gf), mm));
+    std::shared_ptr<const model> m(std::move(mm));
+    std::shared_ptr<const cu::device_model> dm;
+    TC_OK(cu::device_model::create(m, *be, &dm));
+    const size_t nv = f.n_vocab;
+    const int n_heads = f.n_layer * f.n_head_kv;
+    std::vector<int32_t> toks(520);
+    for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t) ((i * 97 + 5 + (i * i) % 13) % f.n_vocab);
+
+    struct cfg { const char * name; kv_codec_type codec; bool post; bool stream; bool sinks; };
+    const cfg cfgs[] = {
+        {"stream heads (f16)", KV_CODEC_F16, false, true, false},
+        {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, false, true, true},
+        {"rot2 post-RoPE", KV_CODEC_ROT2, true, false, false},
+        {"rot4 every head + sinks", KV_CODEC_ROT4, false, false, true},
+    };
+    std::vector<float> dense_ref;  // the dense f16 cache's logits at the end (how far compression moves them)
+    for (const cfg & c : cfgs) {
+        context_params p;
+        p.n_ctx = 1024;
+        p.n_threads = 2;
+        p.n_batch = 64;
+        p.stream_sinks = 4;
+        p.stream_recent = 24;
+        if (c.stream) {
+            p.retention.assign((size_t) n_heads, KV_RETAIN_FULL);
+            p.retention[1] = p.retention[4] = KV_RETAIN_STREAM;
+        }
+        p.storage.key = p.storage.value = c.codec;
+        p.storage.post_rope = c.post;
+        p.storage.protect_sinks = c.sinks;
+        if (c.codec != KV_CODEC_F16) {  // a calibrated-looking permutation: reversed channels in layer 1
+            p.storage.perm.resize((size_t) n_heads * f.head_dim);
+            for (int lh = 0; lh < n_heads; lh++)
+                for (int d = 0; d < f.head_dim; d++) p.storage.perm[(size_t) lh * f.head_dim + d] = lh / f.n_head_kv == 1 ? f.head_dim - 1 - d : d;
+        }
+        context_params gp = p;
+        gp.cuda_model = dm;
+        std::shared_ptr<engine_context> cctx, gctx;
+        TC_OK(engine_context::create(m, p, &cctx));
+        TC_OK(engine_context::create(m, gp, &gctx));
+        std::shared_ptr<engine_sequence> cs, gs;
+        TC_OK(engine_sequence::create(cctx, &cs));
+        TC_OK(engine_sequence::create(gctx, &gs));
+        // a 300-token prompt (5 chunks), then 180 decode steps
+        TC_OK(cs->eval(toks.data(), 300, true));
+        TC_OK(gs->eval(toks.data(), 300, true));
+        double worst = nmse(gs->logits().data(), cs->logits().data(), nv);
+        int same = argmax(gs->logits().data(), nv) == argmax(cs->logits().data(), nv), steps = 1;
+        for (size_t t = 300; t < 480; t++) {
+            TC_OK(cs->eval(&toks[t], 1, true));
+            TC_OK(gs->eval(&toks[t], 1, true));
+            worst = std::max(worst, nmse(gs->logits().data(), cs->logits().data(), nv));
+            same += argmax(gs->logits().data(), nv) == argmax(cs->logits().data(), nv);
+            steps++;
+        }
+        const kv_memory_report rc = cs->memory(false), rg = gs->memory(false);
+        std::printf("    RING %-40s logits NMSE worst %.3g, top-1 %d/%d; quantized %lld (cpu %lld), resident %lld (cpu %lld), K+V %llu B (cpu %llu)\n", c.name, worst, same,
+                    steps, (long long) rg.quantized_tokens, (long long) rc.quantized_tokens, (long long) rg.resident_tokens, (long long) rc.resident_tokens,
+                    (unsigned long long) (rg.key_bytes + rg.value_bytes), (unsigned long long) (rc.key_bytes + rc.value_bytes));
+        TC_CHECK(worst <= 5e-3 && same * 20 >= steps * 17) << c.name << ": the device cache's logits drift from the CPU engine's";
+        TC_CHECK(rg.quantized_tokens == rc.quantized_tokens && rg.resident_tokens == rc.resident_tokens) << c.name;
+        TC_CHECK(rg.key_bytes + rg.value_bytes == rc.key_bytes + rc.value_bytes) << c.name << ": K+V bytes differ";
+        TC_CHECK(rg.bytes_allocated >= rg.key_bytes + rg.value_bytes);
+        for (int il = 0; il < f.n_layer; il++)
+            for (int h = 0; h < f.n_head_kv; h++)
+                TC_CHECK(gs->held_positions(il, h) == cs->held_positions(il, h)) << c.name << ": layer " << il << " head " << h << " holds other positions";
+        if (c.codec == KV_CODEC_F16) {
+            TC_CHECK(rg.quantized_tokens == 0 && rg.evicted_tokens > 0);
+        } else {
+            TC_CHECK(rg.quantized_tokens > 0);
+            if (!dense_ref.empty()) {  // the compression is real: its logits sit farther from the dense cache's than from the CPU's
+                const double vs_dense = nmse(gs->logits().data(), dense_ref.data(), nv);
+                std::printf("    RING %-40s NMSE vs the dense f16 cache %.3g\n", c.name, vs_dense);
+            }
+        }
+        if (dense_ref.empty()) {  // once: the dense device cache over the same tokens
+            context_params dp;
+            dp.n_ctx = 1024;
+            dp.n_batch = 64;
+            dp.cuda_model = dm;
+            std::shared_ptr<engine_context> dctx;
+            std::shared_ptr<engine_sequence> ds;
+            TC_OK(engine_context::create(m, dp, &dctx));
+            TC_OK(engine_sequence::create(dctx, &ds));
+            TC_OK(ds->eval(toks.data(), 480, true));
+            dense_ref = ds->logits();
+        }
+        // rewinds: kv_cache's rules decide how much stays; then the same tokens again
+        for (int32_t back : {470, 200}) {
+            const int32_t kc = cs->remove_from(back), kg = gs->remove_from(back);
+            TC_CHECK(kc == kg) << c.name << ": rewind to " << back << " keeps " << kg << " on the device, " << kc << " on the CPU";
+            TC_OK(cs->eval(&toks[(size_t) kc], 490 - kc, true));
+            TC_OK(gs->eval(&toks[(size_t) kg], 490 - kg, true));
+            const double e = nmse(gs->logits().data(), cs->logits().data(), nv);
+            TC_CHECK(e <= 5e-3) << c.name << ": after the rewind to " << back << " (kept " << kc << "), NMSE " << e;
+            for (int il = 0; il < f.n_layer; il++)
+                for (int h = 0; h < f.n_head_kv; h++) TC_CHECK(gs->held_positions(il, h) == cs->held_positions(il, h)) << c.name << ": after a rewind";
+        }
+        // an aborted call leaves the cache as it was
+        gs->abort = true;
+        TC_CHECK(gs->eval(&toks[490], 20, true).code == ERR_ABORTED);
+        gs->abort = false;
+        TC_CHECK(gs->n_tokens() == 490);
+        TC_OK(cs->eval(&toks[490], 20, true));
+        TC_OK(gs->eval(&toks[490], 20, true));
+        TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= 5e-3) << c.name << ": after an aborted call";
+    }
 }
 
 #endif // THINKCACHE_WITH_CUDA
