@@ -16,7 +16,10 @@
 #   CHECK_CUDA_ALLOW_SKIP=1 exit 0 when no device is visible (CPU-only smoke run of this script); else 2
 #   CHECK_CUDA_BENCH_ARGS   extra decode-bench-cuda arguments (default: f16,q8_0,q4_K weights at 1K/8K/32K, KV f16,
 #                           rot2, rot2-post, rot2-hs-lazy: 36 rows, ~25 s on an H200)
-#   CHECK_CUDA_FORWARD=0     skip the real-forward benchmark (decode-bench-cuda --forward, q8_0 1.5B shape)
+#   CHECK_CUDA_FORWARD=0     skip the real-forward benchmark (decode-bench-cuda --forward, q8_0 1.5B shape, caches f16,
+#                           rot2 and rot2 + head-selective at 1K and 8K: the prefill attention is one query per block,
+#                           so a 32K prefill would take minutes; 32K decode is in the op-level rows)
+#   CHECK_CUDA_FORWARD_ARGS  extra --forward arguments (later flags win, e.g. "--contexts 1024 --kv f16,rot2")
 #   CHECK_CUDA_PAUSE / CHECK_CUDA_RESUME  commands run just before / after the timed steps (tests, perf, bench),
 #                           e.g. to pause a training job sharing the GPU (scripts/gpu-session.sh)
 set -u
@@ -74,9 +77,10 @@ grep -E "PERF" "$OUT/ops-perf.log" >> "$SUMMARY"
 # shellcheck disable=SC2086
 run_step decode-bench 180 sh -c "\"$BUILD/decode-bench-cuda\" ${CHECK_CUDA_BENCH_ARGS:-} > \"$OUT/bench.jsonl\"" || rc_all=1
 cat "$OUT/decode-bench.log" >> "$SUMMARY"
-# the real forward pass on a synthetic Qwen2-1.5B (q8_0 weights made on the CPU first, ~1 min); CHECK_CUDA_FORWARD=0 skips
+# the real forward pass on a synthetic Qwen2-1.5B (q8_0 weights made on the CPU first, ~1 min), with the device
+# caches quantizing on write; CHECK_CUDA_FORWARD=0 skips
 if [ "${CHECK_CUDA_FORWARD:-1}" = 1 ]; then
-  run_step forward-bench 240 sh -c "\"$BUILD/decode-bench-cuda\" --forward --type q8_0 ${CHECK_CUDA_FORWARD_ARGS:-} > \"$OUT/forward.jsonl\"" || rc_all=1
+  run_step forward-bench 240 sh -c "\"$BUILD/decode-bench-cuda\" --forward --type q8_0 --contexts 1024,8192 --kv f16,rot2,rot2-hs ${CHECK_CUDA_FORWARD_ARGS:-} > \"$OUT/forward.jsonl\"" || rc_all=1
   grep -E "forward:|synthesized" "$OUT/forward-bench.log" >> "$SUMMARY"
 fi
 [ -n "${CHECK_CUDA_RESUME:-}" ] && { sh -c "$CHECK_CUDA_RESUME"; say "resumed: $CHECK_CUDA_RESUME"; }

@@ -14,10 +14,11 @@
 //                 heads keep half of the tokens (LazyEviction ratio 0.5), stored as pre-RoPE rot2 + 80 f16
 //   decode-bench-cuda [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768]
 //                     [--kv f16,rot2,rot2-post,rot2-hs-lazy] [--steps 20] [--hbm-gbs N]
-//   decode-bench-cuda --forward [--shape ...] [--type q8_0] [--contexts ...] [--steps 20]
-//     the REAL forward pass (forward_session: embedding, biases, residuals, KV append, logits back to the host
-//     every token) on a synthetic GGUF of the shape (bench/native/synthetic-model.h, random weights made on the
-//     CPU first: ~1 min for 1.5B), f16 cache: prefill tok/s of the context, then decode tok/s after it.
+//   decode-bench-cuda --forward [--shape ...] [--type q8_0] [--contexts ...] [--kv f16,rot2,rot2-hs] [--steps 20]
+//     the REAL forward pass (forward_session: embedding, biases, residuals, KV append and quantize-on-write,
+//     logits back to the host every token) on a synthetic GGUF of the shape (bench/native/synthetic-model.h,
+//     random weights made on the CPU first: ~1 min for 1.5B), per cache (f16, rot2, rot2-post, rot2-hs: see
+//     forward_kv): prefill tok/s of the context, then decode tok/s after it, KV bytes, GB/s and HBM fraction.
 // One JSON line per (type, context) on stdout; a readable table on stderr.
 #include <algorithm>
 #include <chrono>
@@ -37,6 +38,7 @@
 #include "cuda/rope.cuh"
 #include "cuda/silu_mul.cuh"
 #include "cuda/forward-cuda.h"
+#include "engine/engine.h"
 #include "gguf/gguf-reader.h"
 #include "model/model.h"
 #include "synthetic-model.h"
@@ -218,8 +220,33 @@ status run(const shape & sh, ggml_type wt, const std::vector<int> & contexts, co
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-// --forward: the whole forward pass of a synthetic model of the shape, per context: prefill, then decode
-status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & contexts, int steps, cu::backend & be) {
+// The cache of a --forward row (kv_cache_config as the engine builds it, engine/engine.h make_kv_config):
+//   f16       dense f16
+//   rot2      RotateKV rot2 keys and values on every head, pre-RoPE keys, protected sinks (the defaults)
+//   rot2-post the same with post-RoPE keys
+//   rot2-hs   head-selective + rot2: KV head 0 of every layer a STREAM head (16 sinks + 64 recent, f16), the
+//             others rot2 (a 50 % streaming split; RLKV's profiles stream 50-80 % of heads)
+// (eviction policies such as lazy run on the CPU only: the op-level rot2-hs-lazy row stands in for them)
+status forward_kv(const std::string & kv, const model & m, int n_ctx, kv_cache_config * out) {
+    context_params p;
+    p.n_ctx = n_ctx;
+    if (kv == "rot2" || kv == "rot2-post" || kv == "rot2-hs") p.storage.key = p.storage.value = KV_CODEC_ROT2;
+    p.storage.post_rope = kv == "rot2-post";
+    if (kv == "rot2-hs") {
+        p.retention.assign((size_t) m.hp.n_layer * m.hp.n_head_kv, KV_RETAIN_FULL);
+        for (uint32_t il = 0; il < m.hp.n_layer; il++) p.retention[(size_t) il * m.hp.n_head_kv] = KV_RETAIN_STREAM;
+    } else if (kv != "f16" && kv != "rot2" && kv != "rot2-post") {
+        return status(ERR_INVALID_ARG, strfmt("--forward --kv: unknown cache %s (f16, rot2, rot2-post, rot2-hs)", kv.c_str()));
+    }
+    *out = make_kv_config(m, p);
+    return status::success();
+}
+
+// --forward: the whole forward pass of a synthetic model of the shape, per cache and context: prefill, then
+// decode; the decode row's bytes per token are the weights plus the KV bytes the step reads (the cache's
+// K + V payload), against the HBM peak.
+status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & contexts, const std::vector<std::string> & kvs, int steps, double hbm,
+                   cu::backend & be) {
     const bench::shape * bs = nullptr;
     for (const bench::shape & c : bench::SHAPES) if (std::strcmp(c.name, sh.name) == 0) bs = &c;
     if (!bs) return status(ERR_INVALID_ARG, "no synthetic model for this shape");
@@ -227,35 +254,49 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
     const std::vector<uint8_t> img = bench::make_model_image(*bs, wt);
     std::unique_ptr<gguf_file> gf;
     BENCH_OK(gguf_parse_memory(img.data(), img.size(), gf));
-    std::unique_ptr<model> m;
-    BENCH_OK(model_load_from_gguf(std::move(gf), m));
+    std::unique_ptr<model> mp;
+    BENCH_OK(model_load_from_gguf(std::move(gf), mp));
+    const std::shared_ptr<const model> m(std::move(mp));
     std::fprintf(stderr, "synthesized %s %s (%.0f MB) in %.1f s\n", sh.name, ggml_type_name(wt), img.size() / 1e6, now_s() - t0);
+    std::shared_ptr<const cu::device_model> dm;
+    BENCH_OK(cu::device_model::create(m, be, &dm));
     int max_ctx = 1;
     for (int c : contexts) max_ctx = std::max(max_ctx, c);
-    std::unique_ptr<cu::forward_session> fs;
-    BENCH_OK(cu::forward_session::create(*m, max_ctx + steps + 8, be, &fs));
     std::vector<float> logits(m->hp.n_vocab);
     std::vector<int32_t> prompt((size_t) max_ctx);
     for (size_t i = 0; i < prompt.size(); i++) prompt[i] = (int32_t) ((i * 2654435761u) % m->hp.n_vocab);
-    for (int c : contexts) {
-        BENCH_OK(fs->clear());
-        double t = now_s();
-        BENCH_OK(fs->eval(prompt.data(), c, logits.data()));
-        const double t_pre = now_s() - t;
-        int32_t tok = 13;
-        BENCH_OK(fs->eval(&tok, 1, logits.data()));  // warm-up step
-        t = now_s();
-        for (int i = 0; i < steps; i++) {
-            tok = (int32_t) (std::max_element(logits.begin(), logits.end()) - logits.begin());
-            BENCH_OK(fs->eval(&tok, 1, logits.data()));
+    for (const std::string & kv : kvs) {
+        kv_cache_config kc;
+        BENCH_OK(forward_kv(kv, *m, max_ctx + steps + 8, &kc));
+        std::unique_ptr<cu::forward_session> fs;
+        BENCH_OK(cu::forward_session::create(dm, kc, 512, be, &fs));
+        for (int c : contexts) {
+            BENCH_OK(fs->clear());
+            double t = now_s();
+            BENCH_OK(fs->eval(prompt.data(), c, logits.data()));
+            const double t_pre = now_s() - t;
+            int32_t tok = 13;
+            BENCH_OK(fs->eval(&tok, 1, logits.data()));  // warm-up step
+            t = now_s();
+            for (int i = 0; i < steps; i++) {
+                tok = (int32_t) (std::max_element(logits.begin(), logits.end()) - logits.begin());
+                BENCH_OK(fs->eval(&tok, 1, logits.data()));
+            }
+            const double t_dec = (now_s() - t) / steps;
+            const kv_memory_report r = fs->memory(false);
+            const double kv_bytes = (double) (r.key_bytes + r.value_bytes), bytes = (double) fs->weight_bytes() + kv_bytes;
+            const double gbs = bytes / t_dec / 1e9;
+            std::fprintf(stderr, "%-11s %-5s %-9s ctx %6d forward: prefill %8.1f tok/s, decode %8.1f tok/s (%.3f ms/token incl. logits to the host) | "
+                                 "%.1f MB weights + %.2f MB KV (%lld quantized tokens) | %.0f GB/s = %.0f%% of HBM\n",
+                         sh.name, ggml_type_name(wt), kv.c_str(), c, c / t_pre, 1.0 / t_dec, t_dec * 1e3, fs->weight_bytes() / 1e6, kv_bytes / 1e6,
+                         (long long) r.quantized_tokens, gbs, hbm > 0 ? 100.0 * gbs / hbm : 0.0);
+            std::printf("{\"bench\":\"decode-forward\",\"device\":\"%s\",\"shape\":\"%s\",\"weights\":\"%s\",\"kv\":\"%s\",\"n_ctx\":%d,\"steps\":%d,"
+                        "\"prefill_tok_s\":%.2f,\"tok_s\":%.2f,\"weight_bytes\":%zu,\"kv_bytes\":%.0f,\"kv_reserved_bytes\":%zu,\"quantized_tokens\":%lld,"
+                        "\"gb_s\":%.1f,\"hbm_frac\":%.3f}\n",
+                        be.info().name.c_str(), sh.name, ggml_type_name(wt), kv.c_str(), c, steps, c / t_pre, 1.0 / t_dec, fs->weight_bytes(), kv_bytes,
+                        fs->kv_reserved_bytes(), (long long) r.quantized_tokens, gbs, hbm > 0 ? gbs / hbm : 0.0);
+            std::fflush(stdout);
         }
-        const double t_dec = (now_s() - t) / steps;
-        std::fprintf(stderr, "%-11s %-5s ctx %6d forward: prefill %8.1f tok/s, decode %8.1f tok/s (%.3f ms/token incl. logits to the host) | %.1f MB weights + %.1f MB KV f16\n",
-                     sh.name, ggml_type_name(wt), c, c / t_pre, 1.0 / t_dec, t_dec * 1e3, fs->weight_bytes() / 1e6, fs->kv_bytes() / 1e6);
-        std::printf("{\"bench\":\"decode-forward\",\"device\":\"%s\",\"shape\":\"%s\",\"weights\":\"%s\",\"kv\":\"f16\",\"n_ctx\":%d,\"steps\":%d,"
-                    "\"prefill_tok_s\":%.2f,\"tok_s\":%.2f,\"weight_bytes\":%zu,\"kv_bytes\":%zu}\n",
-                    be.info().name.c_str(), sh.name, ggml_type_name(wt), c, steps, c / t_pre, 1.0 / t_dec, fs->weight_bytes(), fs->kv_bytes());
-        std::fflush(stdout);
     }
     return status::success();
 }
@@ -263,7 +304,7 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
 } // namespace
 
 int main(int argc, char ** argv) {
-    std::string shape_name = "qwen2-1.5b", types = "f16,q8_0,q4_K", ctxs = "1024,8192,32768", kvs = "f16,rot2,rot2-post,rot2-hs-lazy";
+    std::string shape_name = "qwen2-1.5b", types = "f16,q8_0,q4_K", ctxs = "1024,8192,32768", kvs;
     int steps = 20;
     double hbm = 0;
     bool forward = false;
@@ -277,11 +318,17 @@ int main(int argc, char ** argv) {
         else if (a == "--forward") forward = true;
         else if (a == "--steps") steps = std::max(1, std::atoi(next().c_str()));
         else if (a == "--hbm-gbs") hbm = std::atof(next().c_str());
-        else { std::fprintf(stderr, "usage: decode-bench-cuda [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy] [--steps N] [--hbm-gbs N]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: decode-bench-cuda [--forward] [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy | with --forward: f16,rot2,rot2-post,rot2-hs] [--steps N] [--hbm-gbs N]\n"); return 2; }
     }
     const shape * sh = nullptr;
     for (const shape & s : SHAPES) if (shape_name == s.name) sh = &s;
     if (!sh) { std::fprintf(stderr, "unknown shape %s\n", shape_name.c_str()); return 2; }
+    if (kvs.empty()) kvs = forward ? "f16,rot2,rot2-hs" : "f16,rot2,rot2-post,rot2-hs-lazy";
+    const std::vector<std::string> kv_list = split(kvs);
+    for (const std::string & k : kv_list) {
+        const bool ok = forward ? (k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs") : (k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs-lazy");
+        if (!ok) { std::fprintf(stderr, "unknown --kv %s%s\n", k.c_str(), forward ? " (with --forward: f16, rot2, rot2-post, rot2-hs)" : ""); return 2; }
+    }
     std::unique_ptr<cu::backend> be;
     const status st = cu::backend::create(0, &be);
     if (!st.ok()) { std::printf("skipped: no CUDA device (%s)\n", st.message.c_str()); return 0; }
@@ -291,9 +338,6 @@ int main(int argc, char ** argv) {
                  d.total_bytes / 1073741824.0, hbm, d.hbm_peak_gbs > 0 ? " (from the device)" : " (--hbm-gbs)");
     std::vector<int> contexts;
     for (auto & c : split(ctxs)) contexts.push_back(std::atoi(c.c_str()));
-    const std::vector<std::string> kv_list = split(kvs);
-    for (const std::string & k : kv_list)
-        if (k != "f16" && k != "rot2" && k != "rot2-post" && k != "rot2-hs-lazy") { std::fprintf(stderr, "unknown --kv %s\n", k.c_str()); return 2; }
     int rc = 0;
     for (auto & tn : split(types)) {
         ggml_type t = GGML_TYPE_COUNT_KNOWN;
@@ -301,7 +345,7 @@ int main(int argc, char ** argv) {
         const quant_traits * all = quant_traits_all(&n);
         for (size_t i = 0; i < n; i++) if (tn == all[i].name) t = all[i].type;
         if (t == GGML_TYPE_COUNT_KNOWN || !cu::supports_op(cu::op::MATMUL, t)) { std::fprintf(stderr, "type %s: not supported\n", tn.c_str()); continue; }
-        if (forward ? !run_forward(*sh, t, contexts, steps, *be).ok() : !run(*sh, t, contexts, kv_list, steps, hbm, *be).ok()) rc = 1;
+        if (forward ? !run_forward(*sh, t, contexts, kv_list, steps, hbm, *be).ok() : !run(*sh, t, contexts, kv_list, steps, hbm, *be).ok()) rc = 1;
     }
     return rc;
 }
