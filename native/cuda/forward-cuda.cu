@@ -374,30 +374,29 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
         return status(ERR_CONTEXT_FULL, strfmt("cuda forward: %d new tokens at position %d exceed the context size %d", n_tokens, p.n_past, p.n_ctx));
     // chunks of at most kChunk tokens (as the CPU's n_batch): bounded activations and attention partials, and
     // grid dimensions far below their 65535 limit; the logits of the last chunk only
-    const int n_past0 = p.n_past;
-    if (p.ring)
-        for (kv_ring_layer & L : p.rl) L.begin();
     for (int i = 0; i < n_tokens; i += p.chunk) {
         const int n = std::min(p.chunk, n_tokens - i);
+        if (p.ring)  // one chunk per journal (kv_ring_layer::begin)
+            for (kv_ring_layer & L : p.rl) L.begin();
         status st = abort && abort->load() ? status(ERR_ABORTED, "eval: aborted") : p.run(tokens + i, n, i + n == n_tokens ? logits : nullptr);
-        if (!st.ok()) {  // the cache without the call's tokens
+        if (!st.ok()) {  // the cache without the failing chunk's tokens (the chunks before it stay, as on the CPU)
             if (p.ring) {
                 std::vector<kv_ring_layer::slot_entry> restored;
                 for (size_t il = 0; il < p.rl.size(); il++) {
                     p.rl[il].rollback(restored);
-                    p.rd[il].set_positions(restored, p.be->stream());
+                    const status sr = p.rd[il].set_positions(restored, p.be->stream());
+                    if (!sr.ok()) return status(st.code, st.message + "; and restoring the device cache failed: " + sr.message);
                 }
             } else {
                 for (kv_layer_device & L : p.kv)
-                    if (L.n_held() > n_past0) L.truncate(n_past0, p.be->stream());
+                    if (L.n_held() > p.n_past) L.truncate(p.n_past, p.be->stream());
             }
-            p.n_past = n_past0;
             return st;
         }
+        if (p.ring)
+            for (kv_ring_layer & L : p.rl) L.commit();
         p.n_past += n;
     }
-    if (p.ring)
-        for (kv_ring_layer & L : p.rl) L.commit();
     return status::success();
 }
 
@@ -414,16 +413,18 @@ status forward_session::truncate(int n, int * kept) {
         for (const kv_ring_layer & L : p.rl) keep = L.limit_stream(keep);
         for (const kv_ring_layer & L : p.rl) keep = L.limit_coded(keep);
         std::vector<kv_ring_ops> ops;
-        std::vector<kv_ring_layer::slot_entry> clears;
-        for (size_t il = 0; il < p.rl.size(); il++) {
+        std::vector<std::vector<kv_ring_layer::slot_entry>> clears(p.rl.size());
+        for (size_t il = 0; il < p.rl.size(); il++) {  // the bookkeeping first, whole; then the device
             p.rl[il].truncate(keep, ops);
-            clears.clear();
             for (size_t h = 0; h < ops.size(); h++)
-                for (int32_t sl : ops[h].clear_slot) clears.push_back({(int32_t) h, sl, KV_RING_EMPTY});
-            const status st = p.rd[il].set_positions(clears, p.be->stream());
-            if (!st.ok()) return st;
+                for (int32_t sl : ops[h].clear_slot) clears[il].push_back({(int32_t) h, sl, KV_RING_EMPTY});
         }
         p.n_past = keep;
+        if (kept) *kept = keep;
+        for (size_t il = 0; il < p.rl.size(); il++) {
+            const status st = p.rd[il].set_positions(clears[il], p.be->stream());
+            if (!st.ok()) return st;  // (a CUDA failure: the device is unusable from here on anyway)
+        }
     } else {
         for (kv_layer_device & L : p.kv) {
             const status st = L.truncate(n, p.be->stream());

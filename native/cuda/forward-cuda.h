@@ -55,8 +55,9 @@ public:
 
     // Runs tokens[0..n) at positions n_past().. (appended to the cache, in chunks of up to 512 tokens); with
     // `logits` non-null the last token's logits [n_vocab] are copied to it (the call then waits for the
-    // device). ERR_CONTEXT_FULL past n_ctx, ERR_INVALID_ARG for a token id out of range, ERR_ABORTED when
-    // *abort turns true (checked between chunks); on any error the cache holds what it held before the call.
+    // device). ERR_CONTEXT_FULL past n_ctx, ERR_INVALID_ARG for a token id out of range (both before anything
+    // runs), ERR_ABORTED when *abort turns true (checked between chunks); on an error in a chunk the chunks
+    // before it stay and the failing one leaves nothing (as the CPU engine): n_past() says how many tokens.
     status eval(const int32_t * tokens, int n_tokens, float * logits, const std::atomic<bool> * abort = nullptr);
     int n_past() const;
     int n_ctx() const;

@@ -42,7 +42,7 @@ __device__ void rot_encode(const float * x, int bits, int G, float clip, uint8_t
     const int g = d / G;
     float mn = x[g * G], mx = x[g * G];
     for (int i = 1; i < G; i++) { mn = fminf(mn, x[g * G + i]); mx = fmaxf(mx, x[g * G + i]); }
-    const float xmax = clip * mx, xmin = clip * mn;
+    const float xmax = __fmul_rn(clip, mx), xmin = __fmul_rn(clip, mn);  // never fused into the subtraction (rot.cpp has no FMA)
     uint16_t sh = f32_to_f16_bits((xmax - xmin) / (float) qmax);
     if (f16_bits_to_f32(sh) <= 0.0f) sh = 1;  // zero-range group: smallest positive f16
     const float s = f16_bits_to_f32(sh);
@@ -390,7 +390,7 @@ status kv_ring_device::top_abs(const float * x, int T, int n_embd, int k, std::v
     status st;
     if (tops_.bytes() < n * 8 && !(st = tops_.alloc(n * 8)).ok()) return st;
     const size_t smem = (size_t) n_embd * 4;
-    if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_top_abs, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
+    if (smem + 1024 > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_top_abs, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
     float * dv = tops_.as<float>();
     int32_t * di = (int32_t *) (dv + n);
     k_top_abs<<<T, 256, smem, s>>>(x, n_embd, k, dv, di);

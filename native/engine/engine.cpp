@@ -126,12 +126,13 @@ status engine_sequence::eval(const int32_t * tokens, int n_tokens, bool want_log
     std::lock_guard<std::mutex> lock(ctx_->compute_mutex());
 #ifdef THINKCACHE_WITH_CUDA
     if (cuda_) {  // the whole call on the device (chunked there); only the last logits come back
-        status s = cuda_->eval(tokens, n_tokens, want_logits ? logits_.data() : nullptr, &abort);
-        if (!s.ok()) return s;
-        for (int t = 0; t < n_tokens; t++) {
+        const int32_t before = cuda_->n_past();
+        const status s = cuda_->eval(tokens, n_tokens, want_logits ? logits_.data() : nullptr, &abort);
+        for (int t = 0; t < cuda_->n_past() - before; t++) {  // the chunks that went in (all of them unless s failed)
             history_.push_back(tokens[t]);
             sampler_.accept(tokens[t]);
         }
+        if (!s.ok()) return s;
         has_logits_ = want_logits;
         return {};
     }

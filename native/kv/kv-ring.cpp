@@ -262,7 +262,12 @@ void kv_ring_layer::rollback(std::vector<slot_entry> & restored) {
     for (size_t i = journal_.size(); i-- > 0;) {
         const slot_entry & e = journal_[i];
         heads_[(size_t) e.head].slot_pos[(size_t) e.slot] = e.pos;
-        restored.push_back(e);  // (a slot written twice ends with its oldest value: the last entry listed)
+    }
+    // one entry per slot, with the value it had at begin() (the device applies them in parallel)
+    for (const slot_entry & e : journal_) {
+        bool seen = false;
+        for (const slot_entry & r : restored) seen |= r.head == e.head && r.slot == e.slot;
+        if (!seen) restored.push_back(e);
     }
     for (size_t h = 0; h < heads_.size(); h++) {
         head & x = heads_[h];

@@ -111,11 +111,12 @@ public:
     // Drops every token at position >= keep (an exact keep from the limits above). ops: [n_head_kv] (clears).
     void truncate(int32_t keep, std::vector<kv_ring_ops> & ops);
 
-    // A failed call's undo (forward_session::eval): begin() before the first append, then commit() or
+    // A failed chunk's undo (forward_session::eval): begin() before the chunk's append, then commit() or
     // rollback(), which restores this object exactly and lists the (head, slot, position) entries the
-    // device's position table must be given back. The slot payloads need no undo: appends and copies only
-    // write slots out of view, and a retain never copies into a slot it empties (so a rollback finds every
-    // restored slot's payload untouched).
+    // device's position table must be given back (one per slot). The slot payloads need no undo within ONE
+    // chunk: its append only writes slots out of view at begin(), and its retain never copies into a slot it
+    // empties. (Across chunks this does not hold: a later chunk may overwrite a slot an earlier one put out
+    // of view, so a journal must not span chunks.)
     void begin();
     void commit() { journal_on_ = false; }
     struct slot_entry { int32_t head, slot, pos; };

@@ -77,7 +77,10 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
             s.sink_idx.resize(total);
             for (size_t i = 0; i < total; i++) s.sink_idx[i] = (int32_t) i;
             std::partial_sort(s.sink_idx.begin(), s.sink_idx.begin() + (ptrdiff_t) k_top, s.sink_idx.end(),
-                              [&](int32_t a, int32_t b) { return std::fabs(s.x[(size_t) a]) > std::fabs(s.x[(size_t) b]); });
+                              [&](int32_t a, int32_t b) {  // ties: the lower index (the CUDA path's order too)
+                                  const float fa = std::fabs(s.x[(size_t) a]), fb = std::fabs(s.x[(size_t) b]);
+                                  return fa > fb || (fa == fb && a < b);
+                              });
             std::vector<int32_t> found;
             std::vector<float> mag;
             for (size_t i = 0; i < k_top; i++) {

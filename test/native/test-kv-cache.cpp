@@ -297,6 +297,7 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
                 for (float & x : v) x = nd(rng);
                 kv.append(il, chunk, k.data(), v.data(), pos.data());
                 kv_ring_layer & L = sim.layers[(size_t) il];
+                L.begin();  // a journal per chunk, as forward_session::eval keeps it
                 std::vector<int32_t> rc_before((size_t) H);
                 for (int h = 0; h < H; h++) rc_before[(size_t) h] = L.rc(h);
                 st = L.append(c0, chunk);
@@ -311,6 +312,7 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
                 }
                 kv.retain(il);
                 L.retain(c0 + chunk, ops);
+                L.commit();
                 sim.apply(il, ops);
                 check_layer(il, c0 + chunk);
             }
