@@ -40,15 +40,25 @@ namespace cuda {
 
 constexpr int WARP = 32;
 
+// (The CPU emulation, native/cuda/emu, computes the same butterfly from one exchange: same sums, same order,
+// two barriers instead of ten.)
 __device__ __forceinline__ float warp_sum(float v) {
+#ifdef __CUDA_EMU__
+    return ::tc_emu::warp_butterfly(v, false);
+#else
 #pragma unroll
     for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+#endif
 }
 __device__ __forceinline__ float warp_max(float v) {
+#ifdef __CUDA_EMU__
+    return ::tc_emu::warp_butterfly(v, true);
+#else
 #pragma unroll
     for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+#endif
 }
 __device__ __forceinline__ float f16_bits_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float((uint32_t) h << 16); }

@@ -708,12 +708,12 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
         std::shared_ptr<engine_sequence> cs, gs;
         TC_OK(engine_sequence::create(cctx, &cs));
         TC_OK(engine_sequence::create(gctx, &gs));
-        // a 300-token prompt (5 chunks), then 180 decode steps
-        TC_OK(cs->eval(toks.data(), 300, true));
-        TC_OK(gs->eval(toks.data(), 300, true));
+        // a 256-token prompt (4 chunks), then 144 decode steps (the coded heads' ring of 192 slots wraps twice)
+        TC_OK(cs->eval(toks.data(), 256, true));
+        TC_OK(gs->eval(toks.data(), 256, true));
         double worst = nmse(gs->logits().data(), cs->logits().data(), nv);
         int same = argmax(gs->logits().data(), nv) == argmax(cs->logits().data(), nv), steps = 1;
-        for (size_t t = 300; t < 480; t++) {
+        for (size_t t = 256; t < 400; t++) {
             TC_OK(cs->eval(&toks[t], 1, true));
             TC_OK(gs->eval(&toks[t], 1, true));
             worst = std::max(worst, nmse(gs->logits().data(), cs->logits().data(), nv));
@@ -724,7 +724,10 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
         std::printf("    RING %-40s logits NMSE worst %.3g, top-1 %d/%d; quantized %lld (cpu %lld), resident %lld (cpu %lld), K+V %llu B (cpu %llu)\n", c.name, worst, same,
                     steps, (long long) rg.quantized_tokens, (long long) rc.quantized_tokens, (long long) rg.resident_tokens, (long long) rc.resident_tokens,
                     (unsigned long long) (rg.key_bytes + rg.value_bytes), (unsigned long long) (rc.key_bytes + rc.value_bytes));
-        TC_CHECK(worst <= 5e-3 && same * 20 >= steps * 17) << c.name << ": the device cache's logits drift from the CPU engine's";
+        // the dense engine test's bound for f16 caches (the device dots f32 activations with the weights, the CPU
+        // q8-quantized ones); quantized caches turn those last-bit differences into an occasional other code
+        const double bound = c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
+        TC_CHECK(worst <= bound && same * 20 >= steps * 17) << c.name << ": the device cache's logits drift from the CPU engine's";
         TC_CHECK(rg.quantized_tokens == rc.quantized_tokens && rg.resident_tokens == rc.resident_tokens) << c.name;
         TC_CHECK(rg.key_bytes + rg.value_bytes == rc.key_bytes + rc.value_bytes) << c.name << ": K+V bytes differ";
         TC_CHECK(rg.bytes_allocated >= rg.key_bytes + rg.value_bytes);
@@ -735,9 +738,10 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
             TC_CHECK(rg.quantized_tokens == 0 && rg.evicted_tokens > 0);
         } else {
             TC_CHECK(rg.quantized_tokens > 0);
-            if (!dense_ref.empty()) {  // the compression is real: its logits sit farther from the dense cache's than from the CPU's
+            if (!dense_ref.empty()) {  // how far the compression itself moves the logits (rot2: far more than the CPU/device gap)
                 const double vs_dense = nmse(gs->logits().data(), dense_ref.data(), nv);
                 std::printf("    RING %-40s NMSE vs the dense f16 cache %.3g\n", c.name, vs_dense);
+                if (c.codec == KV_CODEC_ROT2) TC_CHECK(vs_dense > nmse(gs->logits().data(), cs->logits().data(), nv)) << c.name;
             }
         }
         if (dense_ref.empty()) {  // once: the dense device cache over the same tokens
@@ -749,28 +753,28 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
             std::shared_ptr<engine_sequence> ds;
             TC_OK(engine_context::create(m, dp, &dctx));
             TC_OK(engine_sequence::create(dctx, &ds));
-            TC_OK(ds->eval(toks.data(), 480, true));
+            TC_OK(ds->eval(toks.data(), 400, true));
             dense_ref = ds->logits();
         }
         // rewinds: kv_cache's rules decide how much stays; then the same tokens again
-        for (int32_t back : {470, 200}) {
+        for (int32_t back : {390, 150}) {
             const int32_t kc = cs->remove_from(back), kg = gs->remove_from(back);
             TC_CHECK(kc == kg) << c.name << ": rewind to " << back << " keeps " << kg << " on the device, " << kc << " on the CPU";
-            TC_OK(cs->eval(&toks[(size_t) kc], 490 - kc, true));
-            TC_OK(gs->eval(&toks[(size_t) kg], 490 - kg, true));
+            TC_OK(cs->eval(&toks[(size_t) kc], 410 - kc, true));
+            TC_OK(gs->eval(&toks[(size_t) kg], 410 - kg, true));
             const double e = nmse(gs->logits().data(), cs->logits().data(), nv);
-            TC_CHECK(e <= 5e-3) << c.name << ": after the rewind to " << back << " (kept " << kc << "), NMSE " << e;
+            TC_CHECK(e <= bound) << c.name << ": after the rewind to " << back << " (kept " << kc << "), NMSE " << e;
             for (int il = 0; il < f.n_layer; il++)
                 for (int h = 0; h < f.n_head_kv; h++) TC_CHECK(gs->held_positions(il, h) == cs->held_positions(il, h)) << c.name << ": after a rewind";
         }
         // an aborted call leaves the cache as it was
         gs->abort = true;
-        TC_CHECK(gs->eval(&toks[490], 20, true).code == ERR_ABORTED);
+        TC_CHECK(gs->eval(&toks[410], 20, true).code == ERR_ABORTED);
         gs->abort = false;
-        TC_CHECK(gs->n_tokens() == 490);
-        TC_OK(cs->eval(&toks[490], 20, true));
-        TC_OK(gs->eval(&toks[490], 20, true));
-        TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= 5e-3) << c.name << ": after an aborted call";
+        TC_CHECK(gs->n_tokens() == 410);
+        TC_OK(cs->eval(&toks[410], 20, true));
+        TC_OK(gs->eval(&toks[410], 20, true));
+        TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after an aborted call";
     }
 }
 
