@@ -1,0 +1,38 @@
+// The CUDA backend's tests without a GPU (issue 8): the .cu sources built for the CPU emulation
+// (native/cuda/emu, scripts/cuda-emu.py; THINKCACHE_CUDA_EMU) and every CUDA test run — op by op against the
+// CPU references, the forward pass, the engine on a device context, the compressed device cache against the
+// CPU engine. Needs cmake, python3 and an x86-64 or ucontext host; skips with the reason otherwise.
+// About 4 minutes on the 2-core CI machine (1 build, 3 running, most of it the forward and ring tests).
+import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const hasCmake = spawnSync('cmake', ['--version']).status === 0;
+const hasPython = spawnSync('python3', ['--version']).status === 0;
+const why = !hasCmake ? 'cmake is not installed' : !hasPython ? 'python3 is not installed (scripts/cuda-emu.py)' : '';
+if (why) console.warn(`CUDA emulation tests skipped: ${why}`);
+
+describe.skipIf(Boolean(why))('CUDA backend on the CPU emulation', () => {
+  it('builds, and every CUDA test runs and passes (none may skip)', () => {
+    const build = join(root, 'build-cuda-emu');
+    const run = (args: string[]) => {
+      const b = spawnSync('cmake', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+      if (b.status !== 0) throw new Error(`cmake ${args.join(' ')} failed (${b.error?.message ?? `status ${b.status}`}):\n${b.stdout}\n${b.stderr}`);
+    };
+    run(['-S', root, '-B', build, '-DTHINKCACHE_CUDA_EMU=ON', '-DTHINKCACHE_ADDON=OFF', '-DCMAKE_BUILD_TYPE=Release']);
+    run(['--build', build, '-j', '2', '--target', 'native-tests']);
+    const r = spawnSync(join(build, 'native-tests'), ['-o', 'cuda/'], { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 });
+    if (r.status !== 0) console.error(r.stdout, r.stderr);
+    expect(r.status).toBe(0);
+    const m = r.stdout.match(/(\d+)\/\1 tests passed/);
+    expect(m).not.toBeNull();
+    const n = Number(m![1]);
+    expect(n).toBeGreaterThanOrEqual(15);
+    const ok = (r.stdout.match(/^cuda\/.*\bOK \(/gm) ?? []).length;
+    expect(ok).toBe(n);  // every one ran: the emulated device answers
+    expect(r.stdout).not.toMatch(/skipped:/);
+    expect(r.stdout).toMatch(/^cuda\/ring-engine.*OK \(/m);
+  }, 1_200_000);
+});
