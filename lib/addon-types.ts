@@ -149,6 +149,8 @@ export interface AddonCudaInfo {
   forward: boolean;
   /** Device 0 when one is usable. */
   device?: { name: string; computeCapability: string; totalBytes: number; freeBytes: number };
+  /** The "device" is the CPU emulation of the CUDA kernels (a test build, THINKCACHE_CUDA_EMU): 'auto' never picks it. */
+  emulated?: boolean;
 }
 
 export interface AddonQuantizeResult {

@@ -19,7 +19,7 @@ export function cudaInfo(addon: Pick<Addon, 'systemInfo'> & { cudaInfo?: () => A
 export function resolveBackend(requested: 'cpu' | 'auto' | 'cuda', info: AddonCudaInfo): BackendName {
   if (requested === 'cpu') return 'cpu';
   const usable = info.built && info.deviceCount > 0 && info.forward;
-  if (requested === 'auto') return usable ? 'cuda' : 'cpu';
+  if (requested === 'auto') return usable && !info.emulated ? 'cuda' : 'cpu';
   if (!info.built) {
     throw new UnsupportedModelError('loadModel: backend "cuda" is not available: this build has no CUDA backend (built without THINKCACHE_CUDA); '
       + 'rebuild with -DTHINKCACHE_CUDA=ON or use backend "cpu" or "auto"');

@@ -91,7 +91,10 @@ static Napi::Value cuda_info(const Napi::CallbackInfo & info) {
     o.Set("reason", "built without THINKCACHE_CUDA");
 #endif
 #ifdef THINKCACHE_WITH_CUDA
-    o.Set("forward", true);  // loadModel({ backend: 'cuda' }) runs the forward pass on the device (full f16 cache)
+    o.Set("forward", true);  // loadModel({ backend: 'cuda' }) runs the forward pass on the device
+#ifdef THINKCACHE_CUDA_EMU
+    o.Set("emulated", true);  // the CPU emulation of the kernels (tests): 'auto' never picks it
+#endif
 #else
     o.Set("forward", false);
 #endif

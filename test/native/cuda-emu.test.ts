@@ -1,8 +1,11 @@
 // The CUDA backend's tests without a GPU (issue 8): the .cu sources built for the CPU emulation
 // (native/cuda/emu, scripts/cuda-emu.py; THINKCACHE_CUDA_EMU) and every CUDA test run — op by op against the
 // CPU references, the forward pass, the engine on a device context, the compressed device cache against the
-// CPU engine. Needs cmake, python3 and an x86-64 or ucontext host; skips with the reason otherwise.
-// About 4 minutes on the 2-core CI machine (1 build, 3 running, most of it the forward and ring tests).
+// CPU engine — and then the Node API on it: the addon built with the emulation (cmake-js) runs the backend
+// tests (test/lib/backend.test.ts), whose CUDA cases (generate on 'cuda' == 'cpu', the compressed device cache's
+// positions and counts, backend 'cpu' contexts of a CUDA model) otherwise skip without a GPU.
+// Needs cmake, python3 and an x86-64 or ucontext host; skips with the reason otherwise.
+// About 5 minutes on the 2-core CI machine (builds 2, the C++ CUDA tests 3, mostly the forward and ring tests).
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -35,4 +38,20 @@ describe.skipIf(Boolean(why))('CUDA backend on the CPU emulation', () => {
     expect(r.stdout).not.toMatch(/skipped:/);
     expect(r.stdout).toMatch(/^cuda\/ring-engine.*OK \(/m);
   }, 1_200_000);
+
+  it('the Node API on the emulated device: the backend tests run their CUDA cases and pass', () => {
+    const out = join(root, 'build-cuda-emu-addon');
+    const b = spawnSync('npx', ['cmake-js', 'compile', '--CDTHINKCACHE_CUDA_EMU=ON', '-O', out], { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 });
+    if (b.status !== 0) throw new Error(`cmake-js compile (emulation) failed:\n${b.stdout}\n${b.stderr}`);
+    const binding = join(out, 'Release', 'thinkcache.node');
+    const t = spawnSync('npx', ['vitest', 'run', 'test/lib/backend.test.ts'], {
+      cwd: root, encoding: 'utf8', maxBuffer: 64 << 20, env: { ...process.env, THINKCACHE_BINDING: binding },
+    });
+    if (t.status !== 0) console.error(t.stdout, t.stderr);
+    expect(t.status).toBe(0);
+    const plain = `${t.stdout}${t.stderr}`.replace(/\x1b\[[0-9;]*m/g, '');
+    expect(plain).not.toMatch(/CUDA generate test skipped/);  // the device cases ran
+    expect(plain).toMatch(/Tests\s+(\d+) passed \(\1\)/);  // none skipped
+    expect(plain).not.toMatch(/skipped/i);
+  }, 600_000);
 });
