@@ -165,7 +165,7 @@ int32_t engine_sequence::remove_from(int32_t pos) {
         std::lock_guard<std::mutex> lock(ctx_->compute_mutex());
         const int32_t want = std::max<int32_t>(0, std::min<int32_t>(pos, cuda_->n_past()));
         int kept = cuda_->n_past();
-        cuda_->truncate(want, &kept);  // (a failure keeps everything: kept says so)
+        cuda_->truncate(want, &kept);  // kept: what the device cache holds afterwards, whatever the status
         if ((size_t) kept < history_.size()) history_.resize((size_t) kept);
         has_logits_ = false;
         return kept;

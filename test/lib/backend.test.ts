@@ -110,7 +110,7 @@ describe('backend selection', () => {
       const seq = ctx.acquireSequence();
       const toks = Array.from({ length: 240 }, (_, i) => (i * 37 + 3) % model.info.nVocab);
       await seq.evaluate(toks.slice(0, 200));
-      let logits = new Float32Array();
+      let logits: Float32Array = new Float32Array();
       for (const t of toks.slice(200)) logits = await seq.evaluate([t]);  // 40 decode steps: flushes and stream trims
       const argmax = logits.reduce((b, v, i, a) => (v > a[b]! ? i : b), 0);
       return { backend: ctx.info.backend, held: [...seq._native.heldPositions(1, 0)], argmax, logits, mem: seq.memory() };
