@@ -1,6 +1,6 @@
 /**
  * The `thinkcache` command line.
- *   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S] [--threads N] [--context N] [--json]
+ *   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S] [--threads N] [--context N] [--backend B] [--json]
  *   thinkcache inspect --model PATH [--json]
  *   thinkcache eval ...            (lib/cli/eval.ts)
  *   thinkcache profile-heads ...   (lib/cli/profile-heads.ts)
@@ -10,7 +10,7 @@ import { LlmError } from './errors.js';
 import { readGgufInfo } from './gguf.js';
 import type { GenerateEvent } from './Sequence.js';
 import { CHAT_USAGE, cmdChat, cmdRunChat } from './cli/chat.js';
-import { loadModelWithProgress, PrefillProgress, progressEnabled } from './cli/progress.js';
+import { backendOption, loadModelWithProgress, PrefillProgress, progressEnabled } from './cli/progress.js';
 import { cmdEval } from './cli/eval.js';
 import { cmdProfileHeads } from './cli/profile-heads.js';
 import { cmdDemo, DEMO_USAGE } from './cli/demo.js';
@@ -18,15 +18,17 @@ import { CALIBRATE_ROTATION_USAGE, cmdCalibrateRotation } from './cli/calibrate-
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
-                 [--top-k K] [--top-p P] [--min-p P] [--threads N] [--context N] [--json]
+                 [--top-k K] [--top-p P] [--min-p P] [--threads N] [--context N] [--backend cpu|cuda|auto] [--json]
   thinkcache inspect --model PATH [--json]
 ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... | --profile P.tsv --sweep-sparsity 0,0.5 [--stream 16+48])
-                  [--traces N] [--max-tokens T] [--prompts FILE] [--json] [--chart out.svg]
+                  [--traces N] [--max-tokens T] [--prompts FILE] [--backend cpu|cuda|auto] [--json] [--chart out.svg]
   thinkcache eval --accuracy [--model PATH] [--tasks add,chase,cups] [--data FILE.jsonl ...] [--n N]
-                  [--kv JSON|PRESET ...] [--profile P.tsv] [--max-tokens T] [--loop-guard] [--json]
+                  [--kv JSON|PRESET ...] [--profile P.tsv] [--max-tokens T] [--loop-guard] [--backend B] [--json]
   thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T]
                   [--sinks S] [--recent R]
 ${CALIBRATE_ROTATION_USAGE}
+  --backend cpu|cuda|auto  where the model runs (default auto: CUDA when this build and machine can; eviction
+           policies and the KIVI/q8/q4 codecs need cpu)
   demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate
@@ -59,6 +61,7 @@ async function cmdRun(args: string[]): Promise<number> {
       model: { type: 'string', short: 'm' }, prompt: { type: 'string', short: 'p' }, 'max-tokens': { type: 'string', short: 'n' },
       temperature: { type: 'string' }, seed: { type: 'string' }, 'top-k': { type: 'string' }, 'top-p': { type: 'string' },
       'min-p': { type: 'string' }, threads: { type: 'string', short: 't' }, context: { type: 'string', short: 'c' }, json: { type: 'boolean' },
+      backend: { type: 'string' },
     },
     strict: true,
   });
@@ -73,8 +76,9 @@ async function cmdRun(args: string[]): Promise<number> {
   const threads = num(values.threads, 'threads', true);
   const contextSize = num(values.context, 'context', true);
   const maxTokens = num(values['max-tokens'], 'max-tokens', true) ?? 128;
+  const backend = backendOption(values.backend);
   const show = progressEnabled(values.json);
-  await using model = await loadModelWithProgress(values.model, show);
+  await using model = await loadModelWithProgress(values.model, show, backend);
   await using ctx = await model.createContext({ ...(threads ? { threads } : {}), ...(contextSize ? { contextSize } : {}) });
   await using seq = ctx.acquireSequence();
   const ac = new AbortController();
@@ -108,6 +112,7 @@ async function cmdRun(args: string[]): Promise<number> {
         decodeTokensPerSecond: finish.timings.decodeTokensPerSecond,
         timeToFirstTokenMs: finish.timings.timeToFirstTokenMs,
         threads: ctx.threads,
+        backend: model.backend,
         cpuDispatch: model.info.cpuDispatch,
       },
       kv: finish.kv,

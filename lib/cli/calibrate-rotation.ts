@@ -32,7 +32,7 @@ export async function cmdCalibrateRotation(args: string[]): Promise<number> {
   };
   const maxTokens = num(values['max-tokens'], 'max-tokens', 256);
   const threads = values.threads ? num(values.threads, 'threads', 1) : undefined;
-  await using model = await loadModel({ path: values.model });
+  await using model = await loadModel({ path: values.model, backend: 'cpu' });  // calibration hooks run on the CPU
   const extra = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
   const traces = num(values.traces, 'traces', Math.min(8, extra.length));
   const prompts = [BUILTIN_CALIBRATION_TEXT, ...extra.slice(0, traces)];

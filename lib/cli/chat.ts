@@ -14,7 +14,7 @@ import type { ChatMessage } from '../chat/chat-template.js';
 import { LlmError } from '../errors.js';
 import type { GenerateOptions } from '../options.js';
 import type { GenerateEvent, Sequence } from '../Sequence.js';
-import { loadModelWithProgress, PrefillProgress, progressEnabled } from './progress.js';
+import { backendOption, loadModelWithProgress, PrefillProgress, progressEnabled } from './progress.js';
 
 type Finish = Extract<GenerateEvent, { type: 'finish' }>;
 
@@ -25,11 +25,12 @@ const OPTIONS = {
   threads: { type: 'string', short: 't' }, context: { type: 'string', short: 'c' },
   'no-think': { type: 'boolean' }, 'reasoning-budget': { type: 'string' }, 'budget-message': { type: 'string' },
   stop: { type: 'string', multiple: true }, template: { type: 'string' }, json: { type: 'boolean' }, chat: { type: 'boolean' },
+  backend: { type: 'string' },
 } as const;
 
 export const CHAT_USAGE = `  thinkcache chat --model PATH [--system TEXT] [--no-think] [--reasoning-budget N [--budget-message TEXT]]
                   [--max-tokens N] [--temperature T] [--seed S] [--stop STR]... [--template FILE]
-                  [--threads N] [--context N]
+                  [--threads N] [--context N] [--backend cpu|cuda|auto]
   thinkcache run --chat --model PATH --prompt TEXT [same options] [--json]
 `;
 
@@ -117,7 +118,7 @@ async function openSession(v: Values) {
   const show = progressEnabled(v.json);
   const threads = num(v.threads, 'threads', true);
   const contextSize = num(v.context, 'context', true);
-  const model = await loadModelWithProgress(v.model!, show);
+  const model = await loadModelWithProgress(v.model!, show, backendOption(v.backend));
   const ctx = await model.createContext({ ...(threads ? { threads } : {}), ...(contextSize ? { contextSize } : {}) });
   return { model, ctx, seq: ctx.acquireSequence(), show };
 }

@@ -19,6 +19,7 @@ import { KvOptionsSchema, type KvOptions } from '../kv/kv-options.js';
 import { KV_PRESETS, kvPreset } from '../kv/presets.js';
 import { loadModel } from '../Model.js';
 import { parseOptions } from '../options.js';
+import { backendOption } from './progress.js';
 
 function int(v: string | undefined, name: string, def: number): number {
   if (v === undefined) return def;
@@ -47,7 +48,7 @@ export async function cmdEval(args: string[]): Promise<number> {
       'sweep-sparsity': { type: 'string' }, stream: { type: 'string' }, traces: { type: 'string' }, 'max-tokens': { type: 'string' },
       prompts: { type: 'string' }, threads: { type: 'string' }, context: { type: 'string' }, json: { type: 'boolean' }, chart: { type: 'string' },
       accuracy: { type: 'boolean' }, tasks: { type: 'string' }, data: { type: 'string', multiple: true }, n: { type: 'string' }, 'loop-guard': { type: 'boolean' },
-      'stop-at-eog': { type: 'boolean' },
+      'stop-at-eog': { type: 'boolean' }, backend: { type: 'string' },
     },
     strict: true,
   });
@@ -69,7 +70,7 @@ export async function cmdEval(args: string[]): Promise<number> {
     }
   }
   if (configs.length === 0) throw new LlmError('thinkcache eval: give at least one --kv CONFIG or --profile with --sweep-sparsity', 'ERR_INVALID_OPTIONS');
-  await using model = await loadModel({ path: values.model });
+  await using model = await loadModel({ path: values.model, backend: backendOption(values.backend) });
   const prompts: (string | number[])[] = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
   const traces = int(values.traces, 'traces', Math.min(8, prompts.length));
   const maxTokens = int(values['max-tokens'], 'max-tokens', 256);
@@ -108,7 +109,7 @@ export function parseKvConfigs(texts: string[], profile: string | undefined): { 
 
 interface AccuracyArgs {
   model?: string; kv?: string[]; profile?: string; tasks?: string; data?: string[]; n?: string; 'max-tokens'?: string;
-  threads?: string; context?: string; json?: boolean; 'loop-guard'?: boolean;
+  threads?: string; context?: string; json?: boolean; 'loop-guard'?: boolean; backend?: string;
 }
 
 /** `thinkcache eval --accuracy`: P2 over the tiny reasoner's held-out tasks and/or JSONL problem files. */
@@ -124,7 +125,7 @@ async function cmdAccuracy(values: AccuracyArgs): Promise<number> {
   const configs = values.kv?.length ? parseKvConfigs(values.kv, values.profile) : [{ label: 'full', kv: {} }];
   if (!configs.some((c) => c.label === 'full')) configs.unshift({ label: 'full', kv: {} });
   const maxTokens = int(values['max-tokens'], 'max-tokens', values.data?.length ? 4096 : 2048);
-  await using model = await loadModel({ path: modelPath });
+  await using model = await loadModel({ path: modelPath, backend: backendOption(values.backend) });
   const tty = process.stderr.isTTY && !values.json;
   let done = 0;
   const total = problems.length * configs.length;

@@ -33,7 +33,7 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
   if (values.method !== 'wse' && values.method !== 'mean-qk' && values.method !== 'ablation') {
     throw new LlmError(`--method: expected wse, mean-qk or ablation, received "${values.method}"`, 'ERR_INVALID_OPTIONS');
   }
-  await using model = await loadModel({ path: values.model });
+  await using model = await loadModel({ path: values.model, backend: 'cpu' });  // calibration hooks run on the CPU
   const prompts: (string | number[])[] = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
   const traces = num(values.traces, 'traces', Math.min(8, prompts.length));
   const r = await calibrateHeadProfile(model, {

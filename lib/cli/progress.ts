@@ -7,6 +7,7 @@
  * costs the same I/O the first forward pass would have paid page by page (not for files over half the RAM,
  * which would only evict other pages: those get a one-line notice instead).
  */
+import { LlmError } from '../errors.js';
 import { open, stat } from 'node:fs/promises';
 import { totalmem } from 'node:os';
 import cliProgress from 'cli-progress';
@@ -36,8 +37,17 @@ function bar(format: string): cliProgress.SingleBar {
 
 const mib = (n: number) => (n / (1 << 20)).toFixed(0);
 
+export type CliBackend = 'cpu' | 'cuda' | 'auto';
+
+/** --backend: "cpu", "cuda" or "auto" (the default: CUDA when this build and machine can run it). */
+export function backendOption(v: string | undefined): CliBackend {
+  if (v === undefined) return 'auto';
+  if (v === 'cpu' || v === 'cuda' || v === 'auto') return v;
+  throw new LlmError(`--backend: expected cpu, cuda or auto, received "${v}"`, 'ERR_INVALID_OPTIONS');
+}
+
 /** loadModel() with a bar while the weights are read (when `show`). */
-export async function loadModelWithProgress(path: string, show: boolean): Promise<Model> {
+export async function loadModelWithProgress(path: string, show: boolean, backend: CliBackend = 'auto'): Promise<Model> {
   if (show) {
     const size = await stat(path).then((s) => s.size, () => 0);
     if (size > totalmem() / 2) {
@@ -66,7 +76,7 @@ export async function loadModelWithProgress(path: string, show: boolean): Promis
       }
     }
   }
-  return loadModel({ path });
+  return loadModel({ path, backend });
 }
 
 /** Feeds generate() events; draws a bar from the first prefill-progress event until the first output. */

@@ -2,6 +2,8 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { cudaInfo, resolveBackend } from '../../lib/backend.js';
+import { getAddon } from '../../lib/binding.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 import { haveSharedFile, repoRoot, stories260K } from '../helpers/shared-data.js';
 
@@ -22,6 +24,23 @@ describe('thinkcache CLI', () => {
     expect(out.usage.completionTokens).toBe(12);
     expect(out.stats.prefillTokensPerSecond).toBeGreaterThan(0);
     expect(out.stats.decodeTokensPerSecond).toBeGreaterThan(0);
+    expect(out.stats.backend).toBe(resolveBackend('auto', cudaInfo(getAddon())));
+  });
+
+  it('--backend: cpu runs, a bad name is refused before loading, cuda without a usable device is a typed error', () => {
+    const model = ensureFixture('llama', 'q8_0');
+    const cpu = cli('run', '--model', model, '--prompt', 'Once', '--max-tokens', '2', '--threads', '1', '--backend', 'cpu', '--json');
+    expect(cpu.status).toBe(0);
+    expect(JSON.parse(cpu.stdout).stats.backend).toBe('cpu');
+    const bad = cli('run', '--model', '/x.gguf', '--prompt', 'x', '--backend', 'gpu');
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/--backend: expected cpu, cuda or auto, received "gpu"/);
+    const info = cudaInfo(getAddon());
+    if (!(info.built && info.deviceCount > 0)) {
+      const cuda = cli('eval', '--model', model, '--kv', 'rot2', '--traces', '1', '--max-tokens', '4', '--backend', 'cuda');
+      expect(cuda.status).toBe(1);
+      expect(cuda.stderr).toMatch(/backend "cuda" is not available/);
+    }
   });
 
   it.skipIf(!haveSharedFile(stories260K, 'CLI stories260K run'))('run streams the same text as the API (stories260K)', () => {

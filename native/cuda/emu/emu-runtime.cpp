@@ -13,9 +13,9 @@
 #include <mutex>
 #include <vector>
 
-#if !(defined(__x86_64__) && defined(__linux__))
+#if !(defined(__x86_64__) && defined(__linux__)) || defined(TC_EMU_FORCE_UCONTEXT)
 #include <ucontext.h>
-#define TC_EMU_UCONTEXT 1
+#define TC_EMU_UCONTEXT 1  // (also for sanitizer builds: AddressSanitizer follows swapcontext)
 #endif
 
 struct CUstream_st { int unused; };
