@@ -265,12 +265,18 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
     std::vector<float> logits(m->hp.n_vocab);
     std::vector<int32_t> prompt((size_t) max_ctx);
     for (size_t i = 0; i < prompt.size(); i++) prompt[i] = (int32_t) ((i * 2654435761u) % m->hp.n_vocab);
+    // every cache's session first, then context by context (a timeout keeps whole contexts of every cache)
+    std::vector<std::unique_ptr<cu::forward_session>> sessions;
     for (const std::string & kv : kvs) {
         kv_cache_config kc;
         BENCH_OK(forward_kv(kv, *m, max_ctx + steps + 8, &kc));
-        std::unique_ptr<cu::forward_session> fs;
-        BENCH_OK(cu::forward_session::create(dm, kc, 512, be, &fs));
-        for (int c : contexts) {
+        sessions.emplace_back();
+        BENCH_OK(cu::forward_session::create(dm, kc, 512, be, &sessions.back()));
+    }
+    for (int c : contexts) {
+        for (size_t k = 0; k < kvs.size(); k++) {
+            const std::string & kv = kvs[k];
+            cu::forward_session * fs = sessions[k].get();
             BENCH_OK(fs->clear());
             double t = now_s();
             BENCH_OK(fs->eval(prompt.data(), c, logits.data()));
