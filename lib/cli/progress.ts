@@ -7,10 +7,10 @@
  * costs the same I/O the first forward pass would have paid page by page (not for files over half the RAM,
  * which would only evict other pages: those get a one-line notice instead).
  */
-import { LlmError } from '../errors.js';
 import { open, stat } from 'node:fs/promises';
 import { totalmem } from 'node:os';
 import cliProgress from 'cli-progress';
+import { LlmError } from '../errors.js';
 import { loadModel, type Model } from '../Model.js';
 import type { GenerateEvent } from '../Sequence.js';
 
