@@ -324,8 +324,8 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
         codec.kbits = kv_codec_get(sc.key).bits;
         codec.vbits = kv_codec_get(sc.value).bits;
         codec.group = sc.group;
-        codec.kclip = sc.clip >= 0 ? sc.clip : sc.key == KV_CODEC_ROT2 ? 0.8f : 1.0f;  // kv_cache's defaults (§3.4)
-        codec.vclip = sc.clip >= 0 ? sc.clip : sc.value == KV_CODEC_ROT2 ? 0.8f : 1.0f;
+        codec.kclip = sc.clip_of(sc.key);
+        codec.vclip = sc.clip_of(sc.value);
         codec.pre_rope = !sc.post_rope;
         codec.rope_neox = sc.rope == ROPE_STYLE_NEOX;
         codec.n_rot = sc.n_rot;

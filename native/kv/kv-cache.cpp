@@ -15,10 +15,7 @@ namespace {
 
 int32_t runs_count(const std::vector<kv_pos_run> & r) { return r.empty() ? 0 : r.back().first + r.back().n; }
 
-void runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
-    if (!r.empty() && r.back().pos + r.back().n == pos) { r.back().n++; return; }
-    r.push_back({runs_count(r), pos, 1});
-}
+void runs_push(std::vector<kv_pos_run> & r, int32_t pos) { kv_runs_push(r, pos); }
 
 int32_t runs_count_below(const std::vector<kv_pos_run> & r, int32_t p) { return kv_runs_count_below(r.data(), (int32_t) r.size(), p); }
 
@@ -62,8 +59,7 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
         kv_coded_view & c = cv0_;
         c.kc = &kv_codec_get(st.key);
         c.vc = &kv_codec_get(st.value);
-        const float clip_k = st.clip >= 0 ? st.clip : st.key == KV_CODEC_ROT2 ? 0.8f : 1.0f;
-        const float clip_v = st.clip >= 0 ? st.clip : st.value == KV_CODEC_ROT2 ? 0.8f : 1.0f;
+        const float clip_k = st.clip_of(st.key), clip_v = st.clip_of(st.value);
         c.kp = {cfg_.head_dim, st.group, clip_k, true};
         c.vp = {cfg_.head_dim_v, st.group, clip_v, false};
         c.k_block_tokens = c.kc->block_tokens(c.kp);

@@ -63,6 +63,12 @@ struct kv_pos_run {
     int32_t first = 0, pos = 0, n = 0;
 };
 
+// Appends coded position `pos` to the runs (a new run unless it continues the last one).
+inline void kv_runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
+    if (!r.empty() && r.back().pos + r.back().n == pos) { r.back().n++; return; }
+    r.push_back({r.empty() ? 0 : r.back().first + r.back().n, pos, 1});
+}
+
 // Coded tokens (of runs[0..n_runs)) whose position is below p: a prefix, since positions ascend.
 inline int32_t kv_runs_count_below(const kv_pos_run * runs, int32_t n_runs, int32_t p) {
     int32_t c = 0;
@@ -156,6 +162,8 @@ struct kv_storage_config {
     // groups' heads rotate per head (§6.2 C1: a head's key must not depend on tokens another head evicted).
     int rot_group = 1;
     bool coded() const { return key != KV_CODEC_F16 || value != KV_CODEC_F16; }
+    // The clip ratio a codec quantizes with (§3.4): `clip` when set, else 0.8 for rot2 and 1.0 otherwise.
+    float clip_of(kv_codec_type t) const { return clip >= 0 ? clip : t == KV_CODEC_ROT2 ? 0.8f : 1.0f; }
 };
 
 struct kv_cache_config {

@@ -135,6 +135,15 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops) {
         head & x = heads_[h];
         kv_ring_ops & op = ops[h];
         if (x.kind == KV_RING_DENSE) continue;
+        // Cheap bounds first (this runs per layer and head at every decode step). Ring tokens hold consecutive
+        // positions from fix_below up to n − 1, those >= lo in view; the fixed slots hold the rest in view.
+        const int32_t ring_view = n - std::max(x.lo, x.fix_below);
+        int32_t fixed_above = 0;  // fixed slots holding a position >= fix_below (coded heads' sinks)
+        if (x.kind == KV_RING_CODED)
+            for (int32_t s = x.fix_below; s < x.fix_cap; s++) fixed_above += x.slot_pos[(size_t) s] != KV_RING_EMPTY;
+        if (x.kind == KV_RING_STREAM && std::min(n, x.fix_below) + std::max(0, ring_view) <= stream_sinks_ + stream_recent_) continue;
+        // a flush needs >= staging + flush unprotected tokens in view, of which there are at most these
+        if (x.kind == KV_RING_CODED && std::max(0, ring_view) + fixed_above - staging_ < flush_) continue;
         f16.clear();
         for (int32_t s = 0; s < (int32_t) x.slot_pos.size(); s++)
             if (in_view(x, s)) f16.emplace_back(x.slot_pos[(size_t) s], s);
@@ -144,7 +153,6 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops) {
             if ((int32_t) f16.size() <= stream_sinks_ + stream_recent_) continue;
             x.lo = stream_recent_ > 0 ? f16[f16.size() - (size_t) stream_recent_].first : f16.back().first + 1;
             x.dropped = true;
-            (void) n;
             continue;
         }
         // kv_cache::flush: the oldest unprotected tokens beyond the staging window, in whole blocks
@@ -181,10 +189,7 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops) {
 // the coded order; positions ascend but for displaced sinks), so this does too.
 int32_t kv_ring_layer::coded_below(const head & x, int32_t keep) {
     std::vector<kv_pos_run> runs;
-    for (int32_t p : x.coded) {
-        if (!runs.empty() && runs.back().pos + runs.back().n == p) runs.back().n++;
-        else runs.push_back({runs.empty() ? 0 : runs.back().first + runs.back().n, p, 1});
-    }
+    for (int32_t p : x.coded) kv_runs_push(runs, p);
     return kv_runs_count_below(runs.data(), (int32_t) runs.size(), keep);
 }
 

@@ -6,9 +6,9 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { cmake, hasCmake } from '../helpers/cmake.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const hasCmake = spawnSync('cmake', ['--version']).status === 0;
 const nvcc = ['nvcc', '/usr/local/cuda/bin/nvcc'].find((p) => spawnSync(p, ['--version']).status === 0);
 const why = !hasCmake ? 'cmake is not installed' : !nvcc ? 'nvcc (the CUDA toolkit) is not installed' : '';
 if (why) console.warn(`cuda build skipped: ${why}`);
@@ -16,13 +16,9 @@ if (why) console.warn(`cuda build skipped: ${why}`);
 describe.skipIf(Boolean(why))('CUDA backend (nvcc build, GPU tests skip without a device)', () => {
   it('compiles and its tests pass or skip with a reason', () => {
     const build = join(root, 'build-cuda-ci');
-    const run = (args: string[]) => {
-      const b = spawnSync('cmake', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
-      if (b.status !== 0) throw new Error(`cmake ${args.join(' ')} failed (${b.error?.message ?? `status ${b.status}`}):\n${b.stdout}\n${b.stderr}`);
-    };
-    run(['-S', root, '-B', build, '-DTHINKCACHE_CUDA=ON', '-DTHINKCACHE_ADDON=OFF', '-DCMAKE_BUILD_TYPE=Release',
+    cmake(['-S', root, '-B', build, '-DTHINKCACHE_CUDA=ON', '-DTHINKCACHE_ADDON=OFF', '-DCMAKE_BUILD_TYPE=Release',
       '-DTHINKCACHE_CUDA_GENCODE=-gencode=arch=compute_90a,code=sm_90a', `-DCMAKE_CUDA_COMPILER=${nvcc === 'nvcc' ? 'nvcc' : nvcc}`]);
-    run(['--build', build, '-j', '2', '--target', 'native-tests', 'decode-bench-cuda']);
+    cmake(['--build', build, '-j', '2', '--target', 'native-tests', 'decode-bench-cuda']);
     expect(existsSync(join(build, 'decode-bench-cuda'))).toBe(true);
     const r = spawnSync(join(build, 'native-tests'), ['-o', 'cuda/'], { cwd: root, encoding: 'utf8' });
     if (r.status !== 0) console.error(r.stdout, r.stderr);

@@ -10,9 +10,9 @@ import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { cmake, hasCmake } from '../helpers/cmake.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const hasCmake = spawnSync('cmake', ['--version']).status === 0;
 const hasPython = spawnSync('python3', ['--version']).status === 0;
 const why = !hasCmake ? 'cmake is not installed' : !hasPython ? 'python3 is not installed (scripts/cuda-emu.py)' : '';
 if (why) console.warn(`CUDA emulation tests skipped: ${why}`);
@@ -20,12 +20,8 @@ if (why) console.warn(`CUDA emulation tests skipped: ${why}`);
 describe.skipIf(Boolean(why))('CUDA backend on the CPU emulation', () => {
   it('builds, and every CUDA test runs and passes (none may skip)', () => {
     const build = join(root, 'build-cuda-emu');
-    const run = (args: string[]) => {
-      const b = spawnSync('cmake', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
-      if (b.status !== 0) throw new Error(`cmake ${args.join(' ')} failed (${b.error?.message ?? `status ${b.status}`}):\n${b.stdout}\n${b.stderr}`);
-    };
-    run(['-S', root, '-B', build, '-DTHINKCACHE_CUDA_EMU=ON', '-DTHINKCACHE_ADDON=OFF', '-DCMAKE_BUILD_TYPE=Release']);
-    run(['--build', build, '-j', '2', '--target', 'native-tests']);
+    cmake(['-S', root, '-B', build, '-DTHINKCACHE_CUDA_EMU=ON', '-DTHINKCACHE_ADDON=OFF', '-DCMAKE_BUILD_TYPE=Release']);
+    cmake(['--build', build, '-j', '2', '--target', 'native-tests']);
     const r = spawnSync(join(build, 'native-tests'), ['-o', 'cuda/'], { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 });
     if (r.status !== 0) console.error(r.stdout, r.stderr);
     expect(r.status).toBe(0);

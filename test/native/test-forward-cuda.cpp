@@ -560,19 +560,30 @@ TC_TEST("cuda/forward tiny reasoner greedy == CPU") {
     }
 }
 
+namespace {
+// The engine tests' model (a small Qwen2 of mixed weight types); `img` holds the GGUF bytes the model reads.
+const fixture_spec kEngineFixture = {"qwen2", 256, 3, 8, 2, 32, 512, 300, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, kTied};
+status load_engine_fixture(uint32_t seed, std::vector<uint8_t> & img, std::shared_ptr<const model> & m) {
+    img = make_fixture(kEngineFixture, seed);
+    std::unique_ptr<gguf_file> gf;
+    std::unique_ptr<model> mm;
+    status st = gguf_parse_memory(img.data(), img.size(), gf);
+    if (st.ok()) st = model_load_from_gguf(std::move(gf), mm);
+    m = std::move(mm);
+    return st;
+}
+} // namespace
+
 // The engine on a CUDA context (what loadModel({ backend: 'cuda' }) runs): two sequences share the device
 // weights; each one's logits track the CPU engine's (teacher-forced), remove_from() rewinds the device cache
 // to exactly what a fresh evaluation gives, the memory report is the device cache's, and the options the
-// CUDA path does not run (storage codecs, stream heads) are refused with the reason.
+// device cache does not hold (eviction, non-rot codecs, grouped rotation, per-query-head) are refused with the reason.
 TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; refusals") {
     TC_NEED_CUDA(be);
-    const fixture_spec f = {"qwen2", 256, 3, 8, 2, 32, 512, 300, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, kTied};
-    const std::vector<uint8_t> img = make_fixture(f, 77);
-    std::unique_ptr<gguf_file> gf;
-    TC_OK(gguf_parse_memory(img.data(), img.size(), gf));
-    std::unique_ptr<model> mm;
-    TC_OK(model_load_from_gguf(std::move(gf), mm));
-    std::shared_ptr<const model> m(std::move(mm));
+    std::vector<uint8_t> img;
+    std::shared_ptr<const model> m;
+    TC_OK(load_engine_fixture(77, img, m));
+    const fixture_spec & f = kEngineFixture;
     std::shared_ptr<const cu::device_model> dm;
     TC_OK(cu::device_model::create(m, *be, &dm));
     TC_CHECK(dm->weight_bytes() > 0);
@@ -659,13 +670,10 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
 // positions, the memory report, a rewind (exact and not) and replay.
 TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4)") {
     TC_NEED_CUDA(be);
-    const fixture_spec f = {"qwen2", 256, 3, 8, 2, 32, 512, 300, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, kTied};
-    const std::vector<uint8_t> img = make_fixture(f, 78);
-    std::unique_ptr<gguf_file> gf;
-    TC_OK(gguf_parse_memory(img.data(), img.size(), gf));
-    std::unique_ptr<model> mm;
-    TC_OK(model_load_from_gguf(std::move(gf), mm));
-    std::shared_ptr<const model> m(std::move(mm));
+    std::vector<uint8_t> img;
+    std::shared_ptr<const model> m;
+    TC_OK(load_engine_fixture(78, img, m));
+    const fixture_spec & f = kEngineFixture;
     std::shared_ptr<const cu::device_model> dm;
     TC_OK(cu::device_model::create(m, *be, &dm));
     const size_t nv = f.n_vocab;
