@@ -13,8 +13,13 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     const kv_storage_config & st = c.storage;
     if (c.n_layer <= 0 || c.n_head_kv <= 0 || c.n_ctx <= 0 || max_chunk <= 0)
         return status(ERR_INVALID_ARG, "kv ring: the cache needs layers, KV heads, a context size and a chunk size");
-    for (uint8_t r : c.retention)
-        if (r == KV_RETAIN_EVICT) return status(ERR_INVALID_ARG, "the CUDA cache holds no eviction policy (evicting heads) yet: use backend 'cpu'");
+    bool evict = false;
+    for (uint8_t r : c.retention) evict |= r == KV_RETAIN_EVICT;
+    const kv_policy * pol = kv_policy_get(c.policy.kind);
+    if (evict && (!pol || c.policy.kind != KV_POLICY_LAZY))
+        return status(ERR_INVALID_ARG, strfmt("the CUDA cache runs the lazy eviction policy only (asked: %s): use backend 'cpu'", pol ? pol->name : "?"));
+    if (evict && (c.policy.window <= 0 || c.policy.capacity < 0))
+        return status(ERR_INVALID_ARG, "kv ring: the lazy policy needs a positive window and a capacity >= 0");
     if (st.coded()) {
         const kv_codec_traits & kc = kv_codec_get(st.key), & vc = kv_codec_get(st.value);
         if (!kc.rotated || !vc.rotated)
@@ -38,10 +43,15 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     r.staging = st.staging;
     r.flush = KV_TILE;  // kv_cache::flush_tokens for per-token codecs
     r.protect_sinks = st.protect_sinks;
+    r.policy = c.policy;
+    // kv_cache: EVICT heads are coded when kv_storage_check passes (it does for rot codecs and lazy), and keep
+    // at least the policy's recent window in f16 (staging_of)
+    r.evict_coded = evict && st.coded() && kv_storage_check(c).ok();
+    if (evict) r.evict_staging = std::max<int>(st.staging, std::min<int32_t>(pol->recent(c.policy), c.policy.window));
     r.kind.resize((size_t) c.n_layer * c.n_head_kv);
     for (size_t i = 0; i < r.kind.size(); i++) {
         const uint8_t mode = c.retention.empty() ? (uint8_t) KV_RETAIN_FULL : c.retention[i];
-        r.kind[i] = mode == KV_RETAIN_STREAM ? KV_RING_STREAM : st.coded() ? KV_RING_CODED : KV_RING_DENSE;
+        r.kind[i] = mode == KV_RETAIN_STREAM ? KV_RING_STREAM : mode == KV_RETAIN_EVICT ? KV_RING_EVICT : st.coded() ? KV_RING_CODED : KV_RING_DENSE;
     }
     *out = std::move(r);
     return {};
@@ -49,7 +59,8 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
 
 kv_ring_layer::kv_ring_layer(const kv_ring_config & c, int il)
     : coded_cap_(c.n_ctx), stream_sinks_(c.stream_sinks), stream_recent_(c.stream_recent), protect_(c.protect), staging_(c.staging),
-      flush_(std::max(1, c.flush)), protect_sinks_(c.protect_sinks) {
+      flush_(std::max(1, c.flush)), evict_staging_(c.evict_staging), protect_sinks_(c.protect_sinks), evict_coded_(c.evict_coded),
+      policy_(c.policy), pol_(kv_policy_get(c.policy.kind)) {
     const int32_t ctx_cap = round_up(c.n_ctx, KV_PAGE_TOKENS);
     heads_.resize((size_t) c.n_head_kv);
     for (int h = 0; h < c.n_head_kv; h++) {
@@ -68,6 +79,13 @@ kv_ring_layer::kv_ring_layer(const kv_ring_config & c, int il)
             x.fix_cap = round_up(c.protect + (c.protect_sinks ? 2 * (KV_MAX_SINKS + 1) : 0), KV_PAGE_TOKENS);
             // in view at once: staging + less than one flush block + sinks not yet moved out + a chunk
             x.ring_cap = std::min(ctx_cap, round_up(c.staging + flush_ + (c.protect_sinks ? KV_MAX_SINKS + 1 : 0) + c.max_chunk, KV_PAGE_TOKENS));
+        } else if (x.kind == KV_RING_EVICT) {
+            any_evict_ = true;
+            any_coded_ |= evict_coded_;
+            // compact f16 slots: a coded head holds its protected tokens (positions < protect, sinks), less than a
+            // window + a flush block of others, and a chunk; an f16 head may hold a whole prompt
+            x.ring_cap = evict_coded_ ? std::min(ctx_cap, round_up(c.protect + KV_MAX_SINKS + 1 + c.evict_staging + flush_ + c.max_chunk, KV_PAGE_TOKENS))
+                                      : ctx_cap;
         } else {
             x.ring_cap = ctx_cap;
         }
@@ -128,13 +146,23 @@ void kv_ring_layer::add_sinks(const std::vector<int32_t> & positions, const std:
     kv_sinks_merge(sink_cand_, positions, magnitudes, sinks_);
 }
 
-void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops) {
+void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops, int32_t t, int32_t P) {
     ops.assign(heads_.size(), kv_ring_ops{});
     std::vector<std::pair<int32_t, int32_t>> f16;  // (position, slot) in view, ascending
+    std::vector<int32_t> live;
     for (size_t h = 0; h < heads_.size(); h++) {
         head & x = heads_[h];
         kv_ring_ops & op = ops[h];
         if (x.kind == KV_RING_DENSE) continue;
+        if (x.kind == KV_RING_EVICT) {
+            // kv_cache::retain: a due head is evicted first (evict(), which flushes); the others flush now, when
+            // their f16 tokens may exceed the window by a block (15 of 16 decode steps they cannot)
+            if (!evict_coded_ || due((int) h, t, P) || x.rc - evict_staging_ < flush_) continue;
+            live.resize((size_t) x.rc);
+            for (int32_t s = 0; s < x.rc; s++) live[(size_t) s] = s;
+            compact_f16(h, live, op);
+            continue;
+        }
         // Cheap bounds first (this runs per layer and head at every decode step). Ring tokens hold consecutive
         // positions from fix_below up to n − 1, those >= lo in view; the fixed slots hold the rest in view.
         const int32_t ring_view = n - std::max(x.lo, x.fix_below);
@@ -185,6 +213,88 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops) {
     }
 }
 
+bool kv_ring_layer::due(int h, int32_t t, int32_t P) const {
+    const head & x = heads_[(size_t) h];
+    return x.kind == KV_RING_EVICT && pol_ && pol_->due(t, (int32_t) x.coded.size() + x.rc, P, policy_);
+}
+
+void kv_ring_layer::evict_tokens(int h, std::vector<int32_t> & pos) const {
+    const head & x = heads_[(size_t) h];
+    pos.assign(x.coded.begin(), x.coded.end());
+    pos.insert(pos.end(), x.slot_pos.begin(), x.slot_pos.begin() + x.rc);
+}
+
+int32_t kv_ring_layer::evict(int h, const std::vector<int32_t> & keep, kv_ring_ops & op) {
+    head & x = heads_[(size_t) h];
+    const int32_t nq = (int32_t) x.coded.size(), n_all = nq + x.rc;
+    std::vector<int32_t> keep_f, coded;
+    op.cgather = true;
+    op.ckeep.clear();
+    for (int32_t j : keep) {
+        if (j < 0 || j >= n_all) continue;  // (indices from kv_select_keep: always in range)
+        if (j < nq) {
+            op.ckeep.push_back(j);
+            coded.push_back(x.coded[(size_t) j]);
+        } else {
+            keep_f.push_back(j - nq);
+        }
+    }
+    x.coded.swap(coded);
+    x.dropped = true;  // kv_cache marks a head dropped at every eviction it runs
+    if (journal_on_) moved_ = true;
+    compact_f16((size_t) h, keep_f, op);
+    return n_all - (int32_t) (op.ckeep.size() + keep_f.size());
+}
+
+void kv_ring_layer::select(const std::vector<int32_t> & pos, const std::vector<int32_t> & last, const std::vector<int32_t> & mri, int32_t t,
+                           int32_t P, std::vector<int32_t> & keep) const {
+    const int32_t n = (int32_t) pos.size();
+    kv_token_stats st;
+    st.last = last;
+    st.mri = mri;
+    std::vector<float> scores((size_t) n);
+    pol_->score(st, n, t, policy_, scores.data());
+    keep = kv_select_keep(scores.data(), pos.data(), n, pol_->budget(t, P, policy_), pol_->recent(policy_), policy_.protect, sinks_);
+}
+
+void kv_ring_layer::compact_f16(size_t h, const std::vector<int32_t> & live, kv_ring_ops & op) {
+    head & x = heads_[h];
+    // kv_cache::flush: the oldest unprotected tokens beyond the window, in whole blocks
+    std::vector<int32_t> cand;  // indices into live
+    for (size_t i = 0; i < live.size(); i++)
+        if (!is_protected(x.slot_pos[(size_t) live[i]])) cand.push_back((int32_t) i);
+    const int32_t m = evict_coded_ && (int32_t) cand.size() > evict_staging_ ? ((int32_t) cand.size() - evict_staging_) / flush_ * flush_ : 0;
+    op.enc_base = (int32_t) x.coded.size();
+    std::vector<char> gone(live.size(), 0);
+    for (int32_t i = 0; i < m; i++) {
+        const int32_t s = live[(size_t) cand[(size_t) i]];
+        op.enc_slot.push_back(s);
+        op.enc_pos.push_back(x.slot_pos[(size_t) s]);
+        x.coded.push_back(x.slot_pos[(size_t) s]);
+        gone[(size_t) cand[(size_t) i]] = 1;
+    }
+    std::vector<int32_t> keep_pos;
+    for (size_t i = 0; i < live.size(); i++) {
+        if (gone[i]) continue;
+        const int32_t s = live[i], k = (int32_t) keep_pos.size();
+        keep_pos.push_back(x.slot_pos[(size_t) s]);
+        if (s != k) {
+            op.move_src.push_back(s);
+            op.move_dst.push_back(k);
+        }
+    }
+    const int32_t k = (int32_t) keep_pos.size();
+    for (int32_t s = 0; s < k; s++)
+        if (x.slot_pos[(size_t) s] != keep_pos[(size_t) s]) set_slot(h, s, keep_pos[(size_t) s]);
+    for (int32_t s = k; s < x.rc; s++) {
+        if (x.slot_pos[(size_t) s] == KV_RING_EMPTY) continue;
+        op.clear_slot.push_back(s);
+        set_slot(h, s, KV_RING_EMPTY);
+    }
+    if (journal_on_ && !op.move_src.empty()) moved_ = true;
+    x.rc = k;
+}
+
 // Quantized tokens kept by a rewind to `keep`: kv_cache counts them over its position runs (a prefix of
 // the coded order; positions ascend but for displaced sinks), so this does too.
 int32_t kv_ring_layer::coded_below(const head & x, int32_t keep) {
@@ -194,20 +304,21 @@ int32_t kv_ring_layer::coded_below(const head & x, int32_t keep) {
 }
 
 int32_t kv_ring_layer::limit_stream(int32_t keep) const {
+    // kv_cache::remove_from: a STREAM head that dropped tokens is exact down to its sinks, an EVICT head nowhere
     for (const head & x : heads_)
-        if (x.dropped) keep = std::min(keep, (int32_t) stream_sinks_);
+        if (x.dropped) keep = std::min(keep, x.kind == KV_RING_STREAM ? (int32_t) stream_sinks_ : 0);
     return keep;
 }
 
 int32_t kv_ring_layer::limit_coded(int32_t keep) const {
     for (const head & x : heads_) {
-        if (x.kind != KV_RING_CODED) continue;
+        if (!coded_head(x)) continue;
         const int32_t kept_q = coded_below(x, keep);
         const int32_t P = std::min<int32_t>(keep, protect_);
         int32_t n_sink = 0;
         if (protect_sinks_)
             for (int32_t sp : sinks_) n_sink += sp >= protect_ && sp < keep;
-        const int32_t fresh_q = std::max<int32_t>(0, keep - P - n_sink - staging_) / flush_ * flush_;
+        const int32_t fresh_q = std::max<int32_t>(0, keep - P - n_sink - staging_of(x)) / flush_ * flush_;
         if (kept_q != fresh_q) keep = std::min<int32_t>(keep, std::max(0, protect_));
     }
     return keep;
@@ -229,6 +340,16 @@ void kv_ring_layer::truncate(int32_t keep, std::vector<kv_ring_ops> & ops) {
             continue;
         }
         x.coded.resize((size_t) coded_below(x, keep));
+        if (x.kind == KV_RING_EVICT) {  // compact, positions ascending: the slots past keep are a suffix
+            int32_t k = 0;
+            while (k < x.rc && x.slot_pos[(size_t) k] < keep) k++;
+            for (int32_t s = k; s < x.rc; s++) {
+                ops[h].clear_slot.push_back(s);
+                set_slot(h, s, KV_RING_EMPTY);
+            }
+            x.rc = k;
+            continue;
+        }
         const int32_t old_lo = x.lo;
         x.lo = 0;
         for (int32_t p : x.coded) x.lo = std::max(x.lo, p + 1);
@@ -254,6 +375,7 @@ void kv_ring_layer::set_slot(size_t h, int32_t s, int32_t p) {
 
 void kv_ring_layer::begin() {
     journal_on_ = true;
+    moved_ = false;
     journal_.clear();
     mark_.clear();
     for (const head & x : heads_) mark_.push_back({x.rc, x.lo, (int32_t) x.coded.size(), x.dropped});
@@ -261,9 +383,10 @@ void kv_ring_layer::begin() {
     mark_cand_ = sink_cand_;
 }
 
-void kv_ring_layer::rollback(std::vector<slot_entry> & restored) {
+bool kv_ring_layer::rollback(std::vector<slot_entry> & restored) {
     restored.clear();
-    if (!journal_on_) return;
+    if (!journal_on_) return true;
+    const bool exact = !moved_;
     for (size_t i = journal_.size(); i-- > 0;) {
         const slot_entry & e = journal_[i];
         heads_[(size_t) e.head].slot_pos[(size_t) e.slot] = e.pos;
@@ -284,7 +407,9 @@ void kv_ring_layer::rollback(std::vector<slot_entry> & restored) {
     sinks_ = mark_sinks_;
     sink_cand_ = mark_cand_;
     journal_on_ = false;
+    moved_ = false;
     journal_.clear();
+    return exact;
 }
 
 } // namespace core

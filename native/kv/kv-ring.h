@@ -15,6 +15,14 @@
 //   CODED   a FULL head with a rot codec: fixed = positions < protect + sinks; the ring is the staging
 //           window; a flush quantizes the oldest unprotected tokens (kv_cache::flush: same count, same
 //           order) and moves lo past them; sinks below the new lo are copied to fixed slots first
+//   EVICT   a head under an eviction policy (lazy only so far): its f16 tokens stay compact in slots
+//           [0, rc) in position order, lo = 0, and its quantized tokens compact in coded order, as kv_cache
+//           keeps them. Tokens do move here: an eviction gathers the survivors of both parts down, and a
+//           flush of a coded EVICT head quantizes the oldest unprotected f16 tokens then gathers the rest
+//           down (the slots hold at most protect + sinks + the f16 window + a flush block + a chunk; an f16
+//           EVICT head holds up to n_ctx, since a prompt stays whole until the first eviction). Per-token
+//           policy statistics live on the device beside the tokens and move with them (every op below).
+//           The eviction itself is decided on the host from the downloaded statistics (evict()).
 // An empty slot holds KV_RING_EMPTY as its position (attention masks it as a future token).
 #pragma once
 #include <climits>
@@ -39,6 +47,7 @@ enum kv_ring_kind : uint8_t {
     KV_RING_DENSE = 0,
     KV_RING_STREAM = 1,
     KV_RING_CODED = 2,
+    KV_RING_EVICT = 3,
 };
 
 // Slot of token t of a chunk (positions c0 + t, consecutive) in a head: position p < fix_below goes to
@@ -58,19 +67,28 @@ struct kv_ring_config {
     int stream_sinks = 16, stream_recent = 64;
     int protect = 16, staging = 64, flush = 16;  // coded heads (kv_storage_config; flush: kv_cache::flush_tokens)
     bool protect_sinks = true;
+    // EVICT heads
+    kv_policy_params policy;
+    bool evict_coded = false;  // EVICT heads quantize too (the storage codec applies to them, kv_storage_check)
+    int evict_staging = 64;    // their f16 window (kv_cache::staging_of: at least the policy's recent window)
 };
 
 // The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (rot codecs), STREAM heads STREAM.
-// ERR_INVALID_ARG naming what the device cache does not hold: EVICT heads (eviction policies), codecs other
-// than rot2/3/4 for both keys and values, grouped key rotation, heads wider than 256.
+// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: policies other than lazy,
+// codecs other than rot2/3/4 for both keys and values, grouped key rotation, heads wider than 256.
 status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out);
 
-// One head's retain (or truncate) step, applied on the device in this order: quantize, copy, clear.
+// One head's retain, evict or truncate step, applied on the device in this order: gather the kept quantized
+// tokens, quantize, move f16 tokens, copy, clear. Payload, position and policy statistics travel together.
 struct kv_ring_ops {
+    bool cgather = false;                      // EVICT: quantized tokens ckeep[i] (ascending) move to index i
+    std::vector<int32_t> ckeep;
+    int32_t enc_base = -1;                     // coded index of enc_slot[0] (-1: the head's count before the step)
     std::vector<int32_t> enc_slot, enc_pos;    // f16 slots to quantize, appended to the coded list in order
+    std::vector<int32_t> move_src, move_dst;   // EVICT: f16 tokens gathered down (all read before any is written)
     std::vector<int32_t> copy_src, copy_dst;   // tokens (payload and position) copied to fixed slots
     std::vector<int32_t> clear_slot;           // slots that become empty
-    bool empty() const { return enc_slot.empty() && copy_src.empty() && clear_slot.empty(); }
+    bool empty() const { return !cgather && enc_slot.empty() && move_src.empty() && copy_src.empty() && clear_slot.empty(); }
 };
 
 class kv_ring_layer {
@@ -95,7 +113,9 @@ public:
     std::vector<int32_t> held_positions(int h) const;    // in view and quantized, ascending
     bool dropped(int h) const { return heads_[(size_t) h].dropped; }
     const std::vector<int32_t> & sinks() const { return sinks_; }
-    bool wants_sinks() const { return any_coded_ && protect_sinks_; }
+    bool wants_sinks() const { return (any_coded_ && protect_sinks_) || (any_evict_ && policy_.protect_sinks); }
+    bool has_evict() const { return any_evict_; }
+    const kv_policy_params & policy() const { return policy_; }
 
     // Records tokens c0 .. c0 + T − 1 (ERR_INTERNAL if a slot still in view would be overwritten: a
     // capacity bug, never expected).
@@ -103,7 +123,22 @@ public:
     // A prefill chunk's sink candidates (kv_cache::add_sinks).
     void add_sinks(const std::vector<int32_t> & positions, const std::vector<float> & magnitudes);
     // After the layer's attention over n tokens: STREAM heads move lo, coded heads flush. ops: [n_head_kv].
-    void retain(int32_t n, std::vector<kv_ring_ops> & ops);
+    // t, P: the decode step (0 in a prompt chunk) and the prompt length, kv_cache's step_ and prompt_; an
+    // EVICT head whose eviction is due (due()) is left alone: the caller downloads its statistics and calls
+    // evict(), which flushes after selecting, as kv_cache::retain does.
+    void retain(int32_t n, std::vector<kv_ring_ops> & ops, int32_t t = 0, int32_t P = 0);
+    // The policy's schedule for EVICT head h at decode step t.
+    bool due(int h, int32_t t, int32_t P) const;
+    // EVICT head h's tokens as its policy lists them, [quantized (coded order) | f16 (slots 0..rc)]: their
+    // positions; the device's statistics come in the same order (coded index, then slot).
+    void evict_tokens(int h, std::vector<int32_t> & pos) const;
+    // Keeps the tokens `keep` (ascending indices into evict_tokens' list), then flushes; appends to op.
+    // Returns the tokens dropped.
+    int32_t evict(int h, const std::vector<int32_t> & keep, kv_ring_ops & op);
+    // The policy's choice for a due head from its statistics (in evict_tokens' order): kv_cache::retain's
+    // scores and kv_select_keep with this layer's sinks. `pos` is evict_tokens' list.
+    void select(const std::vector<int32_t> & pos, const std::vector<int32_t> & last, const std::vector<int32_t> & mri, int32_t t, int32_t P,
+                std::vector<int32_t> & keep) const;
     // kv_cache::remove_from's exactness rules over this layer's heads (the caller runs every layer's
     // limit_stream, then every layer's limit_coded, as kv_cache loops over all heads twice).
     int32_t limit_stream(int32_t keep) const;
@@ -120,7 +155,9 @@ public:
     void begin();
     void commit() { journal_on_ = false; }
     struct slot_entry { int32_t head, slot, pos; };
-    void rollback(std::vector<slot_entry> & restored);
+    // false when the chunk moved tokens of an EVICT head (a gather overwrote payloads in view): the caller
+    // cannot restore the device and must clear the cache.
+    bool rollback(std::vector<slot_entry> & restored);
 
 private:
     struct head {
@@ -133,16 +170,23 @@ private:
     };
     bool in_view(const head & h, int32_t slot) const;
     bool is_protected(int32_t p) const;
+    bool coded_head(const head & x) const { return x.kind == KV_RING_CODED || (x.kind == KV_RING_EVICT && evict_coded_); }
+    int32_t staging_of(const head & x) const { return x.kind == KV_RING_EVICT ? evict_staging_ : staging_; }
     static int32_t coded_below(const head & x, int32_t keep);
     void set_slot(size_t h, int32_t s, int32_t p);
+    // EVICT head: quantizes the oldest unprotected of the f16 slots `live` (ascending) beyond the window, then
+    // gathers the rest down to slots 0..; slots past them become empty
+    void compact_f16(size_t h, const std::vector<int32_t> & live, kv_ring_ops & op);
     std::vector<head> heads_;
     int32_t coded_cap_ = 0;
-    int stream_sinks_ = 0, stream_recent_ = 0, protect_ = 0, staging_ = 0, flush_ = 16;
-    bool protect_sinks_ = true, any_coded_ = false;
+    int stream_sinks_ = 0, stream_recent_ = 0, protect_ = 0, staging_ = 0, flush_ = 16, evict_staging_ = 64;
+    bool protect_sinks_ = true, any_coded_ = false, any_evict_ = false, evict_coded_ = false;
+    kv_policy_params policy_;
+    const kv_policy * pol_ = nullptr;
     std::vector<int32_t> sinks_;                        // ascending
     std::vector<std::pair<float, int32_t>> sink_cand_;  // kv_sinks_merge's state
     // journal of the call in flight
-    bool journal_on_ = false;
+    bool journal_on_ = false, moved_ = false;
     std::vector<slot_entry> journal_;  // old values, in write order
     struct head_mark { int32_t rc, lo, n_coded; bool dropped; };
     std::vector<head_mark> mark_;

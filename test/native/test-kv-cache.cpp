@@ -167,23 +167,47 @@ struct ring_sim {
     std::vector<kv_ring_layer> layers;
     std::vector<std::vector<std::vector<int32_t>>> data;  // [layer][head][slot] the position whose payload the slot holds
     std::vector<std::vector<std::vector<int32_t>>> coded;  // [layer][head] positions of the payloads quantized, in order
+    // EVICT heads: the device's lazy statistics (last, mri) per slot and per quantized token, moved by the ops only
+    using stat = std::pair<int32_t, int32_t>;
+    std::vector<std::vector<std::vector<stat>>> st_f, st_c;
     void apply(int il, const std::vector<kv_ring_ops> & ops) {
         for (size_t h = 0; h < ops.size(); h++) {
             auto & d = data[(size_t) il][h];
+            auto & cd = coded[(size_t) il][h];
+            auto & sf = st_f[(size_t) il][h];
+            auto & sc = st_c[(size_t) il][h];
             const kv_ring_ops & op = ops[h];
+            if (op.cgather) {
+                std::vector<int32_t> c2;
+                std::vector<stat> s2;
+                for (int32_t i : op.ckeep) { c2.push_back(cd[(size_t) i]); s2.push_back(sc[(size_t) i]); }
+                cd.swap(c2);
+                sc.swap(s2);
+                sc.resize((size_t) layers[(size_t) il].coded_cap());
+            }
+            const size_t base = op.enc_base >= 0 ? (size_t) op.enc_base : cd.size();
             for (size_t i = 0; i < op.enc_slot.size(); i++) {
                 TC_CHECK(d[(size_t) op.enc_slot[i]] == op.enc_pos[i]) << "layer " << il << " head " << h << ": quantizing slot " << op.enc_slot[i]
                                                                      << " expects position " << op.enc_pos[i] << ", holds " << d[(size_t) op.enc_slot[i]];
-                coded[(size_t) il][h].push_back(d[(size_t) op.enc_slot[i]]);
+                const size_t ci = base + i;
+                TC_CHECK(ci == cd.size()) << "layer " << il << " head " << h << ": quantized token " << ci << " is not appended";
+                cd.push_back(d[(size_t) op.enc_slot[i]]);
+                if (ci < sc.size()) sc[ci] = sf[(size_t) op.enc_slot[i]];
             }
+            std::vector<int32_t> md;
+            std::vector<stat> ms;
+            for (int32_t s : op.move_src) { md.push_back(d[(size_t) s]); ms.push_back(sf[(size_t) s]); }  // all read first
+            for (size_t i = 0; i < op.move_dst.size(); i++) { d[(size_t) op.move_dst[i]] = md[i]; sf[(size_t) op.move_dst[i]] = ms[i]; }
             for (size_t i = 0; i < op.copy_src.size(); i++) d[(size_t) op.copy_dst[i]] = d[(size_t) op.copy_src[i]];
             (void) op.clear_slot;  // a clear empties the position table only: the payload stays (a rollback relies on it)
         }
     }
 };
 
+float ring_prob(int32_t pos, int32_t step);
+
 void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std::pair<int, int>> & script /* (chunk, 0) or (-1, rewind to) */,
-                   uint32_t seed) {
+                   uint32_t seed, int64_t min_evictions = 0) {
     auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
     kv_cache kv(c, pool);
     kv_ring_config rc;
@@ -196,7 +220,15 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
         sim.data.emplace_back();
         sim.coded.emplace_back((size_t) c.n_head_kv);
         for (int h = 0; h < c.n_head_kv; h++) sim.data.back().emplace_back((size_t) sim.layers.back().slots(h), KV_RING_EMPTY);
+        sim.st_f.emplace_back();
+        sim.st_c.emplace_back();
+        for (int h = 0; h < c.n_head_kv; h++) {
+            sim.st_f.back().emplace_back((size_t) sim.layers.back().slots(h), ring_sim::stat{0, 0});
+            sim.st_c.back().emplace_back((size_t) sim.layers.back().coded_cap(), ring_sim::stat{0, 0});
+        }
     }
+    int32_t step = 0, prompt = 0;  // kv_cache's step_ and prompt_
+    int64_t n_evictions = 0;
     std::mt19937 rng(seed);
     std::normal_distribution<float> nd;
     std::vector<kv_ring_ops> ops;
@@ -280,6 +312,8 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
         } else {
             const int32_t c0 = kv.n_logical();
             const int D = c.head_dim, DV = c.head_dim_v, H = c.n_head_kv;
+            if (chunk == 1 && c0 > 0) step++;
+            else { step = 0; prompt = c0 + chunk; }
             std::vector<float> k((size_t) chunk * H * D), v((size_t) chunk * H * DV);
             std::vector<int32_t> pos((size_t) chunk);
             for (int t = 0; t < chunk; t++) pos[(size_t) t] = c0 + t;
@@ -302,23 +336,73 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
                 for (int h = 0; h < H; h++) rc_before[(size_t) h] = L.rc(h);
                 st = L.append(c0, chunk);
                 TC_CHECK(st.ok()) << label << ": " << st.message;
-                for (int h = 0; h < H; h++)  // the device append: the same slot function
-                    for (int t = 0; t < chunk; t++)
-                        sim.data[(size_t) il][(size_t) h][(size_t) kv_ring_slot(c0, t, L.fix_below(h), rc_before[(size_t) h], L.fix_cap(h), L.ring_cap(h))] = c0 + t;
+                for (int h = 0; h < H; h++)  // the device append: the same slot function; new statistics (lazy_append)
+                    for (int t = 0; t < chunk; t++) {
+                        const size_t sl = (size_t) kv_ring_slot(c0, t, L.fix_below(h), rc_before[(size_t) h], L.fix_cap(h), L.ring_cap(h));
+                        sim.data[(size_t) il][(size_t) h][sl] = c0 + t;
+                        sim.st_f[(size_t) il][(size_t) h][sl] = {step > 0 ? step - 1 : 0, 0};
+                    }
                 // what attention sees this chunk (before retain) must be what kv_cache attends
                 for (int h = 0; h < H; h++) {
                     TC_CHECK(L.held_positions(h) == kv.held_positions(il, h)) << label << ": layer " << il << " head " << h << " at " << c0 << "+" << chunk
                                                                               << ": attention sets differ";
                 }
+                if (step > 0 && L.has_evict()) {
+                    // this step's attention probabilities, a function of (position, step): kv_cache gets them in its
+                    // [coded | f16] buffers, the simulated device observes them over its slots (lazy_observe)
+                    for (int h = 0; h < H; h++) {
+                        if (kv.retention(il, h) != KV_RETAIN_EVICT) continue;
+                        const kv_head_view hv = kv.head(il, h);
+                        float * pm = kv.probs_max(il, h);
+                        int32_t j = 0;
+                        if (hv.coded) for (int32_t q = 0; q < hv.coded->n; q++) pm[j++] = ring_prob(hv.coded->pos_at(q), step);
+                        for (int32_t sg = 0; sg < hv.n_seg; sg++)
+                            for (int32_t i = 0; i < hv.seg[sg].n; i++) pm[j++] = ring_prob(hv.seg[sg].pos[i], step);
+                        auto observe = [&](ring_sim::stat & x, int32_t p) {
+                            if (ring_prob(p, step) >= c.policy.alpha) { x.second = std::max(x.second, step - x.first); x.first = step; }
+                        };
+                        for (int32_t q = 0; q < L.n_coded(h); q++) observe(sim.st_c[(size_t) il][(size_t) h][(size_t) q], L.coded_pos(h)[(size_t) q]);
+                        for (int32_t sl = 0; sl < L.rc(h); sl++) observe(sim.st_f[(size_t) il][(size_t) h][(size_t) sl], L.slot_pos(h)[(size_t) sl]);
+                    }
+                }
                 kv.retain(il);
-                L.retain(c0 + chunk, ops);
-                L.commit();
+                L.retain(c0 + chunk, ops, step, prompt);
                 sim.apply(il, ops);
+                // due EVICT heads: the statistics come down, the host selects, the device compacts (and flushes)
+                std::vector<kv_ring_ops> evops((size_t) H);
+                bool any = false;
+                for (int h = 0; h < H; h++) {
+                    if (!L.due(h, step, prompt)) continue;
+                    std::vector<int32_t> pa, last, mri, keep;
+                    L.evict_tokens(h, pa);
+                    for (int32_t q = 0; q < L.n_coded(h); q++) {
+                        last.push_back(sim.st_c[(size_t) il][(size_t) h][(size_t) q].first);
+                        mri.push_back(sim.st_c[(size_t) il][(size_t) h][(size_t) q].second);
+                    }
+                    for (int32_t sl = 0; sl < L.rc(h); sl++) {
+                        last.push_back(sim.st_f[(size_t) il][(size_t) h][(size_t) sl].first);
+                        mri.push_back(sim.st_f[(size_t) il][(size_t) h][(size_t) sl].second);
+                    }
+                    L.select(pa, last, mri, step, prompt, keep);
+                    L.evict(h, keep, evops[(size_t) h]);
+                    any = true;
+                    n_evictions++;
+                }
+                if (any) sim.apply(il, evops);
+                L.commit();
                 check_layer(il, c0 + chunk);
             }
         }
     }
     TC_CHECK(n_checks > 0);
+    if (min_evictions > 0) TC_CHECK(n_evictions >= min_evictions) << label << ": " << n_evictions << " evictions ran";
+}
+
+// A deterministic stand-in for a step's attention probabilities: positions ≡ 0 mod 7 are never attended,
+// the others now and then (about alpha = 1e-4 apart), so recurrence intervals differ from token to token.
+float ring_prob(int32_t pos, int32_t step) {
+    const uint32_t u = ((uint32_t) pos * 2654435761u ^ (uint32_t) step * 40503u) >> 7;
+    return u % 1000 < (uint32_t) (pos % 7) * 120 ? 2e-4f : 5e-5f;
 }
 
 kv_cache_config ring_cfg(kv_codec_type codec, bool sinks, bool post_rope) {
@@ -362,10 +446,56 @@ TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16,
     // what the device cache refuses, with the reason
     kv_cache_config ev = ring_cfg(KV_CODEC_F16, false, false);
     ev.retention[0] = KV_RETAIN_EVICT;
+    ev.policy.kind = KV_POLICY_H2O;
     kv_ring_config rc;
     status st = kv_ring_config_from(ev, 512, &rc);
-    TC_CHECK(!st.ok() && st.message.find("eviction") != std::string::npos) << st.message;
+    TC_CHECK(!st.ok() && st.message.find("lazy") != std::string::npos) << st.message;
     kv_cache_config q8 = ring_cfg(KV_CODEC_Q8, false, false);
     st = kv_ring_config_from(q8, 512, &rc);
     TC_CHECK(!st.ok() && st.message.find("rot2") != std::string::npos) << st.message;
+}
+
+namespace {
+kv_cache_config ring_evict_cfg(kv_codec_type codec, bool sinks, float ratio) {
+    kv_cache_config c = ring_cfg(codec, sinks, false);
+    c.retention[0] = c.retention[3] = c.retention[5] = KV_RETAIN_EVICT;  // beside FULL and STREAM heads
+    c.policy.kind = KV_POLICY_LAZY;
+    c.policy.capacity = 96;
+    c.policy.window = 32;
+    c.policy.protect = 4;
+    c.policy.ratio = ratio;
+    c.policy.protect_sinks = sinks;
+    c.storage.staging = 16;  // below the window: an evicting head keeps W in f16 (kv_cache::staging_of)
+    return c;
+}
+} // namespace
+
+TC_TEST("kv ring: evicting heads (lazy) hold what kv_cache holds: statistics beside the tokens, selection, compaction, rewinds") {
+    // a chunked prompt, decode steps exact to rewind (no eviction yet), then hundreds of steps with an eviction
+    // every W = 32 and a flush every 16, rewinds after evictions (back to 0, as kv_cache), a new prompt
+    std::vector<std::pair<int, int>> script = {{300, 0}, {212, 0}};
+    for (int i = 0; i < 20; i++) script.push_back({1, 0});
+    script.push_back({-1, 505});
+    for (int i = 0; i < 600; i++) script.push_back({1, 0});
+    script.push_back({-1, 700});
+    script.push_back({150, 0});
+    for (int i = 0; i < 200; i++) script.push_back({1, 0});
+    ring_vs_cache("lazy f16 + stream", ring_evict_cfg(KV_CODEC_F16, false, 0.0f), script, 11, 40);
+    ring_vs_cache("lazy rot2 + sinks + stream", ring_evict_cfg(KV_CODEC_ROT2, true, 0.0f), script, 12, 40);
+    ring_vs_cache("lazy ratio 0.3 rot4", ring_evict_cfg(KV_CODEC_ROT4, false, 0.3f), script, 13, 10);
+    // a chunk that moved an evicting head's tokens cannot be undone on the device: rollback says so
+    kv_ring_config rc;
+    TC_CHECK(kv_ring_config_from(ring_evict_cfg(KV_CODEC_ROT2, false, 0.0f), 512, &rc).ok());
+    kv_ring_layer L(rc, 0);
+    std::vector<kv_ring_ops> ops;
+    std::vector<kv_ring_layer::slot_entry> restored;
+    L.begin();
+    TC_CHECK(L.append(0, 40).ok());
+    L.retain(40, ops);
+    TC_CHECK(L.rollback(restored)) << "nothing moved: exact";
+    L.begin();
+    TC_CHECK(L.append(0, 300).ok());
+    L.retain(300, ops);
+    TC_CHECK(!ops[0].move_src.empty() && !ops[0].enc_slot.empty());
+    TC_CHECK(!L.rollback(restored)) << "a flush gathered f16 tokens: not exact";
 }
