@@ -78,6 +78,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
                 sc = dot * scale;
             }
             p_s[g * KV_PAGE_TOKENS + j] = sc;
+            if (kv.sc && t == (int) gridDim.z - 1 && kv.evict[hkv] && j < n) kv.sc[((size_t) hkv * G + g) * kv.max_tokens + first + j] = sc;
         }
         __syncthreads();
         const int warp = tid / WARP, lane = tid % WARP;
@@ -248,6 +249,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
                     sc = dot * scale;
                 }
                 p_s[g][tok] = sc;
+                if (kv.sc_c && t == (int) gridDim.z - 1 && kv.evict[hkv] && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + g] = sc;
             }
         } else {
             for (int i = tid; i < G * CT; i += THREADS) {
@@ -267,6 +269,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
                     sc = r * scale;
                 }
                 p_s[g][tok] = sc;
+                if (kv.sc_c && t == (int) gridDim.z - 1 && kv.evict[hkv] && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + g] = sc;
             }
         }
         __syncthreads();
@@ -309,7 +312,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     }
 }
 
-__global__ void k_attn_merge(const float * partial, int n_split, int hdv, float * out) {
+__global__ void k_attn_merge(const float * partial, int n_split, int hdv, float * out, float * ml) {
     const int h = blockIdx.x, t = blockIdx.y, n_head = gridDim.x;
     const int stride = 2 + hdv;
     const float * base = partial + ((size_t) t * n_head + h) * n_split * stride;
@@ -320,6 +323,7 @@ __global__ void k_attn_merge(const float * partial, int n_split, int hdv, float 
         const float m = base[s * stride];
         if (m != -INFINITY) L += expf(m - M) * base[s * stride + 1];
     }
+    if (ml && t == (int) gridDim.y - 1 && threadIdx.x == 0) { ml[2 * h] = M; ml[2 * h + 1] = L; }
     for (int d = threadIdx.x; d < hdv; d += blockDim.x) {
         float a = 0.0f;
         for (int s = 0; s < n_split; s++) {
@@ -381,7 +385,7 @@ status attention_decode(const attn_decode_params & p, const float * q, const int
         }
         CUDA_CHECK_LAUNCH("attention coded split");
     }
-    k_attn_merge<<<dim3(p.n_head, p.n_tokens), 128, 0, s>>>(ws.partial.as<float>(), n_total, kv.head_dim_v, out);
+    k_attn_merge<<<dim3(p.n_head, p.n_tokens), 128, 0, s>>>(ws.partial.as<float>(), n_total, kv.head_dim_v, out, kv.sc ? kv.ml : nullptr);
     CUDA_CHECK_LAUNCH("attention merge");
     return status::success();
 }

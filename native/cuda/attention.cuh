@@ -53,6 +53,13 @@ struct kv_layer_view {
     float freq_base = 10000.0f, freq_scale = 1.0f;
     float theta_scale = 1.0f;            // base^(-2/n_rot), computed on the host as rope_cache_ref does
     int max_n_coded = 0;                 // host copy (sizes the coded split)
+
+    // eviction policies (kv-ring.cuh; nullptr elsewhere and on steps that observe nothing): the scores s = scale·q·k
+    // of the LAST query row of every head with evict[h] != 0, masked ones −inf, for the policy's probabilities
+    const int32_t * evict = nullptr;     // [n_head_kv]
+    float * sc = nullptr;                // [n_head_kv][G][max_tokens] f16 slots
+    float * sc_c = nullptr;              // [total coded][G] quantized tokens (c_first + index)
+    float * ml = nullptr;                // [n_head][2] the last row's softmax max M and normalizer L (after the merge)
 };
 
 class kv_layer_device {

@@ -7,6 +7,7 @@
 #include "forward-cuda.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "add.cuh"
@@ -92,6 +93,13 @@ struct forward_session::impl {
     std::vector<kv_ring_layer> rl;
     std::vector<kv_ring_device> rd;
     ring_step step;
+    // evicting heads (lazy): kv_cache's decode step and prompt length, the scores scratch attention fills at a
+    // decode step, the gathers' scratch, and what the evictions did
+    bool evict = false;
+    int32_t dstep = 0, prompt = 0;
+    device_buffer scores, ml, gtmp;
+    int64_t evicted = 0, compactions = 0;
+    double compaction_s = 0;
     std::vector<float> top_v;
     std::vector<int32_t> top_i;
     device_buffer tok, pos, x, xn, q, k, v, attn, o, gate, up, logits;
@@ -154,11 +162,68 @@ struct forward_session::impl {
             step.lo[(size_t) h] = L.lo(h);
             step.n_coded[(size_t) h] = L.n_coded(h);
         }
-        L.retain(n_past + T, step.ops);
+        L.retain(n_past + T, step.ops, dstep, prompt);
+        // an evicting layer at a decode step: attention keeps the last row's scores, observe updates the statistics
+        const bool observing = L.has_evict() && dstep > 0;
+        const int G = (int) (m->hp.n_head / m->hp.n_head_kv);
+        D.set_append_last(dstep > 0 ? dstep - 1 : 0);
+        D.set_scores(observing ? scores.as<float>() : nullptr, ml.as<float>(), G);
         if (!(st = D.stage(step, s)).ok()) return st;
         if (!(st = D.append(k.as<float>(), v.as<float>(), n_past, T, s)).ok()) return st;
         if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), D.view(), attn.as<float>(), ws, s)).ok()) return st;
-        return D.apply(s);
+        if (observing && !(st = D.observe(dstep, L.policy().alpha, G, s)).ok()) return st;
+        return D.apply(s, gtmp);
+    }
+
+    // kv_cache::retain's eviction step for the heads whose policy is due at this decode step (the layers' other
+    // work is done: nothing reads their caches again in this forward pass): their statistics come down, the
+    // host selects as kv_cache does, the device gathers and flushes.
+    status ring_evict(stream_t s) {
+        if (!evict || dstep <= 0) return status::success();
+        struct due_head { int il, h; std::vector<int32_t> c, f; };
+        std::vector<due_head> due;
+        for (size_t il = 0; il < rl.size(); il++)
+            for (int h = 0; h < rl[il].n_head_kv(); h++)
+                if (rl[il].due(h, dstep, prompt)) due.push_back({(int) il, h, {}, {}});
+        if (due.empty()) return status::success();
+        const auto t0 = std::chrono::steady_clock::now();
+        status st;
+        for (due_head & d : due) {
+            const kv_ring_layer & L = rl[(size_t) d.il];
+            d.c.resize((size_t) 2 * L.n_coded(d.h));
+            d.f.resize((size_t) 2 * L.rc(d.h));
+            if (!(st = rd[(size_t) d.il].download_stats(d.h, L.n_coded(d.h), L.rc(d.h), d.c.data(), d.f.data(), s)).ok()) return st;
+        }
+        if (!(st = be->synchronize()).ok()) return st;
+        std::vector<int32_t> pa, last, mri, keep;
+        for (size_t i = 0; i < due.size();) {
+            const int il = due[i].il;
+            kv_ring_layer & L = rl[(size_t) il];
+            const int H = L.n_head_kv();
+            ring_step ev;
+            ev.ops.assign((size_t) H, kv_ring_ops{});
+            for (; i < due.size() && due[i].il == il; i++) {
+                const due_head & d = due[i];
+                L.evict_tokens(d.h, pa);
+                last.clear();
+                mri.clear();
+                for (size_t j = 0; j < d.c.size(); j += 2) { last.push_back(d.c[j]); mri.push_back(d.c[j + 1]); }
+                for (size_t j = 0; j < d.f.size(); j += 2) { last.push_back(d.f[j]); mri.push_back(d.f[j + 1]); }
+                L.select(pa, last, mri, dstep, prompt, keep);
+                evicted += L.evict(d.h, keep, ev.ops[(size_t) d.h]);
+                compactions++;
+            }
+            for (int h = 0; h < H; h++) {  // the step tables as they now stand (the next chunk stages its own)
+                ev.rc_before.push_back(L.rc(h));
+                ev.pages.push_back(L.pages_in_use(h));
+                ev.lo.push_back(L.lo(h));
+                ev.n_coded.push_back(L.n_coded(h));
+            }
+            kv_ring_device & D = rd[(size_t) il];
+            if (!(st = D.stage(ev, s)).ok() || !(st = D.apply(s, gtmp)).ok()) return st;
+        }
+        compaction_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return status::success();
     }
 
     status run(const int32_t * tokens, int T, float * logits_host) {
@@ -217,6 +282,7 @@ struct forward_session::impl {
             if (!(st = matmul(L.down.w, gate.as<float>(), o.as<float>(), T, s)).ok()) return st;
             if (!(st = add(x.as<float>(), o.as<float>(), (int64_t) T * n_embd, s)).ok()) return st;
         }
+        if (ring && !(st = ring_evict(s)).ok()) return st;
         if (!logits_host) return status::success();
         if (!(st = rms_norm(x.as<float>() + (size_t) (T - 1) * n_embd, W->output_norm.p, xn.as<float>(), n_embd, 1, hp.rms_eps, s)).ok()) return st;
         if (!(st = matmul(W->out_w, xn.as<float>(), logits.as<float>(), 1, s)).ok()) return st;
@@ -344,6 +410,13 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
         const int32_t * perm = sc.coded() && !sc.perm.empty() ? sc.perm.data() + (size_t) il * per_layer : nullptr;
         if (!(st = p.rd.back().create(p.rl.back(), kc.head_dim, kc.head_dim_v, codec, perm, be.stream())).ok()) return st;
     }
+    size_t n_sc = 0;  // one scores scratch for the layers (each fills and reads it in stream order)
+    const int G = (int) (hp.n_head / hp.n_head_kv);
+    for (const kv_ring_device & D : p.rd) n_sc = std::max(n_sc, D.scores_floats(G));
+    if (n_sc > 0) {
+        p.evict = true;
+        if (!(st = p.scores.alloc(n_sc * sizeof(float))).ok() || !(st = p.ml.alloc((size_t) 2 * hp.n_head * sizeof(float))).ok()) return st;
+    }
     return be.synchronize();
 }
 
@@ -378,14 +451,26 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
         const int n = std::min(p.chunk, n_tokens - i);
         if (p.ring)  // one chunk per journal (kv_ring_layer::begin)
             for (kv_ring_layer & L : p.rl) L.begin();
+        // kv_cache::reserve: a single token after a prompt is a decode step, anything else (more) prompt
+        const int32_t step0 = p.dstep, prompt0 = p.prompt;
+        if (n == 1 && p.n_past > 0) p.dstep++;
+        else { p.dstep = 0; p.prompt = p.n_past + n; }
         status st = abort && abort->load() ? status(ERR_ABORTED, "eval: aborted") : p.run(tokens + i, n, i + n == n_tokens ? logits : nullptr);
         if (!st.ok()) {  // the cache without the failing chunk's tokens (the chunks before it stay, as on the CPU)
+            p.dstep = step0;
+            p.prompt = prompt0;
             if (p.ring) {
                 std::vector<kv_ring_layer::slot_entry> restored;
+                bool exact = true;
                 for (size_t il = 0; il < p.rl.size(); il++) {
-                    p.rl[il].rollback(restored);
+                    exact &= p.rl[il].rollback(restored);
                     const status sr = p.rd[il].set_positions(restored, p.be->stream());
                     if (!sr.ok()) return status(st.code, st.message + "; and restoring the device cache failed: " + sr.message);
+                }
+                if (!exact) {  // an evicting head's tokens moved in this chunk: the cache before it is gone
+                    const status sc = truncate(0);
+                    return status(st.code, st.message + (sc.ok() ? "; the chunk had moved evicting heads' tokens, so the cache was cleared"
+                                                                 : "; and clearing the device cache failed: " + sc.message));
                 }
             } else {
                 for (kv_layer_device & L : p.kv)
@@ -464,7 +549,7 @@ kv_memory_report forward_session::memory(bool per_head) const {
             const uint64_t kc = nq * (uint64_t) (v.kbits ? D * v.kbits / 8 : 0), vc = nq * (uint64_t) (v.vbits ? DV * v.vbits / 8 : 0);
             const uint64_t ks = nq * Dv.k_block_bytes() - kc, vs = nq * Dv.v_block_bytes() - vc;
             const uint64_t kb = nf * D * 2 + kc + ks, vb = nf * DV * 2 + vc + vs, pb = 4 * (nf + nq);
-            if (L.kind(h) == KV_RING_CODED) r.staging_bytes += nf * (D + DV) * 2;
+            if (L.coded(h)) r.staging_bytes += nf * (D + DV) * 2;
             r.code_bytes += kc + vc;
             r.scale_bytes += ks + vs;
             r.quantized_tokens += (int64_t) nq;
@@ -476,13 +561,20 @@ kv_memory_report forward_session::memory(bool per_head) const {
             if (per_head) {
                 kv_head_memory & m = r.heads[il * (size_t) L.n_head_kv() + (size_t) h];
                 m.resident = (int32_t) (nf + nq);
-                m.budget = L.kind(h) == KV_RING_STREAM ? p.stream_budget : -1;
+                const kv_policy * pol = kv_policy_get(L.policy().kind);
+                m.budget = L.kind(h) == KV_RING_STREAM ? p.stream_budget
+                         : L.kind(h) == KV_RING_EVICT && pol ? pol->budget(p.dstep, p.prompt, L.policy()) : -1;
                 m.bytes_used = kb + vb + pb;
-                m.bytes_allocated = (uint64_t) L.slots(h) * (D + DV) * 2 + (L.kind(h) == KV_RING_CODED ? (uint64_t) L.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4) : 0);
+                const uint64_t stats = L.kind(h) == KV_RING_EVICT ? 8 : 0;  // (last, mri) per slot and per quantized token
+                m.bytes_allocated = (uint64_t) L.slots(h) * ((D + DV) * 2 + 4 + stats) +
+                                    (L.coded(h) ? (uint64_t) L.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4 + stats) : 0);
             }
         }
         r.bytes_allocated += Dv.reserved_bytes();
     }
+    r.evicted_tokens += p.evicted;
+    r.compactions = p.compactions;
+    r.compaction_seconds = p.compaction_s;
     r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes;
     return r;
 }

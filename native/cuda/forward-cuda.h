@@ -4,7 +4,9 @@
 // protects sinks, each layer's 20 largest |x| per token). The cache is either dense f16 (every head keeps
 // every token) or compressed (kv-ring.cuh: STREAM heads, RotateKV rot2/3/4 quantize-on-write with
 // protected tokens, sinks and the f16 staging window — kv_cache's semantics, its bookkeeping checked
-// against kv_cache on the CPU); eviction policies run on the CPU only so far.
+// against kv_cache on the CPU), and heads under the lazy eviction policy (statistics observed on the device
+// from each decode step's attention scores; at the policy's eviction steps they are downloaded, the host
+// selects as kv_cache does, the device gathers). Other eviction policies run on the CPU only.
 // CPU oracle: forward_chunk itself (test-ops-cuda.cpp "cuda/forward": logits per step and greedy tokens).
 // Numerics: matmuls dot f32 activations with the exactly decoded weights (the CPU quantizes activations to
 // q8 / f16 first), attention rounds queries and cached keys/values to f16 as the CPU does.

@@ -22,7 +22,8 @@ __device__ __forceinline__ uint16_t * slot_page(const kv_layer_view & kv, int h,
 __device__ __forceinline__ size_t key_at(int j, int d, int D) { return ((size_t) (j / KV_TILE) * D + d) * KV_TILE + (j % KV_TILE); }
 __device__ __forceinline__ size_t value_at(int j, int d, int D, int DV) { return (size_t) KV_PAGE_TOKENS * D + (size_t) j * DV + d; }
 
-__global__ void k_ring_append(kv_layer_view kv, const int32_t * geo, const int32_t * rc, int32_t * pos, const float * k, const float * v, int32_t c0) {
+__global__ void k_ring_append(kv_layer_view kv, const int32_t * geo, const int32_t * rc, int32_t * pos, const float * k, const float * v, int32_t c0,
+                              int2 * st_f, int32_t last0) {
     const int t = blockIdx.x, h = blockIdx.y, H = gridDim.y;
     const int D = kv.head_dim, DV = kv.head_dim_v;
     const int32_t slot = kv_ring_slot(c0, t, geo[h], rc[h], geo[H + h], geo[2 * H + h]);
@@ -32,7 +33,10 @@ __global__ void k_ring_append(kv_layer_view kv, const int32_t * geo, const int32
     const float * vs = v + ((size_t) t * H + h) * DV;
     for (int d = threadIdx.x; d < D; d += blockDim.x) page[key_at(j, d, D)] = f32_to_f16_bits(ks[d]);
     for (int d = threadIdx.x; d < DV; d += blockDim.x) page[value_at(j, d, D, DV)] = f32_to_f16_bits(vs[d]);
-    if (threadIdx.x == 0) pos[(size_t) h * kv.max_tokens + slot] = c0 + t;
+    if (threadIdx.x == 0) {
+        pos[(size_t) h * kv.max_tokens + slot] = c0 + t;
+        if (st_f && kv.evict[h]) st_f[(size_t) h * kv.max_tokens + slot] = make_int2(last0, 0);  // lazy_append
+    }
 }
 
 // rot.cpp's encode of x[0..D) (shared memory) into blk, one thread per channel d.
@@ -68,7 +72,8 @@ __device__ void rot_encode(const float * x, int bits, int G, float clip, uint8_t
 
 // Quantize-on-write, one token per block (D threads): kv_cache::flush's steps for a head rotated alone.
 template <int D>
-__global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * kblk, uint8_t * vblk, int32_t * c_pos, float kclip, float vclip) {
+__global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * kblk, uint8_t * vblk, int32_t * c_pos, float kclip, float vclip,
+                              const int2 * st_f, int2 * st_c) {
     const int e = blockIdx.x, d = threadIdx.x;
     const int h = ent[4 * e], slot = ent[4 * e + 1], pos = ent[4 * e + 2], ci = ent[4 * e + 3];
     __shared__ float xk[D], xv[D], cs[D / 2], sn[D / 2], qk[D], qv[D];
@@ -113,7 +118,83 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     const size_t c = (size_t) kv.c_first[h] + ci;
     rot_encode<D>(qk, kv.kbits, kv.kgroup, kclip, kblk + c * kv.k_block_bytes, code);
     rot_encode<D>(qv, kv.vbits, kv.vgroup, vclip, vblk + c * kv.v_block_bytes, code);
-    if (d == 0) c_pos[c] = pos;
+    if (d == 0) {
+        c_pos[c] = pos;
+        if (st_c && kv.evict[h]) st_c[c] = st_f[(size_t) h * kv.max_tokens + slot];  // the statistics follow the token
+    }
+}
+
+// An evicting head's gathers, in two launches so that no entry reads what another writes: phase 0 copies
+// each source token (payload, position, statistics) to scratch row e, phase 1 writes row e to its
+// destination. f16 slots (k_ring_move) and quantized tokens (k_ring_cgather); entries (head, src, dst).
+struct gather_tmp {
+    uint8_t * row;    // [n][row_bytes]
+    int2 * st;        // [n]
+    int32_t * pos;    // [n]
+};
+__host__ __device__ inline size_t gather_row_bytes(size_t payload) { return (payload + 15) / 16 * 16; }
+
+__global__ void k_ring_move(kv_layer_view kv, const int32_t * ent, int32_t * pos, int2 * st_f, gather_tmp tmp, int phase) {
+    const int e = blockIdx.x, D = kv.head_dim, DV = kv.head_dim_v;
+    const int h = ent[3 * e], slot = ent[3 * e + 1 + phase];
+    uint16_t * page = slot_page(kv, h, slot);
+    const int j = slot % KV_PAGE_TOKENS;
+    uint16_t * row = (uint16_t *) (tmp.row + (size_t) e * gather_row_bytes((size_t) (D + DV) * 2));
+    const size_t ps = (size_t) h * kv.max_tokens + slot;
+    if (phase == 0) {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) row[d] = page[key_at(j, d, D)];
+        for (int d = threadIdx.x; d < DV; d += blockDim.x) row[D + d] = page[value_at(j, d, D, DV)];
+        if (threadIdx.x == 0) { tmp.pos[e] = pos[ps]; tmp.st[e] = st_f[ps]; }
+    } else {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) page[key_at(j, d, D)] = row[d];
+        for (int d = threadIdx.x; d < DV; d += blockDim.x) page[value_at(j, d, D, DV)] = row[D + d];
+        if (threadIdx.x == 0) { pos[ps] = tmp.pos[e]; st_f[ps] = tmp.st[e]; }
+    }
+}
+
+__global__ void k_ring_cgather(kv_layer_view kv, const int32_t * ent, uint8_t * kblk, uint8_t * vblk, int32_t * c_pos, int2 * st_c, gather_tmp tmp,
+                               int phase) {
+    const int e = blockIdx.x, kb = kv.k_block_bytes, vb = kv.v_block_bytes;
+    const int h = ent[3 * e];
+    const size_t c = (size_t) kv.c_first[h] + ent[3 * e + 1 + phase];
+    uint8_t * row = tmp.row + (size_t) e * gather_row_bytes((size_t) (kb + vb));
+    uint8_t * kp = kblk + c * kb, * vp = vblk + c * vb;
+    if (phase == 0) {
+        for (int i = threadIdx.x; i < kb; i += blockDim.x) row[i] = kp[i];
+        for (int i = threadIdx.x; i < vb; i += blockDim.x) row[kb + i] = vp[i];
+        if (threadIdx.x == 0) { tmp.pos[e] = c_pos[c]; tmp.st[e] = st_c[c]; }
+    } else {
+        for (int i = threadIdx.x; i < kb; i += blockDim.x) kp[i] = row[i];
+        for (int i = threadIdx.x; i < vb; i += blockDim.x) vp[i] = row[kb + i];
+        if (threadIdx.x == 0) { c_pos[c] = tmp.pos[e]; st_c[c] = tmp.st[e]; }
+    }
+}
+
+// lazy_observe at decode step t: per token of an evicting head, p_max = max over the group's query heads of
+// exp(s − M)/L with the last row's merged M and L (0 where L is 0 or the token was masked); a hit (p_max >=
+// alpha) sets mri = max(mri, t − last) and last = t.
+__device__ __forceinline__ void lazy_hit(int2 & x, int32_t t) {
+    x.y = max(x.y, t - x.x);
+    x.x = t;
+}
+__global__ void k_ring_observe(kv_layer_view kv, int G, int32_t t, float alpha, int2 * st_f, int2 * st_c) {
+    const int h = blockIdx.y;
+    if (!kv.evict[h]) return;
+    const float * ml = kv.ml + (size_t) 2 * h * G;
+    const int n_slots = kv.n_seg[h] * KV_PAGE_TOKENS;
+    const int nc = kv.is_coded && kv.is_coded[h] ? kv.n_coded[h] : 0;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_slots + nc; i += gridDim.x * blockDim.x) {
+        const bool f16 = i < n_slots;
+        if (f16 && kv.pos[(size_t) h * kv.max_tokens + i] == KV_RING_EMPTY) continue;
+        const size_t c = f16 ? 0 : (size_t) kv.c_first[h] + (i - n_slots);
+        float pm = 0.0f;
+        for (int g = 0; g < G; g++) {
+            const float sc = f16 ? kv.sc[((size_t) h * G + g) * kv.max_tokens + i] : kv.sc_c[c * G + g];
+            const float M = ml[2 * g], L = ml[2 * g + 1];
+            pm = fmaxf(pm, L > 0.0f ? expf(sc - M) / L : 0.0f);
+        }
+        if (pm >= alpha) lazy_hit(f16 ? st_f[(size_t) h * kv.max_tokens + i] : st_c[c], t);
+    }
 }
 
 __global__ void k_ring_copy(kv_layer_view kv, const int32_t * ent, int32_t * pos) {
@@ -175,7 +256,13 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
       vclip_(o.vclip_), pages_(std::move(o.pages_)), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
       pos_(std::move(o.pos_)), geo_(std::move(o.geo_)), step_dev_(std::move(o.step_dev_)), is_coded_(std::move(o.is_coded_)), kblk_(std::move(o.kblk_)),
       vblk_(std::move(o.vblk_)), c_first_(std::move(o.c_first_)), c_pos_(std::move(o.c_pos_)), perm_(std::move(o.perm_)), ff_(std::move(o.ff_)),
-      tops_(std::move(o.tops_)), pinned_(o.pinned_), pinned_cap_(o.pinned_cap_) {
+      tops_(std::move(o.tops_)), is_evict_(std::move(o.is_evict_)), st_f_(std::move(o.st_f_)), st_c_(std::move(o.st_c_)), pinned_(o.pinned_),
+      pinned_cap_(o.pinned_cap_) {
+    n_cgather_ = o.n_cgather_;
+    n_move_ = o.n_move_;
+    n_coded_heads_ = o.n_coded_heads_;
+    append_last_ = o.append_last_;
+    c_first_h_ = std::move(o.c_first_h_);
     o.pinned_ = nullptr;
     o.pinned_cap_ = 0;
 }
@@ -190,7 +277,7 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     const size_t page_bytes = (size_t) KV_PAGE_TOKENS * (D + DV) * sizeof(uint16_t);
     int max_seg = 1;
     size_t n_pages = 0;
-    std::vector<int32_t> geo((size_t) 3 * H), is_coded((size_t) H, 0), c_first((size_t) H, 0);
+    std::vector<int32_t> geo((size_t) 3 * H), is_coded((size_t) H, 0), c_first((size_t) H, 0), is_evict((size_t) H, 0);
     int n_coded_heads = 0;
     for (int h = 0; h < H; h++) {
         const int pg = L.slots(h) / KV_PAGE_TOKENS;
@@ -199,11 +286,14 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
         geo[(size_t) h] = L.fix_below(h);
         geo[(size_t) H + h] = L.fix_cap(h);
         geo[(size_t) 2 * H + h] = L.ring_cap(h);
-        if (L.kind(h) == KV_RING_CODED) {
+        if (L.coded(h)) {
             is_coded[(size_t) h] = 1;
             c_first[(size_t) h] = n_coded_heads++ * L.coded_cap();
         }
+        is_evict[(size_t) h] = L.kind(h) == KV_RING_EVICT;
     }
+    n_coded_heads_ = n_coded_heads;
+    c_first_h_ = c_first;
     const int max_tokens = max_seg * KV_PAGE_TOKENS;
     std::vector<const uint16_t *> ptrs((size_t) H * max_seg, nullptr);
     std::vector<int32_t> seg_n((size_t) H * max_seg, KV_PAGE_TOKENS), seg_first((size_t) H * max_seg, 0);
@@ -236,6 +326,14 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     if (!put(step_dev_, zero.data(), zero.size() * 4)) return st;
     v_.n_seg = step_dev_.as<int32_t>();
     v_.lo = step_dev_.as<int32_t>() + H;
+    if (L.has_evict()) {  // statistics of every slot and quantized token (zeroed: whatever a slot held before is overwritten on append)
+        if (!put(is_evict_, is_evict.data(), is_evict.size() * 4)) return st;
+        if (!(st = st_f_.alloc((size_t) H * max_tokens * sizeof(int2))).ok() || !(st = st_f_.zero()).ok()) return st;
+        v_.evict = is_evict_.as<int32_t>();
+        if (n_coded_heads > 0 &&
+            (!(st = st_c_.alloc((size_t) n_coded_heads * L.coded_cap() * sizeof(int2))).ok() || !(st = st_c_.zero()).ok()))
+            return st;
+    }
     if (n_coded_heads == 0) return status::success();
     if (codec.kbits < 2 || codec.kbits > 4 || codec.vbits < 2 || codec.vbits > 4 || D != DV || (D != 32 && D != 64 && D != 128))
         return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4 (bits %d/%d) and head_dim == head_dim_v in {32, 64, 128} (%d/%d)",
@@ -274,13 +372,19 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
 
 status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
     const int H = n_head_kv_;
-    n_enc_ = n_copy_ = n_clear_ = 0;
+    n_enc_ = n_copy_ = n_clear_ = n_cgather_ = n_move_ = 0;
     for (const kv_ring_ops & o : st_in.ops) {
+        if (o.cgather)
+            for (size_t i = 0; i < o.ckeep.size(); i++) n_cgather_ += o.ckeep[i] != (int32_t) i;
         n_enc_ += (int) o.enc_slot.size();
+        n_move_ += (int) o.move_src.size();
         n_copy_ += (int) o.copy_src.size();
         n_clear_ += (int) o.clear_slot.size();
     }
-    const size_t need = (size_t) STEP_META * H + 4 * (size_t) n_enc_ + 3 * (size_t) n_copy_ + 3 * (size_t) n_clear_;
+    if ((n_cgather_ > 0 && !st_c_.data()) || (n_move_ > 0 && !st_f_.data()))
+        return status(ERR_INTERNAL, "cuda kv ring: gather ops for a layer without evicting heads");
+    const size_t need = (size_t) STEP_META * H + 3 * (size_t) n_cgather_ + 4 * (size_t) n_enc_ + 3 * (size_t) n_move_ + 3 * (size_t) n_copy_ +
+                        3 * (size_t) n_clear_;
     status st;
     if (need > pinned_cap_) {  // the previous chunk's upload is done (the caller synchronized)
         if (pinned_) cudaFreeHost(pinned_);
@@ -308,13 +412,32 @@ status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
         v_.max_n_coded = std::max(v_.max_n_coded, p[2 * H + h]);
     }
     int32_t * q = p + (size_t) STEP_META * H;
+    for (int h = 0; h < H; h++) {  // the order of apply(): gather quantized, quantize, move f16, copy, clear
+        const kv_ring_ops & o = st_in.ops[(size_t) h];
+        if (!o.cgather) continue;
+        for (size_t i = 0; i < o.ckeep.size(); i++) {
+            if (o.ckeep[i] == (int32_t) i) continue;
+            *q++ = h;
+            *q++ = o.ckeep[i];
+            *q++ = (int32_t) i;
+        }
+    }
     for (int h = 0; h < H; h++) {
         const kv_ring_ops & o = st_in.ops[(size_t) h];
+        const int32_t base = o.enc_base >= 0 ? o.enc_base : st_in.n_coded[(size_t) h];
         for (size_t i = 0; i < o.enc_slot.size(); i++) {
             *q++ = h;
             *q++ = o.enc_slot[i];
             *q++ = o.enc_pos[i];
-            *q++ = st_in.n_coded[(size_t) h] + (int32_t) i;
+            *q++ = base + (int32_t) i;
+        }
+    }
+    for (int h = 0; h < H; h++) {
+        const kv_ring_ops & o = st_in.ops[(size_t) h];
+        for (size_t i = 0; i < o.move_src.size(); i++) {
+            *q++ = h;
+            *q++ = o.move_src[i];
+            *q++ = o.move_dst[i];
         }
     }
     for (int h = 0; h < H; h++) {
@@ -338,22 +461,59 @@ status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
 
 status kv_ring_device::append(const float * k, const float * v, int32_t c0, int T, stream_t s) {
     if (T <= 0) return status::success();
-    k_ring_append<<<dim3(T, n_head_kv_), 128, 0, s>>>(v_, geo_.as<int32_t>(), step_dev_.as<int32_t>() + 3 * n_head_kv_, pos_.as<int32_t>(), k, v, c0);
+    k_ring_append<<<dim3(T, n_head_kv_), 128, 0, s>>>(v_, geo_.as<int32_t>(), step_dev_.as<int32_t>() + 3 * n_head_kv_, pos_.as<int32_t>(), k, v, c0,
+                                                      st_f_.as<int2>(), append_last_);
     CUDA_CHECK_LAUNCH("kv ring append");
     return status::success();
 }
 
-status kv_ring_device::apply(stream_t s) {
+// Scratch of a gather of n entries with rows of row_bytes (rows, then statistics, then positions).
+static status gather_scratch(device_buffer & tmp, int n, size_t row_bytes, gather_tmp * out) {
+    const size_t rows = (size_t) n * gather_row_bytes(row_bytes), need = rows + (size_t) n * (sizeof(int2) + 4);
+    if (tmp.bytes() < need) {
+        const status st = tmp.alloc(need);  // (cudaFree waits for the kernels still using the old one)
+        if (!st.ok()) return st;
+    }
+    out->row = tmp.as<uint8_t>();
+    out->st = (int2 *) (out->row + rows);
+    out->pos = (int32_t *) (out->st + n);
+    return status::success();
+}
+
+status kv_ring_device::apply(stream_t s, device_buffer & tmp) {
     const int32_t * ent = step_dev_.as<int32_t>() + (size_t) STEP_META * n_head_kv_;
+    status st;
+    if (n_cgather_ > 0) {
+        gather_tmp gt;
+        if (!(st = gather_scratch(tmp, n_cgather_, (size_t) (v_.k_block_bytes + v_.v_block_bytes), &gt)).ok()) return st;
+        for (int phase = 0; phase < 2; phase++) {
+            k_ring_cgather<<<n_cgather_, 128, 0, s>>>(v_, ent, kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(), st_c_.as<int2>(), gt, phase);
+            CUDA_CHECK_LAUNCH("kv ring gather (quantized)");
+        }
+    }
+    ent += 3 * (size_t) n_cgather_;
     if (n_enc_ > 0) {
+        uint8_t * kb = kblk_.as<uint8_t>(), * vb = vblk_.as<uint8_t>();
+        int32_t * cp = c_pos_.as<int32_t>();
+        const int2 * sf = st_f_.as<int2>();
+        int2 * sc = st_c_.as<int2>();
         switch (v_.head_dim) {
-        case 32: k_ring_encode<32><<<n_enc_, 32, 0, s>>>(v_, ent, kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(), kclip_, vclip_); break;
-        case 64: k_ring_encode<64><<<n_enc_, 64, 0, s>>>(v_, ent, kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(), kclip_, vclip_); break;
-        default: k_ring_encode<128><<<n_enc_, 128, 0, s>>>(v_, ent, kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(), kclip_, vclip_); break;
+        case 32: k_ring_encode<32><<<n_enc_, 32, 0, s>>>(v_, ent, kb, vb, cp, kclip_, vclip_, sf, sc); break;
+        case 64: k_ring_encode<64><<<n_enc_, 64, 0, s>>>(v_, ent, kb, vb, cp, kclip_, vclip_, sf, sc); break;
+        default: k_ring_encode<128><<<n_enc_, 128, 0, s>>>(v_, ent, kb, vb, cp, kclip_, vclip_, sf, sc); break;
         }
         CUDA_CHECK_LAUNCH("kv ring encode");
     }
     ent += 4 * (size_t) n_enc_;
+    if (n_move_ > 0) {
+        gather_tmp gt;
+        if (!(st = gather_scratch(tmp, n_move_, (size_t) (v_.head_dim + v_.head_dim_v) * 2, &gt)).ok()) return st;
+        for (int phase = 0; phase < 2; phase++) {
+            k_ring_move<<<n_move_, 128, 0, s>>>(v_, ent, pos_.as<int32_t>(), st_f_.as<int2>(), gt, phase);
+            CUDA_CHECK_LAUNCH("kv ring gather (f16)");
+        }
+    }
+    ent += 3 * (size_t) n_move_;
     if (n_copy_ > 0) {
         k_ring_copy<<<n_copy_, 128, 0, s>>>(v_, ent, pos_.as<int32_t>());
         CUDA_CHECK_LAUNCH("kv ring copy");
@@ -403,8 +563,41 @@ status kv_ring_device::top_abs(const float * x, int T, int n_embd, int k, std::v
     return status::success();
 }
 
+void kv_ring_device::set_scores(float * sc, float * ml, int G) {
+    if (!sc || !has_evict()) {
+        v_.sc = v_.sc_c = v_.ml = nullptr;
+        return;
+    }
+    v_.sc = sc;
+    v_.sc_c = sc + (size_t) n_head_kv_ * G * v_.max_tokens;
+    v_.ml = ml;
+}
+
+size_t kv_ring_device::scores_floats(int G) const {
+    if (!has_evict()) return 0;
+    return (size_t) G * ((size_t) n_head_kv_ * v_.max_tokens + (size_t) n_coded_heads_ * coded_cap_);
+}
+
+status kv_ring_device::observe(int32_t t, float alpha, int G, stream_t s) {
+    if (!has_evict() || !v_.sc) return status(ERR_INTERNAL, "cuda kv ring: observe without evicting heads or scores");
+    const int per_head = v_.max_tokens + coded_cap_;
+    const dim3 grid(std::min<unsigned>(ceil_div(per_head, 256), 64u), (unsigned) n_head_kv_);
+    k_ring_observe<<<grid, 256, 0, s>>>(v_, G, t, alpha, st_f_.as<int2>(), st_c_.as<int2>());
+    CUDA_CHECK_LAUNCH("kv ring observe");
+    return status::success();
+}
+
+status kv_ring_device::download_stats(int h, int32_t n_coded, int32_t n_f16, int32_t * stats_c, int32_t * stats_f, stream_t s) {
+    if (!has_evict()) return status(ERR_INTERNAL, "cuda kv ring: statistics of a layer without evicting heads");
+    if (n_coded > 0)
+        CUDA_CHECK(cudaMemcpyAsync(stats_c, st_c_.as<int2>() + c_first_h_[(size_t) h], (size_t) n_coded * sizeof(int2), cudaMemcpyDeviceToHost, s));
+    if (n_f16 > 0)
+        CUDA_CHECK(cudaMemcpyAsync(stats_f, st_f_.as<int2>() + (size_t) h * v_.max_tokens, (size_t) n_f16 * sizeof(int2), cudaMemcpyDeviceToHost, s));
+    return status::success();
+}
+
 size_t kv_ring_device::reserved_bytes() const {
-    return pages_.bytes() + kblk_.bytes() + vblk_.bytes() + c_pos_.bytes() + pos_.bytes();
+    return pages_.bytes() + kblk_.bytes() + vblk_.bytes() + c_pos_.bytes() + pos_.bytes() + st_f_.bytes() + st_c_.bytes();
 }
 
 } // namespace cuda

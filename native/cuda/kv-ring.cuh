@@ -11,6 +11,13 @@
 //            position (pre-RoPE keys), FWHT'd and permuted, values FWHT'd, both quantized per group of
 //            channels (kv_cache::flush + rot.cpp's encode, the same float steps); sinks leaving the ring
 //            are copied to fixed slots; emptied slots get KV_RING_EMPTY.
+// Evicting heads (lazy, kv-ring.h's EVICT): per token (f16 slot or quantized index) the policy's statistics
+// (last hit step, maximum recurrence interval; int32 as lazy.cpp) live beside the payload. At a decode step
+// attention also writes the last query row's scores of these heads, and `observe` turns them into the
+// group's max probability and updates the statistics (lazy_observe). Every op moves statistics with their
+// token: encode (slot -> quantized index), the evict gathers (quantized and f16, through a scratch buffer so
+// no gather reads what another writes). The host downloads a due head's statistics (download_stats) and
+// selects (kv_ring_layer::select), as kv_cache does at its eviction steps.
 #pragma once
 #include <vector>
 
@@ -58,8 +65,20 @@ public:
     status stage(const ring_step & st, stream_t s);
     // k, v: [T][n_head_kv][head_dim(_v)] f32 on the device, tokens at positions c0 .. c0 + T − 1.
     status append(const float * k, const float * v, int32_t c0, int T, stream_t s);
-    // The staged retain ops, in order: quantize, copy, clear.
-    status apply(stream_t s);
+    // The staged retain ops, in order: gather quantized tokens, quantize, move f16 tokens, copy, clear. tmp:
+    // scratch for the gathers (grown here; shared by the layers of a session, used in stream order).
+    status apply(stream_t s, device_buffer & tmp);
+    // Evicting heads: the appended tokens' statistics start at (last, 0) (lazy_append).
+    void set_append_last(int32_t last) { append_last_ = last; }
+    // Scores scratch for attention (nullptrs: this step observes nothing). sc: scores_floats(G) floats.
+    void set_scores(float * sc, float * ml, int G);
+    size_t scores_floats(int G) const;
+    // lazy_observe over the evicting heads after attention at decode step t (alpha: the hit threshold).
+    status observe(int32_t t, float alpha, int G, stream_t s);
+    // A head's statistics in evict_tokens' order (quantized 0..n_coded, then slots 0..n_f16): enqueues the
+    // copies into last/mri ([n_coded + n_f16]); valid after the stream is synchronized.
+    status download_stats(int h, int32_t n_coded, int32_t n_f16, int32_t * stats_c, int32_t * stats_f, stream_t s);
+    bool has_evict() const { return st_f_.data() != nullptr; }
     // Sets position entries (rollback and truncate): triplets (head, slot, position).
     status set_positions(const std::vector<kv_ring_layer::slot_entry> & e, stream_t s);
     // Massive-activation candidates of a chunk's layer input x [T][n_embd] (device): per token the k largest
@@ -73,11 +92,13 @@ public:
 
 private:
     kv_layer_view v_;
-    int n_head_kv_ = 0, n_enc_ = 0, n_copy_ = 0, n_clear_ = 0;
-    int32_t coded_cap_ = 0;
+    int n_head_kv_ = 0, n_enc_ = 0, n_copy_ = 0, n_clear_ = 0, n_cgather_ = 0, n_move_ = 0;
+    int32_t coded_cap_ = 0, n_coded_heads_ = 0, append_last_ = 0;
     float kclip_ = 1.0f, vclip_ = 1.0f;
     device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, geo_, step_dev_;
     device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_;
+    device_buffer is_evict_, st_f_, st_c_;  // evicting heads: flag, statistics of slots and of quantized tokens (int2)
+    std::vector<int32_t> c_first_h_;  // host copy of c_first
     int32_t * pinned_ = nullptr;  // host staging of the step (cudaMallocHost)
     size_t pinned_cap_ = 0;       // int32 entries
 };

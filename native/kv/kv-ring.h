@@ -97,6 +97,7 @@ public:
 
     int n_head_kv() const { return (int) heads_.size(); }
     uint8_t kind(int h) const { return heads_[(size_t) h].kind; }
+    bool coded(int h) const { return coded_head(heads_[(size_t) h]); }  // holds quantized tokens (CODED, coded EVICT)
     int32_t fix_below(int h) const { return heads_[(size_t) h].fix_below; }
     int32_t fix_cap(int h) const { return heads_[(size_t) h].fix_cap; }
     int32_t ring_cap(int h) const { return heads_[(size_t) h].ring_cap; }

@@ -5,6 +5,7 @@
 // reasoner (free-running greedy tokens). Without a device every test prints why it skipped.
 #ifdef THINKCACHE_WITH_CUDA
 #include <algorithm>
+#include <iterator>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -651,8 +652,9 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     bad = gpu_p;
     bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
     bad.retention[1] = KV_RETAIN_EVICT;
+    bad.policy.kind = KV_POLICY_TOVA;  // (lazy runs on the device: cuda/ring-lazy)
     const status s2 = engine_context::create(m, bad, &x);
-    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("eviction") != std::string::npos) << s2.message;
+    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("lazy") != std::string::npos) << s2.message;
     bad = gpu_p;
     bad.storage.key = bad.storage.value = KV_CODEC_ROT2;
     bad.storage.rot_group = 2;
@@ -783,6 +785,113 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
         TC_OK(cs->eval(&toks[410], 20, true));
         TC_OK(gs->eval(&toks[410], 20, true));
         TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after an aborted call";
+    }
+}
+
+// Lazy eviction on the device (statistics from each decode step's attention scores, host selection at the
+// policy's steps, gathers on the device) against the CPU engine with the same options. The two see slightly
+// different probabilities (the device's f32 activations vs the CPU's q8 ones), so a token near the hit
+// threshold may count as a hit on one side only: the kept sets must agree almost everywhere, and exactly in
+// size (the budget decides it).
+TC_TEST("cuda/ring-lazy: lazy eviction on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode)") {
+    TC_NEED_CUDA(be);
+    std::vector<uint8_t> img;
+    std::shared_ptr<const model> m;
+    TC_OK(load_engine_fixture(78, img, m));
+    const fixture_spec & f = kEngineFixture;
+    std::shared_ptr<const cu::device_model> dm;
+    TC_OK(cu::device_model::create(m, *be, &dm));
+    const size_t nv = f.n_vocab;
+    const int n_heads = f.n_layer * f.n_head_kv;
+    std::vector<int32_t> toks(520);
+    for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t) ((i * 97 + 5 + (i * i) % 13) % f.n_vocab);
+    struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; };
+    const cfg cfgs[] = {
+        {"lazy f16 + stream heads", KV_CODEC_F16, false, 0.0f},
+        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f},
+        {"lazy ratio 0.5 rot4", KV_CODEC_ROT4, false, 0.5f},
+    };
+    for (const cfg & c : cfgs) {
+        context_params p;
+        p.n_ctx = 1024;
+        p.n_threads = 2;
+        p.n_batch = 64;
+        p.stream_sinks = 4;
+        p.stream_recent = 24;
+        p.retention.assign((size_t) n_heads, KV_RETAIN_FULL);
+        p.retention[1] = KV_RETAIN_STREAM;
+        p.retention[0] = p.retention[3] = p.retention[(size_t) n_heads - 1] = KV_RETAIN_EVICT;
+        p.policy.kind = KV_POLICY_LAZY;
+        p.policy.capacity = 160;
+        p.policy.window = 32;
+        p.policy.ratio = c.ratio;
+        p.storage.key = p.storage.value = c.codec;
+        p.storage.protect_sinks = c.sinks;
+        context_params gp = p;
+        gp.cuda_model = dm;
+        std::shared_ptr<engine_context> cctx, gctx;
+        TC_OK(engine_context::create(m, p, &cctx));
+        TC_OK(engine_context::create(m, gp, &gctx));
+        std::shared_ptr<engine_sequence> cs, gs;
+        TC_OK(engine_sequence::create(cctx, &cs));
+        TC_OK(engine_sequence::create(gctx, &gs));
+        // a 256-token prompt, then 160 decode steps: evictions at steps 32, 64, ..., 160
+        TC_OK(cs->eval(toks.data(), 256, true));
+        TC_OK(gs->eval(toks.data(), 256, true));
+        double worst = 0;
+        int same = 0, steps = 0;
+        for (size_t t = 256; t < 416; t++) {
+            TC_OK(cs->eval(&toks[t], 1, true));
+            TC_OK(gs->eval(&toks[t], 1, true));
+            worst = std::max(worst, nmse(gs->logits().data(), cs->logits().data(), nv));
+            same += argmax(gs->logits().data(), nv) == argmax(cs->logits().data(), nv);
+            steps++;
+        }
+        const kv_memory_report rc = cs->memory(true), rg = gs->memory(true);
+        size_t inter = 0, uni = 0, heads_equal = 0, sizes_equal = 0, n_evict = 0;
+        for (int il = 0; il < f.n_layer; il++)
+            for (int h = 0; h < f.n_head_kv; h++) {
+                const std::vector<int32_t> a = gs->held_positions(il, h), b = cs->held_positions(il, h);
+                std::vector<int32_t> i2, u2;
+                std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(i2));
+                std::set_union(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(u2));
+                inter += i2.size();
+                uni += u2.size();
+                heads_equal += a == b;
+                sizes_equal += a.size() == b.size();
+                if (p.retention[(size_t) il * f.n_head_kv + h] == KV_RETAIN_EVICT) {
+                    n_evict++;
+                    const kv_head_memory & hm = rg.heads[(size_t) il * f.n_head_kv + h];
+                    TC_CHECK(hm.resident == (int32_t) a.size() && hm.budget == rc.heads[(size_t) il * f.n_head_kv + h].budget && hm.resident <= hm.budget + 32)
+                        << c.name << ": layer " << il << " head " << h << " holds " << hm.resident << " of budget " << hm.budget;
+                }
+            }
+        const double jac = uni ? (double) inter / (double) uni : 1.0;
+        std::printf("    LAZY %-36s logits NMSE worst %.3g, top-1 %d/%d; kept sets: Jaccard %.4f, %zu/%d heads equal; evicted %lld (cpu %lld), "
+                    "compactions %lld (cpu %lld), quantized %lld (cpu %lld), resident %lld (cpu %lld)\n",
+                    c.name, worst, same, steps, jac, heads_equal, n_heads, (long long) rg.evicted_tokens, (long long) rc.evicted_tokens,
+                    (long long) rg.compactions, (long long) rc.compactions, (long long) rg.quantized_tokens, (long long) rc.quantized_tokens,
+                    (long long) rg.resident_tokens, (long long) rc.resident_tokens);
+        TC_CHECK(n_evict == 3);
+        TC_CHECK(rg.compactions == rc.compactions && rg.compactions >= 3 * 4) << c.name << ": evictions ran " << rg.compactions << " times, " << rc.compactions << " on the CPU";
+        TC_CHECK(sizes_equal == (size_t) n_heads && rg.resident_tokens == rc.resident_tokens) << c.name << ": the budget decides how many stay";
+        TC_CHECK(jac >= 0.97) << c.name << ": the device keeps other tokens than the CPU (Jaccard " << jac << ")";
+        const double bound = c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
+        TC_CHECK(worst <= bound && same * 20 >= steps * 17) << c.name << ": the device cache's logits drift from the CPU engine's";
+        if (c.codec != KV_CODEC_F16) TC_CHECK(rg.quantized_tokens > 0);
+        // a rewind after evictions: nothing is exact (kv_cache::remove_from), both start over
+        const int32_t kc = cs->remove_from(400), kg = gs->remove_from(400);
+        TC_CHECK(kc == 0 && kg == 0) << c.name << ": rewind keeps " << kg << " on the device, " << kc << " on the CPU";
+        TC_OK(cs->eval(toks.data(), 300, true));
+        TC_OK(gs->eval(toks.data(), 300, true));
+        TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after the rewind";
+        for (int il = 0; il < f.n_layer; il++)
+            for (int h = 0; h < f.n_head_kv; h++) TC_CHECK(gs->held_positions(il, h) == cs->held_positions(il, h)) << c.name << ": a new prompt after a rewind";
+        // an aborted call leaves the cache as it was
+        gs->abort = true;
+        TC_CHECK(gs->eval(&toks[300], 20, true).code == ERR_ABORTED);
+        gs->abort = false;
+        TC_CHECK(gs->n_tokens() == 300);
     }
 }
 
