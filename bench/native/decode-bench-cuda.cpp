@@ -14,10 +14,10 @@
 //                 heads keep half of the tokens (LazyEviction ratio 0.5), stored as pre-RoPE rot2 + 80 f16
 //   decode-bench-cuda [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768]
 //                     [--kv f16,rot2,rot2-post,rot2-hs-lazy] [--steps 20] [--hbm-gbs N]
-//   decode-bench-cuda --forward [--shape ...] [--type q8_0] [--contexts ...] [--kv f16,rot2,rot2-hs] [--steps 20]
+//   decode-bench-cuda --forward [--shape ...] [--type q8_0] [--contexts ...] [--kv f16,rot2,rot2-hs,rot2-hs-lazy] [--steps 20]
 //     the REAL forward pass (forward_session: embedding, biases, residuals, KV append and quantize-on-write,
 //     logits back to the host every token) on a synthetic GGUF of the shape (bench/native/synthetic-model.h,
-//     random weights made on the CPU first: ~1 min for 1.5B), per cache (f16, rot2, rot2-post, rot2-hs: see
+//     random weights made on the CPU first: ~1 min for 1.5B), per cache (f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy: see
 //     forward_kv): prefill tok/s of the context, then decode tok/s after it, KV bytes, GB/s and HBM fraction.
 // One JSON line per (type, context) on stdout; a readable table on stderr.
 #include <algorithm>
@@ -53,6 +53,7 @@ struct shape { const char * name; int n_embd, n_layer, n_head, n_head_kv, head_d
 const shape SHAPES[] = {
     {"qwen2-0.5b", 896, 24, 14, 2, 64, 4864, 151936},
     {"qwen2-1.5b", 1536, 28, 12, 2, 128, 8960, 151936},
+    {"tiny", 256, 4, 8, 2, 32, 768, 4096},  // smoke runs (the CPU emulation of the kernels), not a measurement
 };
 
 std::vector<std::string> split(const std::string & s) {
@@ -226,17 +227,24 @@ double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock:
 //   rot2-post the same with post-RoPE keys
 //   rot2-hs   head-selective + rot2: KV head 0 of every layer a STREAM head (16 sinks + 64 recent, f16), the
 //             others rot2 (a 50 % streaming split; RLKV's profiles stream 50-80 % of heads)
-// (eviction policies such as lazy run on the CPU only: the op-level rot2-hs-lazy row stands in for them)
-status forward_kv(const std::string & kv, const model & m, int n_ctx, kv_cache_config * out) {
+//   rot2-hs-lazy  rot2-hs whose other heads evict with LazyEviction (window W = 128, capacity half the row's
+//             context: the prefill stands for the chain of thought so far); the row decodes W steps first, so the
+//             timed steps run over the evicted cache, and reports what the evictions cost
+constexpr int kLazyWindow = 128;
+status forward_kv(const std::string & kv, const model & m, int n_ctx, int row_ctx, kv_cache_config * out) {
     context_params p;
     p.n_ctx = n_ctx;
-    if (kv == "rot2" || kv == "rot2-post" || kv == "rot2-hs") p.storage.key = p.storage.value = KV_CODEC_ROT2;
+    const bool hs = kv == "rot2-hs" || kv == "rot2-hs-lazy";
+    if (kv == "rot2" || kv == "rot2-post" || hs) p.storage.key = p.storage.value = KV_CODEC_ROT2;
     p.storage.post_rope = kv == "rot2-post";
-    if (kv == "rot2-hs") {
-        p.retention.assign((size_t) m.hp.n_layer * m.hp.n_head_kv, KV_RETAIN_FULL);
+    if (hs) {
+        p.retention.assign((size_t) m.hp.n_layer * m.hp.n_head_kv, kv == "rot2-hs" ? KV_RETAIN_FULL : KV_RETAIN_EVICT);
         for (uint32_t il = 0; il < m.hp.n_layer; il++) p.retention[(size_t) il * m.hp.n_head_kv] = KV_RETAIN_STREAM;
+        p.policy.kind = KV_POLICY_LAZY;
+        p.policy.window = kLazyWindow;
+        p.policy.capacity = std::max(kLazyWindow, row_ctx / 2);
     } else if (kv != "f16" && kv != "rot2" && kv != "rot2-post") {
-        return status(ERR_INVALID_ARG, strfmt("--forward --kv: unknown cache %s (f16, rot2, rot2-post, rot2-hs)", kv.c_str()));
+        return status(ERR_INVALID_ARG, strfmt("--forward --kv: unknown cache %s (f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy)", kv.c_str()));
     }
     *out = make_kv_config(m, p);
     return status::success();
@@ -265,24 +273,38 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
     std::vector<float> logits(m->hp.n_vocab);
     std::vector<int32_t> prompt((size_t) max_ctx);
     for (size_t i = 0; i < prompt.size(); i++) prompt[i] = (int32_t) ((i * 2654435761u) % m->hp.n_vocab);
-    // every cache's session first, then context by context (a timeout keeps whole contexts of every cache)
+    // every cache's session first, then context by context (a timeout keeps whole contexts of every cache); the
+    // lazy row's capacity follows its context, so its session is made per context (at the largest one first)
     std::vector<std::unique_ptr<cu::forward_session>> sessions;
     for (const std::string & kv : kvs) {
         kv_cache_config kc;
-        BENCH_OK(forward_kv(kv, *m, max_ctx + steps + 8, &kc));
+        BENCH_OK(forward_kv(kv, *m, max_ctx + kLazyWindow + steps + 8, max_ctx, &kc));
         sessions.emplace_back();
         BENCH_OK(cu::forward_session::create(dm, kc, 512, be, &sessions.back()));
     }
     for (int c : contexts) {
         for (size_t k = 0; k < kvs.size(); k++) {
             const std::string & kv = kvs[k];
+            const bool lazy = kv == "rot2-hs-lazy";
+            if (lazy) {
+                kv_cache_config kc;
+                sessions[k].reset();
+                BENCH_OK(forward_kv(kv, *m, max_ctx + kLazyWindow + steps + 8, c, &kc));  // (reserved like the other rows)
+                BENCH_OK(cu::forward_session::create(dm, kc, 512, be, &sessions[k]));
+            }
             cu::forward_session * fs = sessions[k].get();
             BENCH_OK(fs->clear());
             double t = now_s();
             BENCH_OK(fs->eval(prompt.data(), c, logits.data()));
             const double t_pre = now_s() - t;
             int32_t tok = 13;
-            BENCH_OK(fs->eval(&tok, 1, logits.data()));  // warm-up step
+            const int warm = lazy ? kLazyWindow : 1;  // the lazy row: past its first eviction (decode step W)
+            t = now_s();
+            for (int i = 0; i < warm; i++) {
+                BENCH_OK(fs->eval(&tok, 1, logits.data()));
+                tok = (int32_t) (std::max_element(logits.begin(), logits.end()) - logits.begin());
+            }
+            const double t_warm = (now_s() - t) / warm;
             t = now_s();
             for (int i = 0; i < steps; i++) {
                 tok = (int32_t) (std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -292,15 +314,19 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
             const kv_memory_report r = fs->memory(false);
             const double kv_bytes = (double) (r.key_bytes + r.value_bytes), bytes = (double) fs->weight_bytes() + kv_bytes;
             const double gbs = bytes / t_dec / 1e9;
-            std::fprintf(stderr, "%-11s %-5s %-9s ctx %6d forward: prefill %8.1f tok/s, decode %8.1f tok/s (%.3f ms/token incl. logits to the host) | "
-                                 "%.1f MB weights + %.2f MB KV (%lld quantized tokens) | %.0f GB/s = %.0f%% of HBM\n",
+            const double ev_ms = r.compactions ? 1e3 * r.compaction_seconds : 0.0;  // host side of the eviction steps (download, select, enqueue)
+            std::fprintf(stderr, "%-11s %-5s %-12s ctx %6d forward: prefill %8.1f tok/s, decode %8.1f tok/s (%.3f ms/token incl. logits to the host) | "
+                                 "%.1f MB weights + %.2f MB KV (%lld quantized, %lld evicted tokens) | %.0f GB/s = %.0f%% of HBM%s\n",
                          sh.name, ggml_type_name(wt), kv.c_str(), c, c / t_pre, 1.0 / t_dec, t_dec * 1e3, fs->weight_bytes() / 1e6, kv_bytes / 1e6,
-                         (long long) r.quantized_tokens, gbs, hbm > 0 ? 100.0 * gbs / hbm : 0.0);
+                         (long long) r.quantized_tokens, (long long) r.evicted_tokens, gbs, hbm > 0 ? 100.0 * gbs / hbm : 0.0,
+                         lazy ? strfmt(" | %d warm-up steps %.3f ms/token incl. %lld head evictions (%.1f ms host)", warm, t_warm * 1e3, (long long) r.compactions, ev_ms).c_str() : "");
             std::printf("{\"bench\":\"decode-forward\",\"device\":\"%s\",\"shape\":\"%s\",\"weights\":\"%s\",\"kv\":\"%s\",\"n_ctx\":%d,\"steps\":%d,"
                         "\"prefill_tok_s\":%.2f,\"tok_s\":%.2f,\"weight_bytes\":%zu,\"kv_bytes\":%.0f,\"kv_reserved_bytes\":%zu,\"quantized_tokens\":%lld,"
+                        "\"evicted_tokens\":%lld,\"warmup_steps\":%d,\"warmup_ms_per_token\":%.4f,\"compactions\":%lld,\"compaction_host_ms\":%.2f,"
                         "\"gb_s\":%.1f,\"hbm_frac\":%.3f}\n",
                         be.info().name.c_str(), sh.name, ggml_type_name(wt), kv.c_str(), c, steps, c / t_pre, 1.0 / t_dec, fs->weight_bytes(), kv_bytes,
-                        fs->kv_reserved_bytes(), (long long) r.quantized_tokens, gbs, hbm > 0 ? gbs / hbm : 0.0);
+                        fs->kv_reserved_bytes(), (long long) r.quantized_tokens, (long long) r.evicted_tokens, warm, t_warm * 1e3, (long long) r.compactions, ev_ms,
+                        gbs, hbm > 0 ? gbs / hbm : 0.0);
             std::fflush(stdout);
         }
     }
@@ -324,16 +350,16 @@ int main(int argc, char ** argv) {
         else if (a == "--forward") forward = true;
         else if (a == "--steps") steps = std::max(1, std::atoi(next().c_str()));
         else if (a == "--hbm-gbs") hbm = std::atof(next().c_str());
-        else { std::fprintf(stderr, "usage: decode-bench-cuda [--forward] [--shape qwen2-1.5b|qwen2-0.5b] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy | with --forward: f16,rot2,rot2-post,rot2-hs] [--steps N] [--hbm-gbs N]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: decode-bench-cuda [--forward] [--shape qwen2-1.5b|qwen2-0.5b|tiny] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy | with --forward: f16,rot2,rot2-post,rot2-hs,rot2-hs-lazy] [--steps N] [--hbm-gbs N]\n"); return 2; }
     }
     const shape * sh = nullptr;
     for (const shape & s : SHAPES) if (shape_name == s.name) sh = &s;
     if (!sh) { std::fprintf(stderr, "unknown shape %s\n", shape_name.c_str()); return 2; }
-    if (kvs.empty()) kvs = forward ? "f16,rot2,rot2-hs" : "f16,rot2,rot2-post,rot2-hs-lazy";
+    if (kvs.empty()) kvs = forward ? "f16,rot2,rot2-hs,rot2-hs-lazy" : "f16,rot2,rot2-post,rot2-hs-lazy";
     const std::vector<std::string> kv_list = split(kvs);
     for (const std::string & k : kv_list) {
-        const bool ok = forward ? (k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs") : (k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs-lazy");
-        if (!ok) { std::fprintf(stderr, "unknown --kv %s%s\n", k.c_str(), forward ? " (with --forward: f16, rot2, rot2-post, rot2-hs)" : ""); return 2; }
+        const bool ok = (forward && k == "rot2-hs") || k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs-lazy";
+        if (!ok) { std::fprintf(stderr, "unknown --kv %s%s\n", k.c_str(), forward ? " (with --forward: f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy)" : ""); return 2; }
     }
     std::unique_ptr<cu::backend> be;
     const status st = cu::backend::create(0, &be);
