@@ -18,6 +18,7 @@ namespace core {
 namespace cuda {
 namespace {
 
+static_assert(KV_PAGE_TOKENS == 64 && KV_TILE == 16, "common.cuh's key_at / value_at / kv_page_put assume the page layout of kv-cache.h");
 constexpr int THREADS = 128;
 constexpr int MAXG = 8;
 constexpr int MAXD = 256;
@@ -544,11 +545,7 @@ status kv_layer_device::build_coded(const std::vector<int32_t> & is_coded, const
         }
     }
     status st;
-    auto put = [&](device_buffer & b, const void * src, size_t bytes) {
-        if (!(st = b.alloc(std::max<size_t>(bytes, 4))).ok()) return false;
-        if (bytes && !(st = b.upload(src, bytes)).ok()) return false;
-        return true;
-    };
+    auto put = [&](device_buffer & b, const void * src, size_t bytes) { return (st = b.assign(src, bytes)).ok(); };
     if (!put(is_coded_, is_coded.data(), is_coded.size() * 4) || !put(kblk_, kb.data(), kb.size()) || !put(vblk_, vb.data(), vb.size()) ||
         !put(c_first_, c_first.data(), c_first.size() * 4) || !put(n_coded_, n_coded.data(), n_coded.size() * 4) ||
         !put(c_pos_, c_pos.data(), c_pos.size() * 4))
@@ -592,14 +589,9 @@ namespace {
 // values [i % 64][d] after the keys (the host layout of kv-cache.h)
 __global__ void k_kv_append(uint8_t * pages, size_t page_bytes, int max_seg, int hd, int hdv, const float * k, const float * v, int n0) {
     const int t = blockIdx.x, h = blockIdx.y, nh = gridDim.y;
-    const int i = n0 + t, j = i % KV_PAGE_TOKENS;
+    const int i = n0 + t;
     uint16_t * page = (uint16_t *) (pages + ((size_t) h * max_seg + i / KV_PAGE_TOKENS) * page_bytes);
-    uint16_t * kt = page + (size_t) (j / KV_TILE) * hd * KV_TILE + (j % KV_TILE);
-    uint16_t * vt = page + (size_t) KV_PAGE_TOKENS * hd + (size_t) j * hdv;
-    const float * ks = k + ((size_t) t * nh + h) * hd;
-    const float * vs = v + ((size_t) t * nh + h) * hdv;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) kt[(size_t) d * KV_TILE] = f32_to_f16_bits(ks[d]);
-    for (int d = threadIdx.x; d < hdv; d += blockDim.x) vt[d] = f32_to_f16_bits(vs[d]);
+    kv_page_put(page, i % KV_PAGE_TOKENS, k + ((size_t) t * nh + h) * hd, v + ((size_t) t * nh + h) * hdv, hd, hdv);
 }
 __global__ void k_fill_i32(int32_t * p, int n, int32_t value) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = value;

@@ -93,6 +93,11 @@ status device_buffer::alloc(size_t bytes) {
     bytes_ = bytes;
     return status::success();
 }
+status device_buffer::assign(const void * src, size_t bytes) {
+    const status st = alloc(bytes < 4 ? 4 : bytes);
+    if (!st.ok() || bytes == 0) return st;
+    return upload(src, bytes);
+}
 status device_buffer::upload(const void * src, size_t bytes, size_t offset) {
     if (offset + bytes > bytes_) return status(ERR_INVALID_ARG, strfmt("upload of %zu bytes at %zu past a %zu-byte buffer", bytes, offset, bytes_));
     CUDA_CHECK(cudaMemcpy((char *) ptr_ + offset, src, bytes, cudaMemcpyHostToDevice));

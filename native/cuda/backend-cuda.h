@@ -56,6 +56,8 @@ public:
     template <class T> T * as() const { return (T *) ptr_; }
     size_t bytes() const { return bytes_; }
     status upload(const void * src, size_t bytes, size_t offset = 0);
+    // alloc(max(bytes, 4)) then upload `bytes` from src (a table that may be empty still gets a valid pointer)
+    status assign(const void * src, size_t bytes);
     status download(void * dst, size_t bytes, size_t offset = 0) const;
     status zero();
 

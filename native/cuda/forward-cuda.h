@@ -60,6 +60,8 @@ public:
     // device). ERR_CONTEXT_FULL past n_ctx, ERR_INVALID_ARG for a token id out of range (both before anything
     // runs), ERR_ABORTED when *abort turns true (checked between chunks); on an error in a chunk the chunks
     // before it stay and the failing one leaves nothing (as the CPU engine): n_past() says how many tokens.
+    // Except where the failing chunk had already gathered an evicting head's tokens (a device error after a
+    // flush or an eviction, never an abort): that cannot be undone, so the cache is cleared and the error says so.
     status eval(const int32_t * tokens, int n_tokens, float * logits, const std::atomic<bool> * abort = nullptr);
     int n_past() const;
     int n_ctx() const;

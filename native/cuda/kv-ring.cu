@@ -18,21 +18,13 @@ constexpr int STEP_META = 4;  // pages, lo, n_coded, rc_before per head
 __device__ __forceinline__ uint16_t * slot_page(const kv_layer_view & kv, int h, int slot) {
     return (uint16_t *) kv.seg_page[(size_t) h * kv.max_seg + slot / KV_PAGE_TOKENS];
 }
-// key element d of slot j (inside its page): transposed tiles [64/16][D][16]; values [64][Dv] after the keys
-__device__ __forceinline__ size_t key_at(int j, int d, int D) { return ((size_t) (j / KV_TILE) * D + d) * KV_TILE + (j % KV_TILE); }
-__device__ __forceinline__ size_t value_at(int j, int d, int D, int DV) { return (size_t) KV_PAGE_TOKENS * D + (size_t) j * DV + d; }
 
 __global__ void k_ring_append(kv_layer_view kv, const int32_t * geo, const int32_t * rc, int32_t * pos, const float * k, const float * v, int32_t c0,
                               int2 * st_f, int32_t last0) {
     const int t = blockIdx.x, h = blockIdx.y, H = gridDim.y;
     const int D = kv.head_dim, DV = kv.head_dim_v;
     const int32_t slot = kv_ring_slot(c0, t, geo[h], rc[h], geo[H + h], geo[2 * H + h]);
-    uint16_t * page = slot_page(kv, h, slot);
-    const int j = slot % KV_PAGE_TOKENS;
-    const float * ks = k + ((size_t) t * H + h) * D;
-    const float * vs = v + ((size_t) t * H + h) * DV;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) page[key_at(j, d, D)] = f32_to_f16_bits(ks[d]);
-    for (int d = threadIdx.x; d < DV; d += blockDim.x) page[value_at(j, d, D, DV)] = f32_to_f16_bits(vs[d]);
+    kv_page_put(slot_page(kv, h, slot), slot % KV_PAGE_TOKENS, k + ((size_t) t * H + h) * D, v + ((size_t) t * H + h) * DV, D, DV);
     if (threadIdx.x == 0) {
         pos[(size_t) h * kv.max_tokens + slot] = c0 + t;
         if (st_f && kv.evict[h]) st_f[(size_t) h * kv.max_tokens + slot] = make_int2(last0, 0);  // lazy_append
@@ -307,10 +299,7 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
             seg_first[(size_t) h * max_seg + i] = i * KV_PAGE_TOKENS;
         }
     const std::vector<int32_t> pos((size_t) H * max_tokens, KV_RING_EMPTY);
-    auto put = [&](device_buffer & b, const void * src, size_t bytes) {
-        if (!(st = b.alloc(std::max<size_t>(bytes, 4))).ok()) return false;
-        return bytes == 0 || (st = b.upload(src, bytes)).ok();
-    };
+    auto put = [&](device_buffer & b, const void * src, size_t bytes) { return (st = b.assign(src, bytes)).ok(); };
     if (!put(page_ptrs_, ptrs.data(), ptrs.size() * sizeof(void *)) || !put(seg_n_, seg_n.data(), seg_n.size() * 4) ||
         !put(seg_first_, seg_first.data(), seg_first.size() * 4) || !put(pos_, pos.data(), pos.size() * 4) || !put(geo_, geo.data(), geo.size() * 4))
         return st;
