@@ -1,9 +1,10 @@
 // CPU reference: core::attention_ref (native/kernels/cpu/attention.cpp)
 //   for each query head h (KV head h / G), token j of that head with pos[j] <= q_pos:
 //     s_j = scale * Σ_d f16(q[d]) * k_j[d];  out = Σ_j softmax(s)_j v_j
-// Kernel 1 (grid n_head_kv x n_split x n_tokens, 128 threads): a split is a run of segments (pages) of
-// its head; each page's keys and values are copied to shared memory once and used by all G query heads
-// of the group; online softmax state (m, l) per query head, acc in registers (thread = output dim).
+// Kernel 1 (grid n_head_kv x n_split x query tiles, 128 threads): a split is a run of segments (pages) of
+// its head; each page's keys and values are copied to shared memory once and used by every row of the
+// block: the G query heads of the group for one query token (decode) or for MAXR / G of them (prefill);
+// online softmax state (m, l) and position mask per row, acc in registers (thread = output dim).
 // Kernel 2 merges the splits: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s.
 #include <algorithm>
 #include <cmath>
@@ -24,35 +25,44 @@ constexpr int MAXG = 8;
 constexpr int MAXD = 256;
 constexpr int DPT = MAXD / THREADS;  // output dims per thread
 
-size_t attn_smem_bytes(int G, int hd, int hdv) {
-    return (size_t) G * hd * 4 + (size_t) KV_PAGE_TOKENS * hd * 2 + (size_t) KV_PAGE_TOKENS * hdv * 2 + (size_t) MAXG * KV_PAGE_TOKENS * 4 +
-           3 * MAXG * 4;
+// Rows of a block: the G query heads of a KV head for qt consecutive query tokens (prefill: qt = MAXR / G, so
+// each page is loaded once for all of them; decode: qt = 1). Each row keeps its own position mask and online
+// softmax, exactly as with one token per block.
+constexpr int MAXR = 16;
+
+size_t attn_smem_bytes(int rows, int hd, int hdv) {
+    return (size_t) rows * hd * 4 + (size_t) KV_PAGE_TOKENS * hd * 2 + (size_t) KV_PAGE_TOKENS * hdv * 2 + (size_t) rows * KV_PAGE_TOKENS * 4 +
+           4 * (size_t) rows * 4;
 }
 
-__global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const float * q, const int32_t * q_pos, int n_head,
+template <int MR>
+__global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const float * q, const int32_t * q_pos, int n_head, int n_tokens, int qt,
                                                         float scale, int n_split, int n_total, float * partial) {
     extern __shared__ float4 smem4[];
-    const int hkv = blockIdx.x, split = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
+    const int hkv = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * qt, tid = threadIdx.x;
     const int G = n_head / kv.n_head_kv, hd = kv.head_dim, hdv = kv.head_dim_v;
-    float * q_s = (float *) smem4;                                        // [G][hd]
-    uint16_t * k_s = (uint16_t *) (q_s + G * hd);                          // [4][hd][16]
+    const int R = min(qt, n_tokens - t0) * G;  // rows: query token t0 + r / G, head hkv * G + r % G
+    float * q_s = (float *) smem4;                                        // [R][hd]
+    uint16_t * k_s = (uint16_t *) (q_s + R * hd);                          // [4][hd][16]
     uint16_t * v_s = k_s + KV_PAGE_TOKENS * hd;                            // [64][hdv]
-    float * p_s = (float *) (v_s + KV_PAGE_TOKENS * hdv);                  // [MAXG][64]
-    float * m_s = p_s + MAXG * KV_PAGE_TOKENS, * l_s = m_s + MAXG, * a_s = l_s + MAXG;
+    float * p_s = (float *) (v_s + KV_PAGE_TOKENS * hdv);                  // [R][64]
+    float * m_s = p_s + R * KV_PAGE_TOKENS, * l_s = m_s + R, * a_s = l_s + R;
+    int32_t * qp_s = (int32_t *) (a_s + R);                                // [R] query positions
 
-    const int32_t qp = q_pos[t];
     const bool round_q = !(kv.is_coded && kv.is_coded[hkv]);  // coded heads dot f32 queries (attend_group_coded_ref)
-    for (int i = tid; i < G * hd; i += THREADS) {
-        const int g = i / hd, d = i % hd;
-        const float x = q[((size_t) t * n_head + hkv * G + g) * hd + d];
+    for (int i = tid; i < R * hd; i += THREADS) {
+        const int r = i / hd, d = i % hd;
+        const float x = q[((size_t) (t0 + r / G) * n_head + hkv * G + r % G) * hd + d];
         q_s[i] = round_q ? __half2float(__float2half_rn(x)) : x;
     }
-    if (tid < MAXG) { m_s[tid] = -INFINITY; l_s[tid] = 0.0f; }
-    float acc[MAXG][DPT];
+    for (int r = tid; r < R; r += THREADS) { m_s[r] = -INFINITY; l_s[r] = 0.0f; qp_s[r] = q_pos[t0 + r / G]; }
+    float acc[MR][DPT];
 #pragma unroll
-    for (int g = 0; g < MAXG; g++)
+    for (int r = 0; r < MR; r++)
 #pragma unroll
-        for (int k = 0; k < DPT; k++) acc[g][k] = 0.0f;
+        for (int k = 0; k < DPT; k++) acc[r][k] = 0.0f;
+    // eviction policies: the scores of the chunk's last query row (kv.sc: f16 slots)
+    const int r_last = kv.sc && kv.evict[hkv] && t0 + R / G == n_tokens ? R - G : R;
 
     const int ns = kv.n_seg[hkv];
     const int s0 = (int) ((int64_t) split * ns / n_split), s1 = (int) ((int64_t) (split + 1) * ns / n_split);
@@ -68,26 +78,26 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
         for (int i = tid; i < nk4; i += THREADS) ((uint4 *) k_s)[i] = kp[i];
         for (int i = tid; i < nv4; i += THREADS) ((uint4 *) v_s)[i] = vp[i];
         __syncthreads();
-        for (int i = tid; i < G * KV_PAGE_TOKENS; i += THREADS) {
-            const int g = i / KV_PAGE_TOKENS, j = i % KV_PAGE_TOKENS;
+        for (int i = tid; i < R * KV_PAGE_TOKENS; i += THREADS) {
+            const int r = i / KV_PAGE_TOKENS, j = i % KV_PAGE_TOKENS;
             float sc = -INFINITY;
-            if (j < n && pos[j] <= qp && (!kv.lo || first + j < kv.ring_base[hkv] || pos[j] >= kv.lo[hkv])) {
+            if (j < n && pos[j] <= qp_s[r] && (!kv.lo || first + j < kv.ring_base[hkv] || pos[j] >= kv.lo[hkv])) {
                 const uint16_t * kt = k_s + (size_t) (j / KV_TILE) * hd * KV_TILE + (j % KV_TILE);
-                const float * qg = q_s + g * hd;
+                const float * qg = q_s + r * hd;
                 float dot = 0.0f;
                 for (int d = 0; d < hd; d++) dot = fmaf(qg[d], f16_bits_to_f32(kt[d * KV_TILE]), dot);
                 sc = dot * scale;
             }
-            p_s[g * KV_PAGE_TOKENS + j] = sc;
-            if (kv.sc && t == (int) gridDim.z - 1 && kv.evict[hkv] && j < n) kv.sc[((size_t) hkv * G + g) * kv.max_tokens + first + j] = sc;
+            p_s[r * KV_PAGE_TOKENS + j] = sc;
+            if (r >= r_last && j < n) kv.sc[((size_t) hkv * G + (r - r_last)) * kv.max_tokens + first + j] = sc;
         }
         __syncthreads();
         const int warp = tid / WARP, lane = tid % WARP;
-        for (int g = warp; g < G; g += THREADS / WARP) {
-            float * pg = p_s + g * KV_PAGE_TOKENS;
+        for (int r = warp; r < R; r += THREADS / WARP) {
+            float * pg = p_s + r * KV_PAGE_TOKENS;
             const float a = pg[lane], b = pg[lane + WARP];
             const float mx = warp_max(fmaxf(a, b));
-            const float m_old = m_s[g], m_new = fmaxf(m_old, mx);
+            const float m_old = m_s[r], m_new = fmaxf(m_old, mx);
             float pa = 0.0f, pb = 0.0f, alpha = 1.0f;
             if (m_new != -INFINITY) {
                 pa = expf(a - m_new);
@@ -97,37 +107,37 @@ __global__ void __launch_bounds__(THREADS) k_attn_split(kv_layer_view kv, const 
             pg[lane] = pa;
             pg[lane + WARP] = pb;
             const float sum = warp_sum(pa + pb);
-            __syncwarp();  // every lane has read m_s[g] (racecheck does not count the shuffles as a barrier)
-            if (lane == 0) { l_s[g] = l_s[g] * alpha + sum; m_s[g] = m_new; a_s[g] = alpha; }
+            __syncwarp();  // every lane has read m_s[r] (racecheck does not count the shuffles as a barrier)
+            if (lane == 0) { l_s[r] = l_s[r] * alpha + sum; m_s[r] = m_new; a_s[r] = alpha; }
         }
         __syncthreads();
 #pragma unroll
-        for (int g = 0; g < MAXG; g++) {
-            if (g >= G) break;
-            const float alpha = a_s[g];
-            const float * pg = p_s + g * KV_PAGE_TOKENS;
+        for (int r = 0; r < MR; r++) {
+            if (r >= R) break;
+            const float alpha = a_s[r];
+            const float * pg = p_s + r * KV_PAGE_TOKENS;
 #pragma unroll
             for (int k = 0; k < DPT; k++) {
                 const int d = tid + k * THREADS;
                 if (d >= hdv) break;
-                float a = acc[g][k] * alpha;
+                float a = acc[r][k] * alpha;
                 for (int j = 0; j < n; j++)  // masked slots (p = 0) never enter: a stale inf would make 0·inf = NaN
                     if (pg[j] != 0.0f) a = fmaf(pg[j], f16_bits_to_f32(v_s[j * hdv + d]), a);
-                acc[g][k] = a;
+                acc[r][k] = a;
             }
         }
     }
     __syncthreads();
     const int stride = 2 + hdv;
 #pragma unroll
-    for (int g = 0; g < MAXG; g++) {
-        if (g >= G) break;
-        float * part = partial + (((size_t) t * n_head + hkv * G + g) * n_total + split) * stride;
-        if (tid == 0) { part[0] = m_s[g]; part[1] = l_s[g]; }
+    for (int r = 0; r < MR; r++) {
+        if (r >= R) break;
+        float * part = partial + (((size_t) (t0 + r / G) * n_head + hkv * G + r % G) * n_total + split) * stride;
+        if (tid == 0) { part[0] = m_s[r]; part[1] = l_s[r]; }
 #pragma unroll
         for (int k = 0; k < DPT; k++) {
             const int d = tid + k * THREADS;
-            if (d < hdv) part[2 + d] = acc[g][k];
+            if (d < hdv) part[2 + d] = acc[r][k];
         }
     }
 }
@@ -162,21 +172,24 @@ template <int D> __device__ void fwht_rows(float * x, int ld, int rows) {
     }
 }
 
-template <int D>
-__global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const float * q, const int32_t * q_pos, int n_head, float scale,
-                                                        int n_split_c, int split0, int n_total, float * partial) {
-    const int hkv = blockIdx.x, split = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
+template <int D, int MR>
+__global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const float * q, const int32_t * q_pos, int n_head, int n_tokens, int qt,
+                                                        float scale, int n_split_c, int split0, int n_total, float * partial) {
+    static_assert(MR <= CT, "the accumulators go through k_t for the final FWHT");
+    const int hkv = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * qt, tid = threadIdx.x;
     const int G = n_head / kv.n_head_kv;
-    __shared__ float q_s[MAXG][D];
+    const int R = min(qt, n_tokens - t0) * G;  // rows: query token t0 + r / G, head hkv * G + r % G (as k_attn_split)
+    __shared__ float q_s[MR][D];
     __shared__ float k_t[CT][D + 1];
     __shared__ float cs_s[CT][D / 2], sn_s[CT][D / 2];
-    __shared__ float p_s[MAXG][CT];
-    __shared__ float m_s[MAXG], l_s[MAXG], a_s[MAXG];
-    __shared__ float qsum[MAXG][D / 8];
+    __shared__ float p_s[MR][CT];
+    __shared__ float m_s[MR], l_s[MR], a_s[MR];
+    __shared__ float qsum[MR][D / 8];
+    __shared__ int32_t qp_s[MR];
     __shared__ int nvis_s;
     const float inv_sqrt_d = 1.0f / sqrtf((float) D);
 
-    const int32_t qp = q_pos[t];
+    const int32_t qp = q_pos[t0 + R / G - 1];  // the block's last (largest) query position
     const int nc = kv.is_coded && kv.is_coded[hkv] ? kv.n_coded[hkv] : 0;
     const int c0 = nc ? kv.c_first[hkv] : 0;
     const int32_t * cpos = kv.c_pos + c0;
@@ -186,18 +199,18 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
         while (lo < hi) { const int mid = (lo + hi) / 2; if (cpos[mid] <= qp) lo = mid + 1; else hi = mid; }
         nvis_s = lo;
     }
-    for (int i = tid; i < G * D; i += THREADS) q_s[i / D][i % D] = q[((size_t) t * n_head + hkv * G + i / D) * D + i % D];
-    if (tid < MAXG) { m_s[tid] = -INFINITY; l_s[tid] = 0.0f; }
+    for (int i = tid; i < R * D; i += THREADS) q_s[i / D][i % D] = q[((size_t) (t0 + i / D / G) * n_head + hkv * G + (i / D) % G) * D + i % D];
+    for (int r = tid; r < R; r += THREADS) { m_s[r] = -INFINITY; l_s[r] = 0.0f; qp_s[r] = q_pos[t0 + r / G]; }
     __syncthreads();
     if (!kv.pre_rope && nc > 0) {
         // post-RoPE keys are P·H·k: dot them with P·H·q (q̃[d] = (H·q)[perm[d]]), Σ q̃ per quantization group
-        fwht_rows<D>(&q_s[0][0], D, G);
-        for (int i = tid; i < G * D; i += THREADS) k_t[i / D][i % D] = q_s[i / D][perm ? perm[i % D] : i % D] * inv_sqrt_d;
+        fwht_rows<D>(&q_s[0][0], D, R);
+        for (int i = tid; i < R * D; i += THREADS) k_t[i / D][i % D] = q_s[i / D][perm ? perm[i % D] : i % D] * inv_sqrt_d;
         __syncthreads();
-        for (int i = tid; i < G * D; i += THREADS) q_s[i / D][i % D] = k_t[i / D][i % D];
+        for (int i = tid; i < R * D; i += THREADS) q_s[i / D][i % D] = k_t[i / D][i % D];
         __syncthreads();
         const int ng = D / kv.kgroup;
-        for (int i = tid; i < G * ng; i += THREADS) {
+        for (int i = tid; i < R * ng; i += THREADS) {
             const int g = i / ng, gr = i % ng;
             float a = 0.0f;
             for (int k = 0; k < kv.kgroup; k++) a += q_s[g][gr * kv.kgroup + k];
@@ -207,9 +220,10 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     }
     const int nvis = nvis_s;
     const int s0 = (int) ((int64_t) split * nvis / n_split_c), s1 = (int) ((int64_t) (split + 1) * nvis / n_split_c);
-    float acc[MAXG];
+    float acc[MR];
 #pragma unroll
-    for (int g = 0; g < MAXG; g++) acc[g] = 0.0f;
+    for (int r = 0; r < MR; r++) acc[r] = 0.0f;
+    const int r_last = kv.sc_c && kv.evict[hkv] && t0 + R / G == n_tokens ? R - G : R;  // eviction: the chunk's last row
     const float theta_scale = kv.theta_scale;
     for (int j0 = s0; j0 < s1; j0 += CT) {
         const int nt = min(CT, s1 - j0);
@@ -241,22 +255,22 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
                 k_t[tok][i1] = fmaf(x0, sn, x1 * c);
             }
             __syncthreads();
-            for (int i = tid; i < G * CT; i += THREADS) {
-                const int g = i / CT, tok = i % CT;
+            for (int i = tid; i < R * CT; i += THREADS) {
+                const int r = i / CT, tok = i % CT;
                 float sc = -INFINITY;
-                if (tok < nt) {
+                if (tok < nt && cpos[j0 + tok] <= qp_s[r]) {
                     float dot = 0.0f;
-                    for (int d = 0; d < D; d++) dot = fmaf(q_s[g][d], k_t[tok][d], dot);
+                    for (int d = 0; d < D; d++) dot = fmaf(q_s[r][d], k_t[tok][d], dot);
                     sc = dot * scale;
                 }
-                p_s[g][tok] = sc;
-                if (kv.sc_c && t == (int) gridDim.z - 1 && kv.evict[hkv] && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + g] = sc;
+                p_s[r][tok] = sc;
+                if (r >= r_last && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + (r - r_last)] = sc;
             }
         } else {
-            for (int i = tid; i < G * CT; i += THREADS) {
-                const int g = i / CT, tok = i % CT;
+            for (int i = tid; i < R * CT; i += THREADS) {
+                const int g = i / CT, tok = i % CT;  // (g: the row)
                 float sc = -INFINITY;
-                if (tok < nt) {
+                if (tok < nt && cpos[j0 + tok] <= qp_s[g]) {
                     const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
                     const uint8_t * sb = blk + D * kv.kbits / 8;
                     const int ng = D / kv.kgroup;
@@ -270,12 +284,12 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
                     sc = r * scale;
                 }
                 p_s[g][tok] = sc;
-                if (kv.sc_c && t == (int) gridDim.z - 1 && kv.evict[hkv] && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + g] = sc;
+                if (g >= r_last && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + (g - r_last)] = sc;
             }
         }
         __syncthreads();
         const int warp = tid / WARP, lane = tid % WARP;
-        for (int g = warp; g < G; g += THREADS / WARP) {
+        for (int g = warp; g < R; g += THREADS / WARP) {  // (g: the row)
             const float a = p_s[g][lane];
             const float mx = warp_max(a);
             const float m_old = m_s[g], m_new = fmaxf(m_old, mx);
@@ -289,27 +303,29 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
         __syncthreads();
         if (tid < D) {
 #pragma unroll
-            for (int g = 0; g < MAXG; g++)
-                if (g < G) acc[g] *= a_s[g];
+            for (int r = 0; r < MR; r++)
+                if (r < R) acc[r] *= a_s[r];
             for (int tok = 0; tok < nt; tok++) {
                 const float v = rot_decode(kv.vblk + (size_t) (c0 + j0 + tok) * kv.v_block_bytes, tid, D, kv.vbits, kv.vgroup);
 #pragma unroll
-                for (int g = 0; g < MAXG; g++)
-                    if (g < G) acc[g] = fmaf(p_s[g][tok], v, acc[g]);
+                for (int r = 0; r < MR; r++)
+                    if (r < R) acc[r] = fmaf(p_s[r][tok], v, acc[r]);
             }
         }
     }
     __syncthreads();
     // Σ p·H·v = H·Σ p·v: one FWHT per query head brings the split's accumulator back
     if (tid < D)
-        for (int g = 0; g < G; g++) k_t[g][tid] = acc[g];
+#pragma unroll
+        for (int r = 0; r < MR; r++)
+            if (r < R) k_t[r][tid] = acc[r];
     __syncthreads();
-    fwht_rows<D>(&k_t[0][0], D + 1, G);
+    fwht_rows<D>(&k_t[0][0], D + 1, R);
     const int stride = 2 + D;
-    for (int g = 0; g < G; g++) {
-        float * part = partial + (((size_t) t * n_head + hkv * G + g) * n_total + split0 + split) * stride;
-        if (tid == 0) { part[0] = m_s[g]; part[1] = l_s[g]; }
-        if (tid < D) part[2 + tid] = k_t[g][tid] * inv_sqrt_d;
+    for (int r = 0; r < R; r++) {
+        float * part = partial + (((size_t) (t0 + r / G) * n_head + hkv * G + r % G) * n_total + split0 + split) * stride;
+        if (tid == 0) { part[0] = m_s[r]; part[1] = l_s[r]; }
+        if (tid < D) part[2 + tid] = k_t[r][tid] * inv_sqrt_d;
     }
 }
 
@@ -345,12 +361,16 @@ status attention_decode(const attn_decode_params & p, const float * q, const int
     if (G > MAXG || kv.head_dim > MAXD || kv.head_dim_v > MAXD || kv.head_dim % 8 || kv.head_dim_v % 8)
         return status(ERR_UNSUPPORTED_ARCH, strfmt("cuda attention: not supported (group %d > %d or head_dim %d/%d > %d or not a multiple of 8)",
                                                    G, MAXG, kv.head_dim, kv.head_dim_v, MAXD));
+    // query tokens per block: decode one; prefill as many as fill MAXR rows (each page or coded tile is then read
+    // and decoded once for all of them instead of once per query)
+    const int qt = p.n_tokens == 1 ? 1 : std::max(1, MAXR / G);
+    const int nz = (p.n_tokens + qt - 1) / qt;
     int n_split = p.n_split;
     if (n_split <= 0) {
         int dev = 0, sms = 0;
         CUDA_CHECK(cudaGetDevice(&dev));
         CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        n_split = std::max(1, (2 * sms + kv.n_head_kv * p.n_tokens - 1) / (kv.n_head_kv * p.n_tokens));
+        n_split = std::max(1, (2 * sms + kv.n_head_kv * nz - 1) / (kv.n_head_kv * nz));
     }
     n_split = std::max(1, std::min(n_split, std::max(1, kv.max_n_seg)));
     // coded tokens: splits of at least 128 tokens, as many as fill the device
@@ -359,7 +379,7 @@ status attention_decode(const attn_decode_params & p, const float * q, const int
         int dev = 0, sms = 0;
         CUDA_CHECK(cudaGetDevice(&dev));
         CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        const int fill = std::max(1, (2 * sms + kv.n_head_kv * p.n_tokens - 1) / (kv.n_head_kv * p.n_tokens));
+        const int fill = std::max(1, (2 * sms + kv.n_head_kv * nz - 1) / (kv.n_head_kv * nz));
         n_split_c = std::max(1, std::min(fill, (kv.max_n_coded + 127) / 128));
         if (kv.head_dim != kv.head_dim_v || (kv.head_dim != 32 && kv.head_dim != 64 && kv.head_dim != 128))
             return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda attention: coded heads need head_dim == head_dim_v in {32, 64, 128} (got %d/%d)", kv.head_dim, kv.head_dim_v));
@@ -370,20 +390,34 @@ status attention_decode(const attn_decode_params & p, const float * q, const int
         status st = ws.partial.alloc(need);
         if (!st.ok()) return st;
     }
-    const size_t smem = attn_smem_bytes(G, kv.head_dim, kv.head_dim_v);
-    if (smem > 48 * 1024)  // per device and cheap: set on every such launch rather than cached process-wide
-        CUDA_CHECK(cudaFuncSetAttribute(k_attn_split, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
-    k_attn_split<<<dim3(kv.n_head_kv, n_split, p.n_tokens), THREADS, smem, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split, n_total,
-                                                                                  ws.partial.as<float>());
+    float * part = ws.partial.as<float>();
+    const size_t smem = attn_smem_bytes(qt * G, kv.head_dim, kv.head_dim_v);
+    const dim3 grid(kv.n_head_kv, n_split, nz), grid_c(kv.n_head_kv, n_split_c, nz);
+    // per device and cheap: the shared-memory opt-in is set on every such launch rather than cached process-wide
+    if (qt == 1) {
+        if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_attn_split<MAXG>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
+        k_attn_split<MAXG><<<grid, THREADS, smem, s>>>(kv, q, q_pos, p.n_head, p.n_tokens, qt, p.scale, n_split, n_total, part);
+    } else {
+        if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_attn_split<MAXR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));
+        k_attn_split<MAXR><<<grid, THREADS, smem, s>>>(kv, q, q_pos, p.n_head, p.n_tokens, qt, p.scale, n_split, n_total, part);
+    }
     CUDA_CHECK_LAUNCH("attention split");
     if (n_split_c > 0) {
-        const dim3 grid(kv.n_head_kv, n_split_c, p.n_tokens);
-        float * part = ws.partial.as<float>();
-        switch (kv.head_dim) {
-        case 32: k_attn_coded<32><<<grid, THREADS, 0, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split_c, n_split, n_total, part); break;
-        case 64: k_attn_coded<64><<<grid, THREADS, 0, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split_c, n_split, n_total, part); break;
-        default: k_attn_coded<128><<<grid, THREADS, 0, s>>>(kv, q, q_pos, p.n_head, p.scale, n_split_c, n_split, n_total, part); break;
+#define TC_ATTN_CODED(D_, MR_) k_attn_coded<D_, MR_><<<grid_c, THREADS, 0, s>>>(kv, q, q_pos, p.n_head, p.n_tokens, qt, p.scale, n_split_c, n_split, n_total, part)
+        if (qt == 1) {
+            switch (kv.head_dim) {
+            case 32: TC_ATTN_CODED(32, MAXG); break;
+            case 64: TC_ATTN_CODED(64, MAXG); break;
+            default: TC_ATTN_CODED(128, MAXG); break;
+            }
+        } else {
+            switch (kv.head_dim) {
+            case 32: TC_ATTN_CODED(32, MAXR); break;
+            case 64: TC_ATTN_CODED(64, MAXR); break;
+            default: TC_ATTN_CODED(128, MAXR); break;
+            }
         }
+#undef TC_ATTN_CODED
         CUDA_CHECK_LAUNCH("attention coded split");
     }
     k_attn_merge<<<dim3(p.n_head, p.n_tokens), 128, 0, s>>>(ws.partial.as<float>(), n_total, kv.head_dim_v, out, kv.sc ? kv.ml : nullptr);

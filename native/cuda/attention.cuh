@@ -1,6 +1,7 @@
 // Decode attention over the per-head paged KV cache, on the device (flash-decoding: each (KV head,
-// split, query token) block streams its pages once for the whole GQA group, keeps an online softmax,
-// and a second kernel merges the splits). The device pages keep the host layout of kv-cache.h: a page
+// split, query tile) block streams its pages once for the whole GQA group and, in prefill, for a tile of
+// query tokens (16 rows: query heads x tokens), keeps an online softmax per row, and a second kernel merges
+// the splits). The device pages keep the host layout of kv-cache.h: a page
 // holds [KV_PAGE_TOKENS/KV_TILE][head_dim][KV_TILE] f16 keys (transposed tiles), then
 // [KV_PAGE_TOKENS][head_dim_v] f16 values; every head has its own segments, token count and explicit
 // int32 positions, and a query at position p attends the tokens of its KV head with position <= p.
