@@ -230,12 +230,14 @@ double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock:
 //   rot2-hs-lazy  rot2-hs whose other heads evict with LazyEviction (window W = 128, capacity half the row's
 //             context: the prefill stands for the chain of thought so far); the row decodes W steps first, so the
 //             timed steps run over the evicted cache, and reports what the evictions cost
+//   q8, q4    llama.cpp-style q8_0 / q4_0 blocks on every head (the baselines)
 constexpr int kLazyWindow = 128;
 status forward_kv(const std::string & kv, const model & m, int n_ctx, int row_ctx, kv_cache_config * out) {
     context_params p;
     p.n_ctx = n_ctx;
     const bool hs = kv == "rot2-hs" || kv == "rot2-hs-lazy";
     if (kv == "rot2" || kv == "rot2-post" || hs) p.storage.key = p.storage.value = KV_CODEC_ROT2;
+    if (kv == "q8" || kv == "q4") p.storage.key = p.storage.value = kv == "q8" ? KV_CODEC_Q8 : KV_CODEC_Q4;  // llama.cpp-style baselines
     p.storage.post_rope = kv == "rot2-post";
     if (hs) {
         p.retention.assign((size_t) m.hp.n_layer * m.hp.n_head_kv, kv == "rot2-hs" ? KV_RETAIN_FULL : KV_RETAIN_EVICT);
@@ -243,8 +245,8 @@ status forward_kv(const std::string & kv, const model & m, int n_ctx, int row_ct
         p.policy.kind = KV_POLICY_LAZY;
         p.policy.window = kLazyWindow;
         p.policy.capacity = std::max(kLazyWindow, row_ctx / 2);
-    } else if (kv != "f16" && kv != "rot2" && kv != "rot2-post") {
-        return status(ERR_INVALID_ARG, strfmt("--forward --kv: unknown cache %s (f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy)", kv.c_str()));
+    } else if (kv != "f16" && kv != "rot2" && kv != "rot2-post" && kv != "q8" && kv != "q4") {
+        return status(ERR_INVALID_ARG, strfmt("--forward --kv: unknown cache %s (f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy, q8, q4)", kv.c_str()));
     }
     *out = make_kv_config(m, p);
     return status::success();
@@ -350,7 +352,7 @@ int main(int argc, char ** argv) {
         else if (a == "--forward") forward = true;
         else if (a == "--steps") steps = std::max(1, std::atoi(next().c_str()));
         else if (a == "--hbm-gbs") hbm = std::atof(next().c_str());
-        else { std::fprintf(stderr, "usage: decode-bench-cuda [--forward] [--shape qwen2-1.5b|qwen2-0.5b|tiny] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy | with --forward: f16,rot2,rot2-post,rot2-hs,rot2-hs-lazy] [--steps N] [--hbm-gbs N]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: decode-bench-cuda [--forward] [--shape qwen2-1.5b|qwen2-0.5b|tiny] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy | with --forward also rot2-hs, q8, q4] [--steps N] [--hbm-gbs N]\n"); return 2; }
     }
     const shape * sh = nullptr;
     for (const shape & s : SHAPES) if (shape_name == s.name) sh = &s;
@@ -358,8 +360,8 @@ int main(int argc, char ** argv) {
     if (kvs.empty()) kvs = forward ? "f16,rot2,rot2-hs,rot2-hs-lazy" : "f16,rot2,rot2-post,rot2-hs-lazy";
     const std::vector<std::string> kv_list = split(kvs);
     for (const std::string & k : kv_list) {
-        const bool ok = (forward && k == "rot2-hs") || k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs-lazy";
-        if (!ok) { std::fprintf(stderr, "unknown --kv %s%s\n", k.c_str(), forward ? " (with --forward: f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy)" : ""); return 2; }
+        const bool ok = (forward && (k == "rot2-hs" || k == "q8" || k == "q4")) || k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs-lazy";
+        if (!ok) { std::fprintf(stderr, "unknown --kv %s%s\n", k.c_str(), forward ? " (with --forward: f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy, q8, q4)" : ""); return 2; }
     }
     std::unique_ptr<cu::backend> be;
     const status st = cu::backend::create(0, &be);

@@ -19,6 +19,9 @@ namespace core {
 namespace cuda {
 namespace {
 
+// q8 / q4: the codecs the coded kernel reads as plain blocks (kv_layer_view::plain)
+bool kv_codec_plain(const kv_codec_traits * t) { return t == &kv_codec_get(KV_CODEC_Q8) || t == &kv_codec_get(KV_CODEC_Q4); }
+
 static_assert(KV_PAGE_TOKENS == 64 && KV_TILE == 16, "common.cuh's key_at / value_at / kv_page_put assume the page layout of kv-cache.h");
 constexpr int THREADS = 128;
 constexpr int MAXG = 8;
@@ -202,7 +205,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     for (int i = tid; i < R * D; i += THREADS) q_s[i / D][i % D] = q[((size_t) (t0 + i / D / G) * n_head + hkv * G + (i / D) % G) * D + i % D];
     for (int r = tid; r < R; r += THREADS) { m_s[r] = -INFINITY; l_s[r] = 0.0f; qp_s[r] = q_pos[t0 + r / G]; }
     __syncthreads();
-    if (!kv.pre_rope && nc > 0) {
+    if (!kv.pre_rope && !kv.plain && nc > 0) {
         // post-RoPE keys are P·H·k: dot them with P·H·q (q̃[d] = (H·q)[perm[d]]), Σ q̃ per quantization group
         fwht_rows<D>(&q_s[0][0], D, R);
         for (int i = tid; i < R * D; i += THREADS) k_t[i / D][i % D] = q_s[i / D][perm ? perm[i % D] : i % D] * inv_sqrt_d;
@@ -228,7 +231,25 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     for (int j0 = s0; j0 < s1; j0 += CT) {
         const int nt = min(CT, s1 - j0);
         __syncthreads();  // the previous tile is consumed
-        if (kv.pre_rope) {
+        if (kv.plain) {
+            // q8 / q4: post-RoPE keys as stored
+            for (int i = tid; i < nt * D; i += THREADS) {
+                const int tok = i / D, d = i % D;
+                k_t[tok][d] = plain_decode(kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes, d, kv.kbits);
+            }
+            __syncthreads();
+            for (int i = tid; i < R * CT; i += THREADS) {
+                const int r = i / CT, tok = i % CT;
+                float sc = -INFINITY;
+                if (tok < nt && cpos[j0 + tok] <= qp_s[r]) {
+                    float dot = 0.0f;
+                    for (int d = 0; d < D; d++) dot = fmaf(q_s[r][d], k_t[tok][d], dot);
+                    sc = dot * scale;
+                }
+                p_s[r][tok] = sc;
+                if (r >= r_last && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + (r - r_last)] = sc;
+            }
+        } else if (kv.pre_rope) {
             // decode, undo the permutation (kr[perm[d]] = x̂[d]), FWHT, RoPE at the token's position
             for (int i = tid; i < nt * D; i += THREADS) {
                 const int tok = i / D, d = i % D;
@@ -306,7 +327,8 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
             for (int r = 0; r < MR; r++)
                 if (r < R) acc[r] *= a_s[r];
             for (int tok = 0; tok < nt; tok++) {
-                const float v = rot_decode(kv.vblk + (size_t) (c0 + j0 + tok) * kv.v_block_bytes, tid, D, kv.vbits, kv.vgroup);
+                const uint8_t * vb = kv.vblk + (size_t) (c0 + j0 + tok) * kv.v_block_bytes;
+                const float v = kv.plain ? plain_decode(vb, tid, kv.vbits) : rot_decode(vb, tid, D, kv.vbits, kv.vgroup);
 #pragma unroll
                 for (int r = 0; r < MR; r++)
                     if (r < R) acc[r] = fmaf(p_s[r][tok], v, acc[r]);
@@ -314,18 +336,19 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
         }
     }
     __syncthreads();
-    // Σ p·H·v = H·Σ p·v: one FWHT per query head brings the split's accumulator back
+    // Σ p·H·v = H·Σ p·v: one FWHT per query head brings the split's accumulator back (rot values)
     if (tid < D)
 #pragma unroll
         for (int r = 0; r < MR; r++)
             if (r < R) k_t[r][tid] = acc[r];
     __syncthreads();
-    fwht_rows<D>(&k_t[0][0], D + 1, R);
+    if (!kv.plain) fwht_rows<D>(&k_t[0][0], D + 1, R);  // (plain values accumulate in the stored basis)
     const int stride = 2 + D;
+    const float out_scale = kv.plain ? 1.0f : inv_sqrt_d;
     for (int r = 0; r < R; r++) {
         float * part = partial + (((size_t) (t0 + r / G) * n_head + hkv * G + r % G) * n_total + split0 + split) * stride;
         if (tid == 0) { part[0] = m_s[r]; part[1] = l_s[r]; }
-        if (tid < D) part[2 + tid] = k_t[r][tid] * inv_sqrt_d;
+        if (tid < D) part[2 + tid] = k_t[r][tid] * out_scale;
     }
 }
 
@@ -494,7 +517,9 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         const kv_storage_config & st = *c.st;
         const int kg = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group), vg = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
         const char * why = nullptr;
-        if (!c.kc->rotated || !c.vc->rotated || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1) why = "keys and values must use rot2/rot3/rot4";
+        const bool plain = kv_codec_plain(c.kc) && kv_codec_plain(c.vc);
+        if (!(plain || (c.kc->rotated && c.vc->rotated)) || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1)
+            why = "keys and values must both use rot2/rot3/rot4, or both q8/q4";
         else if (c.rot_g != 1) why = "grouped key rotation (rotationGroup > 1) is not supported on CUDA yet";
         else if (hd != hdv || (hd != 32 && hd != 64 && hd != 128)) why = "head_dim == head_dim_v in {32, 64, 128} is required";
         else if (kg < 8 || vg < 8) why = "quantization groups of at least 8 channels are required";
@@ -546,7 +571,8 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     v_.vgroup = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
     v_.k_block_bytes = (int) c.k_block_bytes;
     v_.v_block_bytes = (int) c.v_block_bytes;
-    v_.pre_rope = sc.post_rope ? 0 : 1;
+    v_.plain = c.kc->rotated ? 0 : 1;
+    v_.pre_rope = sc.post_rope || v_.plain ? 0 : 1;  // (kv_cache un-RoPEs rotated keys only)
     v_.rope_neox = sc.rope == ROPE_STYLE_NEOX;
     v_.n_rot = sc.n_rot;
     v_.freq_base = sc.freq_base;

@@ -51,6 +51,9 @@ struct kv_layer_view {
     const float * freq_factors = nullptr;
     int kbits = 0, vbits = 0, kgroup = 0, vgroup = 0, k_block_bytes = 0, v_block_bytes = 0;
     int pre_rope = 0, rope_neox = 0, n_rot = 0;
+    // plain codecs (q8 / q4: llama.cpp's q8_0 / q4_0 block per 32 channels, kbits/vbits 8 or 4; post-RoPE keys,
+    // no rotation, no permutation) instead of RotateKV's
+    int plain = 0;
     float freq_base = 10000.0f, freq_scale = 1.0f;
     float theta_scale = 1.0f;            // base^(-2/n_rot), computed on the host as rope_cache_ref does
     int max_n_coded = 0;                 // host copy (sizes the coded split)

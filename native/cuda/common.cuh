@@ -66,6 +66,16 @@ __device__ __forceinline__ uint16_t f32_to_f16_bits(float f) { return __half_as_
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return (unsigned) ((a + b - 1) / b); }
 
+// Element d of a token's q8 / q4 block (codecs/q8.cpp, q4.cpp: per 32 elements an f16 scale, then 32 int8
+// codes or 16 bytes of 4-bit codes offset by 8, element 2i in the low nibble).
+__device__ __forceinline__ float plain_decode(const uint8_t * blk, int d, int bits) {
+    const int b = d / 32, i = d % 32;
+    const uint8_t * p = blk + (size_t) b * (2 + 32 * bits / 8);
+    const float s = f16_bits_to_f32((uint16_t) (p[0] | (p[1] << 8)));
+    if (bits == 8) return s * (float) (int8_t) p[2 + i];
+    return s * (float) (((p[2 + i / 2] >> (4 * (i & 1))) & 15) - 8);
+}
+
 // The KV page layout of kv-cache.h (64 tokens per page): keys in transposed tiles [64/16][D][16], then values
 // [64][Dv]. Element d of token j (j < 64) of a page, and a token written from f32 (rounded to f16 as the host
 // cache rounds) by the block's threads.

@@ -389,6 +389,7 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     if (sc.coded()) {
         codec.kbits = kv_codec_get(sc.key).bits;
         codec.vbits = kv_codec_get(sc.value).bits;
+        codec.plain = !kv_codec_get(sc.key).rotated;  // q8 / q4 (kv_ring_config_from admits no mixed family)
         codec.group = sc.group;
         codec.kclip = sc.clip_of(sc.key);
         codec.vclip = sc.clip_of(sc.value);

@@ -62,7 +62,29 @@ __device__ void rot_encode(const float * x, int bits, int G, float clip, uint8_t
     __syncthreads();
 }
 
-// Quantize-on-write, one token per block (D threads): kv_cache::flush's steps for a head rotated alone.
+// q8.cpp / q4.cpp's encode of x[0..D) (shared memory) into blk, one thread per channel d: per 32 channels an
+// f16 scale (q8: max|x| / 127; q4: the largest-magnitude element / −8), then the codes.
+template <int D>
+__device__ void plain_encode(const float * x, int bits, uint8_t * blk, int * code) {
+    const int d = threadIdx.x, b0 = d / 32 * 32, i = d % 32;
+    uint8_t * p = blk + (size_t) (d / 32) * (2 + 32 * bits / 8);
+    float amax = 0.0f, m = 0.0f;
+    for (int k = 0; k < 32; k++)
+        if (fabsf(x[b0 + k]) > amax) { amax = fabsf(x[b0 + k]); m = x[b0 + k]; }
+    const float s = bits == 8 ? amax / 127.0f : m / -8.0f, id = s != 0.0f ? 1.0f / s : 0.0f;
+    const uint16_t sh = f32_to_f16_bits(s);
+    // (products never fused into the sums: the CPU encoders have no FMA)
+    if (bits == 8) code[d] = (int) lroundf(__fmul_rn(x[d], id));
+    else code[d] = min(15, (int) __fadd_rn(__fmul_rn(x[d], id), 8.5f));
+    __syncthreads();
+    if (i == 0) { p[0] = (uint8_t) (sh & 0xffu); p[1] = (uint8_t) (sh >> 8); }
+    if (bits == 8) p[2 + i] = (uint8_t) (int8_t) code[d];
+    else if (i % 2 == 0) p[2 + i / 2] = (uint8_t) (code[d] | (code[d + 1] << 4));
+    __syncthreads();
+}
+
+// Quantize-on-write, one token per block (D threads): kv_cache::flush's steps for a head rotated alone, or
+// for q8 / q4 the post-RoPE key and the value encoded as they are.
 template <int D>
 __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * kblk, uint8_t * vblk, int32_t * c_pos, float kclip, float vclip,
                               const int2 * st_f, int2 * st_c) {
@@ -74,6 +96,17 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     const int j = slot % KV_PAGE_TOKENS;
     xk[d] = f16_bits_to_f32(page[key_at(j, d, D)]);
     xv[d] = f16_bits_to_f32(page[value_at(j, d, D, D)]);
+    const size_t c = (size_t) kv.c_first[h] + ci;
+    if (kv.plain) {
+        __syncthreads();
+        plain_encode<D>(xk, kv.kbits, kblk + c * kv.k_block_bytes, code);
+        plain_encode<D>(xv, kv.vbits, vblk + c * kv.v_block_bytes, code);
+        if (d == 0) {
+            c_pos[c] = pos;
+            if (st_c && kv.evict[h]) st_c[c] = st_f[(size_t) h * kv.max_tokens + slot];
+        }
+        return;
+    }
     if (kv.pre_rope && d < D / 2) {  // rope_cache_ref(cs, −pos): θ advanced by repeated multiplication
         float theta = (float) (-pos);
         for (int i = 0; i < d; i++) theta *= kv.theta_scale;
@@ -107,7 +140,6 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     qk[d] = xk[perm ? perm[d] : d] * sc;  // fwht_ref scales, then the cache permutes
     qv[d] = xv[d] * sc;
     __syncthreads();
-    const size_t c = (size_t) kv.c_first[h] + ci;
     rot_encode<D>(qk, kv.kbits, kv.kgroup, kclip, kblk + c * kv.k_block_bytes, code);
     rot_encode<D>(qv, kv.vbits, kv.vgroup, vclip, vblk + c * kv.v_block_bytes, code);
     if (d == 0) {
@@ -324,17 +356,21 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
             return st;
     }
     if (n_coded_heads == 0) return status::success();
-    if (codec.kbits < 2 || codec.kbits > 4 || codec.vbits < 2 || codec.vbits > 4 || D != DV || (D != 32 && D != 64 && D != 128))
-        return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4 (bits %d/%d) and head_dim == head_dim_v in {32, 64, 128} (%d/%d)",
+    const bool bits_ok = codec.plain ? (codec.kbits == 8 || codec.kbits == 4) && (codec.vbits == 8 || codec.vbits == 4)
+                                     : codec.kbits >= 2 && codec.kbits <= 4 && codec.vbits >= 2 && codec.vbits <= 4;
+    if (!bits_ok || D != DV || (D != 32 && D != 64 && D != 128))
+        return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4 or q8/q4 (bits %d/%d) and head_dim == head_dim_v in {32, 64, 128} (%d/%d)",
                                                     codec.kbits, codec.vbits, D, DV));
-    const int G = kv_codec_group(KV_CODEC_ROT2, D, codec.group);
+    const int G = codec.plain ? 32 : kv_codec_group(KV_CODEC_ROT2, D, codec.group);
     coded_cap_ = L.coded_cap();
     v_.kbits = codec.kbits;
     v_.vbits = codec.vbits;
     v_.kgroup = v_.vgroup = G;
-    v_.k_block_bytes = D * codec.kbits / 8 + D / G * 3;
-    v_.v_block_bytes = D * codec.vbits / 8 + D / G * 3;
-    v_.pre_rope = codec.pre_rope ? 1 : 0;
+    v_.plain = codec.plain ? 1 : 0;
+    // rot: codes | f16 scale and u8 zero-point per group; q8 / q4: per 32 channels an f16 scale and the codes
+    v_.k_block_bytes = codec.plain ? D / 32 * (2 + 32 * codec.kbits / 8) : D * codec.kbits / 8 + D / G * 3;
+    v_.v_block_bytes = codec.plain ? D / 32 * (2 + 32 * codec.vbits / 8) : D * codec.vbits / 8 + D / G * 3;
+    v_.pre_rope = codec.pre_rope && !codec.plain ? 1 : 0;
     v_.rope_neox = codec.rope_neox ? 1 : 0;
     v_.n_rot = codec.n_rot;
     v_.freq_base = codec.freq_base;

@@ -30,6 +30,7 @@ namespace cuda {
 // The coded heads' codecs and the model's RoPE (kv_storage_config resolved for one model).
 struct ring_codec {
     int kbits = 0, vbits = 0;            // 0: no coded head
+    bool plain = false;                  // q8 / q4 blocks (kbits, vbits 8 or 4) instead of RotateKV's
     int group = 32;                      // channels per quantization group (clamped to head_dim)
     float kclip = 1.0f, vclip = 1.0f;
     bool pre_rope = true;

@@ -22,13 +22,15 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
         return status(ERR_INVALID_ARG, "kv ring: the lazy policy needs a positive window and a capacity >= 0");
     if (st.coded()) {
         const kv_codec_traits & kc = kv_codec_get(st.key), & vc = kv_codec_get(st.value);
-        if (!kc.rotated || !vc.rotated)
-            return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes with rot2/rot3/rot4 keys and values only (asked: %s/%s): use backend 'cpu'", kc.name, vc.name));
-        if (st.rot_group != 1) return status(ERR_INVALID_ARG, "the CUDA cache rotates keys per head (rotationGroup 1) only: use backend 'cpu'");
+        auto plain = [](kv_codec_type t) { return t == KV_CODEC_Q8 || t == KV_CODEC_Q4; };
+        if (!(kc.rotated && vc.rotated) && !(plain(st.key) && plain(st.value)))
+            return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes keys and values both with rot2/rot3/rot4 or both with q8/q4 (asked: %s/%s): "
+                                                  "use backend 'cpu'", kc.name, vc.name));
+        if (kc.rotated && st.rot_group != 1) return status(ERR_INVALID_ARG, "the CUDA cache rotates keys per head (rotationGroup 1) only: use backend 'cpu'");
         if (c.head_dim != c.head_dim_v || (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128))
             return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes heads of 32, 64 or 128 channels with equal key and value sizes (this model: %d/%d)", c.head_dim, c.head_dim_v));
         if (kv_codec_group(st.key, c.head_dim, st.group) < 8) return status(ERR_INVALID_ARG, "the CUDA cache needs quantization groups of at least 8 channels");
-        if (!st.post_rope && (st.n_rot != c.head_dim || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX)))
+        if (kc.rotated && !st.post_rope && (st.n_rot != c.head_dim || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX)))
             return status(ERR_INVALID_ARG, "the CUDA cache's pre-RoPE keys need full NORM/NEOX RoPE (use the post-RoPE variant)");
         if (st.staging < 0 || st.protect < 0) return status(ERR_INVALID_ARG, "kv ring: staging and protect must be >= 0");
     }

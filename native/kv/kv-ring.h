@@ -75,7 +75,8 @@ struct kv_ring_config {
 
 // The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (rot codecs), STREAM heads STREAM.
 // EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: policies other than lazy,
-// codecs other than rot2/3/4 for both keys and values, grouped key rotation, heads wider than 256.
+// codecs other than rot2/3/4 for both keys and values or q8/q4 for both (KIVI, mixed families), grouped key
+// rotation, heads wider than 256.
 status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out);
 
 // One head's retain, evict or truncate step, applied on the device in this order: gather the kept quantized

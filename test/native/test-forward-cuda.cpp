@@ -300,14 +300,15 @@ TC_TEST("cuda/kv-append") {
 
 
 // Coded heads (RotateKV rot2/3/4 keys and values, pre- and post-RoPE, permuted keys, NORM/NEOX, head sizes
-// 32/64/128, staging and protected f16 tokens, a STREAM f16 head beside them) read in place on the device:
+// 32/64/128, staging and protected f16 tokens, a STREAM f16 head beside them; and q8 / q4 blocks) read in place on the device:
 // CUDA == the CPU's attend_group_coded_ref (through attention_ref) up to f32 rounding.
 TC_TEST("cuda/attention coded (rot2/3/4)") {
     TC_NEED_CUDA(be);
     int cases = 0;
     for (int D : {32, 64, 128}) {
-        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4}) {
+        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4, KV_CODEC_Q8, KV_CODEC_Q4}) {
             for (bool post : {false, true}) {
+                if (!kv_codec_get(t).rotated && !post) continue;  // q8 / q4 keys are post-RoPE either way
                 const rope_style style = (D == 64) ? ROPE_STYLE_NORM : ROPE_STYLE_NEOX;
                 const int nkv = 3, G = D == 128 ? 6 : 4, nh = nkv * G;
                 std::mt19937 rng(11 + D + (int) t + post);
@@ -417,7 +418,7 @@ TC_TEST("cuda/attention coded (rot2/3/4)") {
     TC_CHECK(dkv.view().kblk && dkv.view().max_n_coded == 300);
     TC_OK(dkv.synthetic(2, 64, 64, {500, 500}, 2, be->stream()));
     TC_CHECK(!dkv.view().kblk && !dkv.view().is_coded && dkv.view().max_n_coded == 0 && dkv.view().pre_rope == 0);
-    TC_CHECK(cases == 54);
+    TC_CHECK(cases == 72);
 }
 
 namespace {
@@ -648,7 +649,7 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     // what the device cache does not hold is refused with the reason, before anything is allocated
     std::shared_ptr<engine_context> x;
     context_params bad = gpu_p;
-    bad.storage.key = bad.storage.value = KV_CODEC_Q8;
+    bad.storage.key = bad.storage.value = KV_CODEC_KIVI2;  // (q8 / q4 run on the device: cuda/ring-engine)
     const status s1 = engine_context::create(m, bad, &x);
     TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("rot2") != std::string::npos) << s1.message;
     bad = gpu_p;
@@ -672,7 +673,7 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
 // heads, rot2 pre-RoPE with sinks, rot2 post-RoPE, rot4 on every head. Chunks of 64 tokens (prefill flushes
 // hundreds of tokens, decode every 16 steps), teacher-forced logits step by step, then every head's held
 // positions, the memory report, a rewind (exact and not) and replay.
-TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4)") {
+TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4, q8, q4)") {
     TC_NEED_CUDA(be);
     std::vector<uint8_t> img;
     std::shared_ptr<const model> m;
@@ -691,6 +692,8 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
         {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, false, true, true},
         {"rot2 post-RoPE", KV_CODEC_ROT2, true, false, false},
         {"rot4 every head + sinks", KV_CODEC_ROT4, false, false, true},
+        {"q8 + stream heads", KV_CODEC_Q8, false, true, true},
+        {"q4 every head", KV_CODEC_Q4, false, false, false},
     };
     std::vector<float> dense_ref;  // the dense f16 cache's logits at the end (how far compression moves them)
     for (const cfg & c : cfgs) {

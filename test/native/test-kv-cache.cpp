@@ -450,9 +450,14 @@ TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16,
     kv_ring_config rc;
     status st = kv_ring_config_from(ev, 512, &rc);
     TC_CHECK(!st.ok() && st.message.find("lazy") != std::string::npos) << st.message;
-    kv_cache_config q8 = ring_cfg(KV_CODEC_Q8, false, false);
-    st = kv_ring_config_from(q8, 512, &rc);
-    TC_CHECK(!st.ok() && st.message.find("rot2") != std::string::npos) << st.message;
+    kv_cache_config kivi = ring_cfg(KV_CODEC_KIVI2, false, false);
+    st = kv_ring_config_from(kivi, 512, &rc);
+    TC_CHECK(!st.ok() && st.message.find("rot2") != std::string::npos && st.message.find("q8/q4") != std::string::npos) << st.message;
+    kv_cache_config mixed = ring_cfg(KV_CODEC_ROT2, false, false);
+    mixed.storage.value = KV_CODEC_Q8;
+    st = kv_ring_config_from(mixed, 512, &rc);
+    TC_CHECK(!st.ok() && st.message.find("rot2/q8") != std::string::npos) << st.message;
+    TC_CHECK(kv_ring_config_from(ring_cfg(KV_CODEC_Q4, false, false), 512, &rc).ok());
 }
 
 namespace {
