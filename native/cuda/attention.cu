@@ -256,13 +256,19 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
                 const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
                 k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
             }
-            if (tid < nt) {  // rope_cache_ref: theta advanced by repeated multiplication
-                float theta = (float) cpos[j0 + tid];
-                for (int i = 0; i < D / 2; i++) {
+            // rope_cache_ref: theta advanced by repeated multiplication. Each token's D/2 angles are split into
+            // RQ runs, one per thread (all 128 threads busy instead of nt); a run starts by repeating the chain of
+            // multiplications up to its first index, so every theta is the CPU's, bit for bit.
+            constexpr int RQ = 4, RL = D / 2 / RQ;
+            for (int it = tid; it < nt * RQ; it += THREADS) {
+                const int tok = it / RQ, k0 = it % RQ * RL;
+                float theta = (float) cpos[j0 + tok];
+                for (int i = 0; i < k0; i++) theta *= theta_scale;
+                for (int i = k0; i < k0 + RL; i++) {
                     const float ff = kv.freq_factors ? kv.freq_factors[i] : 1.0f;
                     const float tt = kv.freq_scale * (theta / ff);
-                    cs_s[tid][i] = cosf(tt);
-                    sn_s[tid][i] = sinf(tt);
+                    cs_s[tok][i] = cosf(tt);
+                    sn_s[tok][i] = sinf(tt);
                     theta *= theta_scale;
                 }
             }
