@@ -164,7 +164,7 @@ struct forward_session::impl {
         }
         L.retain(n_past + T, step.ops, dstep, prompt);
         // an evicting layer at a decode step: attention keeps the last row's scores, observe updates the statistics
-        const bool observing = L.has_evict() && dstep > 0;
+        const bool observing = L.has_evict() && !L.stats_free() && dstep > 0;
         const int G = (int) (m->hp.n_head / m->hp.n_head_kv);
         D.set_append_last(dstep > 0 ? dstep - 1 : 0);
         D.set_scores(observing ? scores.as<float>() : nullptr, ml.as<float>(), G);
@@ -184,7 +184,7 @@ struct forward_session::impl {
         std::vector<due_head> due;
         for (size_t il = 0; il < rl.size(); il++)
             for (int h = 0; h < rl[il].n_head_kv(); h++)
-                if (rl[il].due(h, dstep, prompt)) due.push_back({(int) il, h, {}, {}});
+                if (!rl[il].stats_free() && rl[il].due(h, dstep, prompt)) due.push_back({(int) il, h, {}, {}});  // (streaming: retain did it)
         if (due.empty()) return status::success();
         const auto t0 = std::chrono::steady_clock::now();
         status st;
@@ -575,6 +575,10 @@ kv_memory_report forward_session::memory(bool per_head) const {
     }
     r.evicted_tokens += p.evicted;
     r.compactions = p.compactions;
+    for (const kv_ring_layer & L : p.rl) {  // evictions the bookkeeping ran itself (streaming)
+        r.evicted_tokens += L.evicted();
+        r.compactions += L.compactions();
+    }
     r.compaction_seconds = p.compaction_s;
     r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes;
     return r;

@@ -16,10 +16,10 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     bool evict = false;
     for (uint8_t r : c.retention) evict |= r == KV_RETAIN_EVICT;
     const kv_policy * pol = kv_policy_get(c.policy.kind);
-    if (evict && (!pol || c.policy.kind != KV_POLICY_LAZY))
-        return status(ERR_INVALID_ARG, strfmt("the CUDA cache runs the lazy eviction policy only (asked: %s): use backend 'cpu'", pol ? pol->name : "?"));
+    if (evict && (!pol || (c.policy.kind != KV_POLICY_LAZY && c.policy.kind != KV_POLICY_STREAMING)))
+        return status(ERR_INVALID_ARG, strfmt("the CUDA cache runs the lazy and streaming eviction policies only (asked: %s): use backend 'cpu'", pol ? pol->name : "?"));
     if (evict && (c.policy.window <= 0 || c.policy.capacity < 0))
-        return status(ERR_INVALID_ARG, "kv ring: the lazy policy needs a positive window and a capacity >= 0");
+        return status(ERR_INVALID_ARG, "kv ring: the eviction policy needs a positive window and a capacity >= 0");
     if (st.coded()) {
         const kv_codec_traits & kc = kv_codec_get(st.key), & vc = kv_codec_get(st.value);
         auto plain = [](kv_codec_type t) { return t == KV_CODEC_Q8 || t == KV_CODEC_Q4; };
@@ -86,7 +86,10 @@ kv_ring_layer::kv_ring_layer(const kv_ring_config & c, int il)
             any_coded_ |= evict_coded_;
             // compact f16 slots: a coded head holds its protected tokens (positions < protect, sinks), less than a
             // window + a flush block of others, and a chunk; an f16 head may hold a whole prompt
+            // window + a flush block of others, and a chunk; an f16 head may hold a whole prompt, unless its policy
+            // evicts at every step (streaming: its budget, the sinks kept beyond it, and a chunk)
             x.ring_cap = evict_coded_ ? std::min(ctx_cap, round_up(c.protect + KV_MAX_SINKS + 1 + c.evict_staging + flush_ + c.max_chunk, KV_PAGE_TOKENS))
+                       : stats_free() ? std::min(ctx_cap, round_up(c.policy.capacity + KV_MAX_SINKS + 1 + c.max_chunk, KV_PAGE_TOKENS))
                                       : ctx_cap;
         } else {
             x.ring_cap = ctx_cap;
@@ -158,8 +161,19 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops, int32_t t,
         if (x.kind == KV_RING_DENSE) continue;
         if (x.kind == KV_RING_EVICT) {
             // kv_cache::retain: a due head is evicted first (evict(), which flushes); the others flush now, when
-            // their f16 tokens may exceed the window by a block (15 of 16 decode steps they cannot)
-            if (!evict_coded_ || due((int) h, t, P) || x.rc - evict_staging_ < flush_) continue;
+            // their f16 tokens may exceed the window by a block (15 of 16 decode steps they cannot). A policy that
+            // scores without statistics (streaming) is decided here; the others by the caller (select(), evict()).
+            if (due((int) h, t, P)) {
+                if (stats_free()) {
+                    evict_tokens((int) h, live);
+                    std::vector<int32_t> keep;
+                    select(live, {}, {}, t, P, keep);
+                    evicted_ += evict((int) h, keep, op);
+                    compactions_++;
+                }
+                continue;
+            }
+            if (!evict_coded_ || x.rc - evict_staging_ < flush_) continue;
             live.resize((size_t) x.rc);
             for (int32_t s = 0; s < x.rc; s++) live[(size_t) s] = s;
             compact_f16(h, live, op);
@@ -383,6 +397,8 @@ void kv_ring_layer::begin() {
     for (const head & x : heads_) mark_.push_back({x.rc, x.lo, (int32_t) x.coded.size(), x.dropped});
     mark_sinks_ = sinks_;
     mark_cand_ = sink_cand_;
+    mark_evicted_ = evicted_;
+    mark_compactions_ = compactions_;
 }
 
 bool kv_ring_layer::rollback(std::vector<slot_entry> & restored) {
@@ -408,6 +424,8 @@ bool kv_ring_layer::rollback(std::vector<slot_entry> & restored) {
     }
     sinks_ = mark_sinks_;
     sink_cand_ = mark_cand_;
+    evicted_ = mark_evicted_;
+    compactions_ = mark_compactions_;
     journal_on_ = false;
     moved_ = false;
     journal_.clear();

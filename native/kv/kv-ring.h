@@ -15,14 +15,15 @@
 //   CODED   a FULL head with a rot codec: fixed = positions < protect + sinks; the ring is the staging
 //           window; a flush quantizes the oldest unprotected tokens (kv_cache::flush: same count, same
 //           order) and moves lo past them; sinks below the new lo are copied to fixed slots first
-//   EVICT   a head under an eviction policy (lazy only so far): its f16 tokens stay compact in slots
+//   EVICT   a head under an eviction policy (lazy, streaming): its f16 tokens stay compact in slots
 //           [0, rc) in position order, lo = 0, and its quantized tokens compact in coded order, as kv_cache
 //           keeps them. Tokens do move here: an eviction gathers the survivors of both parts down, and a
 //           flush of a coded EVICT head quantizes the oldest unprotected f16 tokens then gathers the rest
 //           down (the slots hold at most protect + sinks + the f16 window + a flush block + a chunk; an f16
 //           EVICT head holds up to n_ctx, since a prompt stays whole until the first eviction). Per-token
 //           policy statistics live on the device beside the tokens and move with them (every op below).
-//           The eviction itself is decided on the host from the downloaded statistics (evict()).
+//           The eviction itself is decided on the host: from the downloaded statistics (lazy: select(),
+//           evict()), or in retain() from positions alone (streaming).
 // An empty slot holds KV_RING_EMPTY as its position (attention masks it as a future token).
 #pragma once
 #include <climits>
@@ -74,7 +75,7 @@ struct kv_ring_config {
 };
 
 // The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (rot codecs), STREAM heads STREAM.
-// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: policies other than lazy,
+// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: policies other than lazy and streaming,
 // codecs other than rot2/3/4 for both keys and values or q8/q4 for both (KIVI, mixed families), grouped key
 // rotation, heads wider than 256.
 status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out);
@@ -117,6 +118,12 @@ public:
     const std::vector<int32_t> & sinks() const { return sinks_; }
     bool wants_sinks() const { return (any_coded_ && protect_sinks_) || (any_evict_ && policy_.protect_sinks); }
     bool has_evict() const { return any_evict_; }
+    // The policy scores from positions only (streaming): retain() evicts its due heads itself, and the device
+    // keeps no statistics for it.
+    bool stats_free() const { return policy_.kind == KV_POLICY_STREAMING; }
+    // Evictions retain() ran itself (stats-free policies): tokens dropped and head compactions.
+    int64_t evicted() const { return evicted_; }
+    int64_t compactions() const { return compactions_; }
     const kv_policy_params & policy() const { return policy_; }
 
     // Records tokens c0 .. c0 + T − 1 (ERR_INTERNAL if a slot still in view would be overwritten: a
@@ -183,6 +190,7 @@ private:
     int32_t coded_cap_ = 0;
     int stream_sinks_ = 0, stream_recent_ = 0, protect_ = 0, staging_ = 0, flush_ = 16, evict_staging_ = 64;
     bool protect_sinks_ = true, any_coded_ = false, any_evict_ = false, evict_coded_ = false;
+    int64_t evicted_ = 0, compactions_ = 0;
     kv_policy_params policy_;
     const kv_policy * pol_ = nullptr;
     std::vector<int32_t> sinks_;                        // ascending
@@ -192,6 +200,7 @@ private:
     std::vector<slot_entry> journal_;  // old values, in write order
     struct head_mark { int32_t rc, lo, n_coded; bool dropped; };
     std::vector<head_mark> mark_;
+    int64_t mark_evicted_ = 0, mark_compactions_ = 0;
     std::vector<int32_t> mark_sinks_;
     std::vector<std::pair<float, int32_t>> mark_cand_;
 };

@@ -74,6 +74,7 @@ describe('backend selection', () => {
       await (await model.createContext({ kv: { heads: { layers: { '0': 'stream' } } } })).dispose();
       await (await model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } })).dispose();
       await (await model.createContext({ kv: { storage: { key: 'q8', value: 'q4' } } })).dispose();
+      await (await model.createContext({ kv: { eviction: { policy: 'streaming', capacity: 96 } } })).dispose();
       await (await model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2', permutation: 'none' } } })).dispose();
       // a context asking for the CPU skips the device checks
       await using ctx = await model.createContext({ backend: 'cpu', kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } });

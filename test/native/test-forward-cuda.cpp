@@ -794,11 +794,12 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
 }
 
 // Lazy eviction on the device (statistics from each decode step's attention scores, host selection at the
-// policy's steps, gathers on the device) against the CPU engine with the same options. The two see slightly
+// policy's steps, gathers on the device), and streaming (decided from positions at every step, prefill
+// included), against the CPU engine with the same options. The two see slightly
 // different probabilities (the device's f32 activations vs the CPU's q8 ones), so a token near the hit
 // threshold may count as a hit on one side only: the kept sets must agree almost everywhere, and exactly in
 // size (the budget decides it).
-TC_TEST("cuda/ring-lazy: lazy eviction on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode)") {
+TC_TEST("cuda/ring-lazy: lazy and streaming eviction on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode)") {
     TC_NEED_CUDA(be);
     std::vector<uint8_t> img;
     std::shared_ptr<const model> m;
@@ -810,11 +811,12 @@ TC_TEST("cuda/ring-lazy: lazy eviction on the device == the CPU engine (f16 + st
     const int n_heads = f.n_layer * f.n_head_kv;
     std::vector<int32_t> toks(520);
     for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t) ((i * 97 + 5 + (i * i) % 13) % f.n_vocab);
-    struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; };
+    struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; kv_policy_kind policy; };
     const cfg cfgs[] = {
-        {"lazy f16 + stream heads", KV_CODEC_F16, false, 0.0f},
-        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f},
-        {"lazy ratio 0.5 rot4", KV_CODEC_ROT4, false, 0.5f},
+        {"lazy f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_LAZY},
+        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f, KV_POLICY_LAZY},
+        {"lazy ratio 0.5 rot4", KV_CODEC_ROT4, false, 0.5f, KV_POLICY_LAZY},
+        {"streaming rot2 + stream heads", KV_CODEC_ROT2, false, 0.0f, KV_POLICY_STREAMING},
     };
     for (const cfg & c : cfgs) {
         context_params p;
@@ -826,7 +828,7 @@ TC_TEST("cuda/ring-lazy: lazy eviction on the device == the CPU engine (f16 + st
         p.retention.assign((size_t) n_heads, KV_RETAIN_FULL);
         p.retention[1] = KV_RETAIN_STREAM;
         p.retention[0] = p.retention[3] = p.retention[(size_t) n_heads - 1] = KV_RETAIN_EVICT;
-        p.policy.kind = KV_POLICY_LAZY;
+        p.policy.kind = c.policy;
         p.policy.capacity = 160;
         p.policy.window = 32;
         p.policy.ratio = c.ratio;
@@ -881,6 +883,8 @@ TC_TEST("cuda/ring-lazy: lazy eviction on the device == the CPU engine (f16 + st
         TC_CHECK(rg.compactions == rc.compactions && rg.compactions >= 3 * 4) << c.name << ": evictions ran " << rg.compactions << " times, " << rc.compactions << " on the CPU";
         TC_CHECK(sizes_equal == (size_t) n_heads && rg.resident_tokens == rc.resident_tokens) << c.name << ": the budget decides how many stay";
         TC_CHECK(jac >= 0.97) << c.name << ": the device keeps other tokens than the CPU (Jaccard " << jac << ")";
+        // streaming decides from positions alone: exactly the CPU's tokens
+        if (c.policy == KV_POLICY_STREAMING) TC_CHECK(heads_equal == (size_t) n_heads) << c.name;
         const double bound = c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
         TC_CHECK(worst <= bound && same * 20 >= steps * 17) << c.name << ": the device cache's logits drift from the CPU engine's";
         if (c.codec != KV_CODEC_F16) TC_CHECK(rg.quantized_tokens > 0);
