@@ -5,7 +5,7 @@
 // tests (test/lib/backend.test.ts), whose CUDA cases (generate on 'cuda' == 'cpu', the compressed device cache's
 // positions and counts, backend 'cpu' contexts of a CUDA model) otherwise skip without a GPU.
 // Needs cmake, python3 and an x86-64 or ucontext host; skips with the reason otherwise.
-// About 5 minutes on the 2-core CI machine (builds 2, the C++ CUDA tests 3, mostly the forward and ring tests).
+// About 7 minutes on the 2-core CI machine (builds 1-2, the C++ CUDA tests 5, mostly the forward and ring tests, the backend tests 1).
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
