@@ -231,55 +231,41 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     for (int j0 = s0; j0 < s1; j0 += CT) {
         const int nt = min(CT, s1 - j0);
         __syncthreads();  // the previous tile is consumed
-        if (kv.plain) {
-            // q8 / q4: post-RoPE keys as stored
-            for (int i = tid; i < nt * D; i += THREADS) {
-                const int tok = i / D, d = i % D;
-                k_t[tok][d] = plain_decode(kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes, d, kv.kbits);
-            }
-            __syncthreads();
-            for (int i = tid; i < R * CT; i += THREADS) {
-                const int r = i / CT, tok = i % CT;
-                float sc = -INFINITY;
-                if (tok < nt && cpos[j0 + tok] <= qp_s[r]) {
-                    float dot = 0.0f;
-                    for (int d = 0; d < D; d++) dot = fmaf(q_s[r][d], k_t[tok][d], dot);
-                    sc = dot * scale;
-                }
-                p_s[r][tok] = sc;
-                if (r >= r_last && tok < nt) kv.sc_c[(size_t) (c0 + j0 + tok) * G + (r - r_last)] = sc;
-            }
-        } else if (kv.pre_rope) {
-            // decode, undo the permutation (kr[perm[d]] = x̂[d]), FWHT, RoPE at the token's position
+        if (kv.plain || kv.pre_rope) {
+            // the tile's keys decoded into k_t: q8 / q4 post-RoPE keys as stored; pre-RoPE rot keys decoded, the
+            // permutation undone (kr[perm[d]] = x̂[d]), FWHT, RoPE at the token's position
             for (int i = tid; i < nt * D; i += THREADS) {
                 const int tok = i / D, d = i % D;
                 const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
-                k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
+                if (kv.plain) k_t[tok][d] = plain_decode(blk, d, kv.kbits);
+                else k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
             }
-            // rope_cache_ref: theta advanced by repeated multiplication. Each token's D/2 angles are split into
-            // RQ runs, one per thread (all 128 threads busy instead of nt); a run starts by repeating the chain of
-            // multiplications up to its first index, so every theta is the CPU's, bit for bit.
-            constexpr int RQ = 4, RL = D / 2 / RQ;
-            for (int it = tid; it < nt * RQ; it += THREADS) {
-                const int tok = it / RQ, k0 = it % RQ * RL;
-                float theta = (float) cpos[j0 + tok];
-                for (int i = 0; i < k0; i++) theta *= theta_scale;
-                for (int i = k0; i < k0 + RL; i++) {
-                    const float ff = kv.freq_factors ? kv.freq_factors[i] : 1.0f;
-                    const float tt = kv.freq_scale * (theta / ff);
-                    cs_s[tok][i] = cosf(tt);
-                    sn_s[tok][i] = sinf(tt);
-                    theta *= theta_scale;
+            if (kv.pre_rope) {
+                // rope_cache_ref: theta advanced by repeated multiplication. Each token's D/2 angles are split into
+                // RQ runs, one per thread (all 128 threads busy instead of nt); a run starts by repeating the chain
+                // of multiplications up to its first index, so every theta is the CPU's, bit for bit.
+                constexpr int RQ = 4, RL = D / 2 / RQ;
+                for (int it = tid; it < nt * RQ; it += THREADS) {
+                    const int tok = it / RQ, k0 = it % RQ * RL;
+                    float theta = (float) cpos[j0 + tok];
+                    for (int i = 0; i < k0; i++) theta *= theta_scale;
+                    for (int i = k0; i < k0 + RL; i++) {
+                        const float ff = kv.freq_factors ? kv.freq_factors[i] : 1.0f;
+                        const float tt = kv.freq_scale * (theta / ff);
+                        cs_s[tok][i] = cosf(tt);
+                        sn_s[tok][i] = sinf(tt);
+                        theta *= theta_scale;
+                    }
                 }
-            }
-            __syncthreads();
-            fwht_rows<D>(&k_t[0][0], D + 1, nt);
-            for (int i = tid; i < nt * (D / 2); i += THREADS) {
-                const int tok = i / (D / 2), k = i % (D / 2);
-                const int i0 = kv.rope_neox ? k : 2 * k, i1 = kv.rope_neox ? k + D / 2 : 2 * k + 1;
-                const float x0 = k_t[tok][i0] * inv_sqrt_d, x1 = k_t[tok][i1] * inv_sqrt_d, c = cs_s[tok][k], sn = sn_s[tok][k];
-                k_t[tok][i0] = fmaf(x0, c, -(x1 * sn));
-                k_t[tok][i1] = fmaf(x0, sn, x1 * c);
+                __syncthreads();
+                fwht_rows<D>(&k_t[0][0], D + 1, nt);
+                for (int i = tid; i < nt * (D / 2); i += THREADS) {
+                    const int tok = i / (D / 2), k = i % (D / 2);
+                    const int i0 = kv.rope_neox ? k : 2 * k, i1 = kv.rope_neox ? k + D / 2 : 2 * k + 1;
+                    const float x0 = k_t[tok][i0] * inv_sqrt_d, x1 = k_t[tok][i1] * inv_sqrt_d, c = cs_s[tok][k], sn = sn_s[tok][k];
+                    k_t[tok][i0] = fmaf(x0, c, -(x1 * sn));
+                    k_t[tok][i1] = fmaf(x0, sn, x1 * c);
+                }
             }
             __syncthreads();
             for (int i = tid; i < R * CT; i += THREADS) {

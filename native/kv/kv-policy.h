@@ -81,6 +81,9 @@ struct kv_policy {
     void (*score_qk)(const kv_qk_inputs & in, const kv_policy_params & pp, float * scores) = nullptr;
     // The policy reads kv_step_probs::p_layer (the mean over every query head of the layer).
     bool needs_layer_mean = false;
+    // `score` reads only the tokens' order, no statistics (streaming): the device cache decides such a policy on
+    // the host from positions alone, without downloading anything (kv-ring.h).
+    bool position_only = false;
 };
 
 const kv_policy * kv_policy_get(kv_policy_kind kind);

@@ -16,7 +16,8 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     bool evict = false;
     for (uint8_t r : c.retention) evict |= r == KV_RETAIN_EVICT;
     const kv_policy * pol = kv_policy_get(c.policy.kind);
-    if (evict && (!pol || (c.policy.kind != KV_POLICY_LAZY && c.policy.kind != KV_POLICY_STREAMING)))
+    // the device observes lazy's statistics (kv-ring.cu); a position-only policy needs none
+    if (evict && (!pol || (c.policy.kind != KV_POLICY_LAZY && !pol->position_only)))
         return status(ERR_INVALID_ARG, strfmt("the CUDA cache runs the lazy and streaming eviction policies only (asked: %s): use backend 'cpu'", pol ? pol->name : "?"));
     if (evict && (c.policy.window <= 0 || c.policy.capacity < 0))
         return status(ERR_INVALID_ARG, "kv ring: the eviction policy needs a positive window and a capacity >= 0");

@@ -118,9 +118,9 @@ public:
     const std::vector<int32_t> & sinks() const { return sinks_; }
     bool wants_sinks() const { return (any_coded_ && protect_sinks_) || (any_evict_ && policy_.protect_sinks); }
     bool has_evict() const { return any_evict_; }
-    // The policy scores from positions only (streaming): retain() evicts its due heads itself, and the device
-    // keeps no statistics for it.
-    bool stats_free() const { return policy_.kind == KV_POLICY_STREAMING; }
+    // The policy scores from positions only (kv_policy::position_only, streaming): retain() evicts its due heads
+    // itself, and the device keeps no statistics for it.
+    bool stats_free() const { return pol_ && pol_->position_only; }
     // Evictions retain() ran itself (stats-free policies): tokens dropped and head compactions.
     int64_t evicted() const { return evicted_; }
     int64_t compactions() const { return compactions_; }

@@ -669,22 +669,64 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     TC_CHECK(s4.code == ERR_INVALID_ARG && s4.message.find("per-query-head") != std::string::npos) << s4.message;
 }
 
+// The two sides of a device-cache test: the engine fixture loaded once, on the CPU and on the device, a CPU and a
+// device sequence under the same options, and the token stream both evaluate (teacher-forced).
+struct ring_pair {
+    std::vector<uint8_t> img;
+    std::shared_ptr<const model> m;
+    std::shared_ptr<const cu::device_model> dm;
+    std::vector<int32_t> toks;
+    size_t nv = 0;
+    double worst = 0;  // step(): worst logits NMSE and top-1 agreement since the last reset
+    int same = 0, steps = 0;
+
+    status init(cu::backend & be) {
+        status st = load_engine_fixture(78, img, m);
+        if (!st.ok() || !(st = cu::device_model::create(m, be, &dm)).ok()) return st;
+        nv = kEngineFixture.n_vocab;
+        toks.resize(520);
+        for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t) ((i * 97 + 5 + (i * i) % 13) % kEngineFixture.n_vocab);
+        return status::success();
+    }
+    status sequences(const context_params & p, std::shared_ptr<engine_sequence> & cs, std::shared_ptr<engine_sequence> & gs) const {
+        context_params gp = p;
+        gp.cuda_model = dm;
+        std::shared_ptr<engine_context> cctx, gctx;
+        status st;
+        if (!(st = engine_context::create(m, p, &cctx)).ok() || !(st = engine_context::create(m, gp, &gctx)).ok()) return st;
+        if (!(st = engine_sequence::create(cctx, &cs)).ok()) return st;
+        return engine_sequence::create(gctx, &gs);
+    }
+    // both sides evaluate toks[t0, t1) (one call, or one token per call), then compare their last logits
+    status eval(engine_sequence & cs, engine_sequence & gs, size_t t0, size_t t1, bool per_token) {
+        for (size_t t = t0; t < t1;) {
+            const size_t n = per_token ? 1 : t1 - t0;
+            status st;
+            if (!(st = cs.eval(&toks[t], (int) n, true)).ok() || !(st = gs.eval(&toks[t], (int) n, true)).ok()) return st;
+            worst = std::max(worst, nmse(gs.logits().data(), cs.logits().data(), nv));
+            same += argmax(gs.logits().data(), nv) == argmax(cs.logits().data(), nv);
+            steps++;
+            t += n;
+        }
+        return status::success();
+    }
+    void reset() { worst = 0; same = steps = 0; }
+};
+
 // The compressed cache on the device (kv-ring.cuh) against the CPU engine with the same options: stream
 // heads, rot2 pre-RoPE with sinks, rot2 post-RoPE, rot4 on every head. Chunks of 64 tokens (prefill flushes
 // hundreds of tokens, decode every 16 steps), teacher-forced logits step by step, then every head's held
 // positions, the memory report, a rewind (exact and not) and replay.
 TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4, q8, q4)") {
     TC_NEED_CUDA(be);
-    std::vector<uint8_t> img;
-    std::shared_ptr<const model> m;
-    TC_OK(load_engine_fixture(78, img, m));
+    ring_pair rp;
+    TC_OK(rp.init(*be));
     const fixture_spec & f = kEngineFixture;
-    std::shared_ptr<const cu::device_model> dm;
-    TC_OK(cu::device_model::create(m, *be, &dm));
-    const size_t nv = f.n_vocab;
+    const std::shared_ptr<const model> & m = rp.m;
+    const std::shared_ptr<const cu::device_model> & dm = rp.dm;
+    const std::vector<int32_t> & toks = rp.toks;
+    const size_t nv = rp.nv;
     const int n_heads = f.n_layer * f.n_head_kv;
-    std::vector<int32_t> toks(520);
-    for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t) ((i * 97 + 5 + (i * i) % 13) % f.n_vocab);
 
     struct cfg { const char * name; kv_codec_type codec; bool post; bool stream; bool sinks; };
     const cfg cfgs[] = {
@@ -715,26 +757,14 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
             for (int lh = 0; lh < n_heads; lh++)
                 for (int d = 0; d < f.head_dim; d++) p.storage.perm[(size_t) lh * f.head_dim + d] = lh / f.n_head_kv == 1 ? f.head_dim - 1 - d : d;
         }
-        context_params gp = p;
-        gp.cuda_model = dm;
-        std::shared_ptr<engine_context> cctx, gctx;
-        TC_OK(engine_context::create(m, p, &cctx));
-        TC_OK(engine_context::create(m, gp, &gctx));
         std::shared_ptr<engine_sequence> cs, gs;
-        TC_OK(engine_sequence::create(cctx, &cs));
-        TC_OK(engine_sequence::create(gctx, &gs));
+        TC_OK(rp.sequences(p, cs, gs));
         // a 256-token prompt (4 chunks), then 144 decode steps (the coded heads' ring of 192 slots wraps twice)
-        TC_OK(cs->eval(toks.data(), 256, true));
-        TC_OK(gs->eval(toks.data(), 256, true));
-        double worst = nmse(gs->logits().data(), cs->logits().data(), nv);
-        int same = argmax(gs->logits().data(), nv) == argmax(cs->logits().data(), nv), steps = 1;
-        for (size_t t = 256; t < 400; t++) {
-            TC_OK(cs->eval(&toks[t], 1, true));
-            TC_OK(gs->eval(&toks[t], 1, true));
-            worst = std::max(worst, nmse(gs->logits().data(), cs->logits().data(), nv));
-            same += argmax(gs->logits().data(), nv) == argmax(cs->logits().data(), nv);
-            steps++;
-        }
+        rp.reset();
+        TC_OK(rp.eval(*cs, *gs, 0, 256, false));
+        TC_OK(rp.eval(*cs, *gs, 256, 400, true));
+        const double worst = rp.worst;
+        const int same = rp.same, steps = rp.steps;
         const kv_memory_report rc = cs->memory(false), rg = gs->memory(false);
         std::printf("    RING %-40s logits NMSE worst %.3g, top-1 %d/%d; quantized %lld (cpu %lld), resident %lld (cpu %lld), K+V %llu B (cpu %llu)\n", c.name, worst, same,
                     steps, (long long) rg.quantized_tokens, (long long) rc.quantized_tokens, (long long) rg.resident_tokens, (long long) rc.resident_tokens,
@@ -801,16 +831,14 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
 // size (the budget decides it).
 TC_TEST("cuda/ring-lazy: lazy and streaming eviction on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode)") {
     TC_NEED_CUDA(be);
-    std::vector<uint8_t> img;
-    std::shared_ptr<const model> m;
-    TC_OK(load_engine_fixture(78, img, m));
+    ring_pair rp;
+    TC_OK(rp.init(*be));
     const fixture_spec & f = kEngineFixture;
-    std::shared_ptr<const cu::device_model> dm;
-    TC_OK(cu::device_model::create(m, *be, &dm));
-    const size_t nv = f.n_vocab;
+    const std::shared_ptr<const model> & m = rp.m;
+    const std::shared_ptr<const cu::device_model> & dm = rp.dm;
+    const std::vector<int32_t> & toks = rp.toks;
+    const size_t nv = rp.nv;
     const int n_heads = f.n_layer * f.n_head_kv;
-    std::vector<int32_t> toks(520);
-    for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t) ((i * 97 + 5 + (i * i) % 13) % f.n_vocab);
     struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; kv_policy_kind policy; };
     const cfg cfgs[] = {
         {"lazy f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_LAZY},
@@ -834,26 +862,14 @@ TC_TEST("cuda/ring-lazy: lazy and streaming eviction on the device == the CPU en
         p.policy.ratio = c.ratio;
         p.storage.key = p.storage.value = c.codec;
         p.storage.protect_sinks = c.sinks;
-        context_params gp = p;
-        gp.cuda_model = dm;
-        std::shared_ptr<engine_context> cctx, gctx;
-        TC_OK(engine_context::create(m, p, &cctx));
-        TC_OK(engine_context::create(m, gp, &gctx));
         std::shared_ptr<engine_sequence> cs, gs;
-        TC_OK(engine_sequence::create(cctx, &cs));
-        TC_OK(engine_sequence::create(gctx, &gs));
-        // a 256-token prompt, then 160 decode steps: evictions at steps 32, 64, ..., 160
-        TC_OK(cs->eval(toks.data(), 256, true));
-        TC_OK(gs->eval(toks.data(), 256, true));
-        double worst = 0;
-        int same = 0, steps = 0;
-        for (size_t t = 256; t < 416; t++) {
-            TC_OK(cs->eval(&toks[t], 1, true));
-            TC_OK(gs->eval(&toks[t], 1, true));
-            worst = std::max(worst, nmse(gs->logits().data(), cs->logits().data(), nv));
-            same += argmax(gs->logits().data(), nv) == argmax(cs->logits().data(), nv);
-            steps++;
-        }
+        TC_OK(rp.sequences(p, cs, gs));
+        // a 256-token prompt, then 160 decode steps: evictions at steps 32, 64, ..., 160 (the prompt's logits not counted)
+        TC_OK(rp.eval(*cs, *gs, 0, 256, false));
+        rp.reset();
+        TC_OK(rp.eval(*cs, *gs, 256, 416, true));
+        const double worst = rp.worst;
+        const int same = rp.same, steps = rp.steps;
         const kv_memory_report rc = cs->memory(true), rg = gs->memory(true);
         size_t inter = 0, uni = 0, heads_equal = 0, sizes_equal = 0, n_evict = 0;
         for (int il = 0; il < f.n_layer; il++)
