@@ -98,12 +98,21 @@ struct forward_session::impl {
     bool evict = false;
     int32_t dstep = 0, prompt = 0;
     device_buffer scores, ml, gtmp;
+    // single-token evictions run on the device in this pass (layer, head), their outcomes [n_layer][n_head_kv]
+    // (4 int32 each, kv_ring_device::evict_one) and a pinned host copy
+    std::vector<std::pair<int, int>> ones;
+    device_buffer one_out;
+    int32_t * one_host = nullptr;
     int64_t evicted = 0, compactions = 0;
     double compaction_s = 0;
     std::vector<float> top_v;
     std::vector<int32_t> top_i;
     device_buffer tok, pos, x, xn, q, k, v, attn, o, gate, up, logits;
     attn_workspace ws;
+
+    ~impl() {
+        if (one_host) cudaFreeHost(one_host);
+    }
 
     status reserve(int T) {
         if (T <= cap) return status::success();
@@ -163,39 +172,94 @@ struct forward_session::impl {
             step.n_coded[(size_t) h] = L.n_coded(h);
         }
         L.retain(n_past + T, step.ops, dstep, prompt);
-        // an evicting layer at a decode step: attention keeps the last row's scores, observe updates the statistics
-        const bool observing = L.has_evict() && !L.stats_free() && dstep > 0;
+        // an evicting layer: attention keeps the chunk's last row's scores, observe updates the statistics (lazy: at
+        // decode steps only, as lazy_observe)
+        const kv_policy_kind kind = L.policy().kind;
+        const bool observing = L.has_evict() && !L.stats_free() && (dstep > 0 || kind != KV_POLICY_LAZY);
         const int G = (int) (m->hp.n_head / m->hp.n_head_kv);
-        D.set_append_last(dstep > 0 ? dstep - 1 : 0);
+        D.set_append_last(kind == KV_POLICY_LAZY && dstep > 0 ? dstep - 1 : 0);  // lazy_append's last; h2o/tova: 0.0f
         D.set_scores(observing ? scores.as<float>() : nullptr, ml.as<float>(), G);
         if (!(st = D.stage(step, s)).ok()) return st;
         if (!(st = D.append(k.as<float>(), v.as<float>(), n_past, T, s)).ok()) return st;
         if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), D.view(), attn.as<float>(), ws, s)).ok()) return st;
-        if (observing && !(st = D.observe(dstep, L.policy().alpha, G, s)).ok()) return st;
+        if (observing && !(st = D.observe(kind, dstep, L.policy().alpha, G, L.layer_mean(), (int) m->hp.n_head, s)).ok()) return st;
+        if (observing && !(st = ring_evict_one(il, s)).ok()) return st;
         return D.apply(s, gtmp);
+    }
+
+    // The heads of layer il that drop exactly one token at this step (kv_ring_layer::evicts_one): the device
+    // selects and removes it right after the observation; ring_evict keeps the books once the outcome is down.
+    status ring_evict_one(int il, stream_t s) {
+        kv_ring_layer & L = rl[(size_t) il];
+        const kv_policy * pol = kv_policy_get(L.policy().kind);
+        if (!pol || !pol->holds_budget || (int) L.sinks().size() > RING_EVICT_MAX_SINKS) return status::success();
+        const int H = L.n_head_kv();
+        ring_evict_one_args a;
+        a.budget = pol->budget(dstep, prompt, L.policy());
+        a.recent = pol->recent(L.policy());
+        a.protect = L.policy().protect;
+        a.n_sinks = (int) L.sinks().size();
+        for (int i = 0; i < a.n_sinks; i++) a.sinks[i] = L.sinks()[(size_t) i];
+        for (int h = 0; h < H; h++) {
+            if (!L.evicts_one(h, dstep, prompt)) continue;
+            if (a.n == RING_EVICT_MAX_HEADS) {
+                status st = rd[(size_t) il].evict_one(a, one_out.as<int32_t>(), s);
+                if (!st.ok()) return st;
+                a.n = 0;
+            }
+            a.head[a.n] = h;
+            a.rc[a.n] = L.rc(h);
+            a.nq[a.n] = L.n_coded(h);
+            a.out[a.n] = il * H + h;
+            a.n++;
+            ones.push_back({il, h});
+        }
+        if (a.n == 0) return status::success();
+        L.note_device_eviction();
+        return rd[(size_t) il].evict_one(a, one_out.as<int32_t>(), s);
     }
 
     // kv_cache::retain's eviction step for the heads whose policy is due at this decode step (the layers' other
     // work is done: nothing reads their caches again in this forward pass): their statistics come down, the
     // host selects as kv_cache does, the device gathers and flushes.
     status ring_evict(stream_t s) {
-        if (!evict || dstep <= 0) return status::success();
-        struct due_head { int il, h; std::vector<int32_t> c, f; };
+        if (!evict) return status::success();
+        struct due_head { int il, h; std::vector<int32_t> raw; int32_t one = -3; };  // one: the device's single eviction (-3: none)
         std::vector<due_head> due;
+        std::vector<char> launched(rl.empty() ? 0 : rl.size() * (size_t) rl[0].n_head_kv(), 0);
+        for (const auto & o : ones) launched[(size_t) o.first * rl[0].n_head_kv() + o.second] = 1;
         for (size_t il = 0; il < rl.size(); il++)
-            for (int h = 0; h < rl[il].n_head_kv(); h++)
-                if (!rl[il].stats_free() && rl[il].due(h, dstep, prompt)) due.push_back({(int) il, h, {}, {}});  // (streaming: retain did it)
-        if (due.empty()) return status::success();
+            for (int h = 0; h < rl[il].n_head_kv(); h++)  // (streaming: retain did it)
+                if (!launched[il * rl[0].n_head_kv() + h] && !rl[il].stats_free() && rl[il].due(h, dstep, prompt)) due.push_back({(int) il, h, {}});
+        if (due.empty() && ones.empty()) return status::success();
         const auto t0 = std::chrono::steady_clock::now();
         status st;
-        for (due_head & d : due) {
-            const kv_ring_layer & L = rl[(size_t) d.il];
-            d.c.resize((size_t) 2 * L.n_coded(d.h));
-            d.f.resize((size_t) 2 * L.rc(d.h));
-            if (!(st = rd[(size_t) d.il].download_stats(d.h, L.n_coded(d.h), L.rc(d.h), d.c.data(), d.f.data(), s)).ok()) return st;
-        }
+        // the statistics of the heads the host selects for, and the outcomes of the device's single evictions
+        auto download = [&](size_t from) {
+            for (size_t i = from; i < due.size(); i++) {
+                due_head & d = due[i];
+                if (d.one != -3) continue;
+                const kv_ring_layer & L = rl[(size_t) d.il];
+                d.raw.resize((size_t) 2 * (L.n_coded(d.h) + L.rc(d.h)));
+                status e = rd[(size_t) d.il].download_stats(d.h, L.n_coded(d.h), L.rc(d.h), d.raw.data(), d.raw.data() + 2 * L.n_coded(d.h), s);
+                if (!e.ok()) return e;
+            }
+            return status::success();
+        };
+        if (!(st = download(0)).ok()) return st;
+        if (!ones.empty()) CUDA_CHECK(cudaMemcpyAsync(one_host, one_out.data(), one_out.bytes(), cudaMemcpyDeviceToHost, s));
         if (!(st = be->synchronize()).ok()) return st;
-        std::vector<int32_t> pa, last, mri, keep;
+        const size_t n_host = due.size();
+        for (const auto & o : ones) {  // the device left these to the host (more than one token goes): a second round
+            const int32_t * r = one_host + (size_t) 4 * (o.first * rl[0].n_head_kv() + o.second);
+            due.push_back({o.first, o.second, {}, r[0] == 2 ? -3 : r[0] == 1 ? r[1] : -1});
+        }
+        ones.clear();
+        bool again = false;
+        for (size_t i = n_host; i < due.size(); i++) again |= due[i].one == -3;
+        if (again && (!(st = download(n_host)).ok() || !(st = be->synchronize()).ok())) return st;
+        std::stable_sort(due.begin(), due.end(), [](const due_head & x, const due_head & y) { return x.il < y.il; });
+        std::vector<int32_t> pa, keep;
         for (size_t i = 0; i < due.size();) {
             const int il = due[i].il;
             kv_ring_layer & L = rl[(size_t) il];
@@ -204,14 +268,14 @@ struct forward_session::impl {
             ev.ops.assign((size_t) H, kv_ring_ops{});
             for (; i < due.size() && due[i].il == il; i++) {
                 const due_head & d = due[i];
-                L.evict_tokens(d.h, pa);
-                last.clear();
-                mri.clear();
-                for (size_t j = 0; j < d.c.size(); j += 2) { last.push_back(d.c[j]); mri.push_back(d.c[j + 1]); }
-                for (size_t j = 0; j < d.f.size(); j += 2) { last.push_back(d.f[j]); mri.push_back(d.f[j + 1]); }
-                L.select(pa, last, mri, dstep, prompt, keep);
-                evicted += L.evict(d.h, keep, ev.ops[(size_t) d.h]);
                 compactions++;
+                if (d.one != -3) {
+                    evicted += L.evict_one(d.h, d.one, ev.ops[(size_t) d.h]);
+                    continue;
+                }
+                L.evict_tokens(d.h, pa);
+                L.select(pa, d.raw, dstep, prompt, keep);
+                evicted += L.evict(d.h, keep, ev.ops[(size_t) d.h]);
             }
             for (int h = 0; h < H; h++) {  // the step tables as they now stand (the next chunk stages its own)
                 ev.rc_before.push_back(L.rc(h));
@@ -233,6 +297,7 @@ struct forward_session::impl {
         const int n_v = (int) (hp.n_head_kv * hp.head_dim_v);
         status st;
         if (!(st = reserve(T)).ok()) return st;
+        ones.clear();
         if (!(st = be->synchronize()).ok()) return st;  // the previous call's kernels may still read `tok`
         // on the work stream itself (a plain cudaMemcpy runs on the legacy stream, which this one does not wait for)
         CUDA_CHECK(cudaMemcpyAsync(tok.data(), tokens, (size_t) T * 4, cudaMemcpyHostToDevice, s));
@@ -282,10 +347,13 @@ struct forward_session::impl {
             if (!(st = matmul(L.down.w, gate.as<float>(), o.as<float>(), T, s)).ok()) return st;
             if (!(st = add(x.as<float>(), o.as<float>(), (int64_t) T * n_embd, s)).ok()) return st;
         }
+        if (logits_host) {
+            if (!(st = rms_norm(x.as<float>() + (size_t) (T - 1) * n_embd, W->output_norm.p, xn.as<float>(), n_embd, 1, hp.rms_eps, s)).ok()) return st;
+            if (!(st = matmul(W->out_w, xn.as<float>(), logits.as<float>(), 1, s)).ok()) return st;
+        }
+        // after the logits are queued, so that the eviction's synchronization waits for them too
         if (ring && !(st = ring_evict(s)).ok()) return st;
         if (!logits_host) return status::success();
-        if (!(st = rms_norm(x.as<float>() + (size_t) (T - 1) * n_embd, W->output_norm.p, xn.as<float>(), n_embd, 1, hp.rms_eps, s)).ok()) return st;
-        if (!(st = matmul(W->out_w, xn.as<float>(), logits.as<float>(), 1, s)).ok()) return st;
         if (!(st = be->synchronize()).ok()) return st;
         return logits.download(logits_host, (size_t) hp.n_vocab * 4);
     }
@@ -417,6 +485,9 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     if (n_sc > 0) {
         p.evict = true;
         if (!(st = p.scores.alloc(n_sc * sizeof(float))).ok() || !(st = p.ml.alloc((size_t) 2 * hp.n_head * sizeof(float))).ok()) return st;
+        const size_t n_out = (size_t) kc.n_layer * kc.n_head_kv;
+        if (!(st = p.one_out.alloc(n_out * 16)).ok()) return st;
+        CUDA_CHECK(cudaMallocHost((void **) &p.one_host, n_out * 16));
     }
     return be.synchronize();
 }

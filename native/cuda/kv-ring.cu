@@ -194,31 +194,142 @@ __global__ void k_ring_cgather(kv_layer_view kv, const int32_t * ent, uint8_t * 
     }
 }
 
-// lazy_observe at decode step t: per token of an evicting head, p_max = max over the group's query heads of
-// exp(s − M)/L with the last row's merged M and L (0 where L is 0 or the token was masked); a hit (p_max >=
-// alpha) sets mri = max(mri, t − last) and last = t.
+// The policies' observation after attention (kv_cache::retain's observe): per token of an evicting head, the
+// probability of each of the group's query rows is exp(s − M)/L with the last row's merged M and L (0 where L
+// is 0 or the token was masked). lazy (decode steps only): p_max = max over the group; a hit (p_max >= alpha)
+// sets mri = max(mri, t − last) and last = t. h2o: the cumulative score += the group's sum. tova: the score =
+// the group's sum, or with layer_mean the mean over all query heads of the layer (every head evicts and holds
+// the same tokens in the same slots, kv_ring_layer::layer_mean), summed head by head as kv_cache does.
 __device__ __forceinline__ void lazy_hit(int2 & x, int32_t t) {
     x.y = max(x.y, t - x.x);
     x.x = t;
 }
-__global__ void k_ring_observe(kv_layer_view kv, int G, int32_t t, float alpha, int2 * st_f, int2 * st_c) {
-    const int h = blockIdx.y;
+
+// Probability of query row g of KV head h for token i (f16 slot i < n_slots, else quantized index i − n_slots).
+__device__ __forceinline__ float ring_row_prob(const kv_layer_view & kv, int h, int G, int g, int i, int n_slots) {
+    const float sc = i < n_slots ? kv.sc[((size_t) h * G + g) * kv.max_tokens + i] : kv.sc_c[((size_t) kv.c_first[h] + (i - n_slots)) * G + g];
+    const float M = kv.ml[2 * (h * G + g)], L = kv.ml[2 * (h * G + g) + 1];
+    return L > 0.0f ? expf(sc - M) / L : 0.0f;
+}
+
+__global__ void k_ring_observe(kv_layer_view kv, int G, int kind, int32_t t, float alpha, int layer_mean, float inv_heads, int2 * st_f, int2 * st_c) {
+    const int h = blockIdx.y, H = gridDim.y;
     if (!kv.evict[h]) return;
-    const float * ml = kv.ml + (size_t) 2 * h * G;
     const int n_slots = kv.n_seg[h] * KV_PAGE_TOKENS;
     const int nc = kv.is_coded && kv.is_coded[h] ? kv.n_coded[h] : 0;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_slots + nc; i += gridDim.x * blockDim.x) {
         const bool f16 = i < n_slots;
         if (f16 && kv.pos[(size_t) h * kv.max_tokens + i] == KV_RING_EMPTY) continue;
-        const size_t c = f16 ? 0 : (size_t) kv.c_first[h] + (i - n_slots);
-        float pm = 0.0f;
-        for (int g = 0; g < G; g++) {
-            const float sc = f16 ? kv.sc[((size_t) h * G + g) * kv.max_tokens + i] : kv.sc_c[c * G + g];
-            const float M = ml[2 * g], L = ml[2 * g + 1];
-            pm = fmaxf(pm, L > 0.0f ? expf(sc - M) / L : 0.0f);
+        int2 & x = f16 ? st_f[(size_t) h * kv.max_tokens + i] : st_c[(size_t) kv.c_first[h] + (i - n_slots)];
+        if (kind == KV_POLICY_LAZY) {
+            float pm = 0.0f;
+            for (int g = 0; g < G; g++) pm = fmaxf(pm, ring_row_prob(kv, h, G, g, i, n_slots));
+            if (pm >= alpha) lazy_hit(x, t);
+            continue;
         }
-        if (pm >= alpha) lazy_hit(f16 ? st_f[(size_t) h * kv.max_tokens + i] : st_c[c], t);
+        float p = 0.0f;
+        if (layer_mean) {
+            for (int hh = 0; hh < H; hh++) {
+                float ps = 0.0f;
+                for (int g = 0; g < G; g++) ps += ring_row_prob(kv, hh, G, g, i, n_slots);
+                p += ps * inv_heads;
+            }
+        } else {
+            for (int g = 0; g < G; g++) p += ring_row_prob(kv, h, G, g, i, n_slots);
+        }
+        x.x = __float_as_int(kind == KV_POLICY_H2O ? __int_as_float(x.x) + p : p);
     }
+}
+
+// kv_ring_evict_one_ref on the device, one block per due head: the token to drop (lowest score, then oldest),
+// removed at once by moving the head's last token of the same part (f16 slot rc − 1, or the last quantized
+// one) into its place, statistics and position with it. out: (1, index, position) when one went, (0) when the
+// selection kept all, (2) when the host must select (more than one goes, or the newest are not consecutive).
+template <typename T, typename F>
+__device__ T block_reduce(T v, F op, T * sh) {
+    for (int o = WARP / 2; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int w = threadIdx.x / WARP, nw = (blockDim.x + WARP - 1) / WARP;
+    __syncthreads();
+    if (threadIdx.x % WARP == 0) sh[w] = v;
+    __syncthreads();
+    T r = sh[0];
+    for (int i = 1; i < nw; i++) r = op(r, sh[i]);
+    return r;
+}
+
+__global__ void k_ring_evict_one(kv_layer_view kv, ring_evict_one_args a, int32_t * pos, int2 * st_f, uint8_t * kblk, uint8_t * vblk, int32_t * c_pos,
+                                 int2 * st_c, int32_t * out) {
+    __shared__ int32_t sinks[RING_EVICT_MAX_SINKS];
+    __shared__ unsigned long long red_ll[32];
+    __shared__ int red_i[32];
+    __shared__ int decision, drop;
+    const int b = blockIdx.x, h = a.head[b], rc = a.rc[b], nq = a.nq[b], n = nq + rc;
+    for (int i = threadIdx.x; i < a.n_sinks; i += blockDim.x) sinks[i] = a.sinks[i];
+    __syncthreads();
+    const size_t cf = kv.c_first ? (size_t) kv.c_first[h] : 0, fb = (size_t) h * kv.max_tokens;
+    auto pos_of = [&](int j) { return j < nq ? c_pos[cf + j] : pos[fb + (j - nq)]; };
+    auto score_of = [&](int j) { return __int_as_float(j < nq ? st_c[cf + j].x : st_f[fb + (j - nq)].x); };
+    int pm = INT_MIN;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) pm = max(pm, pos_of(j));
+    pm = block_reduce<int>(pm, [](int x, int y) { return max(x, y); }, red_i);
+    const int k = min(max(a.recent, 0), n);
+    const long long above = (long long) pm - k;
+    int n_recent = 0, kept = 0;
+    // the best candidate as one key: the score's order-preserving bits, then the position (lower wins)
+    unsigned long long best = ULLONG_MAX;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const int p = pos_of(j);
+        const bool rec = p > above;
+        bool sink = false;
+        for (int i = 0; i < a.n_sinks && !sink; i++) sink = sinks[i] == p;
+        n_recent += rec;
+        if (p < a.protect || rec || sink) { kept++; continue; }
+        const uint32_t u = (uint32_t) __float_as_int(score_of(j));
+        const uint32_t ord = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+        const unsigned long long key = ((unsigned long long) ord << 32) | (uint32_t) p;
+        best = min(best, key);
+    }
+    n_recent = block_reduce<int>(n_recent, [](int x, int y) { return x + y; }, red_i);
+    kept = block_reduce<int>(kept, [](int x, int y) { return x + y; }, red_i);
+    best = block_reduce<unsigned long long>(best, [](unsigned long long x, unsigned long long y) { return x < y ? x : y; }, red_ll);
+    const int p_best = (int) (uint32_t) (best & 0xffffffffu);
+    if (threadIdx.x == 0) {
+        const int cand = n - kept, room = max(0, a.budget - kept);
+        decision = n_recent != k ? 2 : cand <= room ? 0 : cand - room == 1 ? 1 : 2;
+        drop = -1;
+    }
+    __syncthreads();
+    if (decision == 1)  // positions are unique within a head: one thread finds the token
+        for (int j = threadIdx.x; j < n; j += blockDim.x)
+            if (pos_of(j) == p_best) drop = j;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t * o = out + (size_t) 4 * a.out[b];
+        o[0] = decision;
+        o[1] = drop;
+        o[2] = decision == 1 ? p_best : -1;
+        o[3] = 0;
+    }
+    if (decision != 1 || drop < 0) return;
+    if (drop < nq) {
+        const int last = nq - 1;
+        if (drop == last) return;
+        const int kb = kv.k_block_bytes, vb = kv.v_block_bytes;
+        for (int i = threadIdx.x; i < kb; i += blockDim.x) kblk[(cf + drop) * kb + i] = kblk[(cf + last) * kb + i];
+        for (int i = threadIdx.x; i < vb; i += blockDim.x) vblk[(cf + drop) * vb + i] = vblk[(cf + last) * vb + i];
+        if (threadIdx.x == 0) { c_pos[cf + drop] = c_pos[cf + last]; st_c[cf + drop] = st_c[cf + last]; }
+        return;
+    }
+    const int s = drop - nq, last = rc - 1, D = kv.head_dim, DV = kv.head_dim_v;
+    if (s != last) {
+        uint16_t * pd = slot_page(kv, h, s);
+        const uint16_t * ps = slot_page(kv, h, last);
+        const int jd = s % KV_PAGE_TOKENS, js = last % KV_PAGE_TOKENS;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) pd[key_at(jd, d, D)] = ps[key_at(js, d, D)];
+        for (int d = threadIdx.x; d < DV; d += blockDim.x) pd[value_at(jd, d, D, DV)] = ps[value_at(js, d, D, DV)];
+        if (threadIdx.x == 0) { pos[fb + s] = pos[fb + last]; st_f[fb + s] = st_f[fb + last]; }
+    }
+    if (threadIdx.x == 0) pos[fb + last] = KV_RING_EMPTY;
 }
 
 __global__ void k_ring_copy(kv_layer_view kv, const int32_t * ent, int32_t * pos) {
@@ -603,12 +714,29 @@ size_t kv_ring_device::scores_floats(int G) const {
     return (size_t) G * ((size_t) n_head_kv_ * v_.max_tokens + (size_t) n_coded_heads_ * coded_cap_);
 }
 
-status kv_ring_device::observe(int32_t t, float alpha, int G, stream_t s) {
+status kv_ring_device::observe(kv_policy_kind kind, int32_t t, float alpha, int G, bool layer_mean, int n_head, stream_t s) {
     if (!has_evict() || !v_.sc) return status(ERR_INTERNAL, "cuda kv ring: observe without evicting heads or scores");
     const int per_head = v_.max_tokens + coded_cap_;
     const dim3 grid(std::min<unsigned>(ceil_div(per_head, 256), 64u), (unsigned) n_head_kv_);
-    k_ring_observe<<<grid, 256, 0, s>>>(v_, G, t, alpha, st_f_.as<int2>(), st_c_.as<int2>());
+    k_ring_observe<<<grid, 256, 0, s>>>(v_, G, (int) kind, t, alpha, layer_mean ? 1 : 0, 1.0f / (float) n_head, st_f_.as<int2>(), st_c_.as<int2>());
     CUDA_CHECK_LAUNCH("kv ring observe");
+    return status::success();
+}
+
+status kv_ring_device::evict_one(const ring_evict_one_args & a, int32_t * out, stream_t s) {
+    if (!has_evict()) return status(ERR_INTERNAL, "cuda kv ring: a single eviction in a layer without evicting heads");
+    if (a.n <= 0) return status::success();
+    if (a.n > RING_EVICT_MAX_HEADS || a.n_sinks > RING_EVICT_MAX_SINKS) return status(ERR_INTERNAL, "cuda kv ring: too many heads or sinks for one single-eviction launch");
+    k_ring_evict_one<<<a.n, 256, 0, s>>>(v_, a, pos_.as<int32_t>(), st_f_.as<int2>(), kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(),
+                                         st_c_.as<int2>(), out);
+    CUDA_CHECK_LAUNCH("kv ring single eviction");
+    return status::success();
+}
+
+status kv_ring_device::download_positions(int h, int32_t n_coded, int32_t n_slots, int32_t * c_pos, int32_t * pos, stream_t s) {
+    if (n_coded > 0 && c_pos_.data())
+        CUDA_CHECK(cudaMemcpyAsync(c_pos, c_pos_.as<int32_t>() + c_first_h_[(size_t) h], (size_t) n_coded * 4, cudaMemcpyDeviceToHost, s));
+    if (n_slots > 0) CUDA_CHECK(cudaMemcpyAsync(pos, pos_.as<int32_t>() + (size_t) h * v_.max_tokens, (size_t) n_slots * 4, cudaMemcpyDeviceToHost, s));
     return status::success();
 }
 

@@ -11,13 +11,14 @@
 //            position (pre-RoPE keys), FWHT'd and permuted, values FWHT'd, both quantized per group of
 //            channels (kv_cache::flush + rot.cpp's encode, the same float steps); sinks leaving the ring
 //            are copied to fixed slots; emptied slots get KV_RING_EMPTY.
-// Evicting heads (lazy, kv-ring.h's EVICT): per token (f16 slot or quantized index) the policy's statistics
-// (last hit step, maximum recurrence interval; int32 as lazy.cpp) live beside the payload. At a decode step
-// attention also writes the last query row's scores of these heads, and `observe` turns them into the
-// group's max probability and updates the statistics (lazy_observe). Every op moves statistics with their
-// token: encode (slot -> quantized index), the evict gathers (quantized and f16, through a scratch buffer so
-// no gather reads what another writes). The host downloads a due head's statistics (download_stats) and
-// selects (kv_ring_layer::select), as kv_cache does at its eviction steps.
+// Evicting heads (kv-ring.h's EVICT): per token (f16 slot or quantized index) the policy's statistics (two
+// int32: lazy's last hit step and maximum recurrence interval, h2o's cumulative or tova's current score as
+// float bits) live beside the payload. Attention also writes the chunk's last query row's scores of these
+// heads, and `observe` turns them into probabilities and updates the statistics as the policy does. Every op
+// moves statistics with their token: encode (slot -> quantized index), the evict gathers (quantized and f16,
+// through a scratch buffer so no gather reads what another writes). The host downloads a due head's
+// statistics (download_stats) and selects (kv_ring_layer::select), as kv_cache does at its eviction steps;
+// a decode step that drops one token of a head (h2o, tova) selects and removes it here (evict_one).
 #pragma once
 #include <vector>
 
@@ -50,6 +51,17 @@ struct ring_step {
     std::vector<kv_ring_ops> ops;     // [H] the retain
 };
 
+// One launch of single-token evictions (kv_ring_layer::evicts_one heads of one layer): per head its index, f16
+// token count and quantized count, and where its outcome goes; the policy's selection parameters and the
+// layer's sinks (kv_select_keep's).
+constexpr int RING_EVICT_MAX_HEADS = 16, RING_EVICT_MAX_SINKS = 32;
+struct ring_evict_one_args {
+    int n = 0;
+    int head[RING_EVICT_MAX_HEADS], rc[RING_EVICT_MAX_HEADS], nq[RING_EVICT_MAX_HEADS], out[RING_EVICT_MAX_HEADS];
+    int budget = 0, recent = 0, protect = 0, n_sinks = 0;
+    int sinks[RING_EVICT_MAX_SINKS];
+};
+
 class kv_ring_device {
 public:
     kv_ring_device() = default;
@@ -74,11 +86,18 @@ public:
     // Scores scratch for attention (nullptrs: this step observes nothing). sc: scores_floats(G) floats.
     void set_scores(float * sc, float * ml, int G);
     size_t scores_floats(int G) const;
-    // lazy_observe over the evicting heads after attention at decode step t (alpha: the hit threshold).
-    status observe(int32_t t, float alpha, int G, stream_t s);
+    // The policy's observation over the evicting heads after attention at step t (lazy: alpha is the hit
+    // threshold; tova: layer_mean averages over the layer's n_head query heads).
+    status observe(kv_policy_kind kind, int32_t t, float alpha, int G, bool layer_mean, int n_head, stream_t s);
+    // Single-token evictions (k_ring_evict_one): out[4 a.out[i] ..] = (status, index, position, 0) per head, the
+    // removal done on the device; the host keeps the books with kv_ring_layer::evict_one.
+    status evict_one(const ring_evict_one_args & a, int32_t * out, stream_t s);
     // A head's statistics in evict_tokens' order (quantized 0..n_coded, then slots 0..n_f16): enqueues the
     // copies into last/mri ([n_coded + n_f16]); valid after the stream is synchronized.
     status download_stats(int h, int32_t n_coded, int32_t n_f16, int32_t * stats_c, int32_t * stats_f, stream_t s);
+    // A head's positions (tests): quantized 0..n_coded into c_pos, slots 0..n_slots into pos; valid after the stream
+    // is synchronized.
+    status download_positions(int h, int32_t n_coded, int32_t n_slots, int32_t * c_pos, int32_t * pos, stream_t s);
     bool has_evict() const { return st_f_.data() != nullptr; }
     // Sets position entries (rollback and truncate): triplets (head, slot, position).
     status set_positions(const std::vector<kv_ring_layer::slot_entry> & e, stream_t s);

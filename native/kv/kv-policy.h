@@ -84,6 +84,10 @@ struct kv_policy {
     // `score` reads only the tokens' order, no statistics (streaming): the device cache decides such a policy on
     // the host from positions alone, without downloading anything (kv-ring.h).
     bool position_only = false;
+    // `due` is "more than the budget is held" (streaming, h2o, tova): a head holds at most its budget (or what the
+    // selection always keeps) between steps, and a decode step drops at most one token. The device cache sizes
+    // such a head by its budget and evicts that one token on the device (kv-ring.h).
+    bool holds_budget = false;
 };
 
 const kv_policy * kv_policy_get(kv_policy_kind kind);

@@ -2,6 +2,7 @@
 #include "kv-ring.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace core {
 
@@ -16,9 +17,12 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     bool evict = false;
     for (uint8_t r : c.retention) evict |= r == KV_RETAIN_EVICT;
     const kv_policy * pol = kv_policy_get(c.policy.kind);
-    // the device observes lazy's statistics (kv-ring.cu); a position-only policy needs none
-    if (evict && (!pol || (c.policy.kind != KV_POLICY_LAZY && !pol->position_only)))
-        return status(ERR_INVALID_ARG, strfmt("the CUDA cache runs the lazy and streaming eviction policies only (asked: %s): use backend 'cpu'", pol ? pol->name : "?"));
+    // the device observes the statistics of the policies that score from attention (kv-ring.cu: lazy, h2o, tova);
+    // a position-only policy needs none
+    const bool device_stats = pol && (pol->position_only || c.policy.kind == KV_POLICY_LAZY || c.policy.kind == KV_POLICY_H2O || c.policy.kind == KV_POLICY_TOVA);
+    if (evict && !device_stats)
+        return status(ERR_INVALID_ARG, strfmt("the CUDA cache runs the lazy, h2o, tova and streaming eviction policies (asked: %s, which scores from keys and "
+                                              "recent queries): use backend 'cpu'", pol ? pol->name : "?"));
     if (evict && (c.policy.window <= 0 || c.policy.capacity < 0))
         return status(ERR_INVALID_ARG, "kv ring: the eviction policy needs a positive window and a capacity >= 0");
     if (st.coded()) {
@@ -86,17 +90,20 @@ kv_ring_layer::kv_ring_layer(const kv_ring_config & c, int il)
             any_evict_ = true;
             any_coded_ |= evict_coded_;
             // compact f16 slots: a coded head holds its protected tokens (positions < protect, sinks), less than a
-            // window + a flush block of others, and a chunk; an f16 head may hold a whole prompt
             // window + a flush block of others, and a chunk; an f16 head may hold a whole prompt, unless its policy
-            // evicts at every step (streaming: its budget, the sinks kept beyond it, and a chunk)
+            // holds its budget (streaming, h2o, tova: the budget or what the selection always keeps, the sinks, and
+            // a chunk)
+            const int32_t held = pol_ ? std::max<int32_t>(c.policy.capacity, c.policy.protect + pol_->recent(c.policy)) : 0;
             x.ring_cap = evict_coded_ ? std::min(ctx_cap, round_up(c.protect + KV_MAX_SINKS + 1 + c.evict_staging + flush_ + c.max_chunk, KV_PAGE_TOKENS))
-                       : stats_free() ? std::min(ctx_cap, round_up(c.policy.capacity + KV_MAX_SINKS + 1 + c.max_chunk, KV_PAGE_TOKENS))
-                                      : ctx_cap;
+                       : pol_ && pol_->holds_budget ? std::min(ctx_cap, round_up(held + KV_MAX_SINKS + 1 + c.max_chunk, KV_PAGE_TOKENS))
+                                                    : ctx_cap;
         } else {
             x.ring_cap = ctx_cap;
         }
         x.slot_pos.assign((size_t) (x.fix_cap + x.ring_cap), KV_RING_EMPTY);
     }
+    layer_mean_ = any_evict_ && pol_ && pol_->needs_layer_mean;
+    for (const head & x : heads_) layer_mean_ &= x.kind == KV_RING_EVICT;
 }
 
 bool kv_ring_layer::in_view(const head & h, int32_t slot) const {
@@ -168,7 +175,7 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops, int32_t t,
                 if (stats_free()) {
                     evict_tokens((int) h, live);
                     std::vector<int32_t> keep;
-                    select(live, {}, {}, t, P, keep);
+                    select(live, {}, t, P, keep);
                     evicted_ += evict((int) h, keep, op);
                     compactions_++;
                 }
@@ -263,23 +270,91 @@ int32_t kv_ring_layer::evict(int h, const std::vector<int32_t> & keep, kv_ring_o
     return n_all - (int32_t) (op.ckeep.size() + keep_f.size());
 }
 
-void kv_ring_layer::select(const std::vector<int32_t> & pos, const std::vector<int32_t> & last, const std::vector<int32_t> & mri, int32_t t,
-                           int32_t P, std::vector<int32_t> & keep) const {
+void kv_ring_stats_decode(kv_policy_kind kind, const int32_t * raw, int32_t n, kv_token_stats & out) {
+    out = kv_token_stats{};
+    for (int32_t j = 0; j < n; j++) {
+        float f;
+        std::memcpy(&f, raw + 2 * j, 4);
+        if (kind == KV_POLICY_LAZY) {
+            out.last.push_back(raw[2 * j]);
+            out.mri.push_back(raw[2 * j + 1]);
+        } else if (kind == KV_POLICY_H2O) {
+            out.acc.push_back(f);
+        } else if (kind == KV_POLICY_TOVA) {
+            out.cur.push_back(f);
+        }
+    }
+}
+
+int32_t kv_ring_evict_one_ref(const int32_t * pos, const float * score, int32_t n, int32_t budget, int32_t recent, int32_t protect,
+                              const int32_t * sinks, int32_t n_sinks) {
+    if (n <= 0) return -1;
+    int32_t pmax = INT32_MIN;
+    for (int32_t j = 0; j < n; j++) pmax = std::max(pmax, pos[j]);
+    const int32_t k = std::min(std::max(recent, 0), n);
+    const int64_t above = (int64_t) pmax - k;  // the k newest are the positions above this, if consecutive
+    int32_t n_recent = 0, kept = 0, best = -1;
+    for (int32_t j = 0; j < n; j++) {
+        const bool rec = pos[j] > above;
+        n_recent += rec;
+        if (pos[j] < protect || rec || std::binary_search(sinks, sinks + n_sinks, pos[j])) {
+            kept++;
+            continue;
+        }
+        if (best < 0 || score[j] < score[best] || (score[j] == score[best] && pos[j] < pos[best])) best = j;
+    }
+    if (n_recent != k) return -2;
+    const int32_t cand = n - kept, room = std::max(0, budget - kept);
+    if (cand <= room) return -1;
+    return cand - room == 1 ? best : -2;
+}
+
+void kv_ring_layer::select(const std::vector<int32_t> & pos, const std::vector<int32_t> & stats, int32_t t, int32_t P, std::vector<int32_t> & keep) const {
     const int32_t n = (int32_t) pos.size();
     kv_token_stats st;
-    st.last = last;
-    st.mri = mri;
+    kv_ring_stats_decode(policy_.kind, stats.data(), std::min<int32_t>(n, (int32_t) stats.size() / 2), st);
     std::vector<float> scores((size_t) n);
     pol_->score(st, n, t, policy_, scores.data());
     keep = kv_select_keep(scores.data(), pos.data(), n, pol_->budget(t, P, policy_), pol_->recent(policy_), policy_.protect, sinks_);
 }
 
+bool kv_ring_layer::evicts_one(int h, int32_t t, int32_t P) const {
+    const head & x = heads_[(size_t) h];
+    return pol_ && pol_->holds_budget && !pol_->position_only && due(h, t, P) && (int32_t) x.coded.size() + x.rc == pol_->budget(t, P, policy_) + 1;
+}
+
+int32_t kv_ring_layer::evict_one(int h, int32_t j, kv_ring_ops & op) {
+    head & x = heads_[(size_t) h];
+    const int32_t nq = (int32_t) x.coded.size();
+    int32_t dropped = 0;
+    if (j >= 0 && j < nq) {  // the last quantized token takes its index
+        x.coded[(size_t) j] = x.coded.back();
+        x.coded.pop_back();
+        dropped = 1;
+    } else if (j >= nq && j - nq < x.rc) {  // the last f16 slot's token takes its slot
+        const int32_t s = j - nq, last = x.rc - 1;
+        if (s != last) set_slot((size_t) h, s, x.slot_pos[(size_t) last]);
+        set_slot((size_t) h, last, KV_RING_EMPTY);
+        x.rc--;
+        dropped = 1;
+    }
+    x.dropped = true;  // kv_cache marks a head dropped at every eviction it runs, even one that keeps all
+    if (evict_coded_ && x.rc - evict_staging_ >= flush_) {  // kv_cache::retain flushes after the eviction
+        std::vector<int32_t> live((size_t) x.rc);
+        for (int32_t s = 0; s < x.rc; s++) live[(size_t) s] = s;
+        compact_f16((size_t) h, live, op);
+    }
+    return dropped;
+}
+
 void kv_ring_layer::compact_f16(size_t h, const std::vector<int32_t> & live, kv_ring_ops & op) {
     head & x = heads_[h];
-    // kv_cache::flush: the oldest unprotected tokens beyond the window, in whole blocks
+    // kv_cache::flush: the oldest unprotected tokens beyond the window, in whole blocks, oldest first (slots are in
+    // position order unless a device-side eviction moved a head's last token into a hole)
     std::vector<int32_t> cand;  // indices into live
     for (size_t i = 0; i < live.size(); i++)
         if (!is_protected(x.slot_pos[(size_t) live[i]])) cand.push_back((int32_t) i);
+    std::stable_sort(cand.begin(), cand.end(), [&](int32_t a, int32_t b) { return x.slot_pos[(size_t) live[(size_t) a]] < x.slot_pos[(size_t) live[(size_t) b]]; });
     const int32_t m = evict_coded_ && (int32_t) cand.size() > evict_staging_ ? ((int32_t) cand.size() - evict_staging_) / flush_ * flush_ : 0;
     op.enc_base = (int32_t) x.coded.size();
     std::vector<char> gone(live.size(), 0);

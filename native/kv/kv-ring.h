@@ -15,15 +15,19 @@
 //   CODED   a FULL head with a rot codec: fixed = positions < protect + sinks; the ring is the staging
 //           window; a flush quantizes the oldest unprotected tokens (kv_cache::flush: same count, same
 //           order) and moves lo past them; sinks below the new lo are copied to fixed slots first
-//   EVICT   a head under an eviction policy (lazy, streaming): its f16 tokens stay compact in slots
-//           [0, rc) in position order, lo = 0, and its quantized tokens compact in coded order, as kv_cache
-//           keeps them. Tokens do move here: an eviction gathers the survivors of both parts down, and a
-//           flush of a coded EVICT head quantizes the oldest unprotected f16 tokens then gathers the rest
-//           down (the slots hold at most protect + sinks + the f16 window + a flush block + a chunk; an f16
-//           EVICT head holds up to n_ctx, since a prompt stays whole until the first eviction). Per-token
-//           policy statistics live on the device beside the tokens and move with them (every op below).
-//           The eviction itself is decided on the host: from the downloaded statistics (lazy: select(),
-//           evict()), or in retain() from positions alone (streaming).
+//   EVICT   a head under an eviction policy (lazy, h2o, tova, streaming): its f16 tokens stay compact in
+//           slots [0, rc), lo = 0, and its quantized tokens compact in coded order. Tokens do move here: an
+//           eviction gathers the survivors of both parts down, and a flush of a coded EVICT head quantizes
+//           the oldest unprotected f16 tokens (by position) then gathers the rest down (the slots hold at
+//           most protect + sinks + the f16 window + a flush block + a chunk; an f16 EVICT head holds up to
+//           n_ctx, since a prompt stays whole until the first eviction, unless its policy holds its budget).
+//           Per-token policy statistics live on the device beside the tokens and move with them (every op
+//           below). An eviction is decided on the host from the downloaded statistics (select(), evict()),
+//           in retain() from positions alone (streaming), or, when a decode step drops exactly one token of
+//           a head (h2o, tova: kv_policy::holds_budget), on the device, which also moves the head's last
+//           token into the hole (f16 slot rc − 1, or the last quantized one); evict_one() then keeps the
+//           books. So a head's slots stay compact but not in position order once it evicted that way; the
+//           policies go by position (kv_select_keep), and attention by each slot's position.
 // An empty slot holds KV_RING_EMPTY as its position (attention masks it as a future token).
 #pragma once
 #include <climits>
@@ -75,10 +79,23 @@ struct kv_ring_config {
 };
 
 // The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (rot codecs), STREAM heads STREAM.
-// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: policies other than lazy and streaming,
+// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: policies that score from keys (snapkv, rkv),
 // codecs other than rot2/3/4 for both keys and values or q8/q4 for both (KIVI, mixed families), grouped key
 // rotation, heads wider than 256.
 status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out);
+
+// The device's policy statistics, two int32 per token: lazy (last hit step, maximum recurrence interval),
+// h2o (cumulative attention as float bits, 0), tova (the current step's attention as float bits, 0).
+void kv_ring_stats_decode(kv_policy_kind kind, const int32_t * raw, int32_t n, kv_token_stats & out);
+
+// The device's single-token eviction (k_ring_evict_one), on the host: over tokens (pos, score) of one head,
+// the candidates are kv_select_keep's (not protected, not a sink, not among the `recent` newest); the
+// selection drops cand − max(0, budget − kept) of them. Returns the index of the one token to drop (lowest
+// score, then oldest position: kv_select_keep's order), -1 when none goes, or -2 when the device leaves it to
+// the host: more than one goes, or the `recent` newest positions are not consecutive (the device finds them
+// as those above max − recent, which needs them to be).
+int32_t kv_ring_evict_one_ref(const int32_t * pos, const float * score, int32_t n, int32_t budget, int32_t recent, int32_t protect,
+                              const int32_t * sinks, int32_t n_sinks);
 
 // One head's retain, evict or truncate step, applied on the device in this order: gather the kept quantized
 // tokens, quantize, move f16 tokens, copy, clear. Payload, position and policy statistics travel together.
@@ -145,9 +162,21 @@ public:
     // Returns the tokens dropped.
     int32_t evict(int h, const std::vector<int32_t> & keep, kv_ring_ops & op);
     // The policy's choice for a due head from its statistics (in evict_tokens' order): kv_cache::retain's
-    // scores and kv_select_keep with this layer's sinks. `pos` is evict_tokens' list.
-    void select(const std::vector<int32_t> & pos, const std::vector<int32_t> & last, const std::vector<int32_t> & mri, int32_t t, int32_t P,
-                std::vector<int32_t> & keep) const;
+    // scores and kv_select_keep with this layer's sinks. `pos` is evict_tokens' list; `stats` the device's two
+    // int32 per token (kv_ring_stats_decode).
+    void select(const std::vector<int32_t> & pos, const std::vector<int32_t> & stats, int32_t t, int32_t P, std::vector<int32_t> & keep) const;
+    // A due head whose eviction at this step drops one token at most (holds_budget policies, n = budget + 1):
+    // the device selects and removes it (kv_ring_evict_one_ref's rule) instead of the host.
+    bool evicts_one(int h, int32_t t, int32_t P) const;
+    // The books of the device's single eviction of head h: token j of evict_tokens' list removed and the
+    // head's last token (same part) moved into its place, or j < 0: nothing dropped (the selection kept all);
+    // then the flush kv_cache runs after an eviction (appended to op). Returns the tokens dropped (0 or 1).
+    int32_t evict_one(int h, int32_t j, kv_ring_ops & op);
+    // The policy averages the probabilities over the whole layer (tova, kv_step_probs::p_layer): every head of
+    // this layer evicts, so they hold the same tokens in the same slots and the device sums across heads.
+    bool layer_mean() const { return layer_mean_; }
+    // A device-side eviction was launched in the chunk in flight (payloads moved: rollback() is not exact).
+    void note_device_eviction() { if (journal_on_) moved_ = true; }
     // kv_cache::remove_from's exactness rules over this layer's heads (the caller runs every layer's
     // limit_stream, then every layer's limit_coded, as kv_cache loops over all heads twice).
     int32_t limit_stream(int32_t keep) const;
@@ -189,7 +218,7 @@ private:
     std::vector<head> heads_;
     int32_t coded_cap_ = 0;
     int stream_sinks_ = 0, stream_recent_ = 0, protect_ = 0, staging_ = 0, flush_ = 16, evict_staging_ = 64;
-    bool protect_sinks_ = true, any_coded_ = false, any_evict_ = false, evict_coded_ = false;
+    bool protect_sinks_ = true, any_coded_ = false, any_evict_ = false, evict_coded_ = false, layer_mean_ = false;
     int64_t evicted_ = 0, compactions_ = 0;
     kv_policy_params policy_;
     const kv_policy * pol_ = nullptr;

@@ -21,6 +21,7 @@
 #include "cuda/attention.cuh"
 #include "cuda/backend-cuda.h"
 #include "cuda/forward-cuda.h"
+#include "cuda/kv-ring.cuh"
 #include "cuda/matmul.cuh"
 #include "engine/engine.h"
 #include "gguf/gguf-reader.h"
@@ -29,6 +30,7 @@
 #include "kernels/cpu/ops.h"
 #include "kv/codecs/kv-codec.h"
 #include "kv/kv-cache.h"
+#include "kv/kv-ring.h"
 #include "kv/page-pool.h"
 #include "model/model.h"
 #include "tensor/quant-traits.h"
@@ -655,9 +657,9 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     bad = gpu_p;
     bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
     bad.retention[1] = KV_RETAIN_EVICT;
-    bad.policy.kind = KV_POLICY_TOVA;  // (lazy runs on the device: cuda/ring-lazy)
+    bad.policy.kind = KV_POLICY_SNAPKV;  // (lazy, h2o, tova and streaming run on the device: cuda/ring-lazy)
     const status s2 = engine_context::create(m, bad, &x);
-    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("lazy") != std::string::npos) << s2.message;
+    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("snapkv") != std::string::npos) << s2.message;
     bad = gpu_p;
     bad.storage.key = bad.storage.value = KV_CODEC_ROT2;
     bad.storage.rot_group = 2;
@@ -667,6 +669,253 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     bad.per_query_head = true;
     const status s4 = engine_context::create(m, bad, &x);
     TC_CHECK(s4.code == ERR_INVALID_ARG && s4.message.find("per-query-head") != std::string::npos) << s4.message;
+}
+
+// The eviction kernels on their own, against their CPU rules on the same inputs: per step, synthetic scores
+// (few distinct values, so probabilities and cumulative scores tie) go into the scores scratch attention would
+// fill; `observe` must update every evicting head's statistics as lazy_observe / h2o / tova (group sums, or the
+// layer mean) do, and `evict_one` must drop the token kv_ring_evict_one_ref picks from the device's own
+// statistics and positions, moving the head's last token into the hole, so that the device holds exactly what
+// the books (kv_ring_layer::evict_one) say: positions, statistics, quantized tokens after flushes.
+TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU rules (lazy, h2o, tova, layer mean; f16 and rot2)") {
+    TC_NEED_CUDA(be);
+    const cu::stream_t s = be->stream();
+    struct cfg { const char * name; kv_policy_kind kind; kv_codec_type codec; bool all_evict; int capacity; };
+    const cfg cfgs[] = {
+        {"lazy rot2", KV_POLICY_LAZY, KV_CODEC_ROT2, false, 100},
+        {"h2o f16", KV_POLICY_H2O, KV_CODEC_F16, false, 100},
+        {"h2o rot2", KV_POLICY_H2O, KV_CODEC_ROT2, false, 100},
+        {"tova rot2 (group sums)", KV_POLICY_TOVA, KV_CODEC_ROT2, false, 100},
+        {"tova f16, all heads (layer mean)", KV_POLICY_TOVA, KV_CODEC_F16, true, 100},
+        {"tova rot2, all heads (layer mean)", KV_POLICY_TOVA, KV_CODEC_ROT2, true, 100},
+        {"h2o, budget below what is always kept", KV_POLICY_H2O, KV_CODEC_F16, false, 12},
+    };
+    const int H = 4, NH = 8, G = NH / H, D = 32;
+    for (const cfg & cf : cfgs) {
+        kv_cache_config c;
+        c.n_layer = 1;
+        c.n_head_kv = H;
+        c.n_head = NH;
+        c.head_dim = c.head_dim_v = D;
+        c.n_ctx = 512;
+        c.retention = {KV_RETAIN_EVICT, KV_RETAIN_FULL, KV_RETAIN_EVICT, KV_RETAIN_STREAM};
+        if (cf.all_evict) c.retention.assign((size_t) H, KV_RETAIN_EVICT);
+        c.stream_sinks = 4;
+        c.stream_recent = 24;
+        c.policy.kind = cf.kind;
+        c.policy.capacity = cf.capacity;
+        c.policy.window = 16;
+        c.policy.protect = 4;
+        c.policy.alpha = 0.05f;
+        c.storage.key = c.storage.value = cf.codec;
+        c.storage.staging = 16;
+        c.storage.protect_sinks = false;
+        c.storage.n_rot = D;
+        c.storage.rope = ROPE_STYLE_NEOX;
+        c.storage.post_rope = true;
+        kv_ring_config rc;
+        TC_OK(kv_ring_config_from(c, 64, &rc));
+        kv_ring_layer L(rc, 0);
+        TC_CHECK(L.layer_mean() == cf.all_evict && L.has_evict()) << cf.name;
+        cu::ring_codec codec;
+        if (cf.codec != KV_CODEC_F16) {
+            codec.kbits = codec.vbits = 2;
+            codec.pre_rope = false;
+            codec.n_rot = D;
+        }
+        cu::kv_ring_device dev;
+        TC_OK(dev.create(L, D, D, codec, nullptr, s));
+        const cu::kv_layer_view & view = dev.view();
+        std::vector<int32_t> c_first((size_t) H, 0);
+        for (int h = 0, k = 0; h < H; h++) if (L.coded(h)) c_first[(size_t) h] = k++ * L.coded_cap();
+        cu::device_buffer sc, ml, kbuf, vbuf, tmp, out;
+        const size_t n_sc = dev.scores_floats(G);
+        TC_OK(sc.alloc(n_sc * 4));
+        TC_OK(ml.alloc((size_t) NH * 2 * 4));
+        TC_OK(kbuf.alloc((size_t) 64 * H * D * 4));
+        TC_OK(vbuf.alloc((size_t) 64 * H * D * 4));
+        TC_OK(out.alloc((size_t) H * 16));
+        std::mt19937 rng(7 + (uint32_t) cf.kind);
+        const kv_policy * pol = kv_policy_get(cf.kind);
+        int32_t n = 0, t = 0, P = 0;
+        int64_t n_obs = 0, n_one = 0, n_ties = 0, n_keep_all = 0;
+        // the device's statistics and positions of head h in evict_tokens' order
+        auto fetch = [&](int h, std::vector<int32_t> & raw, std::vector<int32_t> & pos) {
+            const int32_t nq = L.n_coded(h), nf = L.rc(h);
+            raw.assign((size_t) 2 * (nq + nf), 0);
+            pos.assign((size_t) (nq + nf), 0);
+            status st = dev.download_stats(h, nq, nf, raw.data(), raw.data() + 2 * nq, s);
+            if (st.ok()) st = dev.download_positions(h, nq, nf, pos.data(), pos.data() + nq, s);
+            if (st.ok()) st = be->synchronize();
+            return st;
+        };
+        auto run_ops = [&](std::vector<kv_ring_ops> & ops) {
+            cu::ring_step ev;
+            ev.ops = ops;
+            for (int h = 0; h < H; h++) {
+                ev.rc_before.push_back(L.rc(h));
+                ev.pages.push_back(L.pages_in_use(h));
+                ev.lo.push_back(L.lo(h));
+                ev.n_coded.push_back(L.n_coded(h));
+            }
+            status st = dev.stage(ev, s);
+            if (st.ok()) st = dev.apply(s, tmp);
+            if (st.ok()) st = be->synchronize();
+            return st;
+        };
+        // a 100-token prompt in two chunks (8 tokens where the budget is tiny), then decode steps
+        const std::vector<int> prompt = cf.capacity < 20 ? std::vector<int>{8} : std::vector<int>{64, 36};
+        const int n_prompt = (int) prompt.size();
+        for (int call = 0; call < n_prompt + 60; call++) {
+            const int T = call < n_prompt ? prompt[(size_t) call] : 1;
+            if (call >= n_prompt) t++;
+            else { t = 0; P = n + T; }
+            const std::vector<float> kh = randn((size_t) T * H * D, 100 + call), vh = randn((size_t) T * H * D, 200 + call);
+            TC_OK(kbuf.upload(kh.data(), kh.size() * 4));
+            TC_OK(vbuf.upload(vh.data(), vh.size() * 4));
+            cu::ring_step st;
+            for (int h = 0; h < H; h++) st.rc_before.push_back(L.rc(h));
+            TC_OK(L.append(n, T));
+            for (int h = 0; h < H; h++) {
+                st.pages.push_back(L.pages_in_use(h));
+                st.lo.push_back(L.lo(h));
+                st.n_coded.push_back(L.n_coded(h));
+            }
+            st.ops.assign((size_t) H, kv_ring_ops{});  // (the retain after the observation: the books as attention saw them)
+            const bool observing = t > 0 || cf.kind != KV_POLICY_LAZY;
+            dev.set_append_last(cf.kind == KV_POLICY_LAZY && t > 0 ? t - 1 : 0);
+            dev.set_scores(observing ? sc.as<float>() : nullptr, ml.as<float>(), G);
+            TC_OK(dev.stage(st, s));
+            TC_OK(dev.append(kbuf.as<float>(), vbuf.as<float>(), n, T, s));
+            TC_OK(be->synchronize());
+            n += T;
+            if (observing) {
+                // what attention would leave: scores s in {0, −0.5, ..., −3.5} and per query row M = 0, L = 10
+                std::vector<float> sh(n_sc), mlh((size_t) NH * 2);
+                for (float & x : sh) x = -0.5f * (float) (rng() % 8);
+                for (int q = 0; q < NH; q++) { mlh[(size_t) 2 * q] = 0.0f; mlh[(size_t) 2 * q + 1] = 10.0f; }
+                TC_OK(sc.upload(sh.data(), sh.size() * 4));
+                TC_OK(ml.upload(mlh.data(), mlh.size() * 4));
+                std::vector<std::vector<int32_t>> pre((size_t) H), pos((size_t) H);
+                for (int h = 0; h < H; h++) if (L.kind(h) == KV_RING_EVICT) TC_OK(fetch(h, pre[(size_t) h], pos[(size_t) h]));
+                TC_OK(dev.observe(cf.kind, t, c.policy.alpha, G, L.layer_mean(), NH, s));
+                TC_OK(be->synchronize());
+                // the probability of row g of head h for the token at index j of evict_tokens' list
+                auto prob = [&](int h, int g, int32_t j) {
+                    const int32_t nq = L.n_coded(h);
+                    const float x = j < nq ? sh[(size_t) H * G * view.max_tokens + ((size_t) c_first[(size_t) h] + j) * G + g]
+                                           : sh[((size_t) h * G + g) * view.max_tokens + (j - nq)];
+                    return std::exp(x - 0.0f) / 10.0f;
+                };
+                for (int h = 0; h < H; h++) {
+                    if (L.kind(h) != KV_RING_EVICT) continue;
+                    std::vector<int32_t> post, pp;
+                    TC_OK(fetch(h, post, pp));
+                    bool ok = pp == pos[(size_t) h];
+                    for (size_t j = 0; j < pp.size() && ok; j++) {
+                        int32_t last = pre[(size_t) h][2 * j], mri = pre[(size_t) h][2 * j + 1];
+                        float f, want = 0.0f, got;
+                        std::memcpy(&f, &last, 4);
+                        std::memcpy(&got, &post[2 * j], 4);
+                        if (cf.kind == KV_POLICY_LAZY) {
+                            float pm = 0.0f;
+                            for (int g = 0; g < G; g++) pm = std::max(pm, prob(h, g, (int32_t) j));
+                            if (pm >= c.policy.alpha) { mri = std::max(mri, t - last); last = t; }
+                            ok = post[2 * j] == last && post[2 * j + 1] == mri;
+                            continue;
+                        }
+                        float gs = 0.0f;
+                        for (int g = 0; g < G; g++) gs += prob(h, g, (int32_t) j);
+                        if (L.layer_mean()) {  // the same token at index j in every head
+                            want = 0.0f;
+                            for (int hh = 0; hh < H; hh++) {
+                                float ps = 0.0f;
+                                for (int g = 0; g < G; g++) ps += prob(hh, g, (int32_t) j);
+                                want += ps * (1.0f / (float) NH);
+                            }
+                        } else {
+                            want = cf.kind == KV_POLICY_H2O ? f + gs : gs;
+                        }
+                        ok = std::fabs(got - want) <= 1e-5f * std::max(1.0f, std::fabs(want));
+                    }
+                    TC_CHECK(ok) << cf.name << ": step " << t << " head " << h << ": the device's statistics differ from the policy's observe";
+                    n_obs++;
+                }
+            }
+            L.retain(n, st.ops, t, P);
+            TC_OK(run_ops(st.ops));  // the retain's flushes
+            // due heads: one token goes on the device, or the host selects from the downloaded statistics
+            std::vector<kv_ring_ops> ev((size_t) H);
+            cu::ring_evict_one_args a;
+            a.budget = pol->budget(t, P, c.policy);
+            a.recent = pol->recent(c.policy);
+            a.protect = c.policy.protect;
+            std::vector<int32_t> want((size_t) H, -3);
+            std::vector<std::vector<int32_t>> raw0((size_t) H), pos0((size_t) H);
+            for (int h = 0; h < H; h++) {
+                if (!L.due(h, t, P)) continue;
+                TC_OK(fetch(h, raw0[(size_t) h], pos0[(size_t) h]));
+                if (!L.evicts_one(h, t, P)) {
+                    std::vector<int32_t> pa, keep;
+                    L.evict_tokens(h, pa);
+                    L.select(pa, raw0[(size_t) h], t, P, keep);
+                    L.evict(h, keep, ev[(size_t) h]);
+                    continue;
+                }
+                std::vector<float> score(pos0[(size_t) h].size());
+                for (size_t j = 0; j < score.size(); j++) std::memcpy(&score[j], &raw0[(size_t) h][2 * j], 4);
+                want[(size_t) h] = kv_ring_evict_one_ref(pos0[(size_t) h].data(), score.data(), (int32_t) score.size(), a.budget, a.recent, a.protect, nullptr, 0);
+                for (size_t j = 0; j < score.size(); j++)  // a tie at the lowest candidate score: the position decides
+                    n_ties += want[(size_t) h] >= 0 && j != (size_t) want[(size_t) h] && score[j] == score[(size_t) want[(size_t) h]] &&
+                              pos0[(size_t) h][j] >= c.policy.protect;
+                a.head[a.n] = h;
+                a.rc[a.n] = L.rc(h);
+                a.nq[a.n] = L.n_coded(h);
+                a.out[a.n] = h;
+                a.n++;
+            }
+            if (a.n > 0) {
+                TC_OK(dev.evict_one(a, out.as<int32_t>(), s));
+                TC_OK(be->synchronize());
+                const std::vector<int32_t> o = to_host<int32_t>(out, (size_t) H * 4);
+                for (int i = 0; i < a.n; i++) {
+                    const int h = a.head[i];
+                    const int32_t w = want[(size_t) h];
+                    const int32_t got = o[(size_t) 4 * h] == 1 ? o[(size_t) 4 * h + 1] : o[(size_t) 4 * h] == 0 ? -1 : -2;
+                    TC_CHECK(got == w) << cf.name << ": step " << t << " head " << h << ": the device drops index " << got << ", the rule " << w;
+                    if (w >= 0 && got == w) TC_CHECK(o[(size_t) 4 * h + 2] == pos0[(size_t) h][(size_t) w]) << cf.name << ": the dropped position";
+                    n_one += w >= 0;
+                    n_keep_all += w == -1;
+                    if (w == -2) continue;  // (never here: the newest are consecutive and one token goes)
+                    L.evict_one(h, w, ev[(size_t) h]);
+                }
+            }
+            TC_OK(run_ops(ev));
+            // the device holds what the books say, statistics moved with their tokens
+            for (int h = 0; h < H; h++) {
+                if (L.kind(h) != KV_RING_EVICT) continue;
+                std::vector<int32_t> raw, pos, books;
+                TC_OK(fetch(h, raw, pos));
+                L.evict_tokens(h, books);
+                TC_CHECK(pos == books) << cf.name << ": step " << t << " head " << h << ": the device's positions differ from the books";
+                if (want[(size_t) h] >= 0 && pos == books) {  // every surviving token kept its statistics
+                    bool same = true;
+                    for (size_t j = 0; j < pos.size(); j++) {
+                        size_t k0 = 0;
+                        while (k0 < pos0[(size_t) h].size() && pos0[(size_t) h][k0] != pos[j]) k0++;
+                        same &= k0 < pos0[(size_t) h].size() && raw0[(size_t) h][2 * k0] == raw[2 * j] && raw0[(size_t) h][2 * k0 + 1] == raw[2 * j + 1];
+                    }
+                    TC_CHECK(same) << cf.name << ": step " << t << " head " << h << ": a token's statistics did not move with it";
+                }
+            }
+        }
+        std::printf("    %-40s %lld observations checked, %lld single evictions (%lld with a tie at the lowest score), %lld kept all; quantized %d\n", cf.name,
+                    (long long) n_obs, (long long) n_one, (long long) n_ties, (long long) n_keep_all, L.n_coded(0));
+        if (cf.kind != KV_POLICY_LAZY) {
+            TC_CHECK(cf.capacity < 20 ? n_keep_all > 0 : n_one >= 40) << cf.name << ": the single-token path ran " << n_one << " times";
+        }
+        if (cf.codec != KV_CODEC_F16) TC_CHECK(L.n_coded(0) > 0) << cf.name << ": nothing quantized";
+    }
 }
 
 // The two sides of a device-cache test: the engine fixture loaded once, on the CPU and on the device, a CPU and a
@@ -829,7 +1078,7 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
 // different probabilities (the device's f32 activations vs the CPU's q8 ones), so a token near the hit
 // threshold may count as a hit on one side only: the kept sets must agree almost everywhere, and exactly in
 // size (the budget decides it).
-TC_TEST("cuda/ring-lazy: lazy and streaming eviction on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode)") {
+TC_TEST("cuda/ring-lazy: lazy, h2o, tova and streaming eviction on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode, layer mean)") {
     TC_NEED_CUDA(be);
     ring_pair rp;
     TC_OK(rp.init(*be));
@@ -839,12 +1088,17 @@ TC_TEST("cuda/ring-lazy: lazy and streaming eviction on the device == the CPU en
     const std::vector<int32_t> & toks = rp.toks;
     const size_t nv = rp.nv;
     const int n_heads = f.n_layer * f.n_head_kv;
-    struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; kv_policy_kind policy; };
+    struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; kv_policy_kind policy; bool all_evict; };
     const cfg cfgs[] = {
-        {"lazy f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_LAZY},
-        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f, KV_POLICY_LAZY},
-        {"lazy ratio 0.5 rot4", KV_CODEC_ROT4, false, 0.5f, KV_POLICY_LAZY},
-        {"streaming rot2 + stream heads", KV_CODEC_ROT2, false, 0.0f, KV_POLICY_STREAMING},
+        {"lazy f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_LAZY, false},
+        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f, KV_POLICY_LAZY, false},
+        {"lazy ratio 0.5 rot4", KV_CODEC_ROT4, false, 0.5f, KV_POLICY_LAZY, false},
+        {"streaming rot2 + stream heads", KV_CODEC_ROT2, false, 0.0f, KV_POLICY_STREAMING, false},
+        // every step once over budget: the prompt's evictions selected on the host, each decode step's one token on the device
+        {"h2o f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_H2O, false},
+        {"h2o rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f, KV_POLICY_H2O, false},
+        {"tova rot2 + stream heads (group sums)", KV_CODEC_ROT2, false, 0.0f, KV_POLICY_TOVA, false},
+        {"tova f16, all heads (layer mean)", KV_CODEC_F16, false, 0.0f, KV_POLICY_TOVA, true},
     };
     for (const cfg & c : cfgs) {
         context_params p;
@@ -856,6 +1110,7 @@ TC_TEST("cuda/ring-lazy: lazy and streaming eviction on the device == the CPU en
         p.retention.assign((size_t) n_heads, KV_RETAIN_FULL);
         p.retention[1] = KV_RETAIN_STREAM;
         p.retention[0] = p.retention[3] = p.retention[(size_t) n_heads - 1] = KV_RETAIN_EVICT;
+        if (c.all_evict) p.retention.assign((size_t) n_heads, KV_RETAIN_EVICT);
         p.policy.kind = c.policy;
         p.policy.capacity = 160;
         p.policy.window = 32;
@@ -890,28 +1145,45 @@ TC_TEST("cuda/ring-lazy: lazy and streaming eviction on the device == the CPU en
                 }
             }
         const double jac = uni ? (double) inter / (double) uni : 1.0;
-        std::printf("    LAZY %-36s logits NMSE worst %.3g, top-1 %d/%d; kept sets: Jaccard %.4f, %zu/%d heads equal; evicted %lld (cpu %lld), "
+        std::printf("    EVICT %-38s logits NMSE worst %.3g, top-1 %d/%d; kept sets: Jaccard %.4f, %zu/%d heads equal; evicted %lld (cpu %lld), "
                     "compactions %lld (cpu %lld), quantized %lld (cpu %lld), resident %lld (cpu %lld)\n",
                     c.name, worst, same, steps, jac, heads_equal, n_heads, (long long) rg.evicted_tokens, (long long) rc.evicted_tokens,
                     (long long) rg.compactions, (long long) rc.compactions, (long long) rg.quantized_tokens, (long long) rc.quantized_tokens,
                     (long long) rg.resident_tokens, (long long) rc.resident_tokens);
-        TC_CHECK(n_evict == 3);
+        TC_CHECK(n_evict == (c.all_evict ? (size_t) n_heads : 3));
         TC_CHECK(rg.compactions == rc.compactions && rg.compactions >= 3 * 4) << c.name << ": evictions ran " << rg.compactions << " times, " << rc.compactions << " on the CPU";
         TC_CHECK(sizes_equal == (size_t) n_heads && rg.resident_tokens == rc.resident_tokens) << c.name << ": the budget decides how many stay";
-        TC_CHECK(jac >= 0.97) << c.name << ": the device keeps other tokens than the CPU (Jaccard " << jac << ")";
+        // h2o and tova drop, at every step, the token with the lowest attention: on this random-weight fixture the
+        // attention is spread thin, so the tail's ranks differ between the CPU's q8 activations and the device's f32
+        // ones and the two caches part ways token by token (the selection itself is checked exactly on the same
+        // inputs: cuda/ring-evict-ops); lazy's hits (p >= alpha) and streaming's positions are robust to that
+        const bool per_step = c.policy == KV_POLICY_H2O || c.policy == KV_POLICY_TOVA;
+        TC_CHECK(jac >= (per_step ? 0.88 : 0.97)) << c.name << ": the device keeps other tokens than the CPU (Jaccard " << jac << ")";
         // streaming decides from positions alone: exactly the CPU's tokens
         if (c.policy == KV_POLICY_STREAMING) TC_CHECK(heads_equal == (size_t) n_heads) << c.name;
-        const double bound = c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
-        TC_CHECK(worst <= bound && same * 20 >= steps * 17) << c.name << ": the device cache's logits drift from the CPU engine's";
+        const double bound = per_step ? 0.1 : c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
+        TC_CHECK(worst <= bound && same * 20 >= steps * (per_step ? 16 : 17)) << c.name << ": the device cache's logits drift from the CPU engine's";
         if (c.codec != KV_CODEC_F16) TC_CHECK(rg.quantized_tokens > 0);
         // a rewind after evictions: nothing is exact (kv_cache::remove_from), both start over
         const int32_t kc = cs->remove_from(400), kg = gs->remove_from(400);
         TC_CHECK(kc == 0 && kg == 0) << c.name << ": rewind keeps " << kg << " on the device, " << kc << " on the CPU";
         TC_OK(cs->eval(toks.data(), 300, true));
         TC_OK(gs->eval(toks.data(), 300, true));
-        TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after the rewind";
+        TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= (per_step ? 1e-2 : bound)) << c.name << ": after the rewind";
+        // (lazy and streaming keep the prompt whole or by position; h2o and tova evict from its last query's attention)
+        const bool by_scores = per_step;
+        size_t pi = 0, pu = 0;
         for (int il = 0; il < f.n_layer; il++)
-            for (int h = 0; h < f.n_head_kv; h++) TC_CHECK(gs->held_positions(il, h) == cs->held_positions(il, h)) << c.name << ": a new prompt after a rewind";
+            for (int h = 0; h < f.n_head_kv; h++) {
+                const std::vector<int32_t> a = gs->held_positions(il, h), b = cs->held_positions(il, h);
+                std::vector<int32_t> i2, u2;
+                std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(i2));
+                std::set_union(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(u2));
+                pi += i2.size();
+                pu += u2.size();
+                TC_CHECK(by_scores ? a.size() == b.size() : a == b) << c.name << ": a new prompt after a rewind";
+            }
+        TC_CHECK(pu == 0 || (double) pi / (double) pu >= 0.97) << c.name << ": a new prompt after a rewind: Jaccard " << (double) pi / (double) pu;
         // an aborted call leaves the cache as it was
         gs->abort = true;
         TC_CHECK(gs->eval(&toks[300], 20, true).code == ERR_ABORTED);

@@ -2,6 +2,7 @@
 // memory report = ALGORITHMS.md §1.8 formula, rewind exactness, page pool reuse, and resident memory
 // falling by what the report says when pages are freed.
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
@@ -205,6 +206,7 @@ struct ring_sim {
 };
 
 float ring_prob(int32_t pos, int32_t step);
+float ring_psum(int32_t pos, int32_t step, int il, int h);
 
 void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std::pair<int, int>> & script /* (chunk, 0) or (-1, rewind to) */,
                    uint32_t seed, int64_t min_evictions = 0) {
@@ -228,7 +230,9 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
         }
     }
     int32_t step = 0, prompt = 0;  // kv_cache's step_ and prompt_
-    int64_t n_evictions = 0;
+    const kv_policy * policy = kv_policy_get(c.policy.kind);
+    const bool reorders = policy && policy->holds_budget && !policy->position_only;
+    int64_t n_evictions = 0, n_one = 0;  // due heads; single-token evictions run by the (simulated) device
     std::mt19937 rng(seed);
     std::normal_distribution<float> nd;
     std::vector<kv_ring_ops> ops;
@@ -243,7 +247,14 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
             const kv_head_view hv = kv.head(il, h);
             std::vector<int32_t> cpos;
             if (hv.coded) for (int32_t j = 0; j < hv.coded->n; j++) cpos.push_back(hv.coded->pos_at(j));
-            TC_CHECK(cpos == L.coded_pos(h) && cpos == sim.coded[(size_t) il][(size_t) h])
+            // a device-side single eviction moves the head's last quantized token into the hole: the same tokens,
+            // quantized in the same order until then (kv_cache keeps its coded order)
+            std::vector<int32_t> ring_c = L.coded_pos(h);
+            if (reorders) {
+                std::sort(cpos.begin(), cpos.end());
+                std::sort(ring_c.begin(), ring_c.end());
+            }
+            TC_CHECK(cpos == ring_c && L.coded_pos(h) == sim.coded[(size_t) il][(size_t) h])
                 << label << ": layer " << il << " head " << h << ": quantized " << L.coded_pos(h).size() << " (device " << sim.coded[(size_t) il][(size_t) h].size()
                 << ") vs kv_cache " << cpos.size();
             TC_CHECK(L.n_f16(h) == hv.n) << label << ": f16 count " << L.n_f16(h) << " vs " << hv.n;
@@ -347,19 +358,39 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
                     TC_CHECK(L.held_positions(h) == kv.held_positions(il, h)) << label << ": layer " << il << " head " << h << " at " << c0 << "+" << chunk
                                                                               << ": attention sets differ";
                 }
-                if (step > 0 && L.has_evict()) {
-                    // this step's attention probabilities, a function of (position, step): kv_cache gets them in its
-                    // [coded | f16] buffers, the simulated device observes them over its slots (lazy_observe)
+                const kv_policy_kind kind = c.policy.kind;
+                if (L.has_evict() && !L.stats_free() && (step > 0 || kind != KV_POLICY_LAZY)) {
+                    // this step's attention probabilities (the chunk's last query), a function of (position, step,
+                    // layer, head): kv_cache gets them in its [coded | f16] buffers, the simulated device observes them
+                    // over its slots as the device's observe does (lazy_observe, h2o's sum, tova's value or layer mean)
+                    const float inv = 1.0f / (float) c.n_head;
+                    auto layer_mean = [&](int32_t p) {  // kv_cache::retain's expression, head by head
+                        float m = 0.0f;
+                        for (int hh = 0; hh < H; hh++) m += ring_psum(p, step, il, hh) * inv;
+                        return m;
+                    };
                     for (int h = 0; h < H; h++) {
                         if (kv.retention(il, h) != KV_RETAIN_EVICT) continue;
                         const kv_head_view hv = kv.head(il, h);
-                        float * pm = kv.probs_max(il, h);
-                        int32_t j = 0;
-                        if (hv.coded) for (int32_t q = 0; q < hv.coded->n; q++) pm[j++] = ring_prob(hv.coded->pos_at(q), step);
+                        float * pm = kv.probs_max(il, h), * ps = kv.probs_sum(il, h);
+                        std::vector<int32_t> cpu_pos;
+                        if (hv.coded) for (int32_t q = 0; q < hv.coded->n; q++) cpu_pos.push_back(hv.coded->pos_at(q));
                         for (int32_t sg = 0; sg < hv.n_seg; sg++)
-                            for (int32_t i = 0; i < hv.seg[sg].n; i++) pm[j++] = ring_prob(hv.seg[sg].pos[i], step);
+                            for (int32_t i = 0; i < hv.seg[sg].n; i++) cpu_pos.push_back(hv.seg[sg].pos[i]);
+                        for (size_t j = 0; j < cpu_pos.size(); j++) {
+                            pm[j] = ring_prob(cpu_pos[j], step);
+                            ps[j] = ring_psum(cpu_pos[j], step, il, h);
+                        }
                         auto observe = [&](ring_sim::stat & x, int32_t p) {
-                            if (ring_prob(p, step) >= c.policy.alpha) { x.second = std::max(x.second, step - x.first); x.first = step; }
+                            float f;
+                            std::memcpy(&f, &x.first, 4);
+                            if (kind == KV_POLICY_LAZY) {
+                                if (ring_prob(p, step) >= c.policy.alpha) { x.second = std::max(x.second, step - x.first); x.first = step; }
+                                return;
+                            }
+                            if (kind == KV_POLICY_H2O) f += ring_psum(p, step, il, h);
+                            else f = L.layer_mean() ? layer_mean(p) : ring_psum(p, step, il, h);
+                            std::memcpy(&x.first, &f, 4);
                         };
                         for (int32_t q = 0; q < L.n_coded(h); q++) observe(sim.st_c[(size_t) il][(size_t) h][(size_t) q], L.coded_pos(h)[(size_t) q]);
                         for (int32_t sl = 0; sl < L.rc(h); sl++) observe(sim.st_f[(size_t) il][(size_t) h][(size_t) sl], L.slot_pos(h)[(size_t) sl]);
@@ -368,25 +399,47 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
                 kv.retain(il);
                 L.retain(c0 + chunk, ops, step, prompt);
                 sim.apply(il, ops);
-                // due EVICT heads: the statistics come down, the host selects, the device compacts (and flushes)
+                // due EVICT heads: one token to drop is chosen and removed on the device (kv_ring_evict_one_ref, the
+                // head's last token moved into the hole); otherwise the statistics come down, the host selects, the
+                // device compacts (and flushes)
                 std::vector<kv_ring_ops> evops((size_t) H);
                 bool any = false;
+                const kv_policy * pol = kv_policy_get(kind);
                 for (int h = 0; h < H; h++) {
                     if (L.stats_free() || !L.due(h, step, prompt)) continue;  // (streaming: retain evicted)
-                    std::vector<int32_t> pa, last, mri, keep;
+                    std::vector<int32_t> pa, raw, keep;
                     L.evict_tokens(h, pa);
-                    for (int32_t q = 0; q < L.n_coded(h); q++) {
-                        last.push_back(sim.st_c[(size_t) il][(size_t) h][(size_t) q].first);
-                        mri.push_back(sim.st_c[(size_t) il][(size_t) h][(size_t) q].second);
-                    }
-                    for (int32_t sl = 0; sl < L.rc(h); sl++) {
-                        last.push_back(sim.st_f[(size_t) il][(size_t) h][(size_t) sl].first);
-                        mri.push_back(sim.st_f[(size_t) il][(size_t) h][(size_t) sl].second);
-                    }
-                    L.select(pa, last, mri, step, prompt, keep);
-                    L.evict(h, keep, evops[(size_t) h]);
-                    any = true;
+                    auto & scs = sim.st_c[(size_t) il][(size_t) h];
+                    auto & sfs = sim.st_f[(size_t) il][(size_t) h];
+                    const int32_t nq = L.n_coded(h), rc_h = L.rc(h);
+                    for (int32_t q = 0; q < nq; q++) { raw.push_back(scs[(size_t) q].first); raw.push_back(scs[(size_t) q].second); }
+                    for (int32_t sl = 0; sl < rc_h; sl++) { raw.push_back(sfs[(size_t) sl].first); raw.push_back(sfs[(size_t) sl].second); }
                     n_evictions++;
+                    any = true;
+                    if (L.evicts_one(h, step, prompt)) {
+                        std::vector<float> score(pa.size());
+                        for (size_t j = 0; j < pa.size(); j++) std::memcpy(&score[j], &raw[2 * j], 4);
+                        const int32_t j = kv_ring_evict_one_ref(pa.data(), score.data(), (int32_t) pa.size(), pol->budget(step, prompt, c.policy),
+                                                                pol->recent(c.policy), c.policy.protect, L.sinks().data(), (int32_t) L.sinks().size());
+                        if (j != -2) {
+                            n_one += j >= 0;
+                            auto & cd = sim.coded[(size_t) il][(size_t) h];
+                            auto & d = sim.data[(size_t) il][(size_t) h];
+                            if (j >= 0 && j < nq) {  // the device: the last quantized token into the hole
+                                cd[(size_t) j] = cd.back();
+                                cd.pop_back();
+                                scs[(size_t) j] = scs[(size_t) nq - 1];
+                            } else if (j >= nq) {  // the last f16 slot's token into the hole, its position emptied
+                                d[(size_t) (j - nq)] = d[(size_t) rc_h - 1];
+                                sfs[(size_t) (j - nq)] = sfs[(size_t) rc_h - 1];
+                                d[(size_t) rc_h - 1] = KV_RING_EMPTY;
+                            }
+                            L.evict_one(h, j, evops[(size_t) h]);
+                            continue;
+                        }
+                    }
+                    L.select(pa, raw, step, prompt, keep);
+                    L.evict(h, keep, evops[(size_t) h]);
                 }
                 if (any) sim.apply(il, evops);
                 L.commit();
@@ -398,6 +451,9 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
     int64_t own = 0;  // evictions the bookkeeping ran in retain (stats-free policies)
     for (const auto & L : sim.layers) own += L.compactions();
     if (min_evictions > 0) TC_CHECK(n_evictions + own >= min_evictions) << label << ": " << n_evictions + own << " evictions ran";
+    const kv_policy * pol = kv_policy_get(c.policy.kind);
+    if (min_evictions > 0 && pol->holds_budget && !pol->position_only)
+        TC_CHECK(n_one >= min_evictions / 2) << label << ": the device's single-token eviction ran " << n_one << " times of " << n_evictions;
     TC_CHECK(kv.memory(false).compactions == n_evictions + own) << label << ": kv_cache ran " << kv.memory(false).compactions << " evictions, the ring "
                                                                  << n_evictions + own;
 }
@@ -407,6 +463,13 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
 float ring_prob(int32_t pos, int32_t step) {
     const uint32_t u = ((uint32_t) pos * 2654435761u ^ (uint32_t) step * 40503u) >> 7;
     return u % 1000 < (uint32_t) (pos % 7) * 120 ? 2e-4f : 5e-5f;
+}
+
+// The group-summed probability of a token (h2o, tova): multiples of 1/64, so that scores tie now and then
+// (kv_select_keep's order decides), varying with the layer and head.
+float ring_psum(int32_t pos, int32_t step, int il, int h) {
+    const uint32_t u = ((uint32_t) pos * 2246822519u ^ (uint32_t) step * 3266489917u ^ (uint32_t) (il * 8 + h) * 668265263u) >> 9;
+    return (float) (u % 40) / 64.0f;
 }
 
 kv_cache_config ring_cfg(kv_codec_type codec, bool sinks, bool post_rope) {
@@ -450,10 +513,10 @@ TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16,
     // what the device cache refuses, with the reason
     kv_cache_config ev = ring_cfg(KV_CODEC_F16, false, false);
     ev.retention[0] = KV_RETAIN_EVICT;
-    ev.policy.kind = KV_POLICY_H2O;
+    ev.policy.kind = KV_POLICY_SNAPKV;
     kv_ring_config rc;
     status st = kv_ring_config_from(ev, 512, &rc);
-    TC_CHECK(!st.ok() && st.message.find("lazy") != std::string::npos) << st.message;
+    TC_CHECK(!st.ok() && st.message.find("snapkv") != std::string::npos && st.message.find("keys") != std::string::npos) << st.message;
     kv_cache_config kivi = ring_cfg(KV_CODEC_KIVI2, false, false);
     st = kv_ring_config_from(kivi, 512, &rc);
     TC_CHECK(!st.ok() && st.message.find("rot2") != std::string::npos && st.message.find("q8/q4") != std::string::npos) << st.message;
@@ -479,7 +542,7 @@ kv_cache_config ring_evict_cfg(kv_codec_type codec, bool sinks, float ratio) {
 }
 } // namespace
 
-TC_TEST("kv ring: evicting heads (lazy, streaming) hold what kv_cache holds: statistics beside the tokens, selection, compaction, rewinds") {
+TC_TEST("kv ring: evicting heads (lazy, streaming, h2o, tova) hold what kv_cache holds: statistics beside the tokens, selection, compaction, rewinds") {
     // a chunked prompt, decode steps exact to rewind (no eviction yet), then hundreds of steps with an eviction
     // every W = 32 and a flush every 16, rewinds after evictions (back to 0, as kv_cache), a new prompt
     std::vector<std::pair<int, int>> script = {{300, 0}, {212, 0}};
@@ -496,6 +559,18 @@ TC_TEST("kv ring: evicting heads (lazy, streaming) hold what kv_cache holds: sta
     sf.policy.kind = sr.policy.kind = KV_POLICY_STREAMING;  // every step, prefill included, decided from positions
     ring_vs_cache("streaming f16 + stream", sf, script, 14, 500);
     ring_vs_cache("streaming rot2 + sinks", sr, script, 15, 500);
+    // h2o and tova: every step once over budget; a decode step drops one token, chosen and removed on the device
+    kv_cache_config hf = ring_evict_cfg(KV_CODEC_F16, false, 0.0f), hr = ring_evict_cfg(KV_CODEC_ROT2, true, 0.0f);
+    hf.policy.kind = hr.policy.kind = KV_POLICY_H2O;
+    ring_vs_cache("h2o f16 + stream", hf, script, 16, 500);
+    ring_vs_cache("h2o rot2 + sinks + stream", hr, script, 17, 500);
+    kv_cache_config tr = ring_evict_cfg(KV_CODEC_ROT2, false, 0.0f), tf = ring_evict_cfg(KV_CODEC_F16, false, 0.0f), ta = ring_evict_cfg(KV_CODEC_ROT4, true, 0.0f);
+    tr.policy.kind = tf.policy.kind = ta.policy.kind = KV_POLICY_TOVA;
+    tf.retention.assign(tf.retention.size(), KV_RETAIN_EVICT);  // every head evicts: the layer mean, one token set per layer
+    ta.retention.assign(ta.retention.size(), KV_RETAIN_EVICT);
+    ring_vs_cache("tova rot2 + stream (group sums)", tr, script, 18, 500);
+    ring_vs_cache("tova f16, all heads (layer mean)", tf, script, 19, 500);
+    ring_vs_cache("tova rot4 + sinks, all heads (layer mean)", ta, script, 20, 500);
     // a chunk that moved an evicting head's tokens cannot be undone on the device: rollback says so
     kv_ring_config rc;
     TC_CHECK(kv_ring_config_from(ring_evict_cfg(KV_CODEC_ROT2, false, 0.0f), 512, &rc).ok());

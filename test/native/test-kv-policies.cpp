@@ -121,6 +121,12 @@ TC_TEST("kv-policies: every registry row keeps budget, sinks, recent window; det
             });
         }
         TC_CHECK(runs[0] == runs[1]) << all[i].name << ": not deterministic";
+        // holds_budget is a promise the device cache sizes heads by and evicts single tokens on: due exactly when more
+        // than the budget is held, at any step, prefill included
+        if (all[i].holds_budget)
+            for (int32_t t = 0; t < 300; t += 7)
+                for (int32_t n = 0; n < 300; n += 5)
+                    TC_CHECK(all[i].due(t, n, 40, pp) == (n > all[i].budget(t, 40, pp))) << all[i].name << ": due at t " << t << " with " << n << " held";
     }
 }
 

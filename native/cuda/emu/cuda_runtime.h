@@ -150,6 +150,10 @@ inline double __shfl_xor_sync(unsigned, double v, int m) {
 }
 inline int __shfl_xor_sync(unsigned, int v, int m) { return (int) ::tc_emu::shfl_xor_bits((uint32_t) v, m); }
 inline unsigned __shfl_xor_sync(unsigned, unsigned v, int m) { return ::tc_emu::shfl_xor_bits(v, m); }
+inline unsigned long long __shfl_xor_sync(unsigned, unsigned long long v, int m) {
+    const uint64_t lo = ::tc_emu::shfl_xor_bits((uint32_t) v, m), hi = ::tc_emu::shfl_xor_bits((uint32_t) (v >> 32), m);
+    return lo | (hi << 32);
+}
 
 // exact IEEE single-precision operations (the emulation is compiled with -ffp-contract=off)
 inline float __fmul_rn(float a, float b) { return a * b; }
@@ -159,6 +163,8 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 using std::fmaf;
 using std::fminf;
 using std::fmaxf;

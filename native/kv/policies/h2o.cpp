@@ -22,7 +22,8 @@ void h2o_score(const kv_token_stats & s, int32_t n, int32_t, const kv_policy_par
 
 extern const kv_policy KV_POLICY_H2O_ROW = {
     KV_POLICY_H2O, "h2o", "H2O, arXiv 2306.14048 (group-summed cumulative attention)",
-    h2o_append, h2o_observe, h2o_due, h2o_budget, h2o_recent, h2o_score,
+    h2o_append, h2o_observe, h2o_due, h2o_budget, h2o_recent, h2o_score, nullptr, nullptr, /*needs_layer_mean=*/false,
+    /*position_only=*/false, /*holds_budget=*/true,
 };
 
 } // namespace core

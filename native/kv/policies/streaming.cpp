@@ -20,7 +20,7 @@ void st_score(const kv_token_stats &, int32_t n, int32_t, const kv_policy_params
 
 extern const kv_policy KV_POLICY_STREAMING_ROW = {
     KV_POLICY_STREAMING, "streaming", "StreamingLLM, arXiv 2309.17453 (sinks + recent, original positions)",
-    st_append, st_observe, st_due, st_budget, st_recent, st_score, nullptr, nullptr, /*needs_layer_mean=*/false, /*position_only=*/true,
+    st_append, st_observe, st_due, st_budget, st_recent, st_score, nullptr, nullptr, /*needs_layer_mean=*/false, /*position_only=*/true, /*holds_budget=*/true,
 };
 
 } // namespace core

@@ -22,7 +22,7 @@ void tova_score(const kv_token_stats & s, int32_t n, int32_t, const kv_policy_pa
 
 extern const kv_policy KV_POLICY_TOVA_ROW = {
     KV_POLICY_TOVA, "tova", "TOVA, arXiv 2401.06104 (layer-mean attention of the current query)",
-    tova_append, tova_observe, tova_due, tova_budget, tova_recent, tova_score, nullptr, nullptr, /*needs_layer_mean=*/true,
+    tova_append, tova_observe, tova_due, tova_budget, tova_recent, tova_score, nullptr, nullptr, /*needs_layer_mean=*/true, /*position_only=*/false, /*holds_budget=*/true,
 };
 
 } // namespace core
