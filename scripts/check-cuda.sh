@@ -17,9 +17,9 @@
 #   CHECK_CUDA_BENCH_ARGS   extra decode-bench-cuda arguments (default: f16,q8_0,q4_K weights at 1K/8K/32K, KV f16,
 #                           rot2, rot2-post, rot2-hs-lazy: 36 rows, ~25 s on an H200)
 #   CHECK_CUDA_FORWARD=0     skip the real-forward benchmark (decode-bench-cuda --forward, q8_0 1.5B shape, caches f16,
-#                           rot2, rot2 + head-selective, and that + lazy eviction on the other heads, at 1K/8K/32K; one
-#                           JSON line per row as it finishes, so a timeout keeps the rows done — the prefill attention
-#                           re-reads the cache per query, untimed; the lazy row decodes 128 steps before timing)
+#                           rot2, rot2 + head-selective, and that + lazy / h2o eviction on the other heads, at
+#                           1K/8K/32K; one JSON line per row as it finishes, so a timeout keeps the rows done; the lazy
+#                           row decodes 128 steps before timing, the h2o one drops a token per head at every step)
 #   CHECK_CUDA_FORWARD_ARGS  extra --forward arguments (later flags win, e.g. "--contexts 1024 --kv f16,rot2")
 #   CHECK_CUDA_PAUSE / CHECK_CUDA_RESUME  commands run just before / after the timed steps (tests, perf, bench),
 #                           e.g. to pause a training job sharing the GPU (scripts/gpu-session.sh)
@@ -79,7 +79,7 @@ cat "$OUT/decode-bench.log" >> "$SUMMARY"
 # the real forward pass on a synthetic Qwen2-1.5B (q8_0 weights made on the CPU first, ~1 min), with the device
 # caches quantizing on write; CHECK_CUDA_FORWARD=0 skips
 if [ "${CHECK_CUDA_FORWARD:-1}" = 1 ]; then
-  run_step forward-bench 300 sh -c "\"$BUILD/decode-bench-cuda\" --forward --type q8_0 --contexts 1024,8192,32768 --kv f16,rot2,rot2-hs,rot2-hs-lazy ${CHECK_CUDA_FORWARD_ARGS:-} > \"$OUT/forward.jsonl\"" || rc_all=1
+  run_step forward-bench 300 sh -c "\"$BUILD/decode-bench-cuda\" --forward --type q8_0 --contexts 1024,8192,32768 --kv f16,rot2,rot2-hs,rot2-hs-lazy,rot2-hs-h2o ${CHECK_CUDA_FORWARD_ARGS:-} > \"$OUT/forward.jsonl\"" || rc_all=1
   grep -E "forward:|synthesized" "$OUT/forward-bench.log" >> "$SUMMARY"
 fi
 # op timings last: the least needed when the budget runs short

@@ -230,23 +230,32 @@ double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock:
 //   rot2-hs-lazy  rot2-hs whose other heads evict with LazyEviction (window W = 128, capacity half the row's
 //             context: the prefill stands for the chain of thought so far); the row decodes W steps first, so the
 //             timed steps run over the evicted cache, and reports what the evictions cost
+//   rot2-hs-h2o, rot2-hs-tova  the same split with the per-step baselines on the other heads (capacity half the
+//             row's context, H2O's recent window 128): the prompt is evicted down to the capacity on the host, then
+//             every decode step drops one token per head on the device (kv_ring_device::evict_one)
 //   q8, q4    llama.cpp-style q8_0 / q4_0 blocks on every head (the baselines)
 constexpr int kLazyWindow = 128;
+// The eviction policy of a --forward row (rot2-hs-<policy>), or -1.
+int forward_policy(const std::string & kv) {
+    return kv == "rot2-hs-lazy" ? KV_POLICY_LAZY : kv == "rot2-hs-h2o" ? KV_POLICY_H2O : kv == "rot2-hs-tova" ? KV_POLICY_TOVA : -1;
+}
 status forward_kv(const std::string & kv, const model & m, int n_ctx, int row_ctx, kv_cache_config * out) {
     context_params p;
     p.n_ctx = n_ctx;
-    const bool hs = kv == "rot2-hs" || kv == "rot2-hs-lazy";
+    const int pol = forward_policy(kv);
+    const bool hs = kv == "rot2-hs" || pol >= 0;
     if (kv == "rot2" || kv == "rot2-post" || hs) p.storage.key = p.storage.value = KV_CODEC_ROT2;
     if (kv == "q8" || kv == "q4") p.storage.key = p.storage.value = kv == "q8" ? KV_CODEC_Q8 : KV_CODEC_Q4;  // llama.cpp-style baselines
     p.storage.post_rope = kv == "rot2-post";
     if (hs) {
         p.retention.assign((size_t) m.hp.n_layer * m.hp.n_head_kv, kv == "rot2-hs" ? KV_RETAIN_FULL : KV_RETAIN_EVICT);
         for (uint32_t il = 0; il < m.hp.n_layer; il++) p.retention[(size_t) il * m.hp.n_head_kv] = KV_RETAIN_STREAM;
-        p.policy.kind = KV_POLICY_LAZY;
+        p.policy.kind = pol >= 0 ? (kv_policy_kind) pol : KV_POLICY_LAZY;
         p.policy.window = kLazyWindow;
-        p.policy.capacity = std::max(kLazyWindow, row_ctx / 2);
+        // (h2o's recent window is W: twice that leaves as many tokens to its scores)
+        p.policy.capacity = std::max(pol == KV_POLICY_LAZY || pol < 0 ? kLazyWindow : 2 * kLazyWindow, row_ctx / 2);
     } else if (kv != "f16" && kv != "rot2" && kv != "rot2-post" && kv != "q8" && kv != "q4") {
-        return status(ERR_INVALID_ARG, strfmt("--forward --kv: unknown cache %s (f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy, q8, q4)", kv.c_str()));
+        return status(ERR_INVALID_ARG, strfmt("--forward --kv: unknown cache %s (f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy, rot2-hs-h2o, rot2-hs-tova, q8, q4)", kv.c_str()));
     }
     *out = make_kv_config(m, p);
     return status::success();
@@ -287,8 +296,8 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
     for (int c : contexts) {
         for (size_t k = 0; k < kvs.size(); k++) {
             const std::string & kv = kvs[k];
-            const bool lazy = kv == "rot2-hs-lazy";
-            if (lazy) {
+            const bool lazy = kv == "rot2-hs-lazy", evicting = forward_policy(kv) >= 0;
+            if (evicting) {
                 kv_cache_config kc;
                 sessions[k].reset();
                 BENCH_OK(forward_kv(kv, *m, max_ctx + kLazyWindow + steps + 8, c, &kc));  // (reserved like the other rows)
@@ -300,7 +309,7 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
             BENCH_OK(fs->eval(prompt.data(), c, logits.data()));
             const double t_pre = now_s() - t;
             int32_t tok = 13;
-            const int warm = lazy ? kLazyWindow : 1;  // the lazy row: past its first eviction (decode step W)
+            const int warm = lazy ? kLazyWindow : evicting ? 8 : 1;  // the lazy row: past its first eviction (decode step W)
             t = now_s();
             for (int i = 0; i < warm; i++) {
                 BENCH_OK(fs->eval(&tok, 1, logits.data()));
@@ -321,7 +330,7 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
                                  "%.1f MB weights + %.2f MB KV (%lld quantized, %lld evicted tokens) | %.0f GB/s = %.0f%% of HBM%s\n",
                          sh.name, ggml_type_name(wt), kv.c_str(), c, c / t_pre, 1.0 / t_dec, t_dec * 1e3, fs->weight_bytes() / 1e6, kv_bytes / 1e6,
                          (long long) r.quantized_tokens, (long long) r.evicted_tokens, gbs, hbm > 0 ? 100.0 * gbs / hbm : 0.0,
-                         lazy ? strfmt(" | %d warm-up steps %.3f ms/token incl. %lld head evictions (%.1f ms host)", warm, t_warm * 1e3, (long long) r.compactions, ev_ms).c_str() : "");
+                         evicting ? strfmt(" | %d warm-up steps %.3f ms/token incl. %lld head evictions (%.1f ms host)", warm, t_warm * 1e3, (long long) r.compactions, ev_ms).c_str() : "");
             std::printf("{\"bench\":\"decode-forward\",\"device\":\"%s\",\"shape\":\"%s\",\"weights\":\"%s\",\"kv\":\"%s\",\"n_ctx\":%d,\"steps\":%d,"
                         "\"prefill_tok_s\":%.2f,\"tok_s\":%.2f,\"weight_bytes\":%zu,\"kv_bytes\":%.0f,\"kv_reserved_bytes\":%zu,\"quantized_tokens\":%lld,"
                         "\"evicted_tokens\":%lld,\"warmup_steps\":%d,\"warmup_ms_per_token\":%.4f,\"compactions\":%lld,\"compaction_host_ms\":%.2f,"
@@ -352,7 +361,7 @@ int main(int argc, char ** argv) {
         else if (a == "--forward") forward = true;
         else if (a == "--steps") steps = std::max(1, std::atoi(next().c_str()));
         else if (a == "--hbm-gbs") hbm = std::atof(next().c_str());
-        else { std::fprintf(stderr, "usage: decode-bench-cuda [--forward] [--shape qwen2-1.5b|qwen2-0.5b|tiny] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy | with --forward also rot2-hs, q8, q4] [--steps N] [--hbm-gbs N]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: decode-bench-cuda [--forward] [--shape qwen2-1.5b|qwen2-0.5b|tiny] [--type f16,q8_0,q4_K] [--contexts 1024,8192,32768] [--kv f16,rot2,rot2-post,rot2-hs-lazy | with --forward also rot2-hs, rot2-hs-h2o, rot2-hs-tova, q8, q4] [--steps N] [--hbm-gbs N]\n"); return 2; }
     }
     const shape * sh = nullptr;
     for (const shape & s : SHAPES) if (shape_name == s.name) sh = &s;
@@ -360,8 +369,12 @@ int main(int argc, char ** argv) {
     if (kvs.empty()) kvs = forward ? "f16,rot2,rot2-hs,rot2-hs-lazy" : "f16,rot2,rot2-post,rot2-hs-lazy";
     const std::vector<std::string> kv_list = split(kvs);
     for (const std::string & k : kv_list) {
-        const bool ok = (forward && (k == "rot2-hs" || k == "q8" || k == "q4")) || k == "f16" || k == "rot2" || k == "rot2-post" || k == "rot2-hs-lazy";
-        if (!ok) { std::fprintf(stderr, "unknown --kv %s%s\n", k.c_str(), forward ? " (with --forward: f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy, q8, q4)" : ""); return 2; }
+        const bool ok = (forward && (k == "rot2-hs" || k == "q8" || k == "q4" || k == "rot2-hs-h2o" || k == "rot2-hs-tova")) || k == "f16" || k == "rot2" ||
+                        k == "rot2-post" || k == "rot2-hs-lazy";
+        if (!ok) {
+            std::fprintf(stderr, "unknown --kv %s%s\n", k.c_str(), forward ? " (with --forward: f16, rot2, rot2-post, rot2-hs, rot2-hs-lazy, rot2-hs-h2o, rot2-hs-tova, q8, q4)" : "");
+            return 2;
+        }
     }
     std::unique_ptr<cu::backend> be;
     const status st = cu::backend::create(0, &be);

@@ -68,13 +68,15 @@ describe('backend selection', () => {
       await expect(model.createContext({ kv: { storage: { key: 'q8', value: 'f16' } } })).rejects.toThrow(/kv\.storage q8\/f16 .*rot2\/rot3\/rot4 or both with q8\/q4/);
       await expect(model.createContext({ kv: { storage: { key: 'kivi2', value: 'kivi2' } } })).rejects.toThrow(/kv\.storage kivi2\/kivi2/);
       await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'f16' } } })).rejects.toThrow(InvalidOptionsError);
-      await expect(model.createContext({ kv: { eviction: { policy: 'h2o', capacity: 96, window: 16 } } })).rejects.toThrow(/kv\.eviction policy 'h2o' .*backend: 'cpu'/);
+      await expect(model.createContext({ kv: { eviction: { policy: 'snapkv', capacity: 96, window: 8, interval: 16 } } })).rejects.toThrow(/kv\.eviction policy 'snapkv' .*backend: 'cpu'/);
       await expect(model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16, perQueryHead: true } } })).rejects.toThrow(/perQueryHead/);
-      // held by the device cache: stream heads, rot2/3/4 storage, lazy eviction (this native model is a CPU one, so they run there)
+      // held by the device cache: stream heads, rot2/3/4 storage, lazy / streaming / h2o / tova eviction (this native model is a CPU one, so they run there)
       await (await model.createContext({ kv: { heads: { layers: { '0': 'stream' } } } })).dispose();
       await (await model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } })).dispose();
       await (await model.createContext({ kv: { storage: { key: 'q8', value: 'q4' } } })).dispose();
       await (await model.createContext({ kv: { eviction: { policy: 'streaming', capacity: 96 } } })).dispose();
+      await (await model.createContext({ kv: { eviction: { policy: 'h2o', capacity: 96, window: 16 } } })).dispose();
+      await (await model.createContext({ kv: { eviction: { policy: 'tova', capacity: 96 } } })).dispose();
       await (await model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2', permutation: 'none' } } })).dispose();
       // a context asking for the CPU skips the device checks
       await using ctx = await model.createContext({ backend: 'cpu', kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } });
@@ -131,9 +133,11 @@ describe('backend selection', () => {
     expect(gpu.argmax).toBe(cpu.argmax);
     expect(mixed.logits).toEqual(cpu.logits);
   });
-  it.skipIf(!usable)('on a CUDA device: lazy eviction (rot2-coded) evicts as often and keeps as many as the CPU cache, nearly the same tokens', async () => {
+  // lazy's hits (p >= alpha) are robust to the CPU's q8 vs the device's f32 activations; h2o drops the lowest
+  // cumulative attention at every step, a rank the two sides may order differently on this random-weight fixture
+  it.skipIf(!usable).each([['lazy', 0.97], ['h2o', 0.88]] as const)('on a CUDA device: %s eviction (rot2-coded) evicts as often and keeps as many as the CPU cache, nearly the same tokens', async (policy, minJaccard) => {
     const path = ensureFixture('qwen3', 'f32');
-    const kv = { eviction: { policy: 'lazy' as const, capacity: 96, window: 16 }, storage: { key: 'rot2' as const, value: 'rot2' as const, permutation: 'none' as const } };
+    const kv = { eviction: { policy, capacity: 96, window: 16 }, storage: { key: 'rot2' as const, value: 'rot2' as const, permutation: 'none' as const } };
     const run = async (backend: 'cpu' | 'cuda') => {
       await using model = await loadModel({ path, backend });
       await using ctx = await model.createContext({ contextSize: 512, threads: 1, batchSize: 64, kv });
@@ -160,6 +164,6 @@ describe('backend selection', () => {
       inter += g.filter((p) => c.has(p)).length;
       uni += new Set([...g, ...cpu.held[i]!]).size;
     });
-    expect(inter / uni).toBeGreaterThan(0.97);
+    expect(inter / uni).toBeGreaterThan(minJaccard);
   });
 });
