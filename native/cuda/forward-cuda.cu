@@ -175,7 +175,7 @@ struct forward_session::impl {
         // an evicting layer: attention keeps the chunk's last row's scores, observe updates the statistics (lazy: at
         // decode steps only, as lazy_observe)
         const kv_policy_kind kind = L.policy().kind;
-        const bool observing = L.has_evict() && !L.stats_free() && (dstep > 0 || kind != KV_POLICY_LAZY);
+        const bool observing = L.has_evict() && !L.stats_free() && !L.scores_from_keys() && (dstep > 0 || kind != KV_POLICY_LAZY);
         const int G = (int) (m->hp.n_head / m->hp.n_head_kv);
         D.set_append_last(kind == KV_POLICY_LAZY && dstep > 0 ? dstep - 1 : 0);  // lazy_append's last; h2o/tova: 0.0f
         D.set_scores(observing ? scores.as<float>() : nullptr, ml.as<float>(), G);
@@ -224,7 +224,8 @@ struct forward_session::impl {
     // host selects as kv_cache does, the device gathers and flushes.
     status ring_evict(stream_t s) {
         if (!evict) return status::success();
-        struct due_head { int il, h; std::vector<int32_t> raw; int32_t one = -3; };  // one: the device's single eviction (-3: none)
+        // one: the device's single eviction (-3: none); raw: downloaded statistics, or qk: partial scores (snapkv, rkv)
+        struct due_head { int il, h; std::vector<int32_t> raw; int32_t one = -3; kv_ring_device::qk_partials qk; };
         std::vector<due_head> due;
         std::vector<char> launched(rl.empty() ? 0 : rl.size() * (size_t) rl[0].n_head_kv(), 0);
         for (const auto & o : ones) launched[(size_t) o.first * rl[0].n_head_kv() + o.second] = 1;
@@ -240,6 +241,12 @@ struct forward_session::impl {
                 due_head & d = due[i];
                 if (d.one != -3) continue;
                 const kv_ring_layer & L = rl[(size_t) d.il];
+                if (L.scores_from_keys()) {  // (f16 heads: kv_storage_check keeps such heads unquantized)
+                    status e = rd[(size_t) d.il].score_qk(d.h, L.rc(d.h), L.policy().kind == KV_POLICY_RKV, (int) (m->hp.n_head / m->hp.n_head_kv),
+                                                          1.0f / std::sqrt((float) m->hp.head_dim), gtmp, d.qk, s);
+                    if (!e.ok()) return e;
+                    continue;
+                }
                 d.raw.resize((size_t) 2 * (L.n_coded(d.h) + L.rc(d.h)));
                 status e = rd[(size_t) d.il].download_stats(d.h, L.n_coded(d.h), L.rc(d.h), d.raw.data(), d.raw.data() + 2 * L.n_coded(d.h), s);
                 if (!e.ok()) return e;
@@ -260,6 +267,7 @@ struct forward_session::impl {
         if (again && (!(st = download(n_host)).ok() || !(st = be->synchronize()).ok())) return st;
         std::stable_sort(due.begin(), due.end(), [](const due_head & x, const due_head & y) { return x.il < y.il; });
         std::vector<int32_t> pa, keep;
+        std::vector<float> qk_scores;
         for (size_t i = 0; i < due.size();) {
             const int il = due[i].il;
             kv_ring_layer & L = rl[(size_t) il];
@@ -274,9 +282,20 @@ struct forward_session::impl {
                     continue;
                 }
                 L.evict_tokens(d.h, pa);
-                L.select(pa, d.raw, dstep, prompt, keep);
+                if (L.scores_from_keys()) {
+                    const int32_t n = (int32_t) pa.size();
+                    qk_scores.resize((size_t) n);
+                    kv_ring_qk_scores(L.policy().kind, L.policy(), n, d.qk.imp.data(), d.qk.rowsum.data(), d.qk.excl_idx.data(), d.qk.excl_val.data(),
+                                      qk_scores.data());
+                    L.select_scores(pa, qk_scores.data(), dstep, prompt, keep);
+                } else {
+                    L.select(pa, d.raw, dstep, prompt, keep);
+                }
                 evicted += L.evict(d.h, keep, ev.ops[(size_t) d.h]);
             }
+            bool any_op = false;  // (a single eviction already done on the device, no flush due: nothing to upload)
+            for (const kv_ring_ops & o : ev.ops) any_op |= !o.empty();
+            if (!any_op) continue;
             for (int h = 0; h < H; h++) {  // the step tables as they now stand (the next chunk stages its own)
                 ev.rc_before.push_back(L.rc(h));
                 ev.pages.push_back(L.pages_in_use(h));
@@ -331,6 +350,10 @@ struct forward_session::impl {
             if (!(st = rope(k.as<float>(), pos.as<int32_t>(), T, (int) hp.n_head_kv, (int) hp.head_dim, (int) hp.n_rot, rs, hp.rope_freq_base,
                             hp.rope_freq_scale, W->rope_freqs.p, s)).ok())
                 return st;
+            if (ring && rl[il].has_evict() && rl[il].scores_from_keys()) {  // snapkv, rkv: the newest query (kv_cache::record_query)
+                const kv_policy * pol = kv_policy_get(rl[il].policy().kind);
+                if (!(st = rd[il].record_query(q.as<float>() + (size_t) (T - 1) * n_q, n_q, pol->query_window(rl[il].policy()), s)).ok()) return st;
+            }
             if (ring) {
                 if (!(st = ring_attention((int) il, ap, T, s)).ok()) return st;
             } else {

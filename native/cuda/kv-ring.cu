@@ -380,6 +380,108 @@ __global__ void k_top_abs(const float * x, int n_embd, int k, float * vals, int3
     }
 }
 
+// The policies that score from keys (snapkv, rkv; ALGORITHMS.md §4.4, §4.6), their GPU part: the recorded
+// queries' attention over head h's f16 tokens (slots 0..n in position order: such heads are f16 and compacted
+// in order), row r of P [rows][n]: snapkv: rows = nq·G, logit = q_(qi,g)·k·scale over all n keys; rkv: rows =
+// nq, logit = max over the group of q_(qi,g)·k·scale over the m keys outside the window. P = softmax / div
+// (snapkv.cpp / rkv.cpp's float steps: float exponentials, the normalizer summed in double). Queries: ring slot
+// (first + qi) % w, [n_head][D] each.
+__global__ void k_qk_attn(kv_layer_view kv, int h, const float * qring, int first, int w, int n_head, int G, int rkv, int m, int n, float scale, float div,
+                          float * P) {
+    extern __shared__ float qs[];
+    __shared__ float red_f[32];
+    __shared__ double red_d[32];
+    const int r = blockIdx.x, D = kv.head_dim;
+    const int qi = rkv ? r : r / G, g0 = rkv ? 0 : r % G, ng = rkv ? G : 1;
+    const float * qrow = qring + ((size_t) ((first + qi) % w) * n_head + (size_t) h * G + g0) * D;
+    for (int i = threadIdx.x; i < ng * D; i += blockDim.x) qs[i] = qrow[i];
+    __syncthreads();
+    float * row = P + (size_t) r * n;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+        const uint16_t * page = slot_page(kv, h, j);
+        const int jj = j % KV_PAGE_TOKENS;
+        float best = -INFINITY;
+        for (int g = 0; g < ng; g++) {
+            float sdot = 0.0f;
+            for (int d = 0; d < D; d++) sdot += qs[g * D + d] * f16_bits_to_f32(page[key_at(jj, d, D)]);
+            best = fmaxf(best, sdot * scale);
+        }
+        row[j] = best;
+        mx = fmaxf(mx, best);
+    }
+    mx = block_reduce<float>(mx, [](float x, float y) { return fmaxf(x, y); }, red_f);
+    double z = 0.0;
+    for (int j = threadIdx.x; j < m; j += blockDim.x) z += (double) expf(row[j] - mx);
+    z = block_reduce<double>(z, [](double x, double y) { return x + y; }, red_d);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) row[j] = j < m ? (float) ((double) expf(row[j] - mx) / z) / div : 0.0f;
+}
+
+// imp[j] = Σ_r P[r][j], rows in order (the CPU's accumulation order).
+__global__ void k_qk_sum(const float * P, int rows, int n, float * imp) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float a = 0.0f;
+    for (int r = 0; r < rows; r++) a += P[(size_t) r * n + j];
+    imp[j] = a;
+}
+
+// R-KV's unit keys: kn[j] = k_j / |k_j| (0 for a zero key), one thread per token, the norm summed in double.
+__global__ void k_qk_key_norm(kv_layer_view kv, int h, int n, float * kn) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x, D = kv.head_dim;
+    if (j >= n) return;
+    const uint16_t * page = slot_page(kv, h, j);
+    const int jj = j % KV_PAGE_TOKENS;
+    double ss = 0.0;
+    for (int d = 0; d < D; d++) {
+        const double x = f16_bits_to_f32(page[key_at(jj, d, D)]);
+        ss += x * x;
+    }
+    const float inv = ss > 0 ? (float) (1.0 / sqrt(ss)) : 0.0f;
+    for (int d = 0; d < D; d++) kn[(size_t) j * D + d] = f16_bits_to_f32(page[key_at(jj, d, D)]) * inv;
+}
+
+__device__ __forceinline__ float qk_cos(const float * a, const float * b, int D) {
+    float sdot = 0.0f;
+    for (int d = 0; d < D; d++) sdot += a[d] * b[d];
+    return sdot;
+}
+
+// R-KV's redundancy, row i (one block): rowsum[i] = Σ_{j≠i} cos(k_i, k_j) (double); the entry the reference
+// zeroes: the last j with cos > 0.5, else column 0 (excl_idx, excl_val; 0 where that is i itself).
+__global__ void k_qk_redundancy(const float * kn, int n, int D, double * rowsum, int32_t * excl_idx, float * excl_val) {
+    extern __shared__ float ki[];
+    __shared__ double red_d[32];
+    __shared__ int red_i[32];
+    const int i = blockIdx.x;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) ki[d] = kn[(size_t) i * D + d];
+    __syncthreads();
+    double acc = 0.0;
+    int last = -1;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        if (j == i) continue;
+        const float c = qk_cos(ki, kn + (size_t) j * D, D);
+        acc += c;
+        if (c > 0.5f) last = max(last, j);
+    }
+    acc = block_reduce<double>(acc, [](double x, double y) { return x + y; }, red_d);
+    last = block_reduce<int>(last, [](int x, int y) { return max(x, y); }, red_i);
+    if (threadIdx.x == 0) {
+        const int idx = last >= 0 ? last : 0;
+        rowsum[i] = acc;
+        excl_idx[i] = idx;
+        excl_val[i] = idx == i ? 0.0f : qk_cos(ki, kn + (size_t) idx * D, D);
+    }
+}
+
+// Head h's f16 keys of slots 0..n as rows [n][D] (tests).
+__global__ void k_ring_keys_out(kv_layer_view kv, int h, int n, uint16_t * out) {
+    const int j = blockIdx.x, D = kv.head_dim;
+    if (j >= n) return;
+    const uint16_t * page = slot_page(kv, h, j);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) out[(size_t) j * D + d] = page[key_at(j % KV_PAGE_TOKENS, d, D)];
+}
+
 } // namespace
 
 kv_ring_device::~kv_ring_device() {
@@ -398,6 +500,10 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
     n_coded_heads_ = o.n_coded_heads_;
     append_last_ = o.append_last_;
     c_first_h_ = std::move(o.c_first_h_);
+    qring_ = std::move(o.qring_);
+    qcount_ = o.qcount_;
+    qw_ = o.qw_;
+    qrow_ = o.qrow_;
     o.pinned_ = nullptr;
     o.pinned_cap_ = 0;
 }
@@ -730,6 +836,75 @@ status kv_ring_device::evict_one(const ring_evict_one_args & a, int32_t * out, s
     k_ring_evict_one<<<a.n, 256, 0, s>>>(v_, a, pos_.as<int32_t>(), st_f_.as<int2>(), kblk_.as<uint8_t>(), vblk_.as<uint8_t>(), c_pos_.as<int32_t>(),
                                          st_c_.as<int2>(), out);
     CUDA_CHECK_LAUNCH("kv ring single eviction");
+    return status::success();
+}
+
+status kv_ring_device::record_query(const float * q, int row, int w, stream_t s) {
+    if (w <= 0 || row <= 0) return status::success();
+    if (!qring_.data() || qw_ != w || qrow_ != row) {
+        status st = qring_.alloc((size_t) w * row * 4);
+        if (!st.ok() || !(st = qring_.zero()).ok()) return st;
+        qw_ = w;
+        qrow_ = row;
+        qcount_ = 0;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(qring_.as<float>() + (size_t) (qcount_ % w) * row, q, (size_t) row * 4, cudaMemcpyDeviceToDevice, s));
+    qcount_++;
+    return status::success();
+}
+
+status kv_ring_device::score_qk(int h, int n, bool rkv, int G, float scale, device_buffer & tmp, qk_partials & out, stream_t s) {
+    const int D = v_.head_dim, nq = qw_ > 0 ? (int) std::min<int64_t>(qcount_, qw_) : 0;
+    out.imp.assign((size_t) n, 0.0f);
+    out.rowsum.assign(rkv ? (size_t) n : 0, 0.0);
+    out.excl_idx.assign(rkv ? (size_t) n : 0, 0);
+    out.excl_val.assign(rkv ? (size_t) n : 0, 0.0f);
+    if (n <= 0) return status::success();
+    const int rows = nq > 0 ? (rkv ? nq : nq * G) : 0;
+    const int m = rkv ? std::max(0, n - std::min(nq, n)) : n;
+    // scratch: P [rows][n], imp [n]; rkv: kn [n][D], rowsum [n] (double), excl [n] + [n]
+    const size_t need = (size_t) rows * n * 4 + (size_t) n * 4 + (rkv ? (size_t) n * D * 4 + (size_t) n * 16 : 0) + 64;
+    if (tmp.bytes() < need) {
+        const status st = tmp.alloc(need);
+        if (!st.ok()) return st;
+    }
+    uint8_t * base = tmp.as<uint8_t>();
+    float * P = (float *) base;
+    float * imp = P + (size_t) rows * n;
+    double * rowsum = (double *) (((uintptr_t) (imp + n) + 7) & ~(uintptr_t) 7);
+    int32_t * eidx = (int32_t *) (rowsum + n);
+    float * eval = (float *) (eidx + n);
+    float * kn = eval + n;
+    if (rows > 0) {
+        const int first = (int) ((qcount_ - nq) % qw_);
+        k_qk_attn<<<rows, 256, (size_t) (rkv ? G : 1) * D * 4, s>>>(v_, h, qring_.as<float>(), first, qw_, qrow_ / D, G, rkv ? 1 : 0, m, n, scale,
+                                                                   (float) (rkv ? nq : rows), P);
+        CUDA_CHECK_LAUNCH("qk attention");
+        k_qk_sum<<<ceil_div(n, 256), 256, 0, s>>>(P, rows, n, imp);
+        CUDA_CHECK_LAUNCH("qk sum");
+        CUDA_CHECK(cudaMemcpyAsync(out.imp.data(), imp, (size_t) n * 4, cudaMemcpyDeviceToHost, s));
+    }
+    if (!rkv) return status::success();
+    k_qk_key_norm<<<ceil_div(n, 128), 128, 0, s>>>(v_, h, n, kn);
+    CUDA_CHECK_LAUNCH("qk key norms");
+    k_qk_redundancy<<<n, 256, (size_t) D * 4, s>>>(kn, n, D, rowsum, eidx, eval);
+    CUDA_CHECK_LAUNCH("qk redundancy");
+    CUDA_CHECK(cudaMemcpyAsync(out.rowsum.data(), rowsum, (size_t) n * 8, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaMemcpyAsync(out.excl_idx.data(), eidx, (size_t) n * 4, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaMemcpyAsync(out.excl_val.data(), eval, (size_t) n * 4, cudaMemcpyDeviceToHost, s));
+    return status::success();
+}
+
+status kv_ring_device::download_keys(int h, int n, std::vector<uint16_t> & keys, stream_t s) {
+    keys.assign((size_t) n * v_.head_dim, 0);
+    if (n <= 0) return status::success();
+    device_buffer buf;
+    status st = buf.alloc(keys.size() * 2);
+    if (!st.ok()) return st;
+    k_ring_keys_out<<<n, 128, 0, s>>>(v_, h, n, buf.as<uint16_t>());
+    CUDA_CHECK_LAUNCH("kv ring keys out");
+    CUDA_CHECK(cudaMemcpyAsync(keys.data(), buf.data(), keys.size() * 2, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));  // `buf` goes out of scope
     return status::success();
 }
 

@@ -95,6 +95,19 @@ public:
     // A head's statistics in evict_tokens' order (quantized 0..n_coded, then slots 0..n_f16): enqueues the
     // copies into last/mri ([n_coded + n_f16]); valid after the stream is synchronized.
     status download_stats(int h, int32_t n_coded, int32_t n_f16, int32_t * stats_c, int32_t * stats_f, stream_t s);
+    // The policies that score from keys (snapkv, rkv): the newest token's post-RoPE query of a chunk, q [row]
+    // on the device, into a ring of the last w (kv_cache::record_query; never reset, as there).
+    status record_query(const float * q, int row, int w, stream_t s);
+    // Head h's partial scores over its f16 tokens (slots 0..n), kv_ring_qk_scores' inputs, enqueued with their
+    // download into `out` (valid after the stream is synchronized). tmp: scratch (grown here).
+    struct qk_partials {
+        std::vector<float> imp, excl_val;
+        std::vector<double> rowsum;
+        std::vector<int32_t> excl_idx;
+    };
+    status score_qk(int h, int n, bool rkv, int G, float scale, device_buffer & tmp, qk_partials & out, stream_t s);
+    // A head's f16 keys of slots 0..n as rows [n][head_dim] of f16 bits (tests); waits for the stream.
+    status download_keys(int h, int n, std::vector<uint16_t> & keys, stream_t s);
     // A head's positions (tests): quantized 0..n_coded into c_pos, slots 0..n_slots into pos; valid after the stream
     // is synchronized.
     status download_positions(int h, int32_t n_coded, int32_t n_slots, int32_t * c_pos, int32_t * pos, stream_t s);
@@ -119,6 +132,9 @@ private:
     device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_;
     device_buffer is_evict_, st_f_, st_c_;  // evicting heads: flag, statistics of slots and of quantized tokens (int2)
     std::vector<int32_t> c_first_h_;  // host copy of c_first
+    device_buffer qring_;  // recorded queries [w][n_head·D] (snapkv, rkv)
+    int64_t qcount_ = 0;
+    int qw_ = 0, qrow_ = 0;
     int32_t * pinned_ = nullptr;  // host staging of the step (cudaMallocHost)
     size_t pinned_cap_ = 0;       // int32 entries
 };

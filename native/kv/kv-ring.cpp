@@ -1,5 +1,6 @@
 // Bookkeeping of the device-resident compressed KV cache (see kv-ring.h).
 #include "kv-ring.h"
+#include "policies/qk-common.h"
 
 #include <algorithm>
 #include <cstring>
@@ -17,12 +18,12 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     bool evict = false;
     for (uint8_t r : c.retention) evict |= r == KV_RETAIN_EVICT;
     const kv_policy * pol = kv_policy_get(c.policy.kind);
-    // the device observes the statistics of the policies that score from attention (kv-ring.cu: lazy, h2o, tova);
-    // a position-only policy needs none
-    const bool device_stats = pol && (pol->position_only || c.policy.kind == KV_POLICY_LAZY || c.policy.kind == KV_POLICY_H2O || c.policy.kind == KV_POLICY_TOVA);
-    if (evict && !device_stats)
-        return status(ERR_INVALID_ARG, strfmt("the CUDA cache runs the lazy, h2o, tova and streaming eviction policies (asked: %s, which scores from keys and "
-                                              "recent queries): use backend 'cpu'", pol ? pol->name : "?"));
+    // the device observes the statistics of the policies that score from attention (kv-ring.cu: lazy, h2o, tova),
+    // scores from keys for snapkv and rkv; a position-only policy needs neither
+    const bool on_device = pol && (pol->position_only || pol->score_qk || c.policy.kind == KV_POLICY_LAZY || c.policy.kind == KV_POLICY_H2O ||
+                                   c.policy.kind == KV_POLICY_TOVA);
+    if (evict && !on_device)
+        return status(ERR_INVALID_ARG, strfmt("the CUDA cache does not run the eviction policy %s: use backend 'cpu'", pol ? pol->name : "?"));
     if (evict && (c.policy.window <= 0 || c.policy.capacity < 0))
         return status(ERR_INVALID_ARG, "kv ring: the eviction policy needs a positive window and a capacity >= 0");
     if (st.coded()) {
@@ -316,6 +317,28 @@ void kv_ring_layer::select(const std::vector<int32_t> & pos, const std::vector<i
     std::vector<float> scores((size_t) n);
     pol_->score(st, n, t, policy_, scores.data());
     keep = kv_select_keep(scores.data(), pos.data(), n, pol_->budget(t, P, policy_), pol_->recent(policy_), policy_.protect, sinks_);
+}
+
+void kv_ring_layer::select_scores(const std::vector<int32_t> & pos, const float * scores, int32_t t, int32_t P, std::vector<int32_t> & keep) const {
+    keep = kv_select_keep(scores, pos.data(), (int32_t) pos.size(), pol_->budget(t, P, policy_), pol_->recent(policy_), policy_.protect, sinks_);
+}
+
+void kv_ring_qk_scores(kv_policy_kind kind, const kv_policy_params & pp, int32_t n, const float * imp, const double * rowsum, const int32_t * excl_idx,
+                       const float * excl_val, float * scores) {
+    std::vector<float> a(imp, imp + n);
+    qk_max_pool(a, pp.pool);
+    if (kind != KV_POLICY_RKV) {
+        std::copy(a.begin(), a.end(), scores);
+        return;
+    }
+    // rkv.cpp: colmean[j] = Σ_i row_i[j] / n, row_i[j] = cos(k_i, k_j) (0 for j = i) with one entry per row zeroed;
+    // the similarity is symmetric, so Σ_i cos(k_i, k_j) is row j's sum
+    std::vector<double> colmean((size_t) n);
+    for (int32_t j = 0; j < n; j++) colmean[(size_t) j] = rowsum[j];
+    for (int32_t i = 0; i < n; i++)
+        if (excl_idx[i] >= 0 && excl_idx[i] < n) colmean[(size_t) excl_idx[i]] -= excl_val[i];
+    for (double & c : colmean) c /= n;
+    rkv_combine(a.data(), colmean.data(), n, pp, scores);
 }
 
 bool kv_ring_layer::evicts_one(int h, int32_t t, int32_t P) const {

@@ -79,7 +79,7 @@ struct kv_ring_config {
 };
 
 // The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (rot codecs), STREAM heads STREAM.
-// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: policies that score from keys (snapkv, rkv),
+// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold:
 // codecs other than rot2/3/4 for both keys and values or q8/q4 for both (KIVI, mixed families), grouped key
 // rotation, heads wider than 256.
 status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out);
@@ -96,6 +96,14 @@ void kv_ring_stats_decode(kv_policy_kind kind, const int32_t * raw, int32_t n, k
 // as those above max − recent, which needs them to be).
 int32_t kv_ring_evict_one_ref(const int32_t * pos, const float * score, int32_t n, int32_t budget, int32_t recent, int32_t protect,
                               const int32_t * sinks, int32_t n_sinks);
+
+// The scores of a head under a policy that scores from keys (snapkv, rkv), from the device's partial results,
+// as the policy's score_qk finishes them (max-pool, and R-KV's redundancy): imp[n] the recorded queries' mean
+// attention per token (snapkv: softmax over all keys per query row; rkv: over the keys outside the window of the
+// group's max logit); for rkv also per token i: rowsum[i] = Σ_{j≠i} cos(k_i, k_j), and the one similarity of row
+// i the reference zeroes (excl_idx[i], excl_val[i]). Writes scores[n].
+void kv_ring_qk_scores(kv_policy_kind kind, const kv_policy_params & pp, int32_t n, const float * imp, const double * rowsum, const int32_t * excl_idx,
+                       const float * excl_val, float * scores);
 
 // One head's retain, evict or truncate step, applied on the device in this order: gather the kept quantized
 // tokens, quantize, move f16 tokens, copy, clear. Payload, position and policy statistics travel together.
@@ -165,6 +173,10 @@ public:
     // scores and kv_select_keep with this layer's sinks. `pos` is evict_tokens' list; `stats` the device's two
     // int32 per token (kv_ring_stats_decode).
     void select(const std::vector<int32_t> & pos, const std::vector<int32_t> & stats, int32_t t, int32_t P, std::vector<int32_t> & keep) const;
+    // The same with scores given (the policies that score from keys: kv_ring_qk_scores).
+    void select_scores(const std::vector<int32_t> & pos, const float * scores, int32_t t, int32_t P, std::vector<int32_t> & keep) const;
+    // The policy scores from keys and recent queries (snapkv, rkv): no statistics, a scoring pass at its due steps.
+    bool scores_from_keys() const { return pol_ && pol_->score_qk; }
     // A due head whose eviction at this step drops one token at most (holds_budget policies, n = budget + 1):
     // the device selects and removes it (kv_ring_evict_one_ref's rule) instead of the host.
     bool evicts_one(int h, int32_t t, int32_t P) const;

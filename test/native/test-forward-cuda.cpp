@@ -657,9 +657,9 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     bad = gpu_p;
     bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
     bad.retention[1] = KV_RETAIN_EVICT;
-    bad.policy.kind = KV_POLICY_SNAPKV;  // (lazy, h2o, tova and streaming run on the device: cuda/ring-lazy)
-    const status s2 = engine_context::create(m, bad, &x);
-    TC_CHECK(s2.code == ERR_INVALID_ARG && s2.message.find("snapkv") != std::string::npos) << s2.message;
+    bad.policy.kind = KV_POLICY_RKV;  // every eviction policy runs on the device (cuda/ring-lazy); per-query-head caches do not (below)
+    TC_OK(engine_context::create(m, bad, &x));
+    x.reset();
     bad = gpu_p;
     bad.storage.key = bad.storage.value = KV_CODEC_ROT2;
     bad.storage.rot_group = 2;
@@ -677,7 +677,7 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
 // layer mean) do, and `evict_one` must drop the token kv_ring_evict_one_ref picks from the device's own
 // statistics and positions, moving the head's last token into the hole, so that the device holds exactly what
 // the books (kv_ring_layer::evict_one) say: positions, statistics, quantized tokens after flushes.
-TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU rules (lazy, h2o, tova, layer mean; f16 and rot2)") {
+TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-based scores == their CPU rules (lazy, h2o, tova, layer mean, snapkv, rkv)") {
     TC_NEED_CUDA(be);
     const cu::stream_t s = be->stream();
     struct cfg { const char * name; kv_policy_kind kind; kv_codec_type codec; bool all_evict; int capacity; };
@@ -689,6 +689,9 @@ TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU
         {"tova f16, all heads (layer mean)", KV_POLICY_TOVA, KV_CODEC_F16, true, 100},
         {"tova rot2, all heads (layer mean)", KV_POLICY_TOVA, KV_CODEC_ROT2, true, 100},
         {"h2o, budget below what is always kept", KV_POLICY_H2O, KV_CODEC_F16, false, 12},
+        // scored from keys and the recorded queries every `interval` steps (f16 heads), against the policy's score_qk
+        {"snapkv f16", KV_POLICY_SNAPKV, KV_CODEC_F16, false, 100},
+        {"rkv f16", KV_POLICY_RKV, KV_CODEC_F16, false, 100},
     };
     const int H = 4, NH = 8, G = NH / H, D = 32;
     for (const cfg & cf : cfgs) {
@@ -707,6 +710,7 @@ TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU
         c.policy.window = 16;
         c.policy.protect = 4;
         c.policy.alpha = 0.05f;
+        c.policy.interval = 4;  // snapkv / rkv: every 4 decode steps, the last window = 16 queries
         c.storage.key = c.storage.value = cf.codec;
         c.storage.staging = 16;
         c.storage.protect_sinks = false;
@@ -738,7 +742,13 @@ TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU
         std::mt19937 rng(7 + (uint32_t) cf.kind);
         const kv_policy * pol = kv_policy_get(cf.kind);
         int32_t n = 0, t = 0, P = 0;
-        int64_t n_obs = 0, n_one = 0, n_ties = 0, n_keep_all = 0;
+        int64_t n_obs = 0, n_one = 0, n_ties = 0, n_keep_all = 0, n_qk = 0;
+        double qk_err = 0;  // worst |device − CPU| score over the score range (snapkv, rkv)
+        const bool qk = pol->score_qk != nullptr;
+        const int qw = qk ? pol->query_window(c.policy) : 0;
+        std::vector<std::vector<float>> qring;  // the recorded queries, oldest first (the CPU's kv_cache::record_query)
+        cu::device_buffer qbuf;
+        TC_OK(qbuf.alloc((size_t) NH * D * 4));
         // the device's statistics and positions of head h in evict_tokens' order
         auto fetch = [&](int h, std::vector<int32_t> & raw, std::vector<int32_t> & pos) {
             const int32_t nq = L.n_coded(h), nf = L.rc(h);
@@ -782,11 +792,18 @@ TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU
                 st.n_coded.push_back(L.n_coded(h));
             }
             st.ops.assign((size_t) H, kv_ring_ops{});  // (the retain after the observation: the books as attention saw them)
-            const bool observing = t > 0 || cf.kind != KV_POLICY_LAZY;
+            const bool observing = !qk && (t > 0 || cf.kind != KV_POLICY_LAZY);
             dev.set_append_last(cf.kind == KV_POLICY_LAZY && t > 0 ? t - 1 : 0);
             dev.set_scores(observing ? sc.as<float>() : nullptr, ml.as<float>(), G);
             TC_OK(dev.stage(st, s));
             TC_OK(dev.append(kbuf.as<float>(), vbuf.as<float>(), n, T, s));
+            if (qk) {  // the chunk's newest query
+                qring.push_back(randn((size_t) NH * D, 300 + call));
+                if ((int) qring.size() > qw) qring.erase(qring.begin());
+                TC_OK(be->synchronize());
+                TC_OK(qbuf.upload(qring.back().data(), (size_t) NH * D * 4));
+                TC_OK(dev.record_query(qbuf.as<float>(), NH * D, qw, s));
+            }
             TC_OK(be->synchronize());
             n += T;
             if (observing) {
@@ -855,6 +872,44 @@ TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU
             for (int h = 0; h < H; h++) {
                 if (!L.due(h, t, P)) continue;
                 TC_OK(fetch(h, raw0[(size_t) h], pos0[(size_t) h]));
+                if (qk) {  // the device's partial scores, finished on the host, vs the policy's score_qk on the same keys
+                    const int32_t nh = L.rc(h);
+                    cu::kv_ring_device::qk_partials part;
+                    TC_OK(dev.score_qk(h, nh, cf.kind == KV_POLICY_RKV, G, 1.0f / std::sqrt((float) D), tmp, part, s));
+                    TC_OK(be->synchronize());
+                    std::vector<float> got((size_t) nh), want((size_t) nh);
+                    kv_ring_qk_scores(cf.kind, c.policy, nh, part.imp.data(), part.rowsum.data(), part.excl_idx.data(), part.excl_val.data(), got.data());
+                    std::vector<uint16_t> kb;
+                    TC_OK(dev.download_keys(h, nh, kb, s));
+                    std::vector<f16_t> tiles((size_t) (nh + KV_TILE - 1) / KV_TILE * D * KV_TILE);
+                    for (int32_t j = 0; j < nh; j++)
+                        for (int d = 0; d < D; d++) std::memcpy(&tiles[((size_t) (j / KV_TILE) * D + d) * KV_TILE + (j % KV_TILE)], &kb[(size_t) j * D + d], 2);
+                    kv_segment seg;
+                    seg.n = nh;
+                    seg.pos = pos0[(size_t) h].data();
+                    seg.k = tiles.data();
+                    kv_head_view hv{nh, 1, &seg, nullptr};
+                    std::vector<float> qs;
+                    for (const auto & qr : qring) qs.insert(qs.end(), qr.begin() + (size_t) h * G * D, qr.begin() + (size_t) (h + 1) * G * D);
+                    kv_qk_inputs in;
+                    in.head = &hv;
+                    in.head_dim = D;
+                    in.group = G;
+                    in.queries = qs.data();
+                    in.n_queries = (int) qring.size();
+                    in.scale = 1.0f / std::sqrt((float) D);
+                    pol->score_qk(in, c.policy, want.data());
+                    float range = 0, err = 0;
+                    for (int32_t j = 0; j < nh; j++) { range = std::max(range, std::fabs(want[(size_t) j])); err = std::max(err, std::fabs(got[(size_t) j] - want[(size_t) j])); }
+                    qk_err = std::max(qk_err, (double) err / std::max(range, 1e-30f));
+                    std::vector<int32_t> keep_dev, keep_cpu;
+                    L.select_scores(pos0[(size_t) h], got.data(), t, P, keep_dev);
+                    L.select_scores(pos0[(size_t) h], want.data(), t, P, keep_cpu);
+                    TC_CHECK(keep_dev == keep_cpu) << cf.name << ": step " << t << " head " << h << ": the device's scores keep other tokens than score_qk's";
+                    L.evict(h, keep_dev, ev[(size_t) h]);
+                    n_qk++;
+                    continue;
+                }
                 if (!L.evicts_one(h, t, P)) {
                     std::vector<int32_t> pa, keep;
                     L.evict_tokens(h, pa);
@@ -909,9 +964,12 @@ TC_TEST("cuda/ring-evict-ops: observe and the single-token eviction == their CPU
                 }
             }
         }
-        std::printf("    %-40s %lld observations checked, %lld single evictions (%lld with a tie at the lowest score), %lld kept all; quantized %d\n", cf.name,
+        if (!qk) std::printf("    %-40s %lld observations checked, %lld single evictions (%lld with a tie at the lowest score), %lld kept all; quantized %d\n", cf.name,
                     (long long) n_obs, (long long) n_one, (long long) n_ties, (long long) n_keep_all, L.n_coded(0));
-        if (cf.kind != KV_POLICY_LAZY) {
+        if (qk) {
+            std::printf("    %-40s %lld scorings: worst score error %.3g of the range, same kept sets\n", cf.name, (long long) n_qk, qk_err);
+            TC_CHECK(n_qk >= 20 && qk_err <= 1e-4) << cf.name << ": " << n_qk << " scorings, worst error " << qk_err;
+        } else if (cf.kind != KV_POLICY_LAZY) {
             TC_CHECK(cf.capacity < 20 ? n_keep_all > 0 : n_one >= 40) << cf.name << ": the single-token path ran " << n_one << " times";
         }
         if (cf.codec != KV_CODEC_F16) TC_CHECK(L.n_coded(0) > 0) << cf.name << ": nothing quantized";
@@ -1078,7 +1136,7 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
 // different probabilities (the device's f32 activations vs the CPU's q8 ones), so a token near the hit
 // threshold may count as a hit on one side only: the kept sets must agree almost everywhere, and exactly in
 // size (the budget decides it).
-TC_TEST("cuda/ring-lazy: lazy, h2o, tova and streaming eviction on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode, layer mean)") {
+TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode, layer mean)") {
     TC_NEED_CUDA(be);
     ring_pair rp;
     TC_OK(rp.init(*be));
@@ -1099,6 +1157,9 @@ TC_TEST("cuda/ring-lazy: lazy, h2o, tova and streaming eviction on the device ==
         {"h2o rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f, KV_POLICY_H2O, false},
         {"tova rot2 + stream heads (group sums)", KV_CODEC_ROT2, false, 0.0f, KV_POLICY_TOVA, false},
         {"tova f16, all heads (layer mean)", KV_CODEC_F16, false, 0.0f, KV_POLICY_TOVA, true},
+        // every 32 steps from keys and the last 32 queries (f16: codecs refuse these policies, kv_storage_check)
+        {"snapkv f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_SNAPKV, false},
+        {"rkv f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_RKV, false},
     };
     for (const cfg & c : cfgs) {
         context_params p;
@@ -1115,6 +1176,7 @@ TC_TEST("cuda/ring-lazy: lazy, h2o, tova and streaming eviction on the device ==
         p.policy.capacity = 160;
         p.policy.window = 32;
         p.policy.ratio = c.ratio;
+        p.policy.interval = 32;
         p.storage.key = p.storage.value = c.codec;
         p.storage.protect_sinks = c.sinks;
         std::shared_ptr<engine_sequence> cs, gs;
@@ -1153,11 +1215,11 @@ TC_TEST("cuda/ring-lazy: lazy, h2o, tova and streaming eviction on the device ==
         TC_CHECK(n_evict == (c.all_evict ? (size_t) n_heads : 3));
         TC_CHECK(rg.compactions == rc.compactions && rg.compactions >= 3 * 4) << c.name << ": evictions ran " << rg.compactions << " times, " << rc.compactions << " on the CPU";
         TC_CHECK(sizes_equal == (size_t) n_heads && rg.resident_tokens == rc.resident_tokens) << c.name << ": the budget decides how many stay";
-        // h2o and tova drop, at every step, the token with the lowest attention: on this random-weight fixture the
+        // h2o, tova, snapkv and rkv drop the tokens with the lowest float scores: on this random-weight fixture the
         // attention is spread thin, so the tail's ranks differ between the CPU's q8 activations and the device's f32
         // ones and the two caches part ways token by token (the selection itself is checked exactly on the same
         // inputs: cuda/ring-evict-ops); lazy's hits (p >= alpha) and streaming's positions are robust to that
-        const bool per_step = c.policy == KV_POLICY_H2O || c.policy == KV_POLICY_TOVA;
+        const bool per_step = c.policy != KV_POLICY_LAZY && c.policy != KV_POLICY_STREAMING;
         TC_CHECK(jac >= (per_step ? 0.88 : 0.97)) << c.name << ": the device keeps other tokens than the CPU (Jaccard " << jac << ")";
         // streaming decides from positions alone: exactly the CPU's tokens
         if (c.policy == KV_POLICY_STREAMING) TC_CHECK(heads_equal == (size_t) n_heads) << c.name;
@@ -1170,7 +1232,7 @@ TC_TEST("cuda/ring-lazy: lazy, h2o, tova and streaming eviction on the device ==
         TC_OK(cs->eval(toks.data(), 300, true));
         TC_OK(gs->eval(toks.data(), 300, true));
         TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= (per_step ? 1e-2 : bound)) << c.name << ": after the rewind";
-        // (lazy and streaming keep the prompt whole or by position; h2o and tova evict from its last query's attention)
+        // (lazy, streaming, snapkv and rkv keep the prompt whole or by position; h2o and tova evict from its last query's attention)
         const bool by_scores = per_step;
         size_t pi = 0, pu = 0;
         for (int il = 0; il < f.n_layer; il++)

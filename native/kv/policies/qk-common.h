@@ -35,4 +35,9 @@ inline void qk_max_pool(std::vector<float> & a, int kernel) {
     a.swap(out);
 }
 
+// R-KV's last step (rkv.cpp): redundancy r = softmax over the tokens of their mean similarity to the others
+// (colmean), score = λ·a − (1 − λ)·r with a the pooled importance. Shared with the device cache, which
+// computes a and colmean on the GPU (kv-ring.cpp kv_ring_qk_scores).
+void rkv_combine(const float * a, const double * colmean, int n, const kv_policy_params & pp, float * scores);
+
 } // namespace core

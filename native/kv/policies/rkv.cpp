@@ -64,16 +64,20 @@ void rk_score_qk(const kv_qk_inputs & in, const kv_policy_params & pp, float * s
         row[(size_t) (last >= 0 ? last : 0)] = 0.0f;
         for (int j = 0; j < n; j++) colmean[(size_t) j] += row[(size_t) j] / n;
     }
-    double mx = -INFINITY, z = 0;
-    for (double c : colmean) mx = std::max(mx, c);
-    for (double c : colmean) z += std::exp(c - mx);
-    for (int j = 0; j < n; j++) {
-        const float r = (float) (std::exp(colmean[(size_t) j] - mx) / z);
-        scores[j] = pp.lambda * a[(size_t) j] - (1.0f - pp.lambda) * r;
-    }
+    rkv_combine(a.data(), colmean.data(), n, pp, scores);
 }
 
 } // namespace
+
+void rkv_combine(const float * a, const double * colmean, int n, const kv_policy_params & pp, float * scores) {
+    double mx = -INFINITY, z = 0;
+    for (int j = 0; j < n; j++) mx = std::max(mx, colmean[j]);
+    for (int j = 0; j < n; j++) z += std::exp(colmean[j] - mx);
+    for (int j = 0; j < n; j++) {
+        const float r = (float) (std::exp(colmean[j] - mx) / z);
+        scores[j] = pp.lambda * a[j] - (1.0f - pp.lambda) * r;
+    }
+}
 
 extern const kv_policy KV_POLICY_RKV_ROW = {
     KV_POLICY_RKV, "rkv", "R-KV (Cai et al. 2025, github Zefan-Cai/R-KV): attention importance minus key redundancy",
