@@ -219,9 +219,12 @@ struct forward_session::impl {
         return rd[(size_t) il].evict_one(a, one_out.as<int32_t>(), s);
     }
 
-    // kv_cache::retain's eviction step for the heads whose policy is due at this decode step (the layers' other
-    // work is done: nothing reads their caches again in this forward pass): their statistics come down, the
-    // host selects as kv_cache does, the device gathers and flushes.
+    // kv_cache::retain's eviction step for the heads whose policy is due at this step (the layers' other work is
+    // done: nothing reads their caches again in this forward pass). The outcomes of the single-token evictions
+    // the device already ran come down (ring_evict_one), with the statistics (lazy, h2o, tova) or the partial
+    // key-based scores (snapkv, rkv) of the other due heads, in one synchronization; the host keeps the books or
+    // selects as kv_cache does, and the device gathers and flushes. A single eviction the device left to the
+    // host (more than one token goes) takes a second round.
     status ring_evict(stream_t s) {
         if (!evict) return status::success();
         // one: the device's single eviction (-3: none); raw: downloaded statistics, or qk: partial scores (snapkv, rkv)
