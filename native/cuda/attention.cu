@@ -21,6 +21,7 @@ namespace {
 
 // q8 / q4: the codecs the coded kernel reads as plain blocks (kv_layer_view::plain)
 bool kv_codec_plain(const kv_codec_traits * t) { return t == &kv_codec_get(KV_CODEC_Q8) || t == &kv_codec_get(KV_CODEC_Q4); }
+bool kv_codec_kivi(const kv_codec_traits * t) { return t == &kv_codec_get(KV_CODEC_KIVI2) || t == &kv_codec_get(KV_CODEC_KIVI4); }
 
 static_assert(KV_PAGE_TOKENS == 64 && KV_TILE == 16, "common.cuh's key_at / value_at / kv_page_put assume the page layout of kv-cache.h");
 constexpr int THREADS = 128;
@@ -161,6 +162,20 @@ __device__ __forceinline__ float rot_decode(const uint8_t * blk, int d, int D, i
     const float s = f16_bits_to_f32((uint16_t) (sc[2 * g] | (sc[2 * g + 1] << 8)));
     return s * ((float) code_get(blk, d, b) - (float) sc[2 * ng + g]);
 }
+// KIVI (kivi.cpp's decode: x̂ = code·scale + min): a key channel's scale and min are its 32-token block's
+// (meta: scales f16 [D] | mins f16 [D]); a value's those of its channel group (codes | scales | mins).
+__device__ __forceinline__ float kivi_key_decode(const uint8_t * codes, const uint8_t * meta, int d, int D, int b) {
+    const float s = f16_bits_to_f32((uint16_t) (meta[2 * d] | (meta[2 * d + 1] << 8)));
+    const float m = f16_bits_to_f32((uint16_t) (meta[2 * D + 2 * d] | (meta[2 * D + 2 * d + 1] << 8)));
+    return __fadd_rn(__fmul_rn((float) code_get(codes, d, b), s), m);  // (kivi.cpp: product, then sum; no FMA)
+}
+__device__ __forceinline__ float kivi_value_decode(const uint8_t * blk, int d, int D, int b, int grp) {
+    const int g = d / grp, ng = D / grp;
+    const uint8_t * sm = blk + D * b / 8;
+    const float s = f16_bits_to_f32((uint16_t) (sm[2 * g] | (sm[2 * g + 1] << 8)));
+    const float m = f16_bits_to_f32((uint16_t) (sm[2 * ng + 2 * g] | (sm[2 * ng + 2 * g + 1] << 8)));
+    return __fadd_rn(__fmul_rn((float) code_get(blk, d, b), s), m);
+}
 // normalized FWHT of `rows` rows of length D in shared memory (row stride ld), by the whole block
 template <int D> __device__ void fwht_rows(float * x, int ld, int rows) {
     for (int h = 1; h < D; h <<= 1) {
@@ -237,7 +252,8 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
             for (int i = tid; i < nt * D; i += THREADS) {
                 const int tok = i / D, d = i % D;
                 const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
-                if (kv.plain) k_t[tok][d] = plain_decode(blk, d, kv.kbits);
+                if (kv.kivi) k_t[tok][d] = kivi_key_decode(blk, kv.kmeta + (size_t) ((c0 + j0 + tok) / kv.kivi) * 4 * D, d, D, kv.kbits);
+                else if (kv.plain) k_t[tok][d] = plain_decode(blk, d, kv.kbits);
                 else k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
             }
             if (kv.pre_rope) {
@@ -320,7 +336,8 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
                 if (r < R) acc[r] *= a_s[r];
             for (int tok = 0; tok < nt; tok++) {
                 const uint8_t * vb = kv.vblk + (size_t) (c0 + j0 + tok) * kv.v_block_bytes;
-                const float v = kv.plain ? plain_decode(vb, tid, kv.vbits) : rot_decode(vb, tid, D, kv.vbits, kv.vgroup);
+                const float v = kv.kivi ? kivi_value_decode(vb, tid, D, kv.vbits, kv.vgroup)
+                              : kv.plain ? plain_decode(vb, tid, kv.vbits) : rot_decode(vb, tid, D, kv.vbits, kv.vgroup);
 #pragma unroll
                 for (int r = 0; r < MR; r++)
                     if (r < R) acc[r] = fmaf(p_s[r][tok], v, acc[r]);
@@ -485,7 +502,7 @@ status kv_layer_device::build_tables(int n_head_kv, const std::vector<std::vecto
 
 void kv_layer_device::reset() {
     v_ = kv_layer_view{};
-    for (device_buffer * b : {&is_coded_, &kblk_, &vblk_, &c_first_, &n_coded_, &c_pos_, &perm_, &ff_}) b->reset();
+    for (device_buffer * b : {&is_coded_, &kblk_, &vblk_, &c_first_, &n_coded_, &c_pos_, &perm_, &ff_, &kmeta_}) b->reset();
     n_held_ = n_ctx_ = 0;
     payload_bytes_ = 0;
 }
@@ -499,7 +516,7 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     size_t n_pages = 0;
     // coded heads: codes, positions and permutation gathered per head
     std::vector<int32_t> is_coded(nh, 0), n_coded(nh, 0), c_pos, perm;
-    std::vector<uint8_t> kb, vb;
+    std::vector<uint8_t> kb, vb, kmeta;
     const kv_coded_view * first = nullptr;
     for (int h = 0; h < nh; h++) {
         const kv_head_view hv = kv.head(il, h);
@@ -510,8 +527,10 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         const int kg = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group), vg = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
         const char * why = nullptr;
         const bool plain = kv_codec_plain(c.kc) && kv_codec_plain(c.vc);
-        if (!(plain || (c.kc->rotated && c.vc->rotated)) || c.kc->block_tokens(c.kp) != 1 || c.vc->block_tokens(c.vp) != 1)
-            why = "keys and values must both use rot2/rot3/rot4, or both q8/q4";
+        const bool kivi = kv_codec_kivi(c.kc) && kv_codec_kivi(c.vc);
+        if (!(plain || kivi || (c.kc->rotated && c.vc->rotated)) || (!kivi && c.kc->block_tokens(c.kp) != 1) || c.vc->block_tokens(c.vp) != 1 ||
+            (kivi && (c.kc->block_tokens(c.kp) < 1 || c.n % c.kc->block_tokens(c.kp) != 0)))
+            why = "keys and values must both use rot2/rot3/rot4, both q8/q4, or both kivi2/kivi4 (whole key blocks)";
         else if (c.rot_g != 1) why = "grouped key rotation (rotationGroup > 1) is not supported on CUDA yet";
         else if (hd != hdv || (hd != 32 && hd != 64 && hd != 128)) why = "head_dim == head_dim_v in {32, 64, 128} is required";
         else if (kg < 8 || vg < 8) why = "quantization groups of at least 8 channels are required";
@@ -524,8 +543,15 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         n_coded[h] = c.n;
         for (int32_t j = 0; j < c.n; j++) {
             int jj = 0;
-            const uint8_t * k = c.key_block(j, jj), * v = c.value_block(j, jj);
-            kb.insert(kb.end(), k, k + c.k_block_bytes);
+            const uint8_t * k = c.key_block(j, jj);
+            if (kivi) {  // the 32-token block's metadata once, then this token's code row
+                const size_t cb = (size_t) hd * c.kc->bits / 8;
+                if (jj == 0) kmeta.insert(kmeta.end(), k, k + (size_t) 4 * hd);
+                kb.insert(kb.end(), k + (size_t) 4 * hd + (size_t) jj * cb, k + (size_t) 4 * hd + (size_t) (jj + 1) * cb);
+            } else {
+                kb.insert(kb.end(), k, k + c.k_block_bytes);
+            }
+            const uint8_t * v = c.value_block(j, jj);
             vb.insert(vb.end(), v, v + c.v_block_bytes);
             c_pos.push_back(c.pos_at(j));
         }
@@ -561,7 +587,8 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     v_.vbits = c.vc->bits;
     v_.kgroup = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group);
     v_.vgroup = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
-    v_.k_block_bytes = (int) c.k_block_bytes;
+    v_.kivi = kv_codec_kivi(c.kc) ? c.kc->block_tokens(c.kp) : 0;
+    v_.k_block_bytes = v_.kivi ? hd * c.kc->bits / 8 : (int) c.k_block_bytes;  // (KIVI: one token's code row)
     v_.v_block_bytes = (int) c.v_block_bytes;
     v_.plain = c.kc->rotated ? 0 : 1;
     v_.pre_rope = sc.post_rope || v_.plain ? 0 : 1;  // (kv_cache un-RoPEs rotated keys only)
@@ -574,12 +601,13 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         if (!(st = ff_.alloc((size_t) sc.n_rot / 2 * 4)).ok() || !(st = ff_.upload(sc.freq_factors, (size_t) sc.n_rot / 2 * 4)).ok()) return st;
         v_.freq_factors = ff_.as<float>();
     }
-    payload_bytes_ += kb.size() + vb.size();
-    return build_coded(is_coded, kb, vb, n_coded, c_pos, perm);
+    payload_bytes_ += kb.size() + vb.size() + kmeta.size();
+    return build_coded(is_coded, kb, vb, n_coded, c_pos, perm, kmeta);
 }
 
 status kv_layer_device::build_coded(const std::vector<int32_t> & is_coded, const std::vector<uint8_t> & kb, const std::vector<uint8_t> & vb,
-                                    const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm) {
+                                    const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm,
+                                    const std::vector<uint8_t> & kmeta) {
     const int nh = (int) is_coded.size();
     std::vector<int32_t> c_first(nh, 0), perm_full;
     int total = 0, pi = 0;
@@ -603,6 +631,8 @@ status kv_layer_device::build_coded(const std::vector<int32_t> & is_coded, const
         !put(c_pos_, c_pos.data(), c_pos.size() * 4))
         return st;
     if (!perm_full.empty() && !put(perm_, perm_full.data(), perm_full.size() * 4)) return st;
+    if (!kmeta.empty() && !put(kmeta_, kmeta.data(), kmeta.size())) return st;
+    v_.kmeta = kmeta.empty() ? nullptr : kmeta_.as<uint8_t>();
     v_.is_coded = is_coded_.as<int32_t>();
     v_.kblk = kblk_.as<uint8_t>();
     v_.vblk = vblk_.as<uint8_t>();

@@ -54,6 +54,12 @@ struct kv_layer_view {
     // plain codecs (q8 / q4: llama.cpp's q8_0 / q4_0 block per 32 channels, kbits/vbits 8 or 4; post-RoPE keys,
     // no rotation, no permutation) instead of RotateKV's
     int plain = 0;
+    // KIVI (kivi.cpp; with plain = 1: post-RoPE keys, no rotation), kivi = the keys' block of tokens (its group;
+    // 0: not KIVI): kblk holds each token's key codes [D·b/8] (k_block_bytes), kmeta per `kivi` coded tokens
+    // (c_first is a multiple of it) the keys' per-channel scales f16 [D] | mins f16 [D]; vblk per token codes
+    // [D·b/8] | scales f16 [D/vgroup] | mins f16 [D/vgroup]. x̂ = code·s + m.
+    int kivi = 0;
+    const uint8_t * kmeta = nullptr;
     float freq_base = 10000.0f, freq_scale = 1.0f;
     float theta_scale = 1.0f;            // base^(-2/n_rot), computed on the host as rope_cache_ref does
     int max_n_coded = 0;                 // host copy (sizes the coded split)
@@ -101,9 +107,10 @@ private:
     int n_held_ = 0, n_ctx_ = 0;  // dense layers
     void reset();
     status build_coded(const std::vector<int32_t> & is_coded, const std::vector<uint8_t> & kb, const std::vector<uint8_t> & vb,
-                       const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm);
+                       const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm,
+                       const std::vector<uint8_t> & kmeta = {});
     device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, n_seg_;
-    device_buffer is_coded_, kblk_, vblk_, c_first_, n_coded_, c_pos_, perm_, ff_;
+    device_buffer is_coded_, kblk_, vblk_, c_first_, n_coded_, c_pos_, perm_, ff_, kmeta_;
 };
 
 struct attn_decode_params {

@@ -302,15 +302,15 @@ TC_TEST("cuda/kv-append") {
 
 
 // Coded heads (RotateKV rot2/3/4 keys and values, pre- and post-RoPE, permuted keys, NORM/NEOX, head sizes
-// 32/64/128, staging and protected f16 tokens, a STREAM f16 head beside them; and q8 / q4 blocks) read in place on the device:
+// 32/64/128, staging and protected f16 tokens, a STREAM f16 head beside them; and q8 / q4 and KIVI blocks) read in place on the device:
 // CUDA == the CPU's attend_group_coded_ref (through attention_ref) up to f32 rounding.
-TC_TEST("cuda/attention coded (rot2/3/4)") {
+TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4)") {
     TC_NEED_CUDA(be);
     int cases = 0;
     for (int D : {32, 64, 128}) {
-        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4, KV_CODEC_Q8, KV_CODEC_Q4}) {
+        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4, KV_CODEC_Q8, KV_CODEC_Q4, KV_CODEC_KIVI2, KV_CODEC_KIVI4}) {
             for (bool post : {false, true}) {
-                if (!kv_codec_get(t).rotated && !post) continue;  // q8 / q4 keys are post-RoPE either way
+                if (!kv_codec_get(t).rotated && !post) continue;  // q8 / q4 / KIVI keys are post-RoPE either way
                 const rope_style style = (D == 64) ? ROPE_STYLE_NORM : ROPE_STYLE_NEOX;
                 const int nkv = 3, G = D == 128 ? 6 : 4, nh = nkv * G;
                 std::mt19937 rng(11 + D + (int) t + post);
@@ -399,10 +399,11 @@ TC_TEST("cuda/attention coded (rot2/3/4)") {
             }
         }
     }
-    // a codec the kernels do not read is refused with the reason
+    // a codec pair the kernels do not read (mixed families) is refused with the reason
     kv_cache_config cfg;
     cfg.n_layer = 1; cfg.n_head_kv = 1; cfg.head_dim = 64; cfg.head_dim_v = 64; cfg.n_ctx = 256;
-    cfg.storage.key = cfg.storage.value = KV_CODEC_KIVI2;
+    cfg.storage.key = KV_CODEC_KIVI2;
+    cfg.storage.value = KV_CODEC_Q8;
     cfg.storage.n_rot = 64;
     kv_cache kv(cfg, std::make_shared<page_pool>(kv_page_bytes(64, 64)));
     const std::vector<float> k((size_t) 200 * 64, 0.5f);
@@ -420,7 +421,7 @@ TC_TEST("cuda/attention coded (rot2/3/4)") {
     TC_CHECK(dkv.view().kblk && dkv.view().max_n_coded == 300);
     TC_OK(dkv.synthetic(2, 64, 64, {500, 500}, 2, be->stream()));
     TC_CHECK(!dkv.view().kblk && !dkv.view().is_coded && dkv.view().max_n_coded == 0 && dkv.view().pre_rope == 0);
-    TC_CHECK(cases == 72);
+    TC_CHECK(cases == 90);
 }
 
 namespace {
