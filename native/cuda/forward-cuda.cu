@@ -483,7 +483,9 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     if (sc.coded()) {
         codec.kbits = kv_codec_get(sc.key).bits;
         codec.vbits = kv_codec_get(sc.value).bits;
-        codec.plain = !kv_codec_get(sc.key).rotated;  // q8 / q4 (kv_ring_config_from admits no mixed family)
+        codec.plain = !kv_codec_get(sc.key).rotated;  // q8 / q4 / KIVI (kv_ring_config_from admits no mixed family)
+        if (sc.key == KV_CODEC_KIVI2 || sc.key == KV_CODEC_KIVI4)  // KIVI's keys: per channel over a block of tokens
+            codec.kivi_tokens = kv_codec_get(sc.key).block_tokens(kv_codec_params{(int) hp.head_dim, sc.group, 1.0f, true});
         codec.group = sc.group;
         codec.kclip = sc.clip_of(sc.key);
         codec.vclip = sc.clip_of(sc.value);

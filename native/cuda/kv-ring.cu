@@ -83,6 +83,77 @@ __device__ void plain_encode(const float * x, int bits, uint8_t * blk, int * cod
     __syncthreads();
 }
 
+// kivi.cpp's quant of n values x[i·stride] (shared memory) with the group's min and range: f16 scale and min,
+// then codes clamp(rint((x − m)/s), 0, qmax) (0 where the range is 0); returns this thread's code for x[i].
+__device__ __forceinline__ void kivi_scale_min(const float * x, int n, int stride, int bits, uint16_t & sh, uint16_t & mh) {
+    float mn = x[0], mx = x[0];
+    for (int i = 1; i < n; i++) { mn = fminf(mn, x[(size_t) i * stride]); mx = fmaxf(mx, x[(size_t) i * stride]); }
+    sh = f32_to_f16_bits((mx - mn) / (float) ((1 << bits) - 1));
+    mh = f32_to_f16_bits(mn);
+}
+__device__ __forceinline__ int kivi_code(float x, uint16_t sh, uint16_t mh, int bits) {
+    const float s = f16_bits_to_f32(sh), m = f16_bits_to_f32(mh);
+    return s > 0.0f ? min(max((int) rintf((x - m) / s), 0), (1 << bits) - 1) : 0;
+}
+// Little-endian bit stream of D codes (kv_code_put's layout), by the threads of the block, into out[D·bits/8].
+template <int D> __device__ void pack_codes(const int * code, int bits, uint8_t * out) {
+    for (int ib = threadIdx.x; ib < D * bits / 8; ib += blockDim.x) {
+        uint32_t w = 0;
+        for (int e = (8 * ib) / bits; e <= (8 * ib + 7) / bits && e < D; e++) {
+            const int sft = e * bits - 8 * ib;
+            w |= sft >= 0 ? (uint32_t) code[e] << sft : (uint32_t) code[e] >> -sft;
+        }
+        out[ib] = (uint8_t) (w & 0xffu);
+    }
+}
+
+// KIVI's value block of one token (x: shared memory, one thread per channel): codes [D·b/8] | scales f16 [ng] |
+// mins f16 [ng], per group of grp channels.
+template <int D>
+__device__ void kivi_value_encode(const float * x, int bits, int grp, uint8_t * blk, int * code) {
+    const int d = threadIdx.x, g = d / grp, ng = D / grp;
+    uint16_t sh, mh;
+    kivi_scale_min(x + g * grp, grp, 1, bits, sh, mh);
+    code[d] = kivi_code(x[d], sh, mh, bits);
+    __syncthreads();
+    pack_codes<D>(code, bits, blk);
+    if (d % grp == 0) {
+        uint8_t * sm = blk + D * bits / 8;
+        sm[2 * g] = (uint8_t) (sh & 0xffu);
+        sm[2 * g + 1] = (uint8_t) (sh >> 8);
+        sm[2 * ng + 2 * g] = (uint8_t) (mh & 0xffu);
+        sm[2 * ng + 2 * g + 1] = (uint8_t) (mh >> 8);
+    }
+    __syncthreads();
+}
+
+// KIVI's keys, one block of kt tokens per CUDA block (D threads; entries e0 .. e0 + kt − 1 of one head, their
+// quantized indices a whole block): per channel the min and range over the block's tokens (meta: scales f16 [D]
+// | mins f16 [D]), then each token's code row. Dynamic shared memory: kt·D floats + kt·D ints.
+template <int D>
+__global__ void k_ring_encode_kivi_keys(kv_layer_view kv, const int32_t * ent, int kt, uint8_t * kblk, uint8_t * kmeta) {
+    extern __shared__ float xs[];
+    int * code = (int *) (xs + (size_t) kt * D);
+    const int e0 = blockIdx.x * kt, d = threadIdx.x;
+    const int h = ent[4 * e0];
+    for (int t = 0; t < kt; t++) {
+        const int slot = ent[4 * (e0 + t) + 1];
+        xs[t * D + d] = f16_bits_to_f32(slot_page(kv, h, slot)[key_at(slot % KV_PAGE_TOKENS, d, D)]);
+    }
+    __syncthreads();
+    uint16_t sh, mh;
+    kivi_scale_min(xs + d, kt, D, kv.kbits, sh, mh);
+    for (int t = 0; t < kt; t++) code[t * D + d] = kivi_code(xs[t * D + d], sh, mh, kv.kbits);
+    const size_t c = (size_t) kv.c_first[h] + ent[4 * e0 + 3];  // a multiple of kt
+    uint8_t * meta = kmeta + c / kt * 4 * D;
+    meta[2 * d] = (uint8_t) (sh & 0xffu);
+    meta[2 * d + 1] = (uint8_t) (sh >> 8);
+    meta[2 * D + 2 * d] = (uint8_t) (mh & 0xffu);
+    meta[2 * D + 2 * d + 1] = (uint8_t) (mh >> 8);
+    __syncthreads();
+    for (int t = 0; t < kt; t++) pack_codes<D>(code + t * D, kv.kbits, kblk + (c + t) * kv.k_block_bytes);
+}
+
 // Quantize-on-write, one token per block (D threads): kv_cache::flush's steps for a head rotated alone, or
 // for q8 / q4 the post-RoPE key and the value encoded as they are.
 template <int D>
@@ -99,8 +170,12 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     const size_t c = (size_t) kv.c_first[h] + ci;
     if (kv.plain) {
         __syncthreads();
-        plain_encode<D>(xk, kv.kbits, kblk + c * kv.k_block_bytes, code);
-        plain_encode<D>(xv, kv.vbits, vblk + c * kv.v_block_bytes, code);
+        if (kv.kivi) {  // (the keys: k_ring_encode_kivi_keys, per block of tokens)
+            kivi_value_encode<D>(xv, kv.vbits, kv.vgroup, vblk + c * kv.v_block_bytes, code);
+        } else {
+            plain_encode<D>(xk, kv.kbits, kblk + c * kv.k_block_bytes, code);
+            plain_encode<D>(xv, kv.vbits, vblk + c * kv.v_block_bytes, code);
+        }
         if (d == 0) {
             c_pos[c] = pos;
             if (st_c && kv.evict[h]) st_c[c] = st_f[(size_t) h * kv.max_tokens + slot];
@@ -493,7 +568,7 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
       vclip_(o.vclip_), pages_(std::move(o.pages_)), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
       pos_(std::move(o.pos_)), geo_(std::move(o.geo_)), step_dev_(std::move(o.step_dev_)), is_coded_(std::move(o.is_coded_)), kblk_(std::move(o.kblk_)),
       vblk_(std::move(o.vblk_)), c_first_(std::move(o.c_first_)), c_pos_(std::move(o.c_pos_)), perm_(std::move(o.perm_)), ff_(std::move(o.ff_)),
-      tops_(std::move(o.tops_)), is_evict_(std::move(o.is_evict_)), st_f_(std::move(o.st_f_)), st_c_(std::move(o.st_c_)), pinned_(o.pinned_),
+      tops_(std::move(o.tops_)), kmeta_(std::move(o.kmeta_)), is_evict_(std::move(o.is_evict_)), st_f_(std::move(o.st_f_)), st_c_(std::move(o.st_c_)), pinned_(o.pinned_),
       pinned_cap_(o.pinned_cap_) {
     n_cgather_ = o.n_cgather_;
     n_move_ = o.n_move_;
@@ -520,6 +595,8 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     size_t n_pages = 0;
     std::vector<int32_t> geo((size_t) 3 * H), is_coded((size_t) H, 0), c_first((size_t) H, 0), is_evict((size_t) H, 0);
     int n_coded_heads = 0;
+    // quantized tokens per coded head (KIVI: whole key blocks, so that every head's first index starts one)
+    coded_cap_ = codec.kivi_tokens > 0 ? (L.coded_cap() + codec.kivi_tokens - 1) / codec.kivi_tokens * codec.kivi_tokens : L.coded_cap();
     for (int h = 0; h < H; h++) {
         const int pg = L.slots(h) / KV_PAGE_TOKENS;
         max_seg = std::max(max_seg, pg);
@@ -529,11 +606,12 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
         geo[(size_t) 2 * H + h] = L.ring_cap(h);
         if (L.coded(h)) {
             is_coded[(size_t) h] = 1;
-            c_first[(size_t) h] = n_coded_heads++ * L.coded_cap();
+            c_first[(size_t) h] = n_coded_heads++ * coded_cap_;
         }
         is_evict[(size_t) h] = L.kind(h) == KV_RING_EVICT;
     }
     n_coded_heads_ = n_coded_heads;
+    if (n_coded_heads == 0) coded_cap_ = 0;
     c_first_h_ = c_first;
     const int max_tokens = max_seg * KV_PAGE_TOKENS;
     std::vector<const uint16_t *> ptrs((size_t) H * max_seg, nullptr);
@@ -569,24 +647,28 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
         if (!(st = st_f_.alloc((size_t) H * max_tokens * sizeof(int2))).ok() || !(st = st_f_.zero()).ok()) return st;
         v_.evict = is_evict_.as<int32_t>();
         if (n_coded_heads > 0 &&
-            (!(st = st_c_.alloc((size_t) n_coded_heads * L.coded_cap() * sizeof(int2))).ok() || !(st = st_c_.zero()).ok()))
+            (!(st = st_c_.alloc((size_t) n_coded_heads * coded_cap_ * sizeof(int2))).ok() || !(st = st_c_.zero()).ok()))
             return st;
     }
     if (n_coded_heads == 0) return status::success();
-    const bool bits_ok = codec.plain ? (codec.kbits == 8 || codec.kbits == 4) && (codec.vbits == 8 || codec.vbits == 4)
+    const bool kivi = codec.kivi_tokens > 0;
+    const bool bits_ok = kivi          ? (codec.kbits == 2 || codec.kbits == 4) && (codec.vbits == 2 || codec.vbits == 4) && codec.plain &&
+                                             (size_t) codec.kivi_tokens * D * 8 <= 48 * 1024
+                       : codec.plain ? (codec.kbits == 8 || codec.kbits == 4) && (codec.vbits == 8 || codec.vbits == 4)
                                      : codec.kbits >= 2 && codec.kbits <= 4 && codec.vbits >= 2 && codec.vbits <= 4;
     if (!bits_ok || D != DV || (D != 32 && D != 64 && D != 128))
         return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4 or q8/q4 (bits %d/%d) and head_dim == head_dim_v in {32, 64, 128} (%d/%d)",
                                                     codec.kbits, codec.vbits, D, DV));
-    const int G = codec.plain ? 32 : kv_codec_group(KV_CODEC_ROT2, D, codec.group);
-    coded_cap_ = L.coded_cap();
+    const int G = codec.plain && !kivi ? 32 : kv_codec_group(KV_CODEC_ROT2, D, codec.group);
     v_.kbits = codec.kbits;
     v_.vbits = codec.vbits;
     v_.kgroup = v_.vgroup = G;
     v_.plain = codec.plain ? 1 : 0;
-    // rot: codes | f16 scale and u8 zero-point per group; q8 / q4: per 32 channels an f16 scale and the codes
-    v_.k_block_bytes = codec.plain ? D / 32 * (2 + 32 * codec.kbits / 8) : D * codec.kbits / 8 + D / G * 3;
-    v_.v_block_bytes = codec.plain ? D / 32 * (2 + 32 * codec.vbits / 8) : D * codec.vbits / 8 + D / G * 3;
+    // rot: codes | f16 scale and u8 zero-point per group; q8 / q4: per 32 channels an f16 scale and the codes; KIVI:
+    // the keys' code rows (their scales and mins per block of tokens in kmeta), values codes | f16 scales | f16 mins
+    v_.k_block_bytes = kivi ? D * codec.kbits / 8 : codec.plain ? D / 32 * (2 + 32 * codec.kbits / 8) : D * codec.kbits / 8 + D / G * 3;
+    v_.v_block_bytes = kivi ? D * codec.vbits / 8 + D / G * 4 : codec.plain ? D / 32 * (2 + 32 * codec.vbits / 8) : D * codec.vbits / 8 + D / G * 3;
+    v_.kivi = kivi ? codec.kivi_tokens : 0;
     v_.pre_rope = codec.pre_rope && !codec.plain ? 1 : 0;
     v_.rope_neox = codec.rope_neox ? 1 : 0;
     v_.n_rot = codec.n_rot;
@@ -597,6 +679,10 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     vclip_ = codec.vclip;
     const size_t nc = (size_t) n_coded_heads * coded_cap_;
     if (!(st = kblk_.alloc(nc * v_.k_block_bytes)).ok() || !(st = vblk_.alloc(nc * v_.v_block_bytes)).ok() || !(st = c_pos_.alloc(nc * 4)).ok()) return st;
+    if (kivi) {
+        if (!(st = kmeta_.alloc(nc / codec.kivi_tokens * 4 * D)).ok()) return st;
+        v_.kmeta = kmeta_.as<uint8_t>();
+    }
     if (!put(is_coded_, is_coded.data(), is_coded.size() * 4) || !put(c_first_, c_first.data(), c_first.size() * 4)) return st;
     if (perm && !put(perm_, perm, (size_t) H * D * 4)) return st;
     if (codec.freq_factors && !put(ff_, codec.freq_factors, (size_t) codec.n_rot / 2 * 4)) return st;
@@ -697,6 +783,13 @@ status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
             *q++ = KV_RING_EMPTY;
         }
     if (n_enc_ > 0 && !v_.kblk) return status(ERR_INTERNAL, "cuda kv ring: quantize ops for a layer without coded heads");
+    if (v_.kivi)  // KIVI keys are encoded per block of tokens: every head's entries start a block and fill whole ones
+        for (int h = 0; h < H; h++) {
+            const kv_ring_ops & o = st_in.ops[(size_t) h];
+            const int32_t base = o.enc_base >= 0 ? o.enc_base : st_in.n_coded[(size_t) h];
+            if (!o.enc_slot.empty() && (o.enc_slot.size() % (size_t) v_.kivi || base % v_.kivi))
+                return status(ERR_INTERNAL, strfmt("cuda kv ring: %zu KIVI tokens to quantize from index %d are not whole blocks of %d", o.enc_slot.size(), base, v_.kivi));
+        }
     CUDA_CHECK(cudaMemcpyAsync(step_dev_.data(), pinned_, need * 4, cudaMemcpyHostToDevice, s));
     return status::success();
 }
@@ -739,6 +832,17 @@ status kv_ring_device::apply(stream_t s, device_buffer & tmp) {
         int32_t * cp = c_pos_.as<int32_t>();
         const int2 * sf = st_f_.as<int2>();
         int2 * sc = st_c_.as<int2>();
+        if (v_.kivi) {  // keys per block of kt tokens (stage() checked the entries come in whole blocks)
+            const int kt = v_.kivi, nb = n_enc_ / kt;
+            const size_t smem = (size_t) kt * v_.head_dim * 8;
+            uint8_t * km = kmeta_.as<uint8_t>();
+            switch (v_.head_dim) {
+            case 32: k_ring_encode_kivi_keys<32><<<nb, 32, smem, s>>>(v_, ent, kt, kb, km); break;
+            case 64: k_ring_encode_kivi_keys<64><<<nb, 64, smem, s>>>(v_, ent, kt, kb, km); break;
+            default: k_ring_encode_kivi_keys<128><<<nb, 128, smem, s>>>(v_, ent, kt, kb, km); break;
+            }
+            CUDA_CHECK_LAUNCH("kv ring encode (KIVI keys)");
+        }
         switch (v_.head_dim) {
         case 32: k_ring_encode<32><<<n_enc_, 32, 0, s>>>(v_, ent, kb, vb, cp, kclip_, vclip_, sf, sc); break;
         case 64: k_ring_encode<64><<<n_enc_, 64, 0, s>>>(v_, ent, kb, vb, cp, kclip_, vclip_, sf, sc); break;
@@ -925,7 +1029,7 @@ status kv_ring_device::download_stats(int h, int32_t n_coded, int32_t n_f16, int
 }
 
 size_t kv_ring_device::reserved_bytes() const {
-    return pages_.bytes() + kblk_.bytes() + vblk_.bytes() + c_pos_.bytes() + pos_.bytes() + st_f_.bytes() + st_c_.bytes();
+    return pages_.bytes() + kblk_.bytes() + vblk_.bytes() + kmeta_.bytes() + c_pos_.bytes() + pos_.bytes() + st_f_.bytes() + st_c_.bytes();
 }
 
 } // namespace cuda

@@ -1,8 +1,9 @@
 // The compressed KV cache of one layer on the device (issue 8): the data side of kv_ring_layer
 // (native/kv/kv-ring.h, which decides every slot, flush and copy on the host and is checked against
 // kv_cache on the CPU). Per head: f16 pages (fixed slots, then the ring) in the layout attention reads
-// (kv_layer_view, pages of transposed key tiles then values), and for coded heads n_ctx RotateKV blocks
-// (codes | f16 scales | u8 zero-points, rot.cpp's layout) with their positions.
+// (kv_layer_view, pages of transposed key tiles then values), and for coded heads n_ctx quantized tokens with
+// their positions: RotateKV blocks (codes | f16 scales | u8 zero-points, rot.cpp's layout), q8/q4 blocks, or
+// KIVI's (per-token key code rows with per-channel scales and mins per block of tokens, per-token values).
 // Per chunk and layer the host stages one small int32 array (chunk tables + the retain's ops), uploaded
 // from pinned memory on the work stream; then:
 //   append   the chunk's keys and values rounded to f16 into their slots (kv_ring_slot), positions too
@@ -31,7 +32,8 @@ namespace cuda {
 // The coded heads' codecs and the model's RoPE (kv_storage_config resolved for one model).
 struct ring_codec {
     int kbits = 0, vbits = 0;            // 0: no coded head
-    bool plain = false;                  // q8 / q4 blocks (kbits, vbits 8 or 4) instead of RotateKV's
+    bool plain = false;                  // q8 / q4 blocks (kbits, vbits 8 or 4) instead of RotateKV's, or KIVI's
+    int kivi_tokens = 0;                 // KIVI (with plain; kbits, vbits 2 or 4): the keys' block of tokens, else 0
     int group = 32;                      // channels per quantization group (clamped to head_dim)
     float kclip = 1.0f, vclip = 1.0f;
     bool pre_rope = true;
@@ -120,7 +122,8 @@ public:
 
     const kv_layer_view & view() const { return v_; }
     size_t reserved_bytes() const;
-    size_t k_block_bytes() const { return (size_t) v_.k_block_bytes; }
+    // bytes per quantized token (KIVI keys: the code row and its share of the block's scales and mins)
+    size_t k_block_bytes() const { return (size_t) v_.k_block_bytes + (v_.kivi ? ((size_t) 4 * v_.head_dim + v_.kivi - 1) / v_.kivi : 0); }
     size_t v_block_bytes() const { return (size_t) v_.v_block_bytes; }
 
 private:
@@ -129,7 +132,7 @@ private:
     int32_t coded_cap_ = 0, n_coded_heads_ = 0, append_last_ = 0;
     float kclip_ = 1.0f, vclip_ = 1.0f;
     device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, geo_, step_dev_;
-    device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_;
+    device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_, kmeta_;
     device_buffer is_evict_, st_f_, st_c_;  // evicting heads: flag, statistics of slots and of quantized tokens (int2)
     std::vector<int32_t> c_first_h_;  // host copy of c_first
     device_buffer qring_;  // recorded queries [w][n_head·D] (snapkv, rkv)

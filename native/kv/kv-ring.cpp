@@ -29,9 +29,16 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     if (st.coded()) {
         const kv_codec_traits & kc = kv_codec_get(st.key), & vc = kv_codec_get(st.value);
         auto plain = [](kv_codec_type t) { return t == KV_CODEC_Q8 || t == KV_CODEC_Q4; };
-        if (!(kc.rotated && vc.rotated) && !(plain(st.key) && plain(st.value)))
-            return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes keys and values both with rot2/rot3/rot4 or both with q8/q4 (asked: %s/%s): "
-                                                  "use backend 'cpu'", kc.name, vc.name));
+        auto kivi = [](kv_codec_type t) { return t == KV_CODEC_KIVI2 || t == KV_CODEC_KIVI4; };
+        if (!(kc.rotated && vc.rotated) && !(plain(st.key) && plain(st.value)) && !(kivi(st.key) && kivi(st.value)))
+            return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes keys and values both with rot2/rot3/rot4, both with q8/q4 or both with "
+                                                  "kivi2/kivi4 (asked: %s/%s): use backend 'cpu'", kc.name, vc.name));
+        if (kivi(st.key)) {  // KIVI keys: per channel over a block of `group` tokens, encoded a block at a time
+            const int kt = kc.block_tokens(kv_codec_params{c.head_dim, st.group, 1.0f, true});
+            if (kt < 1 || std::max(KV_TILE, kt) % kt || (int64_t) kt * c.head_dim > 6144)
+                return status(ERR_INVALID_ARG, strfmt("the CUDA cache's KIVI keys need a block of tokens (group) dividing %d with at most 6144 elements "
+                                                      "(asked: %d tokens of %d channels)", std::max(KV_TILE, kt), kt, c.head_dim));
+        }
         if (kc.rotated && st.rot_group != 1) return status(ERR_INVALID_ARG, "the CUDA cache rotates keys per head (rotationGroup 1) only: use backend 'cpu'");
         if (c.head_dim != c.head_dim_v || (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128))
             return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes heads of 32, 64 or 128 channels with equal key and value sizes (this model: %d/%d)", c.head_dim, c.head_dim_v));
@@ -49,7 +56,11 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     r.stream_recent = c.stream_recent;
     r.protect = st.protect;
     r.staging = st.staging;
-    r.flush = KV_TILE;  // kv_cache::flush_tokens for per-token codecs
+    // kv_cache::flush_tokens: a multiple of both codecs' blocks of tokens (KIVI's keys: its group)
+    r.flush = KV_TILE;
+    if (st.coded())
+        r.flush = std::max({KV_TILE, kv_codec_get(st.key).block_tokens(kv_codec_params{c.head_dim, st.group, 1.0f, true}),
+                            kv_codec_get(st.value).block_tokens(kv_codec_params{c.head_dim_v, st.group, 1.0f, false})});
     r.protect_sinks = st.protect_sinks;
     r.policy = c.policy;
     // kv_cache: EVICT heads are coded when kv_storage_check passes (it does for rot codecs and lazy), and keep

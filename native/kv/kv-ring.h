@@ -78,10 +78,10 @@ struct kv_ring_config {
     int evict_staging = 64;    // their f16 window (kv_cache::staging_of: at least the policy's recent window)
 };
 
-// The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (rot codecs), STREAM heads STREAM.
-// EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold:
-// codecs other than rot2/3/4 for both keys and values or q8/q4 for both (KIVI, mixed families), grouped key
-// rotation, heads wider than 256.
+// The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (a storage codec), STREAM heads
+// STREAM, EVICT heads EVICT. ERR_INVALID_ARG naming what the device cache does not hold: keys and values of
+// different codec families (rot2/3/4, q8/q4, kivi2/4), KIVI key blocks that do not divide the flush or exceed
+// 6144 elements, grouped key rotation, heads other than 32/64/128 channels.
 status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out);
 
 // The device's policy statistics, two int32 per token: lazy (last hit step, maximum recurrence interval),

@@ -652,9 +652,10 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     // what the device cache does not hold is refused with the reason, before anything is allocated
     std::shared_ptr<engine_context> x;
     context_params bad = gpu_p;
-    bad.storage.key = bad.storage.value = KV_CODEC_KIVI2;  // (q8 / q4 run on the device: cuda/ring-engine)
+    bad.storage.key = KV_CODEC_KIVI2;  // (one family on keys and values: rot, q8/q4 and KIVI run on the device, cuda/ring-engine)
+    bad.storage.value = KV_CODEC_Q8;
     const status s1 = engine_context::create(m, bad, &x);
-    TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("rot2") != std::string::npos) << s1.message;
+    TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("kivi2/kivi4") != std::string::npos) << s1.message;
     bad = gpu_p;
     bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
     bad.retention[1] = KV_RETAIN_EVICT;
@@ -1025,7 +1026,7 @@ struct ring_pair {
 // heads, rot2 pre-RoPE with sinks, rot2 post-RoPE, rot4 on every head. Chunks of 64 tokens (prefill flushes
 // hundreds of tokens, decode every 16 steps), teacher-forced logits step by step, then every head's held
 // positions, the memory report, a rewind (exact and not) and replay.
-TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4, q8, q4)") {
+TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4, q8, q4, kivi2, kivi4)") {
     TC_NEED_CUDA(be);
     ring_pair rp;
     TC_OK(rp.init(*be));
@@ -1044,6 +1045,8 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
         {"rot4 every head + sinks", KV_CODEC_ROT4, false, false, true},
         {"q8 + stream heads", KV_CODEC_Q8, false, true, true},
         {"q4 every head", KV_CODEC_Q4, false, false, false},
+        {"kivi2 + stream heads", KV_CODEC_KIVI2, false, true, false},
+        {"kivi4 every head", KV_CODEC_KIVI4, false, false, false},
     };
     std::vector<float> dense_ref;  // the dense f16 cache's logits at the end (how far compression moves them)
     for (const cfg & c : cfgs) {
