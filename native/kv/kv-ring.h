@@ -12,17 +12,18 @@
 // only copies are sinks leaving the ring (at most KV_MAX_SINKS per layer, at prefill).
 //   DENSE   a FULL f16 head: every slot is ring, lo = 0, ring_cap = n_ctx (never wraps)
 //   STREAM  fixed = positions < S; ring holds the rest; after a chunk lo = n - R (kv_cache::retain)
-//   CODED   a FULL head with a rot codec: fixed = positions < protect + sinks; the ring is the staging
+//   CODED   a FULL head with a storage codec: fixed = positions < protect + sinks; the ring is the staging
 //           window; a flush quantizes the oldest unprotected tokens (kv_cache::flush: same count, same
 //           order) and moves lo past them; sinks below the new lo are copied to fixed slots first
-//   EVICT   a head under an eviction policy (lazy, h2o, tova, streaming): its f16 tokens stay compact in
+//   EVICT   a head under an eviction policy (any: lazy, h2o, tova, streaming, snapkv, rkv): its f16 tokens stay compact in
 //           slots [0, rc), lo = 0, and its quantized tokens compact in coded order. Tokens do move here: an
 //           eviction gathers the survivors of both parts down, and a flush of a coded EVICT head quantizes
 //           the oldest unprotected f16 tokens (by position) then gathers the rest down (the slots hold at
 //           most protect + sinks + the f16 window + a flush block + a chunk; an f16 EVICT head holds up to
 //           n_ctx, since a prompt stays whole until the first eviction, unless its policy holds its budget).
 //           Per-token policy statistics live on the device beside the tokens and move with them (every op
-//           below). An eviction is decided on the host from the downloaded statistics (select(), evict()),
+//           below). An eviction is decided on the host from the downloaded statistics (select(), evict()) or
+//           from scores computed on the device from keys and recent queries (snapkv, rkv: select_scores()),
 //           in retain() from positions alone (streaming), or, when a decode step drops exactly one token of
 //           a head (h2o, tova: kv_policy::holds_budget), on the device, which also moves the head's last
 //           token into the hole (f16 slot rc − 1, or the last quantized one); evict_one() then keeps the
