@@ -1,4 +1,5 @@
-// Entry point of native-tests: runs registered tests, prints one line per test, exits non-zero on failure.
+// Entry point of native-tests: runs registered tests (names containing -o's text and not -x's), prints one line per
+// test, exits non-zero on failure.
 #include <chrono>
 #include <cstring>
 
@@ -13,16 +14,18 @@ std::string g_skipped;
 } // namespace tc
 
 int main(int argc, char ** argv) {
-    std::string filter;
+    std::string filter, exclude;
     for (int i = 1; i < argc; i++) {
         if (!std::strcmp(argv[i], "-o") && i + 1 < argc) filter = argv[++i];
+        else if (!std::strcmp(argv[i], "-x") && i + 1 < argc) exclude = argv[++i];
         else if (!std::strcmp(argv[i], "--mode") && i + 1 < argc) tc::g_mode = argv[++i];
         else if (!std::strcmp(argv[i], "--list")) { for (auto & t : tc::registry()) std::printf("%s\n", t.name.c_str()); return 0; }
-        else { std::fprintf(stderr, "usage: native-tests [-o FILTER] [--mode test|perf] [--list]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: native-tests [-o FILTER] [-x EXCLUDE] [--mode test|perf] [--list]\n"); return 2; }
     }
     int failed = 0, ran = 0;
     for (auto & t : tc::registry()) {
         if (!filter.empty() && t.name.find(filter) == std::string::npos) continue;
+        if (!exclude.empty() && t.name.find(exclude) != std::string::npos) continue;
         tc::g_failures = 0;
         tc::g_checks = 0;
         tc::g_skipped.clear();
