@@ -492,7 +492,7 @@ kv_cache_config ring_cfg(kv_codec_type codec, bool sinks, bool post_rope) {
 }
 } // namespace
 
-TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16, STREAM, rot2 ± sinks, rewinds)") {
+TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16, STREAM, rot2 ± sinks, KIVI, rewinds)") {
     // prefill in chunks (a long one that flushes hundreds at once), decode steps past several flushes and the
     // ring's wrap, rewinds that are exact and ones that fall back to the protected prefix, then more decoding
     std::vector<std::pair<int, int>> script = {{512, 0}, {512, 0}, {300, 0}};
@@ -510,6 +510,7 @@ TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16,
     kv_cache_config all_full = ring_cfg(KV_CODEC_ROT4, true, false);
     all_full.retention.clear();
     ring_vs_cache("rot4 all FULL + sinks", all_full, script, 4);
+    ring_vs_cache("kivi2 + stream (32-token flushes)", ring_cfg(KV_CODEC_KIVI2, false, false), script, 5);
     // what the device cache refuses, with the reason
     kv_cache_config ev = ring_cfg(KV_CODEC_F16, false, false);
     ev.retention[0] = KV_RETAIN_EVICT;
@@ -518,13 +519,15 @@ TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16,
     kv_ring_config rc;
     status st = kv_ring_config_from(ev, 512, &rc);
     TC_CHECK(st.ok() && !rc.evict_coded) << st.message;
-    kv_cache_config kivi = ring_cfg(KV_CODEC_KIVI2, false, false);
+    kv_cache_config kivi = ring_cfg(KV_CODEC_KIVI2, false, false);  // KIVI: flushes whole key blocks (its group of tokens)
+    TC_CHECK(kv_ring_config_from(kivi, 512, &rc).ok() && rc.flush == 32) << rc.flush;
+    kivi.storage.group = 12;  // a key block that does not divide the flush
     st = kv_ring_config_from(kivi, 512, &rc);
-    TC_CHECK(!st.ok() && st.message.find("rot2") != std::string::npos && st.message.find("q8/q4") != std::string::npos) << st.message;
+    TC_CHECK(!st.ok() && st.message.find("KIVI") != std::string::npos) << st.message;
     kv_cache_config mixed = ring_cfg(KV_CODEC_ROT2, false, false);
     mixed.storage.value = KV_CODEC_Q8;
     st = kv_ring_config_from(mixed, 512, &rc);
-    TC_CHECK(!st.ok() && st.message.find("rot2/q8") != std::string::npos) << st.message;
+    TC_CHECK(!st.ok() && st.message.find("rot2/q8") != std::string::npos && st.message.find("kivi2/kivi4") != std::string::npos) << st.message;
     TC_CHECK(kv_ring_config_from(ring_cfg(KV_CODEC_Q4, false, false), 512, &rc).ok());
 }
 
