@@ -24,6 +24,13 @@ namespace cuda {
 
 namespace {
 
+// Per-query-head caches (lazy's reference layout): each query head's copy of its group's key or value,
+// x [T][n_kv][D] -> out [T][n_kv·G][D] (forward.cpp's kx/vx).
+__global__ void k_expand_heads(const float * x, int n_kv, int G, int D, float * out) {
+    const int t = blockIdx.x, h = blockIdx.y;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) out[((size_t) t * n_kv * G + h) * D + d] = x[((size_t) t * n_kv + h / G) * D + d];
+}
+
 __global__ void k_positions(int32_t * pos, int n, int32_t pos0) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) pos[i] = pos0 + i;
 }
@@ -108,6 +115,7 @@ struct forward_session::impl {
     std::vector<float> top_v;
     std::vector<int32_t> top_i;
     device_buffer tok, pos, x, xn, q, k, v, attn, o, gate, up, logits;
+    device_buffer kx, vx;  // per-query-head caches: keys and values copied per query head
     attn_workspace ws;
 
     ~impl() {
@@ -176,11 +184,22 @@ struct forward_session::impl {
         // decode steps only, as lazy_observe)
         const kv_policy_kind kind = L.policy().kind;
         const bool observing = L.has_evict() && !L.stats_free() && !L.scores_from_keys() && (dstep > 0 || kind != KV_POLICY_LAZY);
-        const int G = (int) (m->hp.n_head / m->hp.n_head_kv);
+        const int G = (int) m->hp.n_head / H;  // (per-query-head caches: 1)
         D.set_append_last(kind == KV_POLICY_LAZY && dstep > 0 ? dstep - 1 : 0);  // lazy_append's last; h2o/tova: 0.0f
         D.set_scores(observing ? scores.as<float>() : nullptr, ml.as<float>(), G);
         if (!(st = D.stage(step, s)).ok()) return st;
-        if (!(st = D.append(k.as<float>(), v.as<float>(), n_past, T, s)).ok()) return st;
+        const float * kk = k.as<float>(), * vv = v.as<float>();
+        if (H != (int) m->hp.n_head_kv) {  // per-query-head caches
+            const int Gm = (int) (m->hp.n_head / m->hp.n_head_kv);
+            if (kx.bytes() < (size_t) T * H * m->hp.head_dim * 4 && !(st = kx.alloc((size_t) T * H * m->hp.head_dim * 4)).ok()) return st;
+            if (vx.bytes() < (size_t) T * H * m->hp.head_dim_v * 4 && !(st = vx.alloc((size_t) T * H * m->hp.head_dim_v * 4)).ok()) return st;
+            k_expand_heads<<<dim3(T, H), 128, 0, s>>>(kk, (int) m->hp.n_head_kv, Gm, (int) m->hp.head_dim, kx.as<float>());
+            k_expand_heads<<<dim3(T, H), 128, 0, s>>>(vv, (int) m->hp.n_head_kv, Gm, (int) m->hp.head_dim_v, vx.as<float>());
+            CUDA_CHECK_LAUNCH("per-query-head keys and values");
+            kk = kx.as<float>();
+            vv = vx.as<float>();
+        }
+        if (!(st = D.append(kk, vv, n_past, T, s)).ok()) return st;
         if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), D.view(), attn.as<float>(), ws, s)).ok()) return st;
         if (observing && !(st = D.observe(kind, dstep, L.policy().alpha, G, L.layer_mean(), (int) m->hp.n_head, s)).ok()) return st;
         if (observing && !(st = ring_evict_one(il, s)).ok()) return st;
@@ -245,7 +264,7 @@ struct forward_session::impl {
                 if (d.one != -3) continue;
                 const kv_ring_layer & L = rl[(size_t) d.il];
                 if (L.scores_from_keys()) {  // (f16 heads: kv_storage_check keeps such heads unquantized)
-                    status e = rd[(size_t) d.il].score_qk(d.h, L.rc(d.h), L.policy().kind == KV_POLICY_RKV, (int) (m->hp.n_head / m->hp.n_head_kv),
+                    status e = rd[(size_t) d.il].score_qk(d.h, L.rc(d.h), L.policy().kind == KV_POLICY_RKV, (int) m->hp.n_head / L.n_head_kv(),
                                                           1.0f / std::sqrt((float) m->hp.head_dim), gtmp, d.qk, s);
                     if (!e.ok()) return e;
                     continue;
@@ -459,8 +478,11 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     bool dense = kc.storage.key == KV_CODEC_F16 && kc.storage.value == KV_CODEC_F16;
     for (uint8_t r : kc.retention) dense &= r == KV_RETAIN_FULL;
     const hparams & hp = dm->host().hp;
-    if (kc.n_layer != (int) hp.n_layer || kc.n_head_kv != (int) hp.n_head_kv || kc.head_dim != (int) hp.head_dim || kc.head_dim_v != (int) hp.head_dim_v)
-        return status(ERR_INVALID_ARG, "cuda forward: the cache configuration does not match the model (per-query-head caches run on the CPU only)");
+    const bool per_query_head = kc.n_head_kv == (int) hp.n_head && hp.n_head != hp.n_head_kv;  // lazy's reference layout (make_kv_config)
+    if (kc.n_layer != (int) hp.n_layer || (kc.n_head_kv != (int) hp.n_head_kv && !per_query_head) || kc.head_dim != (int) hp.head_dim ||
+        kc.head_dim_v != (int) hp.head_dim_v)
+        return status(ERR_INVALID_ARG, "cuda forward: the cache configuration does not match the model");
+    dense &= !per_query_head;
     if (chunk <= 0) chunk = kChunk;
     chunk = std::min(chunk, kChunk);
     if (dense) {
@@ -508,7 +530,7 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
         if (!(st = p.rd.back().create(p.rl.back(), kc.head_dim, kc.head_dim_v, codec, perm, be.stream())).ok()) return st;
     }
     size_t n_sc = 0;  // one scores scratch for the layers (each fills and reads it in stream order)
-    const int G = (int) (hp.n_head / hp.n_head_kv);
+    const int G = (int) hp.n_head / kc.n_head_kv;  // (per-query-head caches: 1)
     for (const kv_ring_device & D : p.rd) n_sc = std::max(n_sc, D.scores_floats(G));
     if (n_sc > 0) {
         p.evict = true;
@@ -639,7 +661,7 @@ kv_memory_report forward_session::memory(bool per_head) const {
         if (per_head) r.heads.assign((size_t) hp.n_layer * hp.n_head_kv, kv_head_memory{p.n_past, -1, 0, (r.key_bytes + r.value_bytes) / std::max<uint64_t>(1, (uint64_t) hp.n_layer * hp.n_head_kv)});
         return r;
     }
-    if (per_head) r.heads.resize((size_t) hp.n_layer * hp.n_head_kv);
+    if (per_head) r.heads.resize((size_t) hp.n_layer * p.rl[0].n_head_kv());  // (per-query-head caches: n_head per layer)
     for (size_t il = 0; il < p.rl.size(); il++) {
         const kv_ring_layer & L = p.rl[il];
         const kv_ring_device & Dv = p.rd[il];

@@ -42,8 +42,6 @@ kv_cache_config make_kv_config(const model & m, const context_params & p) {
 }
 
 status context_params_check_cuda(const context_params & p, const model & m) {
-    if (p.per_query_head)
-        return status(ERR_INVALID_ARG, "the CUDA backend has no per-query-head caches (lazy's reference layout): use backend 'cpu'");
 #ifdef THINKCACHE_WITH_CUDA
     kv_ring_config rc;
     return kv_ring_config_from(make_kv_config(m, p), std::max(1, std::min(p.n_batch, 512)), &rc);

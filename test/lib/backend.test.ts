@@ -68,8 +68,7 @@ describe('backend selection', () => {
       await expect(model.createContext({ kv: { storage: { key: 'q8', value: 'f16' } } })).rejects.toThrow(/kv\.storage q8\/f16 .*rot2\/rot3\/rot4, both with q8\/q4 or both with kivi2\/kivi4/);
       await expect(model.createContext({ kv: { storage: { key: 'kivi2', value: 'q8' } } })).rejects.toThrow(/kv\.storage kivi2\/q8/);
       await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'f16' } } })).rejects.toThrow(InvalidOptionsError);
-      await expect(model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16, perQueryHead: true } } })).rejects.toThrow(/perQueryHead/);
-      // held by the device cache: stream heads, rot2/3/4, q8/q4 and kivi2/4 storage, every eviction policy (this native model is a CPU one, so they run there)
+      // held by the device cache: stream heads, rot2/3/4, q8/q4 and kivi2/4 storage, every eviction policy, per-query-head caches (this native model is a CPU one, so they run there)
       await (await model.createContext({ kv: { heads: { layers: { '0': 'stream' } } } })).dispose();
       await (await model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } })).dispose();
       await (await model.createContext({ kv: { storage: { key: 'q8', value: 'q4' } } })).dispose();
@@ -79,6 +78,7 @@ describe('backend selection', () => {
       await (await model.createContext({ kv: { eviction: { policy: 'tova', capacity: 96 } } })).dispose();
       await (await model.createContext({ kv: { eviction: { policy: 'snapkv', capacity: 96, window: 8, interval: 16 } } })).dispose();
       await (await model.createContext({ kv: { eviction: { policy: 'rkv', capacity: 96, window: 8, interval: 16 } } })).dispose();
+      await (await model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16, perQueryHead: true } } })).dispose();
       await (await model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2', permutation: 'none' } } })).dispose();
       // a context asking for the CPU skips the device checks
       await using ctx = await model.createContext({ backend: 'cpu', kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } });

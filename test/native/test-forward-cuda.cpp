@@ -659,7 +659,7 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     bad = gpu_p;
     bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
     bad.retention[1] = KV_RETAIN_EVICT;
-    bad.policy.kind = KV_POLICY_RKV;  // every eviction policy runs on the device (cuda/ring-lazy); per-query-head caches do not (below)
+    bad.policy.kind = KV_POLICY_RKV;  // every eviction policy runs on the device (cuda/ring-lazy)
     TC_OK(engine_context::create(m, bad, &x));
     x.reset();
     bad = gpu_p;
@@ -668,9 +668,9 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     const status s3 = engine_context::create(m, bad, &x);
     TC_CHECK(s3.code == ERR_INVALID_ARG && s3.message.find("rotationGroup") != std::string::npos) << s3.message;
     bad = gpu_p;
-    bad.per_query_head = true;
-    const status s4 = engine_context::create(m, bad, &x);
-    TC_CHECK(s4.code == ERR_INVALID_ARG && s4.message.find("per-query-head") != std::string::npos) << s4.message;
+    bad.per_query_head = true;  // (lazy's per-query-head caches run on the device: cuda/ring-lazy)
+    bad.retention.assign((size_t) f.n_layer * f.n_head, KV_RETAIN_EVICT);
+    TC_OK(engine_context::create(m, bad, &x));
 }
 
 // The eviction kernels on their own, against their CPU rules on the same inputs: per step, synthetic scores
@@ -1140,7 +1140,7 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
 // different probabilities (the device's f32 activations vs the CPU's q8 ones), so a token near the hit
 // threshold may count as a hit on one side only: the kept sets must agree almost everywhere, and exactly in
 // size (the budget decides it).
-TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode, layer mean)") {
+TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (f16 + stream heads, rot2 + sinks, ratio mode, layer mean, per-query-head)") {
     TC_NEED_CUDA(be);
     ring_pair rp;
     TC_OK(rp.init(*be));
@@ -1149,8 +1149,7 @@ TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (
     const std::shared_ptr<const cu::device_model> & dm = rp.dm;
     const std::vector<int32_t> & toks = rp.toks;
     const size_t nv = rp.nv;
-    const int n_heads = f.n_layer * f.n_head_kv;
-    struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; kv_policy_kind policy; bool all_evict; };
+    struct cfg { const char * name; kv_codec_type codec; bool sinks; float ratio; kv_policy_kind policy; bool all_evict; bool pqh = false; };
     const cfg cfgs[] = {
         {"lazy f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_LAZY, false},
         {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, 0.0f, KV_POLICY_LAZY, false},
@@ -1164,18 +1163,22 @@ TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (
         // every 32 steps from keys and the last 32 queries (f16: codecs refuse these policies, kv_storage_check)
         {"snapkv f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_SNAPKV, false},
         {"rkv f16 + stream heads", KV_CODEC_F16, false, 0.0f, KV_POLICY_RKV, false},
+        // LazyEviction's reference layout: a cache per query head, every one evicting (rot2-coded)
+        {"lazy per-query-head rot2", KV_CODEC_ROT2, false, 0.0f, KV_POLICY_LAZY, true, true},
     };
     for (const cfg & c : cfgs) {
+        const int hk = c.pqh ? f.n_head : f.n_head_kv, nh = f.n_layer * hk;  // cache heads per layer, in all
         context_params p;
         p.n_ctx = 1024;
         p.n_threads = 2;
         p.n_batch = 64;
         p.stream_sinks = 4;
         p.stream_recent = 24;
-        p.retention.assign((size_t) n_heads, KV_RETAIN_FULL);
+        p.retention.assign((size_t) nh, KV_RETAIN_FULL);
         p.retention[1] = KV_RETAIN_STREAM;
-        p.retention[0] = p.retention[3] = p.retention[(size_t) n_heads - 1] = KV_RETAIN_EVICT;
-        if (c.all_evict) p.retention.assign((size_t) n_heads, KV_RETAIN_EVICT);
+        p.retention[0] = p.retention[3] = p.retention[(size_t) nh - 1] = KV_RETAIN_EVICT;
+        if (c.all_evict) p.retention.assign((size_t) nh, KV_RETAIN_EVICT);
+        p.per_query_head = c.pqh;
         p.policy.kind = c.policy;
         p.policy.capacity = 160;
         p.policy.window = 32;
@@ -1194,7 +1197,7 @@ TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (
         const kv_memory_report rc = cs->memory(true), rg = gs->memory(true);
         size_t inter = 0, uni = 0, heads_equal = 0, sizes_equal = 0, n_evict = 0;
         for (int il = 0; il < f.n_layer; il++)
-            for (int h = 0; h < f.n_head_kv; h++) {
+            for (int h = 0; h < hk; h++) {
                 const std::vector<int32_t> a = gs->held_positions(il, h), b = cs->held_positions(il, h);
                 std::vector<int32_t> i2, u2;
                 std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(i2));
@@ -1203,22 +1206,22 @@ TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (
                 uni += u2.size();
                 heads_equal += a == b;
                 sizes_equal += a.size() == b.size();
-                if (p.retention[(size_t) il * f.n_head_kv + h] == KV_RETAIN_EVICT) {
+                if (p.retention[(size_t) il * hk + h] == KV_RETAIN_EVICT) {
                     n_evict++;
-                    const kv_head_memory & hm = rg.heads[(size_t) il * f.n_head_kv + h];
-                    TC_CHECK(hm.resident == (int32_t) a.size() && hm.budget == rc.heads[(size_t) il * f.n_head_kv + h].budget && hm.resident <= hm.budget + 32)
+                    const kv_head_memory & hm = rg.heads[(size_t) il * hk + h];
+                    TC_CHECK(hm.resident == (int32_t) a.size() && hm.budget == rc.heads[(size_t) il * hk + h].budget && hm.resident <= hm.budget + 32)
                         << c.name << ": layer " << il << " head " << h << " holds " << hm.resident << " of budget " << hm.budget;
                 }
             }
         const double jac = uni ? (double) inter / (double) uni : 1.0;
         std::printf("    EVICT %-38s logits NMSE worst %.3g, top-1 %d/%d; kept sets: Jaccard %.4f, %zu/%d heads equal; evicted %lld (cpu %lld), "
                     "compactions %lld (cpu %lld), quantized %lld (cpu %lld), resident %lld (cpu %lld)\n",
-                    c.name, worst, same, steps, jac, heads_equal, n_heads, (long long) rg.evicted_tokens, (long long) rc.evicted_tokens,
+                    c.name, worst, same, steps, jac, heads_equal, nh, (long long) rg.evicted_tokens, (long long) rc.evicted_tokens,
                     (long long) rg.compactions, (long long) rc.compactions, (long long) rg.quantized_tokens, (long long) rc.quantized_tokens,
                     (long long) rg.resident_tokens, (long long) rc.resident_tokens);
-        TC_CHECK(n_evict == (c.all_evict ? (size_t) n_heads : 3));
+        TC_CHECK(n_evict == (c.all_evict ? (size_t) nh : 3));
         TC_CHECK(rg.compactions == rc.compactions && rg.compactions >= 3 * 4) << c.name << ": evictions ran " << rg.compactions << " times, " << rc.compactions << " on the CPU";
-        TC_CHECK(sizes_equal == (size_t) n_heads && rg.resident_tokens == rc.resident_tokens) << c.name << ": the budget decides how many stay";
+        TC_CHECK(sizes_equal == (size_t) nh && rg.resident_tokens == rc.resident_tokens) << c.name << ": the budget decides how many stay";
         // h2o, tova, snapkv and rkv drop the tokens with the lowest float scores: on this random-weight fixture the
         // attention is spread thin, so the tail's ranks differ between the CPU's q8 activations and the device's f32
         // ones and the two caches part ways token by token (the selection itself is checked exactly on the same
@@ -1226,7 +1229,7 @@ TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (
         const bool per_step = c.policy != KV_POLICY_LAZY && c.policy != KV_POLICY_STREAMING;
         TC_CHECK(jac >= (per_step ? 0.88 : 0.97)) << c.name << ": the device keeps other tokens than the CPU (Jaccard " << jac << ")";
         // streaming decides from positions alone: exactly the CPU's tokens
-        if (c.policy == KV_POLICY_STREAMING) TC_CHECK(heads_equal == (size_t) n_heads) << c.name;
+        if (c.policy == KV_POLICY_STREAMING) TC_CHECK(heads_equal == (size_t) nh) << c.name;
         const double bound = per_step ? 0.1 : c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
         TC_CHECK(worst <= bound && same * 20 >= steps * (per_step ? 16 : 17)) << c.name << ": the device cache's logits drift from the CPU engine's";
         if (c.codec != KV_CODEC_F16) TC_CHECK(rg.quantized_tokens > 0);
@@ -1240,7 +1243,7 @@ TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (
         const bool by_scores = per_step;
         size_t pi = 0, pu = 0;
         for (int il = 0; il < f.n_layer; il++)
-            for (int h = 0; h < f.n_head_kv; h++) {
+            for (int h = 0; h < hk; h++) {
                 const std::vector<int32_t> a = gs->held_positions(il, h), b = cs->held_positions(il, h);
                 std::vector<int32_t> i2, u2;
                 std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(i2));
