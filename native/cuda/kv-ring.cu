@@ -31,6 +31,18 @@ __global__ void k_ring_append(kv_layer_view kv, const int32_t * geo, const int32
     }
 }
 
+// Little-endian bit stream of D codes (kv_code_put's layout), by the threads of the block, into out[D·bits/8].
+template <int D> __device__ void pack_codes(const int * code, int bits, uint8_t * out) {
+    for (int ib = threadIdx.x; ib < D * bits / 8; ib += blockDim.x) {
+        uint32_t w = 0;
+        for (int e = (8 * ib) / bits; e <= (8 * ib + 7) / bits && e < D; e++) {
+            const int sft = e * bits - 8 * ib;
+            w |= sft >= 0 ? (uint32_t) code[e] << sft : (uint32_t) code[e] >> -sft;
+        }
+        out[ib] = (uint8_t) (w & 0xffu);
+    }
+}
+
 // rot.cpp's encode of x[0..D) (shared memory) into blk, one thread per channel d.
 template <int D>
 __device__ void rot_encode(const float * x, int bits, int G, float clip, uint8_t * blk, int * code) {
@@ -46,14 +58,7 @@ __device__ void rot_encode(const float * x, int bits, int G, float clip, uint8_t
     code[d] = min(max((int) rintf(x[d] / s) + z, 0), qmax);
     __syncthreads();
     const int cb = D * bits / 8;
-    for (int ib = d; ib < cb; ib += D) {  // little-endian bit stream: element i at bits [i·b, (i+1)·b)
-        uint32_t w = 0;
-        for (int e = (8 * ib) / bits; e <= (8 * ib + 7) / bits && e < D; e++) {
-            const int sft = e * bits - 8 * ib;
-            w |= sft >= 0 ? (uint32_t) code[e] << sft : (uint32_t) code[e] >> -sft;
-        }
-        blk[ib] = (uint8_t) (w & 0xffu);
-    }
+    pack_codes<D>(code, bits, blk);
     if (d % G == 0) {
         blk[cb + 2 * g] = (uint8_t) (sh & 0xffu);
         blk[cb + 2 * g + 1] = (uint8_t) (sh >> 8);
@@ -95,18 +100,6 @@ __device__ __forceinline__ int kivi_code(float x, uint16_t sh, uint16_t mh, int 
     const float s = f16_bits_to_f32(sh), m = f16_bits_to_f32(mh);
     return s > 0.0f ? min(max((int) rintf((x - m) / s), 0), (1 << bits) - 1) : 0;
 }
-// Little-endian bit stream of D codes (kv_code_put's layout), by the threads of the block, into out[D·bits/8].
-template <int D> __device__ void pack_codes(const int * code, int bits, uint8_t * out) {
-    for (int ib = threadIdx.x; ib < D * bits / 8; ib += blockDim.x) {
-        uint32_t w = 0;
-        for (int e = (8 * ib) / bits; e <= (8 * ib + 7) / bits && e < D; e++) {
-            const int sft = e * bits - 8 * ib;
-            w |= sft >= 0 ? (uint32_t) code[e] << sft : (uint32_t) code[e] >> -sft;
-        }
-        out[ib] = (uint8_t) (w & 0xffu);
-    }
-}
-
 // KIVI's value block of one token (x: shared memory, one thread per channel): codes [D·b/8] | scales f16 [ng] |
 // mins f16 [ng], per group of grp channels.
 template <int D>
