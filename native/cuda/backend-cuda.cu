@@ -93,6 +93,11 @@ status device_buffer::alloc(size_t bytes) {
     bytes_ = bytes;
     return status::success();
 }
+status download_raw(void * dst, const void * src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+    return status::success();
+}
+
 status device_buffer::assign(const void * src, size_t bytes) {
     const status st = alloc(bytes < 4 ? 4 : bytes);
     if (!st.ok() || bytes == 0) return st;

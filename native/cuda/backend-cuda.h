@@ -108,6 +108,9 @@ private:
     void * g_ = nullptr, * e_ = nullptr;
 };
 
+// Copies bytes of device memory to the host and waits (tests: memory not held by a device_buffer).
+status download_raw(void * dst, const void * src, size_t bytes);
+
 // Overwrites a buffer of >= 2x L2 so the next kernel starts with a cold L2 (llm.c benchmark_kernel).
 status flush_l2(stream_t s);
 

@@ -99,6 +99,7 @@ struct forward_session::impl {
     int stream_budget = 0;             // S + R (memory report)
     std::vector<kv_ring_layer> rl;
     std::vector<kv_ring_device> rd;
+    std::shared_ptr<device_page_pool> pool;  // the f16 pages (the context's, shared by its sequences)
     ring_step step;
     // evicting heads (lazy): kv_cache's decode step and prompt length, the scores scratch attention fills at a
     // decode step, the gathers' scratch, and what the evictions did
@@ -174,6 +175,7 @@ struct forward_session::impl {
         for (int h = 0; h < H; h++) step.rc_before[(size_t) h] = L.rc(h);
         status st = L.append(n_past, T);
         if (!st.ok()) return st;
+        if (!(st = D.map_pages(L)).ok()) return st;  // (a failure: eval rolls the layer back and gives the pages back)
         for (int h = 0; h < H; h++) {
             step.pages[(size_t) h] = L.pages_in_use(h);
             step.lo[(size_t) h] = L.lo(h);
@@ -203,7 +205,16 @@ struct forward_session::impl {
         if (!(st = attention_decode(ap, q.as<float>(), pos.as<int32_t>(), D.view(), attn.as<float>(), ws, s)).ok()) return st;
         if (observing && !(st = D.observe(kind, dstep, L.policy().alpha, G, L.layer_mean(), (int) m->hp.n_head, s)).ok()) return st;
         if (observing && !(st = ring_evict_one(il, s)).ok()) return st;
-        return D.apply(s, gtmp);
+        if (!(st = D.apply(s, gtmp)).ok()) return st;
+        return trim((int) il);
+    }
+
+    // Gives back what layer il's heads no longer hold, after the step's ops are enqueued (their gathers are ahead
+    // of any later user of a page in the stream): the f16 pages past each head's slots, and half of the coded
+    // arrays once every head holds a quarter of them or less.
+    status trim(int il) {
+        rd[(size_t) il].release_pages(rl[(size_t) il]);
+        return rd[(size_t) il].shrink_coded(rl[(size_t) il], be->stream());
     }
 
     // The heads of layer il that drop exactly one token at this step (kv_ring_layer::evicts_one): the device
@@ -317,15 +328,18 @@ struct forward_session::impl {
             }
             bool any_op = false;  // (a single eviction already done on the device, no flush due: nothing to upload)
             for (const kv_ring_ops & o : ev.ops) any_op |= !o.empty();
-            if (!any_op) continue;
+            kv_ring_device & D = rd[(size_t) il];
+            if (!any_op) {
+                if (!(st = trim(il)).ok()) return st;
+                continue;
+            }
             for (int h = 0; h < H; h++) {  // the step tables as they now stand (the next chunk stages its own)
                 ev.rc_before.push_back(L.rc(h));
                 ev.pages.push_back(L.pages_in_use(h));
                 ev.lo.push_back(L.lo(h));
                 ev.n_coded.push_back(L.n_coded(h));
             }
-            kv_ring_device & D = rd[(size_t) il];
-            if (!(st = D.stage(ev, s)).ok() || !(st = D.apply(s, gtmp)).ok()) return st;
+            if (!(st = D.stage(ev, s)).ok() || !(st = D.apply(s, gtmp)).ok() || !(st = trim(il)).ok()) return st;
         }
         compaction_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         return status::success();
@@ -473,7 +487,7 @@ status forward_session::create(std::shared_ptr<const device_model> dm, int n_ctx
 }
 
 status forward_session::create(std::shared_ptr<const device_model> dm, const kv_cache_config & kc, int chunk, backend & be,
-                               std::unique_ptr<forward_session> * out) {
+                               std::unique_ptr<forward_session> * out, std::shared_ptr<device_page_pool> pool) {
     if (!dm) return status(ERR_INVALID_ARG, "cuda forward: no device model");
     bool dense = kc.storage.key == KV_CODEC_F16 && kc.storage.value == KV_CODEC_F16;
     for (uint8_t r : kc.retention) dense &= r == KV_RETAIN_FULL;
@@ -500,6 +514,10 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     p.chunk = chunk;
     p.ring = true;
     p.stream_budget = kc.stream_sinks + kc.stream_recent;
+    const size_t page_bytes = (size_t) KV_PAGE_TOKENS * (kc.head_dim + kc.head_dim_v) * sizeof(uint16_t);
+    if (pool && pool->page_bytes() < page_bytes)
+        return status(ERR_INVALID_ARG, strfmt("cuda forward: the page pool's pages (%zu bytes) are smaller than this cache's (%zu)", pool->page_bytes(), page_bytes));
+    p.pool = pool ? std::move(pool) : std::make_shared<device_page_pool>(page_bytes);
     ring_codec codec;
     const kv_storage_config & sc = kc.storage;
     if (sc.coded()) {
@@ -527,7 +545,7 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
         p.rl.emplace_back(rc, il);
         p.rd.emplace_back();
         const int32_t * perm = sc.coded() && !sc.perm.empty() ? sc.perm.data() + (size_t) il * per_layer : nullptr;
-        if (!(st = p.rd.back().create(p.rl.back(), kc.head_dim, kc.head_dim_v, codec, perm, be.stream())).ok()) return st;
+        if (!(st = p.rd.back().create(p.rl.back(), kc.head_dim, kc.head_dim_v, codec, perm, p.pool, be.stream())).ok()) return st;
     }
     size_t n_sc = 0;  // one scores scratch for the layers (each fills and reads it in stream order)
     const int G = (int) hp.n_head / kc.n_head_kv;  // (per-query-head caches: 1)
@@ -542,11 +560,12 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     return be.synchronize();
 }
 
-status forward_session::create(const model & m, const kv_cache_config & kc, int chunk, backend & be, std::unique_ptr<forward_session> * out) {
+status forward_session::create(const model & m, const kv_cache_config & kc, int chunk, backend & be, std::unique_ptr<forward_session> * out,
+                               std::shared_ptr<device_page_pool> pool) {
     std::shared_ptr<const device_model> dm;
     const status st = device_model::create(std::shared_ptr<const model>(std::shared_ptr<const model>(), &m), be, &dm);
     if (!st.ok()) return st;
-    return create(std::move(dm), kc, chunk, be, out);
+    return create(std::move(dm), kc, chunk, be, out, std::move(pool));
 }
 
 status forward_session::create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out) {
@@ -586,7 +605,8 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
                 bool exact = true;
                 for (size_t il = 0; il < p.rl.size(); il++) {
                     exact &= p.rl[il].rollback(restored);
-                    const status sr = p.rd[il].set_positions(restored, p.be->stream());
+                    status sr = p.trim((int) il);  // the pages the chunk mapped
+                    if (sr.ok()) sr = p.rd[il].set_positions(restored, p.be->stream());
                     if (!sr.ok()) return status(st.code, st.message + "; and restoring the device cache failed: " + sr.message);
                 }
                 if (!exact) {  // an evicting head's tokens moved in this chunk: the cache before it is gone
@@ -629,8 +649,8 @@ status forward_session::truncate(int n, int * kept) {
         p.n_past = keep;
         if (kept) *kept = keep;
         for (size_t il = 0; il < p.rl.size(); il++) {
-            const status st = p.rd[il].set_positions(clears[il], p.be->stream());
-            if (!st.ok()) return st;  // (a CUDA failure: the device is unusable from here on anyway)
+            status st = p.rd[il].set_positions(clears[il], p.be->stream());
+            if (!st.ok() || !(st = p.trim((int) il)).ok()) return st;  // (a CUDA failure: the device is unusable from here on anyway)
         }
     } else {
         for (kv_layer_device & L : p.kv) {
@@ -688,8 +708,8 @@ kv_memory_report forward_session::memory(bool per_head) const {
                          : L.kind(h) == KV_RING_EVICT && pol ? pol->budget(p.dstep, p.prompt, L.policy()) : -1;
                 m.bytes_used = kb + vb + pb;
                 const uint64_t stats = L.kind(h) == KV_RING_EVICT ? 8 : 0;  // (last, mri) per slot and per quantized token
-                m.bytes_allocated = (uint64_t) L.slots(h) * ((D + DV) * 2 + 4 + stats) +
-                                    (L.coded(h) ? (uint64_t) L.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4 + stats) : 0);
+                m.bytes_allocated = (uint64_t) Dv.pages_mapped(h) * Dv.page_bytes() + (uint64_t) L.slots(h) * (4 + stats) +
+                                    (L.coded(h) ? (uint64_t) Dv.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4 + stats) : 0);
             }
         }
         r.bytes_allocated += Dv.reserved_bytes();
@@ -702,6 +722,8 @@ kv_memory_report forward_session::memory(bool per_head) const {
     }
     r.compaction_seconds = p.compaction_s;
     r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes;
+    const device_pool_stats ps = p.pool->stats();
+    r.pool_slack_bytes = (uint64_t) ps.pages_free * ps.page_bytes;
     return r;
 }
 
@@ -723,6 +745,8 @@ size_t forward_session::kv_bytes() const {
     for (const kv_layer_device & L : p_->kv) b += L.payload_bytes();
     return b;
 }
+const device_page_pool * forward_session::page_pool() const { return p_->pool.get(); }
+
 size_t forward_session::kv_reserved_bytes() const {
     size_t b = 0;
     if (p_->ring) {

@@ -18,6 +18,7 @@
 #include "../kv/kv-cache.h"
 #include "../model/model.h"
 #include "backend-cuda.h"
+#include "page-pool-cuda.h"
 
 namespace core {
 namespace cuda {
@@ -49,10 +50,14 @@ public:
     // STREAM sizes, storage codecs with the model's RoPE and the key permutation): dense f16 when every head is
     // FULL and uncoded, else the compressed device cache. chunk: tokens per forward step (the CPU's n_batch,
     // at most 512). ERR_INVALID_ARG naming what the device cache does not hold (kv_ring_config_from).
-    static status create(std::shared_ptr<const device_model> dm, const kv_cache_config & kv, int chunk, backend & be, std::unique_ptr<forward_session> * out);
+    // pool: where the compressed cache's f16 pages come from (a context passes its own, shared by its
+    // sequences; nullptr: a pool of the session's own). The dense f16 cache reserves its n_ctx tokens up front.
+    static status create(std::shared_ptr<const device_model> dm, const kv_cache_config & kv, int chunk, backend & be, std::unique_ptr<forward_session> * out,
+                         std::shared_ptr<device_page_pool> pool = nullptr);
     // Uploads the weights of `m` for this session alone (tests and benchmarks; `m` must outlive the session).
     static status create(const model & m, int n_ctx, backend & be, std::unique_ptr<forward_session> * out);
-    static status create(const model & m, const kv_cache_config & kv, int chunk, backend & be, std::unique_ptr<forward_session> * out);
+    static status create(const model & m, const kv_cache_config & kv, int chunk, backend & be, std::unique_ptr<forward_session> * out,
+                         std::shared_ptr<device_page_pool> pool = nullptr);
     ~forward_session();
 
     // Runs tokens[0..n) at positions n_past().. (appended to the cache, in chunks of up to 512 tokens); with
@@ -65,17 +70,21 @@ public:
     status eval(const int32_t * tokens, int n_tokens, float * logits, const std::atomic<bool> * abort = nullptr);
     int n_past() const;
     int n_ctx() const;
-    status clear();            // forgets every token (pages stay reserved)
+    status clear();            // forgets every token (the compressed cache's pages go back to the pool)
     // Keeps the first n tokens (n >= n_past(): nothing to do). A compressed cache keeps fewer when its
     // state at n would differ from a fresh evaluation's (kv_cache::remove_from's rules): *kept says how many.
     status truncate(int n, int * kept = nullptr);
     bool compressed() const;
     // kv_cache::memory's report of the device cache (positions: 4 B per f16 and per quantized token).
+    // bytes_allocated: the device memory the session holds for its cache (the compressed cache: the pages
+    // mapped, the coded tokens' arrays and every slot's position and statistics); pool_slack_bytes: the
+    // pool's free pages (shared with the context's other sequences).
     kv_memory_report memory(bool per_head) const;
     std::vector<int32_t> held_positions(int il, int ih) const;  // ascending
     size_t weight_bytes() const;   // bytes of the weights on the device
     size_t kv_bytes() const;       // f16 key + value bytes of the tokens held
-    size_t kv_reserved_bytes() const;
+    size_t kv_reserved_bytes() const;  // memory().bytes_allocated
+    const device_page_pool * page_pool() const;  // the compressed cache's (nullptr: a dense cache)
 
     struct impl;
 private:

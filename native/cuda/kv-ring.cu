@@ -14,6 +14,7 @@ namespace cuda {
 namespace {
 
 constexpr int STEP_META = 4;  // pages, lo, n_coded, rc_before per head
+constexpr int32_t kRingCodedMin = 256;  // quantized tokens per coded head the arrays hold at least
 
 __device__ __forceinline__ uint16_t * slot_page(const kv_layer_view & kv, int h, int slot) {
     return (uint16_t *) kv.seg_page[(size_t) h * kv.max_seg + slot / KV_PAGE_TOKENS];
@@ -412,6 +413,13 @@ __global__ void k_ring_copy(kv_layer_view kv, const int32_t * ent, int32_t * pos
     if (threadIdx.x == 0) pos[(size_t) h * kv.max_tokens + dst] = pos[(size_t) h * kv.max_tokens + src];
 }
 
+// Page table entries (index, pointer low 32 bits, high 32 bits) from the staged step.
+__global__ void k_ring_map_pages(const int32_t * ent, int n, const uint16_t ** tab) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    tab[ent[3 * e]] = (const uint16_t *) (uintptr_t) ((uint64_t) (uint32_t) ent[3 * e + 1] | (uint64_t) (uint32_t) ent[3 * e + 2] << 32);
+}
+
 __global__ void k_ring_set_pos(const int32_t * ent, int n, int max_tokens, int32_t * pos) {
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x)
         pos[(size_t) ent[3 * e] * max_tokens + ent[3 * e + 1]] = ent[3 * e + 2];
@@ -554,11 +562,15 @@ __global__ void k_ring_keys_out(kv_layer_view kv, int h, int n, uint16_t * out) 
 
 kv_ring_device::~kv_ring_device() {
     if (pinned_) cudaFreeHost(pinned_);
+    if (pool_)
+        for (void * pg : page_h_) pool_->free(pg);  // (nullptr: ignored)
 }
 
 kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
     : v_(o.v_), n_head_kv_(o.n_head_kv_), n_enc_(o.n_enc_), n_copy_(o.n_copy_), n_clear_(o.n_clear_), coded_cap_(o.coded_cap_), kclip_(o.kclip_),
-      vclip_(o.vclip_), pages_(std::move(o.pages_)), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
+      vclip_(o.vclip_), pool_(std::move(o.pool_)), page_h_(std::move(o.page_h_)), mapped_(std::move(o.mapped_)),
+      map_ent_(std::move(o.map_ent_)), n_map_(o.n_map_), coded_heads_(std::move(o.coded_heads_)), min_coded_cap_(o.min_coded_cap_),
+      max_coded_cap_(o.max_coded_cap_), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
       pos_(std::move(o.pos_)), geo_(std::move(o.geo_)), step_dev_(std::move(o.step_dev_)), is_coded_(std::move(o.is_coded_)), kblk_(std::move(o.kblk_)),
       vblk_(std::move(o.vblk_)), c_first_(std::move(o.c_first_)), c_pos_(std::move(o.c_pos_)), perm_(std::move(o.perm_)), ff_(std::move(o.ff_)),
       tops_(std::move(o.tops_)), kmeta_(std::move(o.kmeta_)), is_evict_(std::move(o.is_evict_)), st_f_(std::move(o.st_f_)), st_c_(std::move(o.st_c_)), pinned_(o.pinned_),
@@ -576,24 +588,31 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
     o.pinned_cap_ = 0;
 }
 
-status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring_codec & codec, const int32_t * perm, stream_t s) {
+status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring_codec & codec, const int32_t * perm,
+                              std::shared_ptr<device_page_pool> pool, stream_t s) {
     const int H = L.n_head_kv();
+    const size_t page_bytes = (size_t) KV_PAGE_TOKENS * (D + DV) * sizeof(uint16_t);
+    if (!pool || pool->page_bytes() < page_bytes)
+        return status(ERR_INTERNAL, strfmt("cuda kv ring: a page pool with pages of at least %zu bytes is needed (%zu)", page_bytes, pool ? pool->page_bytes() : 0));
+    if (pool_)
+        for (void * pg : page_h_) pool_->free(pg);
+    pool_ = std::move(pool);
     n_head_kv_ = H;
     v_ = kv_layer_view{};
     v_.n_head_kv = H;
     v_.head_dim = D;
     v_.head_dim_v = DV;
-    const size_t page_bytes = (size_t) KV_PAGE_TOKENS * (D + DV) * sizeof(uint16_t);
     int max_seg = 1;
-    size_t n_pages = 0;
     std::vector<int32_t> geo((size_t) 3 * H), is_coded((size_t) H, 0), c_first((size_t) H, 0), is_evict((size_t) H, 0);
     int n_coded_heads = 0;
-    // quantized tokens per coded head (KIVI: whole key blocks, so that every head's first index starts one)
-    coded_cap_ = codec.kivi_tokens > 0 ? (L.coded_cap() + codec.kivi_tokens - 1) / codec.kivi_tokens * codec.kivi_tokens : L.coded_cap();
+    // quantized tokens per coded head: at most n_ctx (KIVI: whole key blocks, so that every head's first index
+    // starts one); the arrays start small and grow with the heads (resize_coded)
+    const int32_t kt = std::max(1, codec.kivi_tokens);
+    max_coded_cap_ = (L.coded_cap() + kt - 1) / kt * kt;
+    min_coded_cap_ = std::min(max_coded_cap_, (kRingCodedMin + kt - 1) / kt * kt);
+    coded_cap_ = min_coded_cap_;
     for (int h = 0; h < H; h++) {
-        const int pg = L.slots(h) / KV_PAGE_TOKENS;
-        max_seg = std::max(max_seg, pg);
-        n_pages += (size_t) pg;
+        max_seg = std::max(max_seg, L.slots(h) / KV_PAGE_TOKENS);
         geo[(size_t) h] = L.fix_below(h);
         geo[(size_t) H + h] = L.fix_cap(h);
         geo[(size_t) 2 * H + h] = L.ring_cap(h);
@@ -604,20 +623,18 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
         is_evict[(size_t) h] = L.kind(h) == KV_RING_EVICT;
     }
     n_coded_heads_ = n_coded_heads;
-    if (n_coded_heads == 0) coded_cap_ = 0;
+    if (n_coded_heads == 0) coded_cap_ = min_coded_cap_ = max_coded_cap_ = 0;
     c_first_h_ = c_first;
     const int max_tokens = max_seg * KV_PAGE_TOKENS;
+    // the page table starts empty: map_pages() fills it as the heads' slots grow
+    page_h_.assign((size_t) H * max_seg, nullptr);
+    mapped_.assign((size_t) H, 0);
+    map_ent_.clear();
     std::vector<const uint16_t *> ptrs((size_t) H * max_seg, nullptr);
     std::vector<int32_t> seg_n((size_t) H * max_seg, KV_PAGE_TOKENS), seg_first((size_t) H * max_seg, 0);
     status st;
-    if (!(st = pages_.alloc(std::max<size_t>(1, n_pages) * page_bytes)).ok()) return st;
-    if (!(st = pages_.zero()).ok()) return st;
-    size_t page = 0;
     for (int h = 0; h < H; h++)
-        for (int i = 0; i < L.slots(h) / KV_PAGE_TOKENS; i++) {
-            ptrs[(size_t) h * max_seg + i] = (const uint16_t *) (pages_.as<uint8_t>() + page++ * page_bytes);
-            seg_first[(size_t) h * max_seg + i] = i * KV_PAGE_TOKENS;
-        }
+        for (int i = 0; i < max_seg; i++) seg_first[(size_t) h * max_seg + i] = i * KV_PAGE_TOKENS;
     const std::vector<int32_t> pos((size_t) H * max_tokens, KV_RING_EMPTY);
     auto put = [&](device_buffer & b, const void * src, size_t bytes) { return (st = b.assign(src, bytes)).ok(); };
     if (!put(page_ptrs_, ptrs.data(), ptrs.size() * sizeof(void *)) || !put(seg_n_, seg_n.data(), seg_n.size() * 4) ||
@@ -677,6 +694,9 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
         v_.kmeta = kmeta_.as<uint8_t>();
     }
     if (!put(is_coded_, is_coded.data(), is_coded.size() * 4) || !put(c_first_, c_first.data(), c_first.size() * 4)) return st;
+    coded_heads_.clear();
+    for (int h = 0; h < H; h++)
+        if (is_coded[(size_t) h]) coded_heads_.push_back(h);
     if (perm && !put(perm_, perm, (size_t) H * D * 4)) return st;
     if (codec.freq_factors && !put(ff_, codec.freq_factors, (size_t) codec.n_rot / 2 * 4)) return st;
     v_.is_coded = is_coded_.as<int32_t>();
@@ -704,9 +724,25 @@ status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
     }
     if ((n_cgather_ > 0 && !st_c_.data()) || (n_move_ > 0 && !st_f_.data()))
         return status(ERR_INTERNAL, "cuda kv ring: gather ops for a layer without evicting heads");
-    const size_t need = (size_t) STEP_META * H + 3 * (size_t) n_cgather_ + 4 * (size_t) n_enc_ + 3 * (size_t) n_move_ + 3 * (size_t) n_copy_ +
-                        3 * (size_t) n_clear_;
     status st;
+    if (n_enc_ > 0) {  // room for what the step quantizes: the coded arrays grow (to twice their size, at least)
+        int32_t need = 0;
+        for (int h = 0; h < H; h++) {
+            const kv_ring_ops & o = st_in.ops[(size_t) h];
+            const int32_t base = o.enc_base >= 0 ? o.enc_base : st_in.n_coded[(size_t) h];
+            need = std::max(need, std::max(st_in.n_coded[(size_t) h], base + (int32_t) o.enc_slot.size()));
+        }
+        if (need > coded_cap_) {
+            if (need > max_coded_cap_)
+                return status(ERR_INTERNAL, strfmt("cuda kv ring: %d quantized tokens in a head of at most %d", need, max_coded_cap_));
+            const int32_t kt = std::max(1, v_.kivi);
+            const int32_t cap = std::min(max_coded_cap_, (std::max(need, 2 * coded_cap_) + kt - 1) / kt * kt);
+            if (!(st = resize_coded(cap, s)).ok()) return st;
+        }
+    }
+    n_map_ = (int) (map_ent_.size() / 3);
+    const size_t need = (size_t) STEP_META * H + 3 * (size_t) n_cgather_ + 4 * (size_t) n_enc_ + 3 * (size_t) n_move_ + 3 * (size_t) n_copy_ +
+                        3 * (size_t) n_clear_ + map_ent_.size();
     if (need > pinned_cap_) {  // the previous chunk's upload is done (the caller synchronized)
         if (pinned_) cudaFreeHost(pinned_);
         pinned_ = nullptr;
@@ -783,8 +819,99 @@ status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
             if (!o.enc_slot.empty() && (o.enc_slot.size() % (size_t) v_.kivi || base % v_.kivi))
                 return status(ERR_INTERNAL, strfmt("cuda kv ring: %zu KIVI tokens to quantize from index %d are not whole blocks of %d", o.enc_slot.size(), base, v_.kivi));
         }
+    const size_t map_at = (size_t) (q - pinned_);  // the page table's new entries (last: apply() walks the ops before them)
+    std::copy(map_ent_.begin(), map_ent_.end(), q);
+    map_ent_.clear();
     CUDA_CHECK(cudaMemcpyAsync(step_dev_.data(), pinned_, need * 4, cudaMemcpyHostToDevice, s));
+    if (n_map_ > 0) {
+        k_ring_map_pages<<<ceil_div(n_map_, 128), 128, 0, s>>>(step_dev_.as<int32_t>() + map_at, n_map_, page_ptrs_.as<const uint16_t *>());
+        CUDA_CHECK_LAUNCH("kv ring page table");
+    }
     return status::success();
+}
+
+status kv_ring_device::map_pages(const kv_ring_layer & L) {
+    const int H = n_head_kv_, max_seg = v_.max_seg;
+    for (int h = 0; h < H; h++) {
+        const int32_t want = std::min<int32_t>(L.pages_in_use(h), max_seg);
+        for (int32_t & m = mapped_[(size_t) h]; m < want; m++) {
+            void * pg = nullptr;
+            const status st = pool_->alloc(&pg);
+            if (!st.ok()) return st;
+            const size_t i = (size_t) h * max_seg + (size_t) m;
+            page_h_[i] = pg;
+            map_ent_.push_back((int32_t) i);
+            map_ent_.push_back((int32_t) (uint32_t) (uintptr_t) pg);
+            map_ent_.push_back((int32_t) (uint32_t) ((uint64_t) (uintptr_t) pg >> 32));
+        }
+    }
+    return status::success();
+}
+
+status kv_ring_device::resize_coded(int32_t cap, stream_t s) {
+    if (cap == coded_cap_ || n_coded_heads_ == 0) return status::success();
+    const size_t nh = (size_t) n_coded_heads_, kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, D = (size_t) v_.head_dim;
+    const size_t kt = (size_t) std::max(1, v_.kivi), keep = (size_t) std::min(cap, coded_cap_), oc = (size_t) coded_cap_, nc = (size_t) cap;
+    device_buffer k2, v2, p2, s2, m2;
+    status st;
+    if (!(st = k2.alloc(nh * nc * kb)).ok() || !(st = v2.alloc(nh * nc * vb)).ok() || !(st = p2.alloc(nh * nc * 4)).ok()) return st;
+    if (st_c_.data() && !(st = s2.alloc(nh * nc * sizeof(int2))).ok()) return st;
+    if (v_.kivi && !(st = m2.alloc(nh * nc / kt * 4 * D)).ok()) return st;
+    // each head's first `keep` entries (of `per` bytes; KIVI's key metadata: per block of kt tokens)
+    auto copy = [&](device_buffer & to, const device_buffer & from, size_t per, size_t div) {
+        for (size_t i = 0; i < nh && keep > 0; i++)
+            if (cudaMemcpyAsync(to.as<uint8_t>() + i * (nc / div) * per, from.as<uint8_t>() + i * (oc / div) * per, keep / div * per, cudaMemcpyDeviceToDevice, s) !=
+                cudaSuccess)
+                return false;
+        return true;
+    };
+    if (!copy(k2, kblk_, kb, 1) || !copy(v2, vblk_, vb, 1) || !copy(p2, c_pos_, 4, 1) || (s2.data() && !copy(s2, st_c_, sizeof(int2), 1)) ||
+        (m2.data() && !copy(m2, kmeta_, 4 * D, kt)))
+        CUDA_CHECK(cudaGetLastError());
+    std::vector<int32_t> c_first((size_t) n_head_kv_, 0);
+    for (size_t i = 0; i < nh; i++) c_first[(size_t) coded_heads_[i]] = (int32_t) (i * nc);
+    CUDA_CHECK(cudaMemcpyAsync(c_first_.data(), c_first.data(), c_first.size() * 4, cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));  // the copies are done before the old arrays go (and `c_first` out of scope)
+    kblk_ = std::move(k2);
+    vblk_ = std::move(v2);
+    c_pos_ = std::move(p2);
+    if (s2.data()) st_c_ = std::move(s2);
+    if (m2.data()) kmeta_ = std::move(m2);
+    c_first_h_ = c_first;
+    coded_cap_ = cap;
+    v_.kblk = kblk_.as<uint8_t>();
+    v_.vblk = vblk_.as<uint8_t>();
+    v_.c_pos = c_pos_.as<int32_t>();
+    if (v_.kivi) v_.kmeta = kmeta_.as<uint8_t>();
+    return status::success();
+}
+
+status kv_ring_device::shrink_coded(const kv_ring_layer & L, stream_t s) {
+    if (n_coded_heads_ == 0 || coded_cap_ <= min_coded_cap_) return status::success();
+    int32_t held = 0;
+    for (int h : coded_heads_) held = std::max(held, L.n_coded(h));
+    if ((int64_t) held * 4 > coded_cap_) return status::success();
+    const int32_t kt = std::max(1, v_.kivi);
+    const int32_t cap = std::max(min_coded_cap_, (2 * held + kt - 1) / kt * kt);
+    const status st = resize_coded(cap, s);
+    return st.code == ERR_OOM_DEVICE ? status::success() : st;  // (no room for the smaller copy: the larger arrays stay)
+}
+
+void kv_ring_device::release_pages(const kv_ring_layer & L) {
+    const int H = n_head_kv_, max_seg = v_.max_seg;
+    bool dropped = false;
+    for (int h = 0; h < H; h++)
+        for (int32_t & m = mapped_[(size_t) h]; m > L.pages_in_use(h); m--) {
+            void *& pg = page_h_[(size_t) h * max_seg + (size_t) (m - 1)];
+            pool_->free(pg);  // (the device's table keeps the stale pointer: nothing reads a segment past the head's pages)
+            pg = nullptr;
+            dropped = true;
+        }
+    if (!dropped || map_ent_.empty()) return;
+    std::vector<int32_t> kept;  // entries not uploaded yet whose page went back: dropped with it
+    for (size_t e = 0; e < map_ent_.size(); e += 3)
+        if (page_h_[(size_t) map_ent_[e]] != nullptr) kept.insert(kept.end(), map_ent_.begin() + (ptrdiff_t) e, map_ent_.begin() + (ptrdiff_t) e + 3);
+    map_ent_.swap(kept);
 }
 
 status kv_ring_device::append(const float * k, const float * v, int32_t c0, int T, stream_t s) {
@@ -914,7 +1041,7 @@ void kv_ring_device::set_scores(float * sc, float * ml, int G) {
 
 size_t kv_ring_device::scores_floats(int G) const {
     if (!has_evict()) return 0;
-    return (size_t) G * ((size_t) n_head_kv_ * v_.max_tokens + (size_t) n_coded_heads_ * coded_cap_);
+    return (size_t) G * ((size_t) n_head_kv_ * v_.max_tokens + (size_t) n_coded_heads_ * max_coded_cap_);
 }
 
 status kv_ring_device::observe(kv_policy_kind kind, int32_t t, float alpha, int G, bool layer_mean, int n_head, stream_t s) {
@@ -1022,7 +1149,9 @@ status kv_ring_device::download_stats(int h, int32_t n_coded, int32_t n_f16, int
 }
 
 size_t kv_ring_device::reserved_bytes() const {
-    return pages_.bytes() + kblk_.bytes() + vblk_.bytes() + kmeta_.bytes() + c_pos_.bytes() + pos_.bytes() + st_f_.bytes() + st_c_.bytes();
+    size_t pages = 0;
+    for (int32_t m : mapped_) pages += (size_t) m;
+    return pages * page_bytes() + page_ptrs_.bytes() + kblk_.bytes() + vblk_.bytes() + kmeta_.bytes() + c_pos_.bytes() + pos_.bytes() + st_f_.bytes() + st_c_.bytes();
 }
 
 } // namespace cuda

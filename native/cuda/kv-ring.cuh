@@ -1,9 +1,12 @@
 // The compressed KV cache of one layer on the device (issue 8): the data side of kv_ring_layer
 // (native/kv/kv-ring.h, which decides every slot, flush and copy on the host and is checked against
 // kv_cache on the CPU). Per head: f16 pages (fixed slots, then the ring) in the layout attention reads
-// (kv_layer_view, pages of transposed key tiles then values), and for coded heads n_ctx quantized tokens with
-// their positions: RotateKV blocks (codes | f16 scales | u8 zero-points, rot.cpp's layout), q8/q4 blocks, or
-// KIVI's (per-token key code rows with per-channel scales and mins per block of tokens, per-token values).
+// (kv_layer_view, pages of transposed key tiles then values), mapped from the context's device_page_pool as the
+// head's slots grow and given back when they shrink; for coded heads, arrays of quantized tokens with their
+// positions (up to n_ctx per head; grown and shrunk by halves): RotateKV blocks (codes | f16 scales | u8
+// zero-points, rot.cpp's layout), q8/q4 blocks, or KIVI's (per-token key code rows with per-channel scales and
+// mins per block of tokens, per-token values). Every slot's position and statistics (12 B) are reserved for
+// the head's whole capacity.
 // Per chunk and layer the host stages one small int32 array (chunk tables + the retain's ops), uploaded
 // from pinned memory on the work stream; then:
 //   append   the chunk's keys and values rounded to f16 into their slots (kv_ring_slot), positions too
@@ -21,10 +24,12 @@
 // statistics (download_stats) and selects (kv_ring_layer::select), as kv_cache does at its eviction steps;
 // a decode step that drops one token of a head (h2o, tova) selects and removes it here (evict_one).
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "../kv/kv-ring.h"
 #include "attention.cuh"
+#include "page-pool-cuda.h"
 
 namespace core {
 namespace cuda {
@@ -68,13 +73,32 @@ class kv_ring_device {
 public:
     kv_ring_device() = default;
     ~kv_ring_device();
-    kv_ring_device(kv_ring_device && o) noexcept;
+    kv_ring_device(kv_ring_device && o) noexcept;  // (a moved-from device holds no page)
     kv_ring_device(const kv_ring_device &) = delete;
     kv_ring_device & operator=(const kv_ring_device &) = delete;
 
-    // Device memory for the geometry of `L` (pages zeroed, every position empty). perm: [n_head_kv][head_dim]
-    // key channel permutation of this layer, or nullptr (identity). ERR_OOM_DEVICE with the size.
-    status create(const kv_ring_layer & L, int head_dim, int head_dim_v, const ring_codec & codec, const int32_t * perm, stream_t s);
+    // Device memory for the geometry of `L` (every position empty; no page mapped yet). perm: [n_head_kv][head_dim]
+    // key channel permutation of this layer, or nullptr (identity). pool: where the f16 pages come from (pages of
+    // at least KV_PAGE_TOKENS·(head_dim + head_dim_v) f16). ERR_OOM_DEVICE with the size.
+    status create(const kv_ring_layer & L, int head_dim, int head_dim_v, const ring_codec & codec, const int32_t * perm,
+                  std::shared_ptr<device_page_pool> pool, stream_t s);
+    // Pages follow the bookkeeping: map_pages() maps from the pool every page head h needs for
+    // L.pages_in_use(h) slots (call after L.append, before stage(), which uploads the new table entries);
+    // release_pages() gives back those above it (after the step's ops are enqueued: a gather still reads them,
+    // and every later user of a page comes after it in the stream). ERR_OOM_DEVICE from the pool (the pages
+    // mapped so far stay; release_pages after the rollback gives them back).
+    status map_pages(const kv_ring_layer & L);
+    void release_pages(const kv_ring_layer & L);
+    int32_t pages_mapped(int h) const { return mapped_[(size_t) h]; }
+    size_t page_bytes() const { return pool_ ? pool_->page_bytes() : 0; }
+    // The coded heads' quantized tokens live in arrays of coded_cap() tokens per head (head after head: coded_first).
+    // They start at 256 tokens (at most n_ctx), stage() grows them to twice their size (at least) when a step
+    // quantizes past the end, and shrink_coded() halves them again once every head holds a quarter or less (after
+    // an eviction or a rewind: call it after the step's ops are enqueued). A resize copies the held tokens and
+    // waits for the device.
+    status shrink_coded(const kv_ring_layer & L, stream_t s);
+    int32_t coded_cap() const { return coded_cap_; }
+    int32_t coded_first(int h) const { return c_first_h_[(size_t) h]; }
     // Stages a chunk's tables and ops (after the previous chunk's work is done: forward_session::run
     // synchronizes first) and enqueues their upload; view() then describes the cache as attention sees it.
     status stage(const ring_step & st, stream_t s);
@@ -121,17 +145,27 @@ public:
     status top_abs(const float * x, int T, int n_embd, int k, std::vector<float> & vals, std::vector<int32_t> & idx, stream_t s);
 
     const kv_layer_view & view() const { return v_; }
+    // device bytes this layer holds: its mapped pages, the coded tokens' arrays, positions and statistics
     size_t reserved_bytes() const;
     // bytes per quantized token (KIVI keys: the code row and its share of the block's scales and mins)
     size_t k_block_bytes() const { return (size_t) v_.k_block_bytes + (v_.kivi ? ((size_t) 4 * v_.head_dim + v_.kivi - 1) / v_.kivi : 0); }
     size_t v_block_bytes() const { return (size_t) v_.v_block_bytes; }
 
 private:
+    status resize_coded(int32_t cap, stream_t s);
+
     kv_layer_view v_;
     int n_head_kv_ = 0, n_enc_ = 0, n_copy_ = 0, n_clear_ = 0, n_cgather_ = 0, n_move_ = 0;
     int32_t coded_cap_ = 0, n_coded_heads_ = 0, append_last_ = 0;
     float kclip_ = 1.0f, vclip_ = 1.0f;
-    device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, geo_, step_dev_;
+    std::shared_ptr<device_page_pool> pool_;
+    std::vector<void *> page_h_;      // [n_head_kv][max_seg] the mapped pages (host copy of page_ptrs_), nullptr: none
+    std::vector<int32_t> mapped_;     // [n_head_kv] pages mapped: always a prefix of the head's segments
+    std::vector<int32_t> map_ent_;    // table entries not uploaded yet: (head · max_seg + segment, pointer low, high)
+    int n_map_ = 0;                   // entries in the staged step
+    std::vector<int> coded_heads_;    // the coded heads, in the order of their arrays
+    int32_t min_coded_cap_ = 0, max_coded_cap_ = 0;
+    device_buffer page_ptrs_, seg_n_, seg_first_, pos_, geo_, step_dev_;
     device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_, kmeta_;
     device_buffer is_evict_, st_f_, st_c_;  // evicting heads: flag, statistics of slots and of quantized tokens (int2)
     std::vector<int32_t> c_first_h_;  // host copy of c_first

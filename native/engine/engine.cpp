@@ -7,6 +7,7 @@
 #ifdef THINKCACHE_WITH_CUDA
 #include "../cuda/backend-cuda.h"
 #include "../cuda/forward-cuda.h"
+#include "../cuda/page-pool-cuda.h"
 #endif
 
 namespace core {
@@ -65,6 +66,7 @@ status engine_context::create(std::shared_ptr<const model> m, const context_para
     pc.n_threads = 1;  // the device computes; the pool only runs sampling-side work
     auto c = std::make_shared<engine_context>(std::move(m), pc);
     c->cuda_be_ = std::shared_ptr<cuda::backend>(std::move(be));
+    c->cuda_pool_ = std::make_shared<cuda::device_page_pool>(kv_page_bytes((int) c->mdl().hp.head_dim, (int) c->mdl().hp.head_dim_v));
     *out = std::move(c);
     return {};
 #else
@@ -78,7 +80,7 @@ status engine_sequence::create(std::shared_ptr<engine_context> ctx, std::shared_
 #ifdef THINKCACHE_WITH_CUDA
         std::unique_ptr<cuda::forward_session> fs;
         const context_params & cp = ctx->params();
-        const status st = cuda::forward_session::create(cp.cuda_model, make_kv_config(ctx->mdl(), cp), cp.n_batch, *ctx->cuda_backend(), &fs);
+        const status st = cuda::forward_session::create(cp.cuda_model, make_kv_config(ctx->mdl(), cp), cp.n_batch, *ctx->cuda_backend(), &fs, ctx->cuda_kv_pool());
         if (!st.ok()) return st;
         seq->cuda_ = std::shared_ptr<cuda::forward_session>(std::move(fs));
 #endif

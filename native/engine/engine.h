@@ -16,6 +16,7 @@ namespace core {
 namespace cuda {  // native/cuda/ (built with THINKCACHE_CUDA only; in CPU builds these pointers stay null)
 class backend;
 class device_model;
+class device_page_pool;
 class forward_session;
 } // namespace cuda
 
@@ -51,6 +52,7 @@ public:
     static status create(std::shared_ptr<const model> m, const context_params & p, std::shared_ptr<engine_context> * out);
     bool on_cuda() const { return (bool) cuda_be_; }
     cuda::backend * cuda_backend() const { return cuda_be_.get(); }
+    const std::shared_ptr<cuda::device_page_pool> & cuda_kv_pool() const { return cuda_pool_; }
     const model & mdl() const { return *model_; }
     const context_params & params() const { return params_; }
     thread_pool & pool() { return pool_; }
@@ -64,6 +66,7 @@ private:
     std::shared_ptr<page_pool> kv_pool_;  // KV pages shared by the sequences of this context
     std::mutex mu_;
     std::shared_ptr<cuda::backend> cuda_be_;  // the device stream of a CUDA context
+    std::shared_ptr<cuda::device_page_pool> cuda_pool_;  // device KV pages shared by its sequences' compressed caches
 };
 
 class engine_sequence {

@@ -168,4 +168,26 @@ describe('backend selection', () => {
     });
     expect(inter / uni).toBeGreaterThan(minJaccard);
   });
+  // memory actually freed on the device too: a head's f16 pages come from the context's pool as it grows and go
+  // back when the eviction compacts it
+  it.skipIf(!usable)('on a CUDA device: an eviction gives device pages back (bytesAllocated falls by the pages the heads no longer need)', async () => {
+    const path = ensureFixture('qwen3', 'f32');
+    await using model = await loadModel({ path, backend: 'cuda' });
+    await using ctx = await model.createContext({ contextSize: 2048, threads: 1, batchSize: 64, kv: { eviction: { policy: 'lazy', capacity: 64, window: 16 } } });
+    const seq = ctx.acquireSequence();
+    const toks = Array.from({ length: 340 }, (_, i) => (i * 37 + 3) % model.info.nVocab);
+    const m0 = seq.memory();
+    await seq.evaluate(toks.slice(0, 320));
+    const m1 = seq.memory();
+    for (const t of toks.slice(320)) await seq.evaluate([t]);  // 20 decode steps: the eviction at 16
+    const m2 = seq.memory();
+    const heads = model.info.nLayer * model.info.nHeadKv, page = 64 * 2 * model.info.headDim * 2;
+    expect(m2.compactions).toBeGreaterThan(0);
+    // 320 prompt tokens: 5 pages per head; after the eviction to 64 and 4 more steps: 1 or 2 pages per head
+    expect(m1.bytesAllocated - m0.bytesAllocated).toBe(heads * 5 * page);
+    expect(m1.bytesAllocated - m2.bytesAllocated).toBeGreaterThanOrEqual(heads * 3 * page);
+    expect(m1.bytesAllocated - m2.bytesAllocated).toBeLessThanOrEqual(heads * 4 * page);
+    expect((m1.bytesAllocated - m2.bytesAllocated) % page).toBe(0);
+    expect(m2.breakdown.poolSlack).toBeGreaterThanOrEqual(heads * 3 * page);
+  });
 });

@@ -730,10 +730,9 @@ TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-bas
             codec.n_rot = D;
         }
         cu::kv_ring_device dev;
-        TC_OK(dev.create(L, D, D, codec, nullptr, s));
+        auto pool = std::make_shared<cu::device_page_pool>((size_t) KV_PAGE_TOKENS * 2 * D * 2);
+        TC_OK(dev.create(L, D, D, codec, nullptr, pool, s));
         const cu::kv_layer_view & view = dev.view();
-        std::vector<int32_t> c_first((size_t) H, 0);
-        for (int h = 0, k = 0; h < H; h++) if (L.coded(h)) c_first[(size_t) h] = k++ * L.coded_cap();
         cu::device_buffer sc, ml, kbuf, vbuf, tmp, out;
         const size_t n_sc = dev.scores_floats(G);
         TC_OK(sc.alloc(n_sc * 4));
@@ -773,6 +772,7 @@ TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-bas
             status st = dev.stage(ev, s);
             if (st.ok()) st = dev.apply(s, tmp);
             if (st.ok()) st = be->synchronize();
+            dev.release_pages(L);
             return st;
         };
         // a 100-token prompt in two chunks (8 tokens where the budget is tiny), then decode steps
@@ -788,6 +788,7 @@ TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-bas
             cu::ring_step st;
             for (int h = 0; h < H; h++) st.rc_before.push_back(L.rc(h));
             TC_OK(L.append(n, T));
+            TC_OK(dev.map_pages(L));
             for (int h = 0; h < H; h++) {
                 st.pages.push_back(L.pages_in_use(h));
                 st.lo.push_back(L.lo(h));
@@ -822,7 +823,7 @@ TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-bas
                 // the probability of row g of head h for the token at index j of evict_tokens' list
                 auto prob = [&](int h, int g, int32_t j) {
                     const int32_t nq = L.n_coded(h);
-                    const float x = j < nq ? sh[(size_t) H * G * view.max_tokens + ((size_t) c_first[(size_t) h] + j) * G + g]
+                    const float x = j < nq ? sh[(size_t) H * G * view.max_tokens + ((size_t) dev.coded_first(h) + j) * G + g]
                                            : sh[((size_t) h * G + g) * view.max_tokens + (j - nq)];
                     return std::exp(x - 0.0f) / 10.0f;
                 };
@@ -1263,6 +1264,151 @@ TC_TEST("cuda/ring-lazy: every eviction policy on the device == the CPU engine (
         gs->abort = false;
         TC_CHECK(gs->n_tokens() == 300);
     }
+}
+
+TC_TEST("cuda/page-pool: pages lowest slab first, zeroed when new, reused; empty slabs go back to the device past the slack; a full device is a typed error") {
+    TC_NEED_CUDA(be);
+    const size_t pb = 4096;
+    cu::device_page_pool pool(pb, 4 * pb, 4);  // 4 pages per slab, 4 free pages of slack
+    std::vector<void *> pg(10, nullptr);
+    for (void *& x : pg) TC_OK(pool.alloc(&x));
+    cu::device_pool_stats ps = pool.stats();
+    TC_CHECK(ps.page_bytes == pb && ps.pages_per_slab == 4 && ps.slabs == 3 && ps.pages_in_use == 10 && ps.pages_free == 2 && ps.bytes_reserved() == 12 * pb);
+    for (size_t i = 0; i < pg.size(); i++) {
+        TC_CHECK((uintptr_t) pg[i] % 256 == 0) << "page " << i << " is not 256-byte aligned";
+        for (size_t j = 0; j < i; j++) TC_CHECK(pg[i] != pg[j]) << "pages " << i << " and " << j << " are the same";
+    }
+    // within a slab, consecutive pages (lowest first)
+    TC_CHECK((uint8_t *) pg[1] == (uint8_t *) pg[0] + pb && (uint8_t *) pg[3] == (uint8_t *) pg[0] + 3 * pb);
+    std::vector<uint8_t> host(pb, 0xff);
+    TC_OK(cu::download_raw(host.data(), pg[9], pb));
+    TC_CHECK(std::all_of(host.begin(), host.end(), [](uint8_t b) { return b == 0; })) << "a new page holds something else than zeros";
+    // a page freed and taken again is the lowest free one; foreign and double frees are ignored
+    pool.free(pg[5]);
+    int not_ours = 0;
+    pool.free(&not_ours);
+    pool.free(pg[5]);
+    TC_CHECK(pool.stats().pages_in_use == 9 && pool.stats().pages_free == 3);
+    void * again = nullptr;
+    TC_OK(pool.alloc(&again));
+    TC_CHECK(again == pg[5]) << "the lowest free page is handed out first";
+    // everything back: the pool keeps one slab (4 free pages of slack) and gives the other two back
+    for (void * x : pg) pool.free(x);
+    ps = pool.stats();
+    TC_CHECK(ps.pages_in_use == 0 && ps.slabs == 1 && ps.pages_free == 4) << ps.slabs << " slabs, " << ps.pages_free << " free pages";
+    // a slab the device cannot hold
+    cu::device_page_pool big(be->info().total_bytes + ((size_t) 1 << 30), 1, 0);
+    void * none = nullptr;
+    const status st = big.alloc(&none);
+    TC_CHECK(st.code == ERR_OOM_DEVICE && none == nullptr && st.message.find("page pool") != std::string::npos) << st.message;
+    TC_CHECK(big.stats().slabs == 0 && big.stats().pages_in_use == 0);
+}
+
+// Memory is real on the device too (DESIGN §3): the compressed cache's f16 pages come from the context's pool
+// as a head's slots grow, and go back when an eviction compacts the head, a rewind drops tokens or the
+// sequence goes away; the report's bytes_allocated is what the session holds, pool_slack_bytes the pool's free
+// pages; sequences of one context share the pool.
+TC_TEST("cuda/ring-memory: the device cache's pages follow its tokens (evictions, rewinds and sequences give them back to the context's pool)") {
+    TC_NEED_CUDA(be);
+    ring_pair rp;
+    TC_OK(rp.init(*be));
+    const fixture_spec & f = kEngineFixture;
+    const int nh = f.n_layer * f.n_head_kv;
+    const size_t page = (size_t) KV_PAGE_TOKENS * 2 * f.head_dim * 2;
+    context_params p;
+    p.n_ctx = 1024;
+    p.n_threads = 1;
+    p.n_batch = 64;
+    p.retention.assign((size_t) nh, KV_RETAIN_EVICT);
+    p.retention[1] = KV_RETAIN_FULL;  // one dense f16 head: its pages grow with the context
+    p.policy.kind = KV_POLICY_LAZY;
+    p.policy.capacity = 96;
+    p.policy.window = 32;
+    p.cuda_model = rp.dm;
+    std::shared_ptr<engine_context> ctx;
+    TC_OK(engine_context::create(rp.m, p, &ctx));
+    const std::shared_ptr<cu::device_page_pool> & pool = ctx->cuda_kv_pool();
+    TC_CHECK(pool && pool->page_bytes() == page);
+    std::shared_ptr<engine_sequence> a, b;
+    TC_OK(engine_sequence::create(ctx, &a));
+    TC_CHECK(pool->stats().pages_in_use == 0) << "a new sequence maps no page";
+    // per head, what a sequence holds without pages (positions and statistics of its slots)
+    std::vector<uint64_t> base((size_t) nh);
+    const kv_memory_report r0 = a->memory(true);
+    for (int h = 0; h < nh; h++) base[(size_t) h] = r0.heads[(size_t) h].bytes_allocated;
+    TC_CHECK(r0.bytes_allocated < (uint64_t) p.n_ctx * nh * 16 + 4096) << r0.bytes_allocated;
+    // each head's f16 pages: what its tokens need, no more
+    auto pages_of = [&](const engine_sequence & s, const char * when) {
+        const kv_memory_report r = s.memory(true);
+        size_t total = 0;
+        for (int h = 0; h < nh; h++) {
+            const kv_head_memory & hm = r.heads[(size_t) h];
+            const size_t want = (size_t) (hm.resident + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS;
+            TC_CHECK(hm.bytes_allocated - base[(size_t) h] == want * page)
+                << when << ": head " << h << " holds " << hm.resident << " tokens in " << (hm.bytes_allocated - base[(size_t) h]) / (double) page << " pages";
+            total += want;
+        }
+        return total;
+    };
+    TC_OK(a->eval(rp.toks.data(), 320, true));
+    const size_t p_prompt = pages_of(*a, "after the prompt");
+    TC_CHECK(p_prompt == (size_t) nh * 5 && pool->stats().pages_in_use == p_prompt) << p_prompt << " pages";
+    const uint64_t alloc_prompt = a->memory(false).bytes_allocated;
+    // decode past the first eviction (lazy: every 32 steps once over capacity): the evicting heads shrink to ~96 + 32 tokens
+    for (int t = 320; t < 360; t++) TC_OK(a->eval(&rp.toks[(size_t) t], 1, true));
+    const kv_memory_report ra = a->memory(false);
+    TC_CHECK(ra.compactions > 0 && ra.evicted_tokens > 0);
+    const size_t p_evicted = pages_of(*a, "after an eviction");
+    TC_CHECK(p_evicted < p_prompt && pool->stats().pages_in_use == p_evicted);
+    TC_CHECK(alloc_prompt - ra.bytes_allocated == (uint64_t) (p_prompt - p_evicted) * page)
+        << "bytes_allocated fell by " << alloc_prompt - ra.bytes_allocated << ", the pages by " << (p_prompt - p_evicted) * page;
+    TC_CHECK(ra.pool_slack_bytes == (uint64_t) pool->stats().pages_free * page);
+    // a second sequence takes the freed pages before the pool grows
+    const size_t slabs = pool->stats().slabs;
+    TC_OK(engine_sequence::create(ctx, &b));
+    TC_OK(b->eval(rp.toks.data(), 100, true));
+    TC_CHECK(pool->stats().slabs == slabs && pool->stats().pages_in_use == p_evicted + pages_of(*b, "second sequence"));
+    // a rewind to the start gives every page of the sequence back; so does dropping it
+    TC_CHECK(a->remove_from(0) == 0);
+    TC_CHECK(pages_of(*a, "after a rewind") == 0 && pool->stats().pages_in_use == pages_of(*b, "second sequence"));
+    b.reset();
+    TC_CHECK(pool->stats().pages_in_use == 0) << pool->stats().pages_in_use << " pages still handed out";
+    // reused pages hold their last user's keys and values in the slots not yet written: attention masks them, so
+    // the logits are those of a cache on new (zeroed) pages, exactly
+    TC_OK(a->eval(rp.toks.data(), 100, true));
+    std::shared_ptr<engine_context> fresh;
+    std::shared_ptr<engine_sequence> c;
+    TC_OK(engine_context::create(rp.m, p, &fresh));
+    TC_OK(engine_sequence::create(fresh, &c));
+    TC_OK(c->eval(rp.toks.data(), 100, true));
+    TC_CHECK(nmse(a->logits().data(), c->logits().data(), rp.nv) == 0.0) << "a cache on reused pages computes other logits";
+
+    // quantized tokens: the coded arrays grow with a long prompt and shrink after the eviction
+    p.storage.key = p.storage.value = KV_CODEC_ROT2;
+    p.retention.assign((size_t) nh, KV_RETAIN_EVICT);
+    std::shared_ptr<engine_context> qctx;
+    std::shared_ptr<engine_sequence> q;
+    TC_OK(engine_context::create(rp.m, p, &qctx));
+    TC_OK(engine_sequence::create(qctx, &q));
+    const uint64_t q0 = q->memory(false).bytes_allocated;
+    TC_OK(q->eval(rp.toks.data(), 512, true));
+    const kv_memory_report qa = q->memory(true);
+    const uint64_t pages_a = qctx->cuda_kv_pool()->stats().pages_in_use * page;
+    for (int t = 512; t < 520; t++) TC_OK(q->eval(&rp.toks[(size_t) t], 1, true));
+    for (int t = 0; t < 24; t++) TC_OK(q->eval(&rp.toks[(size_t) t], 1, true));  // (the fixture's tokens again: past the eviction at step 32)
+    const kv_memory_report qb = q->memory(true);
+    const uint64_t pages_b = qctx->cuda_kv_pool()->stats().pages_in_use * page;
+    std::printf("    rot2 lazy, every head evicting: bytes_allocated %.1f KiB new, %.1f KiB after a 512-token prompt (%lld quantized), %.1f KiB after the "
+                "eviction (%lld quantized, %lld evicted)\n", q0 / 1024.0, qa.bytes_allocated / 1024.0, (long long) qa.quantized_tokens,
+                qb.bytes_allocated / 1024.0, (long long) qb.quantized_tokens, (long long) qb.evicted_tokens);
+    TC_CHECK(qa.quantized_tokens > nh * 256 && qb.evicted_tokens > 0 && qb.quantized_tokens < qa.quantized_tokens / 2);
+    // beyond the pages: the coded arrays, grown past their first 256 tokens per head by the prompt, back at them after the eviction
+    TC_CHECK(qa.bytes_allocated - pages_a >= q0 + (uint64_t) nh * 256 * 22 && qb.bytes_allocated - pages_b == q0)
+        << "coded arrays: " << q0 << " B new, " << qa.bytes_allocated - pages_a << " after the prompt, " << qb.bytes_allocated - pages_b << " after the eviction";
+    for (const kv_memory_report * r : {&qa, &qb})
+        for (int h = 0; h < nh; h++)
+            TC_CHECK(r->heads[(size_t) h].bytes_allocated >= r->heads[(size_t) h].bytes_used)
+                << "head " << h << " uses " << r->heads[(size_t) h].bytes_used << " bytes of " << r->heads[(size_t) h].bytes_allocated;
 }
 
 #endif // THINKCACHE_WITH_CUDA
