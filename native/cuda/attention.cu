@@ -19,7 +19,7 @@ namespace core {
 namespace cuda {
 namespace {
 
-// q8 / q4: the codecs the coded kernel reads as plain blocks (kv_layer_view::plain)
+// q8 / q4: the codecs the coded kernel reads as plain blocks (kv_layer_view::kplain / vplain)
 bool kv_codec_plain(const kv_codec_traits * t) { return t == &kv_codec_get(KV_CODEC_Q8) || t == &kv_codec_get(KV_CODEC_Q4); }
 bool kv_codec_kivi(const kv_codec_traits * t) { return t == &kv_codec_get(KV_CODEC_KIVI2) || t == &kv_codec_get(KV_CODEC_KIVI4); }
 
@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     for (int i = tid; i < R * D; i += THREADS) q_s[i / D][i % D] = q[((size_t) (t0 + i / D / G) * n_head + hkv * G + (i / D) % G) * D + i % D];
     for (int r = tid; r < R; r += THREADS) { m_s[r] = -INFINITY; l_s[r] = 0.0f; qp_s[r] = q_pos[t0 + r / G]; }
     __syncthreads();
-    if (!kv.pre_rope && !kv.plain && nc > 0) {
+    if (!kv.pre_rope && !kv.kplain && nc > 0) {
         // post-RoPE keys are P·H·k: dot them with P·H·q (q̃[d] = (H·q)[perm[d]]), Σ q̃ per quantization group
         fwht_rows<D>(&q_s[0][0], D, R);
         for (int i = tid; i < R * D; i += THREADS) k_t[i / D][i % D] = q_s[i / D][perm ? perm[i % D] : i % D] * inv_sqrt_d;
@@ -246,14 +246,14 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
     for (int j0 = s0; j0 < s1; j0 += CT) {
         const int nt = min(CT, s1 - j0);
         __syncthreads();  // the previous tile is consumed
-        if (kv.plain || kv.pre_rope) {
+        if (kv.kplain || kv.pre_rope) {
             // the tile's keys decoded into k_t: q8 / q4 post-RoPE keys as stored; pre-RoPE rot keys decoded, the
             // permutation undone (kr[perm[d]] = x̂[d]), FWHT, RoPE at the token's position
             for (int i = tid; i < nt * D; i += THREADS) {
                 const int tok = i / D, d = i % D;
                 const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
                 if (kv.kivi) k_t[tok][d] = kivi_key_decode(blk, kv.kmeta + (size_t) ((c0 + j0 + tok) / kv.kivi) * 4 * D, d, D, kv.kbits);
-                else if (kv.plain) k_t[tok][d] = plain_decode(blk, d, kv.kbits);
+                else if (kv.kplain) k_t[tok][d] = plain_decode(blk, d, kv.kbits);
                 else k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
             }
             if (kv.pre_rope) {
@@ -336,8 +336,8 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
                 if (r < R) acc[r] *= a_s[r];
             for (int tok = 0; tok < nt; tok++) {
                 const uint8_t * vb = kv.vblk + (size_t) (c0 + j0 + tok) * kv.v_block_bytes;
-                const float v = kv.kivi ? kivi_value_decode(vb, tid, D, kv.vbits, kv.vgroup)
-                              : kv.plain ? plain_decode(vb, tid, kv.vbits) : rot_decode(vb, tid, D, kv.vbits, kv.vgroup);
+                const float v = kv.vkivi ? kivi_value_decode(vb, tid, D, kv.vbits, kv.vgroup)
+                              : kv.vplain ? plain_decode(vb, tid, kv.vbits) : rot_decode(vb, tid, D, kv.vbits, kv.vgroup);
 #pragma unroll
                 for (int r = 0; r < MR; r++)
                     if (r < R) acc[r] = fmaf(p_s[r][tok], v, acc[r]);
@@ -351,9 +351,9 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
         for (int r = 0; r < MR; r++)
             if (r < R) k_t[r][tid] = acc[r];
     __syncthreads();
-    if (!kv.plain) fwht_rows<D>(&k_t[0][0], D + 1, R);  // (plain values accumulate in the stored basis)
+    if (!kv.vplain) fwht_rows<D>(&k_t[0][0], D + 1, R);  // (plain values accumulate in the stored basis)
     const int stride = 2 + D;
-    const float out_scale = kv.plain ? 1.0f : inv_sqrt_d;
+    const float out_scale = kv.vplain ? 1.0f : inv_sqrt_d;
     for (int r = 0; r < R; r++) {
         float * part = partial + (((size_t) (t0 + r / G) * n_head + hkv * G + r % G) * n_total + split0 + split) * stride;
         if (tid == 0) { part[0] = m_s[r]; part[1] = l_s[r]; }
@@ -526,11 +526,11 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         const kv_storage_config & st = *c.st;
         const int kg = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group), vg = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
         const char * why = nullptr;
-        const bool plain = kv_codec_plain(c.kc) && kv_codec_plain(c.vc);
-        const bool kivi = kv_codec_kivi(c.kc) && kv_codec_kivi(c.vc);
-        if (!(plain || kivi || (c.kc->rotated && c.vc->rotated)) || (!kivi && c.kc->block_tokens(c.kp) != 1) || c.vc->block_tokens(c.vp) != 1 ||
+        auto known = [](const kv_codec_traits * t) { return t->rotated || kv_codec_plain(t) || kv_codec_kivi(t); };
+        const bool kivi = kv_codec_kivi(c.kc);
+        if (!known(c.kc) || !known(c.vc) || (!kivi && c.kc->block_tokens(c.kp) != 1) || c.vc->block_tokens(c.vp) != 1 ||
             (kivi && (c.kc->block_tokens(c.kp) < 1 || c.n % c.kc->block_tokens(c.kp) != 0)))
-            why = "keys and values must both use rot2/rot3/rot4, both q8/q4, or both kivi2/kivi4 (whole key blocks)";
+            why = "keys and values must each use rot2/rot3/rot4, q8/q4 or kivi2/kivi4 (KIVI keys in whole blocks)";
         else if (c.rot_g != 1) why = "grouped key rotation (rotationGroup > 1) is not supported on CUDA yet";
         else if (hd != hdv || (hd != 32 && hd != 64 && hd != 128)) why = "head_dim == head_dim_v in {32, 64, 128} is required";
         else if (kg < 8 || vg < 8) why = "quantization groups of at least 8 channels are required";
@@ -588,10 +588,12 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     v_.kgroup = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group);
     v_.vgroup = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
     v_.kivi = kv_codec_kivi(c.kc) ? c.kc->block_tokens(c.kp) : 0;
+    v_.vkivi = kv_codec_kivi(c.vc) ? 1 : 0;
     v_.k_block_bytes = v_.kivi ? hd * c.kc->bits / 8 : (int) c.k_block_bytes;  // (KIVI: one token's code row)
     v_.v_block_bytes = (int) c.v_block_bytes;
-    v_.plain = c.kc->rotated ? 0 : 1;
-    v_.pre_rope = sc.post_rope || v_.plain ? 0 : 1;  // (kv_cache un-RoPEs rotated keys only)
+    v_.kplain = c.kc->rotated ? 0 : 1;
+    v_.vplain = c.vc->rotated ? 0 : 1;
+    v_.pre_rope = sc.post_rope || v_.kplain ? 0 : 1;  // (kv_cache un-RoPEs rotated keys only)
     v_.rope_neox = sc.rope == ROPE_STYLE_NEOX;
     v_.n_rot = sc.n_rot;
     v_.freq_base = sc.freq_base;

@@ -51,14 +51,15 @@ struct kv_layer_view {
     const float * freq_factors = nullptr;
     int kbits = 0, vbits = 0, kgroup = 0, vgroup = 0, k_block_bytes = 0, v_block_bytes = 0;
     int pre_rope = 0, rope_neox = 0, n_rot = 0;
-    // plain codecs (q8 / q4: llama.cpp's q8_0 / q4_0 block per 32 channels, kbits/vbits 8 or 4; post-RoPE keys,
-    // no rotation, no permutation) instead of RotateKV's
-    int plain = 0;
-    // KIVI (kivi.cpp; with plain = 1: post-RoPE keys, no rotation), kivi = the keys' block of tokens (its group;
-    // 0: not KIVI): kblk holds each token's key codes [D·b/8] (k_block_bytes), kmeta per `kivi` coded tokens
-    // (c_first is a multiple of it) the keys' per-channel scales f16 [D] | mins f16 [D]; vblk per token codes
-    // [D·b/8] | scales f16 [D/vgroup] | mins f16 [D/vgroup]. x̂ = code·s + m.
-    int kivi = 0;
+    // Keys and values each have their codec family. Plain (kplain / vplain = 1): q8 / q4 (llama.cpp's q8_0 / q4_0
+    // block per 32 channels, bits 8 or 4; post-RoPE keys, no rotation, no permutation) or KIVI's, instead of
+    // RotateKV's (0: rotated; pre_rope applies to rotated keys only).
+    int kplain = 0, vplain = 0;
+    // KIVI (kivi.cpp; plain, post-RoPE keys, no rotation). Keys: kivi = their block of tokens (its group; 0: not
+    // KIVI keys): kblk holds each token's key codes [D·b/8] (k_block_bytes), kmeta per `kivi` coded tokens
+    // (c_first is a multiple of it) the keys' per-channel scales f16 [D] | mins f16 [D]. Values (vkivi = 1): vblk
+    // per token codes [D·b/8] | scales f16 [D/vgroup] | mins f16 [D/vgroup]. x̂ = code·s + m.
+    int kivi = 0, vkivi = 0;
     const uint8_t * kmeta = nullptr;
     float freq_base = 10000.0f, freq_scale = 1.0f;
     float theta_scale = 1.0f;            // base^(-2/n_rot), computed on the host as rope_cache_ref does

@@ -523,7 +523,9 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     if (sc.coded()) {
         codec.kbits = kv_codec_get(sc.key).bits;
         codec.vbits = kv_codec_get(sc.value).bits;
-        codec.plain = !kv_codec_get(sc.key).rotated;  // q8 / q4 / KIVI (kv_ring_config_from admits no mixed family)
+        codec.kplain = !kv_codec_get(sc.key).rotated;  // q8 / q4 / KIVI
+        codec.vplain = !kv_codec_get(sc.value).rotated;
+        codec.vkivi = sc.value == KV_CODEC_KIVI2 || sc.value == KV_CODEC_KIVI4;
         if (sc.key == KV_CODEC_KIVI2 || sc.key == KV_CODEC_KIVI4)  // KIVI's keys: per channel over a block of tokens
             codec.kivi_tokens = kv_codec_get(sc.key).block_tokens(kv_codec_params{(int) hp.head_dim, sc.group, 1.0f, true});
         codec.group = sc.group;

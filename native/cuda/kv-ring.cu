@@ -162,20 +162,7 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     xk[d] = f16_bits_to_f32(page[key_at(j, d, D)]);
     xv[d] = f16_bits_to_f32(page[value_at(j, d, D, D)]);
     const size_t c = (size_t) kv.c_first[h] + ci;
-    if (kv.plain) {
-        __syncthreads();
-        if (kv.kivi) {  // (the keys: k_ring_encode_kivi_keys, per block of tokens)
-            kivi_value_encode<D>(xv, kv.vbits, kv.vgroup, vblk + c * kv.v_block_bytes, code);
-        } else {
-            plain_encode<D>(xk, kv.kbits, kblk + c * kv.k_block_bytes, code);
-            plain_encode<D>(xv, kv.vbits, vblk + c * kv.v_block_bytes, code);
-        }
-        if (d == 0) {
-            c_pos[c] = pos;
-            if (st_c && kv.evict[h]) st_c[c] = st_f[(size_t) h * kv.max_tokens + slot];
-        }
-        return;
-    }
+    const bool krot = !kv.kplain, vrot = !kv.vplain;  // (uniform over the block: every branch below may synchronize)
     if (kv.pre_rope && d < D / 2) {  // rope_cache_ref(cs, −pos): θ advanced by repeated multiplication
         float theta = (float) (-pos);
         for (int i = 0; i < d; i++) theta *= kv.theta_scale;
@@ -192,25 +179,33 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
         xk[i1] = fmaf(x0, s, x1 * c);
     }
     __syncthreads();
-    for (int hh = 1; hh < D; hh <<= 1) {  // fwht_ref's butterflies
+    for (int hh = 1; hh < D && (krot || vrot); hh <<= 1) {  // fwht_ref's butterflies (rotated keys and values)
         if (d < D / 2) {
             const int i = (d / hh) * 2 * hh + d % hh;
-            const float a = xk[i], b = xk[i + hh];
-            xk[i] = a + b;
-            xk[i + hh] = a - b;
-            const float av = xv[i], bv = xv[i + hh];
-            xv[i] = av + bv;
-            xv[i + hh] = av - bv;
+            if (krot) {
+                const float a = xk[i], b = xk[i + hh];
+                xk[i] = a + b;
+                xk[i + hh] = a - b;
+            }
+            if (vrot) {
+                const float av = xv[i], bv = xv[i + hh];
+                xv[i] = av + bv;
+                xv[i + hh] = av - bv;
+            }
         }
         __syncthreads();
     }
     const float sc = 1.0f / sqrtf((float) D);
     const int32_t * perm = kv.perm ? kv.perm + (size_t) h * D : nullptr;
-    qk[d] = xk[perm ? perm[d] : d] * sc;  // fwht_ref scales, then the cache permutes
-    qv[d] = xv[d] * sc;
+    qk[d] = krot ? xk[perm ? perm[d] : d] * sc : xk[d];  // fwht_ref scales, then the cache permutes
+    qv[d] = vrot ? xv[d] * sc : xv[d];
     __syncthreads();
-    rot_encode<D>(qk, kv.kbits, kv.kgroup, kclip, kblk + c * kv.k_block_bytes, code);
-    rot_encode<D>(qv, kv.vbits, kv.vgroup, vclip, vblk + c * kv.v_block_bytes, code);
+    // keys: rot, q8 / q4, or KIVI's (k_ring_encode_kivi_keys, per block of tokens); values: rot, q8 / q4 or KIVI's
+    if (krot) rot_encode<D>(qk, kv.kbits, kv.kgroup, kclip, kblk + c * kv.k_block_bytes, code);
+    else if (!kv.kivi) plain_encode<D>(qk, kv.kbits, kblk + c * kv.k_block_bytes, code);
+    if (vrot) rot_encode<D>(qv, kv.vbits, kv.vgroup, vclip, vblk + c * kv.v_block_bytes, code);
+    else if (kv.vkivi) kivi_value_encode<D>(qv, kv.vbits, kv.vgroup, vblk + c * kv.v_block_bytes, code);
+    else plain_encode<D>(qv, kv.vbits, vblk + c * kv.v_block_bytes, code);
     if (d == 0) {
         c_pos[c] = pos;
         if (st_c && kv.evict[h]) st_c[c] = st_f[(size_t) h * kv.max_tokens + slot];  // the statistics follow the token
@@ -662,24 +657,28 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     }
     if (n_coded_heads == 0) return status::success();
     const bool kivi = codec.kivi_tokens > 0;
-    const bool bits_ok = kivi          ? (codec.kbits == 2 || codec.kbits == 4) && (codec.vbits == 2 || codec.vbits == 4) && codec.plain &&
-                                             (size_t) codec.kivi_tokens * D * 8 <= 48 * 1024
-                       : codec.plain ? (codec.kbits == 8 || codec.kbits == 4) && (codec.vbits == 8 || codec.vbits == 4)
-                                     : codec.kbits >= 2 && codec.kbits <= 4 && codec.vbits >= 2 && codec.vbits <= 4;
-    if (!bits_ok || D != DV || (D != 32 && D != 64 && D != 128))
-        return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4 or q8/q4 (bits %d/%d) and head_dim == head_dim_v in {32, 64, 128} (%d/%d)",
-                                                    codec.kbits, codec.vbits, D, DV));
-    const int G = codec.plain && !kivi ? 32 : kv_codec_group(KV_CODEC_ROT2, D, codec.group);
+    // each side's family: rot (bits 2..4), q8 / q4 (plain, bits 8 or 4), KIVI (plain, bits 2 or 4)
+    auto bits_ok = [](bool plain, bool kv, int b) { return kv ? plain && (b == 2 || b == 4) : plain ? b == 8 || b == 4 : b >= 2 && b <= 4; };
+    if (!bits_ok(codec.kplain, kivi, codec.kbits) || !bits_ok(codec.vplain, codec.vkivi, codec.vbits) || (kivi && (size_t) codec.kivi_tokens * D * 8 > 48 * 1024) ||
+        D != DV || (D != 32 && D != 64 && D != 128))
+        return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4, q8/q4 or kivi2/4 keys and values (bits %d/%d) and head_dim == "
+                                                    "head_dim_v in {32, 64, 128} (%d/%d)", codec.kbits, codec.vbits, D, DV));
+    // channels per group: the configured group for rot and KIVI, 32 for q8 / q4 blocks
+    const int G = kv_codec_group(KV_CODEC_ROT2, D, codec.group);
+    const int KG = codec.kplain && !kivi ? 32 : G, VG = codec.vplain && !codec.vkivi ? 32 : G;
     v_.kbits = codec.kbits;
     v_.vbits = codec.vbits;
-    v_.kgroup = v_.vgroup = G;
-    v_.plain = codec.plain ? 1 : 0;
+    v_.kgroup = KG;
+    v_.vgroup = VG;
+    v_.kplain = codec.kplain ? 1 : 0;
+    v_.vplain = codec.vplain ? 1 : 0;
+    v_.vkivi = codec.vkivi ? 1 : 0;
     // rot: codes | f16 scale and u8 zero-point per group; q8 / q4: per 32 channels an f16 scale and the codes; KIVI:
     // the keys' code rows (their scales and mins per block of tokens in kmeta), values codes | f16 scales | f16 mins
-    v_.k_block_bytes = kivi ? D * codec.kbits / 8 : codec.plain ? D / 32 * (2 + 32 * codec.kbits / 8) : D * codec.kbits / 8 + D / G * 3;
-    v_.v_block_bytes = kivi ? D * codec.vbits / 8 + D / G * 4 : codec.plain ? D / 32 * (2 + 32 * codec.vbits / 8) : D * codec.vbits / 8 + D / G * 3;
+    v_.k_block_bytes = kivi ? D * codec.kbits / 8 : codec.kplain ? D / 32 * (2 + 32 * codec.kbits / 8) : D * codec.kbits / 8 + D / KG * 3;
+    v_.v_block_bytes = codec.vkivi ? D * codec.vbits / 8 + D / VG * 4 : codec.vplain ? D / 32 * (2 + 32 * codec.vbits / 8) : D * codec.vbits / 8 + D / VG * 3;
     v_.kivi = kivi ? codec.kivi_tokens : 0;
-    v_.pre_rope = codec.pre_rope && !codec.plain ? 1 : 0;
+    v_.pre_rope = codec.pre_rope && !codec.kplain ? 1 : 0;
     v_.rope_neox = codec.rope_neox ? 1 : 0;
     v_.n_rot = codec.n_rot;
     v_.freq_base = codec.freq_base;

@@ -37,8 +37,11 @@ namespace cuda {
 // The coded heads' codecs and the model's RoPE (kv_storage_config resolved for one model).
 struct ring_codec {
     int kbits = 0, vbits = 0;            // 0: no coded head
-    bool plain = false;                  // q8 / q4 blocks (kbits, vbits 8 or 4) instead of RotateKV's, or KIVI's
-    int kivi_tokens = 0;                 // KIVI (with plain; kbits, vbits 2 or 4): the keys' block of tokens, else 0
+    // each side's family: RotateKV's (rot2/3/4: bits 2..4), plain q8 / q4 blocks (bits 8 or 4), or KIVI's (plain
+    // too; bits 2 or 4): keys per channel over a block of kivi_tokens tokens, values per token (vkivi)
+    bool kplain = false, vplain = false;
+    int kivi_tokens = 0;                 // KIVI keys: their block of tokens, else 0
+    bool vkivi = false;
     int group = 32;                      // channels per quantization group (clamped to head_dim)
     float kclip = 1.0f, vclip = 1.0f;
     bool pre_rope = true;

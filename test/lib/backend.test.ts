@@ -65,10 +65,12 @@ describe('backend selection', () => {
     const model = await loadModel({ path: ensureFixture('llama', 'q8_0'), backend: 'cpu' });
     try {
       (model as { backend: string }).backend = 'cuda';  // the JS-side check, as a CUDA model would run it
-      await expect(model.createContext({ kv: { storage: { key: 'q8', value: 'f16' } } })).rejects.toThrow(/kv\.storage q8\/f16 .*rot2\/rot3\/rot4, both with q8\/q4 or both with kivi2\/kivi4/);
-      await expect(model.createContext({ kv: { storage: { key: 'kivi2', value: 'q8' } } })).rejects.toThrow(/kv\.storage kivi2\/q8/);
+      await expect(model.createContext({ kv: { storage: { key: 'q8', value: 'f16' } } })).rejects.toThrow(/kv\.storage q8\/f16 .*each with rot2\/rot3\/rot4, q8\/q4 or kivi2\/kivi4/);
       await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'f16' } } })).rejects.toThrow(InvalidOptionsError);
-      // held by the device cache: stream heads, rot2/3/4, q8/q4 and kivi2/4 storage, every eviction policy, per-query-head caches (this native model is a CPU one, so they run there)
+      await expect(model.createContext({ kv: { storage: { key: 'rot2', value: 'rot2', rotationGroup: 2, permutation: 'none' } } })).rejects.toThrow(/rotationGroup > 1/);
+      // held by the device cache: stream heads, rot2/3/4, q8/q4 and kivi2/4 storage (one family or mixed), every eviction policy, per-query-head caches (this native model is a CPU one, so they run there)
+      await (await model.createContext({ kv: { storage: { key: 'kivi2', value: 'q8' } } })).dispose();
+      await (await model.createContext({ kv: { storage: { key: 'q8', value: 'rot2' } } })).dispose();
       await (await model.createContext({ kv: { heads: { layers: { '0': 'stream' } } } })).dispose();
       await (await model.createContext({ kv: { eviction: { policy: 'lazy', capacity: 96, window: 16 } } })).dispose();
       await (await model.createContext({ kv: { storage: { key: 'q8', value: 'q4' } } })).dispose();

@@ -304,23 +304,30 @@ TC_TEST("cuda/kv-append") {
 // Coded heads (RotateKV rot2/3/4 keys and values, pre- and post-RoPE, permuted keys, NORM/NEOX, head sizes
 // 32/64/128, staging and protected f16 tokens, a STREAM f16 head beside them; and q8 / q4 and KIVI blocks) read in place on the device:
 // CUDA == the CPU's attend_group_coded_ref (through attention_ref) up to f32 rounding.
-TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4)") {
+TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4; keys and values of one family or two)") {
     TC_NEED_CUDA(be);
     int cases = 0;
+    // (keys, values): every codec on both sides, and keys and values of different families
+    const std::pair<kv_codec_type, kv_codec_type> pairs[] = {
+        {KV_CODEC_ROT2, KV_CODEC_ROT2}, {KV_CODEC_ROT3, KV_CODEC_ROT3}, {KV_CODEC_ROT4, KV_CODEC_ROT4}, {KV_CODEC_Q8, KV_CODEC_Q8},
+        {KV_CODEC_Q4, KV_CODEC_Q4},     {KV_CODEC_KIVI2, KV_CODEC_KIVI2}, {KV_CODEC_KIVI4, KV_CODEC_KIVI4},
+        {KV_CODEC_ROT3, KV_CODEC_Q8},   {KV_CODEC_KIVI2, KV_CODEC_ROT2}, {KV_CODEC_Q4, KV_CODEC_KIVI4},
+    };
     for (int D : {32, 64, 128}) {
-        for (kv_codec_type t : {KV_CODEC_ROT2, KV_CODEC_ROT3, KV_CODEC_ROT4, KV_CODEC_Q8, KV_CODEC_Q4, KV_CODEC_KIVI2, KV_CODEC_KIVI4}) {
+        for (const auto & [t, tv] : pairs) {
             for (bool post : {false, true}) {
                 if (!kv_codec_get(t).rotated && !post) continue;  // q8 / q4 / KIVI keys are post-RoPE either way
                 const rope_style style = (D == 64) ? ROPE_STYLE_NORM : ROPE_STYLE_NEOX;
                 const int nkv = 3, G = D == 128 ? 6 : 4, nh = nkv * G;
-                std::mt19937 rng(11 + D + (int) t + post);
+                std::mt19937 rng(11 + D + (int) t + (tv != t ? 8 * (int) tv : 0) + post);
                 kv_cache_config cfg;
                 cfg.n_layer = 1; cfg.n_head_kv = nkv; cfg.head_dim = D; cfg.head_dim_v = D; cfg.n_ctx = 2048;
                 cfg.retention.assign(nkv, KV_RETAIN_FULL);
                 cfg.retention[2] = KV_RETAIN_STREAM;  // an f16 head (sinks + recent) beside the coded ones
                 cfg.stream_sinks = 16; cfg.stream_recent = 64;
                 kv_storage_config & st = cfg.storage;
-                st.key = st.value = t;
+                st.key = t;
+                st.value = tv;
                 st.staging = 24;
                 st.protect = 5;
                 st.group = D == 32 ? 16 : 32;
@@ -377,7 +384,7 @@ TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4)") {
                     // attention_ref's own rounding against fp64 is ~1e-6 (cuda/attention prints it: up to 2.4e-5 there);
                     // the codec error these kernels must not blur is 1e-2..1e-1. Measured on an H200: 2.4e-7..1.3e-6.
                     const double bound = 1e-5;
-                    std::printf("    ATTN_CODED(%s,D=%d,%s,%s,G=%d,n_q=%d): NMSE vs attention_ref %.3g %s %.0e %s\n", kv_codec_get(t).name, D,
+                    std::printf("    ATTN_CODED(%s/%s,D=%d,%s,%s,G=%d,n_q=%d): NMSE vs attention_ref %.3g %s %.0e %s\n", kv_codec_get(t).name, kv_codec_get(tv).name, D,
                                 post ? "post-RoPE" : "pre-RoPE", style == ROPE_STYLE_NEOX ? "neox" : "norm", G, nq, e, e <= bound ? "<=" : ">", bound,
                                 e <= bound ? "OK" : "FAIL");
                     TC_CHECK(e <= bound);
@@ -393,17 +400,17 @@ TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4)") {
                             t_ms.push_back(ms);
                         }
                         std::sort(t_ms.begin(), t_ms.end());
-                        std::printf("    PERF ATTN_CODED(%s,D=%d,%s,537 tokens): %.2f us\n", kv_codec_get(t).name, D, post ? "post" : "pre", t_ms[3] * 1e3);
+                        std::printf("    PERF ATTN_CODED(%s/%s,D=%d,%s,537 tokens): %.2f us\n", kv_codec_get(t).name, kv_codec_get(tv).name, D, post ? "post" : "pre", t_ms[3] * 1e3);
                     }
                 }
             }
         }
     }
-    // a codec pair the kernels do not read (mixed families) is refused with the reason
+    // a codec pair the kernels do not read (f16 keys beside coded values) is refused with the reason
     kv_cache_config cfg;
     cfg.n_layer = 1; cfg.n_head_kv = 1; cfg.head_dim = 64; cfg.head_dim_v = 64; cfg.n_ctx = 256;
-    cfg.storage.key = KV_CODEC_KIVI2;
-    cfg.storage.value = KV_CODEC_Q8;
+    cfg.storage.key = KV_CODEC_F16;
+    cfg.storage.value = KV_CODEC_ROT2;
     cfg.storage.n_rot = 64;
     kv_cache kv(cfg, std::make_shared<page_pool>(kv_page_bytes(64, 64)));
     const std::vector<float> k((size_t) 200 * 64, 0.5f);
@@ -421,7 +428,7 @@ TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4)") {
     TC_CHECK(dkv.view().kblk && dkv.view().max_n_coded == 300);
     TC_OK(dkv.synthetic(2, 64, 64, {500, 500}, 2, be->stream()));
     TC_CHECK(!dkv.view().kblk && !dkv.view().is_coded && dkv.view().max_n_coded == 0 && dkv.view().pre_rope == 0);
-    TC_CHECK(cases == 90);
+    TC_CHECK(cases == 126);
 }
 
 namespace {
@@ -652,8 +659,8 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     // what the device cache does not hold is refused with the reason, before anything is allocated
     std::shared_ptr<engine_context> x;
     context_params bad = gpu_p;
-    bad.storage.key = KV_CODEC_KIVI2;  // (one family on keys and values: rot, q8/q4 and KIVI run on the device, cuda/ring-engine)
-    bad.storage.value = KV_CODEC_Q8;
+    bad.storage.key = KV_CODEC_KIVI2;  // (coded keys and values, of any family, run on the device: cuda/ring-engine)
+    bad.storage.value = KV_CODEC_F16;
     const status s1 = engine_context::create(m, bad, &x);
     TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("kivi2/kivi4") != std::string::npos) << s1.message;
     bad = gpu_p;
@@ -1031,11 +1038,14 @@ struct ring_pair {
     void reset() { worst = 0; same = steps = 0; }
 };
 
-// The compressed cache on the device (kv-ring.cuh) against the CPU engine with the same options: stream
-// heads, rot2 pre-RoPE with sinks, rot2 post-RoPE, rot4 on every head. Chunks of 64 tokens (prefill flushes
-// hundreds of tokens, decode every 16 steps), teacher-forced logits step by step, then every head's held
-// positions, the memory report, a rewind (exact and not) and replay.
-TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4, q8, q4, kivi2, kivi4)") {
+// keys (codec) and values (vcodec; KV_CODEC_COUNT: the same) of a cache of the ring-engine tests
+struct ring_engine_cfg { const char * name; kv_codec_type codec; bool post; bool stream; bool sinks; kv_codec_type vcodec = KV_CODEC_COUNT; };
+
+// The compressed cache on the device (kv-ring.cuh) against the CPU engine with the same options. Chunks of 64
+// tokens (prefill flushes hundreds of tokens, decode every 16 steps), teacher-forced logits step by step, then
+// every head's held positions, the memory report, a rewind (exact and not) and replay.
+
+static void ring_engine_cases(const std::vector<ring_engine_cfg> & cfgs) {
     TC_NEED_CUDA(be);
     ring_pair rp;
     TC_OK(rp.init(*be));
@@ -1045,20 +1055,8 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
     const std::vector<int32_t> & toks = rp.toks;
     const size_t nv = rp.nv;
     const int n_heads = f.n_layer * f.n_head_kv;
-
-    struct cfg { const char * name; kv_codec_type codec; bool post; bool stream; bool sinks; };
-    const cfg cfgs[] = {
-        {"stream heads (f16)", KV_CODEC_F16, false, true, false},
-        {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, false, true, true},
-        {"rot2 post-RoPE", KV_CODEC_ROT2, true, false, false},
-        {"rot4 every head + sinks", KV_CODEC_ROT4, false, false, true},
-        {"q8 + stream heads", KV_CODEC_Q8, false, true, true},
-        {"q4 every head", KV_CODEC_Q4, false, false, false},
-        {"kivi2 + stream heads", KV_CODEC_KIVI2, false, true, false},
-        {"kivi4 every head", KV_CODEC_KIVI4, false, false, false},
-    };
     std::vector<float> dense_ref;  // the dense f16 cache's logits at the end (how far compression moves them)
-    for (const cfg & c : cfgs) {
+    for (const ring_engine_cfg & c : cfgs) {
         context_params p;
         p.n_ctx = 1024;
         p.n_threads = 2;
@@ -1069,7 +1067,8 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
             p.retention.assign((size_t) n_heads, KV_RETAIN_FULL);
             p.retention[1] = p.retention[4] = KV_RETAIN_STREAM;
         }
-        p.storage.key = p.storage.value = c.codec;
+        p.storage.key = c.codec;
+        p.storage.value = c.vcodec == KV_CODEC_COUNT ? c.codec : c.vcodec;
         p.storage.post_rope = c.post;
         p.storage.protect_sinks = c.sinks;
         if (c.codec != KV_CODEC_F16) {  // a calibrated-looking permutation: reversed channels in layer 1
@@ -1141,6 +1140,28 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
         TC_OK(gs->eval(&toks[410], 20, true));
         TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after an aborted call";
     }
+}
+
+TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4, q8, q4, kivi2, kivi4)") {
+    ring_engine_cases({
+        {"stream heads (f16)", KV_CODEC_F16, false, true, false},
+        {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, false, true, true},
+        {"rot2 post-RoPE", KV_CODEC_ROT2, true, false, false},
+        {"rot4 every head + sinks", KV_CODEC_ROT4, false, false, true},
+        {"q8 + stream heads", KV_CODEC_Q8, false, true, true},
+        {"q4 every head", KV_CODEC_Q4, false, false, false},
+        {"kivi2 + stream heads", KV_CODEC_KIVI2, false, true, false},
+        {"kivi4 every head", KV_CODEC_KIVI4, false, false, false},
+    });
+}
+
+// Keys and values of different codec families (each side encoded and decoded by its own family's steps).
+TC_TEST("cuda/ring-engine mixed: keys and values of different codec families on the device == the CPU engine (rot4 pre-RoPE/q4, kivi2/rot2, q8/kivi4)") {
+    ring_engine_cases({
+        {"rot4 pre-RoPE keys + q4 values + sinks", KV_CODEC_ROT4, false, false, true, KV_CODEC_Q4},
+        {"kivi2 keys + rot2 values + stream heads", KV_CODEC_KIVI2, false, true, false, KV_CODEC_ROT2},
+        {"q8 keys + kivi4 values", KV_CODEC_Q8, false, false, false, KV_CODEC_KIVI4},
+    });
 }
 
 // Lazy eviction on the device (statistics from each decode step's attention scores, host selection at the

@@ -524,10 +524,12 @@ TC_TEST("kv ring: the device cache's bookkeeping holds what kv_cache holds (f16,
     kivi.storage.group = 12;  // a key block that does not divide the flush
     st = kv_ring_config_from(kivi, 512, &rc);
     TC_CHECK(!st.ok() && st.message.find("KIVI") != std::string::npos) << st.message;
-    kv_cache_config mixed = ring_cfg(KV_CODEC_ROT2, false, false);
+    kv_cache_config mixed = ring_cfg(KV_CODEC_ROT2, false, false);  // keys and values of different families: held
     mixed.storage.value = KV_CODEC_Q8;
+    TC_CHECK(kv_ring_config_from(mixed, 512, &rc).ok());
+    mixed.storage.value = KV_CODEC_F16;  // an f16 side beside a coded one: the CPU's only
     st = kv_ring_config_from(mixed, 512, &rc);
-    TC_CHECK(!st.ok() && st.message.find("rot2/q8") != std::string::npos && st.message.find("kivi2/kivi4") != std::string::npos) << st.message;
+    TC_CHECK(!st.ok() && st.message.find("rot2/f16") != std::string::npos && st.message.find("kivi2/kivi4") != std::string::npos) << st.message;
     TC_CHECK(kv_ring_config_from(ring_cfg(KV_CODEC_Q4, false, false), 512, &rc).ok());
 }
 
