@@ -327,8 +327,8 @@ status run_forward(const shape & sh, ggml_type wt, const std::vector<int> & cont
             const double gbs = bytes / t_dec / 1e9;
             const double ev_ms = r.compactions ? 1e3 * r.compaction_seconds : 0.0;  // host side of the eviction steps (download, select, enqueue)
             std::fprintf(stderr, "%-11s %-5s %-12s ctx %6d forward: prefill %8.1f tok/s, decode %8.1f tok/s (%.3f ms/token incl. logits to the host) | "
-                                 "%.1f MB weights + %.2f MB KV (%lld quantized, %lld evicted tokens) | %.0f GB/s = %.0f%% of HBM%s\n",
-                         sh.name, ggml_type_name(wt), kv.c_str(), c, c / t_pre, 1.0 / t_dec, t_dec * 1e3, fs->weight_bytes() / 1e6, kv_bytes / 1e6,
+                                 "%.1f MB weights + %.2f MB KV (%.2f MB held on the device; %lld quantized, %lld evicted tokens) | %.0f GB/s = %.0f%% of HBM%s\n",
+                         sh.name, ggml_type_name(wt), kv.c_str(), c, c / t_pre, 1.0 / t_dec, t_dec * 1e3, fs->weight_bytes() / 1e6, kv_bytes / 1e6, fs->kv_reserved_bytes() / 1e6,
                          (long long) r.quantized_tokens, (long long) r.evicted_tokens, gbs, hbm > 0 ? 100.0 * gbs / hbm : 0.0,
                          evicting ? strfmt(" | %d warm-up steps %.3f ms/token incl. %lld head evictions (%.1f ms host)", warm, t_warm * 1e3, (long long) r.compactions, ev_ms).c_str() : "");
             std::printf("{\"bench\":\"decode-forward\",\"device\":\"%s\",\"shape\":\"%s\",\"weights\":\"%s\",\"kv\":\"%s\",\"n_ctx\":%d,\"steps\":%d,"

@@ -175,7 +175,7 @@ struct forward_session::impl {
         for (int h = 0; h < H; h++) step.rc_before[(size_t) h] = L.rc(h);
         status st = L.append(n_past, T);
         if (!st.ok()) return st;
-        if (!(st = D.map_pages(L)).ok()) return st;  // (a failure: eval rolls the layer back and gives the pages back)
+        if (!(st = D.map_pages(L, s)).ok()) return st;  // (a failure: eval rolls the layer back and gives the pages back)
         for (int h = 0; h < H; h++) {
             step.pages[(size_t) h] = L.pages_in_use(h);
             step.lo[(size_t) h] = L.lo(h);
@@ -210,11 +210,11 @@ struct forward_session::impl {
     }
 
     // Gives back what layer il's heads no longer hold, after the step's ops are enqueued (their gathers are ahead
-    // of any later user of a page in the stream): the f16 pages past each head's slots, and half of the coded
-    // arrays once every head holds a quarter of them or less.
+    // of any later user of a page in the stream): the f16 pages past each head's slots, and half of the slot and
+    // coded arrays once every head fills a quarter of them or less.
     status trim(int il) {
         rd[(size_t) il].release_pages(rl[(size_t) il]);
-        return rd[(size_t) il].shrink_coded(rl[(size_t) il], be->stream());
+        return rd[(size_t) il].shrink(rl[(size_t) il], be->stream());
     }
 
     // The heads of layer il that drop exactly one token at this step (kv_ring_layer::evicts_one): the device
@@ -607,8 +607,8 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
                 bool exact = true;
                 for (size_t il = 0; il < p.rl.size(); il++) {
                     exact &= p.rl[il].rollback(restored);
-                    status sr = p.trim((int) il);  // the pages the chunk mapped
-                    if (sr.ok()) sr = p.rd[il].set_positions(restored, p.be->stream());
+                    status sr = p.rd[il].set_positions(restored, p.be->stream());
+                    if (sr.ok()) sr = p.trim((int) il);  // the pages the chunk mapped
                     if (!sr.ok()) return status(st.code, st.message + "; and restoring the device cache failed: " + sr.message);
                 }
                 if (!exact) {  // an evicting head's tokens moved in this chunk: the cache before it is gone
@@ -709,8 +709,8 @@ kv_memory_report forward_session::memory(bool per_head) const {
                 m.budget = L.kind(h) == KV_RING_STREAM ? p.stream_budget
                          : L.kind(h) == KV_RING_EVICT && pol ? pol->budget(p.dstep, p.prompt, L.policy()) : -1;
                 m.bytes_used = kb + vb + pb;
-                const uint64_t stats = L.kind(h) == KV_RING_EVICT ? 8 : 0;  // (last, mri) per slot and per quantized token
-                m.bytes_allocated = (uint64_t) Dv.pages_mapped(h) * Dv.page_bytes() + (uint64_t) L.slots(h) * (4 + stats) +
+                const uint64_t stats = Dv.has_evict() ? 8 : 0;  // (last, mri) per slot and per quantized token
+                m.bytes_allocated = (uint64_t) Dv.pages_mapped(h) * Dv.page_bytes() + (uint64_t) Dv.slot_cap() * (4 + stats) +
                                     (L.coded(h) ? (uint64_t) Dv.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4 + stats) : 0);
             }
         }

@@ -15,6 +15,7 @@ namespace {
 
 constexpr int STEP_META = 4;  // pages, lo, n_coded, rc_before per head
 constexpr int32_t kRingCodedMin = 256;  // quantized tokens per coded head the arrays hold at least
+constexpr int32_t kRingSlotsMin = 256;  // f16 slots per head the position and statistics arrays hold at least
 
 __device__ __forceinline__ uint16_t * slot_page(const kv_layer_view & kv, int h, int slot) {
     return (uint16_t *) kv.seg_page[(size_t) h * kv.max_seg + slot / KV_PAGE_TOKENS];
@@ -417,7 +418,8 @@ __global__ void k_ring_map_pages(const int32_t * ent, int n, const uint16_t ** t
 
 __global__ void k_ring_set_pos(const int32_t * ent, int n, int max_tokens, int32_t * pos) {
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x)
-        pos[(size_t) ent[3 * e] * max_tokens + ent[3 * e + 1]] = ent[3 * e + 2];
+        if (ent[3 * e + 1] < max_tokens)  // (a slot past the arrays' capacity is out of every view)
+            pos[(size_t) ent[3 * e] * max_tokens + ent[3 * e + 1]] = ent[3 * e + 2];
 }
 
 // Per token t, the k largest |x[t][·]| and their indices (ties: the lower index), k rounds of a block argmax.
@@ -620,7 +622,12 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     n_coded_heads_ = n_coded_heads;
     if (n_coded_heads == 0) coded_cap_ = min_coded_cap_ = max_coded_cap_ = 0;
     c_first_h_ = c_first;
-    const int max_tokens = max_seg * KV_PAGE_TOKENS;
+    // the slots' positions and statistics: arrays of slot_cap_ slots per head, grown and shrunk with the pages
+    // mapped (resize_slots), at most max_seg pages' worth
+    full_tokens_ = max_seg * KV_PAGE_TOKENS;
+    min_slot_cap_ = std::min(full_tokens_, kRingSlotsMin);
+    slot_cap_ = min_slot_cap_;
+    const int max_tokens = slot_cap_;
     // the page table starts empty: map_pages() fills it as the heads' slots grow
     page_h_.assign((size_t) H * max_seg, nullptr);
     mapped_.assign((size_t) H, 0);
@@ -829,8 +836,14 @@ status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
     return status::success();
 }
 
-status kv_ring_device::map_pages(const kv_ring_layer & L) {
+status kv_ring_device::map_pages(const kv_ring_layer & L, stream_t s) {
     const int H = n_head_kv_, max_seg = v_.max_seg;
+    int32_t need = 0;
+    for (int h = 0; h < H; h++) need = std::max(need, std::min<int32_t>(L.pages_in_use(h), max_seg) * KV_PAGE_TOKENS);
+    if (need > slot_cap_) {  // the slot arrays first: twice their size at least
+        const status st = resize_slots(std::min(full_tokens_, std::max(need, 2 * slot_cap_)), s);
+        if (!st.ok()) return st;
+    }
     for (int h = 0; h < H; h++) {
         const int32_t want = std::min<int32_t>(L.pages_in_use(h), max_seg);
         for (int32_t & m = mapped_[(size_t) h]; m < want; m++) {
@@ -844,6 +857,28 @@ status kv_ring_device::map_pages(const kv_ring_layer & L) {
             map_ent_.push_back((int32_t) (uint32_t) ((uint64_t) (uintptr_t) pg >> 32));
         }
     }
+    return status::success();
+}
+
+status kv_ring_device::resize_slots(int32_t cap, stream_t s) {
+    if (cap == slot_cap_) return status::success();
+    const size_t H = (size_t) n_head_kv_, oc = (size_t) slot_cap_, nc = (size_t) cap, keep = std::min(oc, nc);
+    device_buffer p2, s2;
+    status st;
+    const std::vector<int32_t> empty(H * nc, KV_RING_EMPTY);
+    if (!(st = p2.assign(empty.data(), empty.size() * 4)).ok()) return st;
+    if (st_f_.data() && (!(st = s2.alloc(H * nc * sizeof(int2))).ok() || !(st = s2.zero()).ok())) return st;
+    for (size_t h = 0; h < H; h++) {  // each head's first `keep` slots
+        CUDA_CHECK(cudaMemcpyAsync(p2.as<int32_t>() + h * nc, pos_.as<int32_t>() + h * oc, keep * 4, cudaMemcpyDeviceToDevice, s));
+        if (s2.data()) CUDA_CHECK(cudaMemcpyAsync(s2.as<int2>() + h * nc, st_f_.as<int2>() + h * oc, keep * sizeof(int2), cudaMemcpyDeviceToDevice, s));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(s));  // the copies are done before the old arrays go
+    pos_ = std::move(p2);
+    if (s2.data()) st_f_ = std::move(s2);
+    slot_cap_ = cap;
+    v_.max_tokens = cap;
+    v_.pos = pos_.as<int32_t>();
+    if (v_.sc) v_.sc_c = v_.sc + (size_t) n_head_kv_ * sc_g_ * cap;  // (the scores scratch's layout follows the stride)
     return status::success();
 }
 
@@ -885,7 +920,13 @@ status kv_ring_device::resize_coded(int32_t cap, stream_t s) {
     return status::success();
 }
 
-status kv_ring_device::shrink_coded(const kv_ring_layer & L, stream_t s) {
+status kv_ring_device::shrink(const kv_ring_layer & L, stream_t s) {
+    int32_t mapped = 0;  // the slot arrays: half, once every head's pages fill a quarter or less
+    for (int32_t m : mapped_) mapped = std::max(mapped, m * KV_PAGE_TOKENS);
+    if (slot_cap_ > min_slot_cap_ && (int64_t) mapped * 4 <= slot_cap_) {
+        const status st = resize_slots(std::max(min_slot_cap_, 2 * mapped), s);
+        if (!st.ok() && st.code != ERR_OOM_DEVICE) return st;  // (no room for the smaller copy: the larger arrays stay)
+    }
     if (n_coded_heads_ == 0 || coded_cap_ <= min_coded_cap_) return status::success();
     int32_t held = 0;
     for (int h : coded_heads_) held = std::max(held, L.n_coded(h));
@@ -1035,12 +1076,13 @@ void kv_ring_device::set_scores(float * sc, float * ml, int G) {
     }
     v_.sc = sc;
     v_.sc_c = sc + (size_t) n_head_kv_ * G * v_.max_tokens;
+    sc_g_ = G;
     v_.ml = ml;
 }
 
 size_t kv_ring_device::scores_floats(int G) const {
     if (!has_evict()) return 0;
-    return (size_t) G * ((size_t) n_head_kv_ * v_.max_tokens + (size_t) n_coded_heads_ * max_coded_cap_);
+    return (size_t) G * ((size_t) n_head_kv_ * full_tokens_ + (size_t) n_coded_heads_ * max_coded_cap_);
 }
 
 status kv_ring_device::observe(kv_policy_kind kind, int32_t t, float alpha, int G, bool layer_mean, int n_head, stream_t s) {

@@ -90,16 +90,18 @@ public:
     // release_pages() gives back those above it (after the step's ops are enqueued: a gather still reads them,
     // and every later user of a page comes after it in the stream). ERR_OOM_DEVICE from the pool (the pages
     // mapped so far stay; release_pages after the rollback gives them back).
-    status map_pages(const kv_ring_layer & L);
+    status map_pages(const kv_ring_layer & L, stream_t s);
     void release_pages(const kv_ring_layer & L);
     int32_t pages_mapped(int h) const { return mapped_[(size_t) h]; }
     size_t page_bytes() const { return pool_ ? pool_->page_bytes() : 0; }
-    // The coded heads' quantized tokens live in arrays of coded_cap() tokens per head (head after head: coded_first).
-    // They start at 256 tokens (at most n_ctx), stage() grows them to twice their size (at least) when a step
-    // quantizes past the end, and shrink_coded() halves them again once every head holds a quarter or less (after
-    // an eviction or a rewind: call it after the step's ops are enqueued). A resize copies the held tokens and
-    // waits for the device.
-    status shrink_coded(const kv_ring_layer & L, stream_t s);
+    // Every slot's position and statistics live in arrays of slot_cap() slots per head (view().max_tokens, the
+    // stride), and the coded heads' quantized tokens in arrays of coded_cap() tokens per head (head after head:
+    // coded_first). Both start at 256 (at most the head's capacity) and grow to twice their size (at least) when
+    // map_pages() maps past the end or a step quantizes past it (stage()); shrink() halves them again once every
+    // head fills a quarter or less (after an eviction or a rewind: call it after the step's ops are enqueued). A
+    // resize copies what is held and waits for the device.
+    status shrink(const kv_ring_layer & L, stream_t s);
+    int32_t slot_cap() const { return slot_cap_; }
     int32_t coded_cap() const { return coded_cap_; }
     int32_t coded_first(int h) const { return c_first_h_[(size_t) h]; }
     // Stages a chunk's tables and ops (after the previous chunk's work is done: forward_session::run
@@ -156,6 +158,7 @@ public:
 
 private:
     status resize_coded(int32_t cap, stream_t s);
+    status resize_slots(int32_t cap, stream_t s);
 
     kv_layer_view v_;
     int n_head_kv_ = 0, n_enc_ = 0, n_copy_ = 0, n_clear_ = 0, n_cgather_ = 0, n_move_ = 0;
@@ -168,6 +171,8 @@ private:
     int n_map_ = 0;                   // entries in the staged step
     std::vector<int> coded_heads_;    // the coded heads, in the order of their arrays
     int32_t min_coded_cap_ = 0, max_coded_cap_ = 0;
+    int32_t slot_cap_ = 0, min_slot_cap_ = 0, full_tokens_ = 0;  // slot arrays: per head now, at least, at most
+    int sc_g_ = 1;                                                 // the scores scratch's rows per KV head (set_scores)
     device_buffer page_ptrs_, seg_n_, seg_first_, pos_, geo_, step_dev_;
     device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_, kmeta_;
     device_buffer is_evict_, st_f_, st_c_;  // evicting heads: flag, statistics of slots and of quantized tokens (int2)
