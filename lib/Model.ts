@@ -76,13 +76,10 @@ export class Model {
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
     const onCuda = this.backend === 'cuda' && opts.backend !== 'cpu';
     if (onCuda) {
-      // the device cache holds stream heads, keys and values each in rot2/3/4, q8/q4 or kivi2/4 storage, every
-      // eviction policy and per-query-head caches; an f16 side beside a coded one and grouped key rotation run on
-      // the CPU (issue 8)
+      // the device cache holds stream heads, keys and values each in any storage codec, every eviction policy and
+      // per-query-head caches; grouped key rotation runs on the CPU (issue 8)
       const st = kv.effective.storage;
-      const coded = st.key !== 'f16' || st.value !== 'f16';
-      const asked = coded && (st.key === 'f16' || st.value === 'f16') ? `kv.storage ${st.key}/${st.value} (the CUDA cache quantizes both keys and values, each with rot2/rot3/rot4, q8/q4 or kivi2/kivi4)`
-        : st.key.startsWith('rot') && st.rotationGroup > 1 ? 'kv.storage.rotationGroup > 1' : '';
+      const asked = st.key.startsWith('rot') && st.rotationGroup > 1 ? 'kv.storage.rotationGroup > 1' : '';
       if (asked) throw new InvalidOptionsError(`createContext: ${asked} is not available on the CUDA backend yet; pass backend: 'cpu' to run this context on the CPU`);
     }
     const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;

@@ -28,7 +28,7 @@ ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... |
                   [--sinks S] [--recent R]
 ${CALIBRATE_ROTATION_USAGE}
   --backend cpu|cuda|auto  where the model runs (default auto: CUDA when this build and machine can; grouped
-           key rotation and an f16 side beside a coded one need cpu)
+           key rotation needs cpu)
   demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate

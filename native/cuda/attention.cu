@@ -526,11 +526,11 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         const kv_storage_config & st = *c.st;
         const int kg = kv_codec_group(KV_CODEC_ROT2, hd, c.kp.group), vg = kv_codec_group(KV_CODEC_ROT2, hdv, c.vp.group);
         const char * why = nullptr;
-        auto known = [](const kv_codec_traits * t) { return t->rotated || kv_codec_plain(t) || kv_codec_kivi(t); };
+        auto known = [](const kv_codec_traits * t) { return t->rotated || kv_codec_plain(t) || kv_codec_kivi(t) || t == &kv_codec_get(KV_CODEC_F16); };
         const bool kivi = kv_codec_kivi(c.kc);
         if (!known(c.kc) || !known(c.vc) || (!kivi && c.kc->block_tokens(c.kp) != 1) || c.vc->block_tokens(c.vp) != 1 ||
             (kivi && (c.kc->block_tokens(c.kp) < 1 || c.n % c.kc->block_tokens(c.kp) != 0)))
-            why = "keys and values must each use rot2/rot3/rot4, q8/q4 or kivi2/kivi4 (KIVI keys in whole blocks)";
+            why = "keys and values must each use rot2/rot3/rot4, q8/q4, kivi2/kivi4 or f16 (KIVI keys in whole blocks)";
         else if (c.rot_g != 1) why = "grouped key rotation (rotationGroup > 1) is not supported on CUDA yet";
         else if (hd != hdv || (hd != 32 && hd != 64 && hd != 128)) why = "head_dim == head_dim_v in {32, 64, 128} is required";
         else if (kg < 8 || vg < 8) why = "quantization groups of at least 8 channels are required";

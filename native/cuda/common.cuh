@@ -67,8 +67,10 @@ __device__ __forceinline__ uint16_t f32_to_f16_bits(float f) { return __half_as_
 inline unsigned ceil_div(int64_t a, int64_t b) { return (unsigned) ((a + b - 1) / b); }
 
 // Element d of a token's q8 / q4 block (codecs/q8.cpp, q4.cpp: per 32 elements an f16 scale, then 32 int8
-// codes or 16 bytes of 4-bit codes offset by 8, element 2i in the low nibble).
+// codes or 16 bytes of 4-bit codes offset by 8, element 2i in the low nibble), or of its f16 row (bits 16: the
+// f16 side of a pair such as f16 keys with rot2 values, registry's f16 codec).
 __device__ __forceinline__ float plain_decode(const uint8_t * blk, int d, int bits) {
+    if (bits == 16) return f16_bits_to_f32((uint16_t) (blk[2 * d] | (blk[2 * d + 1] << 8)));
     const int b = d / 32, i = d % 32;
     const uint8_t * p = blk + (size_t) b * (2 + 32 * bits / 8);
     const float s = f16_bits_to_f32((uint16_t) (p[0] | (p[1] << 8)));

@@ -70,10 +70,17 @@ __device__ void rot_encode(const float * x, int bits, int G, float clip, uint8_t
 }
 
 // q8.cpp / q4.cpp's encode of x[0..D) (shared memory) into blk, one thread per channel d: per 32 channels an
-// f16 scale (q8: max|x| / 127; q4: the largest-magnitude element / −8), then the codes.
+// f16 scale (q8: max|x| / 127; q4: the largest-magnitude element / −8), then the codes; bits 16: the f16 row.
 template <int D>
 __device__ void plain_encode(const float * x, int bits, uint8_t * blk, int * code) {
     const int d = threadIdx.x, b0 = d / 32 * 32, i = d % 32;
+    if (bits == 16) {
+        const uint16_t h = f32_to_f16_bits(x[d]);
+        blk[2 * d] = (uint8_t) (h & 0xffu);
+        blk[2 * d + 1] = (uint8_t) (h >> 8);
+        __syncthreads();
+        return;
+    }
     uint8_t * p = blk + (size_t) (d / 32) * (2 + 32 * bits / 8);
     float amax = 0.0f, m = 0.0f;
     for (int k = 0; k < 32; k++)
@@ -567,7 +574,7 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
     : v_(o.v_), n_head_kv_(o.n_head_kv_), n_enc_(o.n_enc_), n_copy_(o.n_copy_), n_clear_(o.n_clear_), coded_cap_(o.coded_cap_), kclip_(o.kclip_),
       vclip_(o.vclip_), pool_(std::move(o.pool_)), page_h_(std::move(o.page_h_)), mapped_(std::move(o.mapped_)),
       map_ent_(std::move(o.map_ent_)), n_map_(o.n_map_), coded_heads_(std::move(o.coded_heads_)), min_coded_cap_(o.min_coded_cap_),
-      max_coded_cap_(o.max_coded_cap_), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
+      max_coded_cap_(o.max_coded_cap_), slot_cap_(o.slot_cap_), min_slot_cap_(o.min_slot_cap_), full_tokens_(o.full_tokens_), sc_g_(o.sc_g_), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
       pos_(std::move(o.pos_)), geo_(std::move(o.geo_)), step_dev_(std::move(o.step_dev_)), is_coded_(std::move(o.is_coded_)), kblk_(std::move(o.kblk_)),
       vblk_(std::move(o.vblk_)), c_first_(std::move(o.c_first_)), c_pos_(std::move(o.c_pos_)), perm_(std::move(o.perm_)), ff_(std::move(o.ff_)),
       tops_(std::move(o.tops_)), kmeta_(std::move(o.kmeta_)), is_evict_(std::move(o.is_evict_)), st_f_(std::move(o.st_f_)), st_c_(std::move(o.st_c_)), pinned_(o.pinned_),
@@ -664,8 +671,9 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     }
     if (n_coded_heads == 0) return status::success();
     const bool kivi = codec.kivi_tokens > 0;
-    // each side's family: rot (bits 2..4), q8 / q4 (plain, bits 8 or 4), KIVI (plain, bits 2 or 4)
-    auto bits_ok = [](bool plain, bool kv, int b) { return kv ? plain && (b == 2 || b == 4) : plain ? b == 8 || b == 4 : b >= 2 && b <= 4; };
+    // each side's family: rot (bits 2..4), q8 / q4 or f16 rows (plain, bits 8, 4 or 16; f16 beside a coded other
+    // side), KIVI (plain, bits 2 or 4)
+    auto bits_ok = [](bool plain, bool kv, int b) { return kv ? plain && (b == 2 || b == 4) : plain ? b == 8 || b == 4 || b == 16 : b >= 2 && b <= 4; };
     if (!bits_ok(codec.kplain, kivi, codec.kbits) || !bits_ok(codec.vplain, codec.vkivi, codec.vbits) || (kivi && (size_t) codec.kivi_tokens * D * 8 > 48 * 1024) ||
         D != DV || (D != 32 && D != 64 && D != 128))
         return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: coded heads need rot2/3/4, q8/q4 or kivi2/4 keys and values (bits %d/%d) and head_dim == "
@@ -682,8 +690,9 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     v_.vkivi = codec.vkivi ? 1 : 0;
     // rot: codes | f16 scale and u8 zero-point per group; q8 / q4: per 32 channels an f16 scale and the codes; KIVI:
     // the keys' code rows (their scales and mins per block of tokens in kmeta), values codes | f16 scales | f16 mins
-    v_.k_block_bytes = kivi ? D * codec.kbits / 8 : codec.kplain ? D / 32 * (2 + 32 * codec.kbits / 8) : D * codec.kbits / 8 + D / KG * 3;
-    v_.v_block_bytes = codec.vkivi ? D * codec.vbits / 8 + D / VG * 4 : codec.vplain ? D / 32 * (2 + 32 * codec.vbits / 8) : D * codec.vbits / 8 + D / VG * 3;
+    auto plain_bytes = [&](int bits) { return bits == 16 ? 2 * D : D / 32 * (2 + 32 * bits / 8); };
+    v_.k_block_bytes = kivi ? D * codec.kbits / 8 : codec.kplain ? plain_bytes(codec.kbits) : D * codec.kbits / 8 + D / KG * 3;
+    v_.v_block_bytes = codec.vkivi ? D * codec.vbits / 8 + D / VG * 4 : codec.vplain ? plain_bytes(codec.vbits) : D * codec.vbits / 8 + D / VG * 3;
     v_.kivi = kivi ? codec.kivi_tokens : 0;
     v_.pre_rope = codec.pre_rope && !codec.kplain ? 1 : 0;
     v_.rope_neox = codec.rope_neox ? 1 : 0;

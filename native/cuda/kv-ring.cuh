@@ -37,8 +37,9 @@ namespace cuda {
 // The coded heads' codecs and the model's RoPE (kv_storage_config resolved for one model).
 struct ring_codec {
     int kbits = 0, vbits = 0;            // 0: no coded head
-    // each side's family: RotateKV's (rot2/3/4: bits 2..4), plain q8 / q4 blocks (bits 8 or 4), or KIVI's (plain
-    // too; bits 2 or 4): keys per channel over a block of kivi_tokens tokens, values per token (vkivi)
+    // each side's family: RotateKV's (rot2/3/4: bits 2..4), plain q8 / q4 blocks (bits 8 or 4) or f16 rows (bits
+    // 16: the f16 side beside a coded one), or KIVI's (plain too; bits 2 or 4): keys per channel over a block of
+    // kivi_tokens tokens, values per token (vkivi)
     bool kplain = false, vplain = false;
     int kivi_tokens = 0;                 // KIVI keys: their block of tokens, else 0
     bool vkivi = false;

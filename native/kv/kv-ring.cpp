@@ -27,16 +27,9 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
     if (evict && (c.policy.window <= 0 || c.policy.capacity < 0))
         return status(ERR_INVALID_ARG, "kv ring: the eviction policy needs a positive window and a capacity >= 0");
     if (st.coded()) {
-        const kv_codec_traits & kc = kv_codec_get(st.key), & vc = kv_codec_get(st.value);
-        // keys and values each with any codec the device encodes: rot2/3/4, q8/q4, kivi2/4 (an f16 side with a coded
-        // other is a CPU layout only)
-        auto known = [](kv_codec_type t) {
-            return t == KV_CODEC_ROT2 || t == KV_CODEC_ROT3 || t == KV_CODEC_ROT4 || t == KV_CODEC_Q8 || t == KV_CODEC_Q4 || t == KV_CODEC_KIVI2 || t == KV_CODEC_KIVI4;
-        };
+        const kv_codec_traits & kc = kv_codec_get(st.key);
+        // keys and values each with any codec (rot2/3/4, q8/q4, kivi2/4, or f16 rows beside a coded other side)
         auto kivi = [](kv_codec_type t) { return t == KV_CODEC_KIVI2 || t == KV_CODEC_KIVI4; };
-        if (!known(st.key) || !known(st.value))
-            return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes keys and values each with rot2/rot3/rot4, q8/q4 or kivi2/kivi4 (asked: %s/%s): "
-                                                  "use backend 'cpu'", kc.name, vc.name));
         if (kivi(st.key)) {  // KIVI keys: per channel over a block of `group` tokens, encoded a block at a time
             const int kt = kc.block_tokens(kv_codec_params{c.head_dim, st.group, 1.0f, true});
             if (kt < 1 || std::max(KV_TILE, kt) % kt || (int64_t) kt * c.head_dim > 6144)

@@ -80,9 +80,9 @@ struct kv_ring_config {
 };
 
 // The ring layout of a kv_cache_config: FULL heads DENSE (f16) or CODED (a storage codec), STREAM heads
-// STREAM, EVICT heads EVICT. Keys and values may use different codecs (each rot2/3/4, q8/q4 or kivi2/4).
-// ERR_INVALID_ARG naming what the device cache does not hold: an f16 side beside a coded one, KIVI key blocks
-// that do not divide the flush or exceed 6144 elements, grouped key rotation, heads other than 32/64/128 channels.
+// STREAM, EVICT heads EVICT. Keys and values may use different codecs (each rot2/3/4, q8/q4, kivi2/4, or f16
+// beside a coded other side). ERR_INVALID_ARG naming what the device cache does not hold: KIVI key blocks that do
+// not divide the flush or exceed 6144 elements, grouped key rotation, heads other than 32/64/128 channels.
 status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_config * out);
 
 // The device's policy statistics, two int32 per token: lazy (last hit step, maximum recurrence interval),
