@@ -74,14 +74,9 @@ export class Model {
     this._ensureNotDisposed();
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
-    const onCuda = this.backend === 'cuda' && opts.backend !== 'cpu';
-    if (onCuda) {
-      // the device cache holds stream heads, keys and values each in any storage codec, every eviction policy and
-      // per-query-head caches; grouped key rotation runs on the CPU (issue 8)
-      const st = kv.effective.storage;
-      const asked = st.key.startsWith('rot') && st.rotationGroup > 1 ? 'kv.storage.rotationGroup > 1' : '';
-      if (asked) throw new InvalidOptionsError(`createContext: ${asked} is not available on the CUDA backend yet; pass backend: 'cpu' to run this context on the CPU`);
-    }
+    // (a CUDA context holds every layout the options allow: stream heads, keys and values each in any storage codec,
+    // grouped key rotation, every eviction policy, per-query-head caches; the native side still names anything it
+    // cannot hold, as an InvalidOptionsError)
     const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;
     // rot keys: the calibrated channel permutation (§3.3) from a sidecar or the built-in calibration
     // ('auto' only for pre-RoPE keys: the statistic is of pre-RoPE keys, which RoPE would mix in the post-RoPE variant)

@@ -27,8 +27,7 @@ ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... |
   thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T]
                   [--sinks S] [--recent R]
 ${CALIBRATE_ROTATION_USAGE}
-  --backend cpu|cuda|auto  where the model runs (default auto: CUDA when this build and machine can; grouped
-           key rotation needs cpu)
+  --backend cpu|cuda|auto  where the model runs (default auto: CUDA when this build and machine can)
   demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
   inspect   print GGUF metadata, tensor types and a memory estimate

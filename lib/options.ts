@@ -30,7 +30,7 @@ export const ContextOptionsSchema = z.strictObject({
   kv: KvOptionsSchema.optional(),
   /**
    * Where this context computes: 'model' (where the model was loaded) or 'cpu' (the CPU, also for a model
-   * loaded on CUDA: its weights stay mapped on the host; grouped key rotation and calibration run there).
+   * loaded on CUDA: its weights stay mapped on the host; calibration runs there).
    */
   backend: z.enum(['model', 'cpu']).default('model'),
 });

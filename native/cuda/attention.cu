@@ -249,12 +249,33 @@ __global__ void __launch_bounds__(THREADS) k_attn_coded(kv_layer_view kv, const 
         if (kv.kplain || kv.pre_rope) {
             // the tile's keys decoded into k_t: q8 / q4 post-RoPE keys as stored; pre-RoPE rot keys decoded, the
             // permutation undone (kr[perm[d]] = x̂[d]), FWHT, RoPE at the token's position
-            for (int i = tid; i < nt * D; i += THREADS) {
-                const int tok = i / D, d = i % D;
-                const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
-                if (kv.kivi) k_t[tok][d] = kivi_key_decode(blk, kv.kmeta + (size_t) ((c0 + j0 + tok) / kv.kivi) * 4 * D, d, D, kv.kbits);
-                else if (kv.kplain) k_t[tok][d] = plain_decode(blk, d, kv.kbits);
-                else k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
+            const int rg = kv.rot_g && kv.pre_rope ? kv.rot_g[hkv] : 1;
+            if (rg == 1) {
+                for (int i = tid; i < nt * D; i += THREADS) {
+                    const int tok = i / D, d = i % D;
+                    const uint8_t * blk = kv.kblk + (size_t) (c0 + j0 + tok) * kv.k_block_bytes;
+                    if (kv.kivi) k_t[tok][d] = kivi_key_decode(blk, kv.kmeta + (size_t) ((c0 + j0 + tok) / kv.kivi) * 4 * D, d, D, kv.kbits);
+                    else if (kv.kplain) k_t[tok][d] = plain_decode(blk, d, kv.kbits);
+                    else k_t[tok][perm ? perm[d] : d] = rot_decode(blk, d, D, kv.kbits, kv.kgroup);
+                }
+            } else {
+                // grouped rotation: this head's share of FWHT_{G·D}, Σ over the group's heads (one at a time: each
+                // head's permutation is a bijection, so no two threads add to the same element), attention_ref's order
+                const int sl0 = hkv % rg, h0 = hkv - sl0;
+                const float gs = 1.0f / sqrtf((float) rg);
+                for (int i = tid; i < nt * D; i += THREADS) k_t[i / D][i % D] = 0.0f;
+                for (int sl = 0; sl < rg; sl++) {
+                    __syncthreads();
+                    const int hs = h0 + sl;
+                    const float w = __popc((unsigned) (sl0 & sl)) & 1 ? -gs : gs;
+                    const int32_t * ps = kv.perm ? kv.perm + (size_t) hs * D : nullptr;
+                    const int cs0 = kv.c_first[hs];
+                    for (int i = tid; i < nt * D; i += THREADS) {
+                        const int tok = i / D, d = i % D;
+                        const uint8_t * blk = kv.kblk + (size_t) (cs0 + j0 + tok) * kv.k_block_bytes;
+                        k_t[tok][ps ? ps[d] : d] += w * rot_decode(blk, d, D, kv.kbits, kv.kgroup);
+                    }
+                }
             }
             if (kv.pre_rope) {
                 // rope_cache_ref: theta advanced by repeated multiplication. Each token's D/2 angles are split into
@@ -502,7 +523,7 @@ status kv_layer_device::build_tables(int n_head_kv, const std::vector<std::vecto
 
 void kv_layer_device::reset() {
     v_ = kv_layer_view{};
-    for (device_buffer * b : {&is_coded_, &kblk_, &vblk_, &c_first_, &n_coded_, &c_pos_, &perm_, &ff_, &kmeta_}) b->reset();
+    for (device_buffer * b : {&is_coded_, &kblk_, &vblk_, &c_first_, &n_coded_, &c_pos_, &perm_, &ff_, &kmeta_, &rot_g_}) b->reset();
     n_held_ = n_ctx_ = 0;
     payload_bytes_ = 0;
 }
@@ -515,7 +536,7 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     std::vector<std::vector<int32_t>> seg_n(nh), pos(nh);
     size_t n_pages = 0;
     // coded heads: codes, positions and permutation gathered per head
-    std::vector<int32_t> is_coded(nh, 0), n_coded(nh, 0), c_pos, perm;
+    std::vector<int32_t> is_coded(nh, 0), n_coded(nh, 0), c_pos, perm, rot_g;
     std::vector<uint8_t> kb, vb, kmeta;
     const kv_coded_view * first = nullptr;
     for (int h = 0; h < nh; h++) {
@@ -531,7 +552,8 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         if (!known(c.kc) || !known(c.vc) || (!kivi && c.kc->block_tokens(c.kp) != 1) || c.vc->block_tokens(c.vp) != 1 ||
             (kivi && (c.kc->block_tokens(c.kp) < 1 || c.n % c.kc->block_tokens(c.kp) != 0)))
             why = "keys and values must each use rot2/rot3/rot4, q8/q4, kivi2/kivi4 or f16 (KIVI keys in whole blocks)";
-        else if (c.rot_g != 1) why = "grouped key rotation (rotationGroup > 1) is not supported on CUDA yet";
+        else if (c.rot_g > 1 && (c.rot_g > 8 || h % c.rot_g != c.rot_slot || !c.kc->rotated || st.post_rope))
+            why = "grouped key rotation needs pre-RoPE rot keys in aligned groups of at most 8 heads";
         else if (hd != hdv || (hd != 32 && hd != 64 && hd != 128)) why = "head_dim == head_dim_v in {32, 64, 128} is required";
         else if (kg < 8 || vg < 8) why = "quantization groups of at least 8 channels are required";
         else if (!st.post_rope && (st.n_rot != hd || (st.rope != ROPE_STYLE_NORM && st.rope != ROPE_STYLE_NEOX))) why = "pre-RoPE keys need full NORM/NEOX RoPE";
@@ -540,6 +562,10 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
         if (why) return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda attention: layer %d head %d (%s/%s): %s", il, h, c.kc->name, c.vc->name, why));
         if (!first) first = &c;
         is_coded[h] = 1;
+        if (c.rot_g > 1) {
+            rot_g.resize((size_t) nh, 1);
+            rot_g[(size_t) h] = c.rot_g;
+        }
         n_coded[h] = c.n;
         for (int32_t j = 0; j < c.n; j++) {
             int jj = 0;
@@ -594,6 +620,11 @@ status kv_layer_device::upload(const kv_cache & kv, int il) {
     v_.kplain = c.kc->rotated ? 0 : 1;
     v_.vplain = c.vc->rotated ? 0 : 1;
     v_.pre_rope = sc.post_rope || v_.kplain ? 0 : 1;  // (kv_cache un-RoPEs rotated keys only)
+    if (!rot_g.empty()) {
+        status st2 = rot_g_.assign(rot_g.data(), rot_g.size() * 4);
+        if (!st2.ok()) return st2;
+        v_.rot_g = rot_g_.as<int32_t>();
+    }
     v_.rope_neox = sc.rope == ROPE_STYLE_NEOX;
     v_.n_rot = sc.n_rot;
     v_.freq_base = sc.freq_base;

@@ -48,6 +48,10 @@ struct kv_layer_view {
     const int32_t * n_coded = nullptr;   // [n_head_kv]
     const int32_t * c_pos = nullptr;     // [total coded] positions (ascending per head)
     const int32_t * perm = nullptr;      // [n_head_kv][head_dim] key channel permutation (nullptr: identity)
+    // grouped key rotation (pre-RoPE rot keys; kv_coded_view::rot_g): [n_head_kv] the group of heads whose keys were
+    // rotated together (1: alone; G: heads h − h%G .. + G − 1, which hold the same tokens in the same coded order),
+    // head h's key = (1/√G)·Σ_s (−1)^popcount(h%G & s)·H_D·P_s⁻¹·x̂_s; nullptr: every head alone
+    const int32_t * rot_g = nullptr;
     const float * freq_factors = nullptr;
     int kbits = 0, vbits = 0, kgroup = 0, vgroup = 0, k_block_bytes = 0, v_block_bytes = 0;
     int pre_rope = 0, rope_neox = 0, n_rot = 0;
@@ -111,7 +115,7 @@ private:
                        const std::vector<int32_t> & n_coded, const std::vector<int32_t> & c_pos, const std::vector<int32_t> & perm,
                        const std::vector<uint8_t> & kmeta = {});
     device_buffer pages_, page_ptrs_, seg_n_, seg_first_, pos_, n_seg_;
-    device_buffer is_coded_, kblk_, vblk_, c_first_, n_coded_, c_pos_, perm_, ff_, kmeta_;
+    device_buffer is_coded_, kblk_, vblk_, c_first_, n_coded_, c_pos_, perm_, ff_, kmeta_, rot_g_;
 };
 
 struct attn_decode_params {

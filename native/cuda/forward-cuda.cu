@@ -532,6 +532,7 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
         codec.kclip = sc.clip_of(sc.key);
         codec.vclip = sc.clip_of(sc.value);
         codec.pre_rope = !sc.post_rope;
+        codec.rot_group = sc.rot_group;
         codec.rope_neox = sc.rope == ROPE_STYLE_NEOX;
         codec.n_rot = sc.n_rot;
         codec.freq_base = sc.freq_base;
@@ -747,8 +748,6 @@ size_t forward_session::kv_bytes() const {
     for (const kv_layer_device & L : p_->kv) b += L.payload_bytes();
     return b;
 }
-const device_page_pool * forward_session::page_pool() const { return p_->pool.get(); }
-
 size_t forward_session::kv_reserved_bytes() const {
     size_t b = 0;
     if (p_->ring) {

@@ -2,11 +2,13 @@
 // (model/forward.cpp) with every weight and the KV cache resident on the device; per call only the token
 // ids go up and, on request, the last token's logits come back (and, in prefill chunks of a cache that
 // protects sinks, each layer's 20 largest |x| per token). The cache is either dense f16 (every head keeps
-// every token) or compressed (kv-ring.cuh: STREAM heads, RotateKV rot2/3/4 quantize-on-write with
-// protected tokens, sinks and the f16 staging window — kv_cache's semantics, its bookkeeping checked
-// against kv_cache on the CPU), and heads under the lazy eviction policy (statistics observed on the device
-// from each decode step's attention scores; at the policy's eviction steps they are downloaded, the host
-// selects as kv_cache does, the device gathers). Other eviction policies run on the CPU only.
+// every token) or compressed (kv-ring.cuh: STREAM heads, quantize-on-write with any storage codec on keys
+// and values (rot2/3/4, q8/q4, kivi2/4, f16 beside a coded side) with protected tokens, sinks and the f16
+// staging window — kv_cache's semantics, its bookkeeping checked against kv_cache on the CPU — and heads
+// under every eviction policy: statistics observed on the device from the attention scores, or scores from
+// keys and recorded queries; the host selects as kv_cache does, the device gathers, and a decode step that
+// drops one token of a head drops it on the device). Its f16 pages come from a device page pool and go
+// back as heads shrink.
 // CPU oracle: forward_chunk itself (test-ops-cuda.cpp "cuda/forward": logits per step and greedy tokens).
 // Numerics: matmuls dot f32 activations with the exactly decoded weights (the CPU quantizes activations to
 // q8 / f16 first), attention rounds queries and cached keys/values to f16 as the CPU does.
@@ -84,7 +86,6 @@ public:
     size_t weight_bytes() const;   // bytes of the weights on the device
     size_t kv_bytes() const;       // f16 key + value bytes of the tokens held
     size_t kv_reserved_bytes() const;  // memory().bytes_allocated
-    const device_page_pool * page_pool() const;  // the compressed cache's (nullptr: a dense cache)
 
     struct impl;
 private:

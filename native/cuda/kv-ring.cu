@@ -164,6 +164,7 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     const int e = blockIdx.x, d = threadIdx.x;
     const int h = ent[4 * e], slot = ent[4 * e + 1], pos = ent[4 * e + 2], ci = ent[4 * e + 3];
     __shared__ float xk[D], xv[D], cs[D / 2], sn[D / 2], qk[D], qv[D];
+    __shared__ float xg[RING_MAX_ROT_GROUP * D];  // grouped key rotation: the group's keys, head after head
     __shared__ int code[D];
     const uint16_t * page = slot_page(kv, h, slot);
     const int j = slot % KV_PAGE_TOKENS;
@@ -171,6 +172,13 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     xv[d] = f16_bits_to_f32(page[value_at(j, d, D, D)]);
     const size_t c = (size_t) kv.c_first[h] + ci;
     const bool krot = !kv.kplain, vrot = !kv.vplain;  // (uniform over the block: every branch below may synchronize)
+    // grouped key rotation (pre-RoPE rot keys, kv_cache::flush): the rg heads of this head's group hold the token
+    // in the same slot; their keys are un-RoPE'd and FWHT'd each, mixed by H_rg across the heads, and this head
+    // keeps its slice (slot sl0 of the group). rg == 1: this head's key alone.
+    const int rg = kv.rot_g && krot ? kv.rot_g[h] : 1, sl0 = h % rg;
+    float * xs = rg > 1 ? xg : xk;
+    if (rg > 1)
+        for (int s2 = 0; s2 < rg; s2++) xg[s2 * D + d] = f16_bits_to_f32(slot_page(kv, h - sl0 + s2, slot)[key_at(j, d, D)]);
     if (kv.pre_rope && d < D / 2) {  // rope_cache_ref(cs, −pos): θ advanced by repeated multiplication
         float theta = (float) (-pos);
         for (int i = 0; i < d; i++) theta *= kv.theta_scale;
@@ -182,18 +190,22 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     __syncthreads();
     if (kv.pre_rope && d < D / 2) {  // rope_apply_ref at −pos undoes the key's RoPE
         const int i0 = kv.rope_neox ? d : 2 * d, i1 = kv.rope_neox ? d + D / 2 : 2 * d + 1;
-        const float x0 = xk[i0], x1 = xk[i1], c = cs[d], s = sn[d];
-        xk[i0] = fmaf(x0, c, -(x1 * s));
-        xk[i1] = fmaf(x0, s, x1 * c);
+        for (int s2 = 0; s2 < rg; s2++) {
+            float * x = xs + s2 * D;
+            const float x0 = x[i0], x1 = x[i1], c = cs[d], s = sn[d];
+            x[i0] = fmaf(x0, c, -(x1 * s));
+            x[i1] = fmaf(x0, s, x1 * c);
+        }
     }
     __syncthreads();
     for (int hh = 1; hh < D && (krot || vrot); hh <<= 1) {  // fwht_ref's butterflies (rotated keys and values)
         if (d < D / 2) {
             const int i = (d / hh) * 2 * hh + d % hh;
-            if (krot) {
-                const float a = xk[i], b = xk[i + hh];
-                xk[i] = a + b;
-                xk[i + hh] = a - b;
+            for (int s2 = 0; s2 < rg && krot; s2++) {
+                float * x = xs + s2 * D;
+                const float a = x[i], b = x[i + hh];
+                x[i] = a + b;
+                x[i + hh] = a - b;
             }
             if (vrot) {
                 const float av = xv[i], bv = xv[i + hh];
@@ -205,7 +217,20 @@ __global__ void k_ring_encode(kv_layer_view kv, const int32_t * ent, uint8_t * k
     }
     const float sc = 1.0f / sqrtf((float) D);
     const int32_t * perm = kv.perm ? kv.perm + (size_t) h * D : nullptr;
-    qk[d] = krot ? xk[perm ? perm[d] : d] * sc : xk[d];  // fwht_ref scales, then the cache permutes
+    if (rg > 1) {  // fwht_ref's scale per head, then H_rg across the heads channel by channel (each thread its own)
+        for (int s2 = 0; s2 < rg; s2++) xg[s2 * D + d] *= sc;
+        for (int len = 1; len < rg; len <<= 1)
+            for (int i = 0; i < rg; i += 2 * len)
+                for (int s2 = i; s2 < i + len; s2++) {
+                    const float u = xg[s2 * D + d], w = xg[(s2 + len) * D + d];
+                    xg[s2 * D + d] = u + w;
+                    xg[(s2 + len) * D + d] = u - w;
+                }
+        __syncthreads();
+        qk[d] = xg[sl0 * D + (perm ? perm[d] : d)] * (1.0f / sqrtf((float) rg));  // this head's slice, permuted
+    } else {
+        qk[d] = krot ? xk[perm ? perm[d] : d] * sc : xk[d];  // fwht_ref scales, then the cache permutes
+    }
     qv[d] = vrot ? xv[d] * sc : xv[d];
     __syncthreads();
     // keys: rot, q8 / q4, or KIVI's (k_ring_encode_kivi_keys, per block of tokens); values: rot, q8 / q4 or KIVI's
@@ -577,7 +602,8 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
       max_coded_cap_(o.max_coded_cap_), slot_cap_(o.slot_cap_), min_slot_cap_(o.min_slot_cap_), full_tokens_(o.full_tokens_), sc_g_(o.sc_g_), page_ptrs_(std::move(o.page_ptrs_)), seg_n_(std::move(o.seg_n_)), seg_first_(std::move(o.seg_first_)),
       pos_(std::move(o.pos_)), geo_(std::move(o.geo_)), step_dev_(std::move(o.step_dev_)), is_coded_(std::move(o.is_coded_)), kblk_(std::move(o.kblk_)),
       vblk_(std::move(o.vblk_)), c_first_(std::move(o.c_first_)), c_pos_(std::move(o.c_pos_)), perm_(std::move(o.perm_)), ff_(std::move(o.ff_)),
-      tops_(std::move(o.tops_)), kmeta_(std::move(o.kmeta_)), is_evict_(std::move(o.is_evict_)), st_f_(std::move(o.st_f_)), st_c_(std::move(o.st_c_)), pinned_(o.pinned_),
+      tops_(std::move(o.tops_)), kmeta_(std::move(o.kmeta_)), is_evict_(std::move(o.is_evict_)), st_f_(std::move(o.st_f_)), st_c_(std::move(o.st_c_)),
+      rot_g_(std::move(o.rot_g_)), rot_g_h_(std::move(o.rot_g_h_)), pinned_(o.pinned_),
       pinned_cap_(o.pinned_cap_) {
     n_cgather_ = o.n_cgather_;
     n_move_ = o.n_move_;
@@ -712,6 +738,26 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
     coded_heads_.clear();
     for (int h = 0; h < H; h++)
         if (is_coded[(size_t) h]) coded_heads_.push_back(h);
+    // grouped key rotation: aligned groups of rot_group heads that are all FULL and coded (kv_cache's rule)
+    rot_g_h_.assign((size_t) H, 1);
+    const int RG = codec.rot_group;
+    bool grouped = false;
+    if (RG > 1 && !codec.kplain && v_.pre_rope) {
+        if (RG > RING_MAX_ROT_GROUP || (RG & (RG - 1)) || H % RG)
+            return status(ERR_UNSUPPORTED_QUANT, strfmt("cuda kv ring: a key rotation group of %d heads (a power of two up to %d dividing the %d heads)", RG,
+                                                        RING_MAX_ROT_GROUP, H));
+        for (int g0 = 0; g0 < H; g0 += RG) {
+            bool all = true;
+            for (int s2 = 0; s2 < RG; s2++) all &= L.kind(g0 + s2) == KV_RING_CODED;
+            if (!all) continue;
+            for (int s2 = 0; s2 < RG; s2++) rot_g_h_[(size_t) (g0 + s2)] = RG;
+            grouped = true;
+        }
+    }
+    if (grouped) {
+        if (!put(rot_g_, rot_g_h_.data(), rot_g_h_.size() * 4)) return st;
+        v_.rot_g = rot_g_.as<int32_t>();
+    }
     if (perm && !put(perm_, perm, (size_t) H * D * 4)) return st;
     if (codec.freq_factors && !put(ff_, codec.freq_factors, (size_t) codec.n_rot / 2 * 4)) return st;
     v_.is_coded = is_coded_.as<int32_t>();
@@ -740,6 +786,13 @@ status kv_ring_device::stage(const ring_step & st_in, stream_t s) {
     if ((n_cgather_ > 0 && !st_c_.data()) || (n_move_ > 0 && !st_f_.data()))
         return status(ERR_INTERNAL, "cuda kv ring: gather ops for a layer without evicting heads");
     status st;
+    if (v_.rot_g && n_enc_ > 0)  // grouped key rotation reads the group's keys from the slot it encodes: the heads flush alike
+        for (int h = 0; h < H; h++) {
+            const int rg = rot_g_h_[(size_t) h], h0 = h - h % rg;
+            const kv_ring_ops & o = st_in.ops[(size_t) h], & o0 = st_in.ops[(size_t) h0];
+            if (rg > 1 && h != h0 && (o.enc_slot != o0.enc_slot || o.enc_pos != o0.enc_pos || st_in.n_coded[(size_t) h] != st_in.n_coded[(size_t) h0]))
+                return status(ERR_INTERNAL, strfmt("cuda kv ring: heads %d and %d rotate their keys together but quantize other tokens", h0, h));
+        }
     if (n_enc_ > 0) {  // room for what the step quantizes: the coded arrays grow (to twice their size, at least)
         int32_t need = 0;
         for (int h = 0; h < H; h++) {
@@ -1179,6 +1232,19 @@ status kv_ring_device::download_keys(int h, int n, std::vector<uint16_t> & keys,
     CUDA_CHECK_LAUNCH("kv ring keys out");
     CUDA_CHECK(cudaMemcpyAsync(keys.data(), buf.data(), keys.size() * 2, cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaStreamSynchronize(s));  // `buf` goes out of scope
+    return status::success();
+}
+
+status kv_ring_device::download_coded(int h, int32_t n, std::vector<uint8_t> & k, std::vector<uint8_t> & v, stream_t s) {
+    if (!kblk_.data() || n < 0 || n > coded_cap_) return status(ERR_INVALID_ARG, strfmt("cuda kv ring: %d quantized tokens of head %d (capacity %d)", n, h, coded_cap_));
+    const size_t kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, c0 = (size_t) c_first_h_[(size_t) h];
+    k.resize((size_t) n * kb);
+    v.resize((size_t) n * vb);
+    if (n > 0) {
+        CUDA_CHECK(cudaMemcpyAsync(k.data(), kblk_.as<uint8_t>() + c0 * kb, k.size(), cudaMemcpyDeviceToHost, s));
+        CUDA_CHECK(cudaMemcpyAsync(v.data(), vblk_.as<uint8_t>() + c0 * vb, v.size(), cudaMemcpyDeviceToHost, s));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(s));
     return status::success();
 }
 

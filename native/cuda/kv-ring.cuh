@@ -46,6 +46,9 @@ struct ring_codec {
     int group = 32;                      // channels per quantization group (clamped to head_dim)
     float kclip = 1.0f, vclip = 1.0f;
     bool pre_rope = true;
+    // grouped key rotation (kv_storage_config::rot_group; pre-RoPE rot keys): aligned groups of this many FULL
+    // coded heads rotate their keys together (kv_cache's rule: a group with any other head rotates per head)
+    int rot_group = 1;
     bool rope_neox = false;
     int n_rot = 0;
     float freq_base = 10000.0f, freq_scale = 1.0f;
@@ -66,6 +69,7 @@ struct ring_step {
 // token count and quantized count, and where its outcome goes; the policy's selection parameters and the
 // layer's sinks (kv_select_keep's).
 constexpr int RING_EVICT_MAX_HEADS = 16, RING_EVICT_MAX_SINKS = 32;
+constexpr int RING_MAX_ROT_GROUP = 8;  // heads of a grouped key rotation at most
 struct ring_evict_one_args {
     int n = 0;
     int head[RING_EVICT_MAX_HEADS], rc[RING_EVICT_MAX_HEADS], nq[RING_EVICT_MAX_HEADS], out[RING_EVICT_MAX_HEADS];
@@ -140,6 +144,8 @@ public:
     status score_qk(int h, int n, bool rkv, int G, float scale, device_buffer & tmp, qk_partials & out, stream_t s);
     // A head's f16 keys of slots 0..n as rows [n][head_dim] of f16 bits (tests); waits for the stream.
     status download_keys(int h, int n, std::vector<uint16_t> & keys, stream_t s);
+    // A coded head's first n quantized tokens' key and value blocks (tests; waits for the stream).
+    status download_coded(int h, int32_t n, std::vector<uint8_t> & k, std::vector<uint8_t> & v, stream_t s);
     // A head's positions (tests): quantized 0..n_coded into c_pos, slots 0..n_slots into pos; valid after the stream
     // is synchronized.
     status download_positions(int h, int32_t n_coded, int32_t n_slots, int32_t * c_pos, int32_t * pos, stream_t s);
@@ -176,7 +182,9 @@ private:
     int sc_g_ = 1;                                                 // the scores scratch's rows per KV head (set_scores)
     device_buffer page_ptrs_, seg_n_, seg_first_, pos_, geo_, step_dev_;
     device_buffer is_coded_, kblk_, vblk_, c_first_, c_pos_, perm_, ff_, tops_, kmeta_;
-    device_buffer is_evict_, st_f_, st_c_;  // evicting heads: flag, statistics of slots and of quantized tokens (int2)
+    device_buffer is_evict_, st_f_, st_c_;
+    device_buffer rot_g_;  // [n_head_kv] each head's key rotation group (kv_layer_view::rot_g), when any is grouped
+    std::vector<int32_t> rot_g_h_;  // evicting heads: flag, statistics of slots and of quantized tokens (int2)
     std::vector<int32_t> c_first_h_;  // host copy of c_first
     device_buffer qring_;  // recorded queries [w][n_head·D] (snapkv, rkv)
     int64_t qcount_ = 0;

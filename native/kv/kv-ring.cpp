@@ -36,7 +36,8 @@ status kv_ring_config_from(const kv_cache_config & c, int max_chunk, kv_ring_con
                 return status(ERR_INVALID_ARG, strfmt("the CUDA cache's KIVI keys need a block of tokens (group) dividing %d with at most 6144 elements "
                                                       "(asked: %d tokens of %d channels)", std::max(KV_TILE, kt), kt, c.head_dim));
         }
-        if (kc.rotated && st.rot_group != 1) return status(ERR_INVALID_ARG, "the CUDA cache rotates keys per head (rotationGroup 1) only: use backend 'cpu'");
+        if (kc.rotated && !st.post_rope && st.rot_group > 8)
+            return status(ERR_INVALID_ARG, strfmt("the CUDA cache rotates keys in groups of at most 8 heads (asked: rotationGroup %d): use backend 'cpu'", st.rot_group));
         if (c.head_dim != c.head_dim_v || (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128))
             return status(ERR_INVALID_ARG, strfmt("the CUDA cache quantizes heads of 32, 64 or 128 channels with equal key and value sizes (this model: %d/%d)", c.head_dim, c.head_dim_v));
         if (kv_codec_group(st.key, c.head_dim, st.group) < 8) return status(ERR_INVALID_ARG, "the CUDA cache needs quantization groups of at least 8 channels");

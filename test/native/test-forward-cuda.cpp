@@ -314,17 +314,32 @@ TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4; keys and values of one 
         {KV_CODEC_ROT3, KV_CODEC_Q8},   {KV_CODEC_KIVI2, KV_CODEC_ROT2}, {KV_CODEC_Q4, KV_CODEC_KIVI4},
         {KV_CODEC_F16, KV_CODEC_ROT2},  {KV_CODEC_ROT4, KV_CODEC_F16},
     };
-    for (int D : {32, 64, 128}) {
-        for (const auto & [t, tv] : pairs) {
-            for (bool post : {false, true}) {
-                if (!kv_codec_get(t).rotated && !post) continue;  // q8 / q4 / KIVI keys are post-RoPE either way
+    struct case_spec { int D; kv_codec_type t, tv; bool post; int rg; };
+    std::vector<case_spec> specs;
+    for (int D : {32, 64, 128})
+        for (const auto & [t, tv] : pairs)
+            for (bool post : {false, true})
+                if (kv_codec_get(t).rotated || post) specs.push_back({D, t, tv, post, 1});  // (q8 / q4 / KIVI / f16 keys are post-RoPE either way)
+    // grouped key rotation (pre-RoPE rot keys): 4 heads, groups of 2 (the last one has a STREAM head: rotated per
+    // head) or one group of 4
+    specs.push_back({32, KV_CODEC_ROT2, KV_CODEC_ROT2, false, 2});
+    specs.push_back({64, KV_CODEC_ROT3, KV_CODEC_Q8, false, 2});
+    specs.push_back({128, KV_CODEC_ROT4, KV_CODEC_ROT4, false, 4});
+    specs.push_back({128, KV_CODEC_ROT2, KV_CODEC_ROT2, false, 2});
+    for (const case_spec & cs_ : specs) {
+        {
+            {
+                const int D = cs_.D, rg = cs_.rg;
+                const kv_codec_type t = cs_.t, tv = cs_.tv;
+                const bool post = cs_.post;
                 const rope_style style = (D == 64) ? ROPE_STYLE_NORM : ROPE_STYLE_NEOX;
-                const int nkv = 3, G = D == 128 ? 6 : 4, nh = nkv * G;
-                std::mt19937 rng(11 + D + (int) t + (tv != t ? 8 * (int) tv : 0) + post);
+                const int nkv = rg > 1 ? 4 : 3, G = D == 128 ? 6 : 4, nh = nkv * G;
+                std::mt19937 rng(11 + D + (int) t + (tv != t ? 8 * (int) tv : 0) + post + 100 * (rg - 1));
                 kv_cache_config cfg;
                 cfg.n_layer = 1; cfg.n_head_kv = nkv; cfg.head_dim = D; cfg.head_dim_v = D; cfg.n_ctx = 2048;
                 cfg.retention.assign(nkv, KV_RETAIN_FULL);
-                cfg.retention[2] = KV_RETAIN_STREAM;  // an f16 head (sinks + recent) beside the coded ones
+                if (rg < 4) cfg.retention[(size_t) nkv - 1] = KV_RETAIN_STREAM;  // an f16 head (sinks + recent) beside the coded ones
+                cfg.storage.rot_group = rg;
                 cfg.stream_sinks = 16; cfg.stream_recent = 64;
                 kv_storage_config & st = cfg.storage;
                 st.key = t;
@@ -362,6 +377,7 @@ TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4; keys and values of one 
                     kv.retain(0);
                 }
                 TC_CHECK(kv.head(0, 0).coded && kv.head(0, 0).coded->n > 400);
+                TC_CHECK(kv.rot_group_of(0, 0) == rg && (rg < 4 ? kv.rot_group_of(0, nkv - 2) == 1 : true)) << "rotation groups as asked";
                 cu::kv_layer_device dkv;
                 TC_OK(dkv.upload(kv, 0));
                 // (several queries: blocks of MAXR / G of them share each decoded tile, each row with its own mask)
@@ -385,7 +401,8 @@ TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4; keys and values of one 
                     // attention_ref's own rounding against fp64 is ~1e-6 (cuda/attention prints it: up to 2.4e-5 there);
                     // the codec error these kernels must not blur is 1e-2..1e-1. Measured on an H200: 2.4e-7..1.3e-6.
                     const double bound = 1e-5;
-                    std::printf("    ATTN_CODED(%s/%s,D=%d,%s,%s,G=%d,n_q=%d): NMSE vs attention_ref %.3g %s %.0e %s\n", kv_codec_get(t).name, kv_codec_get(tv).name, D,
+                    std::printf("    ATTN_CODED(%s/%s,D=%d,%s%s,%s,G=%d,n_q=%d): NMSE vs attention_ref %.3g %s %.0e %s\n", kv_codec_get(t).name, kv_codec_get(tv).name, D,
+                                rg > 1 ? (rg == 2 ? "rotation groups of 2 " : "rotation group of 4 ") : "",
                                 post ? "post-RoPE" : "pre-RoPE", style == ROPE_STYLE_NEOX ? "neox" : "norm", G, nq, e, e <= bound ? "<=" : ">", bound,
                                 e <= bound ? "OK" : "FAIL");
                     TC_CHECK(e <= bound);
@@ -428,7 +445,7 @@ TC_TEST("cuda/attention coded (rot2/3/4, q8/q4, kivi2/4; keys and values of one 
     TC_CHECK(dkv.view().kblk && dkv.view().max_n_coded == 300);
     TC_OK(dkv.synthetic(2, 64, 64, {500, 500}, 2, be->stream()));
     TC_CHECK(!dkv.view().kblk && !dkv.view().is_coded && dkv.view().max_n_coded == 0 && dkv.view().pre_rope == 0);
-    TC_CHECK(cases == 153);
+    TC_CHECK(cases == 165);
 }
 
 namespace {
@@ -659,10 +676,10 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     // what the device cache does not hold is refused with the reason, before anything is allocated
     std::shared_ptr<engine_context> x;
     context_params bad = gpu_p;
-    bad.storage.key = bad.storage.value = KV_CODEC_ROT2;  // (keys and values of any codecs run on the device: cuda/ring-engine)
-    bad.storage.rot_group = 2;                            // grouped key rotation does not
+    bad.storage.key = bad.storage.value = KV_CODEC_KIVI2;  // (every codec, on keys and values apart, runs on the device: cuda/ring-engine)
+    bad.storage.group = 12;                                // KIVI keys in blocks of 12 tokens do not fill its 16-token flushes
     const status s1 = engine_context::create(m, bad, &x);
-    TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("rotationGroup") != std::string::npos) << s1.message;
+    TC_CHECK(s1.code == ERR_INVALID_ARG && s1.message.find("KIVI") != std::string::npos) << s1.message;
     bad = gpu_p;
     bad.retention.assign((size_t) f.n_layer * f.n_head_kv, KV_RETAIN_FULL);
     bad.retention[1] = KV_RETAIN_EVICT;
@@ -671,9 +688,9 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
     x.reset();
     bad = gpu_p;
     bad.storage.key = bad.storage.value = KV_CODEC_ROT2;
-    bad.storage.rot_group = 2;
-    const status s3 = engine_context::create(m, bad, &x);
-    TC_CHECK(s3.code == ERR_INVALID_ARG && s3.message.find("rotationGroup") != std::string::npos) << s3.message;
+    bad.storage.rot_group = 2;  // grouped key rotation runs on the device too (cuda/ring-encode, cuda/ring-engine)
+    TC_OK(engine_context::create(m, bad, &x));
+    x.reset();
     bad = gpu_p;
     bad.per_query_head = true;  // (lazy's per-query-head caches run on the device: cuda/ring-lazy)
     bad.retention.assign((size_t) f.n_layer * f.n_head, KV_RETAIN_EVICT);
@@ -686,6 +703,130 @@ TC_TEST("cuda/engine: sequences on a CUDA context == the CPU engine; rewind; ref
 // layer mean) do, and `evict_one` must drop the token kv_ring_evict_one_ref picks from the device's own
 // statistics and positions, moving the head's last token into the hole, so that the device holds exactly what
 // the books (kv_ring_layer::evict_one) say: positions, statistics, quantized tokens after flushes.
+// The device's quantize-on-write against kv_cache's blocks, byte by byte: the same post-RoPE keys and values go
+// into a CPU cache and into the device cache (kv_ring_layer + kv_ring_device, as the forward pass drives them:
+// chunks of a prompt, then decode steps past several flushes); every coded head's key and value blocks (codes,
+// scales, zero-points) must be the CPU's. Per-head and grouped key rotation (the group's keys un-RoPE'd, rotated
+// per head, mixed across heads, each keeping its slice), with a permutation on one head of each layer.
+TC_TEST("cuda/ring-encode: the device's quantized blocks == kv_cache's (rot2/rot4 pre-RoPE per head and in rotation groups, q8 values)") {
+    TC_NEED_CUDA(be);
+    const cu::stream_t s = be->stream();
+    struct cfg { const char * name; kv_codec_type kt, vt; int rg; bool stream_last; };
+    const cfg cfgs[] = {
+        {"rot2 per head", KV_CODEC_ROT2, KV_CODEC_ROT2, 1, true},
+        {"rot2, rotation groups of 2 (the second has a STREAM head)", KV_CODEC_ROT2, KV_CODEC_ROT2, 2, true},
+        {"rot4 keys in one group of 4, q8 values", KV_CODEC_ROT4, KV_CODEC_Q8, 4, false},
+    };
+    for (const cfg & cf : cfgs) {
+        const int D = 64, H = 4;
+        kv_cache_config c;
+        c.n_layer = 1; c.n_head_kv = H; c.n_head = 2 * H; c.head_dim = c.head_dim_v = D; c.n_ctx = 1024;
+        c.retention.assign((size_t) H, KV_RETAIN_FULL);
+        if (cf.stream_last) c.retention[(size_t) H - 1] = KV_RETAIN_STREAM;
+        c.stream_sinks = 4; c.stream_recent = 24;
+        kv_storage_config & st = c.storage;
+        st.key = cf.kt;
+        st.value = cf.vt;
+        st.rot_group = cf.rg;
+        st.protect_sinks = false;
+        st.n_rot = D;
+        st.rope = ROPE_STYLE_NEOX;
+        st.freq_base = 10000.0f;
+        std::mt19937 rng(31 + cf.rg);
+        st.perm.resize((size_t) H * D);
+        for (int h = 0; h < H; h++) {
+            std::iota(st.perm.begin() + (size_t) h * D, st.perm.begin() + (size_t) (h + 1) * D, 0);
+            if (h == 1) std::shuffle(st.perm.begin() + (size_t) h * D, st.perm.begin() + (size_t) (h + 1) * D, rng);
+        }
+        kv_cache kv(c, std::make_shared<page_pool>(kv_page_bytes(D, D)));
+        kv_ring_config rc;
+        TC_OK(kv_ring_config_from(c, 128, &rc));
+        kv_ring_layer L(rc, 0);
+        cu::ring_codec codec;
+        codec.kbits = kv_codec_get(cf.kt).bits;
+        codec.vbits = kv_codec_get(cf.vt).bits;
+        codec.kplain = !kv_codec_get(cf.kt).rotated;
+        codec.vplain = !kv_codec_get(cf.vt).rotated;
+        codec.group = st.group;
+        codec.kclip = st.clip_of(cf.kt);
+        codec.vclip = st.clip_of(cf.vt);
+        codec.pre_rope = true;
+        codec.rot_group = cf.rg;
+        codec.rope_neox = true;
+        codec.n_rot = D;
+        codec.freq_base = 10000.0f;
+        cu::kv_ring_device dev;
+        TC_OK(dev.create(L, D, D, codec, st.perm.data(), std::make_shared<cu::device_page_pool>((size_t) KV_PAGE_TOKENS * 2 * D * 2), s));
+        cu::device_buffer kbuf, vbuf, tmp;
+        TC_OK(kbuf.alloc((size_t) 128 * H * D * 4));
+        TC_OK(vbuf.alloc((size_t) 128 * H * D * 4));
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> cs((size_t) D);
+        int32_t n = 0;
+        std::vector<int> calls = {128, 128, 77};
+        for (int i = 0; i < 40; i++) calls.push_back(1);
+        for (int T : calls) {
+            std::vector<float> k((size_t) T * H * D), v((size_t) T * H * D);
+            for (auto & x : k) x = nd(rng);
+            for (auto & x : v) x = nd(rng);
+            std::vector<int32_t> pos((size_t) T);
+            for (int j = 0; j < T; j++) {
+                pos[(size_t) j] = n + j;
+                rope_cache_ref(cs.data(), n + j, D, 10000.0f, 1.0f, nullptr);
+                rope_apply_ref(k.data() + (size_t) j * H * D, H, D, D, ROPE_STYLE_NEOX, cs.data());
+            }
+            TC_OK(kv.reserve(T));
+            kv.append(0, T, k.data(), v.data(), pos.data());
+            kv.retain(0);
+            cu::ring_step step;
+            for (int h = 0; h < H; h++) step.rc_before.push_back(L.rc(h));
+            TC_OK(L.append(n, T));
+            TC_OK(dev.map_pages(L, s));
+            for (int h = 0; h < H; h++) {
+                step.pages.push_back(L.pages_in_use(h));
+                step.lo.push_back(L.lo(h));
+                step.n_coded.push_back(L.n_coded(h));
+            }
+            L.retain(n + T, step.ops);
+            TC_OK(kbuf.upload(k.data(), k.size() * 4));
+            TC_OK(vbuf.upload(v.data(), v.size() * 4));
+            TC_OK(dev.stage(step, s));
+            TC_OK(dev.append(kbuf.as<float>(), vbuf.as<float>(), n, T, s));
+            TC_OK(dev.apply(s, tmp));
+            TC_OK(be->synchronize());
+            dev.release_pages(L);
+            TC_OK(dev.shrink(L, s));
+            n += T;
+        }
+        TC_CHECK(kv.rot_group_of(0, 0) == cf.rg) << cf.name;
+        size_t kbytes = 0, kdiff = 0, vbytes = 0, vdiff = 0;
+        int64_t tokens = 0;
+        for (int h = 0; h < H; h++) {
+            const kv_head_view hv = kv.head(0, h);
+            if (!hv.coded) { TC_CHECK(!L.coded(h)) << cf.name; continue; }
+            const kv_coded_view & cv = *hv.coded;
+            TC_CHECK(L.n_coded(h) == cv.n && cv.n > 250) << cf.name << ": head " << h << " quantized " << L.n_coded(h) << " on the device, " << cv.n << " on the CPU";
+            std::vector<uint8_t> dk, dv;
+            TC_OK(dev.download_coded(h, std::min(L.n_coded(h), cv.n), dk, dv, s));
+            const size_t kb = dk.size() / (size_t) std::max(1, std::min(L.n_coded(h), cv.n)), vb = dv.size() / (size_t) std::max(1, std::min(L.n_coded(h), cv.n));
+            TC_CHECK(kb == cv.k_block_bytes && vb == cv.v_block_bytes) << cf.name << ": block sizes " << kb << "/" << vb << " vs " << cv.k_block_bytes << "/" << cv.v_block_bytes;
+            if (kb != cv.k_block_bytes || vb != cv.v_block_bytes) continue;
+            for (int32_t j = 0; j < std::min(L.n_coded(h), cv.n); j++) {
+                int jj = 0;
+                const uint8_t * ck = cv.key_block(j, jj), * cvb = cv.value_block(j, jj);
+                for (size_t b = 0; b < kb; b++) kdiff += ck[b] != dk[(size_t) j * kb + b];
+                for (size_t b = 0; b < vb; b++) vdiff += cvb[b] != dv[(size_t) j * vb + b];
+                kbytes += kb;
+                vbytes += vb;
+                tokens++;
+            }
+        }
+        std::printf("    ENCODE %-58s %lld tokens: key bytes differing %zu of %zu, value bytes %zu of %zu\n", cf.name, (long long) tokens, kdiff, kbytes, vdiff, vbytes);
+        // the same float steps on both sides: the same bytes (a code at an exact rounding tie could differ: none expected)
+        TC_CHECK(kdiff * 10000 <= kbytes && vdiff * 10000 <= vbytes) << cf.name;
+    }
+}
+
 TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-based scores == their CPU rules (lazy, h2o, tova, layer mean, snapkv, rkv)") {
     TC_NEED_CUDA(be);
     const cu::stream_t s = be->stream();
@@ -1039,7 +1180,8 @@ struct ring_pair {
 };
 
 // keys (codec) and values (vcodec; KV_CODEC_COUNT: the same) of a cache of the ring-engine tests
-struct ring_engine_cfg { const char * name; kv_codec_type codec; bool post; bool stream; bool sinks; kv_codec_type vcodec = KV_CODEC_COUNT; };
+// keys rotated in groups of rot_group heads where a group is all FULL (pre-RoPE rot keys)
+struct ring_engine_cfg { const char * name; kv_codec_type codec; bool post; bool stream; bool sinks; kv_codec_type vcodec = KV_CODEC_COUNT; int rot_group = 1; };
 
 // The compressed cache on the device (kv-ring.cuh) against the CPU engine with the same options. Chunks of 64
 // tokens (prefill flushes hundreds of tokens, decode every 16 steps), teacher-forced logits step by step, then
@@ -1070,6 +1212,7 @@ static void ring_engine_cases(const std::vector<ring_engine_cfg> & cfgs) {
         p.storage.key = c.codec;
         p.storage.value = c.vcodec == KV_CODEC_COUNT ? c.codec : c.vcodec;
         const bool coded = p.storage.coded();
+        p.storage.rot_group = c.rot_group;
         p.storage.post_rope = c.post;
         p.storage.protect_sinks = c.sinks;
         if (coded) {  // a calibrated-looking permutation: reversed channels in layer 1
@@ -1143,12 +1286,12 @@ static void ring_engine_cases(const std::vector<ring_engine_cfg> & cfgs) {
     }
 }
 
-TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4, q8, q4, kivi2, kivi4)") {
+TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (stream heads, rot2 pre/post-RoPE + sinks, rot4 in rotation groups, q8, q4, kivi2, kivi4)") {
     ring_engine_cases({
         {"stream heads (f16)", KV_CODEC_F16, false, true, false},
         {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, false, true, true},
         {"rot2 post-RoPE", KV_CODEC_ROT2, true, false, false},
-        {"rot4 every head + sinks", KV_CODEC_ROT4, false, false, true},
+        {"rot4 every head + sinks, keys rotated in pairs", KV_CODEC_ROT4, false, false, true, KV_CODEC_COUNT, 2},
         {"q8 + stream heads", KV_CODEC_Q8, false, true, true},
         {"q4 every head", KV_CODEC_Q4, false, false, false},
         {"kivi2 + stream heads", KV_CODEC_KIVI2, false, true, false},
@@ -1159,7 +1302,8 @@ TC_TEST("cuda/ring-engine: compressed caches on the device == the CPU engine (st
 // Keys and values of different codec families (each side encoded and decoded by its own family's steps).
 TC_TEST("cuda/ring-engine mixed: keys and values of different codec families on the device == the CPU engine (rot4 pre-RoPE/q4, kivi2/rot2, f16/rot2)") {
     ring_engine_cases({
-        {"rot4 pre-RoPE keys + q4 values + sinks", KV_CODEC_ROT4, false, false, true, KV_CODEC_Q4},
+        // (the stream heads leave layer 1 the one pair rotated together)
+        {"rot4 pre-RoPE keys in pairs + q4 values + sinks + stream heads", KV_CODEC_ROT4, false, true, true, KV_CODEC_Q4, 2},
         {"kivi2 keys + rot2 values + stream heads", KV_CODEC_KIVI2, false, true, false, KV_CODEC_ROT2},
         {"f16 keys + rot2 values + stream heads", KV_CODEC_F16, false, true, true, KV_CODEC_ROT2},
     });
