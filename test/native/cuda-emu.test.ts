@@ -7,7 +7,7 @@
 // Needs cmake, python3 and an x86-64 or ucontext host; skips with the reason otherwise.
 // The C++ tests run in two processes at once (the emulation runs a kernel on one core): the device-cache engine
 // tests (one codec family per cache, and mixed), the longest, beside all the others.
-// About 7 minutes on the 2-core CI machine (builds 1-2, the C++ CUDA tests 4 in two processes, the backend tests 1).
+// About 10 minutes on the 2-core CI machine (builds 1-2, the C++ CUDA tests 6-7 in two processes, the backend tests 2.5).
 import { fileURLToPath } from 'node:url';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
