@@ -56,8 +56,8 @@ struct kv_layer_view {
     int kbits = 0, vbits = 0, kgroup = 0, vgroup = 0, k_block_bytes = 0, v_block_bytes = 0;
     int pre_rope = 0, rope_neox = 0, n_rot = 0;
     // Keys and values each have their codec family. Plain (kplain / vplain = 1): q8 / q4 (llama.cpp's q8_0 / q4_0
-    // block per 32 channels, bits 8 or 4; post-RoPE keys, no rotation, no permutation) or KIVI's, instead of
-    // RotateKV's (0: rotated; pre_rope applies to rotated keys only).
+    // block per 32 channels, bits 8 or 4; post-RoPE keys, no rotation, no permutation), f16 rows (bits 16) or
+    // KIVI's, instead of RotateKV's (0: rotated; pre_rope applies to rotated keys only).
     int kplain = 0, vplain = 0;
     // KIVI (kivi.cpp; plain, post-RoPE keys, no rotation). Keys: kivi = their block of tokens (its group; 0: not
     // KIVI keys): kblk holds each token's key codes [D·b/8] (k_block_bytes), kmeta per `kivi` coded tokens

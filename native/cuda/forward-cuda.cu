@@ -168,19 +168,11 @@ struct forward_session::impl {
         kv_ring_layer & L = rl[(size_t) il];
         kv_ring_device & D = rd[(size_t) il];
         const int H = L.n_head_kv();
-        step.rc_before.resize((size_t) H);
-        step.pages.resize((size_t) H);
-        step.lo.resize((size_t) H);
-        step.n_coded.resize((size_t) H);
-        for (int h = 0; h < H; h++) step.rc_before[(size_t) h] = L.rc(h);
+        step.set_rc(L);
         status st = L.append(n_past, T);
         if (!st.ok()) return st;
         if (!(st = D.map_pages(L, s)).ok()) return st;  // (a failure: eval rolls the layer back and gives the pages back)
-        for (int h = 0; h < H; h++) {
-            step.pages[(size_t) h] = L.pages_in_use(h);
-            step.lo[(size_t) h] = L.lo(h);
-            step.n_coded[(size_t) h] = L.n_coded(h);
-        }
+        step.set_view(L);
         L.retain(n_past + T, step.ops, dstep, prompt);
         // an evicting layer: attention keeps the chunk's last row's scores, observe updates the statistics (lazy: at
         // decode steps only, as lazy_observe)
@@ -333,12 +325,8 @@ struct forward_session::impl {
                 if (!(st = trim(il)).ok()) return st;
                 continue;
             }
-            for (int h = 0; h < H; h++) {  // the step tables as they now stand (the next chunk stages its own)
-                ev.rc_before.push_back(L.rc(h));
-                ev.pages.push_back(L.pages_in_use(h));
-                ev.lo.push_back(L.lo(h));
-                ev.n_coded.push_back(L.n_coded(h));
-            }
+            ev.set_rc(L);  // the step tables as they now stand (the next chunk stages its own)
+            ev.set_view(L);
             if (!(st = D.stage(ev, s)).ok() || !(st = D.apply(s, gtmp)).ok() || !(st = trim(il)).ok()) return st;
         }
         compaction_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -5,8 +5,8 @@
 // head's slots grow and given back when they shrink; for coded heads, arrays of quantized tokens with their
 // positions (up to n_ctx per head; grown and shrunk by halves): RotateKV blocks (codes | f16 scales | u8
 // zero-points, rot.cpp's layout), q8/q4 blocks, or KIVI's (per-token key code rows with per-channel scales and
-// mins per block of tokens, per-token values). Every slot's position and statistics (12 B) are reserved for
-// the head's whole capacity.
+// mins per block of tokens, per-token values). Every slot's position and statistics (12 B) live in arrays that
+// grow and shrink with the pages mapped.
 // Per chunk and layer the host stages one small int32 array (chunk tables + the retain's ops), uploaded
 // from pinned memory on the work stream; then:
 //   append   the chunk's keys and values rounded to f16 into their slots (kv_ring_slot), positions too
@@ -63,6 +63,24 @@ struct ring_step {
     std::vector<int32_t> lo;          // [H] ring lower bounds as attention sees them (before the retain)
     std::vector<int32_t> n_coded;     // [H] quantized tokens as attention sees them (before the retain)
     std::vector<kv_ring_ops> ops;     // [H] the retain
+
+    // rc_before from layer L's books (call before L.append)
+    void set_rc(const kv_ring_layer & L) {
+        rc_before.resize((size_t) L.n_head_kv());
+        for (int h = 0; h < L.n_head_kv(); h++) rc_before[(size_t) h] = L.rc(h);
+    }
+    // pages, lo and n_coded from layer L's books as attention sees them (after L.append, before L.retain)
+    void set_view(const kv_ring_layer & L) {
+        const size_t H = (size_t) L.n_head_kv();
+        pages.resize(H);
+        lo.resize(H);
+        n_coded.resize(H);
+        for (int h = 0; h < (int) H; h++) {
+            pages[(size_t) h] = L.pages_in_use(h);
+            lo[(size_t) h] = L.lo(h);
+            n_coded[(size_t) h] = L.n_coded(h);
+        }
+    }
 };
 
 // One launch of single-token evictions (kv_ring_layer::evicts_one heads of one layer): per head its index, f16

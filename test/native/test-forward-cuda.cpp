@@ -779,14 +779,10 @@ TC_TEST("cuda/ring-encode: the device's quantized blocks == kv_cache's (rot2/rot
             kv.append(0, T, k.data(), v.data(), pos.data());
             kv.retain(0);
             cu::ring_step step;
-            for (int h = 0; h < H; h++) step.rc_before.push_back(L.rc(h));
+            step.set_rc(L);
             TC_OK(L.append(n, T));
             TC_OK(dev.map_pages(L, s));
-            for (int h = 0; h < H; h++) {
-                step.pages.push_back(L.pages_in_use(h));
-                step.lo.push_back(L.lo(h));
-                step.n_coded.push_back(L.n_coded(h));
-            }
+            step.set_view(L);
             L.retain(n + T, step.ops);
             TC_OK(kbuf.upload(k.data(), k.size() * 4));
             TC_OK(vbuf.upload(v.data(), v.size() * 4));
@@ -911,12 +907,8 @@ TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-bas
         auto run_ops = [&](std::vector<kv_ring_ops> & ops) {
             cu::ring_step ev;
             ev.ops = ops;
-            for (int h = 0; h < H; h++) {
-                ev.rc_before.push_back(L.rc(h));
-                ev.pages.push_back(L.pages_in_use(h));
-                ev.lo.push_back(L.lo(h));
-                ev.n_coded.push_back(L.n_coded(h));
-            }
+            ev.set_rc(L);
+            ev.set_view(L);
             status st = dev.stage(ev, s);
             if (st.ok()) st = dev.apply(s, tmp);
             if (st.ok()) st = be->synchronize();
@@ -934,14 +926,10 @@ TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-bas
             TC_OK(kbuf.upload(kh.data(), kh.size() * 4));
             TC_OK(vbuf.upload(vh.data(), vh.size() * 4));
             cu::ring_step st;
-            for (int h = 0; h < H; h++) st.rc_before.push_back(L.rc(h));
+            st.set_rc(L);
             TC_OK(L.append(n, T));
             TC_OK(dev.map_pages(L, s));
-            for (int h = 0; h < H; h++) {
-                st.pages.push_back(L.pages_in_use(h));
-                st.lo.push_back(L.lo(h));
-                st.n_coded.push_back(L.n_coded(h));
-            }
+            st.set_view(L);
             st.ops.assign((size_t) H, kv_ring_ops{});  // (the retain after the observation: the books as attention saw them)
             const bool observing = !qk && (t > 0 || cf.kind != KV_POLICY_LAZY);
             dev.set_append_last(cf.kind == KV_POLICY_LAZY && t > 0 ? t - 1 : 0);
