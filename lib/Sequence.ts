@@ -124,6 +124,7 @@ export class Sequence {
   readonly _native: AddonSequence;
   private _disposed = false;
   private _busy = false;
+  private _abortRequested = false; // abort() during the current generation or evaluation
   private _tokens: number[] = []; // tokens evaluated into the KV cache, in order
   private readonly _onDispose: () => void;
 
@@ -217,6 +218,7 @@ export class Sequence {
     if (signal?.aborted) throw new AbortError('generate: the signal was already aborted');
 
     this._busy = true;
+    this._abortRequested = false;
     const onAbort = () => this._native.abort();
     signal?.addEventListener('abort', onAbort);
     const started = performance.now();
@@ -236,11 +238,11 @@ export class Sequence {
       return parser.push(text, token);
     };
     try {
-      this._native.setSampler(opts.sampling);
       // reuse the common prefix; always re-evaluate at least the last prompt token to get logits
       while (cached < this._tokens.length && cached < promptTokens.length - 1 && this._tokens[cached] === promptTokens[cached]) cached++;
       cached = this._native.removeFrom(cached);  // fewer when STREAM heads already dropped tokens past it
       this._tokens.length = cached;
+      this._native.setSampler(opts.sampling);  // (after the rewind: penalties see only the tokens kept)
       yield { type: 'start', promptTokens: promptTokens.length, cachedPromptTokens: cached, reasoningOpenInPrompt: openInPrompt };
 
       const batch = this.context.info.batchSize;
@@ -301,13 +303,15 @@ export class Sequence {
         for (const part of parser.push(tail)) yield part;
       }
     } catch (err) {
-      if (err instanceof AbortError || (signal?.aborted && err instanceof LlmError && err.code === 'ERR_ABORTED')) {
+      const requested = signal?.aborted === true || this._abortRequested;
+      if (err instanceof AbortError || (requested && err instanceof LlmError && err.code === 'ERR_ABORTED')) {
         finishReason = 'aborted';
       } else {
         throw err;
       }
     } finally {
       signal?.removeEventListener('abort', onAbort);
+      this._syncTokens();
       this._busy = false;
     }
     if (tracker !== parser) tracker.finish();
@@ -365,7 +369,7 @@ export class Sequence {
   private async _eval(tokens: number[], sample: boolean, signal: AbortSignal | undefined): Promise<number | undefined> {
     if (this._disposed) throw new AbortError('generate: the sequence was disposed');
     // the native eval clears its abort flag when it starts, so an abort between steps is caught here
-    if (signal?.aborted) throw new AbortError('generate: aborted');
+    if (signal?.aborted || this._abortRequested) throw new AbortError('generate: aborted');
     return callNative(() => this._native.eval(Int32Array.from(tokens), { sample }));
   }
 
@@ -378,18 +382,34 @@ export class Sequence {
     if (this._busy) throw new BusyError('evaluate: the sequence is busy generating');
     if (tokens.length === 0) throw new LlmError('evaluate: no tokens given', 'ERR_INVALID_OPTIONS');
     this._busy = true;
+    this._abortRequested = false;
     try {
       await callNative(() => this._native.eval(Int32Array.from(tokens), { logits: true }));
       this._tokens.push(...tokens);
       return this._native.getLogits();
     } finally {
+      this._syncTokens();
       this._busy = false;
     }
   }
 
-  /** Stops a generation in progress (it finishes with finishReason 'aborted'). */
+  /**
+   * Stops the generation (or `evaluate`) in progress: a generation finishes with finishReason 'aborted' —
+   * at the next step when no evaluation is in flight, within the evaluation otherwise. The tokens already in
+   * the cache stay (an interrupted chunk leaves nothing; `tokens` says what is held). Does nothing when idle.
+   */
   abort(): void {
-    if (!this._disposed) this._native.abort();
+    if (this._disposed || !this._busy) return;
+    this._abortRequested = true;
+    this._native.abort();
+  }
+
+  // After a failed or aborted evaluation: `tokens` lists what the native cache still holds (a chunk in flight
+  // leaves nothing; a device cache whose rollback could not be exact starts over).
+  private _syncTokens(): void {
+    if (this._disposed || this.context.disposed || this.context.model.disposed) return;
+    const held = this._native.nTokens();
+    if (held < this._tokens.length) this._tokens.length = held;
   }
 
   async dispose(): Promise<void> {

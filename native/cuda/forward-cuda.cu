@@ -376,7 +376,7 @@ struct forward_session::impl {
                 return st;
             if (ring && rl[il].has_evict() && rl[il].scores_from_keys()) {  // snapkv, rkv: the newest query (kv_cache::record_query)
                 const kv_policy * pol = kv_policy_get(rl[il].policy().kind);
-                if (!(st = rd[il].record_query(q.as<float>() + (size_t) (T - 1) * n_q, n_q, pol->query_window(rl[il].policy()), s)).ok()) return st;
+                if (!(st = rd[il].record_query(q.as<float>() + (size_t) (T - 1) * n_q, n_q, pol->query_window(rl[il].policy()), n_past + T - 1, s)).ok()) return st;
             }
             if (ring) {
                 if (!(st = ring_attention((int) il, ap, T, s)).ok()) return st;
@@ -596,6 +596,7 @@ status forward_session::eval(const int32_t * tokens, int n_tokens, float * logit
                 bool exact = true;
                 for (size_t il = 0; il < p.rl.size(); il++) {
                     exact &= p.rl[il].rollback(restored);
+                    p.rd[il].drop_queries_from(p.n_past);
                     status sr = p.rd[il].set_positions(restored, p.be->stream());
                     if (sr.ok()) sr = p.trim((int) il);  // the pages the chunk mapped
                     if (!sr.ok()) return status(st.code, st.message + "; and restoring the device cache failed: " + sr.message);
@@ -638,8 +639,11 @@ status forward_session::truncate(int n, int * kept) {
                 for (int32_t sl : ops[h].clear_slot) clears[il].push_back({(int32_t) h, sl, KV_RING_EMPTY});
         }
         p.n_past = keep;
+        p.prompt = std::min(p.prompt, keep);  // the step counters of a fresh evaluation of what is kept (kv_cache::cut)
+        p.dstep = keep - p.prompt;
         if (kept) *kept = keep;
         for (size_t il = 0; il < p.rl.size(); il++) {
+            p.rd[il].drop_queries_from(keep);
             status st = p.rd[il].set_positions(clears[il], p.be->stream());
             if (!st.ok() || !(st = p.trim((int) il)).ok()) return st;  // (a CUDA failure: the device is unusable from here on anyway)
         }
@@ -649,6 +653,8 @@ status forward_session::truncate(int n, int * kept) {
             if (!st.ok()) return st;
         }
         p.n_past = n;
+        p.prompt = std::min(p.prompt, n);
+        p.dstep = n - p.prompt;
     }
     if (kept) *kept = p.n_past;
     return status::success();

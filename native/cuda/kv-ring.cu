@@ -614,6 +614,8 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
     qcount_ = o.qcount_;
     qw_ = o.qw_;
     qrow_ = o.qrow_;
+    qheld_ = o.qheld_;
+    qpos_ = std::move(o.qpos_);
     o.pinned_ = nullptr;
     o.pinned_cap_ = 0;
 }
@@ -1166,7 +1168,7 @@ status kv_ring_device::evict_one(const ring_evict_one_args & a, int32_t * out, s
     return status::success();
 }
 
-status kv_ring_device::record_query(const float * q, int row, int w, stream_t s) {
+status kv_ring_device::record_query(const float * q, int row, int w, int32_t pos, stream_t s) {
     if (w <= 0 || row <= 0) return status::success();
     if (!qring_.data() || qw_ != w || qrow_ != row) {
         status st = qring_.alloc((size_t) w * row * 4);
@@ -1174,14 +1176,25 @@ status kv_ring_device::record_query(const float * q, int row, int w, stream_t s)
         qw_ = w;
         qrow_ = row;
         qcount_ = 0;
+        qheld_ = 0;
+        qpos_.assign((size_t) w, 0);
     }
     CUDA_CHECK(cudaMemcpyAsync(qring_.as<float>() + (size_t) (qcount_ % w) * row, q, (size_t) row * 4, cudaMemcpyDeviceToDevice, s));
+    qpos_[(size_t) (qcount_ % w)] = pos;
     qcount_++;
+    qheld_ = std::min(qheld_ + 1, qw_);
     return status::success();
 }
 
+void kv_ring_device::drop_queries_from(int32_t pos) {
+    while (qheld_ > 0 && qpos_[(size_t) ((qcount_ - 1) % qw_)] >= pos) {
+        qcount_--;
+        qheld_--;
+    }
+}
+
 status kv_ring_device::score_qk(int h, int n, bool rkv, int G, float scale, device_buffer & tmp, qk_partials & out, stream_t s) {
-    const int D = v_.head_dim, nq = qw_ > 0 ? (int) std::min<int64_t>(qcount_, qw_) : 0;
+    const int D = v_.head_dim, nq = qheld_;
     out.imp.assign((size_t) n, 0.0f);
     out.rowsum.assign(rkv ? (size_t) n : 0, 0.0);
     out.excl_idx.assign(rkv ? (size_t) n : 0, 0);

@@ -150,8 +150,12 @@ public:
     // copies into last/mri ([n_coded + n_f16]); valid after the stream is synchronized.
     status download_stats(int h, int32_t n_coded, int32_t n_f16, int32_t * stats_c, int32_t * stats_f, stream_t s);
     // The policies that score from keys (snapkv, rkv): the newest token's post-RoPE query of a chunk, q [row]
-    // on the device, into a ring of the last w (kv_cache::record_query; never reset, as there).
-    status record_query(const float * q, int row, int w, stream_t s);
+    // on the device at position pos, into a ring of the last w (kv_cache::record_query).
+    status record_query(const float * q, int row, int w, int32_t pos, stream_t s);
+    // A rewind or a rolled-back chunk takes the queries of the positions it removes (>= pos) out of the
+    // window with their tokens (kv_cache::drop_queries_from): host bookkeeping only.
+    void drop_queries_from(int32_t pos);
+    int queries_held() const { return qheld_; }
     // Head h's partial scores over its f16 tokens (slots 0..n), kv_ring_qk_scores' inputs, enqueued with their
     // download into `out` (valid after the stream is synchronized). tmp: scratch (grown here).
     struct qk_partials {
@@ -206,7 +210,8 @@ private:
     std::vector<int32_t> c_first_h_;  // host copy of c_first
     device_buffer qring_;  // recorded queries [w][n_head·D] (snapkv, rkv)
     int64_t qcount_ = 0;
-    int qw_ = 0, qrow_ = 0;
+    int qw_ = 0, qrow_ = 0, qheld_ = 0;   // qheld_: valid queries ending at the newest (<= qw_)
+    std::vector<int32_t> qpos_;         // [qw_] the position of each recorded query
     int32_t * pinned_ = nullptr;  // host staging of the step (cudaMallocHost)
     size_t pinned_cap_ = 0;       // int32 entries
 };

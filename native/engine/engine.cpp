@@ -132,6 +132,7 @@ status engine_sequence::eval(const int32_t * tokens, int n_tokens, bool want_log
             history_.push_back(tokens[t]);
             sampler_.accept(tokens[t]);
         }
+        trim_history(cuda_->n_past());  // (a failed chunk that had moved evicting heads' tokens clears the cache)
         if (!s.ok()) return s;
         has_logits_ = want_logits;
         return {};
@@ -153,6 +154,14 @@ status engine_sequence::eval(const int32_t * tokens, int n_tokens, bool want_log
     return {};
 }
 
+// The penalties look at the tokens the sequence holds: removed tokens leave the sampler's history too.
+void engine_sequence::trim_history(int32_t n) {
+    if (n < 0 || (size_t) n >= history_.size()) return;
+    history_.resize((size_t) n);
+    sampler_.clear_history();
+    for (int32_t t : history_) sampler_.accept(t);
+}
+
 status engine_sequence::sample(int32_t * out) {
     if (!has_logits_) return status(ERR_INVALID_ARG, "sample: no logits; evaluate at least one token with logits first");
     *out = sampler_.sample(logits_.data(), (int32_t) logits_.size());
@@ -166,13 +175,13 @@ int32_t engine_sequence::remove_from(int32_t pos) {
         const int32_t want = std::max<int32_t>(0, std::min<int32_t>(pos, cuda_->n_past()));
         int kept = cuda_->n_past();
         cuda_->truncate(want, &kept);  // kept: what the device cache holds afterwards, whatever the status
-        if ((size_t) kept < history_.size()) history_.resize((size_t) kept);
+        trim_history(kept);
         has_logits_ = false;
         return kept;
     }
 #endif
     const int32_t kept = kv_->remove_from(pos);
-    if ((size_t) kept < history_.size()) history_.resize((size_t) kept);
+    trim_history(kept);
     has_logits_ = false;
     return kept;
 }

@@ -77,7 +77,9 @@ public:
     bool on_cuda() const { return (bool) cuda_; }
 
     // Feeds tokens (prompt chunks or one decoded token). With want_logits the last token's logits are
-    // kept for sample()/logits(). Checks the abort flag between layers and chunks.
+    // kept for sample()/logits(). Checks the abort flag before each chunk, and between layers on the CPU while
+    // the chunk in flight can be taken back out exactly (kv_cache::chunk_revertible): a failed or aborted
+    // call leaves the chunks before the failing one in the cache (n_tokens() says how many).
     status eval(const int32_t * tokens, int n_tokens, bool want_logits);
     // Draws the next token from the last logits with the sequence's sampler.
     status sample(int32_t * out);
@@ -106,7 +108,8 @@ private:
     std::unique_ptr<kv_cache> kv_;
     forward_scratch scratch_;
     sampler sampler_;
-    std::vector<int32_t> history_;  // every token fed, for penalties after a sampler reset
+    std::vector<int32_t> history_;  // every token the cache holds, for penalties after a sampler reset
+    void trim_history(int32_t n);
     std::vector<float> logits_;     // [n_vocab]
     std::unique_ptr<wse_accumulator> wse_;
     bool has_logits_ = false;

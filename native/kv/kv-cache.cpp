@@ -53,7 +53,12 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
         q_window_ = policy_->query_window(cfg_.policy);
         qring_.assign((size_t) cfg_.n_layer, std::vector<float>((size_t) q_window_ * cfg_.n_head * cfg_.head_dim, 0.0f));
         qcount_.assign((size_t) cfg_.n_layer, 0);
+        qpos_.assign((size_t) cfg_.n_layer, std::vector<int32_t>((size_t) q_window_, 0));
+        qheld_.assign((size_t) cfg_.n_layer, 0);
     }
+    chunk_sinks_saved_.assign((size_t) cfg_.n_layer, 0);
+    chunk_sinks_.assign((size_t) cfg_.n_layer, {});
+    chunk_sink_cand_.assign((size_t) cfg_.n_layer, {});
     const kv_storage_config & st = cfg_.storage;
     if (st.coded()) {
         kv_coded_view & c = cv0_;
@@ -192,6 +197,7 @@ void kv_cache::flush(int il, int ih0, int nh) {
     for (int32_t j = 0; j < h.n; j++) if (!prot(h.pos[(size_t) j])) cand.push_back(j);
     const int32_t m = ((int32_t) cand.size() - staging_of(h)) / F * F;
     if (m <= 0) return;
+    chunk_exact_ = false;  // (tokens older than this chunk may move to codec pages)
     const int32_t nq = runs_count(h.qruns);
     // (past the early return: this runs at every decode step for every coded head)
     std::vector<head_store *> hs((size_t) nh);
@@ -286,20 +292,44 @@ void kv_sinks_merge(std::vector<std::pair<float, int32_t>> & cand, const std::ve
 }
 
 void kv_cache::add_sinks(int il, const std::vector<int32_t> & positions, const std::vector<float> & magnitudes) {
+    if (!chunk_sinks_saved_[(size_t) il]) {  // (at most KV_MAX_SINKS entries: revert_chunk restores them)
+        chunk_sinks_[(size_t) il] = sinks_[(size_t) il];
+        chunk_sink_cand_[(size_t) il] = sink_cand_[(size_t) il];
+        chunk_sinks_saved_[(size_t) il] = 1;
+    }
     kv_sinks_merge(sink_cand_[(size_t) il], positions, magnitudes, sinks_[(size_t) il]);  // elements, not tokens
 }
 
-void kv_cache::record_query(int il, const float * q) {
+void kv_cache::record_query(int il, const float * q, int32_t pos) {
     const size_t row = (size_t) cfg_.n_head * cfg_.head_dim;
-    float * dst = qring_[(size_t) il].data() + (size_t) (qcount_[(size_t) il] % q_window_) * row;
-    std::memcpy(dst, q, row * sizeof(float));
+    const int32_t slot = qcount_[(size_t) il] % q_window_;
+    std::memcpy(qring_[(size_t) il].data() + (size_t) slot * row, q, row * sizeof(float));
+    qpos_[(size_t) il][(size_t) slot] = pos;
     qcount_[(size_t) il]++;
+    qheld_[(size_t) il] = std::min(qheld_[(size_t) il] + 1, q_window_);
+}
+
+// The window holds queries of tokens the sequence holds: a rewind (or a reverted chunk) takes the queries
+// of the tokens it removes with them, newest first. The slots they free are not refilled with the older
+// queries they had overwritten, so the window is shorter until new steps fill it.
+void kv_cache::drop_queries_from(int32_t pos) {
+    for (size_t il = 0; il < qheld_.size(); il++) {
+        while (qheld_[il] > 0 && qpos_[il][(size_t) ((qcount_[il] - 1) % q_window_)] >= pos) {
+            qcount_[il]--;
+            qheld_[il]--;
+        }
+    }
 }
 
 status kv_cache::reserve(int n_tokens) {
     if ((int64_t) n_logical_ + n_tokens > cfg_.n_ctx) {
         return status(ERR_CONTEXT_FULL, strfmt("kv_cache: %d new tokens at position %d exceed the context size %d", n_tokens, n_logical_, cfg_.n_ctx));
     }
+    chunk_exact_ = true;
+    chunk_pos0_ = n_logical_;
+    chunk_step0_ = step_;
+    chunk_prompt0_ = prompt_;
+    std::fill(chunk_sinks_saved_.begin(), chunk_sinks_saved_.end(), 0);
     // a single token after a prompt is a decode step; anything else is (more) prompt
     if (n_tokens == 1 && n_logical_ > 0) {
         step_++;
@@ -427,6 +457,7 @@ void kv_cache::retain(int il) {
         evicted_ += h.n - (int64_t) keep.size();
         compact(h, keep);
         h.dropped = true;
+        chunk_exact_ = false;
     }
     if (!layer_has_evict_[(size_t) il]) return;
     // An EVICT head's tokens, as its policy sees them: [coded | f16] (a plain head: f16 only). Positions
@@ -456,6 +487,8 @@ void kv_cache::retain(int il) {
         if (h.mode != KV_RETAIN_EVICT) continue;
         const int32_t nq = runs_count(h.qruns), n_all = h.n + nq;
         kv_step_probs p{h.p_max.data(), h.p_sum.data(), same ? layer_mean.data() : nullptr};
+        // the held tokens' statistics take this step's observation (snapkv and rkv keep none)
+        if (!h.stats.last.empty() || !h.stats.mri.empty() || !h.stats.acc.empty() || !h.stats.cur.empty()) chunk_exact_ = false;
         policy_->observe(h.stats, n_all, p, step_, cfg_.policy);
         if (policy_->due(step_, n_all, prompt_, cfg_.policy)) {
             const auto t0 = std::chrono::steady_clock::now();
@@ -492,6 +525,7 @@ void kv_cache::retain(int il) {
             if (h.coded) compact_coded(h, keep_c, pa);
             compact(h, keep_f);
             h.dropped = true;
+            chunk_exact_ = false;
             compactions_++;
             compaction_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
@@ -537,6 +571,15 @@ int32_t kv_cache::remove_from(int32_t p) {
         const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - n_sink - staging_of(h)) / F * F;
         if (kept_q != fresh_q) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
     }
+    cut(keep_pos, true);
+    return keep_pos;
+}
+
+void kv_cache::clear() { remove_from(0); }
+
+// Keeps the tokens before keep_pos in every head (the caller has checked that this is exact), with their
+// statistics, coded runs, sinks and recorded queries.
+void kv_cache::cut(int32_t keep_pos, bool reset_dropped) {
     for (auto & h : heads_) {
         int32_t keep = 0;
         while (keep < h.n && h.pos[(size_t) keep] < keep_pos) keep++;
@@ -560,7 +603,7 @@ int32_t kv_cache::remove_from(int32_t p) {
             shrink(h.qv_pages, cv0_.v_page_tokens);
         }
         compact(h, idx);
-        h.dropped = false;
+        if (reset_dropped) h.dropped = false;
     }
     for (size_t il = 0; il < sinks_.size(); il++) {
         auto & sk = sinks_[il];
@@ -568,11 +611,27 @@ int32_t kv_cache::remove_from(int32_t p) {
         auto & cand = sink_cand_[il];
         cand.erase(std::remove_if(cand.begin(), cand.end(), [&](const std::pair<float, int32_t> & c) { return c.second >= keep_pos; }), cand.end());
     }
+    drop_queries_from(keep_pos);
     n_logical_ = keep_pos;
-    return keep_pos;
+    // the step counters of a fresh evaluation of what is kept: a prompt, then decode steps
+    prompt_ = std::min(prompt_, keep_pos);
+    step_ = keep_pos - prompt_;
 }
 
-void kv_cache::clear() { remove_from(0); }
+void kv_cache::revert_chunk() {
+    assert(chunk_revertible());
+    // (a chunk from position 0 reverts to an empty cache whatever it changed)
+    cut(chunk_pos0_, chunk_pos0_ == 0);
+    for (size_t il = 0; il < chunk_sinks_saved_.size(); il++) {
+        if (!chunk_sinks_saved_[il]) continue;
+        sinks_[il].swap(chunk_sinks_[il]);
+        sink_cand_[il].swap(chunk_sink_cand_[il]);
+        chunk_sinks_saved_[il] = 0;
+    }
+    step_ = chunk_step0_;
+    prompt_ = chunk_prompt0_;
+    chunk_exact_ = true;  // (nothing of the chunk is left)
+}
 
 kv_memory_report kv_cache::memory(bool per_head) const {
     kv_memory_report r;

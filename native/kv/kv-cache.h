@@ -217,8 +217,17 @@ public:
     kv_cache(const kv_cache &) = delete;
     kv_cache & operator=(const kv_cache &) = delete;
 
-    // Makes room for n_tokens more tokens in every head; ERR_CONTEXT_FULL past n_ctx, ERR_OOM_HOST.
+    // Makes room for n_tokens more tokens in every head; ERR_CONTEXT_FULL past n_ctx, ERR_OOM_HOST. Starts a
+    // chunk: until the next reserve, revert_chunk() can take the chunk back out while chunk_revertible().
     status reserve(int n_tokens);
+    // True while the chunk in flight has only appended (tokens, their statistics, queries, sink candidates):
+    // no head has dropped, quantized or re-scored anything yet, so dropping the chunk restores the cache
+    // exactly as it was before reserve(). False once a layer's retain() changed older tokens.
+    bool chunk_revertible() const { return chunk_exact_ || chunk_pos0_ == 0; }
+    // note: call only while chunk_revertible(). Removes what the chunk in flight appended to every layer it
+    // reached (a failed or aborted forward pass stops between layers) and restores the step counters, sinks
+    // and recorded queries: the cache is as it was before reserve().
+    void revert_chunk();
     // Appends n_tokens tokens to every head of layer il.
     //   k: [n_tokens][n_head_kv][head_dim] f32 (post-RoPE), v: [n_tokens][n_head_kv][head_dim_v], pos: [n_tokens]
     // note: call only after `reserve(n_tokens)` succeeded for this batch.
@@ -248,8 +257,9 @@ public:
     int32_t decode_step() const { return step_; }
     // Policies that score from recent queries (snapkv, rkv) need each decode step's post-RoPE queries.
     bool wants_queries(int il) const { return q_window_ > 0 && layer_has_evict_[(size_t) il]; }
-    // note: call only when wants_queries(il); q: [n_head][head_dim] of the newest token.
-    void record_query(int il, const float * q);
+    // note: call only when wants_queries(il); q: [n_head][head_dim] of the newest token, at position pos.
+    // Queries of positions a rewind or a reverted chunk removes leave the window with their tokens.
+    void record_query(int il, const float * q, int32_t pos);
     // Massive-activation sinks (ALGORITHMS.md §3.5): the policy asks for detection at prefill; the
     // forward pass reports the positions of the tokens holding the largest residual-stream values.
     bool wants_sinks() const { return (cfg_.policy.protect_sinks && layer_has_evict_any_) || (cfg_.storage.coded() && cfg_.storage.protect_sinks); }
@@ -312,6 +322,16 @@ private:
     int32_t q_window_ = 0;                    // queries kept per layer (policy's query_window)
     std::vector<std::vector<float>> qring_;  // [n_layer][q_window][n_head][head_dim], ring
     std::vector<int32_t> qcount_;             // [n_layer] queries recorded (ring position = count % q_window)
+    std::vector<std::vector<int32_t>> qpos_;  // [n_layer][q_window] the position of each recorded query
+    std::vector<int32_t> qheld_;              // [n_layer] valid queries ending at the newest (<= q_window)
+    // the chunk in flight (reserve .. next reserve): what revert_chunk() restores
+    bool chunk_exact_ = true;
+    int32_t chunk_pos0_ = 0, chunk_step0_ = 0, chunk_prompt0_ = 0;
+    std::vector<char> chunk_sinks_saved_;     // [n_layer] sink state saved before this chunk's first add_sinks
+    std::vector<std::vector<int32_t>> chunk_sinks_;
+    std::vector<std::vector<std::pair<float, int32_t>>> chunk_sink_cand_;
+    void drop_queries_from(int32_t pos);
+    void cut(int32_t keep_pos, bool reset_dropped);
     int64_t evicted_ = 0, compactions_ = 0;
     double compaction_s_ = 0;
 };

@@ -43,6 +43,7 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
         grow(s.q, T * n_q); grow(s.k, T * n_k); grow(s.v, T * n_v); grow(s.attn, T * n_attn);
         grow(s.gate, T * n_ff); grow(s.up, T * n_ff); grow(s.cs, T * hp.n_rot); grow(s.pos, T);
     } catch (const std::bad_alloc &) {
+        kv.revert_chunk();
         return status(ERR_OOM_HOST, strfmt("forward_chunk: out of memory for activations of %d tokens", n_tokens));
     }
 
@@ -66,8 +67,11 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
     ap.scale = 1.0f / std::sqrt((float) hp.head_dim);
 
     for (uint32_t il = 0; il < hp.n_layer; il++) {
-        if (abort && abort->load(std::memory_order_relaxed)) {
-            kv.remove_from(pos0);
+        // An abort stops between layers while the chunk can be taken back out exactly; once a layer has
+        // dropped, quantized or re-scored older tokens the chunk runs to its end (the caller stops before the
+        // next one), so an abort never costs the tokens the cache held before it.
+        if (abort && abort->load(std::memory_order_relaxed) && kv.chunk_revertible()) {
+            kv.revert_chunk();
             return status(ERR_ABORTED, "forward_chunk: aborted");
         }
         const layer_weights & L = m.layers[il];
@@ -129,7 +133,7 @@ status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int
         } else {
             kv.append((int) il, n_tokens, s.k.data(), s.v.data(), s.pos.data());
         }
-        if (kv.wants_queries((int) il)) kv.record_query((int) il, s.q.data() + (T - 1) * n_q);
+        if (kv.wants_queries((int) il)) kv.record_query((int) il, s.q.data() + (T - 1) * n_q, s.pos[T - 1]);
         attention(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, s.attn.data(), s.at);
         if (s.wse && s.wse->window_error) attention_window_error(pool, ap, s.q.data(), s.pos.data(), kv, (int) il, *s.wse);
         kv.retain((int) il);  // STREAM heads keep their sinks + recent window

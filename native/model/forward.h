@@ -36,8 +36,9 @@ struct forward_scratch {
 enum logits_mode { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL };
 
 // Runs tokens[0..n_tokens) at positions kv.n_logical() ... . logits: [n_vocab] (LAST) or
-// [n_tokens][n_vocab] (ALL). `abort` (nullable) is checked between layers: ERR_ABORTED leaves the
-// cache without the chunk (it is rewound).
+// [n_tokens][n_vocab] (ALL). `abort` (nullable) is checked between layers while the cache can take the
+// chunk back out exactly (kv_cache::chunk_revertible): ERR_ABORTED leaves the cache as it was before the
+// chunk. Past that point the chunk runs to its end and returns normally (the caller checks `abort` again).
 status forward_chunk(const model & m, kv_cache & kv, const int32_t * tokens, int n_tokens, logits_mode mode, float * logits,
                      forward_scratch & s, thread_pool & pool, const std::atomic<bool> * abort);
 

@@ -111,8 +111,11 @@ describe('Sequence#generate()', () => {
     expect(abortedAt).toBeGreaterThan(started);
     // stops within a fraction of a chunk (the native side checks between layers), not after the whole prompt
     expect(stoppedAfter).toBeLessThan(Math.max(chunkMs * 0.8, 50));
-    // the sequence is usable afterwards and holds no half-evaluated chunk
-    expect(seq.memory().logicalTokens % 512).toBe(0);
+    // the sequence is usable afterwards and holds no half-evaluated chunk, in any layer
+    const held = seq.memory().logicalTokens;
+    expect(held % 512).toBe(0);
+    expect(seq.tokens).toHaveLength(held);
+    for (let layer = 0; layer < 8; layer++) expect(Array.from(seq.heldPositions(layer, 0))).toEqual(Array.from({ length: held }, (_, i) => i));
     const again = finishOf(await collect(seq.generate(prompt.slice(0, 8), { maxTokens: 2 })));
     expect(again.tokens).toHaveLength(2);
   });
@@ -130,6 +133,40 @@ describe('Sequence#generate()', () => {
     const fin = finishOf(evs);
     expect(fin.finishReason).toBe('aborted');
     expect(fin.tokens).toHaveLength(1);
+  });
+
+  it('seq.abort() stops a generation between steps and inside a step: finishReason aborted, nothing thrown', async () => {
+    await using model = await loadModel({ path: medium() });
+    await using ctx = await model.createContext({ contextSize: 4096, threads: 2, batchSize: 512 });
+    const seq = ctx.acquireSequence();
+    seq.abort(); // idle: does nothing (no pending abort for the next call)
+    const evs: GenerateEvent[] = [];
+    let deltas = 0;
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) {
+      evs.push(ev);
+      if (ev.type === 'text-delta' && ++deltas === 3) seq.abort(); // between steps
+    }
+    expect(finishOf(evs).finishReason).toBe('aborted');
+    expect(finishOf(evs).tokens).toHaveLength(3);
+    // inside the prefill of a long prompt
+    const prompt = Array.from({ length: 2500 }, (_, i) => 300 + (i % 200));
+    const timer = setTimeout(() => seq.abort(), 150);
+    const fin = finishOf(await collect(seq.generate(prompt, { maxTokens: 10 })));
+    clearTimeout(timer);
+    expect(fin.finishReason).toBe('aborted');
+    expect(fin.tokens.length).toBeLessThan(10);
+    expect(seq.tokens).toHaveLength(seq.memory().logicalTokens);
+  });
+
+  it('penalties see the tokens the sequence holds: the same prompt twice gives the same tokens', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const sampling = { temperature: 0, repeatPenalty: 1.8, penaltyLastN: 64 };
+    const run = async () => finishOf(await collect(seq.generate('Once upon a time', { maxTokens: 30, stopAtEog: false, sampling }))).tokens;
+    const first = await run();
+    const again = await run(); // the cache keeps the prompt; the first answer's tokens are gone from it
+    expect(again).toEqual(first);
   });
 
   it('rejects a second concurrent generation with BusyError', async () => {

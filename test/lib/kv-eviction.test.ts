@@ -48,6 +48,48 @@ describe('kv.eviction', () => {
   });
 });
 
+describe('aborts keep what the cache held', () => {
+  // A chunk interrupted between layers is taken back out while nothing older moved; once a layer has evicted,
+  // trimmed or re-scored older tokens the chunk finishes and the abort takes effect before the next one. Either
+  // way no head holds a position the sequence does not, and generating again continues as an uninterrupted run.
+  const medium = () => ensureFixture('llama', 'q8_0', { nEmbd: 512, nLayer: 8, nHead: 8, nHeadKv: 4, headDim: 64, nFf: 1536, nCtxTrain: 4096 });
+  const configs = {
+    'lazy eviction': { eviction: { policy: 'lazy', capacity: 256, window: 64 } },
+    'head-selective stream + rot2': { heads: { profile: Array.from({ length: 8 }, (_, l) => Array.from({ length: 4 }, (_, h) => ((l * 4 + h) * 37 % 100) / 100)), sparsity: 0.5, stream: { sinks: 16, recent: 128 } }, storage: { key: 'rot2', value: 'rot2' } },
+  } as const;
+  for (const [name, kv] of Object.entries(configs)) {
+    it(`${name}: an abort during the prefill`, async () => {
+      await using model = await loadModel({ path: medium() });
+      await using ctx = await model.createContext({ contextSize: 2048, threads: 2, batchSize: 256, sequences: 2, kv });
+      const prompt = Array.from({ length: 1400 }, (_, i) => 300 + ((i * 7) % 200));
+      const run = async (seq: ReturnType<typeof ctx.acquireSequence>, signal?: AbortSignal) => {
+        let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+        for await (const ev of seq.generate(prompt, { maxTokens: 12, stopAtEog: false, ...(signal ? { signal } : {}) })) if (ev.type === 'finish') fin = ev;
+        return fin!;
+      };
+      const ref = await run(ctx.acquireSequence());
+      const seq = ctx.acquireSequence();
+      const ac = new AbortController();
+      const t0 = performance.now();
+      const timer = setTimeout(() => ac.abort(), Math.max(5, ref.timings.prefillMs * 0.45));
+      const aborted = await run(seq, ac.signal);
+      clearTimeout(timer);
+      expect(aborted.finishReason).toBe('aborted');
+      const held = seq.memory().logicalTokens;
+      expect(held % 256).toBe(0);
+      expect(held).toBeGreaterThan(0);
+      expect(seq.tokens).toEqual(prompt.slice(0, held));
+      for (let layer = 0; layer < 8; layer++) {
+        for (let head = 0; head < 4; head++) for (const p of seq.heldPositions(layer, head)) expect(p).toBeLessThan(held);
+      }
+      expect(performance.now() - t0).toBeLessThan(ref.timings.prefillMs * 2);
+      const resumed = await run(seq);
+      expect(resumed.usage.cachedPromptTokens).toBe(held);
+      expect(resumed.tokens).toEqual(ref.tokens);
+    });
+  }
+});
+
 describe('kv-compaction events', () => {
   it('report evicted tokens step by step; they add up to the memory counter; plain caches emit none', async () => {
     await using model = await loadModel({ path: fixture() });

@@ -937,11 +937,16 @@ TC_TEST("cuda/ring-evict-ops: observe, the single-token eviction and the key-bas
             TC_OK(dev.stage(st, s));
             TC_OK(dev.append(kbuf.as<float>(), vbuf.as<float>(), n, T, s));
             if (qk) {  // the chunk's newest query
+                if (call == n_prompt + 40) {  // a rewind's queries leave the window (kv_cache::drop_queries_from): the last 3
+                    dev.drop_queries_from(n - 3);
+                    qring.resize(qring.size() - 3);
+                    TC_CHECK(dev.queries_held() == (int) qring.size()) << cf.name << ": the device holds " << dev.queries_held() << " queries";
+                }
                 qring.push_back(randn((size_t) NH * D, 300 + call));
                 if ((int) qring.size() > qw) qring.erase(qring.begin());
                 TC_OK(be->synchronize());
                 TC_OK(qbuf.upload(qring.back().data(), (size_t) NH * D * 4));
-                TC_OK(dev.record_query(qbuf.as<float>(), NH * D, qw, s));
+                TC_OK(dev.record_query(qbuf.as<float>(), NH * D, qw, n + T - 1, s));
             }
             TC_OK(be->synchronize());
             n += T;

@@ -315,6 +315,8 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
             for (auto & L : sim.layers) keep = L.limit_stream(keep);
             for (auto & L : sim.layers) keep = L.limit_coded(keep);
             TC_CHECK(keep == kept) << label << ": rewind to " << target << ": kv_cache keeps " << kept << ", the ring " << keep;
+            prompt = std::min(prompt, kept);  // (forward_session::truncate: the counters of a fresh evaluation)
+            step = kept - prompt;
             for (int il = 0; il < c.n_layer; il++) {
                 sim.layers[(size_t) il].truncate(kept, ops);
                 sim.apply(il, ops);
@@ -596,4 +598,193 @@ TC_TEST("kv ring: evicting heads (lazy, streaming, h2o, tova) hold what kv_cache
     L.retain(300, ops);
     TC_CHECK(!ops[0].move_src.empty() && !ops[0].enc_slot.empty());
     TC_CHECK(!L.rollback(restored)) << "a flush gathered f16 tokens: not exact";
+}
+
+namespace {
+
+// One forward pass over the cache as forward_chunk drives it (reserve; per layer: sinks at prefill, append,
+// the newest query, this step's probabilities for evicting heads, retain), with keys, values, queries and
+// probabilities drawn from `seed` and the token's position, so two caches fed the same calls stay equal.
+// abort_at >= 0: the pass stops before that layer when the chunk can be reverted (forward_chunk's abort);
+// returns true when it did.
+bool drive_chunk(kv_cache & kv, int T, uint32_t seed, int abort_at) {
+    const kv_cache_config & c = kv.config();
+    const int H = c.n_head_kv, D = c.head_dim, NQ = c.n_head;
+    const int32_t pos0 = kv.n_logical();
+    std::vector<int32_t> pos((size_t) T);
+    for (int t = 0; t < T; t++) pos[(size_t) t] = pos0 + t;
+    auto draw = [&](uint32_t s, size_t n) {
+        std::mt19937 g(s);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> x(n);
+        for (float & e : x) e = nd(g);
+        return x;
+    };
+    TC_CHECK(kv.reserve(T).ok());
+    for (int il = 0; il < c.n_layer; il++) {
+        if (il == abort_at && kv.chunk_revertible()) {
+            kv.revert_chunk();
+            return true;
+        }
+        const uint32_t ls = seed * 7919u + (uint32_t) pos0 * 131u + (uint32_t) il * 17u;
+        if (T > 1 && kv.wants_sinks()) {
+            std::vector<int32_t> sp;
+            std::vector<float> mag;
+            std::mt19937 g(ls);
+            for (int i = 0; i < 12; i++) { sp.push_back(pos0 + (int32_t) (g() % (uint32_t) T)); mag.push_back(10.0f + (float) (g() % 1000)); }
+            kv.add_sinks(il, sp, mag);
+        }
+        const std::vector<float> k = draw(ls + 1, (size_t) T * H * D), v = draw(ls + 2, (size_t) T * H * c.head_dim_v);
+        kv.append(il, T, k.data(), v.data(), pos.data());
+        if (kv.wants_queries(il)) kv.record_query(il, draw(ls + 3, (size_t) NQ * D).data(), pos[(size_t) T - 1]);
+        if (kv.wants_probs(il)) {
+            for (int ih = 0; ih < H; ih++) {
+                if (kv.retention(il, ih) != KV_RETAIN_EVICT) continue;
+                const size_t n_all = kv.held_positions(il, ih).size();
+                std::mt19937 g(ls + 4 + (uint32_t) ih);
+                float * pm = kv.probs_max(il, ih), * ps = kv.probs_sum(il, ih);
+                for (size_t j = 0; j < n_all; j++) {
+                    const float p = (float) (g() % 1000) / 1000.0f / (float) n_all * (j % 7 == 0 ? 20.0f : 1.0f);
+                    pm[j] = p;
+                    ps[j] = 1.5f * p;
+                }
+            }
+        }
+        kv.retain(il);
+    }
+    return false;
+}
+
+// What must be equal between two caches that went through the same tokens.
+// (counters: the cumulative eviction counters too, for two caches that went through the same calls)
+void expect_same_cache(const kv_cache & a, const kv_cache & b, const char * what, int call, bool counters = true) {
+    const kv_cache_config & c = a.config();
+    TC_CHECK(a.n_logical() == b.n_logical()) << what << " call " << call << ": logical " << a.n_logical() << " vs " << b.n_logical();
+    for (int il = 0; il < c.n_layer; il++)
+        for (int ih = 0; ih < c.n_head_kv; ih++)
+            TC_CHECK(a.held_positions(il, ih) == b.held_positions(il, ih)) << what << " call " << call << ": head (" << il << ", " << ih << ") holds other positions";
+    const kv_memory_report ra = a.memory(false), rb = b.memory(false);
+    TC_CHECK(ra.resident_tokens == rb.resident_tokens && ra.key_bytes == rb.key_bytes && ra.value_bytes == rb.value_bytes &&
+             ra.quantized_tokens == rb.quantized_tokens && (!counters || (ra.evicted_tokens == rb.evicted_tokens && ra.compactions == rb.compactions)))
+        << what << " call " << call << ": memory report differs (resident " << ra.resident_tokens << " vs " << rb.resident_tokens << ", key bytes "
+        << ra.key_bytes << " vs " << rb.key_bytes << ", evicted " << ra.evicted_tokens << " vs " << rb.evicted_tokens << ")";
+    TC_CHECK(a.decode_step() == b.decode_step()) << what << " call " << call << ": decode step " << a.decode_step() << " vs " << b.decode_step();
+}
+
+kv_cache_config abort_cfg(kv_policy_kind kind, kv_codec_type codec) {
+    kv_cache_config c = ring_cfg(codec, codec != KV_CODEC_F16, false);
+    c.n_layer = 3;  // layer 0 all FULL; layer 1 evicting + FULL; layer 2 evicting + STREAM + FULL
+    c.retention.assign((size_t) c.n_layer * c.n_head_kv, KV_RETAIN_FULL);
+    c.retention[4] = c.retention[6] = c.retention[8] = c.retention[10] = KV_RETAIN_EVICT;
+    c.retention[11] = KV_RETAIN_STREAM;
+    c.policy.kind = kind;
+    c.policy.capacity = 64;
+    c.policy.window = kind == KV_POLICY_SNAPKV || kind == KV_POLICY_RKV ? 8 : 16;
+    c.policy.interval = 3;  // (snapkv, rkv) shorter than their query window
+    c.policy.protect = 4;
+    c.policy.protect_sinks = true;  // (sinks detected at prefill: a reverted chunk's candidates leave with it)
+    c.storage.staging = 8;
+    return c;
+}
+
+} // namespace
+
+TC_TEST("kv: an aborted chunk is taken back out exactly while nothing older moved; the cache goes on as if it had never run (every policy, f16 and rot2)") {
+    // the same calls into two caches; in the second, every third call is first attempted and aborted before a
+    // layer (forward_chunk's abort), then run again. Held positions, the memory report and the decode step must
+    // stay equal after every call, and eviction decisions for hundreds of steps after.
+    fixture fx;
+    std::vector<int> calls = {100, 60};
+    for (int i = 0; i < 150; i++) calls.push_back(1);
+    calls.push_back(40);
+    for (int i = 0; i < 60; i++) calls.push_back(1);
+    for (int kind = 0; kind < KV_POLICY_COUNT; kind++) {
+        for (kv_codec_type codec : {KV_CODEC_F16, KV_CODEC_ROT2}) {
+            kv_cache_config c = abort_cfg((kv_policy_kind) kind, codec);
+            const std::string what = std::string(kv_policy_get((kv_policy_kind) kind)->name) + (codec == KV_CODEC_F16 ? " f16" : " rot2");
+            auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
+            kv_cache a(c, pool), b(c, pool);
+            int reverted = 0, ran_through = 0;
+            for (size_t i = 0; i < calls.size(); i++) {
+                const uint32_t seed = 1000u + (uint32_t) i;
+                drive_chunk(a, calls[i], seed, -1);
+                if (i % 3 == 1) {
+                    const int at = 1 + (int) (i / 3) % (c.n_layer - 1);
+                    const std::vector<int32_t> before = b.held_positions(0, 0);
+                    if (drive_chunk(b, calls[i], seed, at)) {
+                        reverted++;
+                        TC_CHECK(b.held_positions(0, 0) == before) << what << " call " << i << ": the reverted chunk left tokens in layer 0";
+                        drive_chunk(b, calls[i], seed, -1);
+                    } else {
+                        ran_through++;  // older tokens had moved in a layer before `at`: the chunk ran to its end (forward_chunk)
+                    }
+                } else {
+                    drive_chunk(b, calls[i], seed, -1);
+                }
+                expect_same_cache(a, b, what.c_str(), (int) i);
+            }
+            TC_CHECK(reverted > 0) << what << ": no chunk was reverted";
+            if (codec == KV_CODEC_F16) {
+                // a prompt chunk aborted in its first layer after reporting 20 sinks larger than any before: the
+                // layer's top 20 must be the earlier prompt's again, not what is left of it after the chunk's
+                kv_cache x(c, pool), y(c, pool);
+                drive_chunk(x, 100, 1, -1);
+                drive_chunk(y, 100, 1, -1);
+                TC_CHECK(y.reserve(60).ok());
+                std::vector<int32_t> big;
+                for (int32_t p = 100; p < 120; p++) big.push_back(p);
+                y.add_sinks(0, big, std::vector<float>(big.size(), 1e9f));
+                TC_CHECK(y.chunk_revertible());
+                y.revert_chunk();
+                TC_CHECK(x.sinks(0) == y.sinks(0) && x.sinks(0).size() > 1) << what << ": layer 0 sinks differ after a reverted chunk";
+                drive_chunk(x, 60, 2, -1);
+                drive_chunk(y, 60, 2, -1);
+                for (int il = 0; il < c.n_layer; il++) TC_CHECK(x.sinks(il) == y.sinks(il)) << what << ": layer " << il << " sinks differ after a reverted chunk";
+                expect_same_cache(x, y, what.c_str(), -1);
+            }
+            std::printf("    %-14s %3d chunks reverted, %3d ran to their end (older tokens moved), %lld tokens evicted\n", what.c_str(), reverted, ran_through,
+                        (long long) a.memory(false).evicted_tokens);
+        }
+    }
+}
+
+TC_TEST("kv: the query window of snapkv/rkv holds only the sequence's own queries (clear, rewind, reverted chunk)") {
+    // interval 3 < window 8: an eviction reads queries recorded before it. After clear() the cache must decide
+    // as a new one does; after a rewind (before any eviction) as one that never saw the removed tokens.
+    for (kv_policy_kind kind : {KV_POLICY_SNAPKV, KV_POLICY_RKV}) {
+        const kv_cache_config c = abort_cfg(kind, KV_CODEC_F16);
+        auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
+        kv_cache used(c, pool), fresh(c, pool);
+        drive_chunk(used, 90, 1, -1);
+        for (int i = 0; i < 40; i++) drive_chunk(used, 1, 2 + (uint32_t) i, -1);
+        TC_CHECK(used.memory(false).evicted_tokens > 0);
+        used.clear();
+        drive_chunk(used, 50, 500, -1);
+        drive_chunk(fresh, 50, 500, -1);
+        for (int i = 0; i < 60; i++) {
+            drive_chunk(used, 1, 600 + (uint32_t) i, -1);
+            drive_chunk(fresh, 1, 600 + (uint32_t) i, -1);
+            expect_same_cache(used, fresh, "after clear()", i, false);
+        }
+        TC_CHECK(fresh.memory(false).evicted_tokens > 0);
+        // a rewind before any eviction (no STREAM head, capacity 52): a 50-token prompt, two steps with other
+        // tokens, back to 50, then the steps the other cache took; the first eviction (decode step 3) reads the
+        // queries of positions 49..52 and must not see the removed ones
+        kv_cache_config cr = c;
+        cr.retention[11] = KV_RETAIN_FULL;
+        cr.policy.capacity = 52;
+        kv_cache r(cr, pool), s(cr, pool);
+        drive_chunk(r, 50, 700, -1);
+        drive_chunk(s, 50, 700, -1);
+        for (int i = 0; i < 2; i++) drive_chunk(r, 1, 990 + (uint32_t) i, -1);
+        TC_CHECK(r.memory(false).evicted_tokens == 0);
+        TC_CHECK(r.remove_from(50) == 50);
+        TC_CHECK(r.decode_step() == 0) << "after a rewind to the prompt's end the next token is decode step 1, as in a fresh cache";
+        for (int i = 0; i < 40; i++) {
+            drive_chunk(r, 1, 720 + (uint32_t) i, -1);
+            drive_chunk(s, 1, 720 + (uint32_t) i, -1);
+            expect_same_cache(r, s, "after a rewind", i);
+        }
+        TC_CHECK(s.memory(false).evicted_tokens > 0);
+    }
 }
