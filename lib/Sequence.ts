@@ -238,8 +238,10 @@ export class Sequence {
       return parser.push(text, token);
     };
     try {
-      // reuse the common prefix; always re-evaluate at least the last prompt token to get logits
-      while (cached < this._tokens.length && cached < promptTokens.length - 1 && this._tokens[cached] === promptTokens[cached]) cached++;
+      // reuse the common prefix; always re-evaluate at least the last two prompt tokens: the logits come from
+      // the last, and the native side counts a single token after others as a decode step, which would shift
+      // the eviction schedule (every W decode steps) against a fresh evaluation of the same prompt
+      while (cached < this._tokens.length && cached < promptTokens.length - 2 && this._tokens[cached] === promptTokens[cached]) cached++;
       cached = this._native.removeFrom(cached);  // fewer when STREAM heads already dropped tokens past it
       this._tokens.length = cached;
       this._native.setSampler(opts.sampling);  // (after the rewind: penalties see only the tokens kept)

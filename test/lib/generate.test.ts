@@ -63,7 +63,7 @@ describe('Sequence#generate()', () => {
     const seq = ctx.acquireSequence();
     const first = finishOf(await collect(seq.generate('Once upon a time there was', { maxTokens: 8, stopAtEog: false })));
     const again = finishOf(await collect(seq.generate('Once upon a time there was', { maxTokens: 8, stopAtEog: false })));
-    expect(again.usage.cachedPromptTokens).toBe(again.usage.promptTokens - 1);
+    expect(again.usage.cachedPromptTokens).toBe(again.usage.promptTokens - 2); // (the last two are evaluated again: a prompt chunk)
     expect(again.tokens).toEqual(first.tokens);
   });
 

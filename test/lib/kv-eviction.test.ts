@@ -90,6 +90,28 @@ describe('aborts keep what the cache held', () => {
   }
 });
 
+describe('prefix reuse with an evicting cache', () => {
+  it('the same prompt again, after a generation that evicted nothing, evicts as a fresh sequence does', async () => {
+    // the continuation re-evaluates the prompt's last tokens as a prompt chunk, so the decode steps (lazy evicts
+    // every W of them) count from the prompt's end as in a fresh sequence
+    await using model = await loadModel({ path: fixture() });
+    await using ctx = await model.createContext({ contextSize: 512, threads: 1, sequences: 2, kv: { eviction: { policy: 'lazy', capacity: 48, window: 16 } } });
+    const prompt = 'Once upon a time there was a little girl';
+    const gen = async (seq: ReturnType<typeof ctx.acquireSequence>, maxTokens: number) => {
+      let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
+      for await (const ev of seq.generate(prompt, { maxTokens, stopAtEog: false })) if (ev.type === 'finish') fin = ev;
+      return fin!;
+    };
+    const reused = ctx.acquireSequence(), fresh = ctx.acquireSequence();
+    expect((await gen(reused, 5)).kv.evictedTokens).toBe(0);
+    const a = await gen(reused, 80), b = await gen(fresh, 80);
+    expect(a.usage.cachedPromptTokens).toBeGreaterThan(0);
+    expect(b.kv.evictedTokens).toBeGreaterThan(0);
+    for (let layer = 0; layer < 4; layer++) for (let head = 0; head < 2; head++) expect(reused.heldPositions(layer, head)).toEqual(fresh.heldPositions(layer, head));
+    expect(a.tokens).toEqual(b.tokens);
+  });
+});
+
 describe('kv-compaction events', () => {
   it('report evicted tokens step by step; they add up to the memory counter; plain caches emit none', async () => {
     await using model = await loadModel({ path: fixture() });
