@@ -25,7 +25,8 @@ void sampler::reset(const sampler_params & p) {
 
 void sampler::accept(int32_t token) {
     history_.push_back(token);
-    const size_t keep = (size_t) std::max<int32_t>(p_.penalty_last_n, 0);
+    if (p_.penalty_last_n < 0) return;  // -1: the whole history (what the sequence holds: the engine trims it on a rewind)
+    const size_t keep = (size_t) p_.penalty_last_n;
     if (history_.size() > 4 * keep + 256) history_.erase(history_.begin(), history_.end() - (std::ptrdiff_t) keep);
 }
 
