@@ -12,7 +12,7 @@ import { type ChatMessage } from './chat/chat-template.js';
 import { detectReasoningTags, promptOpensReasoning } from './chat/reasoning-tags.js';
 import { ReasoningStreamParser, type ReasoningClosedBy, type ReasoningStreamPart } from './chat/ReasoningStreamParser.js';
 import type { Context } from './Context.js';
-import { AbortError, BusyError, callNative, ContextFullError, DisposedError, InvalidOptionsError, LlmError } from './errors.js';
+import { AbortError, BusyError, callNative, callNativeSync, ContextFullError, DisposedError, InvalidOptionsError, LlmError } from './errors.js';
 import { GenerateOptionsSchema, parseOptions, type GenerateOptions } from './options.js';
 
 const EMPTY_KV_MEMORY: AddonKvMemory = {
@@ -42,9 +42,11 @@ export interface Usage {
 }
 
 export interface Timings {
-  /** Milliseconds spent evaluating the (uncached) prompt, including the first sampled token. */
+  /** Milliseconds the engine spent evaluating the (uncached) prompt, including the first sampled token. */
   prefillMs: number;
+  /** Milliseconds the engine spent on decode steps (not the time the consumer took between events). */
   decodeMs: number;
+  /** Wall time from the call to the first sampled token (tokenization and the prefill included). */
   timeToFirstTokenMs: number;
   prefillTokensPerSecond: number;
   decodeTokensPerSecond: number;
@@ -97,15 +99,16 @@ class KvWatch {
   private ms: number;
   private allocated: number;
   private readonly startMs: number;
-  constructor(private readonly native: AddonSequence) {
-    const m = native.memory();
+  constructor(private readonly read: () => AddonKvMemory | undefined) {
+    const m = read() ?? EMPTY_KV_MEMORY;
     this.evicted = m.evictedTokens;
     this.ms = this.startMs = m.compactionMs;
     this.allocated = m.bytesAllocated;
   }
   get totalMs(): number { return this.ms - this.startMs; }
   step(): Extract<GenerateEvent, { type: 'kv-compaction' }> | undefined {
-    const m = this.native.memory();
+    const m = this.read();
+    if (!m) return undefined;  // (disposed: the generation finishes as aborted)
     const evicted = m.evictedTokens - this.evicted;
     const ev = evicted > 0
       ? { type: 'kv-compaction' as const, evictedTokens: evicted, residentTokens: m.residentTokens, logicalTokens: m.logicalTokens,
@@ -151,7 +154,7 @@ export class Sequence {
    */
   memory(options: { detail?: 'summary' | 'heads' } = {}): AddonKvMemory {
     this._ensureUsable();
-    return this._native.memory(options.detail === 'heads');
+    return callNativeSync(() => this._native.memory(options.detail === 'heads'));
   }
 
   /**
@@ -160,14 +163,20 @@ export class Sequence {
    */
   heldPositions(layer: number, head: number): Int32Array {
     this._ensureUsable();
-    return this._native.heldPositions(layer, head);
+    const info = this.context.model.info;
+    const ev = this.context.effective.kv.eviction;
+    const heads = ev?.policy === 'lazy' && ev.perQueryHead ? info.nHead : info.nHeadKv;
+    if (!Number.isInteger(layer) || layer < 0 || layer >= info.nLayer || !Number.isInteger(head) || head < 0 || head >= heads) {
+      throw new InvalidOptionsError(`heldPositions: layer must be an integer in [0, ${info.nLayer}) and head in [0, ${heads}) (got ${String(layer)}, ${String(head)})`);
+    }
+    return callNativeSync(() => this._native.heldPositions(layer, head));
   }
 
   /** Empties the KV cache. */
   clear(): void {
     this._ensureUsable();
     if (this._busy) throw new BusyError('clear: the sequence is busy generating');
-    this._native.removeFrom(0);
+    callNativeSync(() => this._native.removeFrom(0));
     this._tokens = [];
   }
 
@@ -216,6 +225,9 @@ export class Sequence {
     }
     const signal = opts.signal;
     if (signal?.aborted) throw new AbortError('generate: the signal was already aborted');
+    if (promptTokens.length + 1 > this.context.contextSize) {  // (before the cache is touched or `start` is sent)
+      throw new ContextFullError(`generate: the prompt has ${promptTokens.length} tokens, the context holds ${this.context.contextSize}`);
+    }
 
     this._busy = true;
     this._abortRequested = false;
@@ -227,7 +239,7 @@ export class Sequence {
     let budgetHit = false;
     let prefillMs = 0;
     let ttft = 0;
-    let decodeStart = 0;
+    let decodeMs = 0;
     let cached = 0;
     let kvWatch: KvWatch | undefined;
     const decoder = tokenizer.createDecoder();
@@ -242,34 +254,32 @@ export class Sequence {
       // the last, and the native side counts a single token after others as a decode step, which would shift
       // the eviction schedule (every W decode steps) against a fresh evaluation of the same prompt
       while (cached < this._tokens.length && cached < promptTokens.length - 2 && this._tokens[cached] === promptTokens[cached]) cached++;
-      cached = this._native.removeFrom(cached);  // fewer when STREAM heads already dropped tokens past it
+      cached = callNativeSync(() => this._native.removeFrom(cached));  // fewer when STREAM heads already dropped tokens past it
       this._tokens.length = cached;
-      this._native.setSampler(opts.sampling);  // (after the rewind: penalties see only the tokens kept)
+      callNativeSync(() => this._native.setSampler(opts.sampling));  // (after the rewind: penalties see only the tokens kept)
       yield { type: 'start', promptTokens: promptTokens.length, cachedPromptTokens: cached, reasoningOpenInPrompt: openInPrompt };
 
       const batch = this.context.info.batchSize;
       let next: number | undefined;
       const heads = this.context.effective.kv.heads;
-      kvWatch = heads.streamHeads + heads.evictHeads > 0 ? new KvWatch(this._native) : undefined;
+      kvWatch = heads.streamHeads + heads.evictHeads > 0 ? new KvWatch(() => this._readMemory()) : undefined;
       const todo = promptTokens.slice(cached);
-      if (promptTokens.length + 1 > this.context.contextSize) {
-        throw new ContextFullError(`generate: the prompt has ${promptTokens.length} tokens, the context holds ${this.context.contextSize}`);
-      }
       for (let i = 0; i < todo.length; i += batch) {
         const chunk = todo.slice(i, i + batch);
         const last = i + batch >= todo.length;
+        const t0 = performance.now();
         next = await this._eval(chunk, last, signal);
+        prefillMs += performance.now() - t0;
         this._tokens.push(...chunk);
         const ce = kvWatch?.step();
         if (ce) yield ce;
         if (!last) yield { type: 'prefill-progress', processed: cached + i + chunk.length, total: promptTokens.length };
       }
-      prefillMs = performance.now() - started;
-      ttft = prefillMs;
-      decodeStart = performance.now();
+      ttft = performance.now() - started;
 
       while (next !== undefined) {
-        if (budget !== undefined && !budgetHit && tracker.inReasoning && tracker.reasoningTokens >= budget) {
+        // (a budget whose message and close tag would not fit in maxTokens leaves the end to maxTokens)
+        if (budget !== undefined && !budgetHit && tracker.inReasoning && tracker.reasoningTokens >= budget && generated.length + forced.length <= opts.maxTokens) {
           // Budget reached: drop the sampled token, inject message + close tag, sample the answer after them.
           budgetHit = true;
           if (this._tokens.length + forced.length >= this.context.contextSize) { finishReason = 'context-full'; break; }
@@ -278,8 +288,12 @@ export class Sequence {
             generated.push(token);
             for (const part of feed(token)) yield part;
           }
+          const t0 = performance.now();
           next = await this._eval(forced, true, signal);
+          decodeMs += performance.now() - t0;
           this._tokens.push(...forced);
+          const fe = kvWatch?.step();
+          if (fe) yield fe;
           if (generated.length >= opts.maxTokens) { finishReason = 'length'; break; }
           continue;
         }
@@ -294,7 +308,9 @@ export class Sequence {
         if (parser.stopped) { finishReason = 'stop'; break; }
         if (generated.length >= opts.maxTokens) { finishReason = 'length'; break; }
         if (this._tokens.length + 1 >= this.context.contextSize) { finishReason = 'context-full'; break; }
+        const t0 = performance.now();
         next = await this._eval([token], true, signal);
+        decodeMs += performance.now() - t0;
         this._tokens.push(token);
         const ce = kvWatch?.step();
         if (ce) yield ce;
@@ -319,7 +335,6 @@ export class Sequence {
     if (tracker !== parser) tracker.finish();
     for (const part of parser.finish()) yield part;
     if (budgetHit && (finishReason === 'eos' || finishReason === 'stop')) finishReason = 'reasoning-budget';
-    const decodeMs = decodeStart ? performance.now() - decodeStart : 0;
     const decodedSteps = Math.max(0, generated.length - 1); // the first token comes from the prefill
     const reasoningTokens = tracker.reasoningTokens;
     yield {
@@ -345,7 +360,7 @@ export class Sequence {
         decodeTokensPerSecond: decodeMs > 0 && decodedSteps > 0 ? (decodedSteps / decodeMs) * 1000 : 0,
         compactionMs: kvWatch?.totalMs ?? 0,
       },
-      kv: this._disposed ? EMPTY_KV_MEMORY : this._native.memory(),
+      kv: this._readMemory() ?? EMPTY_KV_MEMORY,
     };
   }
 
@@ -388,7 +403,7 @@ export class Sequence {
     try {
       await callNative(() => this._native.eval(Int32Array.from(tokens), { logits: true }));
       this._tokens.push(...tokens);
-      return this._native.getLogits();
+      return callNativeSync(() => this._native.getLogits());
     } finally {
       this._syncTokens();
       this._busy = false;
@@ -406,11 +421,15 @@ export class Sequence {
     this._native.abort();
   }
 
+  private _live(): boolean { return !this._disposed && !this.context.disposed && !this.context.model.disposed; }
+  // The memory report, or undefined once the sequence (or its context or model) is disposed.
+  private _readMemory(): AddonKvMemory | undefined { return this._live() ? callNativeSync(() => this._native.memory()) : undefined; }
+
   // After a failed or aborted evaluation: `tokens` lists what the native cache still holds (a chunk in flight
   // leaves nothing; a device cache whose rollback could not be exact starts over).
   private _syncTokens(): void {
-    if (this._disposed || this.context.disposed || this.context.model.disposed) return;
-    const held = this._native.nTokens();
+    if (!this._live()) return;
+    const held = callNativeSync(() => this._native.nTokens());
     if (held < this._tokens.length) this._tokens.length = held;
   }
 

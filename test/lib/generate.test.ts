@@ -3,7 +3,7 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
 import {
-  AbortError, BusyError, DisposedError, InvalidOptionsError, loadModel, type GenerateEvent,
+  AbortError, BusyError, ContextFullError, DisposedError, InvalidOptionsError, loadModel, type GenerateEvent,
 } from '../../lib/index.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 
@@ -169,6 +169,47 @@ describe('Sequence#generate()', () => {
     expect(again).toEqual(first);
   });
 
+  it('a prompt longer than the context is a ContextFullError before anything changes', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 64, threads: 1 });
+    const seq = ctx.acquireSequence();
+    finishOf(await collect(seq.generate('Once upon a time', { maxTokens: 4, stopAtEog: false })));
+    const held = [...seq.tokens];
+    const gen = seq.generate(Array.from({ length: 80 }, (_, i) => 300 + i));
+    await expect(gen.next()).rejects.toBeInstanceOf(ContextFullError); // (no 'start' event first)
+    expect(seq.tokens).toEqual(held);
+    expect(seq.memory().logicalTokens).toBe(held.length);
+  });
+
+  it('timings count the engine, not the consumer: a slow loop body leaves decodeMs alone', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const evs: GenerateEvent[] = [];
+    const t0 = performance.now();
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 8, stopAtEog: false })) {
+      evs.push(ev);
+      await new Promise((r) => setTimeout(r, 40)); // 40 ms per event in the consumer
+    }
+    const wall = performance.now() - t0;
+    const fin = finishOf(evs);
+    expect(wall).toBeGreaterThan(40 * 8);
+    expect(fin.timings.decodeMs + fin.timings.prefillMs).toBeLessThan(wall - 40 * 6);
+    expect(fin.timings.timeToFirstTokenMs).toBeGreaterThanOrEqual(fin.timings.prefillMs);
+  });
+
+  it('sync calls give typed errors: bad heldPositions arguments, memory() while an evaluation is in flight', async () => {
+    await using model = await loadModel({ path: medium() });
+    await using ctx = await model.createContext({ contextSize: 2048, threads: 1 });
+    const seq = ctx.acquireSequence();
+    expect(() => seq.heldPositions(8, 0)).toThrow(InvalidOptionsError);
+    expect(() => seq.heldPositions(0, 1.5)).toThrow(/head in \[0, 4\)/);
+    const pending = seq.evaluate(Array.from({ length: 1500 }, (_, i) => 300 + (i % 200)));
+    expect(() => seq.memory()).toThrow(BusyError);
+    await pending;
+    expect(seq.memory().logicalTokens).toBe(1500);
+  });
+
   it('rejects a second concurrent generation with BusyError', async () => {
     await using model = await loadModel({ path: small() });
     await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
@@ -191,6 +232,19 @@ describe('Sequence#generate()', () => {
     expect(() => ctx.acquireSequence()).toThrow(DisposedError);
     await expect(model.createContext()).rejects.toBeInstanceOf(DisposedError);
     expect(() => model.tokenize('x')).toThrow(DisposedError);
+  });
+
+  it('disposing a sequence paused at start stops an evicting generation as aborted', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1, kv: { eviction: { policy: 'lazy', capacity: 48, window: 16 } } });
+    const seq = ctx.acquireSequence();
+    const evs: GenerateEvent[] = [];
+    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) {
+      evs.push(ev);
+      if (ev.type === 'start') await seq.dispose();
+    }
+    expect(finishOf(evs).finishReason).toBe('aborted');
+    expect(finishOf(evs).tokens).toHaveLength(0);
   });
 
   it('disposing a sequence mid-generation stops it', async () => {

@@ -92,6 +92,11 @@ describe('generate() with chat messages (tiny Qwen3 fixture)', () => {
       expect(partTokens(events)).toEqual(finish.tokens);
       expect(joined(events, 'text-delta')).toBe(finish.text);
     }
+    // a budget whose message and close tag do not fit in maxTokens: no injection, maxTokens ends the reasoning
+    const tight = await collect(seq, user('Why?'), { chatTemplate: OPENING_TEMPLATE, maxTokens: 4, reasoning: { budget: 2, budgetMessage: ' Enough.' } });
+    expect(tight.finish.usage.completionTokens).toBe(4);
+    expect(tight.finish.tokens).toEqual(free.finish.tokens.slice(0, 4));
+    expect(tight.finish.finishReason).toBe('length');
 
     // the answer ended by a stop string: finish reason 'reasoning-budget'
     const ref = await collect(seq, user('Why?'), { chatTemplate: OPENING_TEMPLATE, maxTokens: 20, reasoning: { budget: 3 } });
