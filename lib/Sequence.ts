@@ -167,7 +167,7 @@ export class Sequence {
     const ev = this.context.effective.kv.eviction;
     const heads = ev?.policy === 'lazy' && ev.perQueryHead ? info.nHead : info.nHeadKv;
     if (!Number.isInteger(layer) || layer < 0 || layer >= info.nLayer || !Number.isInteger(head) || head < 0 || head >= heads) {
-      throw new InvalidOptionsError(`heldPositions: layer must be an integer in [0, ${info.nLayer}) and head in [0, ${heads}) (got ${String(layer)}, ${String(head)})`);
+      throw new InvalidOptionsError(`heldPositions: (layer ${String(layer)}, head ${String(head)}) is outside the cache: layer must be an integer in [0, ${info.nLayer}) and head in [0, ${heads})`);
     }
     return callNativeSync(() => this._native.heldPositions(layer, head));
   }

@@ -89,7 +89,10 @@ export interface AddonKvMemory {
   bytesUsed: number;
   bytesAllocated: number;
   breakdown: {
-    keys: number; values: number; positions: number; metadata: number; poolSlack: number;
+    keys: number; values: number; positions: number;
+    /** Segment tables, and eviction policies' state: per-token statistics, step probabilities, recorded queries. */
+    metadata: number;
+    poolSlack: number;
     /** Coded heads (kv.storage): codes, scales + zero-points, and their f16 tokens (staging + protected). */
     codes?: number; scales?: number; staging?: number;
   };

@@ -683,11 +683,22 @@ kv_memory_report forward_session::memory(bool per_head) const {
         const kv_ring_layer & L = p.rl[il];
         const kv_ring_device & Dv = p.rd[il];
         const kv_layer_view & v = Dv.view();
-        for (int h = 0; h < L.n_head_kv(); h++) {
+        int n_ev = 0;  // the layer's recorded queries (snapkv, rkv) are shared out over its evicting heads
+        for (int h = 0; h < L.n_head_kv(); h++) n_ev += L.kind(h) == KV_RING_EVICT;
+        for (int h = 0, rank = 0; h < L.n_head_kv(); h++) {
             const uint64_t nf = (uint64_t) L.n_f16(h), nq = (uint64_t) L.n_coded(h);
             const uint64_t kc = nq * (uint64_t) (v.kbits ? D * v.kbits / 8 : 0), vc = nq * (uint64_t) (v.vbits ? DV * v.vbits / 8 : 0);
             const uint64_t ks = nq * Dv.k_block_bytes() - kc, vs = nq * Dv.v_block_bytes() - vc;
             const uint64_t kb = nf * D * 2 + kc + ks, vb = nf * DV * 2 + vc + vs, pb = 4 * (nf + nq);
+            // an evicting head's policy state: (last, mri) per held token, and its share of the recorded queries
+            uint64_t mb = 0, q_alloc = 0;
+            if (L.kind(h) == KV_RING_EVICT) {
+                auto share = [&](uint64_t total) { return total / (uint64_t) n_ev + (rank == 0 ? total % (uint64_t) n_ev : 0); };
+                mb = 8 * (nf + nq) + share((uint64_t) Dv.queries_held() * Dv.query_row_bytes());
+                q_alloc = share(Dv.query_bytes());
+                rank++;
+            }
+            r.metadata_bytes += mb;
             if (L.coded(h)) r.staging_bytes += nf * (D + DV) * 2;
             r.code_bytes += kc + vc;
             r.scale_bytes += ks + vs;
@@ -703,10 +714,10 @@ kv_memory_report forward_session::memory(bool per_head) const {
                 const kv_policy * pol = kv_policy_get(L.policy().kind);
                 m.budget = L.kind(h) == KV_RING_STREAM ? p.stream_budget
                          : L.kind(h) == KV_RING_EVICT && pol ? pol->budget(p.dstep, p.prompt, L.policy()) : -1;
-                m.bytes_used = kb + vb + pb;
+                m.bytes_used = kb + vb + pb + mb;
                 const uint64_t stats = Dv.has_evict() ? 8 : 0;  // (last, mri) per slot and per quantized token
                 m.bytes_allocated = (uint64_t) Dv.pages_mapped(h) * Dv.page_bytes() + (uint64_t) Dv.slot_cap() * (4 + stats) +
-                                    (L.coded(h) ? (uint64_t) Dv.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4 + stats) : 0);
+                                    (L.coded(h) ? (uint64_t) Dv.coded_cap() * (Dv.k_block_bytes() + Dv.v_block_bytes() + 4 + stats) : 0) + q_alloc;
             }
         }
         r.bytes_allocated += Dv.reserved_bytes();
@@ -718,7 +729,7 @@ kv_memory_report forward_session::memory(bool per_head) const {
         r.compactions += L.compactions();
     }
     r.compaction_seconds = p.compaction_s;
-    r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes;
+    r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes + r.metadata_bytes;
     const device_pool_stats ps = p.pool->stats();
     r.pool_slack_bytes = (uint64_t) ps.pages_free * ps.page_bytes;
     return r;

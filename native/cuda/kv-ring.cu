@@ -1280,7 +1280,8 @@ status kv_ring_device::download_stats(int h, int32_t n_coded, int32_t n_f16, int
 size_t kv_ring_device::reserved_bytes() const {
     size_t pages = 0;
     for (int32_t m : mapped_) pages += (size_t) m;
-    return pages * page_bytes() + page_ptrs_.bytes() + kblk_.bytes() + vblk_.bytes() + kmeta_.bytes() + c_pos_.bytes() + pos_.bytes() + st_f_.bytes() + st_c_.bytes();
+    return pages * page_bytes() + page_ptrs_.bytes() + kblk_.bytes() + vblk_.bytes() + kmeta_.bytes() + c_pos_.bytes() + pos_.bytes() + st_f_.bytes() + st_c_.bytes() +
+           qring_.bytes();
 }
 
 } // namespace cuda

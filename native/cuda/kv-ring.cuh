@@ -156,6 +156,8 @@ public:
     // window with their tokens (kv_cache::drop_queries_from): host bookkeeping only.
     void drop_queries_from(int32_t pos);
     int queries_held() const { return qheld_; }
+    size_t query_bytes() const { return qring_.bytes(); }  // the recorded queries' ring (0 until the first query)
+    size_t query_row_bytes() const { return (size_t) qrow_ * 4; }
     // Head h's partial scores over its f16 tokens (slots 0..n), kv_ring_qk_scores' inputs, enqueued with their
     // download into `out` (valid after the stream is synchronized). tmp: scratch (grown here).
     struct qk_partials {

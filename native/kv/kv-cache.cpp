@@ -646,6 +646,24 @@ kv_memory_report kv_cache::memory(bool per_head) const {
         uint64_t pb = (uint64_t) h.n * sizeof(int32_t) + h.qruns.size() * sizeof(kv_pos_run);
         uint64_t mb = h.segs.capacity() * sizeof(kv_segment) + h.pages.capacity() * sizeof(void *);
         uint64_t alloc = h.pages.size() * page_bytes + h.pos.capacity() * sizeof(int32_t) + mb;
+        if (h.mode == KV_RETAIN_EVICT) {  // the policy's per-token statistics and this step's probabilities (4 B each)
+            const kv_token_stats & st = h.stats;
+            mb += 4 * (uint64_t) (st.last.size() + st.mri.size() + st.acc.size() + st.cur.size() + h.p_max.size() + h.p_sum.size());
+            alloc += 4 * (uint64_t) (st.last.capacity() + st.mri.capacity() + st.acc.capacity() + st.cur.capacity() + h.p_max.capacity() + h.p_sum.capacity());
+        }
+        if (q_window_ > 0 && h.mode == KV_RETAIN_EVICT) {  // the layer's recorded queries, shared out over its evicting heads
+            const size_t il = i / (size_t) cfg_.n_head_kv, H = (size_t) cfg_.n_head_kv;
+            size_t n_ev = 0, rank = 0;
+            for (size_t j = il * H; j < (il + 1) * H; j++) {
+                if (heads_[j].mode != KV_RETAIN_EVICT) continue;
+                if (j < i) rank++;
+                n_ev++;
+            }
+            const uint64_t row = (uint64_t) cfg_.n_head * cfg_.head_dim * sizeof(float) + sizeof(int32_t);
+            auto share = [&](uint64_t total) { return total / n_ev + (rank == 0 ? total % n_ev : 0); };
+            mb += share((uint64_t) qheld_[il] * row);
+            alloc += share((uint64_t) q_window_ * row);
+        }
         if (h.coded) {
             const kv_coded_view & c = cv0_;
             const uint64_t kc = (uint64_t) std::llround(nq * c.kc->code_bytes(c.kp)), ks = (uint64_t) std::llround(nq * c.kc->meta_bytes(c.kp));
@@ -670,7 +688,7 @@ kv_memory_report kv_cache::memory(bool per_head) const {
             m.budget = h.mode == KV_RETAIN_STREAM ? cfg_.stream_sinks + cfg_.stream_recent
                      : h.mode == KV_RETAIN_EVICT ? policy_->budget(step_, prompt_, cfg_.policy) : -1;
             m.bytes_allocated = alloc;
-            m.bytes_used = kb + vb + pb;
+            m.bytes_used = kb + vb + pb + mb;
         }
     }
     r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes + r.metadata_bytes;

@@ -185,7 +185,8 @@ struct kv_head_memory {
     int32_t resident = 0;            // tokens held
     int32_t budget = -1;             // max tokens held after a step (-1: unlimited)
     uint64_t bytes_allocated = 0;    // pages + position storage
-    uint64_t bytes_used = 0;         // payload + positions of the held tokens
+    uint64_t bytes_used = 0;         // payload + positions of the held tokens + metadata (the layer's recorded
+                                     // queries shared out over its evicting heads)
 };
 
 struct kv_memory_report {
@@ -194,7 +195,8 @@ struct kv_memory_report {
     uint64_t key_bytes = 0;          // key payload of held tokens
     uint64_t value_bytes = 0;        // value payload of held tokens
     uint64_t position_bytes = 0;     // int32 position per f16 token + one kv_pos_run (12 B) per run of coded tokens
-    uint64_t metadata_bytes = 0;     // per-head bookkeeping (segment tables)
+    uint64_t metadata_bytes = 0;     // per-head bookkeeping (segment tables) and eviction policy state (per-token
+                                     // statistics, this step's probabilities, recorded queries)
     // of key + value bytes, for coded heads: codes, scales + zero-points, and f16 tokens (staging and
     // protected); key_bytes + value_bytes = code + scale + staging + the f16 payload of uncoded heads
     uint64_t code_bytes = 0;
