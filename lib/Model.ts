@@ -73,7 +73,7 @@ export class Model {
   async createContext(options: ContextOptions = {}): Promise<Context> {
     this._ensureNotDisposed();
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
-    const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv });
+    const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv, headDim: this.info.headDim, headDimV: this.info.headDimV });
     // (a CUDA context holds every layout the options allow: stream heads, keys and values each in any storage codec,
     // grouped key rotation, every eviction policy, per-query-head caches; the native side still names anything it
     // cannot hold, as an InvalidOptionsError)
@@ -84,7 +84,7 @@ export class Model {
     const setting = kv.effective.storage.permutation;
     const postAuto = kv.effective.storage.variant === 'post-rope' && setting === 'auto';
     const rotation = rotKeys && !postAuto ? await resolvePermutation(this, setting) : null;
-    kv.effective.storage.permutation = rotation ? rotation.source : postAuto && rotKeys ? 'none (post-RoPE variant; give a sidecar path to permute)' : rotKeys ? 'none (identity)' : setting;
+    kv.effective.storage.permutation = rotation ? rotation.source : postAuto && rotKeys ? 'none (post-RoPE variant; give a sidecar path to permute)' : rotKeys ? 'none (identity)' : 'none (keys are not rotated)';
     this._ensureNotDisposed();
     const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
       contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),

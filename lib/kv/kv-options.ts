@@ -104,7 +104,16 @@ export type KvOptions = z.input<typeof KvOptionsSchema>;
 /** Exactly what the cache applies (ctx.effective.kv). */
 export interface EffectiveKv {
   storage: {
-    key: KvCodec; value: KvCodec; stagingTokens: number; protectFirst: number; protectSinks: boolean; clip: number | null; groupSize: number;
+    key: KvCodec; value: KvCodec; stagingTokens: number; protectFirst: number; protectSinks: boolean;
+    /** The settings as given (null: the codec's default). What each side applies is in keyClip / keyGroupSize / …. */
+    clip: number | null; groupSize: number;
+    /** rot codecs' clip ratio as applied (rot2 0.8, rot3/rot4 1.0 unless set); null for a codec without one. */
+    keyClip: number | null; valueClip: number | null;
+    /**
+     * As applied: channels per scale and zero-point (rot, q8/q4: always 32, KIVI values; a group that does not divide
+     * the head size becomes the whole head), or tokens per block of a KIVI key; null for f16.
+     */
+    keyGroupSize: number | null; valueGroupSize: number | null;
     variant: 'pre-rope' | 'post-rope';
     /** rot keys: where the channel permutation came from ('none (identity)' when not permuted); else the setting. */
     permutation: string;
@@ -150,7 +159,15 @@ export function rotationGroupedMask(retention: Uint8Array, G: number): Uint8Arra
   return out;
 }
 
-export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefined, shape: { nLayer: number; nHeadKv: number }): ResolvedKv {
+// Channels per scale group as the native codecs apply it (kv_codec_group): q8/q4 always 32; a group that does
+// not divide the head size covers the whole head.
+function appliedGroup(codec: KvCodec, dim: number | undefined, group: number): number {
+  const g = codec === 'q8' || codec === 'q4' ? 32 : group;
+  return dim === undefined ? g : g <= 0 || g > dim || dim % g !== 0 ? dim : g;
+}
+
+/** shape.headDim / headDimV (the model's): the groups and clips each side applies (without them, the settings). */
+export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefined, shape: { nLayer: number; nHeadKv: number; headDim?: number; headDimV?: number }): ResolvedKv {
   const heads = kv?.heads ?? KvHeadsOptionsSchema.parse({});
   const storage = kv?.storage ?? KvStorageOptionsSchema.parse({});
   if ((storage.key.startsWith('kivi') || storage.value.startsWith('kivi')) && storage.groupSize % 16 !== 0) {
@@ -215,7 +232,13 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
     retention,
     eviction,
     effective: {
-      storage: { ...storage, clip: storage.clip ?? null, groupedHeads },
+      storage: {
+        ...storage, clip: storage.clip ?? null, groupedHeads,
+        keyClip: storage.key.startsWith('rot') ? storage.clip ?? (storage.key === 'rot2' ? 0.8 : 1) : null,
+        valueClip: storage.value.startsWith('rot') ? storage.clip ?? (storage.value === 'rot2' ? 0.8 : 1) : null,
+        keyGroupSize: storage.key === 'f16' ? null : storage.key.startsWith('kivi') ? storage.groupSize : appliedGroup(storage.key, shape.headDim, storage.groupSize),
+        valueGroupSize: storage.value === 'f16' ? null : appliedGroup(storage.value, shape.headDimV ?? shape.headDim, storage.groupSize),
+      },
       eviction,
       heads: {
         nLayer: shape.nLayer, nHeadKv: shape.nHeadKv, retention: rows, streamHeads, fullHeads: n - streamHeads - evictHeads, evictHeads,

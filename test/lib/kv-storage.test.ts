@@ -19,7 +19,18 @@ async function greedy(kv: object | undefined, prompt: string, n: number) {
 describe('kv.storage', () => {
   it('resolves defaults and shows them in the effective config', () => {
     const r = resolveKvOptions(KvOptionsSchema.parse({ storage: { key: 'rot2', value: 'kivi2' } }), { nLayer: 2, nHeadKv: 2 });
-    expect(r.effective.storage).toEqual({ key: 'rot2', value: 'kivi2', stagingTokens: 64, protectFirst: 16, protectSinks: true, clip: null, groupSize: 32, variant: 'pre-rope', permutation: 'auto', rotationGroup: 1, groupedHeads: 0 });
+    expect(r.effective.storage).toEqual({
+      key: 'rot2', value: 'kivi2', stagingTokens: 64, protectFirst: 16, protectSinks: true, clip: null, groupSize: 32, variant: 'pre-rope', permutation: 'auto', rotationGroup: 1, groupedHeads: 0,
+      keyClip: 0.8, valueClip: null, keyGroupSize: 32, valueGroupSize: 32,
+    });
+    // what each side applies: q8/q4 always group 32 channels; a group that does not divide the head covers it; clip only for rot
+    const applied = (storage: object, headDim: number) => {
+      const e = resolveKvOptions(KvOptionsSchema.parse({ storage }), { nLayer: 1, nHeadKv: 1, headDim, headDimV: headDim }).effective.storage;
+      return [e.keyGroupSize, e.valueGroupSize, e.keyClip, e.valueClip];
+    };
+    expect(applied({ key: 'q8', value: 'rot4', groupSize: 16 }, 64)).toEqual([32, 16, null, 1]);
+    expect(applied({ key: 'rot3', value: 'q4', groupSize: 48, clip: 0.9 }, 64)).toEqual([64, 32, 0.9, null]);
+    expect(applied({ key: 'kivi4', value: 'f16', groupSize: 64 }, 128)).toEqual([64, null, null, null]);
     expect(resolveKvOptions(undefined, { nLayer: 1, nHeadKv: 1 }).effective.storage.key).toBe('f16');
     expect(() => KvOptionsSchema.parse({ storage: { key: 'rot5' } })).toThrow();
     expect(() => resolveKvOptions(KvOptionsSchema.parse({ storage: { key: 'kivi2', groupSize: 24 } }), { nLayer: 1, nHeadKv: 1 })).toThrow(InvalidOptionsError);
