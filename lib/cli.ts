@@ -15,6 +15,7 @@ import { cmdEval } from './cli/eval.js';
 import { cmdProfileHeads } from './cli/profile-heads.js';
 import { cmdDemo, DEMO_USAGE } from './cli/demo.js';
 import { CALIBRATE_ROTATION_USAGE, cmdCalibrateRotation } from './cli/calibrate-rotation.js';
+import { cmdQuantize, QUANTIZE_USAGE } from './cli/quantize.js';
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
@@ -24,9 +25,9 @@ ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... |
                   [--traces N] [--max-tokens T] [--prompts FILE] [--backend cpu|cuda|auto] [--json] [--chart out.svg]
   thinkcache eval --accuracy [--model PATH] [--tasks add,chase,cups] [--data FILE.jsonl ...] [--n N]
                   [--kv JSON|PRESET ...] [--profile P.tsv] [--max-tokens T] [--loop-guard] [--backend B] [--json]
-  thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk] [--traces N] [--max-tokens T]
+  thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk|ablation] [--traces N] [--max-tokens T]
                   [--sinks S] [--recent R]
-${CALIBRATE_ROTATION_USAGE}
+${CALIBRATE_ROTATION_USAGE}${QUANTIZE_USAGE}
   --backend cpu|cuda|auto  where the model runs (default auto: CUDA when this build and machine can)
   demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
@@ -36,6 +37,7 @@ ${CALIBRATE_ROTATION_USAGE}
             --accuracy: task accuracy (tiny reasoner's held-out tasks, GSM8K/MATH JSONL) per configuration
   profile-heads  calibrate a head profile (window-substitution error on the model's own traces)
   calibrate-rotation  RotateKV key channel permutation → <model>.rotkv.json (used by rot keys automatically)
+  quantize  write a GGUF in another weight type (llama.cpp's per-tensor choices, metadata kept)
 `;
 
 function num(v: string | undefined, name: string, int: boolean): number | undefined {
@@ -174,7 +176,7 @@ export async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case 'run': return await cmdRun(rest);
       case 'inspect': return await cmdInspect(rest);
-      case 'quantize': return await (await import('./cli/quantize.js')).cmdQuantize(rest);
+      case 'quantize': return await cmdQuantize(rest);
       case 'chat': return await cmdChat(rest);
       case 'eval': return await cmdEval(rest);
       case 'demo': return await cmdDemo(rest);
