@@ -210,6 +210,32 @@ describe('Sequence#generate()', () => {
     expect(seq.memory().logicalTokens).toBe(1500);
   });
 
+  it('acquireSequence: BusyError when all are in use; with options it waits its turn, aborts, or fails with the context', async () => {
+    await using model = await loadModel({ path: small() });
+    const ctx = await model.createContext({ contextSize: 64, threads: 1, sequences: 1 });
+    const first = ctx.acquireSequence();
+    expect(() => ctx.acquireSequence()).toThrow(BusyError);
+    const order: string[] = [];
+    const a = ctx.acquireSequence({}).then((s) => { order.push('a'); return s; });
+    const ac = new AbortController();
+    const b = ctx.acquireSequence({ signal: ac.signal });
+    const c = ctx.acquireSequence({}).then((s) => { order.push('c'); return s; });
+    expect(() => ctx.acquireSequence()).toThrow(BusyError); // (others are waiting)
+    ac.abort();
+    await expect(b).rejects.toBeInstanceOf(AbortError);
+    await first.dispose();
+    const sa = await a;
+    expect(order).toEqual(['a']);
+    finishOf(await collect(sa.generate('Hi', { maxTokens: 2, stopAtEog: false }))); // a working sequence
+    await sa.dispose();
+    const sc = await c;
+    expect(order).toEqual(['a', 'c']);
+    const d = ctx.acquireSequence({});
+    await ctx.dispose();
+    await expect(d).rejects.toBeInstanceOf(DisposedError);
+    expect(sc.disposed).toBe(true);
+  });
+
   it('rejects a second concurrent generation with BusyError', async () => {
     await using model = await loadModel({ path: small() });
     await using ctx = await model.createContext({ contextSize: 256, threads: 1 });

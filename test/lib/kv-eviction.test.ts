@@ -2,7 +2,7 @@
 // enforced for lazy, three tiers (full / evict / stream) come from one configuration, heads stay within
 // budget while generating, and finish events report evicted tokens.
 import { describe, expect, it } from 'vitest';
-import { EVICTION_POLICIES, listKvPolicies, loadModel, type GenerateEvent } from '../../lib/index.js';
+import { EVICTION_POLICIES, listKvPolicies, loadModel, type GenerateEvent, type Sequence } from '../../lib/index.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 
 const fixture = () => ensureFixture('llama', 'f32', { nLayer: 4 });
@@ -62,7 +62,7 @@ describe('aborts keep what the cache held', () => {
       await using model = await loadModel({ path: medium() });
       await using ctx = await model.createContext({ contextSize: 2048, threads: 2, batchSize: 256, sequences: 2, kv });
       const prompt = Array.from({ length: 1400 }, (_, i) => 300 + ((i * 7) % 200));
-      const run = async (seq: ReturnType<typeof ctx.acquireSequence>, signal?: AbortSignal) => {
+      const run = async (seq: Sequence, signal?: AbortSignal) => {
         let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
         for await (const ev of seq.generate(prompt, { maxTokens: 12, stopAtEog: false, ...(signal ? { signal } : {}) })) if (ev.type === 'finish') fin = ev;
         return fin!;
@@ -97,7 +97,7 @@ describe('prefix reuse with an evicting cache', () => {
     await using model = await loadModel({ path: fixture() });
     await using ctx = await model.createContext({ contextSize: 512, threads: 1, sequences: 2, kv: { eviction: { policy: 'lazy', capacity: 48, window: 16 } } });
     const prompt = 'Once upon a time there was a little girl';
-    const gen = async (seq: ReturnType<typeof ctx.acquireSequence>, maxTokens: number) => {
+    const gen = async (seq: Sequence, maxTokens: number) => {
       let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
       for await (const ev of seq.generate(prompt, { maxTokens, stopAtEog: false })) if (ev.type === 'finish') fin = ev;
       return fin!;
