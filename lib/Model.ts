@@ -31,8 +31,10 @@ export class Model {
   private _disposed = false;
   private readonly _children = new Set<Context>();
   private _rotation?: Promise<RotationCalibration>;
+  /** loadModel({ threads }): the default of createContext({ threads }). */
+  private readonly _threads: number | undefined;
 
-  private constructor(native: AddonModel, path: string, backend: BackendName) {
+  private constructor(native: AddonModel, path: string, backend: BackendName, threads?: number) {
     this._native = native;
     this.path = path;
     this.info = native.info();
@@ -44,6 +46,7 @@ export class Model {
       throw new GgufFormatError(`${path}: invalid tokenizer metadata: ${err instanceof Error ? err.message : String(err)}`);
     }
     this.backend = backend;
+    this._threads = threads;
   }
 
   /** @internal use loadModel() */
@@ -55,7 +58,7 @@ export class Model {
     const backend = resolveBackend(opts.backend, cudaInfo(getAddon()));
     const native = await callNative(() => getAddon().AddonModel.load(opts.path, { backend }));
     try {
-      return new Model(native, opts.path, backend);
+      return new Model(native, opts.path, backend, opts.threads);
     } catch (err) {
       native.dispose();
       throw err;
@@ -88,7 +91,7 @@ export class Model {
     this._ensureNotDisposed();
     const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
       contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),
-      threads: opts.threads ?? 0,
+      threads: opts.threads ?? this._threads ?? 0,
       batchSize: opts.batchSize,
       cpu: opts.backend === 'cpu',
       // per-query-head caches (lazy's reference mode) have one entry per query head: copy each KV head's mode

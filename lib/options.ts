@@ -14,6 +14,8 @@ export const LoadModelOptionsSchema = z.strictObject({
   path: z.string().min(1),
   /** "cpu", "cuda" (typed error when this build or machine cannot run it; never a silent fallback) or "auto" (CUDA when usable, else CPU). */
   backend: z.enum(['cpu', 'auto', 'cuda']).default('auto'),
+  /** Compute threads of this model's contexts unless createContext({ threads }) says otherwise. Default: physical cores. */
+  threads: positiveInt.max(1024).optional(),
 });
 export type LoadModelOptions = z.input<typeof LoadModelOptionsSchema>;
 

@@ -236,6 +236,14 @@ describe('Sequence#generate()', () => {
     expect(sc.disposed).toBe(true);
   });
 
+  it('loadModel({ threads }) is the contexts\' default; createContext({ threads }) overrides it', async () => {
+    await using model = await loadModel({ path: small(), threads: 1 });
+    await using a = await model.createContext({ contextSize: 64 });
+    await using b = await model.createContext({ contextSize: 64, threads: 2 });
+    expect([a.threads, b.threads]).toEqual([1, 2]);
+    await expect(loadModel({ path: small(), threads: 0 })).rejects.toBeInstanceOf(InvalidOptionsError);
+  });
+
   it('rejects a second concurrent generation with BusyError', async () => {
     await using model = await loadModel({ path: small() });
     await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
