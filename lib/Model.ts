@@ -16,6 +16,14 @@ import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
 import { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/chat-template.js';
 import { resolveKvOptions, rotationGroupedMask } from './kv/kv-options.js';
 import { calibrateRotation, groupedPermutation, resolvePermutation, type RotationCalibration } from './kv/rotation.js';
+import { calibrateHeadProfile } from './kv/calibrate.js';
+import type { HeadProfile } from './kv/head-profile.js';
+import { DEFAULT_PROMPTS } from './eval/fidelity.js';
+
+// A profile's scores as the [layer][kvHead] matrix kv.heads.profile takes.
+function rowsOf(p: HeadProfile): number[][] {
+  return Array.from({ length: p.nLayer }, (_, l) => Array.from(p.scores.subarray(l * p.nHeadKv, (l + 1) * p.nHeadKv)));
+}
 
 export type ModelInfo = AddonModelInfo;
 
@@ -31,6 +39,7 @@ export class Model {
   private _disposed = false;
   private readonly _children = new Set<Context>();
   private _rotation?: Promise<RotationCalibration>;
+  private readonly _profiles = new Map<string, Promise<HeadProfile>>();
   /** loadModel({ threads }): the default of createContext({ threads }). */
   private readonly _threads: number | undefined;
 
@@ -76,6 +85,14 @@ export class Model {
   async createContext(options: ContextOptions = {}): Promise<Context> {
     this._ensureNotDisposed();
     const opts = parseOptions(ContextOptionsSchema, options, 'createContext');
+    // heads.profile 'calibrate': this model's own profile for the stream window (computed once per window)
+    const heads = opts.kv?.heads;
+    let calibrated: HeadProfile | undefined;
+    if (heads?.profile === 'calibrate') {
+      calibrated = await this._headProfile(heads.stream.sinks, heads.stream.recent);
+      this._ensureNotDisposed();
+      opts.kv = { ...opts.kv!, heads: { ...heads, profile: rowsOf(calibrated) } };
+    }
     const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv, headDim: this.info.headDim, headDimV: this.info.headDimV });
     // (a CUDA context holds every layout the options allow: stream heads, keys and values each in any storage codec,
     // grouped key rotation, every eviction policy, per-query-head caches; the native side still names anything it
@@ -83,6 +100,7 @@ export class Model {
     const perQueryHead = kv.eviction?.policy === 'lazy' && kv.eviction.perQueryHead;
     // rot keys: the calibrated channel permutation (§3.3) from a sidecar or the built-in calibration
     // ('auto' only for pre-RoPE keys: the statistic is of pre-RoPE keys, which RoPE would mix in the post-RoPE variant)
+    if (calibrated) kv.effective.heads.profile = `calibrate: ${calibrated.source}`;
     const rotKeys = kv.effective.storage.key.startsWith('rot');
     const setting = kv.effective.storage.permutation;
     const postAuto = kv.effective.storage.variant === 'post-rope' && setting === 'auto';
@@ -118,6 +136,19 @@ export class Model {
     this._rotation ??= calibrateRotation(this, { source: 'built-in calibration text' }).then((r) => ({ ...r, source: `built-in calibration text (${r.tokens} tokens)` }));
     this._rotation.catch(() => { this._rotation = undefined; });
     return this._rotation;
+  }
+
+  /** @internal The 'calibrate' head profile for a stream window: 4 greedy traces of 256 tokens (built-in prompts), once. */
+  _headProfile(sinks: number, recent: number): Promise<HeadProfile> {
+    const key = `${sinks}+${recent}`;
+    let p = this._profiles.get(key);
+    if (!p) {
+      p = calibrateHeadProfile(this, { prompts: DEFAULT_PROMPTS.slice(0, 4), maxTokens: 256, method: 'wse', sinks, recent })
+        .then((r) => ({ ...r.profile, source: `${r.profile.source}, ${r.tokens} tokens of built-in prompts` }));
+      p.catch(() => { this._profiles.delete(key); });
+      this._profiles.set(key, p);
+    }
+    return p;
   }
 
   /** Tokenizes text as llama.cpp does (BOS added when the model asks for it, unless addBos says otherwise). */

@@ -11,8 +11,10 @@ const headRef = z.tuple([z.number().int().min(0), z.number().int().min(0)]);
 
 export const KvHeadsOptionsSchema = z.strictObject({
   /**
-   * Head scores: a TSV path (RLKV/DuoAttention layout), or a matrix [layer][kvHead]. Higher = keep the
-   * full cache.
+   * Head scores: a TSV path (RLKV/DuoAttention layout), a matrix [layer][kvHead], or 'calibrate': the
+   * training-free window-substitution calibration (ALGORITHMS.md §1.12 b, as `thinkcache profile-heads`) run
+   * on the model's own greedy traces of built-in prompts when the context is created, once per model and
+   * window (a path named "calibrate" is written ./calibrate). Higher = keep the full cache.
    */
   profile: z.union([z.string().min(1), z.array(z.array(z.number()))]).optional(),
   /** Fraction of all (layer, KV head) pairs that become STREAM heads (ALGORITHMS.md §1.4). */

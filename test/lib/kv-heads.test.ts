@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { InvalidOptionsError, loadModel, parseHeadProfile, selectStreamHeads, type GenerateEvent } from '../../lib/index.js';
+import { calibrateHeadProfile, InvalidOptionsError, loadModel, parseHeadProfile, selectStreamHeads, type GenerateEvent } from '../../lib/index.js';
+import { DEFAULT_PROMPTS } from '../../lib/eval/fidelity.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'thinkcache-kv-'));
@@ -70,6 +71,21 @@ describe('createContext({ kv: { heads } })', () => {
     const D = 16;
     expect(r.heads.breakdown.keys + r.heads.breakdown.values).toBe(4 * D * (4 * logical + 4 * Math.min(logical, S + R)));
     expect(r.heads.residentTokens).toBe(resident.reduce((a, b) => a + b, 0));
+  });
+
+  it("profile 'calibrate': the model's own window-substitution profile, computed once per window and model", async () => {
+    await using model = await loadModel({ path: fixture() });
+    const heads = { profile: 'calibrate', sparsity: 0.5, stream: { sinks: 4, recent: 16 } } as const;
+    await using a = await model.createContext({ contextSize: 512, threads: 1, kv: { heads } });
+    expect(a.effective.kv.heads.profile).toMatch(/^calibrate: wse\(S=4,R=16,traces=4\)/);
+    expect(a.effective.kv.heads.streamHeads).toBe(4);
+    // the same as running the calibration and passing its scores
+    const r = await calibrateHeadProfile(model, { prompts: DEFAULT_PROMPTS.slice(0, 4), maxTokens: 256, method: 'wse', sinks: 4, recent: 16 });
+    expect(Array.from(selectStreamHeads(r.profile, 0.5))).toEqual(a.effective.kv.heads.retention.flat().map((m) => (m === 'stream' ? 1 : 0)));
+    await using b = await model.createContext({ contextSize: 512, threads: 1, kv: { heads } });
+    expect(b.effective.kv.heads.retention).toEqual(a.effective.kv.heads.retention);
+    expect(model._headProfile(4, 16)).toBe(model._headProfile(4, 16)); // (one calibration per model and window)
+    expect(model._headProfile(4, 32)).not.toBe(model._headProfile(4, 16));
   });
 
   it('layer and head overrides apply after the profile; bad ones are named', async () => {
