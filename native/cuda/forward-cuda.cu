@@ -707,7 +707,6 @@ kv_memory_report forward_session::memory(bool per_head) const {
             r.key_bytes += kb;
             r.value_bytes += vb;
             r.position_bytes += pb;
-            if (L.kind(h) == KV_RING_STREAM) r.evicted_tokens += std::max<int64_t>(0, (int64_t) p.n_past - (int64_t) (nf + nq));
             if (per_head) {
                 kv_head_memory & m = r.heads[il * (size_t) L.n_head_kv() + (size_t) h];
                 m.resident = (int32_t) (nf + nq);
@@ -724,7 +723,7 @@ kv_memory_report forward_session::memory(bool per_head) const {
     }
     r.evicted_tokens += p.evicted;
     r.compactions = p.compactions;
-    for (const kv_ring_layer & L : p.rl) {  // evictions the bookkeeping ran itself (streaming)
+    for (const kv_ring_layer & L : p.rl) {  // evictions the bookkeeping ran itself (streaming; stream heads' trims)
         r.evicted_tokens += L.evicted();
         r.compactions += L.compactions();
     }

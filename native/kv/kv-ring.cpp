@@ -215,6 +215,7 @@ void kv_ring_layer::retain(int32_t n, std::vector<kv_ring_ops> & ops, int32_t t,
             if ((int32_t) f16.size() <= stream_sinks_ + stream_recent_) continue;
             x.lo = stream_recent_ > 0 ? f16[f16.size() - (size_t) stream_recent_].first : f16.back().first + 1;
             x.dropped = true;
+            evicted_ += (int64_t) f16.size() - (stream_sinks_ + stream_recent_);  // (kv_cache counts a trim as evicted, as here)
             continue;
         }
         // kv_cache::flush: the oldest unprotected tokens beyond the staging window, in whole blocks

@@ -458,6 +458,12 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
         TC_CHECK(n_one >= min_evictions / 2) << label << ": the device's single-token eviction ran " << n_one << " times of " << n_evictions;
     TC_CHECK(kv.memory(false).compactions == n_evictions + own) << label << ": kv_cache ran " << kv.memory(false).compactions << " evictions, the ring "
                                                                  << n_evictions + own;
+    if (std::find(c.retention.begin(), c.retention.end(), (uint8_t) KV_RETAIN_EVICT) == c.retention.end()) {  // stream heads' trims, counted alike
+        int64_t trimmed = 0;
+        for (const auto & L : sim.layers) trimmed += L.evicted();
+        TC_CHECK(trimmed == kv.memory(false).evicted_tokens) << label << ": the ring counts " << trimmed << " trimmed tokens, kv_cache "
+                                                                             << kv.memory(false).evicted_tokens;
+    }
 }
 
 // A deterministic stand-in for a step's attention probabilities: positions ≡ 0 mod 7 are never attended,
