@@ -76,6 +76,14 @@ export type GenerateEvent =
       compactionMs: number;
     }
   | {
+      /** Every `statsInterval` generated tokens: progress of a long generation (a UI's meter, a benchmark's curve). */
+      type: 'stats';
+      generatedTokens: number;
+      /** Engine decode speed over the tokens since the previous stats event (or the first token). */
+      decodeTokensPerSecond: number;
+      kv: AddonKvMemory;
+    }
+  | {
       type: 'finish';
       finishReason: FinishReason;
       /** The answer (reasoning excluded). */
@@ -240,6 +248,15 @@ export class Sequence {
     let prefillMs = 0;
     let ttft = 0;
     let decodeMs = 0;
+    // stats events at each multiple of statsInterval generated tokens; the rate over the decode steps since the last
+    let statsAt = { tokens: 1, ms: 0 };  // (the first token comes from the prefill)
+    const stats = (): Extract<GenerateEvent, { type: 'stats' }> | undefined => {
+      const I = opts.statsInterval;
+      if (I <= 0 || Math.floor(generated.length / I) <= Math.floor(statsAt.tokens / I)) return undefined;
+      const dt = decodeMs - statsAt.ms, dn = generated.length - statsAt.tokens;
+      statsAt = { tokens: generated.length, ms: decodeMs };
+      return { type: 'stats', generatedTokens: generated.length, decodeTokensPerSecond: dt > 0 ? (dn / dt) * 1000 : 0, kv: this._readMemory() ?? EMPTY_KV_MEMORY };
+    };
     let cached = 0;
     let kvWatch: KvWatch | undefined;
     const decoder = tokenizer.createDecoder();
@@ -294,6 +311,8 @@ export class Sequence {
           this._tokens.push(...forced);
           const fe = kvWatch?.step();
           if (fe) yield fe;
+          const fs = stats();
+          if (fs) yield fs;
           if (generated.length >= opts.maxTokens) { finishReason = 'length'; break; }
           continue;
         }
@@ -314,6 +333,8 @@ export class Sequence {
         this._tokens.push(token);
         const ce = kvWatch?.step();
         if (ce) yield ce;
+        const se = stats();
+        if (se) yield se;
       }
       const tail = decoder.flush();
       if (tail) {

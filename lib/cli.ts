@@ -16,6 +16,7 @@ import { cmdProfileHeads } from './cli/profile-heads.js';
 import { cmdDemo, DEMO_USAGE } from './cli/demo.js';
 import { CALIBRATE_ROTATION_USAGE, cmdCalibrateRotation } from './cli/calibrate-rotation.js';
 import { cmdQuantize, QUANTIZE_USAGE } from './cli/quantize.js';
+import { BENCH_USAGE, cmdBench } from './cli/bench.js';
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
@@ -27,7 +28,7 @@ ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... |
                   [--kv JSON|PRESET ...] [--profile P.tsv] [--max-tokens T] [--loop-guard] [--backend B] [--json]
   thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk|ablation] [--traces N] [--max-tokens T]
                   [--sinks S] [--recent R]
-${CALIBRATE_ROTATION_USAGE}${QUANTIZE_USAGE}
+${CALIBRATE_ROTATION_USAGE}${BENCH_USAGE}${QUANTIZE_USAGE}
   --backend cpu|cuda|auto  where the model runs (default auto: CUDA when this build and machine can)
   demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
@@ -37,6 +38,7 @@ ${CALIBRATE_ROTATION_USAGE}${QUANTIZE_USAGE}
             --accuracy: task accuracy (tiny reasoner's held-out tasks, GSM8K/MATH JSONL) per configuration
   profile-heads  calibrate a head profile (window-substitution error on the model's own traces)
   calibrate-rotation  RotateKV key channel permutation → <model>.rotkv.json (used by rot keys automatically)
+  bench     decode tokens/s and KV bytes of KV configurations over context lengths, on your model
   quantize  write a GGUF in another weight type (llama.cpp's per-tensor choices, metadata kept)
 `;
 
@@ -177,6 +179,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'run': return await cmdRun(rest);
       case 'inspect': return await cmdInspect(rest);
       case 'quantize': return await cmdQuantize(rest);
+      case 'bench': return await cmdBench(rest);
       case 'chat': return await cmdChat(rest);
       case 'eval': return await cmdEval(rest);
       case 'demo': return await cmdDemo(rest);

@@ -87,6 +87,8 @@ export const GenerateOptionsSchema = z.strictObject({
   addGenerationPrompt: z.boolean().default(true),
   /** Message prompts: extra template variables, e.g. `{ enable_thinking: false }` (Qwen3). */
   templateKwargs: z.record(z.string(), z.unknown()).optional(),
+  /** A `stats` event (decode speed over the interval, KV memory) every this many generated tokens; 0: none. */
+  statsInterval: z.number().int().min(0).default(0),
 });
 export type GenerateOptions = z.input<typeof GenerateOptionsSchema>;
 

@@ -94,4 +94,21 @@ describe('thinkcache CLI', () => {
     expect(sums[0].n).toBe(2);
     expect(r.stderr).toMatch(/accuracy/);
   });
+
+  it('bench on a fixture: one JSON row per configuration and context, KV bytes from the memory report', () => {
+    const model = ensureFixture('llama', 'f32', { nLayer: 4 });
+    const r = cli('bench', '--model', model, '--kv', 'full', '--kv', 'rot2', '--contexts', '128,64', '--decode', '4', '--threads', '1', '--json');
+    expect(r.status, r.stderr).toBe(0);
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(rows.map((x) => [x.config, x.context])).toEqual([['full', 64], ['full', 128], ['rot2', 64], ['rot2', 128]]);
+    for (const x of rows) {
+      expect(x.decodeTokensPerSecond).toBeGreaterThan(0);
+      expect(x.logicalTokens).toBe(x.context + 4 + 4); // filled to the context, 4 warm-up and 4 timed steps
+      expect(x.kvBytesAllocated).toBeGreaterThanOrEqual(x.kvBytesUsed);
+    }
+    expect(rows[3].kvBytesUsed).toBeLessThan(rows[1].kvBytesUsed); // rot2 holds fewer bytes than f16 at 128
+    const bad = cli('bench', '--model', model, '--contexts', '0');
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/--contexts: expected a positive integer/);
+  });
 });

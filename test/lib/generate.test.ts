@@ -244,6 +244,23 @@ describe('Sequence#generate()', () => {
     await expect(loadModel({ path: small(), threads: 0 })).rejects.toBeInstanceOf(InvalidOptionsError);
   });
 
+  it('statsInterval: a stats event at every multiple of N generated tokens, with the decode speed and the KV memory', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const prompt = model.tokenize('Once upon a time');
+    const evs = await collect(seq.generate('Once upon a time', { maxTokens: 25, stopAtEog: false, statsInterval: 10 }));
+    const stats = evs.filter((e): e is Extract<GenerateEvent, { type: 'stats' }> => e.type === 'stats');
+    expect(stats.map((e) => e.generatedTokens)).toEqual([10, 20]);
+    expect(stats.map((e) => e.kv.logicalTokens)).toEqual([prompt.length + 10, prompt.length + 20]);
+    for (const e of stats) expect(e.decodeTokensPerSecond).toBeGreaterThan(0);
+    // the deltas before a stats event hold exactly its generated tokens
+    const at = evs.indexOf(stats[0]!);
+    expect(evs.slice(0, at).flatMap((e) => (e.type === 'text-delta' ? e.tokens : [])).length).toBeLessThanOrEqual(10);
+    expect(evs.filter((e) => e.type === 'stats')).toHaveLength(2);
+    expect((await collect(seq.generate('Once upon a time', { maxTokens: 25, stopAtEog: false }))).some((e) => e.type === 'stats')).toBe(false);
+  });
+
   it('rejects a second concurrent generation with BusyError', async () => {
     await using model = await loadModel({ path: small() });
     await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
