@@ -271,7 +271,8 @@ export class Sequence {
       // the last, and the native side counts a single token after others as a decode step, which would shift
       // the eviction schedule (every W decode steps) against a fresh evaluation of the same prompt
       while (cached < this._tokens.length && cached < promptTokens.length - 2 && this._tokens[cached] === promptTokens[cached]) cached++;
-      cached = callNativeSync(() => this._native.removeFrom(cached));  // fewer when STREAM heads already dropped tokens past it
+      const keep = cached;  // (off the event loop: on CUDA it waits for the device, which another sequence may hold)
+      cached = await callNative(() => this._native.removeFromAsync(keep));  // fewer when STREAM heads already dropped tokens past it
       this._tokens.length = cached;
       callNativeSync(() => this._native.setSampler(opts.sampling));  // (after the rewind: penalties see only the tokens kept)
       yield { type: 'start', promptTokens: promptTokens.length, cachedPromptTokens: cached, reasoningOpenInPrompt: openInPrompt };

@@ -117,6 +117,8 @@ export interface AddonSequence {
   heldPositions(layer: number, head: number): Int32Array;
   /** Drops tokens at positions >= pos; returns how many leading tokens are still valid (may be fewer when STREAM heads dropped tokens). */
   removeFrom(pos: number): number;
+  /** removeFrom in a worker (a CUDA rewind waits for the context's device, which another sequence's eval may hold). */
+  removeFromAsync(pos: number): Promise<number>;
   nTokens(): number;
   memory(perHead?: boolean): AddonKvMemory;
   /** Head calibration (window-substitution error) over the following evals; null turns it off. */

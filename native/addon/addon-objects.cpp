@@ -327,6 +327,26 @@ private:
     int32_t token_ = -1;
 };
 
+class remove_worker : public promise_worker {
+public:
+    remove_worker(Napi::Env env, AddonSequence * owner, int32_t pos)
+        : promise_worker(env, "thinkcache:removeFrom"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq), pos_(pos) {}
+
+protected:
+    status run() override {
+        kept_ = seq_->remove_from(pos_);
+        return {};
+    }
+    Napi::Value result(Napi::Env env) override { return Napi::Number::New(env, kept_); }
+    void done() override { owner_->busy.store(false); }
+
+private:
+    Napi::ObjectReference owner_ref_;
+    AddonSequence * owner_;
+    std::shared_ptr<core::engine_sequence> seq_;
+    int32_t pos_, kept_ = 0;
+};
+
 } // namespace
 
 void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data) {
@@ -337,6 +357,7 @@ void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data)
         InstanceMethod<&AddonSequence::get_logits>("getLogits"),
         InstanceMethod<&AddonSequence::abort>("abort"),
         InstanceMethod<&AddonSequence::remove_from>("removeFrom"),
+        InstanceMethod<&AddonSequence::remove_from_async>("removeFromAsync"),
         InstanceMethod<&AddonSequence::n_tokens>("nTokens"),
         InstanceMethod<&AddonSequence::memory>("memory"),
         InstanceMethod<&AddonSequence::held_positions>("heldPositions"),
@@ -439,6 +460,17 @@ Napi::Value AddonSequence::get_logits(const Napi::CallbackInfo & info) {
 Napi::Value AddonSequence::abort(const Napi::CallbackInfo & info) {
     if (seq) seq->abort.store(true);
     return info.Env().Undefined();
+}
+
+Napi::Value AddonSequence::remove_from_async(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    require_idle(env, "removeFromAsync");
+    if (info.Length() < 1 || !info[0].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "removeFromAsync: position must be a number");
+    busy.store(true);
+    auto * w = new remove_worker(env, this, info[0].As<Napi::Number>().Int32Value());
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
 }
 
 Napi::Value AddonSequence::remove_from(const Napi::CallbackInfo & info) {

@@ -61,6 +61,8 @@ private:
     Napi::Value get_logits(const Napi::CallbackInfo & info);    // getLogits(): Float32Array copy
     Napi::Value abort(const Napi::CallbackInfo & info);
     Napi::Value remove_from(const Napi::CallbackInfo & info);
+    Napi::Value remove_from_async(const Napi::CallbackInfo & info);  // removeFromAsync(pos): Promise<number> (off the event loop: a CUDA
+                                                                     // rewind waits for the context's device, which another sequence may hold)
     Napi::Value n_tokens(const Napi::CallbackInfo & info);
     Napi::Value memory(const Napi::CallbackInfo & info);
     Napi::Value held_positions(const Napi::CallbackInfo & info);
