@@ -325,18 +325,8 @@ status kv_cache::reserve(int n_tokens) {
     if ((int64_t) n_logical_ + n_tokens > cfg_.n_ctx) {
         return status(ERR_CONTEXT_FULL, strfmt("kv_cache: %d new tokens at position %d exceed the context size %d", n_tokens, n_logical_, cfg_.n_ctx));
     }
-    chunk_exact_ = true;
-    chunk_pos0_ = n_logical_;
-    chunk_step0_ = step_;
-    chunk_prompt0_ = prompt_;
-    std::fill(chunk_sinks_saved_.begin(), chunk_sinks_saved_.end(), 0);
-    // a single token after a prompt is a decode step; anything else is (more) prompt
-    if (n_tokens == 1 && n_logical_ > 0) {
-        step_++;
-    } else {
-        step_ = 0;
-        prompt_ = n_logical_ + n_tokens;
-    }
+    // room first: a failure leaves the counters and the chunk state as they were (pages already taken stay
+    // with their heads, for the next try)
     try {
         for (auto & h : heads_) {
             const int64_t need = (int64_t) h.n + n_tokens;
@@ -349,6 +339,18 @@ status kv_cache::reserve(int n_tokens) {
         }
     } catch (const std::bad_alloc &) {
         return status(ERR_OOM_HOST, "kv_cache: out of memory growing the position arrays");
+    }
+    chunk_exact_ = true;
+    chunk_pos0_ = n_logical_;
+    chunk_step0_ = step_;
+    chunk_prompt0_ = prompt_;
+    std::fill(chunk_sinks_saved_.begin(), chunk_sinks_saved_.end(), 0);
+    // a single token after a prompt is a decode step; anything else is (more) prompt
+    if (n_tokens == 1 && n_logical_ > 0) {
+        step_++;
+    } else {
+        step_ = 0;
+        prompt_ = n_logical_ + n_tokens;
     }
     return {};
 }
