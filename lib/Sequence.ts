@@ -273,6 +273,7 @@ export class Sequence {
       while (cached < this._tokens.length && cached < promptTokens.length - 2 && this._tokens[cached] === promptTokens[cached]) cached++;
       const keep = cached;  // (off the event loop: on CUDA it waits for the device, which another sequence may hold)
       cached = await callNative(() => this._native.removeFromAsync(keep));  // fewer when STREAM heads already dropped tokens past it
+      if (!this._live()) throw new AbortError('generate: the sequence was disposed');
       this._tokens.length = cached;
       callNativeSync(() => this._native.setSampler(opts.sampling));  // (after the rewind: penalties see only the tokens kept)
       yield { type: 'start', promptTokens: promptTokens.length, cachedPromptTokens: cached, reasoningOpenInPrompt: openInPrompt };

@@ -296,6 +296,14 @@ describe('Sequence#generate()', () => {
     }
     expect(finishOf(evs).finishReason).toBe('aborted');
     expect(finishOf(evs).tokens).toHaveLength(0);
+    // disposed while the cache is being rewound (before 'start'): aborted too, no untyped error
+    const seq2 = ctx.acquireSequence();
+    const gen = seq2.generate('Once upon a time', { maxTokens: 10, stopAtEog: false });
+    const first = gen.next();
+    await seq2.dispose();
+    const evs2: GenerateEvent[] = [(await first).value as GenerateEvent];
+    for await (const ev of gen) evs2.push(ev);
+    expect(finishOf(evs2).finishReason).toBe('aborted');
   });
 
   it('disposing a sequence mid-generation stops it', async () => {
