@@ -98,13 +98,34 @@ export class Tokenizer {
      * const ids = tokenizer.encode('<|im_start|>user\nHi<|im_end|>', { parseSpecial: true });
      */
     encode(text: string, options: EncodeOptions = {}): number[] {
+        const out: number[] = [];
+        for (const _ of this.encodeSteps(text, options, out)) { /* (all at once) */ }
+        return out;
+    }
+
+    /**
+     * encode() that gives the event loop a turn every few milliseconds: the same ids, for long texts (a
+     * 30K-token prompt takes ~100 ms to tokenize) in servers. BPE vocabularies yield between pre-tokens; an
+     * SPM fragment (llama vocabularies) is tokenized whole.
+     */
+    async encodeAsync(text: string, options: EncodeOptions = {}, sliceMs = 4): Promise<number[]> {
+        const out: number[] = [];
+        let t0 = performance.now();
+        for (const _ of this.encodeSteps(text, options, out)) {
+            if (performance.now() - t0 < sliceMs) continue;
+            await new Promise<void>((resolve) => setImmediate(resolve));
+            t0 = performance.now();
+        }
+        return out;
+    }
+
+    private *encodeSteps(text: string, options: EncodeOptions, out: number[]): Generator<void, void, void> {
         if (typeof text !== 'string') {
             throw new InvalidOptionsError(`encode: text must be a string but is ${typeof text}`, 'ERR_INVALID_ARG');
         }
         const v = this.vocab;
         const addBos = options.addBos ?? v.addBos;
         const addEos = options.addEos ?? v.addEos;
-        const out: number[] = [];
         if (addBos) {
             if (v.special.bos !== null) out.push(v.special.bos);
             else if (options.addBos === true) {
@@ -124,12 +145,13 @@ export class Tokenizer {
                 const prefixed = v.addSpacePrefix && prevSpecial ? ` ${raw}` : raw;
                 spmTokenize(v, prefixed.replaceAll(' ', '\u2581'), out);
                 prevSpecial = false;
+                yield;
             }
         } else {
             this.bpe ??= new BpeEncoder(v);
             for (const fragment of fragments) {
                 if (fragment.token !== undefined) out.push(fragment.token);
-                else this.bpe.encode(text.slice(fragment.start, fragment.end), out);
+                else yield* this.bpe.encodeSteps(text.slice(fragment.start, fragment.end), out);
             }
         }
         if (addEos) {
@@ -138,7 +160,6 @@ export class Tokenizer {
                 throw new InvalidOptionsError('encode: addEos is true but the vocabulary has no EOS token', 'ERR_INVALID_ARG');
             }
         }
-        return out;
     }
 
     /**

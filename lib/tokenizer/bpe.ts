@@ -15,6 +15,8 @@ import { preTokenize } from './pre-tokenizers.js';
 import type { Vocab } from './vocab.js';
 import { PriorityQueue } from './heap.js';
 
+const WORDS_PER_STEP = 512;
+
 interface Bigram {
     left: number;
     right: number;
@@ -117,8 +119,16 @@ export class BpeEncoder {
 
     /** Tokenizes raw text (no special tokens in it) and appends the ids to `out`. */
     encode(text: string, out: number[]): void {
+        for (const _ of this.encodeSteps(text, out)) { /* (all at once) */ }
+    }
+
+    /**
+     * encode() in steps: yields after every `WORDS_PER_STEP` pre-tokens, so a caller can give the event loop a
+     * turn between them (Tokenizer.encodeAsync). The ids are the same: words are merged independently.
+     */
+    *encodeSteps(text: string, out: number[]): Generator<void, void, void> {
         const ends = preTokenize(text, this.vocab.preTokenizer!.regexes);
-        let start = 0;
+        let start = 0, n = 0;
         for (const end of ends) {
             const word = encodeByteLevel(text, start, end);
             start = end;
@@ -129,6 +139,7 @@ export class BpeEncoder {
                 this.wordCache.set(word, ids);
             }
             for (const id of ids) out.push(id);
+            if (++n % WORDS_PER_STEP === 0) yield;
         }
     }
 

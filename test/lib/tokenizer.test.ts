@@ -213,6 +213,26 @@ describe.skipIf(!hasQwen)('Qwen3 vocabulary (qwen2 pre-tokenizer)', () => {
             `(builds merge ranks), next ${warm.toFixed(1)} ms (${ids.length} tokens)`);
         expect(warm).toBeLessThan(100);
     }, 60_000);
+
+    it('encodeAsync gives the same ids as encode and lets timers run while it works', async () => {
+        const t = await loadTokenizer('qwen2');
+        const { inputs } = readVectors(path.join(vocabDir, 'ggml-vocab-qwen2.gguf.inp'));
+        for (const input of inputs) expect(await t.encodeAsync(input)).toEqual(t.encode(input));
+        const text = makeRandomText(300_000, 4);    // long enough to need several turns
+        let ticks = 0;
+        const timer = setInterval(() => { ticks++; }, 1);
+        t.encode(text.slice(0, 1000));              // (warm)
+        const t0 = performance.now();
+        const sync = t.encode(text);
+        const syncMs = performance.now() - t0;
+        const syncTicks = ticks;                    // no timer can fire inside a synchronous call
+        const a = await t.encodeAsync(text);
+        clearInterval(timer);
+        expect(a).toEqual(sync);
+        expect(syncTicks).toBe(0);
+        // the async call hands the loop a turn about every 4 ms: a few at least for what took syncMs at once
+        expect(ticks).toBeGreaterThanOrEqual(Math.min(3, Math.floor(syncMs / 8)));
+    }, 60_000);
 });
 
 describe.skipIf(!hasVocabDir)('SentencePiece vocabulary (llama-spm)', () => {
