@@ -93,7 +93,11 @@ export class Model {
       this._ensureNotDisposed();
       opts.kv = { ...opts.kv!, heads: { ...heads, profile: rowsOf(calibrated) } };
     }
-    const kv = resolveKvOptions(opts.kv, { nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv, headDim: this.info.headDim, headDimV: this.info.headDimV });
+    const contextSize = opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096);
+    const kv = resolveKvOptions(opts.kv, {
+      nLayer: this.info.nLayer, nHeadKv: this.info.nHeadKv, headDim: this.info.headDim, headDimV: this.info.headDimV,
+      budget: { contextSize, codecBlock: (codec, dim, group, key) => getAddon().kvCodecBlock(codec, dim, group, key) },
+    });
     // (a CUDA context holds every layout the options allow: stream heads, keys and values each in any storage codec,
     // grouped key rotation, every eviction policy, per-query-head caches; the native side still names anything it
     // cannot hold, as an InvalidOptionsError)
@@ -108,7 +112,7 @@ export class Model {
     kv.effective.storage.permutation = rotation ? rotation.source : postAuto && rotKeys ? 'none (post-RoPE variant; give a sidecar path to permute)' : rotKeys ? 'none (identity)' : 'none (keys are not rotated)';
     this._ensureNotDisposed();
     const ctx = callNativeSync(() => new (getAddon().AddonContext)(this._native, {
-      contextSize: opts.contextSize ?? Math.min(this.info.nCtxTrain || 4096, 4096),
+      contextSize,
       threads: opts.threads ?? this._threads ?? 0,
       batchSize: opts.batchSize,
       cpu: opts.backend === 'cpu',

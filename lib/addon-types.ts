@@ -174,6 +174,8 @@ export interface Addon {
   listErrorCodes(): string[];
   listQuantTypes(): AddonQuantType[];
   listKvPolicies(): { name: string; source: string }[];
+  /** One codec block as the cache stores it (tokens per block, bytes per block). */
+  kvCodecBlock(codec: string, dim: number, group: number, key: boolean): { blockTokens: number; blockBytes: number };
   systemInfo(): AddonSystemInfo;
   /** Absent in addons built before issue 8 (see lib/backend.ts). */
   cudaInfo?(): AddonCudaInfo;

@@ -20,6 +20,12 @@ export const KvHeadsOptionsSchema = z.strictObject({
   /** Fraction of all (layer, KV head) pairs that become STREAM heads (ALGORITHMS.md §1.4). */
   sparsity: z.number().min(0).max(1).default(0),
   /**
+   * Instead of `sparsity`: the key + value bytes one sequence may hold at `contextSize` tokens. The fewest
+   * STREAM heads (lowest profile scores first) whose estimate fits are chosen; `ctx.effective.kv.heads` shows
+   * the sparsity and the estimate (the memory report measures). Not with kv.eviction.
+   */
+  byteBudget: z.number().positive().optional(),
+  /**
    * With `kv.eviction`: fraction of all heads (the highest-scoring) that keep the full cache; the
    * heads between the stream and full tiers use the eviction policy (three tiers, ALGORITHMS.md §6.1).
    * Default 0: every non-stream head evicts.
@@ -137,6 +143,9 @@ export interface EffectiveKv {
     sinks: number;
     recent: number;
     profile: string | null;
+    /** heads.byteBudget as given, and the key + value bytes at contextSize the chosen heads are estimated to hold. */
+    byteBudget: number | null;
+    estimatedBytes: number | null;
   };
   eviction: z.output<typeof EvictionOptionsSchema> | null;
 }
@@ -161,6 +170,25 @@ export function rotationGroupedMask(retention: Uint8Array, G: number): Uint8Arra
   return out;
 }
 
+// Key + value bytes one head holds at contextSize tokens (heads.byteBudget): a stream head min(ctx, S + R)
+// f16 tokens; a full head, with codecs, its protected first tokens, up to 20 sinks and the staging window in
+// f16 and the rest in codec blocks (whole blocks: KIVI keys round up to their token group).
+function headByteEstimate(storage: z.output<typeof KvStorageOptionsSchema>, stream: { sinks: number; recent: number },
+  shape: { headDim: number; headDimV?: number; budget?: KvBudgetShape }): { full: number; stream: number } {
+  const ctx = shape.budget!.contextSize, D = shape.headDim, DV = shape.headDimV ?? shape.headDim;
+  const f16 = 2 * (D + DV);
+  const streamBytes = Math.min(ctx, stream.sinks + stream.recent) * f16;
+  if (storage.key === 'f16' && storage.value === 'f16') return { full: ctx * f16, stream: streamBytes };
+  const plain = Math.min(ctx, storage.protectFirst + (storage.protectSinks ? 20 : 0) + storage.stagingTokens);
+  const coded = ctx - plain;
+  const side = (codec: KvCodec, dim: number, key: boolean) => {
+    if (codec === 'f16') return coded * 2 * dim;
+    const b = shape.budget!.codecBlock(codec, dim, storage.groupSize, key);
+    return Math.ceil(coded / b.blockTokens) * b.blockBytes;
+  };
+  return { full: plain * f16 + side(storage.key, D, true) + side(storage.value, DV, false), stream: streamBytes };
+}
+
 // Channels per scale group as the native codecs apply it (kv_codec_group): q8/q4 always 32; a group that does
 // not divide the head size covers the whole head.
 function appliedGroup(codec: KvCodec, dim: number | undefined, group: number): number {
@@ -168,8 +196,18 @@ function appliedGroup(codec: KvCodec, dim: number | undefined, group: number): n
   return dim === undefined ? g : g <= 0 || g > dim || dim % g !== 0 ? dim : g;
 }
 
-/** shape.headDim / headDimV (the model's): the groups and clips each side applies (without them, the settings). */
-export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefined, shape: { nLayer: number; nHeadKv: number; headDim?: number; headDimV?: number }): ResolvedKv {
+/** What a byte budget needs to know: the context length and one codec block's size (the addon's kvCodecBlock). */
+export interface KvBudgetShape {
+  contextSize: number;
+  codecBlock: (codec: KvCodec, dim: number, group: number, key: boolean) => { blockTokens: number; blockBytes: number };
+}
+
+/**
+ * shape.headDim / headDimV (the model's): the groups and clips each side applies (without them, the settings);
+ * shape.budget: needed for heads.byteBudget.
+ */
+export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefined,
+  shape: { nLayer: number; nHeadKv: number; headDim?: number; headDimV?: number; budget?: KvBudgetShape }): ResolvedKv {
   const heads = kv?.heads ?? KvHeadsOptionsSchema.parse({});
   const storage = kv?.storage ?? KvStorageOptionsSchema.parse({});
   if ((storage.key.startsWith('kivi') || storage.value.startsWith('kivi')) && storage.groupSize % 16 !== 0) {
@@ -180,6 +218,12 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
   if (typeof heads.profile === 'string') profile = loadHeadProfile(heads.profile, shape);
   else if (heads.profile) profile = parseHeadProfile(heads.profile.map((r) => r.join('\t')).join('\n'), shape, 'kv.heads.profile');
   let retention: Uint8Array = new Uint8Array(n);
+  if (heads.byteBudget !== undefined) {
+    if (heads.sparsity > 0) throw new InvalidOptionsError('kv.heads: give either sparsity or byteBudget, not both');
+    if (kv?.eviction) throw new InvalidOptionsError('kv.heads.byteBudget chooses between full and stream heads; with kv.eviction set kv.heads.sparsity');
+    if (!profile) throw new InvalidOptionsError('kv.heads.byteBudget needs kv.heads.profile to know which heads can stream');
+    if (!shape.budget || shape.headDim === undefined) throw new InvalidOptionsError('kv.heads.byteBudget needs the model (createContext)');
+  }
   if (heads.sparsity > 0) {
     if (!profile) {
       throw new InvalidOptionsError(
@@ -209,8 +253,34 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
   } else if (heads.full > 0) {
     throw new InvalidOptionsError('kv.heads.full only applies with kv.eviction (it chooses which heads keep the full cache instead of evicting)');
   }
-  for (const [l, h] of heads.streamHeads ?? []) { check(l, h, 'streamHeads'); retention[l * shape.nHeadKv + h] = 1; }
-  for (const [l, h] of heads.fullHeads ?? []) { check(l, h, 'fullHeads'); retention[l * shape.nHeadKv + h] = 0; }
+  const overrides = (r: Uint8Array) => {
+    for (const [l, h] of heads.streamHeads ?? []) { check(l, h, 'streamHeads'); r[l * shape.nHeadKv + h] = 1; }
+    for (const [l, h] of heads.fullHeads ?? []) { check(l, h, 'fullHeads'); r[l * shape.nHeadKv + h] = 0; }
+  };
+  overrides(retention);
+  let estimatedBytes: number | null = null;
+  if (heads.byteBudget !== undefined) {
+    // the fewest stream heads, lowest scores first, whose estimate fits (the layer and head overrides apply to each)
+    const perHead = headByteEstimate(storage, heads.stream, shape as Required<Pick<typeof shape, 'headDim'>> & typeof shape);
+    const estimate = (r: Uint8Array) => r.reduce((a, x) => a + (x === 1 ? perHead.stream : perHead.full), 0);
+    let chosen: Uint8Array | undefined;
+    for (let k = 0; k <= n && !chosen; k++) {
+      const r = selectStreamHeads(profile!, k / n);
+      for (const [layer, mode] of Object.entries(heads.layers ?? {})) {
+        for (let h = 0; h < shape.nHeadKv; h++) r[Number(layer) * shape.nHeadKv + h] = mode === 'stream' ? 1 : 0;
+      }
+      overrides(r);
+      if (estimate(r) <= heads.byteBudget) chosen = r;
+    }
+    if (!chosen) {
+      const all = new Uint8Array(n).fill(1);
+      overrides(all);
+      throw new InvalidOptionsError(`kv.heads.byteBudget: ${heads.byteBudget} bytes do not hold even every head streaming ` +
+        `(${estimate(all)} bytes at contextSize ${shape.budget!.contextSize}: ${perHead.stream} per stream head, ${perHead.full} per full head)`);
+    }
+    retention = chosen;
+    estimatedBytes = estimate(retention);
+  }
   let streamHeads = 0, evictHeads = 0;
   for (const r of retention) { if (r === 1) streamHeads++; else if (r === 2) evictHeads++; }
   const G = storage.rotationGroup;
@@ -246,6 +316,7 @@ export function resolveKvOptions(kv: z.output<typeof KvOptionsSchema> | undefine
         nLayer: shape.nLayer, nHeadKv: shape.nHeadKv, retention: rows, streamHeads, fullHeads: n - streamHeads - evictHeads, evictHeads,
         requestedSparsity: heads.sparsity, realizedSparsity: streamHeads / n,
         sinks: heads.stream.sinks, recent: heads.stream.recent, profile: profile?.source ?? null,
+        byteBudget: heads.byteBudget ?? null, estimatedBytes,
       },
     },
   };

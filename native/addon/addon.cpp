@@ -5,12 +5,14 @@
 #include "../kernels/cpu/quant-traits-cpu.h"
 #include "../model/arch.h"
 #include "../kv/kv-policy.h"
+#include "../kv/codecs/kv-codec.h"
 #include "../tensor/quant-traits.h"
 #ifdef THINKCACHE_WITH_CUDA
 #include "../cuda/backend-cuda.h"
 #endif
 #include "addon-gguf.h"
 #include "addon-objects.h"
+#include "errors.h"
 
 namespace addon {
 
@@ -51,6 +53,25 @@ static Napi::Value list_kv_policies(const Napi::CallbackInfo & info) {
         a.Set((uint32_t) i, o);
     }
     return a;
+}
+
+// kvCodecBlock(codec, dim, group, key): { blockTokens, blockBytes } of one codec as the cache stores it
+// (what a byte budget estimates with; the memory report measures).
+static Napi::Value kv_codec_block(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 4 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsBoolean())
+        addon::throw_status(env, core::ERR_INVALID_ARG, "kvCodecBlock(codec: string, dim: number, group: number, key: boolean)");
+    const std::string name = info[0].As<Napi::String>().Utf8Value();
+    const core::kv_codec_type t = core::kv_codec_find(name.c_str());
+    const int dim = info[1].As<Napi::Number>().Int32Value(), group = info[2].As<Napi::Number>().Int32Value();
+    if (t == core::KV_CODEC_COUNT) addon::throw_status(env, core::ERR_INVALID_ARG, "kvCodecBlock: unknown codec \"" + name + "\"");
+    if (dim <= 0 || dim > 4096 || group <= 0) addon::throw_status(env, core::ERR_INVALID_ARG, "kvCodecBlock: dim and group must be positive");
+    const core::kv_codec_traits & c = core::kv_codec_get(t);
+    const core::kv_codec_params p{dim, group, 1.0f, info[3].As<Napi::Boolean>().Value()};
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("blockTokens", c.block_tokens(p));
+    o.Set("blockBytes", (double) c.block_bytes(p));
+    return o;
 }
 
 static Napi::Value system_info(const Napi::CallbackInfo & info) {
@@ -111,6 +132,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("systemInfo", Napi::Function::New(env, system_info, "systemInfo"));
     exports.Set("cudaInfo", Napi::Function::New(env, cuda_info, "cudaInfo"));
     exports.Set("listKvPolicies", Napi::Function::New(env, list_kv_policies, "listKvPolicies"));
+    exports.Set("kvCodecBlock", Napi::Function::New(env, kv_codec_block, "kvCodecBlock"));
     AddonModel::init(env, exports, *data);
     AddonContext::init(env, exports, *data);
     AddonSequence::init(env, exports, *data);

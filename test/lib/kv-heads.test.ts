@@ -88,6 +88,39 @@ describe('createContext({ kv: { heads } })', () => {
     expect(model._headProfile(4, 32)).not.toBe(model._headProfile(4, 16));
   });
 
+  it('byteBudget: the fewest stream heads whose key + value bytes at contextSize fit, measured by the memory report', async () => {
+    await using model = await loadModel({ path: fixture() });
+    const S = 4, R = 16, ctxSize = 256, D = 16;
+    const full = ctxSize * 4 * D, stream = (S + R) * 4 * D;  // 16384 and 1280 bytes per head (f16 K + V)
+    // all 8 heads full: 131072 bytes; 100000 needs 3 stream heads (131072 − 3 · 15104 = 85760)
+    const heads = { profile: profilePath, byteBudget: 100_000, stream: { sinks: S, recent: R } };
+    await using ctx = await model.createContext({ contextSize: ctxSize, threads: 1, kv: { heads } });
+    const eff = ctx.effective.kv.heads;
+    expect(eff.streamHeads).toBe(3);
+    expect(eff.estimatedBytes).toBe(5 * full + 3 * stream);
+    expect(eff.byteBudget).toBe(100_000);
+    const seq = ctx.acquireSequence();
+    await seq.evaluate(Array.from({ length: ctxSize }, (_, i) => 3 + (i % 50)));
+    const m = seq.memory();
+    expect(m.breakdown.keys + m.breakdown.values).toBe(eff.estimatedBytes);  // f16: the estimate is exact
+    // the lowest-scoring heads stream: the same as sparsity 3/8 with this profile
+    await using bySparsity = await model.createContext({ contextSize: ctxSize, threads: 1, kv: { heads: { profile: profilePath, sparsity: 3 / 8, stream: { sinks: S, recent: R } } } });
+    expect(eff.retention).toEqual(bySparsity.effective.kv.heads.retention);
+    // rot2 full heads: more of them fit; the estimate stays within 10 % of what the report measures
+    await using coded = await model.createContext({ contextSize: ctxSize, threads: 1, kv: { heads, storage: { key: 'rot2', value: 'rot2', permutation: 'none' } } });
+    const ce = coded.effective.kv.heads;
+    expect(ce.streamHeads).toBeLessThan(3);
+    expect(ce.estimatedBytes!).toBeLessThanOrEqual(100_000);
+    const cs = coded.acquireSequence();
+    await cs.evaluate(Array.from({ length: ctxSize }, (_, i) => 3 + (i % 50)));
+    const cm = cs.memory();
+    expect(Math.abs(cm.breakdown.keys + cm.breakdown.values - ce.estimatedBytes!) / ce.estimatedBytes!).toBeLessThan(0.1);
+    // refusals name the reason
+    await expect(model.createContext({ contextSize: ctxSize, kv: { heads: { ...heads, byteBudget: 5000 } } })).rejects.toThrow(/do not hold even every head streaming/);
+    await expect(model.createContext({ contextSize: ctxSize, kv: { heads: { ...heads, sparsity: 0.5 } } })).rejects.toThrow(/either sparsity or byteBudget/);
+    await expect(model.createContext({ contextSize: ctxSize, kv: { heads: { byteBudget: 1e5 } } })).rejects.toThrow(/needs kv.heads.profile/);
+  });
+
   it('layer and head overrides apply after the profile; bad ones are named', async () => {
     const r = await greedy({ heads: { layers: { '0': 'stream' }, fullHeads: [[0, 1]], streamHeads: [[3, 0]] } }, 'Hello', 4);
     expect(r.effective.kv.heads.retention[0]).toEqual(['stream', 'full']);
