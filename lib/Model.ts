@@ -161,6 +161,12 @@ export class Model {
     return this.tokenizer.encode(text, options);
   }
 
+  /** tokenize() that gives the event loop a turn every few milliseconds (long texts in a server): the same ids. */
+  async tokenizeAsync(text: string, options: { addBos?: boolean; parseSpecial?: boolean } = {}): Promise<number[]> {
+    this._ensureNotDisposed();
+    return this.tokenizer.encodeAsync(text, options);
+  }
+
   detokenize(tokens: readonly number[]): string {
     this._ensureNotDisposed();
     return this.tokenizer.decode(tokens);

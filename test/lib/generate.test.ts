@@ -236,7 +236,14 @@ describe('Sequence#generate()', () => {
     expect(sc.disposed).toBe(true);
   });
 
-  it('loadModel({ threads }) is the contexts\' default; createContext({ threads }) overrides it', async () => {
+  it('model.tokenizeAsync gives tokenize\'s ids', async () => {
+    await using model = await loadModel({ path: small() });
+    const text = 'Once upon a time there was a little girl. '.repeat(600);
+    expect(await model.tokenizeAsync(text)).toEqual(model.tokenize(text));
+    expect(await model.tokenizeAsync('Hi', { addBos: false })).toEqual(model.tokenize('Hi', { addBos: false }));
+  });
+
+    it('loadModel({ threads }) is the contexts\' default; createContext({ threads }) overrides it', async () => {
     await using model = await loadModel({ path: small(), threads: 1 });
     await using a = await model.createContext({ contextSize: 64 });
     await using b = await model.createContext({ contextSize: 64, threads: 2 });
