@@ -1,7 +1,7 @@
 /** GGUF metadata access through the native, bounds-checked reader. */
 import { getAddon } from './binding.js';
 import type { AddonGgufInfo, GgufValue } from './addon-types.js';
-import { callNative } from './errors.js';
+import { callNative, InvalidOptionsError } from './errors.js';
 
 export type { GgufValue, AddonGgufInfo as GgufInfo, AddonGgufTensor as GgufTensorInfo } from './addon-types.js';
 
@@ -38,5 +38,9 @@ export type QuantizeType = (typeof QUANTIZE_TYPES)[number];
 export async function quantizeGguf(inPath: string, outPath: string, options: { type: QuantizeType | string; threads?: number }) {
   if (typeof inPath !== 'string' || inPath.length === 0) throw new TypeError('quantizeGguf: inPath must be a non-empty string');
   if (typeof outPath !== 'string' || outPath.length === 0) throw new TypeError('quantizeGguf: outPath must be a non-empty string');
-  return callNative(() => getAddon().quantizeGguf(inPath, outPath, { type: options.type, threads: options.threads ?? 1 }));
+  const threads = options.threads ?? 1;
+  if (!Number.isInteger(threads) || threads < 1 || threads > 256) {
+    throw new InvalidOptionsError(`quantizeGguf: threads must be an integer in [1, 256] (got ${String(threads)})`);
+  }
+  return callNative(() => getAddon().quantizeGguf(inPath, outPath, { type: options.type, threads }));
 }

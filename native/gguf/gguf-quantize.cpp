@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <sys/stat.h>
+#include <system_error>
 #include <thread>
 
 #include "../tensor/quant-traits.h"
@@ -171,15 +173,29 @@ void convert_rows(const gguf_tensor_info & t, ggml_type to, uint8_t * dst, int n
             dst_t->from_float_ref(f.data(), dst + r * dst_row, n_per_row);
         }
     };
-    const int nth = (int) std::max<int64_t>(1, std::min<int64_t>(n_threads, n_rows / 16));
+    const int nth = (int) std::max<int64_t>(1, std::min<int64_t>({(int64_t) n_threads, n_rows / 16, (int64_t) GGUF_QUANTIZE_MAX_THREADS}));
     if (nth <= 1) { work(0, n_rows); return; }
     std::vector<std::thread> ths;
     const int64_t per = (n_rows + nth - 1) / nth;
+    int64_t done_to = 0;  // rows handed to threads that started; a thread that cannot start leaves its rows here
     for (int i = 0; i < nth; i++) {
         const int64_t r0 = std::min(n_rows, per * i), r1 = std::min(n_rows, r0 + per);
-        ths.emplace_back(work, r0, r1);
+        try {
+            ths.emplace_back(work, r0, r1);
+            done_to = r1;
+        } catch (const std::system_error &) {
+            break;
+        }
     }
+    work(done_to, n_rows);  // (this thread does what no thread took)
     for (auto & th : ths) th.join();
+}
+
+// Whether two paths name the same file (device and inode); a path that does not exist names no file.
+bool same_file(const std::string & a, const std::string & b) {
+    struct stat sa, sb;
+    if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 status quantize_impl(const std::string & in_path, const std::string & out_path, const gguf_quantize_params & params,
@@ -193,7 +209,12 @@ status quantize_impl(const std::string & in_path, const std::string & out_path, 
         for (const std::string & n : gguf_quantize_type_names()) list += (list.empty() ? "" : ", ") + n;
         return status(ERR_INVALID_ARG, strfmt("gguf_quantize: type '%s' is not supported (supported: %s)", params.type.c_str(), list.c_str()));
     }
-    if (in_path == out_path) return status(ERR_INVALID_ARG, "gguf_quantize: the output path must differ from the input path");
+    // the output and the temporary file it is written through must not be the input (writing them would
+    // truncate the file being read, which is mapped: the process would die on a bus error)
+    const std::string tmp_path = out_path + ".tmp";
+    if (in_path == out_path || same_file(in_path, out_path) || in_path == tmp_path || same_file(in_path, tmp_path))
+        return status(ERR_INVALID_ARG, strfmt("gguf_quantize: the output '%s' (written through '%s') must be another file than the input '%s'", out_path.c_str(),
+                                              tmp_path.c_str(), in_path.c_str()));
 
     std::unique_ptr<gguf_file> in;
     status st = gguf_open(in_path, in);
@@ -228,7 +249,6 @@ status quantize_impl(const std::string & in_path, const std::string & out_path, 
         }
     }
 
-    const std::string tmp_path = out_path + ".tmp";
     writer w;
     w.path = tmp_path;
     w.f = std::fopen(tmp_path.c_str(), "wb");

@@ -20,10 +20,12 @@
 
 namespace core {
 
+constexpr int GGUF_QUANTIZE_MAX_THREADS = 256;
+
 struct gguf_quantize_params {
     std::string type;   // file type: "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s|m|l", "q4_k_s|m",
                         // "q5_k_s|m", "q6_k", "f16", "bf16", "f32" ("q3_k", "q4_k", "q5_k" mean the _m mixes)
-    int n_threads = 1;  // worker threads for the row quantization
+    int n_threads = 1;  // worker threads for the row quantization (at most GGUF_QUANTIZE_MAX_THREADS)
 };
 
 struct gguf_quantize_tensor {

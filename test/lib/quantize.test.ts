@@ -1,11 +1,12 @@
 // `thinkcache quantize` and quantizeGguf(): per-tensor types as llama-quantize chooses them, metadata carried
 // over, and Q8_0 bytes identical to the TypeScript reference codec (test/fixtures/quantize.ts).
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, linkSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { quantizeGguf, readGgufInfo } from '../../lib/gguf.js';
+import { InvalidOptionsError } from '../../lib/errors.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 import { ensureQuantBaseFixture } from '../fixtures/quant-fixtures.js';
 import { repoRoot } from '../helpers/shared-data.js';
@@ -63,7 +64,22 @@ describe('quantize', () => {
     expect(to.has('q5_0')).toBe(true); // Q4_K -> Q5_0 on 64-wide rows
   });
 
-  it('rejects an unknown type with the supported list', () => {
+  it('refuses to write over its input, also through a link or the temporary file; bad thread counts are typed errors', async () => {
+    const src = join(dir, 'self.gguf');
+    copyFileSync(ensureFixture('llama', 'f32'), src);
+    const size = statSync(src).size;
+    await expect(quantizeGguf(src, src, { type: 'q8_0' })).rejects.toThrow(/must be another file than the input/);
+    linkSync(src, join(dir, 'self-link.gguf'));
+    await expect(quantizeGguf(src, join(dir, 'self-link.gguf'), { type: 'q8_0' })).rejects.toThrow(/must be another file/);
+    // the output is written through OUT.tmp: an input named OUT.tmp would be truncated while it is read
+    copyFileSync(src, join(dir, 'victim.gguf.tmp'));
+    await expect(quantizeGguf(join(dir, 'victim.gguf.tmp'), join(dir, 'victim.gguf'), { type: 'q8_0' })).rejects.toBeInstanceOf(InvalidOptionsError);
+    expect(statSync(src).size).toBe(size);
+    expect(statSync(join(dir, 'victim.gguf.tmp')).size).toBe(size);
+    await expect(quantizeGguf(src, join(dir, 'x.gguf'), { type: 'q8_0', threads: 1e6 })).rejects.toBeInstanceOf(InvalidOptionsError);
+  });
+
+    it('rejects an unknown type with the supported list', () => {
     const r = cli('quantize', ensureFixture('llama', 'f32'), join(dir, 'x.gguf'), '--type', 'q9_9');
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/--type: expected one of q8_0, q4_0/);
