@@ -73,7 +73,13 @@ Napi::Object gguf_file_to_js(Napi::Env env, const core::gguf_file & f, bool with
     o.Set("fileSize", (double) f.file_size);
     if (with_metadata) {
         Napi::Object md = Napi::Object::New(env);
-        for (const auto & kv : f.kv) md.Set(kv.key, gguf_value_to_js(env, kv.value));
+        // defined, not assigned: a key such as "__proto__" becomes an own property instead of replacing the
+        // object's prototype (which would also break every reader of `metadata`)
+        for (const auto & kv : f.kv) {
+            const napi_property_descriptor d{kv.key.c_str(), nullptr, nullptr, nullptr, nullptr, gguf_value_to_js(env, kv.value),
+                                             (napi_property_attributes) (napi_writable | napi_enumerable | napi_configurable), nullptr};
+            if (napi_define_properties(env, md, 1, &d) != napi_ok) throw_status(env, core::ERR_INTERNAL, "gguf metadata: cannot define key " + kv.key);
+        }
         o.Set("metadata", md);
     }
     Napi::Array ts = Napi::Array::New(env, f.tensors.size());
@@ -165,7 +171,7 @@ Napi::Value quantize_gguf(const Napi::CallbackInfo & info) {
     core::gguf_quantize_params p;
     if (!o.Get("type").IsString()) throw_status(env, core::ERR_INVALID_ARG, "quantizeGguf: options.type must be a string");
     p.type = o.Get("type").As<Napi::String>().Utf8Value();
-    if (o.Get("threads").IsNumber()) p.n_threads = std::max(1, o.Get("threads").As<Napi::Number>().Int32Value());
+    if (o.Get("threads").IsNumber()) p.n_threads = (int) int_arg(env, o.Get("threads"), "quantizeGguf: threads", 1, core::GGUF_QUANTIZE_MAX_THREADS);
     auto * w = new quantize_gguf_worker(env, info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(), std::move(p));
     Napi::Promise pr = w->promise();
     w->Queue();

@@ -19,7 +19,7 @@ namespace {
 
 int32_t opt_int(const Napi::Object & o, const char * key, int32_t def) {
     Napi::Value v = o.Get(key);
-    return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : def;
+    return v.IsNumber() ? (int32_t) int_arg(o.Env(), v, key, INT32_MIN, INT32_MAX) : def;
 }
 double opt_num(const Napi::Object & o, const char * key, double def) {
     Napi::Value v = o.Get(key);
@@ -270,7 +270,8 @@ AddonContext::AddonContext(const Napi::CallbackInfo & info) : Napi::ObjectWrap<A
     }
     p.stream_sinks = opt_int(o, "streamSinks", 16);
     p.stream_recent = opt_int(o, "streamRecent", 64);
-    if (p.stream_sinks < 0 || p.stream_recent < 1) throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: streamSinks must be >= 0 and streamRecent >= 1");
+    if (p.stream_sinks < 0 || p.stream_recent < 1 || p.stream_sinks > (1 << 20) || p.stream_recent > (1 << 24))
+        throw_status(env, core::ERR_INVALID_ARG, "new AddonContext: streamSinks must be in [0, 2^20] and streamRecent in [1, 2^24]");
     if (p.n_ctx < 1 || p.n_threads < 0 || p.n_threads > 1024 || p.n_batch < 1) {
         throw_status(env, core::ERR_INVALID_ARG, core::strfmt("new AddonContext: invalid options (contextSize %d, threads %d, batchSize %d)", p.n_ctx, p.n_threads, p.n_batch));
     }
@@ -397,8 +398,14 @@ Napi::Value AddonSequence::eval(const Napi::CallbackInfo & info) {
     if (ta.TypedArrayType() != napi_int32_array && ta.TypedArrayType() != napi_uint32_array) {
         throw_status(env, core::ERR_INVALID_ARG, "eval: tokens must be an Int32Array or Uint32Array");
     }
-    const int32_t * src = (const int32_t *) ((const uint8_t *) ta.ArrayBuffer().Data() + ta.ByteOffset());
-    std::vector<int32_t> tokens(src, src + ta.ElementLength());
+    // (napi's own data pointer: also for a view of a SharedArrayBuffer, where ArrayBuffer() throws an untyped error)
+    void * data = nullptr;
+    size_t length = 0;
+    if (napi_get_typedarray_info(env, ta, nullptr, &length, &data, nullptr, nullptr) != napi_ok || (!data && length > 0))
+        throw_status(env, core::ERR_INVALID_ARG, "eval: cannot read the tokens' typed array");
+    const int32_t * src = (const int32_t *) data;
+    std::vector<int32_t> tokens(src, src + length);
+    const bool is_unsigned = ta.TypedArrayType() == napi_uint32_array;
     bool logits = false, sample = false;
     if (info.Length() > 1 && info[1].IsObject()) {
         Napi::Object o = info[1].As<Napi::Object>();
@@ -408,7 +415,8 @@ Napi::Value AddonSequence::eval(const Napi::CallbackInfo & info) {
     const int32_t n_vocab = (int32_t) s.ctx().mdl().hp.n_vocab;
     for (size_t i = 0; i < tokens.size(); i++) {
         if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-            throw_status(env, core::ERR_INVALID_ARG, core::strfmt("eval: token id %d at index %zu is out of range [0, %d)", tokens[i], i, n_vocab));
+            throw_status(env, core::ERR_INVALID_ARG, is_unsigned ? core::strfmt("eval: token id %u at index %zu is out of range [0, %d)", (uint32_t) tokens[i], i, n_vocab)
+                                                              : core::strfmt("eval: token id %d at index %zu is out of range [0, %d)", tokens[i], i, n_vocab));
         }
     }
     s.abort.store(false);
@@ -467,7 +475,7 @@ Napi::Value AddonSequence::remove_from_async(const Napi::CallbackInfo & info) {
     require_idle(env, "removeFromAsync");
     if (info.Length() < 1 || !info[0].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "removeFromAsync: position must be a number");
     busy.store(true);
-    auto * w = new remove_worker(env, this, info[0].As<Napi::Number>().Int32Value());
+    auto * w = new remove_worker(env, this, (int32_t) int_arg(env, info[0], "removeFromAsync: position", 0, INT32_MAX));
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -477,13 +485,12 @@ Napi::Value AddonSequence::remove_from(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     core::engine_sequence & s = require_idle(env, "removeFrom");
     if (info.Length() < 1 || !info[0].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "removeFrom: position must be a number");
-    return Napi::Number::New(env, s.remove_from(info[0].As<Napi::Number>().Int32Value()));
+    return Napi::Number::New(env, s.remove_from((int32_t) int_arg(env, info[0], "removeFrom: position", 0, INT32_MAX)));
 }
 
 Napi::Value AddonSequence::n_tokens(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
-    if (!seq) throw_status(env, core::ERR_DISPOSED, "nTokens: the sequence has been disposed");
-    return Napi::Number::New(env, seq->n_tokens());
+    return Napi::Number::New(env, require_idle(env, "nTokens").n_tokens());  // (a worker may be changing it)
 }
 
 // heldPositions(layer, head): the positions one cache head holds (coded and f16), ascending.
@@ -493,7 +500,7 @@ Napi::Value AddonSequence::held_positions(const Napi::CallbackInfo & info) {
     if (busy.load()) throw_status(env, core::ERR_BUSY, "heldPositions: the sequence is busy with another operation");
     const core::kv_cache_config & c = seq->kv().config();
     if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "heldPositions(layer, head): expected two integers");
-    const int64_t il = info[0].As<Napi::Number>().Int64Value(), ih = info[1].As<Napi::Number>().Int64Value();
+    const int64_t il = int_arg(env, info[0], "heldPositions: layer", 0, INT32_MAX), ih = int_arg(env, info[1], "heldPositions: head", 0, INT32_MAX);
     if (il < 0 || il >= c.n_layer || ih < 0 || ih >= c.n_head_kv) {
         throw_status(env, core::ERR_INVALID_ARG, core::strfmt("heldPositions: layer %lld head %lld outside the cache's %d layers x %d heads", (long long) il, (long long) ih, c.n_layer, c.n_head_kv));
     }
@@ -559,7 +566,7 @@ Napi::Value AddonSequence::set_calibration(const Napi::CallbackInfo & info) {
     if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "setCalibration(sinks, recent[, keysOnly]): numbers expected");
     // keysOnly: only the pre-RoPE query/key sums (mean-qk profiles, rotation permutations), no window-error pass
     const bool keys_only = info.Length() > 2 && info[2].ToBoolean();
-    const int sinks = info[0].As<Napi::Number>().Int32Value(), recent = info[1].As<Napi::Number>().Int32Value();
+    const int sinks = (int) int_arg(env, info[0], "setCalibration: sinks", -1, 1 << 20), recent = (int) int_arg(env, info[1], "setCalibration: recent", 1, 1 << 24);
     if (sinks < 0 || recent < 1) throw_status(env, core::ERR_INVALID_ARG, "setCalibration: sinks must be >= 0 and recent >= 1");
     const core::kv_cache & kv = s.kv();
     for (int il = 0; il < kv.config().n_layer; il++)

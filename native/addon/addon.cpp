@@ -63,7 +63,7 @@ static Napi::Value kv_codec_block(const Napi::CallbackInfo & info) {
         addon::throw_status(env, core::ERR_INVALID_ARG, "kvCodecBlock(codec: string, dim: number, group: number, key: boolean)");
     const std::string name = info[0].As<Napi::String>().Utf8Value();
     const core::kv_codec_type t = core::kv_codec_find(name.c_str());
-    const int dim = info[1].As<Napi::Number>().Int32Value(), group = info[2].As<Napi::Number>().Int32Value();
+    const int dim = (int) addon::int_arg(env, info[1], "kvCodecBlock: dim", 1, 4096), group = (int) addon::int_arg(env, info[2], "kvCodecBlock: group", 1, 65536);
     if (t == core::KV_CODEC_COUNT) addon::throw_status(env, core::ERR_INVALID_ARG, "kvCodecBlock: unknown codec \"" + name + "\"");
     if (dim <= 0 || dim > 4096 || group <= 0) addon::throw_status(env, core::ERR_INVALID_ARG, "kvCodecBlock: dim and group must be positive");
     const core::kv_codec_traits & c = core::kv_codec_get(t);

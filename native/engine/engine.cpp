@@ -75,7 +75,14 @@ status engine_context::create(std::shared_ptr<const model> m, const context_para
 }
 
 status engine_sequence::create(std::shared_ptr<engine_context> ctx, std::shared_ptr<engine_sequence> * out) {
-    auto seq = std::make_shared<engine_sequence>(ctx);
+    std::shared_ptr<engine_sequence> seq;
+    try {  // (the caches' bookkeeping is allocated here: a failure is an error, not std::terminate on the event loop)
+        seq = std::make_shared<engine_sequence>(ctx);
+    } catch (const std::bad_alloc &) {
+        return status(ERR_OOM_HOST, "new sequence: out of host memory for its KV cache's bookkeeping");
+    } catch (const std::length_error &) {
+        return status(ERR_OOM_HOST, "new sequence: the KV cache's bookkeeping would exceed the address space");
+    }
     if (ctx->on_cuda()) {
 #ifdef THINKCACHE_WITH_CUDA
         std::unique_ptr<cuda::forward_session> fs;

@@ -51,10 +51,16 @@ kv_cache::kv_cache(const kv_cache_config & cfg, std::shared_ptr<page_pool> pool)
     if (cfg_.n_head <= 0) cfg_.n_head = cfg_.n_head_kv;
     if (policy_ && policy_->score_qk) {
         q_window_ = policy_->query_window(cfg_.policy);
-        qring_.assign((size_t) cfg_.n_layer, std::vector<float>((size_t) q_window_ * cfg_.n_head * cfg_.head_dim, 0.0f));
+        // only layers with evicting heads record queries (wants_queries)
+        qring_.resize((size_t) cfg_.n_layer);
         qcount_.assign((size_t) cfg_.n_layer, 0);
-        qpos_.assign((size_t) cfg_.n_layer, std::vector<int32_t>((size_t) q_window_, 0));
+        qpos_.resize((size_t) cfg_.n_layer);
         qheld_.assign((size_t) cfg_.n_layer, 0);
+        for (size_t il = 0; il < (size_t) cfg_.n_layer; il++) {
+            if (!layer_has_evict_[il]) continue;
+            qring_[il].assign((size_t) q_window_ * cfg_.n_head * cfg_.head_dim, 0.0f);
+            qpos_[il].assign((size_t) q_window_, 0);
+        }
     }
     chunk_sinks_saved_.assign((size_t) cfg_.n_layer, 0);
     chunk_sinks_.assign((size_t) cfg_.n_layer, {});
@@ -664,7 +670,7 @@ kv_memory_report kv_cache::memory(bool per_head) const {
             const uint64_t row = (uint64_t) cfg_.n_head * cfg_.head_dim * sizeof(float) + sizeof(int32_t);
             auto share = [&](uint64_t total) { return total / n_ev + (rank == 0 ? total % n_ev : 0); };
             mb += share((uint64_t) qheld_[il] * row);
-            alloc += share((uint64_t) q_window_ * row);
+            alloc += share(qring_[il].empty() ? 0 : (uint64_t) q_window_ * row);
         }
         if (h.coded) {
             const kv_coded_view & c = cv0_;

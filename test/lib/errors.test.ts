@@ -36,3 +36,37 @@ describe('error codes', () => {
     expect((err as Error).stack).toContain('errors.test.ts');
   });
 });
+
+describe('the addon boundary', () => {
+  it('numbers must be integers in range: no silent Int32 wrap (removeFrom(2 ** 32) is not removeFrom(0))', async () => {
+    const { ensureFixture } = await import('../fixtures/make-tiny-gguf.js');
+    await using model = await loadModel({ path: ensureFixture('llama', 'f32') });
+    await using ctx = await model.createContext({ contextSize: 64, threads: 1 });
+    const seq = ctx.acquireSequence();
+    await seq.evaluate([1, 2, 3, 4, 5]);
+    for (const bad of [2 ** 32, Infinity, NaN, 1.5, -1]) {
+      expect(() => seq._native.removeFrom(bad)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    }
+    expect(seq._native.nTokens()).toBe(5);
+    expect(() => getAddon().kvCodecBlock('f16', 2 ** 32 + 64, 32, true)).toThrow(/dim: expected an integer in \[1, 4096\]/);
+    // tokens in a view of a SharedArrayBuffer are read like any other Int32Array; a Uint32 id prints unsigned
+    const shared = new Int32Array(new SharedArrayBuffer(8));
+    shared.set([6, 7]);
+    await seq._native.eval(shared, { logits: true });
+    expect(seq._native.nTokens()).toBe(7);
+    expect(() => seq._native.eval(Uint32Array.of(4294967295))).toThrow(/token id 4294967295 at index 0/);
+  });
+
+  it('a sequence whose bookkeeping cannot be allocated is an OutOfMemoryError, not std::terminate', async () => {
+    const { ensureFixture } = await import('../fixtures/make-tiny-gguf.js');
+    await using model = await loadModel({ path: ensureFixture('llama', 'f32') });
+    const n = model.info.nLayer * model.info.nHeadKv;
+    // (past what zod allows: a snapkv query window of 2^31 - 1 queries per evicting layer, ~512 GB)
+    const ctx = new (getAddon().AddonContext)(model._native, {
+      contextSize: 64, threads: 1, retention: new Uint8Array(n).fill(2), streamSinks: 4, streamRecent: 8,
+      eviction: { policy: 'snapkv', capacity: 32, window: 2 ** 31 - 1 },
+    });
+    expect(() => new (getAddon().AddonSequence)(ctx)).toThrow(expect.objectContaining({ code: 'ERR_OOM_HOST' }));
+    ctx.dispose();
+  });
+});

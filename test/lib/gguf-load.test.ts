@@ -77,7 +77,17 @@ describe('loading malformed GGUF files', () => {
     );
   });
 
-  it('the error keeps the caller\'s stack', async () => {
+  it('a "__proto__" metadata key is an own key, not the metadata object\'s prototype', async () => {
+    const p = join(dir, 'proto.gguf');
+    writeGgufSync(p, { metadata: [['general.architecture', gv.str('gpt2')], ['__proto__', gv.str('not a prototype')], ['constructor', gv.u32(7)]], tensors: [] });
+    const md = (await readGgufInfo(p)).metadata;
+    expect(Object.getPrototypeOf(md)).toBe(Object.prototype);
+    expect(Object.getOwnPropertyDescriptor(md, '__proto__')?.value).toBe('not a prototype');
+    expect(md['constructor']).toBe(7);
+    expect(md['general.architecture']).toBe('gpt2');
+  });
+
+    it('the error keeps the caller\'s stack', async () => {
     const err = (await loadModel({ path: join(dir, 'nope.gguf') }).catch((e: Error) => e)) as Error;
     expect(err.stack).toMatch(/gguf-load\.test\.ts/);
   });
