@@ -76,11 +76,15 @@ double gguf_value::array_number(uint64_t i) const {
 namespace {
 
 constexpr uint32_t MAX_ARRAY_DEPTH = 8;
+// Values inside nested arrays, over the whole file: each costs far more in memory (and as a JS value) than
+// its 12 bytes on disk, and no model file has more than a handful.
+constexpr uint64_t MAX_NESTED_VALUES = 1ull << 20;
 constexpr uint64_t MAX_STRING_BYTES = 1ull << 30;
 
 struct cursor {
     const uint8_t * base;
     size_t size;
+    uint64_t nested = 0;  // values created inside nested arrays so far (MAX_NESTED_VALUES)
     size_t pos = 0;
 
     size_t remaining() const { return size - pos; }
@@ -162,6 +166,9 @@ void read_value(cursor & c, gguf_value & v, gguf_value_type type, const std::str
         v.strs.reserve((size_t) v.count);
         for (uint64_t i = 0; i < v.count; i++) v.strs.push_back(c.read_string(("element of metadata '" + key + "'").c_str()));
     } else {
+        if ((c.nested += v.count) > MAX_NESTED_VALUES) {
+            fail(ERR_GGUF_FORMAT, strfmt("gguf: metadata '%s' brings the values inside nested arrays past %llu", key.c_str(), (unsigned long long) MAX_NESTED_VALUES));
+        }
         v.items.resize((size_t) v.count);
         for (uint64_t i = 0; i < v.count; i++) read_value(c, v.items[i], GGUF_TYPE_ARRAY, key, depth + 1);
     }
@@ -192,19 +199,20 @@ void parse_image(const uint8_t * data, size_t size, gguf_file & f) {
                                      (unsigned long long) n_tensors, c.remaining() / 32, size));
     }
 
-    std::unordered_set<std::string_view> seen;
-    f.kv.resize((size_t) n_kv);
+    // entries as they are parsed (the counts only bound them: a header can claim millions), each key checked
+    // for duplicates at once (a file of zeros is a run of empty keys: it fails at its second entry)
+    std::unordered_set<std::string> seen;
+    f.kv.reserve((size_t) std::min<uint64_t>(n_kv, 4096));
     for (uint64_t i = 0; i < n_kv; i++) {
-        gguf_kv & kv = f.kv[i];
+        gguf_kv kv;
         kv.key = std::string(c.read_string("metadata key"));
+        if (!seen.insert(kv.key).second) fail(ERR_GGUF_FORMAT, strfmt("gguf: duplicate metadata key '%s'", kv.key.c_str()));
         const uint32_t t = c.read<uint32_t>("metadata value type");
         if (t >= GGUF_TYPE_COUNT) {
             fail(ERR_GGUF_FORMAT, strfmt("gguf: metadata '%s' has value type %u, must be in [0, %d]", kv.key.c_str(), t, GGUF_TYPE_COUNT - 1));
         }
         read_value(c, kv.value, (gguf_value_type) t, kv.key, 0);
-    }
-    for (auto & kv : f.kv) {
-        if (!seen.insert(kv.key).second) fail(ERR_GGUF_FORMAT, strfmt("gguf: duplicate metadata key '%s'", kv.key.c_str()));
+        f.kv.push_back(std::move(kv));
     }
 
     f.alignment = 32;
@@ -219,10 +227,10 @@ void parse_image(const uint8_t * data, size_t size, gguf_file & f) {
         f.alignment = (size_t) al;
     }
 
-    f.tensors.resize((size_t) n_tensors);
-    std::unordered_set<std::string_view> names;
+    f.tensors.reserve((size_t) std::min<uint64_t>(n_tensors, 4096));
+    std::unordered_set<std::string> names;
     for (uint64_t i = 0; i < n_tensors; i++) {
-        gguf_tensor_info & t = f.tensors[i];
+        gguf_tensor_info & t = f.tensors.emplace_back();
         t.name = std::string(c.read_string("tensor name"));
         t.n_dims = c.read<uint32_t>("tensor n_dims");
         if (t.n_dims < 1 || t.n_dims > 4) {

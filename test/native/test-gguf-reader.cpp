@@ -144,3 +144,36 @@ TC_TEST("gguf: fuzz — truncations and random byte flips never crash") {
     TC_CHECK(format_err > 1000) << "only " << format_err << " format errors";
     std::printf("    fuzz: %d loads, %d format errors\n", ok, format_err);
 }
+
+TC_TEST("gguf: header counts bound nothing they do not hold (a file of zeros; millions of empty nested arrays)") {
+    // 1,000,000 metadata entries claimed over 13 MB of zeros: each zero entry is a valid empty key with a uint8,
+    // so the second one is a duplicate; the reader must say so there, not after building a million entries
+    {
+        image_writer w;
+        w.b.insert(w.b.end(), {'G', 'G', 'U', 'F'});
+        w.put<uint32_t>(3);
+        w.put<uint64_t>(0);
+        w.put<uint64_t>(1000000);
+        const size_t hdr = w.b.size();
+        w.b.resize(hdr + (size_t) 13 * 1000000, 0);
+        w.b[hdr + 26 + 8] = 99;  // the third entry's value type is invalid: a reader that goes on past the duplicate says that
+        std::unique_ptr<gguf_file> f;
+        const status st = gguf_parse_memory(w.b.data(), w.b.size(), f);
+        TC_CHECK(st.code == ERR_GGUF_FORMAT && st.message.find("duplicate metadata key ''") != std::string::npos) << st.message;
+    }
+    // 2,000,000 empty arrays nested in one array: past the reader's cap on nested values
+    {
+        image_writer w;
+        w.b.insert(w.b.end(), {'G', 'G', 'U', 'F'});
+        w.put<uint32_t>(3);
+        w.put<uint64_t>(0);
+        w.put<uint64_t>(1);
+        w.kv_header("nest", GGUF_TYPE_ARRAY);
+        w.put<uint32_t>(GGUF_TYPE_ARRAY);
+        w.put<uint64_t>(2000000);
+        for (int i = 0; i < 2000000; i++) { w.put<uint32_t>(GGUF_TYPE_UINT8); w.put<uint64_t>(0); }
+        std::unique_ptr<gguf_file> f;
+        const status st = gguf_parse_memory(w.b.data(), w.b.size(), f);
+        TC_CHECK(st.code == ERR_GGUF_FORMAT && st.message.find("nested arrays past") != std::string::npos) << st.message;
+    }
+}
