@@ -474,8 +474,9 @@ Napi::Value AddonSequence::remove_from_async(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     require_idle(env, "removeFromAsync");
     if (info.Length() < 1 || !info[0].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "removeFromAsync: position must be a number");
+    const int32_t pos = (int32_t) int_arg(env, info[0], "removeFromAsync: position", 0, INT32_MAX);  // (before busy: it may throw)
     busy.store(true);
-    auto * w = new remove_worker(env, this, (int32_t) int_arg(env, info[0], "removeFromAsync: position", 0, INT32_MAX));
+    auto * w = new remove_worker(env, this, pos);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

@@ -47,7 +47,8 @@ describe('the addon boundary', () => {
     for (const bad of [2 ** 32, Infinity, NaN, 1.5, -1]) {
       expect(() => seq._native.removeFrom(bad)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
     }
-    expect(seq._native.nTokens()).toBe(5);
+    expect(() => seq._native.removeFromAsync(NaN)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    expect(seq._native.nTokens()).toBe(5);  // (and the sequence is not left busy)
     expect(() => getAddon().kvCodecBlock('f16', 2 ** 32 + 64, 32, true)).toThrow(/dim: expected an integer in \[1, 4096\]/);
     // tokens in a view of a SharedArrayBuffer are read like any other Int32Array; a Uint32 id prints unsigned
     const shared = new Int32Array(new SharedArrayBuffer(8));
