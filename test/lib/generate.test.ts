@@ -148,14 +148,20 @@ describe('Sequence#generate()', () => {
     }
     expect(finishOf(evs).finishReason).toBe('aborted');
     expect(finishOf(evs).tokens).toHaveLength(3);
-    // inside the prefill of a long prompt
+    // inside an evaluation: after the first prefill chunk, a timer aborts while the second chunk is in flight
+    seq.clear();
     const prompt = Array.from({ length: 2500 }, (_, i) => 300 + (i % 200));
-    const timer = setTimeout(() => seq.abort(), 150);
-    const fin = finishOf(await collect(seq.generate(prompt, { maxTokens: 10 })));
-    clearTimeout(timer);
+    const evs2: GenerateEvent[] = [];
+    for await (const ev of seq.generate(prompt, { maxTokens: 10 })) {
+      evs2.push(ev);
+      if (ev.type === 'prefill-progress' && ev.processed === 512) setTimeout(() => seq.abort(), 0);
+    }
+    const fin = finishOf(evs2);
     expect(fin.finishReason).toBe('aborted');
-    expect(fin.tokens.length).toBeLessThan(10);
+    expect(fin.tokens).toHaveLength(0);
+    expect(evs2.filter((e) => e.type === 'prefill-progress')).toHaveLength(1); // (stopped inside the second chunk)
     expect(seq.tokens).toHaveLength(seq.memory().logicalTokens);
+    expect(seq.memory().logicalTokens).toBe(512);
   });
 
   it('penalties see the tokens the sequence holds: the same prompt twice gives the same tokens', async () => {

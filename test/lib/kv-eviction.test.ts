@@ -62,27 +62,27 @@ describe('aborts keep what the cache held', () => {
       await using model = await loadModel({ path: medium() });
       await using ctx = await model.createContext({ contextSize: 2048, threads: 2, batchSize: 256, sequences: 2, kv });
       const prompt = Array.from({ length: 1400 }, (_, i) => 300 + ((i * 7) % 200));
-      const run = async (seq: Sequence, signal?: AbortSignal) => {
+      // (with a controller: it aborts while the third chunk is in flight, from a timer set after the second)
+      const run = async (seq: Sequence, ac?: AbortController) => {
         let fin: Extract<GenerateEvent, { type: 'finish' }> | undefined;
-        for await (const ev of seq.generate(prompt, { maxTokens: 12, stopAtEog: false, ...(signal ? { signal } : {}) })) if (ev.type === 'finish') fin = ev;
+        for await (const ev of seq.generate(prompt, { maxTokens: 12, stopAtEog: false, ...(ac ? { signal: ac.signal } : {}) })) {
+          if (ev.type === 'finish') fin = ev;
+          if (ac && ev.type === 'prefill-progress' && ev.processed === 512) setTimeout(() => ac.abort(), 0);
+        }
         return fin!;
       };
       const ref = await run(ctx.acquireSequence());
       const seq = ctx.acquireSequence();
-      const ac = new AbortController();
-      const t0 = performance.now();
-      const timer = setTimeout(() => ac.abort(), Math.max(5, ref.timings.prefillMs * 0.45));
-      const aborted = await run(seq, ac.signal);
-      clearTimeout(timer);
+      const aborted = await run(seq, new AbortController());
       expect(aborted.finishReason).toBe('aborted');
+      // the third chunk had changed older tokens (an evicting layer's observation; stream trims and rot2 flushes)
+      // before the abort arrived, so it ran to its end and the abort stopped the prefill before the fourth
       const held = seq.memory().logicalTokens;
-      expect(held % 256).toBe(0);
-      expect(held).toBeGreaterThan(0);
+      expect(held).toBe(768);
       expect(seq.tokens).toEqual(prompt.slice(0, held));
       for (let layer = 0; layer < 8; layer++) {
         for (let head = 0; head < 4; head++) for (const p of seq.heldPositions(layer, head)) expect(p).toBeLessThan(held);
       }
-      expect(performance.now() - t0).toBeLessThan(ref.timings.prefillMs * 2);
       const resumed = await run(seq);
       expect(resumed.usage.cachedPromptTokens).toBe(held);
       expect(resumed.tokens).toEqual(ref.tokens);
