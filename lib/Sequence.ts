@@ -15,7 +15,8 @@ import type { Context } from './Context.js';
 import { AbortError, BusyError, callNative, callNativeSync, ContextFullError, DisposedError, InvalidOptionsError, LlmError } from './errors.js';
 import { GenerateOptionsSchema, parseOptions, type GenerateOptions } from './options.js';
 
-// (~15 ms of BPE at the tokenizer test's ~12 ms per 10k characters)
+// Longer prompt texts are tokenized with turns for the event loop (tokenizer.test.ts prints ~12 ms per 10k
+// characters of qwen2 BPE on the CI machine, so this is ~15 ms at once at most).
 const ASYNC_TOKENIZE_CHARS = 12_000;
 
 const EMPTY_KV_MEMORY: AddonKvMemory = {

@@ -104,8 +104,8 @@ export class Tokenizer {
     }
 
     /**
-     * encode() that gives the event loop a turn every few milliseconds: the same ids, for long texts (a
-     * 30K-token prompt takes ~100 ms to tokenize) in servers. BPE vocabularies yield between pre-tokens; an
+     * encode() that gives the event loop a turn every few milliseconds: the same ids, for long texts in
+     * servers (the tokenizer test prints the cost: ~12 ms per 10k characters of qwen2 BPE on the CI machine). BPE vocabularies yield between pre-tokens; an
      * SPM fragment (llama vocabularies) is tokenized whole.
      */
     async encodeAsync(text: string, options: EncodeOptions = {}, sliceMs = 4): Promise<number[]> {

@@ -298,36 +298,33 @@ describe('Sequence#generate()', () => {
     expect(() => model.tokenize('x')).toThrow(DisposedError);
   });
 
-  it('disposing a sequence paused at start stops an evicting generation as aborted', async () => {
-    await using model = await loadModel({ path: small() });
-    await using ctx = await model.createContext({ contextSize: 256, threads: 1, kv: { eviction: { policy: 'lazy', capacity: 48, window: 16 } } });
-    const seq = ctx.acquireSequence();
-    const evs: GenerateEvent[] = [];
-    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) {
-      evs.push(ev);
-      if (ev.type === 'start') await seq.dispose();
-    }
-    expect(finishOf(evs).finishReason).toBe('aborted');
-    expect(finishOf(evs).tokens).toHaveLength(0);
-    // disposed while the cache is being rewound (before 'start'): aborted too, no untyped error
-    const seq2 = ctx.acquireSequence();
-    const gen = seq2.generate('Once upon a time', { maxTokens: 10, stopAtEog: false });
-    const first = gen.next();
-    await seq2.dispose();
-    const evs2: GenerateEvent[] = [(await first).value as GenerateEvent];
-    for await (const ev of gen) evs2.push(ev);
-    expect(finishOf(evs2).finishReason).toBe('aborted');
-  });
+  for (const [name, kv, at] of [
+    ['paused at start, an evicting cache', { eviction: { policy: 'lazy', capacity: 48, window: 16 } }, 'start'],
+    ['mid-generation, a plain cache', undefined, 'text-delta'],
+  ] as const) {
+    it(`disposing a sequence ${name}: the generation finishes as aborted`, async () => {
+      await using model = await loadModel({ path: small() });
+      await using ctx = await model.createContext({ contextSize: 256, threads: 1, ...(kv ? { kv } : {}) });
+      const seq = ctx.acquireSequence();
+      const evs: GenerateEvent[] = [];
+      for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) {
+        evs.push(ev);
+        if (ev.type === at) await seq.dispose();
+      }
+      expect(finishOf(evs).finishReason).toBe('aborted');
+      if (at === 'start') expect(finishOf(evs).tokens).toHaveLength(0);
+    });
+  }
 
-  it('disposing a sequence mid-generation stops it', async () => {
+  it('disposing a sequence while its cache is rewound (before start): aborted, no untyped error', async () => {
     await using model = await loadModel({ path: small() });
     await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
     const seq = ctx.acquireSequence();
-    const evs: GenerateEvent[] = [];
-    for await (const ev of seq.generate('Once upon a time', { maxTokens: 100, stopAtEog: false })) {
-      evs.push(ev);
-      if (ev.type === 'text-delta') await seq.dispose();
-    }
+    const gen = seq.generate('Once upon a time', { maxTokens: 10, stopAtEog: false });
+    const first = gen.next();
+    await seq.dispose();
+    const evs: GenerateEvent[] = [(await first).value as GenerateEvent];
+    for await (const ev of gen) evs.push(ev);
     expect(finishOf(evs).finishReason).toBe('aborted');
   });
 
