@@ -109,7 +109,7 @@ async function benchOurs(path: string, shape: string, type: string): Promise<voi
   const ctx = await model.createContext({ contextSize: maxCtx, threads, batchSize: 512 });
   const seq = ctx.acquireSequence();
   const run = async (prompt: number[], maxTokens: number) => {
-    seq.clear();
+    await seq.clear();
     for await (const ev of seq.generate(prompt, { maxTokens, stopAtEog: false })) if (ev.type === 'finish') return ev;
     throw new Error('no finish');
   };

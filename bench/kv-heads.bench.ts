@@ -58,7 +58,7 @@ for (const s of sparsities) {
   // warm-up: page the weights in and size the activation scratch (512-token chunks), then start clean,
   // so the RSS delta below is the KV cache (and whatever it leaves resident in the pool slack)
   await seq.evaluate(Array.from({ length: 512 }, (_, i) => 1000 + i));
-  seq.clear();
+  await seq.clear();
   const rss0 = rssBytes();
   let filled = 0;
   let s0 = 7;

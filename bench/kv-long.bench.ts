@@ -112,7 +112,7 @@ for (const name of values.configs.split(',')) {
   const ctx = await model.createContext({ contextSize: maxCtx, threads, batchSize: 512, ...(kv ? { kv } : {}) });
   const seq = ctx.acquireSequence();
   for (const c of contexts) {
-    if (values.fresh) seq.clear();
+    if (values.fresh) await seq.clear();
     const fill = tokens(Math.max(1, c - seq.memory().logicalTokens), c);
     for (let i = 0; i < fill.length; i += 512) await seq.evaluate(fill.slice(i, i + 512));
     let next = 7;

@@ -141,6 +141,7 @@ export class Sequence {
   private _busy = false;
   private _abortRequested = false; // abort() during the current generation or evaluation
   private _tokens: number[] = []; // tokens evaluated into the KV cache, in order
+  private _clearing: Promise<void> | undefined;  // clear() in flight
   private readonly _onDispose: () => void;
 
   /** @internal */
@@ -166,6 +167,7 @@ export class Sequence {
    */
   memory(options: { detail?: 'summary' | 'heads' } = {}): AddonKvMemory {
     this._ensureUsable();
+    this._refuseWhileClearing('memory');
     return callNativeSync(() => this._native.memory(options.detail === 'heads'));
   }
 
@@ -175,6 +177,7 @@ export class Sequence {
    */
   heldPositions(layer: number, head: number): Int32Array {
     this._ensureUsable();
+    this._refuseWhileClearing('heldPositions');
     const info = this.context.model.info;
     const ev = this.context.effective.kv.eviction;
     const heads = ev?.policy === 'lazy' && ev.perQueryHead ? info.nHead : info.nHeadKv;
@@ -184,12 +187,39 @@ export class Sequence {
     return callNativeSync(() => this._native.heldPositions(layer, head));
   }
 
-  /** Empties the KV cache. */
-  clear(): void {
+  /**
+   * Empties the KV cache and frees its pages. `tokens` is empty at once; the native rewind runs off the
+   * event loop (on a CUDA context it waits for the device, which another sequence may be using). A
+   * `generate()` or `evaluate()` called meanwhile waits for it; `memory()` and `heldPositions()` throw a
+   * `BusyError` until the promise settles.
+   */
+  async clear(): Promise<void> {
+    if (this._clearing) await this._afterClear();  // (only then: a call otherwise takes the sequence before it returns)
     this._ensureUsable();
     if (this._busy) throw new BusyError('clear: the sequence is busy generating');
-    callNativeSync(() => this._native.removeFrom(0));
+    this._busy = true;
     this._tokens = [];
+    const done = (async () => {
+      try {
+        await callNative(() => this._native.removeFromAsync(0));
+      } catch (e) {
+        if (this._live()) throw e;  // (disposed meanwhile: nothing left to clear)
+      } finally {
+        this._busy = false;
+        this._clearing = undefined;
+      }
+    })();
+    this._clearing = done;
+    await done;
+  }
+
+  private _refuseWhileClearing(what: string): void {
+    if (this._clearing) throw new BusyError(`${what}: the sequence is being cleared; await seq.clear() first`);
+  }
+
+  // A clear() in flight: the operations that would otherwise be refused as busy wait for it.
+  private async _afterClear(): Promise<void> {
+    if (this._clearing) await this._clearing.catch(() => undefined);
   }
 
   /**
@@ -204,6 +234,7 @@ export class Sequence {
    *   }
    */
   async *generate(prompt: GeneratePrompt, options: GenerateOptions = {}): AsyncGenerator<GenerateEvent, void, void> {
+    if (this._clearing) await this._afterClear();  // (only then: a call otherwise takes the sequence before it returns)
     this._ensureUsable();
     const opts = parseOptions(GenerateOptionsSchema, options, 'generate');
     if (this._busy) throw new BusyError('generate: another generation is in progress on this sequence');
@@ -434,6 +465,7 @@ export class Sequence {
    * the last one (a copy, [nVocab]). Used by the fidelity harness to replay a trace token by token.
    */
   async evaluate(tokens: readonly number[]): Promise<Float32Array> {
+    if (this._clearing) await this._afterClear();  // (only then: a call otherwise takes the sequence before it returns)
     this._ensureUsable();
     if (this._busy) throw new BusyError('evaluate: the sequence is busy generating');
     if (tokens.length === 0) throw new LlmError('evaluate: no tokens given', 'ERR_INVALID_OPTIONS');
@@ -455,7 +487,7 @@ export class Sequence {
    * the cache stay (an interrupted chunk leaves nothing; `tokens` says what is held). Does nothing when idle.
    */
   abort(): void {
-    if (this._disposed || !this._busy) return;
+    if (this._disposed || !this._busy || this._clearing) return;
     this._abortRequested = true;
     this._native.abort();
   }

@@ -201,7 +201,7 @@ export async function cmdChat(args: string[]): Promise<number> {
       if (line === '/exit' || line === '/quit') break;
       if (line === '/reset') {
         history = [...system];
-        seq.clear();
+        await seq.clear();
         process.stdout.write('(new conversation)\n');
         if (interactive) rl.prompt();
         continue;

@@ -121,7 +121,7 @@ export async function runFidelity(model: Model, opts: FidelityOptions): Promise<
     for (const prompt of opts.prompts) {
       const tokens = typeof prompt === 'string' ? model.tokenize(prompt) : [...prompt];
       if (tokens.length + opts.maxTokens > contextSize) throw new RangeError(`fidelity: prompt + maxTokens (${tokens.length + opts.maxTokens}) exceed contextSize ${contextSize}`);
-      for (const s of seqs) s.clear();
+      await Promise.all(seqs.map((s) => s.clear()));
       let logits = await Promise.all(seqs.map((s) => s.evaluate(tokens)));
       for (let i = 0; i < opts.maxTokens; i++) {
         const ref = argmax(logits[0]!);  // the full cache's greedy token drives every configuration

@@ -67,7 +67,7 @@ export async function greedyTraces(model: Model, seq: Sequence, prompts: readonl
     const room = Math.min(maxTokens, contextSize - 1 - tokens.length);
     if (room > 0) {
       for await (const ev of seq.generate(tokens, { maxTokens: room, stopAtEog: false })) if (ev.type === 'finish') gen = ev.tokens;
-      seq.clear();
+      await seq.clear();
     }
     traces.push([...tokens, ...gen]);
     onProgress?.(traces.length);
@@ -84,11 +84,11 @@ export async function calibrateHeadProfile(model: Model, opts: CalibrateOptions)
   const seq = ctx.acquireSequence();
   const traces = await greedyTraces(model, seq, opts.prompts, opts.maxTokens, contextSize, (d) => opts.onProgress?.(d, opts.prompts.length * 2));
   let done = traces.length;
-  seq.clear();
+  await seq.clear();
   seq._native.setCalibration(sinks, recent);
   let tokens = 0;
   for (const t of traces) {
-    seq.clear();
+    await seq.clear();
     await seq.evaluate(t);
     tokens += t.length;
     opts.onProgress?.(++done, opts.prompts.length * 2);

@@ -175,7 +175,7 @@ export async function calibrateRotation(model: Model, opts: {
   seq._native.setCalibration(0, 1, true);
   try {
     for (const t of traces) {
-      seq.clear();
+      await seq.clear();
       await seq.evaluate(t);
       opts.onProgress?.(++done, token.length * 2);
     }

@@ -67,6 +67,36 @@ describe('Sequence#generate()', () => {
     expect(again.tokens).toEqual(first.tokens);
   });
 
+  it('clear() empties and frees the cache off the event loop; what is called meanwhile waits or is refused', async () => {
+    await using model = await loadModel({ path: small() });
+    await using ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const seq = ctx.acquireSequence();
+    const first = finishOf(await collect(seq.generate('Once upon a time there was', { maxTokens: 8, stopAtEog: false })));
+    expect(seq.memory().bytesUsed).toBeGreaterThan(0);
+    const clearing = seq.clear();
+    expect(seq.tokens).toEqual([]);  // at once
+    expect(() => seq.memory()).toThrow(BusyError);  // until the rewind is done
+    expect(() => seq.heldPositions(0, 0)).toThrow(/being cleared/);
+    const again = collect(seq.generate('Once upon a time there was', { maxTokens: 8, stopAtEog: false }));  // waits for it
+    await clearing;
+    const fin = finishOf(await again);
+    expect(fin.usage.cachedPromptTokens).toBe(0);
+    expect(fin.tokens).toEqual(first.tokens);
+    await Promise.all([seq.clear(), seq.clear()]);  // a second clear waits for the first
+    const m = seq.memory();
+    expect(m.logicalTokens).toBe(0);
+    expect(m.residentTokens).toBe(0);
+    expect(m.breakdown).toMatchObject({ keys: 0, values: 0, positions: 0 });
+    expect(m.bytesUsed).toBe(m.breakdown.metadata);  // (the heads' segment tables: a few bytes per head)
+    expect(m.bytesUsed).toBeLessThan(1024);
+    expect(seq._native.nTokens()).toBe(0);
+    // a generation in progress refuses it
+    const g = seq.generate('Once upon a time', { maxTokens: 20, stopAtEog: false });
+    await g.next();
+    await expect(seq.clear()).rejects.toBeInstanceOf(BusyError);
+    await g.return(undefined);
+  });
+
   it('finishes with context-full when the context is exhausted', async () => {
     await using model = await loadModel({ path: small() });
     await using ctx = await model.createContext({ contextSize: 24, threads: 1 });
@@ -97,7 +127,7 @@ describe('Sequence#generate()', () => {
     const t0 = performance.now();
     finishOf(await collect(seq.generate(prompt.slice(0, 512), { maxTokens: 1 })));
     const chunkMs = performance.now() - t0;
-    seq.clear();
+    await seq.clear();
 
     const ac = new AbortController();
     const started = performance.now();
@@ -149,7 +179,7 @@ describe('Sequence#generate()', () => {
     expect(finishOf(evs).finishReason).toBe('aborted');
     expect(finishOf(evs).tokens).toHaveLength(3);
     // inside an evaluation: after the first prefill chunk, a timer aborts while the second chunk is in flight
-    seq.clear();
+    await seq.clear();
     const prompt = Array.from({ length: 2500 }, (_, i) => 300 + (i % 200));
     const evs2: GenerateEvent[] = [];
     for await (const ev of seq.generate(prompt, { maxTokens: 10 })) {
