@@ -12,7 +12,9 @@ import { getAddon } from './binding.js';
 import { Context } from './Context.js';
 import { callNative, callNativeSync, DisposedError, GgufFormatError, InvalidOptionsError, LlmError } from './errors.js';
 import { ContextOptionsSchema, LoadModelOptionsSchema, parseOptions, type ContextOptions, type LoadModelOptions } from './options.js';
-import { createTokenizer, type Tokenizer } from './tokenizer/index.js';
+import { createTokenizerAsync, type Tokenizer } from './tokenizer/index.js';
+import { unpackMetadataSteps } from './gguf.js';
+import { runStepsAsync } from './steps.js';
 import { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/chat-template.js';
 import { resolveKvOptions, rotationGroupedMask } from './kv/kv-options.js';
 import { calibrateRotation, groupedPermutation, resolvePermutation, type RotationCalibration } from './kv/rotation.js';
@@ -43,17 +45,12 @@ export class Model {
   /** loadModel({ threads }): the default of createContext({ threads }). */
   private readonly _threads: number | undefined;
 
-  private constructor(native: AddonModel, path: string, backend: BackendName, threads?: number) {
+  private constructor(native: AddonModel, path: string, backend: BackendName, metadata: Record<string, GgufValue>, tokenizer: Tokenizer, threads?: number) {
     this._native = native;
     this.path = path;
     this.info = native.info();
-    this.metadata = native.metadata().metadata ?? {};
-    try {
-      this.tokenizer = createTokenizer(this.metadata as Record<string, unknown>);
-    } catch (err) {
-      if (err instanceof LlmError) throw err;
-      throw new GgufFormatError(`${path}: invalid tokenizer metadata: ${err instanceof Error ? err.message : String(err)}`);
-    }
+    this.metadata = metadata;
+    this.tokenizer = tokenizer;
     this.backend = backend;
     this._threads = threads;
   }
@@ -67,7 +64,17 @@ export class Model {
     const backend = resolveBackend(opts.backend, cudaInfo(getAddon()));
     const native = await callNative(() => getAddon().AddonModel.load(opts.path, { backend }));
     try {
-      return new Model(native, opts.path, backend, opts.threads);
+      // the metadata and the tokenizer's tables with turns for the event loop (a 150k vocabulary took ~350 ms
+      // at once: its ~300k strings crossing N-API one by one, the vocabulary's maps, the BPE merge ranks)
+      const metadata = await runStepsAsync(unpackMetadataSteps(native.metadata(true).metadata ?? {}));
+      let tokenizer: Tokenizer;
+      try {
+        tokenizer = await createTokenizerAsync(metadata as Record<string, unknown>);
+      } catch (err) {
+        if (err instanceof LlmError) throw err;
+        throw new GgufFormatError(`${opts.path}: invalid tokenizer metadata: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      return new Model(native, opts.path, backend, metadata, tokenizer, opts.threads);
     } catch (err) {
       native.dispose();
       throw err;

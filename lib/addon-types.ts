@@ -10,6 +10,9 @@ export type GgufValue =
   | Float32Array | Float64Array | BigUint64Array | BigInt64Array
   | boolean[] | string[] | GgufValue[];
 
+/** A string array as metadata({ packed }) returns it: one string and each element's UTF-16 end offset (lib/gguf.ts unpacks it). */
+export interface AddonPackedStrings { packedStrings: string; ends: Uint32Array }
+
 export interface AddonGgufTensor {
   name: string;
   type: number;
@@ -53,7 +56,8 @@ export interface AddonModelInfo {
 
 export interface AddonModel {
   info(): AddonModelInfo;
-  metadata(): AddonGgufInfo;
+  /** With `packed`, string arrays of valid UTF-8 come as AddonPackedStrings (fast to cross the boundary). */
+  metadata(packed?: boolean): AddonGgufInfo;
   dispose(): void;
 }
 
@@ -168,7 +172,7 @@ export interface AddonQuantizeResult {
 }
 
 export interface Addon {
-  readGgufMetadata(path: string, withMetadata?: boolean): Promise<AddonGgufInfo>;
+  readGgufMetadata(path: string, withMetadata?: boolean, packed?: boolean): Promise<AddonGgufInfo>;
   /** Runs on a libuv worker; `type` is a file type such as "q4_k_m" (see gguf-quantize.h). */
   quantizeGguf(inPath: string, outPath: string, options: { type: string; threads?: number }): Promise<AddonQuantizeResult>;
   listErrorCodes(): string[];

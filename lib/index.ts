@@ -11,7 +11,7 @@ export {
   AbortError, BusyError, DisposedError, ContextFullError, BindingError, InternalError, type ErrorCode,
 } from './errors.js';
 export type { LoadModelOptions, ContextOptions, GenerateOptions, SamplingOptions, ReasoningOptions } from './options.js';
-export { createTokenizer, type Tokenizer } from './tokenizer/index.js';
+export { createTokenizer, createTokenizerAsync, type Tokenizer } from './tokenizer/index.js';
 export { systemInfo, listQuantTypes, listKvPolicies } from './system.js';
 export { EvictionOptionsSchema, EVICTION_POLICIES, type EvictionOptions } from './kv/kv-policies.js';
 export { KvOptionsSchema, type KvOptions, type EffectiveKv } from './kv/kv-options.js';

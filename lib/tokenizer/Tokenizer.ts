@@ -12,7 +12,8 @@ import { BpeEncoder } from './bpe.js';
 import { partitionSpecial } from './special-partition.js';
 import { spmTokenize, spmTokenToByte } from './spm.js';
 import { TokenStreamDecoder } from './TokenStreamDecoder.js';
-import { attrToType, loadVocab, TOKEN_ATTR, type SpecialTokenIds, type TokenizerModel, type Vocab } from './vocab.js';
+import { runSteps, runStepsAsync } from '../steps.js';
+import { attrToType, loadVocabSteps, TOKEN_ATTR, type SpecialTokenIds, type TokenizerModel, type Vocab } from './vocab.js';
 
 export interface EncodeOptions {
     /** Prepend BOS. Default: the model's `tokenizer.ggml.add_bos_token` (llama.cpp's defaults when absent). */
@@ -68,8 +69,9 @@ export class Tokenizer {
     private bpe: BpeEncoder | null = null;
     private readonly pieces: Array<Uint8Array | undefined>;
 
-    constructor(metadata: Record<string, unknown>) {
-        this.vocab = loadVocab(metadata);
+    /** @param vocab (internal) the vocabulary already read from `metadata`, by createTokenizerAsync */
+    constructor(metadata: Record<string, unknown>, vocab?: Vocab) {
+        this.vocab = vocab ?? runSteps(loadVocabSteps(metadata));
         const v = this.vocab;
         this.model = v.model;
         this.pre = v.pre;
@@ -110,13 +112,16 @@ export class Tokenizer {
      */
     async encodeAsync(text: string, options: EncodeOptions = {}, sliceMs = 4): Promise<number[]> {
         const out: number[] = [];
-        let t0 = performance.now();
-        for (const _ of this.encodeSteps(text, options, out)) {
-            if (performance.now() - t0 < sliceMs) continue;
-            await new Promise<void>((resolve) => setImmediate(resolve));
-            t0 = performance.now();
-        }
+        await this._prepareAsync(sliceMs);
+        await runStepsAsync(this.encodeSteps(text, options, out), sliceMs);
         return out;
+    }
+
+    /** @internal Builds the lazily built tables (BPE merge ranks) with turns for the event loop. */
+    async _prepareAsync(sliceMs = 4): Promise<void> {
+        if (this.vocab.model !== 'gpt2') return;
+        this.bpe ??= new BpeEncoder(this.vocab);
+        await this.bpe.prepareAsync(sliceMs);
     }
 
     private *encodeSteps(text: string, options: EncodeOptions, out: number[]): Generator<void, void, void> {
@@ -318,4 +323,15 @@ function cleanUpSpaces(input: Uint8Array): Uint8Array {
  */
 export function createTokenizer(metadata: Record<string, unknown>): Tokenizer {
     return new Tokenizer(metadata);
+}
+
+/**
+ * createTokenizer() that gives the event loop a turn every few milliseconds while it reads the vocabulary and
+ * builds the BPE merge ranks (tens of milliseconds at once for a 150k vocabulary: tokenizer.test.ts prints
+ * both). loadModel() uses it.
+ */
+export async function createTokenizerAsync(metadata: Record<string, unknown>, sliceMs = 4): Promise<Tokenizer> {
+    const tokenizer = new Tokenizer(metadata, await runStepsAsync(loadVocabSteps(metadata), sliceMs));
+    await tokenizer._prepareAsync(sliceMs);
+    return tokenizer;
 }

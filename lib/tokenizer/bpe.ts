@@ -14,6 +14,7 @@ import { BYTE_TO_CHAR, CHAR_TO_BYTE, encodeByteLevel } from './byte-level.js';
 import { preTokenize } from './pre-tokenizers.js';
 import type { Vocab } from './vocab.js';
 import { PriorityQueue } from './heap.js';
+import { runSteps, runStepsAsync, type Steps } from '../steps.js';
 
 const WORDS_PER_STEP = 512;
 
@@ -102,19 +103,27 @@ export class BpeEncoder {
 
     /** Merge ranks keyed "left right", as written in `tokenizer.ggml.merges`; the first occurrence wins. */
     private get ranks(): Map<string, number> {
-        if (this.ranksCache === null) {
-            const ranks = new Map<string, number>();
-            const merges = this.vocab.merges;
-            for (let i = 0; i < merges.length; i++) {
-                const merge = merges[i]!;
-                // llama.cpp splits at the first space after position 0 and skips merges without one
-                if (merge.indexOf(' ', 1) < 0) continue;
-                if (!ranks.has(merge)) ranks.set(merge, i);
-            }
-            this.ranksCache = ranks;
-            this.mergeResult = new Int32Array(merges.length).fill(UNKNOWN);
+        if (this.ranksCache === null) runSteps(this.rankSteps());
+        return this.ranksCache!;
+    }
+
+    /** Builds the merge ranks now, with turns for the event loop (the first encode() would otherwise take ~80 ms for a 150k vocabulary). */
+    async prepareAsync(sliceMs = 4): Promise<void> {
+        if (this.ranksCache === null) await runStepsAsync(this.rankSteps(), sliceMs);
+    }
+
+    private *rankSteps(): Steps<void> {
+        const ranks = new Map<string, number>();
+        const merges = this.vocab.merges;
+        for (let i = 0; i < merges.length; i++) {
+            const merge = merges[i]!;
+            // llama.cpp splits at the first space after position 0 and skips merges without one
+            if (merge.indexOf(' ', 1) >= 0 && !ranks.has(merge)) ranks.set(merge, i);
+            if (i % 4096 === 4095) yield;
         }
-        return this.ranksCache;
+        if (this.ranksCache !== null) return;  // (built meanwhile by a synchronous encode)
+        this.ranksCache = ranks;
+        this.mergeResult = new Int32Array(merges.length).fill(UNKNOWN);
     }
 
     /** Tokenizes raw text (no special tokens in it) and appends the ids to `out`. */

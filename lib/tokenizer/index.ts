@@ -2,7 +2,7 @@
  * Public tokenizer API: `createTokenizer(metadata)` over GGUF tokenizer metadata (SentencePiece `llama` and
  * byte-level BPE `gpt2` with llama.cpp's pre-tokenizers), plus the streaming detokenizer.
  */
-export { createTokenizer, Tokenizer } from './Tokenizer.js';
+export { createTokenizer, createTokenizerAsync, Tokenizer } from './Tokenizer.js';
 export type { DecodeOptions, EncodeOptions, PieceOptions, StreamDecoderOptions } from './Tokenizer.js';
 export { TokenStreamDecoder } from './TokenStreamDecoder.js';
 export { TOKEN_TYPE } from './vocab.js';

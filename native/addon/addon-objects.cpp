@@ -132,7 +132,7 @@ Napi::Value AddonModel::info(const Napi::CallbackInfo & info) {
 Napi::Value AddonModel::metadata(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     auto m = require_model(env);
-    return gguf_file_to_js(env, *m->file, true);
+    return gguf_file_to_js(env, *m->file, true, info.Length() > 0 && info[0].ToBoolean());
 }
 
 Napi::Value AddonModel::dispose(const Napi::CallbackInfo & info) {

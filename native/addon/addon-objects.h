@@ -28,7 +28,7 @@ public:
 
 private:
     Napi::Value info(const Napi::CallbackInfo & info);
-    Napi::Value metadata(const Napi::CallbackInfo & info);
+    Napi::Value metadata(const Napi::CallbackInfo & info);  // metadata(packed = false): see gguf_file_to_js
     Napi::Value dispose(const Napi::CallbackInfo & info);
 };
 

@@ -7,7 +7,7 @@ namespace addon {
 
 Napi::Error status_to_error(Napi::Env env, const core::status & s) {
     Napi::Error e = Napi::Error::New(env, s.message.empty() ? core::status_code_name(s.code) : s.message);
-    e.Set("code", Napi::String::New(env, core::status_code_name(s.code)));
+    e.Set("code", core::status_code_name(s.code));
     return e;
 }
 

@@ -1,13 +1,15 @@
 // Loading bad files through the public API: hundreds of truncated and byte-flipped fixture files never
 // crash the process or hang; each load either succeeds or rejects with a typed LlmError. Plus the
 // specific errors a user meets: missing file, not a GGUF, unsupported architecture.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileAccessError, GgufFormatError, LlmError, loadModel, readGgufInfo, UnsupportedModelError } from '../../lib/index.js';
 import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 import { gv, writeGgufSync } from '../fixtures/gguf-writer.js';
+import { getAddon } from '../../lib/binding.js';
+import { haveSharedFile, sharedData, stories260K } from '../helpers/shared-data.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'thinkcache-gguf-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -75,6 +77,45 @@ describe('loading malformed GGUF files', () => {
     await expect(loadModel({ path: p })).rejects.toSatisfy(
       (e: unknown) => e instanceof UnsupportedModelError && /gpt2/.test((e as Error).message) && /llama, qwen2, qwen3/.test((e as Error).message),
     );
+  });
+
+  it('string arrays cross the boundary packed: the same strings as one by one, invalid UTF-8 included', async () => {
+    const addon = getAddon();
+    const texts = ['', 'a', 'Ġhello', 'é', '中文', '🦙', 'x🦙y', 'x'.repeat(1000), '\u2581▁', 'BAD1', 'tail'];
+    const p = join(dir, 'strings.gguf');
+    writeGgufSync(p, {
+      metadata: [
+        ['general.architecture', gv.str('llama')],
+        ['valid', gv.arr('STRING', texts)],
+        ['broken', gv.arr('STRING', texts.map((t) => t.replace('BAD1', 'BAD2')))],
+        ['__proto__', gv.arr('STRING', ['not', 'a prototype'])],
+      ],
+      tensors: [],
+    });
+    // 'BAD2' becomes 0xC3 '(' 'D' '2': a lead byte without its continuation byte, in the second array only
+    const bytes = readFileSync(p);
+    const at = bytes.indexOf(Buffer.from('BAD2'));
+    bytes[at] = 0xc3; bytes[at + 1] = 0x28;
+    writeFileSync(p, bytes);
+    const raw = (await addon.readGgufMetadata(p, true, true)).metadata!;
+    expect(raw['valid']).toHaveProperty('packedStrings');           // one string + offsets
+    expect(Array.isArray(raw['broken'])).toBe(true);                // invalid UTF-8: one by one, V8 decodes it
+    const plain = (await addon.readGgufMetadata(p, true, false)).metadata!;
+    const md = (await readGgufInfo(p)).metadata;                    // (packed, then unpacked)
+    expect(md['valid']).toEqual(texts);
+    expect(md['broken']).toEqual(plain['broken']);
+    expect((md['broken'] as string[])[9]).toBe('\uFFFD(D2');
+    expect(Object.getPrototypeOf(md)).toBe(Object.prototype);
+    expect(Object.getOwnPropertyDescriptor(md, '__proto__')?.value).toEqual(['not', 'a prototype']);
+    // every GGUF at hand: fixtures, and the real vocabularies and model when ../shared/data is there
+    const files = [ensureFixture('llama', 'q8_0'), ensureFixture('qwen2', 'f16'), ensureFixture('qwen3', 'f32')];
+    const vocabDir = join(sharedData, 'tokenizers', 'llama.cpp-vocab');
+    if (existsSync(vocabDir)) files.push(...readdirSync(vocabDir).filter((f) => f.endsWith('.gguf')).map((f) => join(vocabDir, f)));
+    if (haveSharedFile(stories260K, 'stories260K in the packed-metadata check')) files.push(stories260K);
+    for (const f of files) expect((await readGgufInfo(f)).metadata, f).toEqual((await addon.readGgufMetadata(f, true, false)).metadata);
+    const model = await loadModel({ path: ensureFixture('qwen2', 'f16') });
+    expect(model.metadata).toEqual((await addon.readGgufMetadata(ensureFixture('qwen2', 'f16'), true, false)).metadata);
+    await model.dispose();
   });
 
   it('a "__proto__" metadata key is an own key, not the metadata object\'s prototype', async () => {

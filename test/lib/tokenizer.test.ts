@@ -12,7 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTokenizer, metadataFromHfTokenizerJson, TOKEN_TYPE, type Tokenizer } from '../../lib/tokenizer/index.js';
+import { createTokenizer, createTokenizerAsync, metadataFromHfTokenizerJson, TOKEN_TYPE, type Tokenizer } from '../../lib/tokenizer/index.js';
 import { gv, writeGgufSync, type GgufValue } from '../fixtures/gguf-writer.js';
 import { readGgufMetadataForTest } from '../helpers/gguf-metadata.js';
 
@@ -232,6 +232,35 @@ describe.skipIf(!hasQwen)('Qwen3 vocabulary (qwen2 pre-tokenizer)', () => {
         expect(syncTicks).toBe(0);
         // the async call hands the loop a turn about every 4 ms: a few at least for what took syncMs at once
         expect(ticks).toBeGreaterThanOrEqual(Math.min(3, Math.floor(syncMs / 8)));
+    }, 60_000);
+
+    it('createTokenizerAsync builds the same tokenizer and lets timers run while it works', async () => {
+        const metadata = await loadMetadata('qwen2');
+        let ticks = 0;
+        const timer = setInterval(() => { ticks++; }, 1);
+        const t0 = performance.now();
+        const sync = createTokenizer(metadata);
+        sync.encode('x');                           // (builds the merge ranks, as the async one does)
+        const syncMs = performance.now() - t0;
+        const syncTicks = ticks;
+        const t1 = performance.now();
+        const a = await createTokenizerAsync(metadata);
+        const asyncMs = performance.now() - t1;
+        clearInterval(timer);
+        console.log(`qwen2: createTokenizer + merge ranks ${syncMs.toFixed(1)} ms at once; createTokenizerAsync ${asyncMs.toFixed(1)} ms with ${ticks} timer ticks`);
+        expect(syncTicks).toBe(0);
+        expect(ticks).toBeGreaterThanOrEqual(Math.min(3, Math.floor(syncMs / 8)));
+        expect(a.vocabSize).toBe(sync.vocabSize);
+        expect(a.specialTokens).toEqual(sync.specialTokens);
+        expect(a.eogTokens).toEqual(sync.eogTokens);
+        const { inputs } = readVectors(path.join(vocabDir, 'ggml-vocab-qwen2.gguf.inp'));
+        for (const input of inputs) expect(a.encode(input, { parseSpecial: true })).toEqual(sync.encode(input, { parseSpecial: true }));
+        // and on every vocabulary GGUF (SPM and BPE)
+        for (const name of ggufVocabs) {
+            const md = await loadMetadata(name);
+            const [x, y] = [createTokenizer(md), await createTokenizerAsync(md)];
+            for (const input of readVectors(path.join(vocabDir, `ggml-vocab-${name}.gguf.inp`)).inputs) expect(y.encode(input)).toEqual(x.encode(input));
+        }
     }, 60_000);
 });
 
