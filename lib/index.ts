@@ -24,3 +24,9 @@ export {
   runAccuracy, loadTinyProblems, loadJsonlProblems, mathAnswersEqual, TINY_TASKS,
   type AccuracyOptions, type AccuracyProblem, type AccuracyRow, type AccuracySummary,
 } from './eval/accuracy.js';
+export {
+  fromOpenAIRequest, toOpenAIChunks, toOpenAISSE, toOpenAICompletion, openAIFinishReason,
+  type OpenAIChunk, type OpenAICompletion, type OpenAIUsage, type OpenAITimings, type OpenAIOutputOptions,
+  type OpenAIRequestOptions, type ParsedOpenAIRequest, type ReasoningField,
+} from './adapters/openai.js';
+export { toReadableStream, consumeGenerate, type GenerateCallbacks } from './adapters/streams.js';
