@@ -17,6 +17,7 @@ import { cmdDemo, DEMO_USAGE } from './cli/demo.js';
 import { CALIBRATE_ROTATION_USAGE, cmdCalibrateRotation } from './cli/calibrate-rotation.js';
 import { cmdQuantize, QUANTIZE_USAGE } from './cli/quantize.js';
 import { BENCH_USAGE, cmdBench } from './cli/bench.js';
+import { cmdServe, SERVE_USAGE } from './cli/serve.js';
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
@@ -28,7 +29,7 @@ ${DEMO_USAGE}${CHAT_USAGE}  thinkcache eval --model PATH (--kv JSON|PRESET ... |
                   [--kv JSON|PRESET ...] [--profile P.tsv] [--max-tokens T] [--loop-guard] [--backend B] [--json]
   thinkcache profile-heads --model PATH --out P.tsv [--method wse|mean-qk|ablation] [--traces N] [--max-tokens T]
                   [--sinks S] [--recent R]
-${CALIBRATE_ROTATION_USAGE}${BENCH_USAGE}${QUANTIZE_USAGE}
+${CALIBRATE_ROTATION_USAGE}${BENCH_USAGE}${QUANTIZE_USAGE}${SERVE_USAGE}
   --backend cpu|cuda|auto  where the model runs (default auto: CUDA when this build and machine can)
   demo      the bundled tiny reasoner thinks through a problem; accuracy and KV memory of the KV presets
   run       stream a continuation of TEXT (BOS added when the model asks for it, as llama.cpp does)
@@ -40,6 +41,7 @@ ${CALIBRATE_ROTATION_USAGE}${BENCH_USAGE}${QUANTIZE_USAGE}
   calibrate-rotation  RotateKV key channel permutation → <model>.rotkv.json (used by rot keys automatically)
   bench     decode tokens/s and KV bytes of KV configurations over context lengths, on your model
   quantize  write a GGUF in another weight type (llama.cpp's per-tensor choices, metadata kept)
+  serve     an OpenAI-compatible server: POST /v1/chat/completions (stream or not), GET /v1/models, /health
 `;
 
 function num(v: string | undefined, name: string, int: boolean): number | undefined {
@@ -180,6 +182,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'inspect': return await cmdInspect(rest);
       case 'quantize': return await cmdQuantize(rest);
       case 'bench': return await cmdBench(rest);
+      case 'serve': return await cmdServe(rest);
       case 'chat': return await cmdChat(rest);
       case 'eval': return await cmdEval(rest);
       case 'demo': return await cmdDemo(rest);
