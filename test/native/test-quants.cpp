@@ -302,7 +302,7 @@ TC_TEST("quants/cpu-gemm-bit-exact") {
         TC_CHECK(kr.vec_dot != nullptr) << "gemm row without a vec_dot: " << kr.name;
         const quant_traits * tw = quant_traits_get(kr.type);
         const quant_traits * ta = quant_traits_get(quant_traits_cpu_get(kr.type)->vec_dot_type);
-        for (int64_t nb : {1, 3, 7}) {
+        for (int64_t nb : {1, 3, 7, 128, 129}) {  // (128, 129: either side of the K-quant prefill kernels' bound, kQ4KMaxNb)
             const int64_t ne = nb * tw->block_size;
             const size_t wrow = quant_row_bytes(tw, ne), arow = quant_row_bytes(ta, ne);
             std::vector<uint8_t> w(wrow * GEMM_MR), a(arow * GEMM_NT);
