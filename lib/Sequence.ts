@@ -217,6 +217,60 @@ export class Sequence {
     if (this._clearing) throw new BusyError(`${what}: the sequence is being cleared; await seq.clear() first`);
   }
 
+  /**
+   * Makes this sequence a copy of `source`, another sequence of the same context: its KV cache as it is —
+   * compressed, evicted, quantized, with the policies' statistics — its tokens and its sampler state, so both
+   * go on alike. A long prompt evaluated once then serves several continuations ("compress once, ask many"):
+   * each copy's generate() reuses the common prefix. The copy runs off the event loop and takes memory of its
+   * own (pages are copied, not shared); both sequences are busy meanwhile. CPU contexts only so far.
+   * @example
+   *   for await (const _ of doc.generate(longDocument, { maxTokens: 1 })) {}
+   *   const q = await doc.fork();   // or: await other.copyFrom(doc)
+   *   for await (const ev of q.generate(longDocument + question)) ...
+   */
+  async copyFrom(source: Sequence): Promise<void> {
+    if (this._clearing) await this._afterClear();
+    if (source instanceof Sequence && source._clearing) await source._afterClear();
+    this._ensureUsable();
+    if (!(source instanceof Sequence)) throw new InvalidOptionsError('copyFrom: expected a Sequence');
+    if (source === this) throw new InvalidOptionsError('copyFrom: a sequence cannot copy itself');
+    if (source.context !== this.context) {
+      throw new InvalidOptionsError('copyFrom: the source belongs to another context (a copy stays within one context: the same model, KV options and page pool)');
+    }
+    source._ensureUsable();
+    if (this._busy) throw new BusyError('copyFrom: this sequence is busy generating');
+    if (source._busy) throw new BusyError('copyFrom: the source sequence is busy generating');
+    this._busy = true;
+    source._busy = true;
+    try {
+      await callNative(() => this._native.copyFromAsync(source._native));
+      this._tokens = [...source._tokens];
+    } catch (err) {
+      this._tokens = [];  // (a failed copy leaves this cache empty)
+      throw err;
+    } finally {
+      this._busy = false;
+      source._busy = false;
+    }
+  }
+
+  /**
+   * A new sequence of this context holding a copy of this one (copyFrom). Without options it takes a free
+   * sequence at once (BusyError when all are in use); with `{ signal }` it waits for one, as
+   * `ctx.acquireSequence({ signal })` does.
+   */
+  async fork(options?: { signal?: AbortSignal }): Promise<Sequence> {
+    this._ensureUsable();
+    const seq = options === undefined ? this.context.acquireSequence() : await this.context.acquireSequence(options);
+    try {
+      await seq.copyFrom(this);
+    } catch (err) {
+      await seq.dispose();
+      throw err;
+    }
+    return seq;
+  }
+
   // A clear() in flight: the operations that would otherwise be refused as busy wait for it.
   private async _afterClear(): Promise<void> {
     if (this._clearing) await this._clearing.catch(() => undefined);

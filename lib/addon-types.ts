@@ -123,6 +123,8 @@ export interface AddonSequence {
   removeFrom(pos: number): number;
   /** removeFrom in a worker (a CUDA rewind waits for the context's device, which another sequence's eval may hold). */
   removeFromAsync(pos: number): Promise<number>;
+  /** Becomes a copy of `source` (same context; CPU): KV cache, token history, sampler; both busy meanwhile. Resolves with the tokens held. */
+  copyFromAsync(source: AddonSequence): Promise<number>;
   nTokens(): number;
   memory(perHead?: boolean): AddonKvMemory;
   /** Head calibration (window-substitution error) over the following evals; null turns it off. */

@@ -348,6 +348,29 @@ private:
     int32_t pos_, kept_ = 0;
 };
 
+// copyFromAsync(src): this sequence becomes a copy of src (engine_sequence::copy_from); both are busy meanwhile.
+class copy_worker : public promise_worker {
+public:
+    copy_worker(Napi::Env env, AddonSequence * dst, AddonSequence * src)
+        : promise_worker(env, "thinkcache:copySequence"), dst_ref_(Napi::Persistent(dst->Value())), src_ref_(Napi::Persistent(src->Value())),
+          dst_(dst), src_(src), dseq_(dst->seq), sseq_(src->seq) {}
+
+protected:
+    status run() override {
+        status st = dseq_->copy_from(*sseq_);
+        n_ = dseq_->n_tokens();
+        return st;
+    }
+    Napi::Value result(Napi::Env env) override { return Napi::Number::New(env, n_); }
+    void done() override { dst_->busy.store(false); src_->busy.store(false); }
+
+private:
+    Napi::ObjectReference dst_ref_, src_ref_;  // keep both JS objects (and so dst_, src_) alive while in flight
+    AddonSequence * dst_, * src_;
+    std::shared_ptr<core::engine_sequence> dseq_, sseq_;
+    int32_t n_ = 0;
+};
+
 } // namespace
 
 void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data) {
@@ -359,6 +382,7 @@ void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data)
         InstanceMethod<&AddonSequence::abort>("abort"),
         InstanceMethod<&AddonSequence::remove_from>("removeFrom"),
         InstanceMethod<&AddonSequence::remove_from_async>("removeFromAsync"),
+        InstanceMethod<&AddonSequence::copy_from_async>("copyFromAsync"),
         InstanceMethod<&AddonSequence::n_tokens>("nTokens"),
         InstanceMethod<&AddonSequence::memory>("memory"),
         InstanceMethod<&AddonSequence::held_positions>("heldPositions"),
@@ -477,6 +501,23 @@ Napi::Value AddonSequence::remove_from_async(const Napi::CallbackInfo & info) {
     const int32_t pos = (int32_t) int_arg(env, info[0], "removeFromAsync: position", 0, INT32_MAX);  // (before busy: it may throw)
     busy.store(true);
     auto * w = new remove_worker(env, this, pos);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+}
+
+Napi::Value AddonSequence::copy_from_async(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(env.GetInstanceData<addon_data>()->sequence_ctor.Value())) {
+        throw_status(env, core::ERR_INVALID_ARG, "copyFromAsync(source): expected a sequence");
+    }
+    AddonSequence * src = AddonSequence::Unwrap(info[0].As<Napi::Object>());
+    if (src == this) throw_status(env, core::ERR_INVALID_ARG, "copyFromAsync: a sequence cannot copy itself");
+    require_idle(env, "copyFromAsync");
+    src->require_idle(env, "copyFromAsync (source)");
+    busy.store(true);
+    src->busy.store(true);
+    auto * w = new copy_worker(env, this, src);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

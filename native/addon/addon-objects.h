@@ -53,8 +53,9 @@ public:
     std::shared_ptr<core::engine_sequence> seq;
     std::atomic<bool> busy{false};
 
-private:
     core::engine_sequence & require_idle(Napi::Env env, const char * what);
+
+private:
     Napi::Value eval(const Napi::CallbackInfo & info);          // eval(tokens: Int32Array, { logits?: boolean, sample?: boolean }): Promise<number | undefined>
     Napi::Value set_sampler(const Napi::CallbackInfo & info);   // setSampler({ temperature, topK, topP, minP, repeatPenalty, presencePenalty, frequencyPenalty, penaltyLastN, seed })
     Napi::Value sample(const Napi::CallbackInfo & info);        // sample(): number (sync; logits must be present)
@@ -63,6 +64,7 @@ private:
     Napi::Value remove_from(const Napi::CallbackInfo & info);
     Napi::Value remove_from_async(const Napi::CallbackInfo & info);  // removeFromAsync(pos): Promise<number> (off the event loop: a CUDA
                                                                      // rewind waits for the context's device, which another sequence may hold)
+    Napi::Value copy_from_async(const Napi::CallbackInfo & info);  // copyFromAsync(source): Promise<number> (tokens held after the copy)
     Napi::Value n_tokens(const Napi::CallbackInfo & info);
     Napi::Value memory(const Napi::CallbackInfo & info);
     Napi::Value held_positions(const Napi::CallbackInfo & info);

@@ -175,6 +175,24 @@ status engine_sequence::sample(int32_t * out) {
     return {};
 }
 
+status engine_sequence::copy_from(const engine_sequence & src) {
+    if (&src == this) return {};
+    if (src.ctx_ != ctx_) return status(ERR_INVALID_ARG, "copy: the source sequence belongs to another context");
+    if (cuda_ || src.cuda_) return status(ERR_INVALID_ARG, "copy: copying a sequence's cache runs on the CPU backend only so far");
+    status st = kv_->copy_from(*src.kv_);
+    if (!st.ok()) {
+        history_.clear();
+        sampler_.clear_history();
+        has_logits_ = false;
+        return st;
+    }
+    history_ = src.history_;
+    sampler_ = src.sampler_;
+    logits_ = src.logits_;
+    has_logits_ = src.has_logits_;
+    return {};
+}
+
 int32_t engine_sequence::remove_from(int32_t pos) {
 #ifdef THINKCACHE_WITH_CUDA
     if (cuda_) {

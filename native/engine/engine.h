@@ -91,6 +91,9 @@ public:
     int32_t n_tokens() const;
     // Drops tokens at positions >= pos; returns how many leading tokens remain valid (see kv_cache).
     int32_t remove_from(int32_t pos);
+    // Becomes a copy of `src` (a sequence of the same context): its KV cache, token history, sampler state and
+    // logits, so both continue alike. CPU only so far (ERR_INVALID_ARG on CUDA); ERR_OOM_HOST leaves it empty.
+    status copy_from(const engine_sequence & src);
     // KV memory (on CUDA: the device cache's report, forward_session::memory).
     kv_memory_report memory(bool per_head) const;
     // Positions head (il, ih) holds, ascending (either backend).

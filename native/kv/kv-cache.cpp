@@ -585,6 +585,72 @@ int32_t kv_cache::remove_from(int32_t p) {
 
 void kv_cache::clear() { remove_from(0); }
 
+status kv_cache::copy_from(const kv_cache & src) {
+    if (&src == this) return {};
+    if (src.pool_ != pool_ || src.heads_.size() != heads_.size() || src.q_window_ != q_window_ || src.cfg_.head_dim != cfg_.head_dim) {
+        return status(ERR_INVALID_ARG, "kv cache copy: the source cache belongs to another context");
+    }
+    remove_from(0);
+    const std::vector<head_store> empty = heads_;  // (no pages: what a failed copy goes back to)
+    const size_t page_bytes = pool_->page_bytes();
+    bool ok = true;
+    auto copy_pages = [&](const std::vector<void *> & from, std::vector<void *> & to) {
+        to.clear();
+        for (void * p : from) {
+            if (!ok) return;
+            void * q = pool_->alloc();
+            if (!q) { ok = false; return; }
+            std::memcpy(q, p, page_bytes);
+            to.push_back(q);
+        }
+    };
+    for (size_t i = 0; i < heads_.size() && ok; i++) {
+        head_store & d = heads_[i];
+        const head_store & s = src.heads_[i];
+        d.n = s.n;
+        d.dropped = s.dropped;
+        d.pos = s.pos;
+        d.stats = s.stats;
+        d.p_max = s.p_max;
+        d.p_sum = s.p_sum;
+        d.qruns = s.qruns;
+        copy_pages(s.pages, d.pages);
+        copy_pages(s.qk_pages, d.qk_pages);
+        copy_pages(s.qv_pages, d.qv_pages);
+    }
+    if (!ok) {
+        for (auto & h : heads_) {
+            for (void * p : h.pages) pool_->free(p);
+            for (void * p : h.qk_pages) pool_->free(p);
+            for (void * p : h.qv_pages) pool_->free(p);
+        }
+        heads_ = empty;
+        for (auto & h : heads_) rebuild_segments(h);
+        return status(ERR_OOM_HOST, strfmt("kv cache copy: out of memory copying %lld tokens", (long long) src.n_logical_));
+    }
+    for (auto & h : heads_) rebuild_segments(h);  // (segment and coded views point into this cache's pages)
+    sinks_ = src.sinks_;
+    sink_cand_ = src.sink_cand_;
+    n_logical_ = src.n_logical_;
+    step_ = src.step_;
+    prompt_ = src.prompt_;
+    qring_ = src.qring_;
+    qcount_ = src.qcount_;
+    qpos_ = src.qpos_;
+    qheld_ = src.qheld_;
+    chunk_exact_ = src.chunk_exact_;
+    chunk_pos0_ = src.chunk_pos0_;
+    chunk_step0_ = src.chunk_step0_;
+    chunk_prompt0_ = src.chunk_prompt0_;
+    chunk_sinks_saved_ = src.chunk_sinks_saved_;
+    chunk_sinks_ = src.chunk_sinks_;
+    chunk_sink_cand_ = src.chunk_sink_cand_;
+    evicted_ = src.evicted_;
+    compactions_ = src.compactions_;
+    compaction_s_ = src.compaction_s_;
+    return {};
+}
+
 // Keeps the tokens before keep_pos in every head (the caller has checked that this is exact), with their
 // statistics, coded runs, sinks and recorded queries.
 void kv_cache::cut(int32_t keep_pos, bool reset_dropped) {

@@ -242,6 +242,11 @@ public:
     // dropped tokens at or after `pos - R`... then the caller must re-evaluate from there).
     int32_t remove_from(int32_t pos);
     void clear();
+    // Makes this cache an exact copy of `src` (a cache of the same context: same configuration and page pool):
+    // its tokens, coded runs, policy statistics, sinks, recorded queries and step counters, its pages copied
+    // into pages of its own. ERR_INVALID_ARG for a cache of another context; ERR_OOM_HOST when the pool runs
+    // dry (this cache is then empty).
+    status copy_from(const kv_cache & src);
     kv_memory_report memory(bool per_head) const;
     // Positions head (il, ih) holds, coded and f16, ascending (keep-set comparisons, §6.2 C2).
     std::vector<int32_t> held_positions(int il, int ih) const;

@@ -794,3 +794,78 @@ TC_TEST("kv: the query window of snapkv/rkv holds only the sequence's own querie
         TC_CHECK(s.memory(false).evicted_tokens > 0);
     }
 }
+
+namespace {
+
+// Every value a head holds, f16 and decoded codes, in the head's order: what attention reads.
+std::vector<float> head_contents(const kv_cache & kv, int il, int ih) {
+    const kv_cache_config & c = kv.config();
+    const kv_head_view v = kv.head(il, ih);
+    std::vector<float> out;
+    if (v.coded) {
+        const kv_coded_view & cv = *v.coded;
+        std::vector<float> y((size_t) std::max(c.head_dim, c.head_dim_v));
+        for (int32_t j = 0; j < cv.n; j++) {
+            int jj = 0;
+            const uint8_t * kb = cv.key_block(j, jj);
+            cv.kc->decode(cv.kp, kb, jj, y.data());
+            out.insert(out.end(), y.begin(), y.begin() + c.head_dim);
+            const uint8_t * vb = cv.value_block(j, jj);
+            cv.vc->decode(cv.vp, vb, jj, y.data());
+            out.insert(out.end(), y.begin(), y.begin() + c.head_dim_v);
+        }
+    }
+    for (int32_t s = 0; s < v.n_seg; s++) {
+        const kv_segment & g = v.seg[s];
+        for (int32_t j = 0; j < g.n; j++) {
+            for (int d = 0; d < c.head_dim; d++) out.push_back(f16_to_f32(g.key(j, d, c.head_dim)));
+            for (int d = 0; d < c.head_dim_v; d++) out.push_back(f16_to_f32(g.v[(size_t) j * c.head_dim_v + d]));
+        }
+    }
+    return out;
+}
+
+} // namespace
+
+TC_TEST("kv: copy_from gives an exact copy that goes on as the original does (every policy, f16 and rot2)") {
+    // a cache driven through a prompt and decode steps is copied mid-run (after evictions, trims and flushes);
+    // the copy and the original then take the same calls: held positions, the memory report, the decode step
+    // and every value a head holds stay equal, and the copy owns its pages (clearing the original leaves it).
+    std::vector<int> calls = {100, 60};
+    for (int i = 0; i < 120; i++) calls.push_back(1);
+    for (int kind = 0; kind < KV_POLICY_COUNT; kind++) {
+        for (kv_codec_type codec : {KV_CODEC_F16, KV_CODEC_ROT2}) {
+            kv_cache_config c = abort_cfg((kv_policy_kind) kind, codec);
+            const std::string what = std::string(kv_policy_get((kv_policy_kind) kind)->name) + (codec == KV_CODEC_F16 ? " f16" : " rot2") + " copy";
+            auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
+            kv_cache a(c, pool), b(c, pool);
+            drive_chunk(b, 30, 5, -1);  // (b held other tokens before: the copy replaces them)
+            for (size_t i = 0; i < calls.size(); i++) {
+                drive_chunk(a, calls[i], 2000u + (uint32_t) i, -1);
+                if (i == 60) {
+                    TC_CHECK(b.copy_from(a).ok());
+                    TC_CHECK(a.memory(false).evicted_tokens > 0) << what << ": nothing evicted before the copy";
+                }
+                if (i > 60) drive_chunk(b, calls[i], 2000u + (uint32_t) i, -1);
+                if (i >= 60) {
+                    expect_same_cache(a, b, what.c_str(), (int) i);
+                    for (int il = 0; il < c.n_layer; il++)
+                        for (int ih = 0; ih < c.n_head_kv; ih++)
+                            TC_CHECK(head_contents(a, il, ih) == head_contents(b, il, ih)) << what << " call " << i << ": head (" << il << ", " << ih << ") holds other values";
+                    for (int il = 0; il < c.n_layer; il++) TC_CHECK(a.sinks(il) == b.sinks(il)) << what << ": sinks differ";
+                }
+            }
+            const std::vector<float> kept = head_contents(b, 2, 0);
+            const uint64_t bytes = b.memory(false).bytes_allocated;
+            a.clear();
+            TC_CHECK(head_contents(b, 2, 0) == kept && b.memory(false).bytes_allocated == bytes) << what << ": the copy shares pages with the original";
+            TC_CHECK(b.memory(false).quantized_tokens > 0 || codec == KV_CODEC_F16) << what << ": nothing was quantized";
+        }
+    }
+    // a cache of another configuration (another context) is refused
+    kv_cache_config c1 = abort_cfg(KV_POLICY_LAZY, KV_CODEC_F16), c2 = c1;
+    c2.head_dim = c1.head_dim * 2;
+    auto p1 = std::make_shared<page_pool>(kv_page_bytes(c1.head_dim, c1.head_dim_v)), p2 = std::make_shared<page_pool>(kv_page_bytes(c2.head_dim, c2.head_dim_v));
+    kv_cache x(c1, p1), y(c2, p2);
+    TC_CHECK(x.copy_from(y).code == ERR_INVALID_ARG);
+}
