@@ -21,7 +21,7 @@ const ASYNC_TOKENIZE_CHARS = 12_000;
 
 const EMPTY_KV_MEMORY: AddonKvMemory = {
   logicalTokens: 0, residentTokens: 0, bytesUsed: 0, bytesAllocated: 0,
-  breakdown: { keys: 0, values: 0, positions: 0, metadata: 0, poolSlack: 0 },
+  breakdown: { keys: 0, values: 0, positions: 0, metadata: 0, poolSlack: 0, checkpoint: 0 },
   evictedTokens: 0, compactions: 0, compactionMs: 0,
 };
 
@@ -393,6 +393,13 @@ export class Sequence {
         if (!last) yield { type: 'prefill-progress', processed: cached + i + chunk.length, total: promptTokens.length };
       }
       ttft = performance.now() - started;
+      // a checkpoint of the lossy heads at the end of the prompt: the next call whose prompt extends this one
+      // resumes here instead of re-evaluating from the sinks (a compressed cache cannot rewind into what it
+      // dropped or quantized while decoding)
+      const st = this.context.effective.kv.storage;
+      if (opts.checkpoint && next !== undefined && this.context.info.backend !== 'cuda' && (heads.streamHeads + heads.evictHeads > 0 || st.key !== 'f16' || st.value !== 'f16')) {
+        await callNative(() => this._native.saveCheckpointAsync());
+      }
 
       while (next !== undefined) {
         // (a budget whose message and close tag would not fit in maxTokens leaves the end to maxTokens)

@@ -97,6 +97,8 @@ export interface AddonKvMemory {
     /** Segment tables, and eviction policies' state: per-token statistics, step probabilities, recorded queries. */
     metadata: number;
     poolSlack: number;
+    /** The prefix checkpoint: a copy of the lossy heads at the end of the last prompt (generate's `checkpoint`); counted in bytesAllocated. */
+    checkpoint: number;
     /** Coded heads (kv.storage): codes, scales + zero-points, and their f16 tokens (staging + protected). */
     codes?: number; scales?: number; staging?: number;
   };
@@ -125,6 +127,8 @@ export interface AddonSequence {
   removeFromAsync(pos: number): Promise<number>;
   /** Becomes a copy of `source` (same context; CPU): KV cache, token history, sampler; both busy meanwhile. Resolves with the tokens held. */
   copyFromAsync(source: AddonSequence): Promise<number>;
+  /** A prefix checkpoint of the lossy heads at the current length (CPU; a no-op on CUDA). */
+  saveCheckpointAsync(): Promise<void>;
   nTokens(): number;
   memory(perHead?: boolean): AddonKvMemory;
   /** Head calibration (window-substitution error) over the following evals; null turns it off. */

@@ -89,6 +89,14 @@ export const GenerateOptionsSchema = z.strictObject({
   templateKwargs: z.record(z.string(), z.unknown()).optional(),
   /** A `stats` event (decode speed over the interval, KV memory) every this many generated tokens; 0: none. */
   statsInterval: z.number().int().min(0).default(0),
+  /**
+   * Keep a copy of the cache's lossy heads (stream, evicting, quantized) at the end of the prompt, so that the
+   * next generate() whose prompt starts with this one (a chat's next turn) resumes there instead of
+   * re-evaluating from the start: a compressed cache cannot rewind into tokens it dropped or quantized while
+   * decoding. Costs the memory of that copy (`memory().breakdown.checkpoint`). CPU contexts; plain f16 caches
+   * rewind exactly and keep none.
+   */
+  checkpoint: z.boolean().default(true),
 });
 export type GenerateOptions = z.input<typeof GenerateOptionsSchema>;
 

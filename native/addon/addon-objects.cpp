@@ -348,6 +348,23 @@ private:
     int32_t pos_, kept_ = 0;
 };
 
+// saveCheckpointAsync(): engine_sequence::save_checkpoint off the event loop (it copies the lossy heads)
+class checkpoint_worker : public promise_worker {
+public:
+    checkpoint_worker(Napi::Env env, AddonSequence * owner)
+        : promise_worker(env, "thinkcache:checkpoint"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq) {}
+
+protected:
+    status run() override { return seq_->save_checkpoint(); }
+    Napi::Value result(Napi::Env env) override { return env.Undefined(); }
+    void done() override { owner_->busy.store(false); }
+
+private:
+    Napi::ObjectReference owner_ref_;
+    AddonSequence * owner_;
+    std::shared_ptr<core::engine_sequence> seq_;
+};
+
 // copyFromAsync(src): this sequence becomes a copy of src (engine_sequence::copy_from); both are busy meanwhile.
 class copy_worker : public promise_worker {
 public:
@@ -383,6 +400,7 @@ void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data)
         InstanceMethod<&AddonSequence::remove_from>("removeFrom"),
         InstanceMethod<&AddonSequence::remove_from_async>("removeFromAsync"),
         InstanceMethod<&AddonSequence::copy_from_async>("copyFromAsync"),
+        InstanceMethod<&AddonSequence::save_checkpoint_async>("saveCheckpointAsync"),
         InstanceMethod<&AddonSequence::n_tokens>("nTokens"),
         InstanceMethod<&AddonSequence::memory>("memory"),
         InstanceMethod<&AddonSequence::held_positions>("heldPositions"),
@@ -506,6 +524,16 @@ Napi::Value AddonSequence::remove_from_async(const Napi::CallbackInfo & info) {
     return p;
 }
 
+Napi::Value AddonSequence::save_checkpoint_async(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    require_idle(env, "saveCheckpointAsync");
+    busy.store(true);
+    auto * w = new checkpoint_worker(env, this);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+}
+
 Napi::Value AddonSequence::copy_from_async(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(env.GetInstanceData<addon_data>()->sequence_ctor.Value())) {
@@ -569,6 +597,7 @@ Napi::Value AddonSequence::memory(const Napi::CallbackInfo & info) {
     b.Set("positions", (double) m.position_bytes);
     b.Set("metadata", (double) m.metadata_bytes);
     b.Set("poolSlack", (double) m.pool_slack_bytes);
+    b.Set("checkpoint", (double) m.checkpoint_bytes);
     b.Set("codes", (double) m.code_bytes);
     b.Set("scales", (double) m.scale_bytes);
     b.Set("staging", (double) m.staging_bytes);

@@ -175,6 +175,11 @@ status engine_sequence::sample(int32_t * out) {
     return {};
 }
 
+status engine_sequence::save_checkpoint() {
+    if (cuda_) return {};
+    return kv_->save_checkpoint();
+}
+
 status engine_sequence::copy_from(const engine_sequence & src) {
     if (&src == this) return {};
     if (src.ctx_ != ctx_) return status(ERR_INVALID_ARG, "copy: the source sequence belongs to another context");

@@ -128,11 +128,118 @@ status kv_storage_check(const kv_cache_config & cfg) {
 }
 
 kv_cache::~kv_cache() {
-    for (auto & h : heads_) {
-        for (void * p : h.pages) pool_->free(p);
-        for (void * p : h.qk_pages) pool_->free(p);
-        for (void * p : h.qv_pages) pool_->free(p);
+    for (auto & h : heads_) free_head_pages(h);
+    drop_checkpoint();
+}
+
+void kv_cache::free_head_pages(head_store & h) {
+    for (void * p : h.pages) pool_->free(p);
+    for (void * p : h.qk_pages) pool_->free(p);
+    for (void * p : h.qv_pages) pool_->free(p);
+    h.pages.clear();
+    h.qk_pages.clear();
+    h.qv_pages.clear();
+}
+
+bool kv_cache::copy_head(const head_store & s, head_store & d) {
+    d = s;
+    d.pages.clear();
+    d.qk_pages.clear();
+    d.qv_pages.clear();
+    const size_t page_bytes = pool_->page_bytes();
+    auto copy_pages = [&](const std::vector<void *> & from, std::vector<void *> & to) {
+        for (void * p : from) {
+            void * q = pool_->alloc();
+            if (!q) return false;
+            std::memcpy(q, p, page_bytes);
+            to.push_back(q);
+        }
+        return true;
+    };
+    if (copy_pages(s.pages, d.pages) && copy_pages(s.qk_pages, d.qk_pages) && copy_pages(s.qv_pages, d.qv_pages)) return true;
+    free_head_pages(d);
+    return false;
+}
+
+status kv_cache::save_checkpoint() {
+    drop_checkpoint();
+    std::vector<char> saved(heads_.size(), 0);
+    bool any = false;
+    for (size_t i = 0; i < heads_.size(); i++) any |= (saved[i] = heads_[i].mode != KV_RETAIN_FULL || heads_[i].coded) != 0;
+    if (!any) return {};  // (plain f16 FULL heads rewind exactly)
+    checkpoint_state & c = ckpt_;
+    c.heads.assign(heads_.size(), head_store{});
+    for (size_t i = 0; i < heads_.size(); i++) {
+        if (saved[i] && !copy_head(heads_[i], c.heads[i])) {
+            c.n = 0;  // (drop_checkpoint frees what was copied)
+            drop_checkpoint();
+            return status(ERR_OOM_HOST, "kv cache checkpoint: out of memory copying the cache's lossy heads");
+        }
     }
+    c.saved = std::move(saved);
+    c.sinks = sinks_;
+    c.sink_cand = sink_cand_;
+    c.step = step_;
+    c.prompt = prompt_;
+    c.qring = qring_;
+    c.qcount = qcount_;
+    c.qpos = qpos_;
+    c.qheld = qheld_;
+    c.evicted = evicted_;
+    c.compactions = compactions_;
+    c.compaction_s = compaction_s_;
+    c.n = n_logical_;
+    return {};
+}
+
+void kv_cache::drop_checkpoint() {
+    for (auto & h : ckpt_.heads) free_head_pages(h);
+    ckpt_ = checkpoint_state{};
+}
+
+// Back to the checkpoint (see save_checkpoint); false, with the cache untouched, when the pool runs dry.
+bool kv_cache::restore_checkpoint() {
+    checkpoint_state & c = ckpt_;
+    std::vector<head_store> fresh(heads_.size());
+    for (size_t i = 0; i < heads_.size(); i++) {
+        if (c.saved[i] && !copy_head(c.heads[i], fresh[i])) {
+            for (auto & h : fresh) free_head_pages(h);
+            return false;
+        }
+    }
+    for (size_t i = 0; i < heads_.size(); i++) {
+        head_store & h = heads_[i];
+        if (c.saved[i]) {
+            free_head_pages(h);
+            h = std::move(fresh[i]);
+            rebuild_segments(h);
+        } else {  // a plain f16 FULL head: its first c.n tokens are the checkpoint's
+            int32_t keep = 0;
+            while (keep < h.n && h.pos[(size_t) keep] < c.n) keep++;
+            std::vector<int32_t> idx((size_t) keep);
+            for (int32_t j = 0; j < keep; j++) idx[(size_t) j] = j;
+            compact(h, idx);
+        }
+    }
+    for (size_t i = 0; i < sib_.size(); i++) sib_[i] = &heads_[i].cv;
+    sinks_ = c.sinks;
+    sink_cand_ = c.sink_cand;
+    step_ = c.step;
+    prompt_ = c.prompt;
+    qring_ = c.qring;
+    qcount_ = c.qcount;
+    qpos_ = c.qpos;
+    qheld_ = c.qheld;
+    evicted_ = c.evicted;
+    compactions_ = c.compactions;
+    compaction_s_ = c.compaction_s;
+    n_logical_ = c.n;
+    chunk_exact_ = true;
+    chunk_pos0_ = c.n;
+    chunk_step0_ = step_;
+    chunk_prompt0_ = prompt_;
+    std::fill(chunk_sinks_saved_.begin(), chunk_sinks_saved_.end(), 0);
+    return true;
 }
 
 // Tokens leave staging in blocks of this many (a multiple of both codecs' block sizes).
@@ -555,6 +662,7 @@ kv_head_view kv_cache::head(int il, int ih) const {
 
 int32_t kv_cache::remove_from(int32_t p) {
     p = std::max<int32_t>(p, 0);
+    if (ckpt_.n >= 0 && p < ckpt_.n) drop_checkpoint();
     if (p >= n_logical_) return n_logical_;
     // A head that dropped tokens cannot be rewound exactly: a STREAM head only down to its sinks (which a
     // fresh evaluation keeps too), an EVICT head not at all (its policy state depends on every step).
@@ -579,18 +687,23 @@ int32_t kv_cache::remove_from(int32_t p) {
         const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - n_sink - staging_of(h)) / F * F;
         if (kept_q != fresh_q) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
     }
+    // (here p >= the checkpoint's tokens, when there is one)
+    if (ckpt_.n >= 0 && keep_pos < ckpt_.n && restore_checkpoint()) return ckpt_.n;
     cut(keep_pos, true);
     return keep_pos;
 }
 
-void kv_cache::clear() { remove_from(0); }
+void kv_cache::clear() {
+    drop_checkpoint();
+    remove_from(0);
+}
 
 status kv_cache::copy_from(const kv_cache & src) {
     if (&src == this) return {};
     if (src.pool_ != pool_ || src.heads_.size() != heads_.size() || src.q_window_ != q_window_ || src.cfg_.head_dim != cfg_.head_dim) {
         return status(ERR_INVALID_ARG, "kv cache copy: the source cache belongs to another context");
     }
-    remove_from(0);
+    clear();
     const std::vector<head_store> empty = heads_;  // (no pages: what a failed copy goes back to)
     const size_t page_bytes = pool_->page_bytes();
     bool ok = true;
@@ -768,6 +881,13 @@ kv_memory_report kv_cache::memory(bool per_head) const {
     r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes + r.metadata_bytes;
     const page_pool_stats ps = pool_->stats();
     r.pool_slack_bytes = (uint64_t) ps.pages_free_resident * ps.page_bytes;
+    for (const auto & h : ckpt_.heads) {
+        r.checkpoint_bytes += (h.pages.size() + h.qk_pages.size() + h.qv_pages.size()) * page_bytes + h.pos.capacity() * sizeof(int32_t) +
+                              h.qruns.capacity() * sizeof(kv_pos_run) +
+                              4 * (uint64_t) (h.stats.last.capacity() + h.stats.mri.capacity() + h.stats.acc.capacity() + h.stats.cur.capacity() + h.p_max.capacity() + h.p_sum.capacity());
+    }
+    for (const auto & q : ckpt_.qring) r.checkpoint_bytes += q.capacity() * sizeof(float);
+    r.bytes_allocated += r.checkpoint_bytes;
     r.evicted_tokens = evicted_;
     r.compactions = compactions_;
     r.compaction_seconds = compaction_s_;

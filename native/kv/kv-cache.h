@@ -206,6 +206,7 @@ struct kv_memory_report {
     uint64_t bytes_used = 0;         // key + value + positions + metadata
     uint64_t bytes_allocated = 0;    // pages held by this sequence + position/segment capacity
     uint64_t pool_slack_bytes = 0;   // free but resident pages of the shared pool (context-wide)
+    uint64_t checkpoint_bytes = 0;   // the prefix checkpoint's pages and tables (kv_cache::save_checkpoint; in bytes_allocated)
     int64_t evicted_tokens = 0;      // tokens dropped by eviction policies and stream trimming (all heads)
     int64_t compactions = 0;         // head compactions done by eviction policies
     double compaction_seconds = 0;   // time spent scoring and compacting
@@ -242,6 +243,17 @@ public:
     // dropped tokens at or after `pos - R`... then the caller must re-evaluate from there).
     int32_t remove_from(int32_t pos);
     void clear();
+    // Prefix checkpoint (multi-turn reuse of a lossy cache). A cache that dropped or quantized tokens cannot
+    // rewind into them, so a follow-up turn whose prompt extends this turn's would fall back to the sinks and
+    // re-evaluate everything. save_checkpoint() keeps, at n_logical(), a copy of every head a rewind may not
+    // restore exactly (STREAM, EVICT and coded heads; a plain f16 FULL head always rewinds exactly) and of the
+    // cache-wide state (sinks, recorded queries, step counters). remove_from(p) with p at or past that point,
+    // where the cache alone would fall back further, returns to the checkpoint instead (the f16 FULL heads are
+    // cut there, the others restored) and returns its token count. A rewind below it, clear() and copy_from()
+    // drop it. A cache with no such head saves nothing. ERR_OOM_HOST: no checkpoint.
+    status save_checkpoint();
+    void drop_checkpoint();
+    int32_t checkpoint_tokens() const { return ckpt_.n; }  // -1: none
     // Makes this cache an exact copy of `src` (a cache of the same context: same configuration and page pool):
     // its tokens, coded runs, policy statistics, sinks, recorded queries and step counters, its pages copied
     // into pages of its own. ERR_INVALID_ARG for a cache of another context; ERR_OOM_HOST when the pool runs
@@ -339,6 +351,25 @@ private:
     std::vector<std::vector<std::pair<float, int32_t>>> chunk_sink_cand_;
     void drop_queries_from(int32_t pos);
     void cut(int32_t keep_pos, bool reset_dropped);
+    // A copy of `s` into `d` with pages of its own (d's page lists are overwritten, not freed); all or nothing:
+    // false (d without pages) when the pool runs dry.
+    bool copy_head(const head_store & s, head_store & d);
+    void free_head_pages(head_store & h);
+    bool restore_checkpoint();
+    struct checkpoint_state {
+        int32_t n = -1;                                     // tokens (-1: none)
+        std::vector<char> saved;                            // [heads] this head was copied
+        std::vector<head_store> heads;                      // [heads] the copies (pages owned here)
+        std::vector<std::vector<int32_t>> sinks;
+        std::vector<std::vector<std::pair<float, int32_t>>> sink_cand;
+        int32_t step = 0, prompt = 0;
+        std::vector<std::vector<float>> qring;
+        std::vector<int32_t> qcount, qheld;
+        std::vector<std::vector<int32_t>> qpos;
+        int64_t evicted = 0, compactions = 0;
+        double compaction_s = 0;
+    };
+    checkpoint_state ckpt_;
     int64_t evicted_ = 0, compactions_ = 0;
     double compaction_s_ = 0;
 };

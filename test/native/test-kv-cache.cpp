@@ -869,3 +869,43 @@ TC_TEST("kv: copy_from gives an exact copy that goes on as the original does (ev
     kv_cache x(c1, p1), y(c2, p2);
     TC_CHECK(x.copy_from(y).code == ERR_INVALID_ARG);
 }
+
+TC_TEST("kv: a prefix checkpoint brings a lossy cache back to the end of its prompt (every policy, f16 and rot2)") {
+    // a prompt, a checkpoint, 50 decode steps (evictions, trims, flushes), then a rewind to the prompt's end: the
+    // cache equals one that only took the prompt — positions, values, sinks, counters — and goes on as it does
+    for (int kind = 0; kind < KV_POLICY_COUNT; kind++) {
+        for (kv_codec_type codec : {KV_CODEC_F16, KV_CODEC_ROT2}) {
+            const kv_cache_config c = abort_cfg((kv_policy_kind) kind, codec);
+            const std::string what = std::string(kv_policy_get((kv_policy_kind) kind)->name) + (codec == KV_CODEC_F16 ? " f16" : " rot2") + " checkpoint";
+            auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
+            kv_cache a(c, pool), ref(c, pool);
+            for (kv_cache * k : {&a, &ref}) { drive_chunk(*k, 100, 1, -1); drive_chunk(*k, 60, 2, -1); }
+            TC_CHECK(a.save_checkpoint().ok());
+            TC_CHECK(a.checkpoint_tokens() == 160);
+            TC_CHECK(a.memory(false).checkpoint_bytes > 0);
+            for (int i = 0; i < 50; i++) drive_chunk(a, 1, 100u + (uint32_t) i, -1);
+            TC_CHECK(a.memory(false).evicted_tokens > ref.memory(false).evicted_tokens || codec != KV_CODEC_F16) << what << ": nothing dropped while decoding";
+            TC_CHECK(a.remove_from(170) == 160) << what << ": a rewind past the checkpoint returns to it";
+            expect_same_cache(a, ref, what.c_str(), 0);
+            for (int il = 0; il < c.n_layer; il++) {
+                TC_CHECK(a.sinks(il) == ref.sinks(il)) << what << ": sinks differ";
+                for (int ih = 0; ih < c.n_head_kv; ih++) TC_CHECK(head_contents(a, il, ih) == head_contents(ref, il, ih)) << what << ": head (" << il << ", " << ih << ") holds other values";
+            }
+            for (int i = 0; i < 40; i++) {
+                drive_chunk(a, i == 0 ? 12 : 1, 500u + (uint32_t) i, -1);
+                drive_chunk(ref, i == 0 ? 12 : 1, 500u + (uint32_t) i, -1);
+                expect_same_cache(a, ref, what.c_str(), 1 + i);
+            }
+            TC_CHECK(a.checkpoint_tokens() == 160);  // (kept for the next rewind)
+            a.remove_from(100);
+            TC_CHECK(a.checkpoint_tokens() == -1 && a.memory(false).checkpoint_bytes == 0) << what << ": a rewind below the checkpoint keeps it";
+        }
+    }
+    // a plain f16 cache (all FULL heads) saves nothing: it rewinds exactly
+    kv_cache_config c = abort_cfg(KV_POLICY_LAZY, KV_CODEC_F16);
+    c.retention.assign(c.retention.size(), KV_RETAIN_FULL);
+    auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
+    kv_cache plain(c, pool);
+    drive_chunk(plain, 100, 1, -1);
+    TC_CHECK(plain.save_checkpoint().ok() && plain.checkpoint_tokens() == -1 && plain.memory(false).checkpoint_bytes == 0);
+}
