@@ -398,7 +398,7 @@ export class Sequence {
       // dropped or quantized while decoding)
       const st = this.context.effective.kv.storage;
       if (opts.checkpoint && next !== undefined && this.context.info.backend !== 'cuda' && (heads.streamHeads + heads.evictHeads > 0 || st.key !== 'f16' || st.value !== 'f16')) {
-        await callNative(() => this._native.saveCheckpointAsync());
+        await callNative(() => this._native.saveCheckpointAsync(opts.checkpoint === 'auto'));
       }
 
       while (next !== undefined) {

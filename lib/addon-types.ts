@@ -127,8 +127,8 @@ export interface AddonSequence {
   removeFromAsync(pos: number): Promise<number>;
   /** Becomes a copy of `source` (same context; CPU): KV cache, token history, sampler; both busy meanwhile. Resolves with the tokens held. */
   copyFromAsync(source: AddonSequence): Promise<number>;
-  /** A prefix checkpoint of the lossy heads at the current length (CPU; a no-op on CUDA). */
-  saveCheckpointAsync(): Promise<void>;
+  /** A prefix checkpoint of the lossy heads at the current length (CPU; a no-op on CUDA); boundedOnly: none when an evicting head holds more than the policy's capacity. */
+  saveCheckpointAsync(boundedOnly?: boolean): Promise<void>;
   nTokens(): number;
   memory(perHead?: boolean): AddonKvMemory;
   /** Head calibration (window-substitution error) over the following evals; null turns it off. */

@@ -90,13 +90,15 @@ export const GenerateOptionsSchema = z.strictObject({
   /** A `stats` event (decode speed over the interval, KV memory) every this many generated tokens; 0: none. */
   statsInterval: z.number().int().min(0).default(0),
   /**
-   * Keep a copy of the cache's lossy heads (stream, evicting, quantized) at the end of the prompt, so that the
-   * next generate() whose prompt starts with this one (a chat's next turn) resumes there instead of
-   * re-evaluating from the start: a compressed cache cannot rewind into tokens it dropped or quantized while
-   * decoding. Costs the memory of that copy (`memory().breakdown.checkpoint`). CPU contexts; plain f16 caches
-   * rewind exactly and keep none.
+   * Keep a copy of the cache's lossy heads (stream and evicting heads, the f16 part of quantized ones) at the end
+   * of the prompt, so that the next generate() whose prompt starts with this one (a chat's next turn) resumes
+   * there instead of re-evaluating from the start: a compressed cache cannot rewind into tokens it dropped or
+   * quantized while decoding. Costs the memory of that copy (`memory().breakdown.checkpoint`, in
+   * bytesAllocated). 'auto' (default): unless an evicting head then holds more than the policy's capacity (a
+   * prompt longer than the capacity: its copy would keep the whole prompt's cache alive while decoding); true:
+   * always; false: never. CPU contexts; plain f16 caches rewind exactly and keep none.
    */
-  checkpoint: z.boolean().default(true),
+  checkpoint: z.union([z.boolean(), z.literal('auto')]).default('auto'),
 });
 export type GenerateOptions = z.input<typeof GenerateOptionsSchema>;
 

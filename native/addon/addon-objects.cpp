@@ -351,11 +351,12 @@ private:
 // saveCheckpointAsync(): engine_sequence::save_checkpoint off the event loop (it copies the lossy heads)
 class checkpoint_worker : public promise_worker {
 public:
-    checkpoint_worker(Napi::Env env, AddonSequence * owner)
-        : promise_worker(env, "thinkcache:checkpoint"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq) {}
+    checkpoint_worker(Napi::Env env, AddonSequence * owner, bool bounded_only)
+        : promise_worker(env, "thinkcache:checkpoint"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq),
+          bounded_only_(bounded_only) {}
 
 protected:
-    status run() override { return seq_->save_checkpoint(); }
+    status run() override { return seq_->save_checkpoint(bounded_only_); }
     Napi::Value result(Napi::Env env) override { return env.Undefined(); }
     void done() override { owner_->busy.store(false); }
 
@@ -363,6 +364,7 @@ private:
     Napi::ObjectReference owner_ref_;
     AddonSequence * owner_;
     std::shared_ptr<core::engine_sequence> seq_;
+    bool bounded_only_;
 };
 
 // copyFromAsync(src): this sequence becomes a copy of src (engine_sequence::copy_from); both are busy meanwhile.
@@ -527,8 +529,9 @@ Napi::Value AddonSequence::remove_from_async(const Napi::CallbackInfo & info) {
 Napi::Value AddonSequence::save_checkpoint_async(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     require_idle(env, "saveCheckpointAsync");
+    const bool bounded_only = info.Length() > 0 && info[0].ToBoolean();
     busy.store(true);
-    auto * w = new checkpoint_worker(env, this);
+    auto * w = new checkpoint_worker(env, this, bounded_only);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

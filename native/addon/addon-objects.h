@@ -64,7 +64,7 @@ private:
     Napi::Value remove_from(const Napi::CallbackInfo & info);
     Napi::Value remove_from_async(const Napi::CallbackInfo & info);  // removeFromAsync(pos): Promise<number> (off the event loop: a CUDA
                                                                      // rewind waits for the context's device, which another sequence may hold)
-    Napi::Value save_checkpoint_async(const Napi::CallbackInfo & info);  // saveCheckpointAsync(): Promise<void>
+    Napi::Value save_checkpoint_async(const Napi::CallbackInfo & info);  // saveCheckpointAsync(boundedOnly): Promise<void>
     Napi::Value copy_from_async(const Napi::CallbackInfo & info);  // copyFromAsync(source): Promise<number> (tokens held after the copy)
     Napi::Value n_tokens(const Napi::CallbackInfo & info);
     Napi::Value memory(const Napi::CallbackInfo & info);

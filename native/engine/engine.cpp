@@ -175,9 +175,9 @@ status engine_sequence::sample(int32_t * out) {
     return {};
 }
 
-status engine_sequence::save_checkpoint() {
+status engine_sequence::save_checkpoint(bool bounded_only) {
     if (cuda_) return {};
-    return kv_->save_checkpoint();
+    return kv_->save_checkpoint(bounded_only);
 }
 
 status engine_sequence::copy_from(const engine_sequence & src) {

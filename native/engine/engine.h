@@ -93,7 +93,7 @@ public:
     int32_t remove_from(int32_t pos);
     // Keeps a prefix checkpoint of the cache at its current length (kv_cache::save_checkpoint: a later rewind
     // past it that the lossy cache cannot do exactly returns there). CPU only; a no-op on CUDA so far.
-    status save_checkpoint();
+    status save_checkpoint(bool bounded_only = false);
     // Becomes a copy of `src` (a sequence of the same context): its KV cache, token history, sampler state and
     // logits, so both continue alike. CPU only so far (ERR_INVALID_ARG on CUDA); ERR_OOM_HOST leaves it empty.
     status copy_from(const engine_sequence & src);

@@ -161,16 +161,32 @@ bool kv_cache::copy_head(const head_store & s, head_store & d) {
     return false;
 }
 
-status kv_cache::save_checkpoint() {
+status kv_cache::save_checkpoint(bool bounded_only) {
     drop_checkpoint();
+    if (bounded_only) {
+        for (const auto & h : heads_) {
+            if (h.mode == KV_RETAIN_EVICT && h.n + runs_count(h.qruns) > cfg_.policy.capacity) return {};
+        }
+    }
     std::vector<char> saved(heads_.size(), 0);
     bool any = false;
     for (size_t i = 0; i < heads_.size(); i++) any |= (saved[i] = heads_[i].mode != KV_RETAIN_FULL || heads_[i].coded) != 0;
     if (!any) return {};  // (plain f16 FULL heads rewind exactly)
     checkpoint_state & c = ckpt_;
     c.heads.assign(heads_.size(), head_store{});
+    c.codes_live.assign(heads_.size(), 0);
     for (size_t i = 0; i < heads_.size(); i++) {
-        if (saved[i] && !copy_head(heads_[i], c.heads[i])) {
+        if (!saved[i]) continue;
+        const head_store & h = heads_[i];
+        // a coded FULL head: its f16 pages only (its codes stay in the live head, which only appends to them)
+        c.codes_live[i] = h.mode == KV_RETAIN_FULL && h.coded;
+        head_store f16_only;
+        if (c.codes_live[i]) {
+            f16_only = h;
+            f16_only.qk_pages.clear();
+            f16_only.qv_pages.clear();
+        }
+        if (!copy_head(c.codes_live[i] ? f16_only : h, c.heads[i])) {
             c.n = 0;  // (drop_checkpoint frees what was copied)
             drop_checkpoint();
             return status(ERR_OOM_HOST, "kv cache checkpoint: out of memory copying the cache's lossy heads");
@@ -209,7 +225,25 @@ bool kv_cache::restore_checkpoint() {
     }
     for (size_t i = 0; i < heads_.size(); i++) {
         head_store & h = heads_[i];
-        if (c.saved[i]) {
+        if (c.saved[i] && c.codes_live[i]) {
+            // the live head's codes, cut to the checkpoint's count (the same tokens, quantized alike), under the
+            // checkpoint's f16 pages and runs
+            const int32_t nq = runs_count(fresh[i].qruns);
+            std::vector<void *> qk = std::move(h.qk_pages), qv = std::move(h.qv_pages);
+            auto shrink = [&](std::vector<void *> & pages, int32_t per_page) {
+                const size_t need = (size_t) ((nq + per_page - 1) / per_page);
+                while (pages.size() > need) { pool_->free(pages.back()); pages.pop_back(); }
+            };
+            shrink(qk, cv0_.k_page_tokens);
+            shrink(qv, cv0_.v_page_tokens);
+            h.qk_pages.clear();
+            h.qv_pages.clear();
+            free_head_pages(h);
+            h = std::move(fresh[i]);
+            h.qk_pages = std::move(qk);
+            h.qv_pages = std::move(qv);
+            rebuild_segments(h);
+        } else if (c.saved[i]) {
             free_head_pages(h);
             h = std::move(fresh[i]);
             rebuild_segments(h);
@@ -730,6 +764,17 @@ status kv_cache::copy_from(const kv_cache & src) {
         copy_pages(s.pages, d.pages);
         copy_pages(s.qk_pages, d.qk_pages);
         copy_pages(s.qv_pages, d.qv_pages);
+    }
+    // the source's prefix checkpoint too, so that the copy also rewinds as the source would
+    if (ok && src.ckpt_.n >= 0) {
+        checkpoint_state c = src.ckpt_;  // (then pages of its own)
+        for (size_t i = 0; i < c.heads.size(); i++) {
+            if (!ok || !c.saved[i]) { c.heads[i] = head_store{}; continue; }
+            ok = copy_head(src.ckpt_.heads[i], c.heads[i]);
+            if (!ok) c.heads[i] = head_store{};
+        }
+        if (ok) ckpt_ = std::move(c);
+        else for (auto & h : c.heads) free_head_pages(h);
     }
     if (!ok) {
         for (auto & h : heads_) {

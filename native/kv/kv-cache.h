@@ -246,12 +246,15 @@ public:
     // Prefix checkpoint (multi-turn reuse of a lossy cache). A cache that dropped or quantized tokens cannot
     // rewind into them, so a follow-up turn whose prompt extends this turn's would fall back to the sinks and
     // re-evaluate everything. save_checkpoint() keeps, at n_logical(), a copy of every head a rewind may not
-    // restore exactly (STREAM, EVICT and coded heads; a plain f16 FULL head always rewinds exactly) and of the
+    // restore exactly (STREAM and EVICT heads whole; of coded FULL heads only the f16 pages — protected tokens
+    // and staging — since their codes only grow; a plain f16 FULL head always rewinds exactly) and of the
     // cache-wide state (sinks, recorded queries, step counters). remove_from(p) with p at or past that point,
     // where the cache alone would fall back further, returns to the checkpoint instead (the f16 FULL heads are
     // cut there, the others restored) and returns its token count. A rewind below it, clear() and copy_from()
     // drop it. A cache with no such head saves nothing. ERR_OOM_HOST: no checkpoint.
-    status save_checkpoint();
+    // bounded_only: save nothing when an EVICT head holds more than the policy's capacity (a prompt longer than
+    // the capacity, not yet evicted: its copy would keep the whole prompt's cache alive while decoding).
+    status save_checkpoint(bool bounded_only = false);
     void drop_checkpoint();
     int32_t checkpoint_tokens() const { return ckpt_.n; }  // -1: none
     // Makes this cache an exact copy of `src` (a cache of the same context: same configuration and page pool):
@@ -359,6 +362,8 @@ private:
     struct checkpoint_state {
         int32_t n = -1;                                     // tokens (-1: none)
         std::vector<char> saved;                            // [heads] this head was copied
+        std::vector<char> codes_live;                       // [heads] a coded FULL head: only its f16 pages were copied; its
+                                                            // codes are a prefix of the live head's (FULL heads only append codes)
         std::vector<head_store> heads;                      // [heads] the copies (pages owned here)
         std::vector<std::vector<int32_t>> sinks;
         std::vector<std::vector<std::pair<float, int32_t>>> sink_cand;

@@ -8,7 +8,7 @@ import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
 
 const fixture = () => ensureFixture('llama', 'q8_0', { nEmbd: 256, nLayer: 4, nHead: 8, nHeadKv: 4, headDim: 32, nFf: 512, nCtxTrain: 2048 });
 type Finish = Extract<GenerateEvent, { type: 'finish' }>;
-async function run(seq: Sequence, prompt: number[], maxTokens: number, checkpoint = true): Promise<Finish> {
+async function run(seq: Sequence, prompt: number[], maxTokens: number, checkpoint: boolean | 'auto' = 'auto'): Promise<Finish> {
   let fin: Finish | undefined;
   for await (const ev of seq.generate(prompt, { maxTokens, stopAtEog: false, checkpoint })) if (ev.type === 'finish') fin = ev;
   return fin!;
@@ -17,23 +17,24 @@ const turn1 = Array.from({ length: 500 }, (_, i) => 300 + ((i * 13) % 250));
 // the next turn: the first prompt, an answer other than the tokens generated (templates drop the reasoning), a question
 const turn2 = [...turn1, ...Array.from({ length: 30 }, (_, i) => 40 + ((i * 7) % 60))];
 const profile = Array.from({ length: 4 }, (_, l) => Array.from({ length: 4 }, (_, h) => ((l * 4 + h) * 37 % 100) / 100));
-const configs: Record<string, KvOptions> = {
-  'stream heads': { heads: { profile, sparsity: 0.5, stream: { sinks: 8, recent: 64 } } },
-  'rot2': { storage: { key: 'rot2', value: 'rot2' } },
-  'stream heads + rot2': { heads: { profile, sparsity: 0.5, stream: { sinks: 8, recent: 64 } }, storage: { key: 'rot2', value: 'rot2' } },
-  'lazy eviction': { eviction: { policy: 'lazy', capacity: 200, window: 32 } },
+// (lazy eviction: a 500-token prompt is over the capacity, so only checkpoint: true keeps one)
+const configs: Record<string, { kv: KvOptions; mode: boolean | 'auto' }> = {
+  'stream heads': { kv: { heads: { profile, sparsity: 0.5, stream: { sinks: 8, recent: 64 } } }, mode: 'auto' },
+  'rot2': { kv: { storage: { key: 'rot2', value: 'rot2' } }, mode: 'auto' },
+  'stream heads + rot2': { kv: { heads: { profile, sparsity: 0.5, stream: { sinks: 8, recent: 64 } }, storage: { key: 'rot2', value: 'rot2' } }, mode: 'auto' },
+  'lazy eviction': { kv: { eviction: { policy: 'lazy', capacity: 200, window: 32 } }, mode: true },
 };
 
 describe('prefix checkpoints', () => {
-  for (const [name, kv] of Object.entries(configs)) {
+  for (const [name, { kv, mode }] of Object.entries(configs)) {
     it(`${name}: the next turn resumes at the end of the previous prompt`, async () => {
       await using model = await loadModel({ path: fixture() });
       await using ctx = await model.createContext({ contextSize: 1024, threads: 1, batchSize: 256, sequences: 3, kv });
       const [a, ref, off] = [ctx.acquireSequence(), ctx.acquireSequence(), ctx.acquireSequence()];
-      await run(a, turn1, 60);
+      await run(a, turn1, 60, mode);
       expect(a.memory().breakdown.checkpoint).toBeGreaterThan(0);
       expect(a.memory().bytesAllocated).toBeGreaterThan(a.memory().breakdown.checkpoint);
-      const next = await run(a, turn2, 20);
+      const next = await run(a, turn2, 20, mode);
       expect(next.usage.cachedPromptTokens).toBe(turn1.length);
       // the same as a sequence that evaluated only the first prompt, then the second
       await run(ref, turn1, 1);
@@ -46,12 +47,22 @@ describe('prefix checkpoints', () => {
       expect(off.memory().breakdown.checkpoint).toBe(0);
       expect((await run(off, turn2, 20, false)).usage.cachedPromptTokens).toBeLessThan(20);
       // a rewind below the checkpoint drops it; clear() frees it
-      await run(a, turn1.slice(0, 100), 4);
+      await run(a, turn1.slice(0, 100), 4, mode);
       expect(a.memory().breakdown.checkpoint).toBeGreaterThan(0);  // (the new prompt's)
       await a.clear();
       expect(a.memory().breakdown.checkpoint).toBe(0);
     });
   }
+
+  it("'auto' keeps none where an evicting head holds more than the capacity (its copy would hold the whole prompt)", async () => {
+    await using model = await loadModel({ path: fixture() });
+    await using ctx = await model.createContext({ contextSize: 1024, threads: 1, batchSize: 256, kv: configs['lazy eviction']!.kv });
+    const a = ctx.acquireSequence();
+    await run(a, turn1, 60);
+    expect(a.memory().breakdown.checkpoint).toBe(0);
+    await run(a, turn1.slice(0, 150), 60);  // (under the capacity)
+    expect(a.memory().breakdown.checkpoint).toBeGreaterThan(0);
+  });
 
   it('a plain f16 cache rewinds exactly and keeps no checkpoint', async () => {
     await using model = await loadModel({ path: fixture() });

@@ -885,8 +885,12 @@ TC_TEST("kv: a prefix checkpoint brings a lossy cache back to the end of its pro
             TC_CHECK(a.memory(false).checkpoint_bytes > 0);
             for (int i = 0; i < 50; i++) drive_chunk(a, 1, 100u + (uint32_t) i, -1);
             TC_CHECK(a.memory(false).evicted_tokens > ref.memory(false).evicted_tokens || codec != KV_CODEC_F16) << what << ": nothing dropped while decoding";
+            kv_cache b(c, pool);  // a copy takes the checkpoint along
+            TC_CHECK(b.copy_from(a).ok() && b.checkpoint_tokens() == 160);
             TC_CHECK(a.remove_from(170) == 160) << what << ": a rewind past the checkpoint returns to it";
             expect_same_cache(a, ref, what.c_str(), 0);
+            TC_CHECK(b.remove_from(170) == 160) << what << ": the copy's rewind does not return to the checkpoint";
+            expect_same_cache(b, ref, (what + " (copy)").c_str(), 0);
             for (int il = 0; il < c.n_layer; il++) {
                 TC_CHECK(a.sinks(il) == ref.sinks(il)) << what << ": sinks differ";
                 for (int ih = 0; ih < c.n_head_kv; ih++) TC_CHECK(head_contents(a, il, ih) == head_contents(ref, il, ih)) << what << ": head (" << il << ", " << ih << ") holds other values";
