@@ -93,7 +93,7 @@ async function cmdRun(args: string[]): Promise<number> {
   const progress = new PrefillProgress(show);
   try {
     // a raw continuation: reasoning tags, if any, stay in the text (run --chat separates them)
-    for await (const ev of seq.generate(values.prompt, { maxTokens, sampling, signal: ac.signal, reasoning: { separate: false } })) {
+    for await (const ev of seq.generate(values.prompt, { maxTokens, sampling, signal: ac.signal, reasoning: { separate: false }, checkpoint: false })) {
       progress.onEvent(ev);
       if (ev.type === 'text-delta' && !values.json) process.stdout.write(ev.text);
       if (ev.type === 'finish') finish = ev;

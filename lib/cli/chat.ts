@@ -142,7 +142,7 @@ export async function cmdRunChat(args: string[]): Promise<number> {
   try {
     // the answer goes to stdout; the reasoning too on a terminal (dimmed), else to stderr so pipes get the answer only
     const printer = v.json ? undefined : new ReplyPrinter(process.stdout, process.stdout.isTTY ? process.stdout : process.stderr);
-    finish = await reply(seq, messages, opts, ac.signal, { ...(printer ? { printer } : {}), progress: new PrefillProgress(show) });
+    finish = await reply(seq, messages, { ...opts, checkpoint: false }, ac.signal, { ...(printer ? { printer } : {}), progress: new PrefillProgress(show) });  // (one turn: no checkpoint for a next one)
   } finally {
     process.off('SIGINT', onSigint);
   }

@@ -68,7 +68,7 @@ export async function cmdDemo(args: string[]): Promise<number> {
     const onSigint = () => ac.abort();
     process.once('SIGINT', onSigint);
     try {
-      for await (const ev of seq.generate([{ role: 'user', content: sample.question }], { maxTokens: 2048, signal: ac.signal })) {
+      for await (const ev of seq.generate([{ role: 'user', content: sample.question }], { maxTokens: 2048, signal: ac.signal, checkpoint: false })) {
         printer?.onEvent(ev);
         if (ev.type === 'finish') finish = ev;
       }

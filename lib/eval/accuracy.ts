@@ -210,7 +210,7 @@ export async function runAccuracy(model: Model, opts: AccuracyOptions): Promise<
       let finish: { text: string; reasoning: string; tokens: number[]; finishReason: string; kv: { bytesAllocated: number; residentTokens: number; logicalTokens: number }; timings: { decodeTokensPerSecond: number } } | undefined;
       await using seq = ctx.acquireSequence();
       try {
-        for await (const ev of seq.generate([{ role: 'user', content: p.question }], { maxTokens: opts.maxTokens, signal: ac.signal, ...(opts.chatTemplate ? { chatTemplate: opts.chatTemplate } : {}) })) {
+        for await (const ev of seq.generate([{ role: 'user', content: p.question }], { maxTokens: opts.maxTokens, signal: ac.signal, checkpoint: false, ...(opts.chatTemplate ? { chatTemplate: opts.chatTemplate } : {}) })) {
           if (ev.type === 'reasoning-delta' || ev.type === 'text-delta') {
             ids.push(...ev.tokens);
             if (guard && ids.length % guard.window < ev.tokens.length && ids.length >= guard.window && new Set(ids.slice(-guard.window)).size < guard.minDistinct) {

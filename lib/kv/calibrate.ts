@@ -66,7 +66,7 @@ export async function greedyTraces(model: Model, seq: Sequence, prompts: readonl
     let gen: number[] = [];
     const room = Math.min(maxTokens, contextSize - 1 - tokens.length);
     if (room > 0) {
-      for await (const ev of seq.generate(tokens, { maxTokens: room, stopAtEog: false })) if (ev.type === 'finish') gen = ev.tokens;
+      for await (const ev of seq.generate(tokens, { maxTokens: room, stopAtEog: false, checkpoint: false })) if (ev.type === 'finish') gen = ev.tokens;
       await seq.clear();
     }
     traces.push([...tokens, ...gen]);
