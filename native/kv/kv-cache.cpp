@@ -739,49 +739,20 @@ status kv_cache::copy_from(const kv_cache & src) {
     }
     clear();
     const std::vector<head_store> empty = heads_;  // (no pages: what a failed copy goes back to)
-    const size_t page_bytes = pool_->page_bytes();
     bool ok = true;
-    auto copy_pages = [&](const std::vector<void *> & from, std::vector<void *> & to) {
-        to.clear();
-        for (void * p : from) {
-            if (!ok) return;
-            void * q = pool_->alloc();
-            if (!q) { ok = false; return; }
-            std::memcpy(q, p, page_bytes);
-            to.push_back(q);
-        }
-    };
-    for (size_t i = 0; i < heads_.size() && ok; i++) {
-        head_store & d = heads_[i];
-        const head_store & s = src.heads_[i];
-        d.n = s.n;
-        d.dropped = s.dropped;
-        d.pos = s.pos;
-        d.stats = s.stats;
-        d.p_max = s.p_max;
-        d.p_sum = s.p_sum;
-        d.qruns = s.qruns;
-        copy_pages(s.pages, d.pages);
-        copy_pages(s.qk_pages, d.qk_pages);
-        copy_pages(s.qv_pages, d.qv_pages);
-    }
+    for (size_t i = 0; i < heads_.size() && ok; i++) ok = copy_head(src.heads_[i], heads_[i]);  // (same configuration: same modes)
     // the source's prefix checkpoint too, so that the copy also rewinds as the source would
     if (ok && src.ckpt_.n >= 0) {
         checkpoint_state c = src.ckpt_;  // (then pages of its own)
         for (size_t i = 0; i < c.heads.size(); i++) {
             if (!ok || !c.saved[i]) { c.heads[i] = head_store{}; continue; }
             ok = copy_head(src.ckpt_.heads[i], c.heads[i]);
-            if (!ok) c.heads[i] = head_store{};
         }
         if (ok) ckpt_ = std::move(c);
         else for (auto & h : c.heads) free_head_pages(h);
     }
     if (!ok) {
-        for (auto & h : heads_) {
-            for (void * p : h.pages) pool_->free(p);
-            for (void * p : h.qk_pages) pool_->free(p);
-            for (void * p : h.qv_pages) pool_->free(p);
-        }
+        for (auto & h : heads_) free_head_pages(h);
         heads_ = empty;
         for (auto & h : heads_) rebuild_segments(h);
         return status(ERR_OOM_HOST, strfmt("kv cache copy: out of memory copying %lld tokens", (long long) src.n_logical_));
