@@ -246,7 +246,7 @@ export class Sequence {
       await callNative(() => this._native.copyFromAsync(source._native));
       this._tokens = [...source._tokens];
     } catch (err) {
-      this._tokens = [];  // (a failed copy leaves this cache empty)
+      this._syncTokens();  // (a copy that ran out of memory leaves this cache empty; a refused one, as it was)
       throw err;
     } finally {
       this._busy = false;

@@ -11,7 +11,6 @@
  *                    [--profile P.tsv] [--threads N] [--backend cpu|cuda|auto] [--alias NAME] [--max-tokens 4096]
  *                    [--reasoning-field reasoning_content|reasoning|both]
  */
-import { once } from 'node:events';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -43,6 +42,8 @@ export interface ServerOptions {
   /** maxTokens of requests that set neither max_completion_tokens nor max_tokens (default 4096). */
   defaultMaxTokens?: number;
   reasoningField?: ReasoningField;
+  /** Server errors after it listens (default: a line on stderr). */
+  onError?: (err: Error) => void;
 }
 
 export interface RunningServer {
@@ -141,6 +142,15 @@ async function readBody(req: IncomingMessage): Promise<string> {
 
 const messageKey = (m: ChatMessage) => JSON.stringify([m.role, m.content]);
 
+// A slow reader: wait until the response drains or closes (both listeners removed after either)
+function drainOrClose(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => { res.off('drain', done); res.off('close', done); resolve(); };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
 /** Starts the server; resolves once it listens. */
 export async function startOpenAIServer(opts: ServerOptions): Promise<RunningServer> {
   const { model, context } = opts;
@@ -160,6 +170,7 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
     const r = fromOpenAIRequest(json, { defaultMaxTokens: opts.defaultMaxTokens ?? 4096 });
     const key = r.prompt.map(messageKey);
     const slot = await pool.acquire(key, ac.signal);
+    slot.conversation = [];  // (until this request ends normally: its cache is about to change)
     try {
       let finish: Extract<GenerateEvent, { type: 'finish' }> | undefined;
       const events = (async function* () {
@@ -178,7 +189,7 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
               headersSent = true;
             }
             if (ac.signal.aborted) break;
-            if (!res.write(line)) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+            if (!res.write(line)) await drainOrClose(res);
           }
         } catch (err) {
           if (!headersSent) throw err;
@@ -227,8 +238,12 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
       sendJson(res, (err as { status?: number }).status ?? status, body);
     });
   });
-  server.listen(opts.port ?? 8080, opts.host ?? '127.0.0.1');
-  await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => { throw e as Error; })]);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);  // (EADDRINUSE, EACCES: startOpenAIServer rejects)
+    server.listen(opts.port ?? 8080, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve(); });
+  });
+  // later server errors (accept failures such as EMFILE) are reported, not thrown: the requests in flight go on
+  server.on('error', (err) => (opts.onError ?? ((e: Error) => process.stderr.write(`thinkcache serve: ${e.message}\n`)))(err));
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : opts.port ?? 8080;
   return {
