@@ -41,7 +41,7 @@ ${CALIBRATE_ROTATION_USAGE}${BENCH_USAGE}${QUANTIZE_USAGE}${SERVE_USAGE}
   calibrate-rotation  RotateKV key channel permutation → <model>.rotkv.json (used by rot keys automatically)
   bench     decode tokens/s and KV bytes of KV configurations over context lengths, on your model
   quantize  write a GGUF in another weight type (llama.cpp's per-tensor choices, metadata kept)
-  serve     an OpenAI-compatible server: POST /v1/chat/completions (stream or not), GET /v1/models, /health
+  serve     an OpenAI-compatible server: POST /v1/chat/completions (stream or not), GET /v1/models, /health, /metrics
 `;
 
 function num(v: string | undefined, name: string, int: boolean): number | undefined {

@@ -1,7 +1,8 @@
 /**
  * `thinkcache serve`: an OpenAI-compatible HTTP server (node:http) over one model and one context —
  * `POST /v1/chat/completions` (streaming or not), `GET /v1/models`, `GET /health` (slots busy and waiting,
- * requests by outcome, prompt / cached / completion token totals). Each of the context's
+ * requests by outcome, prompt / cached / completion token totals), `GET /metrics` (the same and the slots' KV
+ * bytes, Prometheus text format). Each of the context's
  * `--parallel` sequences is a slot; a request takes the free slot whose last conversation shares the most
  * leading messages with it (so a follow-up turn re-evaluates only what is new), waits first come first
  * served when all are busy, and is aborted when its client goes away (the slot is free again at once). A slow
@@ -52,7 +53,13 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-interface Slot { seq: Sequence; conversation: string[]; lastUsed: number; busy: boolean }
+interface Slot {
+  seq: Sequence;
+  conversation: string[];
+  lastUsed: number;
+  busy: boolean;
+  kv: { used: number; allocated: number };  // the KV memory report at the end of its last request
+}
 
 /** The context's sequences as slots: the best free one for a conversation, or a FIFO wait. */
 class SlotPool {
@@ -157,11 +164,30 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
   const alias = opts.alias ?? basename(model.path).replace(/\.gguf$/i, '');
   const created = Math.floor(Date.now() / 1000);
   const slots: Slot[] = [];
-  for (let i = 0; i < context.maxSequences; i++) slots.push({ seq: context.acquireSequence(), conversation: [], lastUsed: 0, busy: false });
+  for (let i = 0; i < context.maxSequences; i++) slots.push({ seq: context.acquireSequence(), conversation: [], lastUsed: 0, busy: false, kv: { used: 0, allocated: 0 } });
   const pool = new SlotPool(slots);
   const inFlight = new Set<AbortController>();
   // totals for /health: requests by outcome, tokens by kind
   const stats = { requests: { completed: 0, aborted: 0, failed: 0 }, tokens: { prompt: 0, cached: 0, completion: 0 } };
+
+  // Prometheus text format: the /health counts, and the slots' KV memory (as of the end of their last request)
+  function metrics(): string {
+    const lines: string[] = [];
+    const metric = (name: string, type: 'counter' | 'gauge', help: string, rows: Array<[string, number]>) => {
+      lines.push(`# HELP thinkcache_${name} ${help}`, `# TYPE thinkcache_${name} ${type}`);
+      for (const [labels, v] of rows) lines.push(`thinkcache_${name}${labels} ${v}`);
+    };
+    const q = (k: string, v: string) => `{${k}="${v}"}`;
+    metric('requests_total', 'counter', 'Chat completion requests by outcome.', Object.entries(stats.requests).map(([k, v]) => [q('outcome', k), v]));
+    metric('prompt_tokens_total', 'counter', 'Prompt tokens of finished requests.', [['', stats.tokens.prompt]]);
+    metric('prompt_tokens_cached_total', 'counter', 'Prompt tokens served from a slot\'s cache.', [['', stats.tokens.cached]]);
+    metric('completion_tokens_total', 'counter', 'Generated tokens (reasoning and answer).', [['', stats.tokens.completion]]);
+    metric('slots', 'gauge', 'Slots (sequences) by state.', [[q('state', 'busy'), pool.busy], [q('state', 'idle'), slots.length - pool.busy]]);
+    metric('requests_waiting', 'gauge', 'Requests waiting for a slot.', [['', pool.waiting]]);
+    metric('kv_bytes', 'gauge', 'KV cache bytes of all slots at the end of their last request.',
+      [[q('kind', 'used'), slots.reduce((a, s) => a + s.kv.used, 0)], [q('kind', 'allocated'), slots.reduce((a, s) => a + s.kv.allocated, 0)]]);
+    return lines.join('\n') + '\n';
+  }
 
   async function chat(req: IncomingMessage, res: ServerResponse, ac: AbortController): Promise<void> {
     let json: unknown;
@@ -203,6 +229,7 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
       // what the slot's cache now holds, as messages: the next turn of this conversation comes back here
       slot.conversation = finish && finish.finishReason !== 'aborted' ? [...key, messageKey({ role: 'assistant', content: finish.text })] : [];
       if (finish) {
+        slot.kv = { used: finish.kv.bytesUsed, allocated: finish.kv.bytesAllocated };
         stats.requests[finish.finishReason === 'aborted' ? 'aborted' : 'completed']++;
         stats.tokens.prompt += finish.usage.promptTokens;
         stats.tokens.cached += finish.usage.cachedPromptTokens;
@@ -223,6 +250,10 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
     const handle = async () => {
       if (req.method === 'GET' && url === '/health') {
         sendJson(res, 200, { status: 'ok', slots: { total: slots.length, busy: pool.busy, waiting: pool.waiting }, ...stats });
+      } else if (req.method === 'GET' && url === '/metrics') {
+        const text = metrics();
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4', 'content-length': Buffer.byteLength(text) });
+        res.end(text);
       } else if (req.method === 'GET' && url === '/v1/models') {
         sendJson(res, 200, { object: 'list', data: [{ id: alias, object: 'model', created, owned_by: 'thinkcache' }] });
       } else if (req.method === 'POST' && url === '/v1/chat/completions') {

@@ -62,6 +62,12 @@ describe.skipIf(!have)('OpenAI-compatible server', () => {
       expect(tooLong.status).toBe(400);
       expect(((await tooLong.json()) as { error: { code: string } }).error.code).toBe('context_length_exceeded');
       expect((await fetch(`${server.url}/v1/completions`, { method: 'POST', body: '{}' })).status).toBe(404);
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      expect(metrics).toContain('# TYPE thinkcache_requests_total counter');
+      expect(metrics).toMatch(/^thinkcache_requests_total\{outcome="completed"\} 2$/m);
+      expect(metrics).toMatch(new RegExp(`^thinkcache_completion_tokens_total ${c.usage.completion_tokens * 2}$`, 'm'));
+      expect(metrics).toMatch(/^thinkcache_slots\{state="idle"\} 1$/m);
+      expect(Number(/^thinkcache_kv_bytes\{kind="used"\} (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
     } finally {
       await server.close();
     }
