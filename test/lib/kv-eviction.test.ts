@@ -75,10 +75,12 @@ describe('aborts keep what the cache held', () => {
       const seq = ctx.acquireSequence();
       const aborted = await run(seq, new AbortController());
       expect(aborted.finishReason).toBe('aborted');
-      // the third chunk had changed older tokens (an evicting layer's observation; stream trims and rot2 flushes)
-      // before the abort arrived, so it ran to its end and the abort stopped the prefill before the fourth
+      // where in the third chunk the abort lands depends on the machine's load: in its first layer, before any
+      // layer changed older tokens, the chunk is taken back out (512 held); once one had (an evicting layer's
+      // observation; stream trims and rot2 flushes), it runs to its end and the prefill stops before the fourth
+      // (768). Which layers revert and which run through is pinned down by the C++ test ("kv: an aborted chunk…").
       const held = seq.memory().logicalTokens;
-      expect(held).toBe(768);
+      expect([512, 768]).toContain(held);
       expect(seq.tokens).toEqual(prompt.slice(0, held));
       for (let layer = 0; layer < 8; layer++) {
         for (let head = 0; head < 4; head++) for (const p of seq.heldPositions(layer, head)) expect(p).toBeLessThan(held);
