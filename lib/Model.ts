@@ -64,8 +64,8 @@ export class Model {
     const backend = resolveBackend(opts.backend, cudaInfo(getAddon()));
     const native = await callNative(() => getAddon().AddonModel.load(opts.path, { backend }));
     try {
-      // the metadata and the tokenizer's tables with turns for the event loop (a 150k vocabulary took ~350 ms
-      // at once: its ~300k strings crossing N-API one by one, the vocabulary's maps, the BPE merge ranks)
+      // the metadata and the tokenizer's tables with turns for the event loop (at once, a 150k vocabulary's ~300k
+      // strings crossing N-API, its maps and the BPE merge ranks held the loop for hundreds of milliseconds)
       const metadata = await runStepsAsync(unpackMetadataSteps(native.metadata(true).metadata ?? {}));
       let tokenizer: Tokenizer;
       try {

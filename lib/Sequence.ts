@@ -396,8 +396,8 @@ export class Sequence {
       // a checkpoint of the lossy heads at the end of the prompt: the next call whose prompt extends this one
       // resumes here instead of re-evaluating from the sinks (a compressed cache cannot rewind into what it
       // dropped or quantized while decoding)
-      const st = this.context.effective.kv.storage;
-      if (opts.checkpoint && next !== undefined && this.context.info.backend !== 'cuda' && (heads.streamHeads + heads.evictHeads > 0 || st.key !== 'f16' || st.value !== 'f16')) {
+      // (the native side decides which heads need it, and keeps none for a plain f16 cache)
+      if (opts.checkpoint && next !== undefined && this.context.info.backend !== 'cuda') {
         await callNative(() => this._native.saveCheckpointAsync(opts.checkpoint === 'auto'));
       }
 

@@ -23,7 +23,7 @@ const isPacked = (v: unknown): v is AddonPackedStrings =>
 
 /**
  * @internal Metadata read with `packed` (AddonModel.metadata, readGgufMetadata) with its string arrays split
- * into arrays again, in steps (a 150k-token vocabulary is ~300k strings: ~15 ms in all).
+ * into arrays again, in steps (a 150k-token vocabulary is ~300k strings).
  */
 export function* unpackMetadataSteps(md: Record<string, GgufValue | AddonPackedStrings>): Steps<Record<string, GgufValue>> {
   for (const key of Object.keys(md)) {

@@ -107,7 +107,7 @@ export class BpeEncoder {
         return this.ranksCache!;
     }
 
-    /** Builds the merge ranks now, with turns for the event loop (the first encode() would otherwise take ~80 ms for a 150k vocabulary). */
+    /** Builds the merge ranks now, with turns for the event loop (the first encode() would otherwise build them at once: tokenizer.test.ts prints the cost). */
     async prepareAsync(sliceMs = 4): Promise<void> {
         if (this.ranksCache === null) await runStepsAsync(this.rankSteps(), sliceMs);
     }

@@ -57,8 +57,8 @@ int64_t utf8_to_utf16(std::string_view s, char16_t * out) {
 }
 
 // A string array as one string and the UTF-16 end offset of each element: { packedStrings, ends }, which
-// lib/gguf.ts splits with String#slice: for a 150k-token vocabulary ~13 ms on the main thread in all, where
-// creating its 300k strings through N-API one by one took 60-90 ms. Undefined when an element is not
+// lib/gguf.ts splits with String#slice: a few N-API calls instead of one per string (300k of them for a 150k
+// vocabulary; gguf-load.test.ts checks the result equals the one-by-one form). Undefined when an element is not
 // valid UTF-8 (decoded on its own, its replacement characters could differ from those of the concatenation).
 Napi::Value pack_strings(Napi::Env env, const std::vector<std::string_view> & strs) {
     size_t bytes = 0;

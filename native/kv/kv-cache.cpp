@@ -193,19 +193,23 @@ status kv_cache::save_checkpoint(bool bounded_only) {
         }
     }
     c.saved = std::move(saved);
-    c.sinks = sinks_;
-    c.sink_cand = sink_cand_;
-    c.step = step_;
-    c.prompt = prompt_;
-    c.qring = qring_;
-    c.qcount = qcount_;
-    c.qpos = qpos_;
-    c.qheld = qheld_;
-    c.evicted = evicted_;
-    c.compactions = compactions_;
-    c.compaction_s = compaction_s_;
+    c.wide = wide();
     c.n = n_logical_;
     return {};
+}
+
+void kv_cache::set_wide(const wide_state & w) {
+    sinks_ = w.sinks;
+    sink_cand_ = w.sink_cand;
+    step_ = w.step;
+    prompt_ = w.prompt;
+    qring_ = w.qring;
+    qcount_ = w.qcount;
+    qheld_ = w.qheld;
+    qpos_ = w.qpos;
+    evicted_ = w.evicted;
+    compactions_ = w.compactions;
+    compaction_s_ = w.compaction_s;
 }
 
 void kv_cache::drop_checkpoint() {
@@ -255,18 +259,7 @@ bool kv_cache::restore_checkpoint() {
             compact(h, idx);
         }
     }
-    for (size_t i = 0; i < sib_.size(); i++) sib_[i] = &heads_[i].cv;
-    sinks_ = c.sinks;
-    sink_cand_ = c.sink_cand;
-    step_ = c.step;
-    prompt_ = c.prompt;
-    qring_ = c.qring;
-    qcount_ = c.qcount;
-    qpos_ = c.qpos;
-    qheld_ = c.qheld;
-    evicted_ = c.evicted;
-    compactions_ = c.compactions;
-    compaction_s_ = c.compaction_s;
+    set_wide(c.wide);
     n_logical_ = c.n;
     chunk_exact_ = true;
     chunk_pos0_ = c.n;
@@ -758,15 +751,8 @@ status kv_cache::copy_from(const kv_cache & src) {
         return status(ERR_OOM_HOST, strfmt("kv cache copy: out of memory copying %lld tokens", (long long) src.n_logical_));
     }
     for (auto & h : heads_) rebuild_segments(h);  // (segment and coded views point into this cache's pages)
-    sinks_ = src.sinks_;
-    sink_cand_ = src.sink_cand_;
+    set_wide(src.wide());
     n_logical_ = src.n_logical_;
-    step_ = src.step_;
-    prompt_ = src.prompt_;
-    qring_ = src.qring_;
-    qcount_ = src.qcount_;
-    qpos_ = src.qpos_;
-    qheld_ = src.qheld_;
     chunk_exact_ = src.chunk_exact_;
     chunk_pos0_ = src.chunk_pos0_;
     chunk_step0_ = src.chunk_step0_;
@@ -774,9 +760,6 @@ status kv_cache::copy_from(const kv_cache & src) {
     chunk_sinks_saved_ = src.chunk_sinks_saved_;
     chunk_sinks_ = src.chunk_sinks_;
     chunk_sink_cand_ = src.chunk_sink_cand_;
-    evicted_ = src.evicted_;
-    compactions_ = src.compactions_;
-    compaction_s_ = src.compaction_s_;
     return {};
 }
 
@@ -902,7 +885,7 @@ kv_memory_report kv_cache::memory(bool per_head) const {
                               h.qruns.capacity() * sizeof(kv_pos_run) +
                               4 * (uint64_t) (h.stats.last.capacity() + h.stats.mri.capacity() + h.stats.acc.capacity() + h.stats.cur.capacity() + h.p_max.capacity() + h.p_sum.capacity());
     }
-    for (const auto & q : ckpt_.qring) r.checkpoint_bytes += q.capacity() * sizeof(float);
+    for (const auto & q : ckpt_.wide.qring) r.checkpoint_bytes += q.capacity() * sizeof(float);
     r.bytes_allocated += r.checkpoint_bytes;
     r.evicted_tokens = evicted_;
     r.compactions = compactions_;

@@ -359,12 +359,8 @@ private:
     bool copy_head(const head_store & s, head_store & d);
     void free_head_pages(head_store & h);
     bool restore_checkpoint();
-    struct checkpoint_state {
-        int32_t n = -1;                                     // tokens (-1: none)
-        std::vector<char> saved;                            // [heads] this head was copied
-        std::vector<char> codes_live;                       // [heads] a coded FULL head: only its f16 pages were copied; its
-                                                            // codes are a prefix of the live head's (FULL heads only append codes)
-        std::vector<head_store> heads;                      // [heads] the copies (pages owned here)
+    // The cache-wide state beside the heads: what a checkpoint keeps and a copy takes along.
+    struct wide_state {
         std::vector<std::vector<int32_t>> sinks;
         std::vector<std::vector<std::pair<float, int32_t>>> sink_cand;
         int32_t step = 0, prompt = 0;
@@ -373,6 +369,16 @@ private:
         std::vector<std::vector<int32_t>> qpos;
         int64_t evicted = 0, compactions = 0;
         double compaction_s = 0;
+    };
+    wide_state wide() const { return {sinks_, sink_cand_, step_, prompt_, qring_, qcount_, qheld_, qpos_, evicted_, compactions_, compaction_s_}; }
+    void set_wide(const wide_state & w);
+    struct checkpoint_state {
+        int32_t n = -1;                                     // tokens (-1: none)
+        std::vector<char> saved;                            // [heads] this head was copied
+        std::vector<char> codes_live;                       // [heads] a coded FULL head: only its f16 pages were copied; its
+                                                            // codes are a prefix of the live head's (FULL heads only append codes)
+        std::vector<head_store> heads;                      // [heads] the copies (pages owned here)
+        wide_state wide;
     };
     checkpoint_state ckpt_;
     int64_t evicted_ = 0, compactions_ = 0;
