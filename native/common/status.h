@@ -20,7 +20,8 @@
     X(ERR_BUSY)                    \
     X(ERR_DISPOSED)                \
     X(ERR_CONTEXT_FULL)            \
-    X(ERR_INTERNAL)
+    X(ERR_INTERNAL)                \
+    X(ERR_STATE_FORMAT)
 
 namespace core {
 

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "../model/forward.h"
@@ -97,6 +98,15 @@ public:
     // Becomes a copy of `src` (a sequence of the same context): its KV cache, token history, sampler state and
     // logits, so both continue alike. CPU only so far (ERR_INVALID_ARG on CUDA); ERR_OOM_HOST leaves it empty.
     status copy_from(const engine_sequence & src);
+    // State files (kv/kv-state.h): save_state() writes the sequence — its KV cache as it is (compressed, evicted,
+    // quantized, with its checkpoint), its token history and last logits — to `path`, through a temporary file
+    // renamed into place (*bytes: the file's size). load_state() reads one written from the same model with the same
+    // KV configuration; unless the whole file reads back and checks out, the sequence keeps what it held.
+    // ERR_IO; ERR_STATE_FORMAT (not a state file, another format version, corrupt, truncated); ERR_INVALID_ARG
+    // (another model, or another KV configuration: the message names what differs); ERR_CONTEXT_FULL; ERR_OOM_HOST.
+    // CPU only so far (ERR_INVALID_ARG on CUDA).
+    status save_state(const std::string & path, uint64_t * bytes);
+    status load_state(const std::string & path);
     // KV memory (on CUDA: the device cache's report, forward_session::memory).
     kv_memory_report memory(bool per_head) const;
     // Positions head (il, ih) holds, ascending (either backend).

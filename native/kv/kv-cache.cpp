@@ -712,7 +712,11 @@ int32_t kv_cache::remove_from(int32_t p) {
             for (int32_t sp : sk) n_sink += sp >= cfg_.storage.protect && sp < keep_pos;
         }
         const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - n_sink - staging_of(h)) / F * F;
-        if (kept_q != fresh_q) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
+        // the coded tokens below keep_pos must also be a prefix of the coded order: a sink that a later prompt chunk
+        // displaced was coded after newer tokens, and cutting the prefix would drop it
+        bool prefix = true;
+        for (const kv_pos_run & r : h.qruns) prefix &= r.first < kept_q || r.pos >= keep_pos;
+        if (kept_q != fresh_q || !prefix) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
     }
     // (here p >= the checkpoint's tokens, when there is one)
     if (ckpt_.n >= 0 && keep_pos < ckpt_.n && restore_checkpoint()) return ckpt_.n;

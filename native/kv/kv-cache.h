@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -54,6 +55,8 @@ struct kv_segment {
 constexpr int KV_MAX_SINKS = 20;
 
 struct kv_storage_config;
+class state_writer;
+class state_reader;
 
 // A run of coded tokens with consecutive positions: coded indices [first, first + n) hold positions
 // [pos, pos + n). A FULL head's coded tokens form a few runs (only protected tokens and sinks, which stay
@@ -69,7 +72,8 @@ inline void kv_runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
     r.push_back({r.empty() ? 0 : r.back().first + r.back().n, pos, 1});
 }
 
-// Coded tokens (of runs[0..n_runs)) whose position is below p: a prefix, since positions ascend.
+// The leading coded tokens (of runs[0..n_runs)) whose position is below p. Coded positions ascend but for sinks
+// a later prompt chunk displaced (coded after newer tokens): a rewind checks that no later run lies below p.
 inline int32_t kv_runs_count_below(const kv_pos_run * runs, int32_t n_runs, int32_t p) {
     int32_t c = 0;
     for (int32_t r = 0; r < n_runs && runs[r].pos < p; r++) c = runs[r].first + std::min(runs[r].n, p - runs[r].pos);
@@ -77,8 +81,9 @@ inline int32_t kv_runs_count_below(const kv_pos_run * runs, int32_t n_runs, int3
 }
 
 // The quantized tokens of a coded head (storage codec other than f16; FULL and EVICT heads): blocks of
-// codes in pages of their own, keys and values apart (they may use different codecs). Positions ascend,
-// and lie between the head's protected f16 tokens and its f16 staging window.
+// codes in pages of their own, keys and values apart (they may use different codecs). Positions ascend (but for a
+// sink displaced by a later prompt chunk, coded when it left the protection), and lie between the head's protected
+// f16 tokens and its f16 staging window.
 struct kv_coded_view {
     int32_t n = 0;                         // quantized tokens
     const kv_pos_run * runs = nullptr;     // [n_runs], covering coded indices 0..n-1 in order
@@ -108,7 +113,7 @@ struct kv_coded_view {
         }
         return runs[lo].pos + (j - runs[lo].first);
     }
-    // Coded tokens with position <= p (they are a prefix: positions ascend).
+    // Coded tokens with position <= p: a prefix, for a query newer than every coded token (attention's case).
     int32_t count_le(int32_t p) const { return kv_runs_count_below(runs, n_runs, p + 1); }
     // note: call only with j < n. Returns the block holding token j and j's index inside it.
     const uint8_t * key_block(int32_t j, int & jj) const {
@@ -262,6 +267,18 @@ public:
     // into pages of its own. ERR_INVALID_ARG for a cache of another context; ERR_OOM_HOST when the pool runs
     // dry (this cache is then empty).
     status copy_from(const kv_cache & src);
+    // State files (kv-state.h). save_state() writes the cache's section; read_state() reads one into a state apart
+    // from this cache — nothing changes here; ERR_STATE_FORMAT names what is wrong, ERR_CONTEXT_FULL when it holds
+    // more tokens than n_ctx, ERR_OOM_HOST — and adopt_state() makes that state this cache's (its checkpoint too).
+    // layout_desc(): everything the section's layout depends on, as `key=value` words (a file loads only into a
+    // cache with an equal description; the engine compares them).
+    struct loaded_state;
+    struct loaded_state_deleter { void operator()(loaded_state * s) const; };
+    using loaded_ptr = std::unique_ptr<loaded_state, loaded_state_deleter>;
+    std::string layout_desc() const;
+    void save_state(state_writer & w) const;
+    status read_state(state_reader & r, loaded_ptr & out, int32_t * n_tokens = nullptr) const;  // n_tokens: what it holds
+    void adopt_state(loaded_ptr s);
     kv_memory_report memory(bool per_head) const;
     // Positions head (il, ih) holds, coded and f16, ascending (keep-set comparisons, §6.2 C2).
     std::vector<int32_t> held_positions(int il, int ih) const;
@@ -381,6 +398,10 @@ private:
         wide_state wide;
     };
     checkpoint_state ckpt_;
+    void write_wide(state_writer & w, const wide_state & s) const;
+    bool read_wide(state_reader & r, wide_state & s, int32_t n_logical) const;
+    void write_head(state_writer & w, const head_store & h, bool codes) const;
+    bool read_head(state_reader & r, head_store & h, bool codes, int32_t n_logical, bool * oom) const;
     int64_t evicted_ = 0, compactions_ = 0;
     double compaction_s_ = 0;
 };

@@ -420,8 +420,8 @@ void kv_ring_layer::compact_f16(size_t h, const std::vector<int32_t> & live, kv_
     x.rc = k;
 }
 
-// Quantized tokens kept by a rewind to `keep`: kv_cache counts them over its position runs (a prefix of
-// the coded order; positions ascend but for displaced sinks), so this does too.
+// Quantized tokens kept by a rewind to `keep`: kv_cache counts them over its position runs (the prefix of the
+// coded order below keep; positions ascend but for displaced sinks, which limit_coded checks), so this does too.
 int32_t kv_ring_layer::coded_below(const head & x, int32_t keep) {
     std::vector<kv_pos_run> runs;
     for (int32_t p : x.coded) kv_runs_push(runs, p);
@@ -444,7 +444,10 @@ int32_t kv_ring_layer::limit_coded(int32_t keep) const {
         if (protect_sinks_)
             for (int32_t sp : sinks_) n_sink += sp >= protect_ && sp < keep;
         const int32_t fresh_q = std::max<int32_t>(0, keep - P - n_sink - staging_of(x)) / flush_ * flush_;
-        if (kept_q != fresh_q) keep = std::min<int32_t>(keep, std::max(0, protect_));
+        // (kv_cache::remove_from: the coded tokens below keep must be a prefix of the coded order)
+        bool prefix = true;
+        for (size_t j = (size_t) kept_q; j < x.coded.size(); j++) prefix &= x.coded[j] >= keep;
+        if (kept_q != fresh_q || !prefix) keep = std::min<int32_t>(keep, std::max(0, protect_));
     }
     return keep;
 }
