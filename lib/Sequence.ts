@@ -271,6 +271,56 @@ export class Sequence {
     return seq;
   }
 
+  /**
+   * Writes this sequence's state to `path`: its KV cache as it is — compressed, evicted, quantized, with its prefix
+   * checkpoint and the policies' statistics — its tokens and last logits. The file holds the cache's bytes, not its
+   * pages' (a 2-bit cache makes a small file), is written to `path + '.tmp'` and renamed into place, and is read
+   * back by `loadStateFromFile` on a sequence of the same model with the same KV options. Off the event loop; CPU
+   * contexts only so far. Resolves the file's size and the tokens it holds.
+   * @example
+   *   for await (const _ of seq.generate(longDocument, { maxTokens: 1 })) {}
+   *   await seq.saveStateToFile('doc.tcstate');
+   *   // later, maybe in another process:
+   *   await other.loadStateFromFile('doc.tcstate');
+   *   for await (const ev of other.generate(longDocument + question)) ...   // evaluates only the question
+   */
+  async saveStateToFile(path: string): Promise<{ bytes: number; tokens: number }> {
+    if (this._clearing) await this._afterClear();
+    this._ensureUsable();
+    if (typeof path !== 'string' || path.length === 0) throw new InvalidOptionsError('saveStateToFile: path must be a non-empty string');
+    if (this._busy) throw new BusyError('saveStateToFile: the sequence is busy generating');
+    this._busy = true;
+    try {
+      const bytes = await callNative(() => this._native.saveStateAsync(path));
+      return { bytes, tokens: this._tokens.length };
+    } finally {
+      this._busy = false;
+    }
+  }
+
+  /**
+   * Replaces this sequence's state with one `saveStateToFile` wrote, from the same model (its tensors are
+   * fingerprinted) with the same KV options (`contextSize` may differ if it holds the tokens). The whole file is
+   * read and checked before anything changes: a file that is not a state file, corrupt or truncated is a
+   * `StateFormatError`, one from another model or KV configuration an `InvalidOptionsError` naming what differs,
+   * and in every such case the sequence keeps what it held. The next `generate()` goes on from the loaded tokens
+   * (its prompt's common prefix is not evaluated again). Off the event loop; CPU contexts only so far.
+   */
+  async loadStateFromFile(path: string): Promise<{ tokens: number }> {
+    if (this._clearing) await this._afterClear();
+    this._ensureUsable();
+    if (typeof path !== 'string' || path.length === 0) throw new InvalidOptionsError('loadStateFromFile: path must be a non-empty string');
+    if (this._busy) throw new BusyError('loadStateFromFile: the sequence is busy generating');
+    this._busy = true;
+    try {
+      const tokens = await callNative(() => this._native.loadStateAsync(path));
+      this._tokens = Array.from(tokens);
+      return { tokens: this._tokens.length };
+    } finally {
+      this._busy = false;
+    }
+  }
+
   // A clear() in flight: the operations that would otherwise be refused as busy wait for it.
   private async _afterClear(): Promise<void> {
     if (this._clearing) await this._clearing.catch(() => undefined);

@@ -129,6 +129,10 @@ export interface AddonSequence {
   copyFromAsync(source: AddonSequence): Promise<number>;
   /** A prefix checkpoint of the lossy heads at the current length (CPU; a no-op on CUDA); boundedOnly: none when an evicting head holds more than the policy's capacity. */
   saveCheckpointAsync(boundedOnly?: boolean): Promise<void>;
+  /** Writes the sequence's state file (through a temporary file renamed into place); resolves its size in bytes. */
+  saveStateAsync(path: string): Promise<number>;
+  /** Reads a state file into the sequence (all or nothing); resolves the tokens it now holds. */
+  loadStateAsync(path: string): Promise<Int32Array>;
   nTokens(): number;
   memory(perHead?: boolean): AddonKvMemory;
   /** Head calibration (window-substitution error) over the following evals; null turns it off. */

@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'ERR_DISPOSED'
   | 'ERR_CONTEXT_FULL'
   | 'ERR_INTERNAL'
+  | 'ERR_STATE_FORMAT'
   | 'ERR_INVALID_OPTIONS'
   | 'ERR_BINDING';
 
@@ -74,6 +75,13 @@ export class ContextFullError extends LlmError {
 export class BindingError extends LlmError {
   constructor(message: string) { super(message, 'ERR_BINDING'); }
 }
+/**
+ * A sequence state file could not be read: not a thinkcache state file, another format version, corrupt or
+ * truncated. (A file saved from another model or KV configuration is an `InvalidOptionsError` naming what differs.)
+ */
+export class StateFormatError extends LlmError {
+  constructor(message: string) { super(message, 'ERR_STATE_FORMAT'); }
+}
 export class InternalError extends LlmError {
   constructor(message: string) { super(message, 'ERR_INTERNAL'); }
 }
@@ -82,6 +90,7 @@ export class InternalError extends LlmError {
 export const NATIVE_ERROR_CODES = [
   'ERR_GGUF_FORMAT', 'ERR_IO', 'ERR_UNSUPPORTED_ARCH', 'ERR_UNSUPPORTED_QUANT', 'ERR_OOM_HOST', 'ERR_OOM_DEVICE',
   'ERR_CUDA', 'ERR_INVALID_ARG', 'ERR_ABORTED', 'ERR_BUSY', 'ERR_DISPOSED', 'ERR_CONTEXT_FULL', 'ERR_INTERNAL',
+  'ERR_STATE_FORMAT',
 ] as const;
 export type NativeErrorCode = (typeof NATIVE_ERROR_CODES)[number];
 
@@ -100,6 +109,7 @@ function makeError(code: NativeErrorCode, message: string): LlmError {
     case 'ERR_DISPOSED': return new DisposedError(message);
     case 'ERR_CONTEXT_FULL': return new ContextFullError(message);
     case 'ERR_INTERNAL': return new InternalError(message);
+    case 'ERR_STATE_FORMAT': return new StateFormatError(message);
     default: {
       const never: never = code;
       return new InternalError(`${message} (unknown code ${String(never)})`);

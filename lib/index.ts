@@ -8,7 +8,7 @@ export { ReasoningStreamParser, type ReasoningStreamPart, type ReasoningClosedBy
 export { readGgufInfo, readGgufMetadata, type GgufValue, type GgufInfo, type GgufTensorInfo } from './gguf.js';
 export {
   LlmError, GgufFormatError, FileAccessError, UnsupportedModelError, OutOfMemoryError, CudaError, InvalidOptionsError,
-  AbortError, BusyError, DisposedError, ContextFullError, BindingError, InternalError, type ErrorCode,
+  AbortError, BusyError, DisposedError, ContextFullError, BindingError, InternalError, StateFormatError, type ErrorCode,
 } from './errors.js';
 export type { LoadModelOptions, ContextOptions, GenerateOptions, SamplingOptions, ReasoningOptions } from './options.js';
 export { createTokenizer, createTokenizerAsync, type Tokenizer } from './tokenizer/index.js';

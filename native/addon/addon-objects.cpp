@@ -304,11 +304,39 @@ Napi::Value AddonContext::dispose(const Napi::CallbackInfo & info) {
 
 namespace {
 
-class eval_worker : public promise_worker {
+// A worker on one sequence, or two (a copy): it marks them busy when made, keeps their JS objects (and so the
+// AddonSequence objects) alive while in flight and frees them on the main thread when it settles. start() queues
+// it and returns its promise.
+class sequence_worker : public promise_worker {
+public:
+    sequence_worker(Napi::Env env, const char * name, AddonSequence * seq, AddonSequence * other = nullptr)
+        : promise_worker(env, name), seq_(seq->seq), owner_ref_(Napi::Persistent(seq->Value())), owner_(seq), other_(other) {
+        if (other) other_ref_ = Napi::Persistent(other->Value());
+        owner_->busy.store(true);
+        if (other_) other_->busy.store(true);
+    }
+    Napi::Promise start() {
+        Napi::Promise p = promise();
+        Queue();
+        return p;
+    }
+
+protected:
+    void done() override {
+        owner_->busy.store(false);
+        if (other_) other_->busy.store(false);
+    }
+    std::shared_ptr<core::engine_sequence> seq_;
+
+private:
+    Napi::ObjectReference owner_ref_, other_ref_;
+    AddonSequence * owner_, * other_;
+};
+
+class eval_worker : public sequence_worker {
 public:
     eval_worker(Napi::Env env, AddonSequence * owner, std::vector<int32_t> tokens, bool logits, bool sample)
-        : promise_worker(env, "thinkcache:eval"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq),
-          tokens_(std::move(tokens)), logits_(logits || sample), sample_(sample) {}
+        : sequence_worker(env, "thinkcache:eval", owner), tokens_(std::move(tokens)), logits_(logits || sample), sample_(sample) {}
 
 protected:
     status run() override {
@@ -317,21 +345,16 @@ protected:
         return seq_->sample(&token_);
     }
     Napi::Value result(Napi::Env env) override { return sample_ ? Napi::Number::New(env, token_) : env.Undefined(); }
-    void done() override { owner_->busy.store(false); }
 
 private:
-    Napi::ObjectReference owner_ref_;  // keeps the JS object (and so owner_) alive while in flight
-    AddonSequence * owner_;
-    std::shared_ptr<core::engine_sequence> seq_;
     std::vector<int32_t> tokens_;
     bool logits_, sample_;
     int32_t token_ = -1;
 };
 
-class remove_worker : public promise_worker {
+class remove_worker : public sequence_worker {
 public:
-    remove_worker(Napi::Env env, AddonSequence * owner, int32_t pos)
-        : promise_worker(env, "thinkcache:removeFrom"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq), pos_(pos) {}
+    remove_worker(Napi::Env env, AddonSequence * owner, int32_t pos) : sequence_worker(env, "thinkcache:removeFrom", owner), pos_(pos) {}
 
 protected:
     status run() override {
@@ -339,55 +362,69 @@ protected:
         return {};
     }
     Napi::Value result(Napi::Env env) override { return Napi::Number::New(env, kept_); }
-    void done() override { owner_->busy.store(false); }
 
 private:
-    Napi::ObjectReference owner_ref_;
-    AddonSequence * owner_;
-    std::shared_ptr<core::engine_sequence> seq_;
     int32_t pos_, kept_ = 0;
 };
 
 // saveCheckpointAsync(): engine_sequence::save_checkpoint off the event loop (it copies the lossy heads)
-class checkpoint_worker : public promise_worker {
+class checkpoint_worker : public sequence_worker {
 public:
     checkpoint_worker(Napi::Env env, AddonSequence * owner, bool bounded_only)
-        : promise_worker(env, "thinkcache:checkpoint"), owner_ref_(Napi::Persistent(owner->Value())), owner_(owner), seq_(owner->seq),
-          bounded_only_(bounded_only) {}
+        : sequence_worker(env, "thinkcache:checkpoint", owner), bounded_only_(bounded_only) {}
 
 protected:
     status run() override { return seq_->save_checkpoint(bounded_only_); }
-    Napi::Value result(Napi::Env env) override { return env.Undefined(); }
-    void done() override { owner_->busy.store(false); }
 
 private:
-    Napi::ObjectReference owner_ref_;
-    AddonSequence * owner_;
-    std::shared_ptr<core::engine_sequence> seq_;
     bool bounded_only_;
 };
 
 // copyFromAsync(src): this sequence becomes a copy of src (engine_sequence::copy_from); both are busy meanwhile.
-class copy_worker : public promise_worker {
+class copy_worker : public sequence_worker {
 public:
     copy_worker(Napi::Env env, AddonSequence * dst, AddonSequence * src)
-        : promise_worker(env, "thinkcache:copySequence"), dst_ref_(Napi::Persistent(dst->Value())), src_ref_(Napi::Persistent(src->Value())),
-          dst_(dst), src_(src), dseq_(dst->seq), sseq_(src->seq) {}
+        : sequence_worker(env, "thinkcache:copySequence", dst, src), src_(src->seq) {}
 
 protected:
     status run() override {
-        status st = dseq_->copy_from(*sseq_);
-        n_ = dseq_->n_tokens();
+        status st = seq_->copy_from(*src_);
+        n_ = seq_->n_tokens();
         return st;
     }
     Napi::Value result(Napi::Env env) override { return Napi::Number::New(env, n_); }
-    void done() override { dst_->busy.store(false); src_->busy.store(false); }
 
 private:
-    Napi::ObjectReference dst_ref_, src_ref_;  // keep both JS objects (and so dst_, src_) alive while in flight
-    AddonSequence * dst_, * src_;
-    std::shared_ptr<core::engine_sequence> dseq_, sseq_;
+    std::shared_ptr<core::engine_sequence> src_;
     int32_t n_ = 0;
+};
+
+// saveStateAsync(path) / loadStateAsync(path): engine_sequence::save_state / load_state (file I/O and the cache's
+// pages off the event loop). Save resolves the file's size in bytes, load the token history the sequence now holds.
+class state_worker : public sequence_worker {
+public:
+    state_worker(Napi::Env env, AddonSequence * owner, std::string path, bool load)
+        : sequence_worker(env, load ? "thinkcache:loadState" : "thinkcache:saveState", owner), path_(std::move(path)), load_(load) {}
+
+protected:
+    status run() override {
+        if (!load_) return seq_->save_state(path_, &bytes_);
+        const status st = seq_->load_state(path_);
+        if (st.ok()) tokens_ = seq_->history();
+        return st;
+    }
+    Napi::Value result(Napi::Env env) override {
+        if (!load_) return Napi::Number::New(env, (double) bytes_);
+        Napi::Int32Array a = Napi::Int32Array::New(env, tokens_.size());
+        if (!tokens_.empty()) std::memcpy(a.Data(), tokens_.data(), tokens_.size() * sizeof(int32_t));
+        return a;
+    }
+
+private:
+    std::string path_;
+    bool load_;
+    uint64_t bytes_ = 0;
+    std::vector<int32_t> tokens_;
 };
 
 } // namespace
@@ -403,6 +440,8 @@ void AddonSequence::init(Napi::Env env, Napi::Object exports, addon_data & data)
         InstanceMethod<&AddonSequence::remove_from_async>("removeFromAsync"),
         InstanceMethod<&AddonSequence::copy_from_async>("copyFromAsync"),
         InstanceMethod<&AddonSequence::save_checkpoint_async>("saveCheckpointAsync"),
+        InstanceMethod<&AddonSequence::save_state_async>("saveStateAsync"),
+        InstanceMethod<&AddonSequence::load_state_async>("loadStateAsync"),
         InstanceMethod<&AddonSequence::n_tokens>("nTokens"),
         InstanceMethod<&AddonSequence::memory>("memory"),
         InstanceMethod<&AddonSequence::held_positions>("heldPositions"),
@@ -464,11 +503,7 @@ Napi::Value AddonSequence::eval(const Napi::CallbackInfo & info) {
         }
     }
     s.abort.store(false);
-    busy.store(true);
-    auto * w = new eval_worker(env, this, std::move(tokens), logits, sample);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return (new eval_worker(env, this, std::move(tokens), logits, sample))->start();
 }
 
 Napi::Value AddonSequence::set_sampler(const Napi::CallbackInfo & info) {
@@ -519,22 +554,14 @@ Napi::Value AddonSequence::remove_from_async(const Napi::CallbackInfo & info) {
     require_idle(env, "removeFromAsync");
     if (info.Length() < 1 || !info[0].IsNumber()) throw_status(env, core::ERR_INVALID_ARG, "removeFromAsync: position must be a number");
     const int32_t pos = (int32_t) int_arg(env, info[0], "removeFromAsync: position", 0, INT32_MAX);  // (before busy: it may throw)
-    busy.store(true);
-    auto * w = new remove_worker(env, this, pos);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return (new remove_worker(env, this, pos))->start();
 }
 
 Napi::Value AddonSequence::save_checkpoint_async(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     require_idle(env, "saveCheckpointAsync");
     const bool bounded_only = info.Length() > 0 && info[0].ToBoolean();
-    busy.store(true);
-    auto * w = new checkpoint_worker(env, this, bounded_only);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return (new checkpoint_worker(env, this, bounded_only))->start();
 }
 
 Napi::Value AddonSequence::copy_from_async(const Napi::CallbackInfo & info) {
@@ -546,12 +573,20 @@ Napi::Value AddonSequence::copy_from_async(const Napi::CallbackInfo & info) {
     if (src == this) throw_status(env, core::ERR_INVALID_ARG, "copyFromAsync: a sequence cannot copy itself");
     require_idle(env, "copyFromAsync");
     src->require_idle(env, "copyFromAsync (source)");
-    busy.store(true);
-    src->busy.store(true);
-    auto * w = new copy_worker(env, this, src);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return (new copy_worker(env, this, src))->start();
+}
+
+Napi::Value AddonSequence::save_state_async(const Napi::CallbackInfo & info) { return state_async(info, false); }
+Napi::Value AddonSequence::load_state_async(const Napi::CallbackInfo & info) { return state_async(info, true); }
+
+Napi::Value AddonSequence::state_async(const Napi::CallbackInfo & info, bool load) {
+    Napi::Env env = info.Env();
+    const char * what = load ? "loadStateAsync" : "saveStateAsync";
+    require_idle(env, what);
+    if (info.Length() < 1 || !info[0].IsString()) throw_status(env, core::ERR_INVALID_ARG, core::strfmt("%s: path must be a string", what));
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    if (path.empty() || path.find('\0') != std::string::npos) throw_status(env, core::ERR_INVALID_ARG, core::strfmt("%s: path must be a non-empty string without NUL characters", what));
+    return (new state_worker(env, this, std::move(path), load))->start();
 }
 
 Napi::Value AddonSequence::remove_from(const Napi::CallbackInfo & info) {

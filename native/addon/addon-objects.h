@@ -66,6 +66,9 @@ private:
                                                                      // rewind waits for the context's device, which another sequence may hold)
     Napi::Value save_checkpoint_async(const Napi::CallbackInfo & info);  // saveCheckpointAsync(boundedOnly): Promise<void>
     Napi::Value copy_from_async(const Napi::CallbackInfo & info);  // copyFromAsync(source): Promise<number> (tokens held after the copy)
+    Napi::Value save_state_async(const Napi::CallbackInfo & info);  // saveStateAsync(path): Promise<number> (the file's bytes)
+    Napi::Value load_state_async(const Napi::CallbackInfo & info);  // loadStateAsync(path): Promise<Int32Array> (the tokens now held)
+    Napi::Value state_async(const Napi::CallbackInfo & info, bool load);
     Napi::Value n_tokens(const Napi::CallbackInfo & info);
     Napi::Value memory(const Napi::CallbackInfo & info);
     Napi::Value held_positions(const Napi::CallbackInfo & info);

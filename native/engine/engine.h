@@ -107,6 +107,7 @@ public:
     // CPU only so far (ERR_INVALID_ARG on CUDA).
     status save_state(const std::string & path, uint64_t * bytes);
     status load_state(const std::string & path);
+    const std::vector<int32_t> & history() const { return history_; }  // the tokens the cache holds, in order
     // KV memory (on CUDA: the device cache's report, forward_session::memory).
     kv_memory_report memory(bool per_head) const;
     // Positions head (il, ih) holds, ascending (either backend).

@@ -144,7 +144,10 @@ status engine_sequence::load_state(const std::string & path) {
     std::vector<int32_t> history;
     std::vector<float> logits;
     uint8_t has_logits = 0;
-    if (!r.vec(history, (size_t) ctx_->params().n_ctx, "token history") || !r.pod(has_logits)) return bad("truncated header");
+    if (!r.vec(history, (size_t) INT32_MAX, "token history") || !r.pod(has_logits)) return bad("truncated header");
+    if (history.size() > (size_t) ctx_->params().n_ctx) {
+        return status(ERR_CONTEXT_FULL, strfmt("loadState: %s holds %zu tokens, more than this context's %d (contextSize)", path.c_str(), history.size(), ctx_->params().n_ctx));
+    }
     if (has_logits > 1) return bad("invalid logits flag");
     if (has_logits && !r.vec(logits, m.hp.n_vocab, "logits")) return bad("truncated logits");
     if (has_logits && logits.size() != m.hp.n_vocab) return bad("the logits do not cover the vocabulary");

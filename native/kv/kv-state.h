@@ -59,6 +59,7 @@ public:
         uint32_t n = 0;
         if (!pod(n)) return false;
         if (n > max_count) return fail(strfmt("%s: %u entries, at most %zu expected", what, n, max_count));
+        if ((uint64_t) n * sizeof(T) > remaining()) return fail(strfmt("%s: %u entries, past the end of the file (truncated?)", what, n));
         v.resize(n);
         return bytes(v.data(), (size_t) n * sizeof(T));
     }
