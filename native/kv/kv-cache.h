@@ -269,7 +269,8 @@ public:
     status copy_from(const kv_cache & src);
     // State files (kv-state.h). save_state() writes the cache's section; read_state() reads one into a state apart
     // from this cache — nothing changes here; ERR_STATE_FORMAT names what is wrong, ERR_CONTEXT_FULL when it holds
-    // more tokens than n_ctx, ERR_OOM_HOST — and adopt_state() makes that state this cache's (its checkpoint too).
+    // more tokens than n_ctx, ERR_OOM_HOST — and adopt_state() makes that state this cache's (its checkpoint too; one
+    // at the cache's end is not written but taken again here).
     // layout_desc(): everything the section's layout depends on, as `key=value` words (a file loads only into a
     // cache with an equal description; the engine compares them).
     struct loaded_state;

@@ -117,6 +117,7 @@ struct kv_cache::loaded_state {
     wide_state wide;
     std::vector<head_store> heads;
     checkpoint_state ckpt;
+    bool retake_ckpt = false;  // a checkpoint at the end: adopt_state takes it again
     ~loaded_state() {
         auto free_pages = [&](head_store & h) {
             for (auto * list : {&h.pages, &h.qk_pages, &h.qv_pages}) {
@@ -333,8 +334,10 @@ void kv_cache::save_state(state_writer & w) const {
     write_wide(w, wide());
     for (const auto & h : heads_) write_head(w, h, true);
     const checkpoint_state & c = ckpt_;
-    w.pod((uint8_t) (c.n >= 0));
-    if (c.n < 0) return;
+    // 0: none; 2: at the cache's end (saved after a prompt, before decoding): it equals the cache, so the reader
+    // takes it again instead of the file holding a second copy; 1: the checkpoint's heads follow
+    w.pod((uint8_t) (c.n < 0 ? 0 : c.n == n_logical_ ? 2 : 1));
+    if (c.n < 0 || c.n == n_logical_) return;
     w.pod(c.n);
     for (size_t i = 0; i < heads_.size(); i++) {
         w.pod((uint8_t) c.saved[i]);
@@ -383,8 +386,9 @@ status kv_cache::read_state(state_reader & r, loaded_ptr & out, int32_t * n_toke
     }
     uint8_t has_ckpt = 0;
     if (!r.pod(has_ckpt)) return failed();
-    if (has_ckpt > 1) { r.fail("invalid checkpoint flag"); return failed(); }
-    if (has_ckpt) {
+    if (has_ckpt > 2) { r.fail("invalid checkpoint flag"); return failed(); }
+    s->retake_ckpt = has_ckpt == 2;
+    if (has_ckpt == 1) {
         checkpoint_state & c = s->ckpt;
         if (!r.pod(c.n)) return failed();
         if (c.n < 0 || c.n > n) { r.fail(strfmt("a checkpoint at %d tokens of %d", c.n, n)); return failed(); }
@@ -437,6 +441,7 @@ void kv_cache::adopt_state(loaded_ptr s) {
     chunk_step0_ = step_;
     chunk_prompt0_ = prompt_;
     std::fill(chunk_sinks_saved_.begin(), chunk_sinks_saved_.end(), 0);
+    if (s->retake_ckpt) save_checkpoint();  // (out of memory: no checkpoint, and a later rewind falls back)
 }
 
 } // namespace core

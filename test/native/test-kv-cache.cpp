@@ -965,12 +965,18 @@ TC_TEST("kv: a state file brings back the cache as it was and it goes on alike (
             const kv_cache_config c = abort_cfg((kv_policy_kind) kind, codec);
             const std::string what = std::string(kv_policy_get((kv_policy_kind) kind)->name) + (codec == KV_CODEC_F16 ? " f16" : " rot2") + " state";
             auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
-            kv_cache a(c, pool), b(c, pool), ref(c, pool);
+            kv_cache a(c, pool), b(c, pool), ref(c, pool), early(c, pool);
             drive_chunk(b, 30, 5, -1);
             for (size_t i = 0; i < calls.size(); i++) {
                 drive_chunk(a, calls[i], 3000u + (uint32_t) i, -1);
                 if (i < 2) drive_chunk(ref, calls[i], 3000u + (uint32_t) i, -1);
-                if (i == 1) TC_CHECK(a.save_checkpoint().ok());
+                if (i == 1) {
+                    TC_CHECK(a.save_checkpoint().ok());
+                    // saved at the checkpoint (after a prompt): the file does not repeat it, the load takes it again
+                    TC_CHECK(state_load(early, state_bytes(a)).ok() && early.checkpoint_tokens() == 160) << what << ": no checkpoint after the load";
+                    TC_CHECK(early.memory(false).checkpoint_bytes == a.memory(false).checkpoint_bytes) << what;
+                }
+                if (i > 1) drive_chunk(early, calls[i], 3000u + (uint32_t) i, -1);
                 if (i == 50) {
                     const std::vector<uint8_t> img = state_bytes(a);
                     const kv_memory_report m = a.memory(false);
@@ -997,6 +1003,8 @@ TC_TEST("kv: a state file brings back the cache as it was and it goes on alike (
             TC_CHECK(b.checkpoint_tokens() == 160) << what << ": the checkpoint did not come along";
             TC_CHECK(b.remove_from(170) == 160) << what << ": the loaded cache does not rewind to the checkpoint";
             expect_same_cache(b, ref, (what + " rewound").c_str(), 0);
+            TC_CHECK(early.remove_from(170) == 160) << what << ": the cache loaded at the checkpoint does not rewind to it";
+            expect_same_cache(early, ref, (what + " loaded at the checkpoint, rewound").c_str(), 0);
             // the image of the loaded cache is the original's, byte for byte
             TC_CHECK(a.remove_from(170) == 160 && state_bytes(a) == state_bytes(b)) << what << ": the images differ";
         }
