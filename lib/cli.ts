@@ -6,7 +6,6 @@
  *   thinkcache profile-heads ...   (lib/cli/profile-heads.ts)
  */
 import { parseArgs } from 'node:util';
-import { LlmError } from './errors.js';
 import { readGgufInfo } from './gguf.js';
 import type { GenerateEvent } from './Sequence.js';
 import { CHAT_USAGE, cmdChat, cmdRunChat } from './cli/chat.js';
@@ -18,6 +17,7 @@ import { CALIBRATE_ROTATION_USAGE, cmdCalibrateRotation } from './cli/calibrate-
 import { cmdQuantize, QUANTIZE_USAGE } from './cli/quantize.js';
 import { BENCH_USAGE, cmdBench } from './cli/bench.js';
 import { cmdServe, SERVE_USAGE } from './cli/serve.js';
+import { numArg } from './cli/args.js';
 
 const USAGE = `Usage:
   thinkcache run --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]
@@ -44,12 +44,6 @@ ${CALIBRATE_ROTATION_USAGE}${BENCH_USAGE}${QUANTIZE_USAGE}${SERVE_USAGE}
   serve     an OpenAI-compatible server: POST /v1/chat/completions (stream or not), GET /v1/models, /health, /metrics
 `;
 
-function num(v: string | undefined, name: string, int: boolean): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || (int && !Number.isInteger(n))) throw new LlmError(`--${name}: expected ${int ? 'an integer' : 'a number'}, received "${v}"`, 'ERR_INVALID_OPTIONS');
-  return n;
-}
 
 function fmtBytes(n: number): string {
   if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(2)} GiB`;
@@ -75,12 +69,12 @@ async function cmdRun(args: string[]): Promise<number> {
     return 2;
   }
   const sampling = Object.fromEntries(Object.entries({
-    temperature: num(values.temperature, 'temperature', false), seed: num(values.seed, 'seed', true), topK: num(values['top-k'], 'top-k', true),
-    topP: num(values['top-p'], 'top-p', false), minP: num(values['min-p'], 'min-p', false),
+    temperature: numArg(values.temperature, 'temperature', false), seed: numArg(values.seed, 'seed', true), topK: numArg(values['top-k'], 'top-k', true),
+    topP: numArg(values['top-p'], 'top-p', false), minP: numArg(values['min-p'], 'min-p', false),
   }).filter(([, v]) => v !== undefined));
-  const threads = num(values.threads, 'threads', true);
-  const contextSize = num(values.context, 'context', true);
-  const maxTokens = num(values['max-tokens'], 'max-tokens', true) ?? 128;
+  const threads = numArg(values.threads, 'threads', true);
+  const contextSize = numArg(values.context, 'context', true);
+  const maxTokens = numArg(values['max-tokens'], 'max-tokens', true) ?? 128;
   const backend = backendOption(values.backend);
   const show = progressEnabled(values.json);
   await using model = await loadModelWithProgress(values.model, show, backend);
@@ -144,7 +138,7 @@ async function cmdInspect(args: string[]): Promise<number> {
   const nLayer = n('block_count') ?? 0, nHead = n('attention.head_count') ?? 0, nHeadKv = n('attention.head_count_kv') ?? nHead;
   const nEmbd = n('embedding_length') ?? 0;
   const headDim = n('attention.key_length') ?? (nHead ? nEmbd / nHead : 0), headDimV = n('attention.value_length') ?? headDim;
-  const ctxLen = num(values.context, 'context', true) ?? Math.min(n('context_length') ?? 4096, 4096);
+  const ctxLen = numArg(values.context, 'context', true) ?? Math.min(n('context_length') ?? 4096, 4096);
   const kvPerToken = nLayer * nHeadKv * (headDim + headDimV) * 2 + nLayer * nHeadKv * 4; // f16 payload + int32 positions
   const weightBytes = info.tensors.reduce((s, t) => s + t.bytes, 0);
   const types: Record<string, number> = {};

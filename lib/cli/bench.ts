@@ -13,6 +13,7 @@ import { kib } from '../eval/accuracy.js';
 import { loadModel } from '../Model.js';
 import { parseKvConfigs } from './eval.js';
 import { backendOption } from './progress.js';
+import { intArg } from './args.js';
 
 export const BENCH_USAGE = `  thinkcache bench --model PATH [--kv PRESET|JSON ...] [--profile P.tsv] [--contexts 1024,4096] [--decode N]
                    [--threads N] [--backend cpu|cuda|auto] [--json]
@@ -40,14 +41,9 @@ export async function cmdBench(args: string[]): Promise<number> {
     strict: true,
   });
   if (!values.model) throw new LlmError('thinkcache bench: --model is required', 'ERR_INVALID_OPTIONS');
-  const posInt = (v: string, name: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n <= 0) throw new LlmError(`--${name}: expected a positive integer, received "${v}"`, 'ERR_INVALID_OPTIONS');
-    return n;
-  };
-  const contexts = (values.contexts ?? '1024,4096').split(',').map((c) => posInt(c.trim(), 'contexts')).sort((a, b) => a - b);
-  const nDecode = posInt(values.decode ?? '32', 'decode');
-  const threads = values.threads === undefined ? undefined : posInt(values.threads, 'threads');
+  const contexts = (values.contexts ?? '1024,4096').split(',').map((c) => intArg(c.trim(), 'contexts', 0)).sort((a, b) => a - b);
+  const nDecode = intArg(values.decode ?? '32', 'decode', 0);
+  const threads = values.threads === undefined ? undefined : intArg(values.threads, 'threads', 0);
   const configs = parseKvConfigs(values.kv ?? ['full', 'rot2', 'lazy-50', 'rot2-lazy-50'], values.profile);
   await using model = await loadModel({ path: values.model, backend: backendOption(values.backend) });
   const maxCtx = contexts.at(-1)! + WARMUP + nDecode + 1;

@@ -10,6 +10,7 @@ import { DEFAULT_PROMPTS } from '../eval/fidelity.js';
 import { readPromptFile } from '../eval/prompts.js';
 import { BUILTIN_CALIBRATION_TEXT, calibrateRotation, defaultSidecarPath, saveRotationSidecar } from '../kv/rotation.js';
 import { loadModel } from '../Model.js';
+import { intArg } from './args.js';
 
 export const CALIBRATE_ROTATION_USAGE = `  thinkcache calibrate-rotation --model PATH [--out FILE] [--prompts FILE] [--traces N] [--max-tokens T] [--json]
 `;
@@ -24,17 +25,11 @@ export async function cmdCalibrateRotation(args: string[]): Promise<number> {
     strict: true,
   });
   if (!values.model) throw new LlmError('thinkcache calibrate-rotation: --model is required', 'ERR_INVALID_OPTIONS');
-  const num = (v: string | undefined, name: string, def: number) => {
-    if (v === undefined) return def;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new LlmError(`--${name}: expected a non-negative integer, received "${v}"`, 'ERR_INVALID_OPTIONS');
-    return n;
-  };
-  const maxTokens = num(values['max-tokens'], 'max-tokens', 256);
-  const threads = values.threads ? num(values.threads, 'threads', 1) : undefined;
+  const maxTokens = intArg(values['max-tokens'], 'max-tokens', 256, 0);
+  const threads = values.threads ? intArg(values.threads, 'threads', 1, 0) : undefined;
   await using model = await loadModel({ path: values.model, backend: 'cpu' });  // calibration hooks run on the CPU
   const extra = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
-  const traces = num(values.traces, 'traces', Math.min(8, extra.length));
+  const traces = intArg(values.traces, 'traces', Math.min(8, extra.length), 0);
   const prompts = [BUILTIN_CALIBRATION_TEXT, ...extra.slice(0, traces)];
   const tty = process.stderr.isTTY && !values.json;
   const cal = await calibrateRotation(model, {

@@ -11,10 +11,10 @@ import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import type { ChatMessage } from '../chat/chat-template.js';
-import { LlmError } from '../errors.js';
 import type { GenerateOptions } from '../options.js';
 import type { GenerateEvent, Sequence } from '../Sequence.js';
 import { backendOption, loadModelWithProgress, PrefillProgress, progressEnabled } from './progress.js';
+import { numArg } from './args.js';
 
 type Finish = Extract<GenerateEvent, { type: 'finish' }>;
 
@@ -34,12 +34,6 @@ export const CHAT_USAGE = `  thinkcache chat --model PATH [--system TEXT] [--no-
   thinkcache run --chat --model PATH --prompt TEXT [same options] [--json]
 `;
 
-function num(v: string | undefined, name: string, int: boolean): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || (int && !Number.isInteger(n))) throw new LlmError(`--${name}: expected ${int ? 'an integer' : 'a number'}, received "${v}"`, 'ERR_INVALID_OPTIONS');
-  return n;
-}
 
 type Values = ReturnType<typeof parse>['values'];
 const parse = (args: string[]) => parseArgs({ args, options: OPTIONS, strict: true });
@@ -47,12 +41,12 @@ const parse = (args: string[]) => parseArgs({ args, options: OPTIONS, strict: tr
 /** generate() options from the command line (validated before the model loads). */
 function generateOptions(v: Values, defaultMaxTokens: number): GenerateOptions {
   const sampling = Object.fromEntries(Object.entries({
-    temperature: num(v.temperature, 'temperature', false), seed: num(v.seed, 'seed', true), topK: num(v['top-k'], 'top-k', true),
-    topP: num(v['top-p'], 'top-p', false), minP: num(v['min-p'], 'min-p', false),
+    temperature: numArg(v.temperature, 'temperature', false), seed: numArg(v.seed, 'seed', true), topK: numArg(v['top-k'], 'top-k', true),
+    topP: numArg(v['top-p'], 'top-p', false), minP: numArg(v['min-p'], 'min-p', false),
   }).filter(([, x]) => x !== undefined));
-  const budget = num(v['reasoning-budget'], 'reasoning-budget', true);
+  const budget = numArg(v['reasoning-budget'], 'reasoning-budget', true);
   return {
-    maxTokens: num(v['max-tokens'], 'max-tokens', true) ?? defaultMaxTokens,
+    maxTokens: numArg(v['max-tokens'], 'max-tokens', true) ?? defaultMaxTokens,
     sampling,
     ...(v.stop?.length ? { stop: v.stop } : {}),
     ...(budget !== undefined ? { reasoning: { budget, ...(v['budget-message'] !== undefined ? { budgetMessage: v['budget-message'] } : {}) } } : {}),
@@ -116,8 +110,8 @@ async function reply(seq: Sequence, messages: ChatMessage[], opts: GenerateOptio
 
 async function openSession(v: Values) {
   const show = progressEnabled(v.json);
-  const threads = num(v.threads, 'threads', true);
-  const contextSize = num(v.context, 'context', true);
+  const threads = numArg(v.threads, 'threads', true);
+  const contextSize = numArg(v.context, 'context', true);
   const model = await loadModelWithProgress(v.model!, show, backendOption(v.backend));
   const ctx = await model.createContext({ ...(threads ? { threads } : {}), ...(contextSize ? { contextSize } : {}) });
   return { model, ctx, seq: ctx.acquireSequence(), show };

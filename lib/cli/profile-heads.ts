@@ -12,6 +12,7 @@ import { readPromptFile } from '../eval/prompts.js';
 import { calibrateHeadProfile } from '../kv/calibrate.js';
 import { formatHeadProfile } from '../kv/head-profile.js';
 import { loadModel } from '../Model.js';
+import { intArg } from './args.js';
 
 export async function cmdProfileHeads(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -24,21 +25,15 @@ export async function cmdProfileHeads(args: string[]): Promise<number> {
     strict: true,
   });
   if (!values.model || !values.out) throw new LlmError('thinkcache profile-heads: --model and --out are required', 'ERR_INVALID_OPTIONS');
-  const num = (v: string | undefined, name: string, def: number) => {
-    if (v === undefined) return def;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new LlmError(`--${name}: expected a non-negative integer, received "${v}"`, 'ERR_INVALID_OPTIONS');
-    return n;
-  };
   if (values.method !== 'wse' && values.method !== 'mean-qk' && values.method !== 'ablation') {
     throw new LlmError(`--method: expected wse, mean-qk or ablation, received "${values.method}"`, 'ERR_INVALID_OPTIONS');
   }
   await using model = await loadModel({ path: values.model, backend: 'cpu' });  // calibration hooks run on the CPU
   const prompts: (string | number[])[] = values.prompts ? readPromptFile(model, values.prompts) : DEFAULT_PROMPTS;
-  const traces = num(values.traces, 'traces', Math.min(8, prompts.length));
+  const traces = intArg(values.traces, 'traces', Math.min(8, prompts.length), 0);
   const r = await calibrateHeadProfile(model, {
-    prompts: prompts.slice(0, traces), maxTokens: num(values['max-tokens'], 'max-tokens', 256), method: values.method,
-    sinks: num(values.sinks, 'sinks', 16), recent: num(values.recent, 'recent', 64), ...(values.threads ? { threads: num(values.threads, 'threads', 1) } : {}),
+    prompts: prompts.slice(0, traces), maxTokens: intArg(values['max-tokens'], 'max-tokens', 256, 0), method: values.method,
+    sinks: intArg(values.sinks, 'sinks', 16, 0), recent: intArg(values.recent, 'recent', 64, 0), ...(values.threads ? { threads: intArg(values.threads, 'threads', 1, 0) } : {}),
     onProgress: process.stderr.isTTY && !values.json ? (d, t) => process.stderr.write(`\r  ${d}/${t} ${values.method === 'ablation' ? 'positions (every KV head streamed alone, in lockstep)' : 'passes'}`) : undefined,
   });
   if (process.stderr.isTTY && !values.json) process.stderr.write('\n');

@@ -23,6 +23,7 @@ import type { GenerateEvent, Sequence } from '../Sequence.js';
 import type { ChatMessage } from '../chat/chat-template.js';
 import { parseKvConfigs } from './eval.js';
 import { backendOption } from './progress.js';
+import { intArg } from './args.js';
 
 export const SERVE_USAGE = `  thinkcache serve --model PATH [--host 127.0.0.1] [--port 8080] [--parallel N] [--ctx-size N] [--kv PRESET|JSON]
                    [--profile P.tsv] [--threads N] [--backend cpu|cuda|auto] [--alias NAME] [--max-tokens N]
@@ -300,27 +301,21 @@ export async function cmdServe(args: string[]): Promise<number> {
     strict: true,
   });
   if (!values.model) throw new LlmError('thinkcache serve: --model is required', 'ERR_INVALID_OPTIONS');
-  const int = (v: string | undefined, name: string, def: number, min = 1, max = 2 ** 31 - 1) => {
-    if (v === undefined) return def;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new LlmError(`--${name}: expected an integer in [${min}, ${max}], received "${v}"`, 'ERR_INVALID_OPTIONS');
-    return n;
-  };
   const field = values['reasoning-field'] ?? 'reasoning_content';
   if (field !== 'reasoning_content' && field !== 'reasoning' && field !== 'both') {
     throw new LlmError(`--reasoning-field: expected reasoning_content, reasoning or both, received "${field}"`, 'ERR_INVALID_OPTIONS');
   }
-  const port = int(values.port, 'port', 8080, 0, 65535);
+  const port = intArg(values.port, 'port', 8080, 0, 65535);
   const kv = values.kv ? parseKvConfigs([values.kv], values.profile)[0]!.kv : undefined;
   const model = await loadModel({ path: values.model, backend: backendOption(values.backend) });
-  const parallel = int(values.parallel, 'parallel', 1);
+  const parallel = intArg(values.parallel, 'parallel', 1);
   const context = await model.createContext({
-    contextSize: int(values['ctx-size'], 'ctx-size', Math.min(model.info.nCtxTrain || 4096, 4096)), sequences: parallel,
-    ...(kv ? { kv } : {}), ...(values.threads ? { threads: int(values.threads, 'threads', 1) } : {}),
+    contextSize: intArg(values['ctx-size'], 'ctx-size', Math.min(model.info.nCtxTrain || 4096, 4096)), sequences: parallel,
+    ...(kv ? { kv } : {}), ...(values.threads ? { threads: intArg(values.threads, 'threads', 1) } : {}),
   });
   const server = await startOpenAIServer({
     model, context, port, ...(values.host ? { host: values.host } : {}), ...(values.alias ? { alias: values.alias } : {}),
-    defaultMaxTokens: int(values['max-tokens'], 'max-tokens', 4096), reasoningField: field,
+    defaultMaxTokens: intArg(values['max-tokens'], 'max-tokens', 4096), reasoningField: field,
   });
   process.stderr.write(`thinkcache serve: listening on ${server.url} (${model.backend}, ${parallel} slot(s) of ${context.contextSize} tokens, kv ${values.kv ?? 'full'})\n`);
   await new Promise<void>((resolve) => {
