@@ -30,4 +30,4 @@ export {
   type OpenAIRequestOptions, type ParsedOpenAIRequest, type ReasoningField,
 } from './adapters/openai.js';
 export { toReadableStream, consumeGenerate, type GenerateCallbacks } from './adapters/streams.js';
-export { startOpenAIServer, type ServerOptions, type RunningServer } from './cli/serve.js';
+export { startOpenAIServer, type ServerOptions, type RunningServer } from './server.js';

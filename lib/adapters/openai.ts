@@ -225,6 +225,7 @@ const RequestSchema = z.looseObject({
   repeat_penalty: z.number().gt(0).nullable().optional(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
   thinking_budget_tokens: z.number().int().min(-1).nullable().optional(),
+  id_slot: z.number().int().min(-1).nullable().optional(),
 });
 
 export interface OpenAIRequestOptions {
@@ -240,6 +241,8 @@ export interface ParsedOpenAIRequest {
   includeUsage: boolean;
   /** The request's `model` field, if any. */
   model?: string;
+  /** llama-server's `id_slot`: the server slot the request asks for (absent, or -1 on the wire: any). */
+  slot?: number;
 }
 
 function messageText(content: unknown, where: string): string {
@@ -302,5 +305,6 @@ export function fromOpenAIRequest(body: unknown, opts: OpenAIRequestOptions = {}
     stream: b.stream ?? false,
     includeUsage: b.stream_options?.include_usage ?? false,
     ...(b.model !== undefined ? { model: b.model } : {}),
+    ...(b.id_slot != null && b.id_slot >= 0 ? { slot: b.id_slot } : {}),
   };
 }

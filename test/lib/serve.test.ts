@@ -3,7 +3,8 @@
 // error objects, a second request waiting for the one slot, a client that goes away (its slot is free at once),
 // a follow-up turn served from the slot's cache; and the CLI starting, answering and stopping on SIGTERM.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadModel, startOpenAIServer, type OpenAIChunk, type OpenAICompletion } from '../../lib/index.js';
@@ -70,6 +71,62 @@ describe.skipIf(!have)('OpenAI-compatible server', () => {
       expect(Number(/^thinkcache_kv_bytes\{kind="used"\} (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
     } finally {
       await server.close();
+    }
+  });
+
+  it('slots: GET /slots, save / erase / restore a slot\'s compressed cache (llama-server\'s routes), id_slot pins a request', async () => {
+    await using model = await loadModel({ path: MODEL });
+    await using context = await model.createContext({ contextSize: 1024, sequences: 2, threads: 1, kv: { storage: { key: 'rot2', value: 'rot2' } } });
+    const dir = mkdtempSync(join(tmpdir(), 'thinkcache-slots-'));
+    const server = await startOpenAIServer({ model, context, port: 0, slotSavePath: join(dir, 'slots') });
+    const action = (id: number | string, a: string, body?: unknown) =>
+      fetch(`${server.url}/slots/${id}?action=${a}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body ?? {}) });
+    try {
+      const first = await (await post(server.url, { ...ASK, max_tokens: 600, id_slot: 1 })).json() as OpenAICompletion;
+      const slotsNow = await (await fetch(`${server.url}/slots`)).json() as Array<{ id: number; n_tokens: number; is_processing: boolean }>;
+      expect(slotsNow.map((s) => [s.id, s.is_processing, s.n_tokens > 0])).toEqual([[0, false, false], [1, false, true]]);  // (id_slot 1 took slot 1)
+      const held = slotsNow[1]!.n_tokens;
+
+      const saved = await (await action(1, 'save', { filename: 'conv-1.bin' })).json() as { id_slot: number; n_saved: number; n_written: number; timings: { save_ms: number } };
+      expect(saved).toMatchObject({ id_slot: 1, filename: 'conv-1.bin', n_saved: held });
+      expect(saved.n_written).toBe(statSync(join(dir, 'slots', 'conv-1.bin')).size);
+      expect(await (await action(1, 'erase')).json()).toEqual({ id_slot: 1, n_erased: held });
+      expect(((await (await fetch(`${server.url}/slots`)).json()) as Array<{ n_tokens: number }>)[1]!.n_tokens).toBe(0);
+      // restored into the other slot: the same conversation's next turn there finds its prompt in the cache
+      const restored = await (await action(0, 'restore', { filename: 'conv-1.bin' })).json() as { n_restored: number; n_read: number };
+      expect(restored).toMatchObject({ id_slot: 0, filename: 'conv-1.bin', n_restored: held, n_read: saved.n_written });
+      const turn2 = { messages: [...ASK.messages, { role: 'assistant', content: first.choices[0]!.message.content }, { role: 'user', content: '5+6=?' }], temperature: 0, max_tokens: 300, id_slot: 0 };
+      const second = await (await post(server.url, turn2)).json() as OpenAICompletion;
+      expect(second.usage.prompt_tokens_details.cached_tokens).toBeGreaterThan(10);
+
+      // refusals: a path, a missing file, an unknown slot or action; and the whole feature off without slotSavePath
+      for (const [res, status, re] of [
+        [await action(0, 'save', { filename: '../x.bin' }), 400, /filename/],
+        [await action(0, 'restore', { filename: 'nope.bin' }), 400, /cannot open/],
+        [await action(7, 'save', { filename: 'a.bin' }), 400, /expected an id in \[0, 2\)/],
+        [await action(0, 'frobnicate'), 400, /expected save, restore or erase/],
+        [await post(server.url, { ...ASK, id_slot: 9 }), 400, /id_slot/],
+      ] as const) {
+        expect(res.status).toBe(status);
+        expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(re);
+      }
+      const corrupt = join(dir, 'slots', 'bad.bin');
+      writeFileSync(corrupt, 'not a state file');
+      const bad = await action(0, 'restore', { filename: 'bad.bin' });
+      expect(bad.status).toBe(400);
+      expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('ERR_STATE_FORMAT');
+    } finally {
+      await server.close();
+    }
+    await using ctx2 = await model.createContext({ contextSize: 256, sequences: 1, threads: 1 });
+    const off = await startOpenAIServer({ model, context: ctx2, port: 0 });
+    try {
+      const res = await fetch(`${off.url}/slots/0?action=save`, { method: 'POST', body: JSON.stringify({ filename: 'a.bin' }) });
+      expect(res.status).toBe(501);
+      expect(((await res.json()) as { error: { type: string } }).error.type).toBe('not_supported_error');
+    } finally {
+      await off.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
