@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -154,6 +155,44 @@ TC_TEST("silu_mul: vectorized exp (llama.cpp's) stays within 4 ulp of libm's sil
         worst = std::max(worst, d);
     }
     TC_CHECK(worst <= 4) << "SILU_MUL: max " << worst << " ulp from libm";
+}
+
+TC_TEST("expf_libm: the vectorized exp equals libm's expf bit for bit over [-104, 88.7] and at the edges") {
+    // every float of [−104, 0] (and of [0, 88.72]) with THINKCACHE_EXHAUSTIVE=1, else every 61st bit pattern plus
+    // the edges: ±0, subnormals, the underflow thresholds, −inf, NaN; blocks of odd length (the masked tail)
+    const bool all = std::getenv("THINKCACHE_EXHAUSTIVE") != nullptr;
+    const uint32_t stride = all ? 1 : 61;
+    std::vector<float> x;
+    auto add_range = [&](uint32_t b0, uint32_t b1) { for (uint64_t b = b0; b <= b1; b += stride) x.push_back(bits_f32((uint32_t) b)); };
+    const std::vector<float> edges = {0.0f, -0.0f, 1e-45f, -1e-45f, -0x1.9d1d9ep6f, std::nextafter(-0x1.9d1d9ep6f, -200.0f), -0x1.9fe368p6f,
+                                      std::nextafter(-0x1.9fe368p6f, 0.0f), -87.3365f, -88.0f, 88.0f, 88.72f, 89.0f, -INFINITY, INFINITY, NAN, -1.0f, -0.5f};
+    size_t checked = 0, mismatches = 0;
+    std::vector<float> fast, ref;
+    auto check = [&](const std::vector<float> & in) {
+        for (size_t i0 = 0; i0 < in.size(); i0 += 4093) {  // (4093: an odd block length leaves a masked tail)
+            const int n = (int) std::min<size_t>(4093, in.size() - i0);
+            fast.resize((size_t) n);
+            ref.resize((size_t) n);
+            expf_libm(in.data() + i0, fast.data(), n);
+            expf_libm_ref(in.data() + i0, ref.data(), n);
+            for (int i = 0; i < n; i++) {
+                const bool same = f32_bits(fast[(size_t) i]) == f32_bits(ref[(size_t) i]) || (std::isnan(fast[(size_t) i]) && std::isnan(ref[(size_t) i]));
+                if (!same && mismatches++ < 5) std::printf("    expf(%a): %a, libm %a\n", (double) in[i0 + (size_t) i], (double) fast[(size_t) i], (double) ref[(size_t) i]);
+            }
+            checked += (size_t) n;
+        }
+    };
+    for (uint32_t b0 = 0x80000000u; b0 < 0xc2d00000u; b0 += 0x01000000u) {  // [−0, −104) in slices (bounded memory)
+        x.clear();
+        add_range(b0, std::min(b0 + 0x00ffffffu, 0xc2cfffffu));
+        check(x);
+    }
+    x.clear();
+    add_range(0x00000000u, 0x42b17217u);  // [0, 88.72]
+    check(x);
+    check(edges);
+    std::printf("    %zu values (%s), %zu mismatches%s\n", checked, all ? "every float" : "every 61st", mismatches, cpu_level_supported() >= CPU_LEVEL_AVX512 ? "" : " (no AVX-512: both are libm)");
+    TC_CHECK(mismatches == 0);
 }
 
 TC_TEST("vec_dot f16/bf16: AVX2 and AVX-512 compute the same expression bit for bit") {

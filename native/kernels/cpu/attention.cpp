@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "attention-codec.h"
+#include "ops.h"
 #include "quant-traits-cpu.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -73,6 +74,48 @@ inline void softmax_step(f16_acc_state & st, float s, const f16_t * v, int DV, M
     }
     mad(st.acc, v, DV, vs);
     st.S = std::fma(st.S, ms, vs);
+}
+
+// softmax_step over the keys of a block (n keys, values v[n][DV]) for query heads st[0..ng) with scores
+// s[g·ATTN_BLOCK + j], giving softmax_step's bits. Two changes of order only: the exps of a block are taken
+// together (expf_libm: libm's bits, 16 at a time; each query head's running maximum is known before any exp, so
+// is each key's argument — M_old − s where s raises the maximum, s − M otherwise), and the key loop is outside the
+// head loop, so up to 8 heads' accumulator chains (each key's f16 rounding depends on the previous key's) are
+// in flight together instead of one.
+template <class Mad, class Scale>
+inline void softmax_block(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV, Mad mad, Scale scale) {
+    constexpr int GB = 8;
+    float arg[GB][ATTN_BLOCK], e[GB][ATTN_BLOCK];
+    bool up[GB][ATTN_BLOCK];
+    for (int g0 = 0; g0 < ng; g0 += GB) {
+        const int gn = std::min(GB, ng - g0);
+        for (int g = 0; g < gn; g++) {
+            const float * sg = s + (size_t) (g0 + g) * ATTN_BLOCK;
+            float M = st[g0 + g].M;
+            for (int j = 0; j < n; j++) {
+                up[g][j] = sg[j] > M;
+                arg[g][j] = up[g][j] ? M - sg[j] : sg[j] - M;
+                if (up[g][j]) M = sg[j];
+            }
+            st[g0 + g].M = M;
+            expf_libm(arg[g], e[g], n);
+        }
+        for (int j = 0; j < n; j++) {
+            const f16_t * vr = v + (size_t) j * DV;
+            for (int g = 0; g < gn; g++) {
+                f16_acc_state & a = st[g0 + g];
+                const float x = e[g][j];
+                if (up[g][j]) {
+                    scale(a.acc, DV, x);
+                    mad(a.acc, vr, DV, 1.0f);
+                    a.S = std::fma(a.S, x, 1.0f);
+                } else {
+                    mad(a.acc, vr, DV, x);
+                    a.S = std::fma(a.S, 1.0f, x);
+                }
+            }
+        }
+    }
 }
 
 inline void finish_f16(const f16_acc_state & st, int DV, float * out) {
@@ -339,6 +382,73 @@ void attention_ref(const attn_params & p, const float * q, const int32_t * q_pos
     }
 }
 
+// softmax_block for AVX-512 with the accumulators in registers: NV = DV/16 vectors per head, HB heads at a time
+// (HB·NV ≤ 16 registers), each key's value row converted once for the HB heads. Every step rounds to f16 as
+// acc_mad_f16_avx512 / acc_scale_f16_avx512 do (cvtps_ph then cvtph_ps in registers: the same bits, no trip
+// through memory), so the result equals softmax_step's.
+__attribute__((target("avx512f,f16c"))) inline __m512 round_f16_avx512(__m512 x) { return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)); }
+
+template <int NV>
+__attribute__((target("avx512f,f16c,fma"))) void softmax_block_regs_avx512(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
+    constexpr int HB = NV >= 16 ? 1 : 16 / NV > 4 ? 4 : 16 / NV;
+    float arg[HB][ATTN_BLOCK], e[HB][ATTN_BLOCK];
+    bool up[HB][ATTN_BLOCK];
+    for (int g0 = 0; g0 < ng; g0 += HB) {
+        const int gn = std::min(HB, ng - g0);
+        for (int g = 0; g < gn; g++) {
+            const float * sg = s + (size_t) (g0 + g) * ATTN_BLOCK;
+            float M = st[g0 + g].M;
+            for (int j = 0; j < n; j++) {
+                up[g][j] = sg[j] > M;
+                arg[g][j] = up[g][j] ? M - sg[j] : sg[j] - M;
+                if (up[g][j]) M = sg[j];
+            }
+            st[g0 + g].M = M;
+            expf_libm(arg[g], e[g], n);
+        }
+        __m512 acc[HB][NV];
+        float S[HB];
+        for (int g = 0; g < HB; g++) {
+            S[g] = g < gn ? st[g0 + g].S : 0.0f;
+            for (int k = 0; k < NV; k++) acc[g][k] = g < gn ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (st[g0 + g].acc + 16 * k))) : _mm512_setzero_ps();
+        }
+        for (int j = 0; j < n; j++) {
+            __m512 vr[NV];
+            for (int k = 0; k < NV; k++) vr[k] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (v + (size_t) j * DV + 16 * k)));
+            for (int g = 0; g < HB; g++) {
+                if (g >= gn) break;
+                const float x = e[g][j];
+                if (up[g][j]) {
+                    const __m512 ms = _mm512_set1_ps(x);
+                    for (int k = 0; k < NV; k++) acc[g][k] = round_f16_avx512(_mm512_add_ps(vr[k], round_f16_avx512(_mm512_mul_ps(acc[g][k], ms))));  // (fma(v, 1, a) = v + a)
+                    S[g] = std::fma(S[g], x, 1.0f);
+                } else {
+                    const __m512 w = _mm512_set1_ps(x);
+                    for (int k = 0; k < NV; k++) acc[g][k] = round_f16_avx512(_mm512_fmadd_ps(vr[k], w, acc[g][k]));
+                    S[g] = std::fma(S[g], 1.0f, x);
+                }
+            }
+        }
+        for (int g = 0; g < gn; g++) {
+            st[g0 + g].S = S[g];
+            for (int k = 0; k < NV; k++) _mm256_storeu_si256((__m256i *) (st[g0 + g].acc + 16 * k), _mm512_cvtps_ph(acc[g][k], _MM_FROUND_TO_NEAREST_INT));
+        }
+    }
+}
+
+// The register kernel for DV = 16·NV up to 256, else softmax_block with the memory accumulators.
+void softmax_block_avx512(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
+    switch (DV) {
+        case 64: return softmax_block_regs_avx512<4>(st, ng, s, n, v, DV);
+        case 128: return softmax_block_regs_avx512<8>(st, ng, s, n, v, DV);
+        case 32: return softmax_block_regs_avx512<2>(st, ng, s, n, v, DV);
+        case 80: return softmax_block_regs_avx512<5>(st, ng, s, n, v, DV);
+        case 96: return softmax_block_regs_avx512<6>(st, ng, s, n, v, DV);
+        case 256: return softmax_block_regs_avx512<16>(st, ng, s, n, v, DV);
+        default: return softmax_block(st, ng, s, n, v, DV, acc_mad_f16_avx512, acc_scale_f16_avx512);
+    }
+}
+
 void attention(thread_pool & pool, const attn_params & p, const float * q, const int32_t * q_pos, kv_cache & kv, int il,
                float * out, attn_scratch & scratch) {
     const int G = p.n_head / p.n_head_kv;
@@ -389,12 +499,17 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
                 for (int32_t j0 = 0; j0 < n; j0 += ATTN_BLOCK) {
                     const int32_t j1 = std::min(n, j0 + ATTN_BLOCK);
                     score_block(level, p, q16, ng, h, j0, j1, s, kf);
+#if defined(__x86_64__)
+                    if (level == 2) {
+                        softmax_block_avx512(st, ng, s, j1 - j0, h.v + (size_t) j0 * DV, DV);
+                        continue;
+                    }
+#endif
                     for (int g = 0; g < ng; g++) {
                         const float * sg = s + (size_t) g * ATTN_BLOCK;
                         for (int32_t j = j0; j < j1; j++) {
                             const f16_t * vr = h.v + (size_t) j * DV;
 #if defined(__x86_64__)
-                            if (level == 2) { softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_avx512, acc_scale_f16_avx512); continue; }
                             if (level == 1) { softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_avx2, acc_scale_f16_avx2); continue; }
 #endif
                             softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_ref);

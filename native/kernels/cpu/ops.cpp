@@ -133,6 +133,57 @@ __attribute__((target("avx2,fma"))) inline __m256 v_expf_avx2(__m256 x) {
                                       _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)))));
 }
 
+// glibc's expf (sysdeps/ieee754/flt-32/e_expf.c as its FMA build computes it), 8 lanes in double. Constants
+// are glibc's __exp2f_data: T[i] = bits(2^(i/32)) − (i << 47), 32/ln2, the shift 1.5·2^52 and the cubic.
+alignas(64) const uint64_t kExpfTab[32] = {
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51, 0x3fef72b83c7d517b, 0x3fef54873168b9aa,
+    0x3fef387a6e756238, 0x3fef1e9df51fdee1, 0x3fef06fe0a31b715, 0x3feef1a7373aa9cb, 0x3feedea64c123422, 0x3feece086061892d,
+    0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429, 0x3feea47eb03a5585, 0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187, 0x3feea589994cce13, 0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d,
+    0x3feee89f995ad3ad, 0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069, 0x3fef5818dcfba487, 0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da, 0x3fefd0765b6e4540,
+};
+constexpr uint64_t kExpfInvLn2N = 0x40471547652b82fe, kExpfShift = 0x4338000000000000;
+constexpr uint64_t kExpfC0 = 0x3ebc6af84b912394, kExpfC1 = 0x3f2ebfce50fac4f3, kExpfC2 = 0x3f962e42ff0c52d6;
+constexpr float kExpfFastMin = -0x1.9d1d9ep6f;  // −103.278923: below it glibc returns its underflow results
+
+__attribute__((target("avx512f"))) inline __m512d set1_bits_pd(uint64_t b) { return _mm512_castsi512_pd(_mm512_set1_epi64((long long) b)); }
+
+__attribute__((target("avx512f,fma"))) inline __m256 expf_libm_8_avx512(__m256 xf) {
+    const auto c = set1_bits_pd;
+    const __m512d xd = _mm512_cvtps_pd(xf), invln2n = c(kExpfInvLn2N), shift = c(kExpfShift);
+    __m512d kd = _mm512_fmadd_pd(invln2n, xd, shift);         // (glibc's FMA build fuses x·32/ln2 + shift)
+    const __m512i ki = _mm512_castpd_si512(kd);
+    kd = _mm512_sub_pd(kd, shift);
+    const __m512d r = _mm512_fmsub_pd(invln2n, xd, kd);       // (and x·32/ln2 − k)
+    const __m512d t0 = _mm512_load_pd(kExpfTab), t1 = _mm512_load_pd(kExpfTab + 8), t2 = _mm512_load_pd(kExpfTab + 16), t3 = _mm512_load_pd(kExpfTab + 24);
+    const __m512d lo = _mm512_permutex2var_pd(t0, ki, t1), hi = _mm512_permutex2var_pd(t2, ki, t3);
+    const __m512d tab = _mm512_mask_blend_pd(_mm512_test_epi64_mask(ki, _mm512_set1_epi64(16)), lo, hi);
+    const __m512d sc = _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(tab), _mm512_slli_epi64(ki, 47)));
+    const __m512d z = _mm512_fmadd_pd(r, c(kExpfC0), c(kExpfC1));
+    const __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d y = _mm512_fmadd_pd(r, c(kExpfC2), _mm512_set1_pd(1.0));
+    y = _mm512_fmadd_pd(z, r2, y);
+    return _mm512_cvtpd_ps(_mm512_mul_pd(y, sc));
+}
+
+__attribute__((target("avx512f,fma"))) void expf_libm_avx512(const float * x, float * y, int n) {
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << (n - i)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        const __m256 a = expf_libm_8_avx512(_mm512_castps512_ps256(v));
+        const __m256 b = expf_libm_8_avx512(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(a)), _mm256_castps_pd(b), 1)));
+        // lanes outside [−103.28, 88] or NaN: glibc's own special paths
+        __mmask16 slow = m & ~(_mm512_cmp_ps_mask(v, _mm512_set1_ps(kExpfFastMin), _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, _mm512_set1_ps(88.0f), _CMP_LE_OQ));
+        while (slow) {
+            const int l = __builtin_ctz(slow);
+            y[i + l] = std::exp(x[i + l]);
+            slow &= (__mmask16) (slow - 1);
+        }
+    }
+}
+
 __attribute__((target("avx512f,avx512dq,fma"))) float exp_sub_sum_avx512(float * x, int64_t n, float mx) {
     int64_t i = 0;
     __m512 acc = _mm512_setzero_ps();
@@ -188,6 +239,17 @@ float exp_sub_sum_ref(float * x, int64_t n, float mx) {
     float s = 0;
     for (int64_t i = 0; i < n; i++) { x[i] = std::exp(x[i] - mx); s += x[i]; }
     return s;
+}
+
+void expf_libm_ref(const float * x, float * y, int n) {
+    for (int i = 0; i < n; i++) y[i] = std::exp(x[i]);
+}
+
+void expf_libm(const float * x, float * y, int n) {
+#if defined(__x86_64__)
+    if (simd_level() == 2) return expf_libm_avx512(x, y, n);
+#endif
+    expf_libm_ref(x, y, n);
 }
 
 float exp_sub_sum(float * x, int64_t n, float mx) {

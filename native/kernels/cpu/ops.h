@@ -30,6 +30,16 @@ void silu_mul(float * g, const float * u, int64_t n);
 float exp_sub_sum_ref(float * x, int64_t n, float mx);
 float exp_sub_sum(float * x, int64_t n, float mx);
 
+// y[i] = expf(x[i]) for i < n, bit for bit as glibc's expf computes it on x86-64 with FMA (its __expf_fma:
+// x·32/ln2 split as k + r, 2^(k/32) from a table, a cubic in r, all in double, then one rounding to float).
+// llama.cpp's CPU flash attention calls expf once per key, and its results decide near-tie greedy tokens, so
+// attention needs these exact bits, not a ≤2-ulp approximation. The _ref calls std::exp; the dispatched version
+// computes 16 lanes at a time with AVX-512 (std::exp for lanes below −103.28, where glibc takes its underflow
+// paths, and for NaN) and is the _ref elsewhere. Checked against std::exp over every float in [−104, 0]
+// (test-ops: a stride of them by default, all with THINKCACHE_EXHAUSTIVE=1).
+void expf_libm_ref(const float * x, float * y, int n);
+void expf_libm(const float * x, float * y, int n);
+
 // y[i] += x[i]
 void add_ref(float * y, const float * x, int64_t n);
 
