@@ -436,6 +436,43 @@ __attribute__((target("avx512f,f16c,fma"))) void softmax_block_regs_avx512(f16_a
     }
 }
 
+// softmax_block for AVX2: the accumulators stay in memory (16 ymm registers hold too few), but the whole block
+// is one function with the f16 steps inlined, so 8 query heads' chains run interleaved. The same bits.
+__attribute__((target("avx2,f16c,fma"))) void softmax_block_avx2(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
+    constexpr int GB = 8;
+    float arg[GB][ATTN_BLOCK], e[GB][ATTN_BLOCK];
+    bool up[GB][ATTN_BLOCK];
+    for (int g0 = 0; g0 < ng; g0 += GB) {
+        const int gn = std::min(GB, ng - g0);
+        for (int g = 0; g < gn; g++) {
+            const float * sg = s + (size_t) (g0 + g) * ATTN_BLOCK;
+            float M = st[g0 + g].M;
+            for (int j = 0; j < n; j++) {
+                up[g][j] = sg[j] > M;
+                arg[g][j] = up[g][j] ? M - sg[j] : sg[j] - M;
+                if (up[g][j]) M = sg[j];
+            }
+            st[g0 + g].M = M;
+            expf_libm(arg[g], e[g], n);
+        }
+        for (int j = 0; j < n; j++) {
+            const f16_t * vr = v + (size_t) j * DV;
+            for (int g = 0; g < gn; g++) {
+                f16_acc_state & a = st[g0 + g];
+                const float x = e[g][j];
+                if (up[g][j]) {
+                    acc_scale_f16_avx2(a.acc, DV, x);
+                    acc_mad_f16_avx2(a.acc, vr, DV, 1.0f);
+                    a.S = std::fma(a.S, x, 1.0f);
+                } else {
+                    acc_mad_f16_avx2(a.acc, vr, DV, x);
+                    a.S = std::fma(a.S, 1.0f, x);
+                }
+            }
+        }
+    }
+}
+
 // The register kernel for DV = 16·NV up to 256, else softmax_block with the memory accumulators.
 void softmax_block_avx512(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
     switch (DV) {
@@ -504,13 +541,16 @@ void attention(thread_pool & pool, const attn_params & p, const float * q, const
                         softmax_block_avx512(st, ng, s, j1 - j0, h.v + (size_t) j0 * DV, DV);
                         continue;
                     }
+                    if (level == 1) {
+                        softmax_block_avx2(st, ng, s, j1 - j0, h.v + (size_t) j0 * DV, DV);
+                        continue;
+                    }
 #endif
                     for (int g = 0; g < ng; g++) {
                         const float * sg = s + (size_t) g * ATTN_BLOCK;
                         for (int32_t j = j0; j < j1; j++) {
                             const f16_t * vr = h.v + (size_t) j * DV;
 #if defined(__x86_64__)
-                            if (level == 1) { softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_avx2, acc_scale_f16_avx2); continue; }
 #endif
                             softmax_step(st[g], sg[j - j0], vr, DV, acc_mad_f16_ref);
                         }
