@@ -76,30 +76,36 @@ inline void softmax_step(f16_acc_state & st, float s, const f16_t * v, int DV, M
     st.S = std::fma(st.S, ms, vs);
 }
 
+// The exps of a block for query heads st[0..gn) (scores s[g·ATTN_BLOCK + j], n keys): each head's running
+// maximum is known before any exp is taken, so is each key's argument — M_old − s where s raises the maximum
+// (up), s − M otherwise — and expf_libm takes them 16 at a time with libm's bits. Advances each head's M.
+inline void softmax_block_exps(f16_acc_state * st, int gn, const float * s, int n, bool (*up)[ATTN_BLOCK], float (*e)[ATTN_BLOCK]) {
+    float arg[ATTN_BLOCK];
+    for (int g = 0; g < gn; g++) {
+        const float * sg = s + (size_t) g * ATTN_BLOCK;
+        float M = st[g].M;
+        for (int j = 0; j < n; j++) {
+            up[g][j] = sg[j] > M;
+            arg[j] = up[g][j] ? M - sg[j] : sg[j] - M;
+            if (up[g][j]) M = sg[j];
+        }
+        st[g].M = M;
+        expf_libm(arg, e[g], n);
+    }
+}
+
 // softmax_step over the keys of a block (n keys, values v[n][DV]) for query heads st[0..ng) with scores
 // s[g·ATTN_BLOCK + j], giving softmax_step's bits. Two changes of order only: the exps of a block are taken
-// together (expf_libm: libm's bits, 16 at a time; each query head's running maximum is known before any exp, so
-// is each key's argument — M_old − s where s raises the maximum, s − M otherwise), and the key loop is outside the
-// head loop, so up to 8 heads' accumulator chains (each key's f16 rounding depends on the previous key's) are
-// in flight together instead of one.
+// together (softmax_block_exps), and the key loop is outside the head loop, so up to 8 heads' accumulator chains
+// (each key's f16 rounding depends on the previous key's) are in flight together instead of one.
 template <class Mad, class Scale>
 inline void softmax_block(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV, Mad mad, Scale scale) {
     constexpr int GB = 8;
-    float arg[GB][ATTN_BLOCK], e[GB][ATTN_BLOCK];
+    float e[GB][ATTN_BLOCK];
     bool up[GB][ATTN_BLOCK];
     for (int g0 = 0; g0 < ng; g0 += GB) {
         const int gn = std::min(GB, ng - g0);
-        for (int g = 0; g < gn; g++) {
-            const float * sg = s + (size_t) (g0 + g) * ATTN_BLOCK;
-            float M = st[g0 + g].M;
-            for (int j = 0; j < n; j++) {
-                up[g][j] = sg[j] > M;
-                arg[g][j] = up[g][j] ? M - sg[j] : sg[j] - M;
-                if (up[g][j]) M = sg[j];
-            }
-            st[g0 + g].M = M;
-            expf_libm(arg[g], e[g], n);
-        }
+        softmax_block_exps(st + g0, gn, s + (size_t) g0 * ATTN_BLOCK, n, up, e);
         for (int j = 0; j < n; j++) {
             const f16_t * vr = v + (size_t) j * DV;
             for (int g = 0; g < gn; g++) {
@@ -391,21 +397,11 @@ __attribute__((target("avx512f,f16c"))) inline __m512 round_f16_avx512(__m512 x)
 template <int NV>
 __attribute__((target("avx512f,f16c,fma"))) void softmax_block_regs_avx512(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
     constexpr int HB = NV >= 16 ? 1 : 16 / NV > 4 ? 4 : 16 / NV;
-    float arg[HB][ATTN_BLOCK], e[HB][ATTN_BLOCK];
+    float e[HB][ATTN_BLOCK];
     bool up[HB][ATTN_BLOCK];
     for (int g0 = 0; g0 < ng; g0 += HB) {
         const int gn = std::min(HB, ng - g0);
-        for (int g = 0; g < gn; g++) {
-            const float * sg = s + (size_t) (g0 + g) * ATTN_BLOCK;
-            float M = st[g0 + g].M;
-            for (int j = 0; j < n; j++) {
-                up[g][j] = sg[j] > M;
-                arg[g][j] = up[g][j] ? M - sg[j] : sg[j] - M;
-                if (up[g][j]) M = sg[j];
-            }
-            st[g0 + g].M = M;
-            expf_libm(arg[g], e[g], n);
-        }
+        softmax_block_exps(st + g0, gn, s + (size_t) g0 * ATTN_BLOCK, n, up, e);
         __m512 acc[HB][NV];
         float S[HB];
         for (int g = 0; g < HB; g++) {
@@ -440,21 +436,11 @@ __attribute__((target("avx512f,f16c,fma"))) void softmax_block_regs_avx512(f16_a
 // is one function with the f16 steps inlined, so 8 query heads' chains run interleaved. The same bits.
 __attribute__((target("avx2,f16c,fma"))) void softmax_block_avx2(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
     constexpr int GB = 8;
-    float arg[GB][ATTN_BLOCK], e[GB][ATTN_BLOCK];
+    float e[GB][ATTN_BLOCK];
     bool up[GB][ATTN_BLOCK];
     for (int g0 = 0; g0 < ng; g0 += GB) {
         const int gn = std::min(GB, ng - g0);
-        for (int g = 0; g < gn; g++) {
-            const float * sg = s + (size_t) (g0 + g) * ATTN_BLOCK;
-            float M = st[g0 + g].M;
-            for (int j = 0; j < n; j++) {
-                up[g][j] = sg[j] > M;
-                arg[g][j] = up[g][j] ? M - sg[j] : sg[j] - M;
-                if (up[g][j]) M = sg[j];
-            }
-            st[g0 + g].M = M;
-            expf_libm(arg[g], e[g], n);
-        }
+        softmax_block_exps(st + g0, gn, s + (size_t) g0 * ATTN_BLOCK, n, up, e);
         for (int j = 0; j < n; j++) {
             const f16_t * vr = v + (size_t) j * DV;
             for (int g = 0; g < gn; g++) {
