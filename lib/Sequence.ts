@@ -274,7 +274,7 @@ export class Sequence {
   /**
    * Writes this sequence's state to `path`: its KV cache as it is — compressed, evicted, quantized, with its prefix
    * checkpoint and the policies' statistics — its tokens and last logits. The file holds the cache's bytes, not its
-   * pages' (a 2-bit cache makes a small file), is written to `path + '.tmp'` and renamed into place, and is read
+   * pages' (a 2-bit cache makes a small file), is written to a temporary file beside it and renamed into place, and is read
    * back by `loadStateFromFile` on a sequence of the same model with the same KV options. Off the event loop; CPU
    * contexts only so far. Resolves the file's size and the tokens it holds.
    * @example

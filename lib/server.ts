@@ -76,6 +76,7 @@ class SlotPool {
   /** A slot for conversation `key`, or slot `want` when given (waiting for it while it is busy). */
   acquire(key: string[], signal: AbortSignal, want?: number): Promise<Slot> {
     if (this.closed) return Promise.reject(new DisposedError('the server is closing'));
+    if (signal.aborted) return Promise.reject(new AbortError('the client went away before a slot was free'));
     const free = this.pick(key, want);
     if (free) return Promise.resolve(this.take(free));
     return new Promise((resolve, reject) => {
@@ -147,9 +148,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 function errorBody(err: unknown): { status: number; body: { error: { message: string; type: string; code: string | null; param: null } } } {
   const message = err instanceof Error ? err.message : String(err);
   if (err instanceof NotSupported) return { status: 501, body: { error: { message, type: 'not_supported_error', code: null, param: null } } };
-  if (err instanceof StateFormatError || err instanceof FileAccessError) {
-    return { status: 400, body: { error: { message, type: 'invalid_request_error', code: err.code, param: null } } };
-  }
+  if (err instanceof StateFormatError) return { status: 400, body: { error: { message, type: 'invalid_request_error', code: err.code, param: null } } };
   if (err instanceof ContextFullError) return { status: 400, body: { error: { message, type: 'invalid_request_error', code: 'context_length_exceeded', param: null } } };
   if (err instanceof InvalidOptionsError) return { status: 400, body: { error: { message, type: 'invalid_request_error', code: err.code, param: null } } };
   if (err instanceof DisposedError) return { status: 503, body: { error: { message, type: 'server_error', code: err.code, param: null } } };
@@ -158,10 +157,11 @@ function errorBody(err: unknown): { status: number; body: { error: { message: st
 
 class NotSupported extends Error {}
 
-// A slot file's name: letters, digits, '.', '_' and '-', not starting with '.' (no path: it stays in slotSavePath)
+// A slot file's name: letters, digits, '.', '_' and '-', not starting with '.' (no path: it stays in slotSavePath),
+// at most 200 characters (the save's temporary name adds to it)
 function slotFileName(v: unknown): string {
-  if (typeof v !== 'string' || !/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$/.test(v)) {
-    throw new InvalidOptionsError(`filename: expected a file name of letters, digits, '.', '_' and '-' (no path, not starting with '.'), received ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$/.test(v)) {
+    throw new InvalidOptionsError(`filename: expected a file name of at most 200 letters, digits, '.', '_' and '-' (no path, not starting with '.'), received ${JSON.stringify(v)}`);
   }
   return v;
 }
@@ -298,7 +298,10 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
       slot.conversation = [];  // (its messages are not known after either)
       if (action === 'restore') {
         const bytes = (await stat(file).catch(() => undefined))?.size ?? 0;
-        const r = await slot.seq.loadStateFromFile(file);
+        const r = await slot.seq.loadStateFromFile(file).catch((e: unknown) => {
+          // (a file the request names that cannot be read is the request's fault; a save that cannot write is ours: 500)
+          throw e instanceof FileAccessError ? Object.assign(new InvalidOptionsError(e.message, 'ERR_INVALID_ARG'), { status: 400 }) : e;
+        });
         const m = slot.seq.memory();
         slot.kv = { used: m.bytesUsed, allocated: m.bytesAllocated };
         sendJson(res, 200, { id_slot: id, filename, n_restored: r.tokens, n_read: bytes, timings: { restore_ms: performance.now() - t0 } });
@@ -342,7 +345,7 @@ export async function startOpenAIServer(opts: ServerOptions): Promise<RunningSer
     };
     handle().catch((err: unknown) => {
       if (ac.signal.aborted || res.headersSent) { if (!res.writableEnded) res.end(); return; }  // (the client left)
-      if (!(err instanceof InvalidOptionsError)) stats.requests.failed++;
+      if (url === '/v1/chat/completions' && !(err instanceof InvalidOptionsError)) stats.requests.failed++;  // (chat requests only: /health's counts)
       const { status, body } = errorBody(err);
       sendJson(res, (err as { status?: number }).status ?? status, body);
     });

@@ -34,17 +34,21 @@ export async function cmdServe(args: string[]): Promise<number> {
   if (field !== 'reasoning_content' && field !== 'reasoning' && field !== 'both') {
     throw new LlmError(`--reasoning-field: expected reasoning_content, reasoning or both, received "${field}"`, 'ERR_INVALID_OPTIONS');
   }
+  // (every flag checked before the model loads)
   const port = intArg(values.port, 'port', 8080, 0, 65535);
+  const parallel = intArg(values.parallel, 'parallel', 1);
+  const ctxSize = values['ctx-size'] === undefined ? undefined : intArg(values['ctx-size'], 'ctx-size', 0);
+  const threads = values.threads === undefined ? undefined : intArg(values.threads, 'threads', 1);
+  const maxTokens = intArg(values['max-tokens'], 'max-tokens', 4096);
   const kv = values.kv ? parseKvConfigs([values.kv], values.profile)[0]!.kv : undefined;
   const model = await loadModel({ path: values.model, backend: backendOption(values.backend) });
-  const parallel = intArg(values.parallel, 'parallel', 1);
   const context = await model.createContext({
-    contextSize: intArg(values['ctx-size'], 'ctx-size', Math.min(model.info.nCtxTrain || 4096, 4096)), sequences: parallel,
-    ...(kv ? { kv } : {}), ...(values.threads ? { threads: intArg(values.threads, 'threads', 1) } : {}),
+    contextSize: ctxSize ?? Math.min(model.info.nCtxTrain || 4096, 4096), sequences: parallel,
+    ...(kv ? { kv } : {}), ...(threads !== undefined ? { threads } : {}),
   });
   const server = await startOpenAIServer({
     model, context, port, ...(values.host ? { host: values.host } : {}), ...(values.alias ? { alias: values.alias } : {}),
-    defaultMaxTokens: intArg(values['max-tokens'], 'max-tokens', 4096), reasoningField: field,
+    defaultMaxTokens: maxTokens, reasoningField: field,
     ...(values['slot-save-path'] ? { slotSavePath: values['slot-save-path'] } : {}),
   });
   process.stderr.write(`thinkcache serve: listening on ${server.url} (${model.backend}, ${parallel} slot(s) of ${context.contextSize} tokens, kv ${values.kv ?? 'full'})\n`);

@@ -100,7 +100,7 @@ public:
     status copy_from(const engine_sequence & src);
     // State files (kv/kv-state.h): save_state() writes the sequence — its KV cache as it is (compressed, evicted,
     // quantized, with its checkpoint), its token history and last logits — to `path`, through a temporary file
-    // renamed into place (*bytes: the file's size). load_state() reads one written from the same model with the same
+    // renamed into place after fsync (*bytes: the file's size). load_state() reads one written from the same model with the same
     // KV configuration; unless the whole file reads back and checks out, the sequence keeps what it held.
     // ERR_IO; ERR_STATE_FORMAT (not a state file, another format version, corrupt, truncated); ERR_INVALID_ARG
     // (another model, or another KV configuration: the message names what differs); ERR_CONTEXT_FULL; ERR_OOM_HOST.

@@ -1,6 +1,7 @@
 // Sequence state files (engine_sequence::save_state / load_state; the format is in kv/kv-state.h): the engine's
 // header — magic, format version, the model's fingerprint, the cache's layout description, token history and
 // last logits — then the cache's section and the checksum.
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -79,7 +80,9 @@ using file_ptr = std::unique_ptr<std::FILE, file_closer>;
 status engine_sequence::save_state(const std::string & path, uint64_t * bytes) {
     if (cuda_) return status(ERR_INVALID_ARG, "saveState: saving a sequence's cache runs on the CPU backend only so far");
     const model & m = ctx_->mdl();
-    const std::string tmp = path + ".tmp";
+    // a temporary name of this save's own (two saves to one path do not write into each other), renamed into place
+    static std::atomic<uint32_t> serial{0};
+    const std::string tmp = strfmt("%s.tmp.%d.%u", path.c_str(), (int) getpid(), serial.fetch_add(1));
     file_ptr f(std::fopen(tmp.c_str(), "wb"));
     if (!f) return status(ERR_IO, strfmt("saveState: cannot create %s: %s", tmp.c_str(), std::strerror(errno)));
     state_writer w(f.get());
@@ -94,6 +97,7 @@ status engine_sequence::save_state(const std::string & path, uint64_t * bytes) {
     if (has_logits_) w.vec(logits_);
     kv_->save_state(w);
     status st = w.finish();
+    if (st.ok() && fsync(fileno(f.get())) != 0) st = status(ERR_IO, strfmt("saveState: cannot flush %s to disk: %s", tmp.c_str(), std::strerror(errno)));
     const bool closed = std::fclose(f.release()) == 0;
     if (st.ok() && !closed) st = status(ERR_IO, "saveState: closing the file failed (disk full?)");
     if (st.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {

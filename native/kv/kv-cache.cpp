@@ -195,24 +195,26 @@ status kv_cache::save_checkpoint(bool bounded_only) {
     c.saved = std::move(saved);
     c.wide = wide();
     c.n = n_logical_;
+    ckpt_current_ = true;
     return {};
 }
 
-void kv_cache::set_wide(const wide_state & w) {
-    sinks_ = w.sinks;
-    sink_cand_ = w.sink_cand;
+void kv_cache::set_wide(wide_state w) {
+    sinks_ = std::move(w.sinks);
+    sink_cand_ = std::move(w.sink_cand);
     step_ = w.step;
     prompt_ = w.prompt;
-    qring_ = w.qring;
-    qcount_ = w.qcount;
-    qheld_ = w.qheld;
-    qpos_ = w.qpos;
+    qring_ = std::move(w.qring);
+    qcount_ = std::move(w.qcount);
+    qheld_ = std::move(w.qheld);
+    qpos_ = std::move(w.qpos);
     evicted_ = w.evicted;
     compactions_ = w.compactions;
     compaction_s_ = w.compaction_s;
 }
 
 void kv_cache::drop_checkpoint() {
+    ckpt_current_ = false;
     for (auto & h : ckpt_.heads) free_head_pages(h);
     ckpt_ = checkpoint_state{};
 }
@@ -261,6 +263,7 @@ bool kv_cache::restore_checkpoint() {
     }
     set_wide(c.wide);
     n_logical_ = c.n;
+    ckpt_current_ = true;
     chunk_exact_ = true;
     chunk_pos0_ = c.n;
     chunk_step0_ = step_;
@@ -485,6 +488,7 @@ status kv_cache::reserve(int n_tokens) {
     chunk_step0_ = step_;
     chunk_prompt0_ = prompt_;
     std::fill(chunk_sinks_saved_.begin(), chunk_sinks_saved_.end(), 0);
+    ckpt_current_ = false;
     // a single token after a prompt is a decode step; anything else is (more) prompt
     if (n_tokens == 1 && n_logical_ > 0) {
         step_++;
@@ -704,7 +708,8 @@ int32_t kv_cache::remove_from(int32_t p) {
     const int F = cfg_.storage.coded() ? flush_tokens() : 1;
     for (const auto & h : heads_) {
         if (!h.coded) continue;
-        const int32_t kept_q = runs_count_below(h.qruns, keep_pos);
+        bool prefix = true;
+        const int32_t kept_q = kv_runs_prefix_below(h.qruns.data(), (int32_t) h.qruns.size(), keep_pos, &prefix);
         const int32_t P = std::min<int32_t>(keep_pos, cfg_.storage.protect);
         int32_t n_sink = 0;  // sinks that are not already inside the protected prefix
         if (cfg_.storage.protect_sinks) {
@@ -714,8 +719,6 @@ int32_t kv_cache::remove_from(int32_t p) {
         const int32_t fresh_q = std::max<int32_t>(0, keep_pos - P - n_sink - staging_of(h)) / F * F;
         // the coded tokens below keep_pos must also be a prefix of the coded order: a sink that a later prompt chunk
         // displaced was coded after newer tokens, and cutting the prefix would drop it
-        bool prefix = true;
-        for (const kv_pos_run & r : h.qruns) prefix &= r.first < kept_q || r.pos >= keep_pos;
         if (kept_q != fresh_q || !prefix) keep_pos = std::min<int32_t>(keep_pos, std::max(0, cfg_.storage.protect));
     }
     // (here p >= the checkpoint's tokens, when there is one)
@@ -762,6 +765,7 @@ status kv_cache::copy_from(const kv_cache & src) {
     chunk_step0_ = src.chunk_step0_;
     chunk_prompt0_ = src.chunk_prompt0_;
     chunk_sinks_saved_ = src.chunk_sinks_saved_;
+    ckpt_current_ = src.ckpt_current_;
     chunk_sinks_ = src.chunk_sinks_;
     chunk_sink_cand_ = src.chunk_sink_cand_;
     return {};
@@ -770,6 +774,7 @@ status kv_cache::copy_from(const kv_cache & src) {
 // Keeps the tokens before keep_pos in every head (the caller has checked that this is exact), with their
 // statistics, coded runs, sinks and recorded queries.
 void kv_cache::cut(int32_t keep_pos, bool reset_dropped) {
+    ckpt_current_ = false;  // (a cut to the checkpoint's length keeps the statistics decoding changed)
     for (auto & h : heads_) {
         int32_t keep = 0;
         while (keep < h.n && h.pos[(size_t) keep] < keep_pos) keep++;

@@ -72,8 +72,20 @@ inline void kv_runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
     r.push_back({r.empty() ? 0 : r.back().first + r.back().n, pos, 1});
 }
 
-// The leading coded tokens (of runs[0..n_runs)) whose position is below p. Coded positions ascend but for sinks
-// a later prompt chunk displaced (coded after newer tokens): a rewind checks that no later run lies below p.
+// The longest prefix of coded tokens (of runs[0..n_runs)) whose positions are below p; *prefix: whether they are all
+// the coded tokens below p. Coded positions ascend but for sinks a later prompt chunk displaced (coded after newer
+// tokens), so a rewind to p keeps exactly the tokens below p only when *prefix.
+inline int32_t kv_runs_prefix_below(const kv_pos_run * runs, int32_t n_runs, int32_t p, bool * prefix) {
+    int32_t c = 0, r = 0;
+    for (; r < n_runs && (int64_t) runs[r].pos + runs[r].n <= p; r++) c = runs[r].first + runs[r].n;
+    if (r < n_runs && runs[r].pos < p) c = runs[r].first + (p - runs[r].pos);
+    *prefix = true;
+    for (r++; r < n_runs; r++) *prefix &= runs[r].pos >= p;
+    return c;
+}
+
+// The leading coded tokens (of runs[0..n_runs)) whose position is below p, counted over runs in order while their
+// first position is below p (kv_runs_prefix_below's count where its *prefix holds; attention's count_le).
 inline int32_t kv_runs_count_below(const kv_pos_run * runs, int32_t n_runs, int32_t p) {
     int32_t c = 0;
     for (int32_t r = 0; r < n_runs && runs[r].pos < p; r++) c = runs[r].first + std::min(runs[r].n, p - runs[r].pos);
@@ -389,7 +401,7 @@ private:
         double compaction_s = 0;
     };
     wide_state wide() const { return {sinks_, sink_cand_, step_, prompt_, qring_, qcount_, qheld_, qpos_, evicted_, compactions_, compaction_s_}; }
-    void set_wide(const wide_state & w);
+    void set_wide(wide_state w);  // (by value: a copy allocates before anything here changes, a move not at all)
     struct checkpoint_state {
         int32_t n = -1;                                     // tokens (-1: none)
         std::vector<char> saved;                            // [heads] this head was copied
@@ -399,6 +411,7 @@ private:
         wide_state wide;
     };
     checkpoint_state ckpt_;
+    bool ckpt_current_ = false;  // nothing changed since the checkpoint was taken or restored (it equals the cache)
     void write_wide(state_writer & w, const wide_state & s) const;
     bool read_wide(state_reader & r, wide_state & s, int32_t n_logical) const;
     void write_head(state_writer & w, const head_store & h, bool codes) const;

@@ -421,11 +421,15 @@ void kv_ring_layer::compact_f16(size_t h, const std::vector<int32_t> & live, kv_
 }
 
 // Quantized tokens kept by a rewind to `keep`: kv_cache counts them over its position runs (the prefix of the
-// coded order below keep; positions ascend but for displaced sinks, which limit_coded checks), so this does too.
-int32_t kv_ring_layer::coded_below(const head & x, int32_t keep) {
+// coded order below keep; positions ascend but for displaced sinks: *prefix says whether that prefix holds every
+// coded token below keep), so this does too.
+int32_t kv_ring_layer::coded_below(const head & x, int32_t keep, bool * prefix) {
     std::vector<kv_pos_run> runs;
     for (int32_t p : x.coded) kv_runs_push(runs, p);
-    return kv_runs_count_below(runs.data(), (int32_t) runs.size(), keep);
+    bool all = true;
+    const int32_t c = kv_runs_prefix_below(runs.data(), (int32_t) runs.size(), keep, &all);
+    if (prefix) *prefix = all;
+    return c;
 }
 
 int32_t kv_ring_layer::limit_stream(int32_t keep) const {
@@ -438,15 +442,14 @@ int32_t kv_ring_layer::limit_stream(int32_t keep) const {
 int32_t kv_ring_layer::limit_coded(int32_t keep) const {
     for (const head & x : heads_) {
         if (!coded_head(x)) continue;
-        const int32_t kept_q = coded_below(x, keep);
+        bool prefix = true;
+        const int32_t kept_q = coded_below(x, keep, &prefix);
         const int32_t P = std::min<int32_t>(keep, protect_);
         int32_t n_sink = 0;
         if (protect_sinks_)
             for (int32_t sp : sinks_) n_sink += sp >= protect_ && sp < keep;
         const int32_t fresh_q = std::max<int32_t>(0, keep - P - n_sink - staging_of(x)) / flush_ * flush_;
         // (kv_cache::remove_from: the coded tokens below keep must be a prefix of the coded order)
-        bool prefix = true;
-        for (size_t j = (size_t) kept_q; j < x.coded.size(); j++) prefix &= x.coded[j] >= keep;
         if (kept_q != fresh_q || !prefix) keep = std::min<int32_t>(keep, std::max(0, protect_));
     }
     return keep;

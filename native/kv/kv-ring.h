@@ -223,7 +223,7 @@ private:
     bool is_protected(int32_t p) const;
     bool coded_head(const head & x) const { return x.kind == KV_RING_CODED || (x.kind == KV_RING_EVICT && evict_coded_); }
     int32_t staging_of(const head & x) const { return x.kind == KV_RING_EVICT ? evict_staging_ : staging_; }
-    static int32_t coded_below(const head & x, int32_t keep);
+    static int32_t coded_below(const head & x, int32_t keep, bool * prefix = nullptr);
     void set_slot(size_t h, int32_t s, int32_t p);
     // EVICT head: quantizes the oldest unprotected of the f16 slots `live` (ascending) beyond the window, then
     // gathers the rest down to slots 0..; slots past them become empty

@@ -183,7 +183,7 @@ void kv_cache::write_wide(state_writer & w, const wide_state & s) const {
 
 bool kv_cache::read_wide(state_reader & r, wide_state & s, int32_t n_logical) const {
     if (!r.pod(s.step) || !r.pod(s.prompt) || !r.pod(s.evicted) || !r.pod(s.compactions) || !r.pod(s.compaction_s)) return false;
-    if (s.step < 0 || s.prompt < 0 || s.prompt > n_logical || s.evicted < 0 || s.compactions < 0) {
+    if (s.step < 0 || s.step > INT32_MAX / 2 || s.prompt < 0 || s.prompt > n_logical || s.evicted < 0 || s.compactions < 0) {
         return r.fail(strfmt("cache counters out of range (step %d, prompt %d of %d tokens)", s.step, s.prompt, n_logical));
     }
     s.sinks.assign((size_t) cfg_.n_layer, {});
@@ -208,8 +208,10 @@ bool kv_cache::read_wide(state_reader & r, wide_state & s, int32_t n_logical) co
     for (size_t il = 0; il < nq; il++) {
         if (!r.pod(s.qcount[il]) || !r.pod(s.qheld[il])) return false;
         if (!r.vec(s.qpos[il], qpos_[il].size(), "recorded query positions") || !r.vec(s.qring[il], qring_[il].size(), "recorded queries")) return false;
-        if (s.qpos[il].size() != qpos_[il].size() || s.qring[il].size() != qring_[il].size() || s.qcount[il] < 0 || s.qheld[il] < 0 ||
-            s.qheld[il] > q_window_ || s.qheld[il] > s.qcount[il]) {
+        // (a layer without evicting heads records none; counts stay far from overflowing while decoding goes on)
+        const bool records = !qpos_[il].empty();
+        if (s.qpos[il].size() != qpos_[il].size() || s.qring[il].size() != qring_[il].size() || s.qcount[il] < 0 || s.qcount[il] > INT32_MAX / 2 ||
+            s.qheld[il] < 0 || s.qheld[il] > q_window_ || s.qheld[il] > s.qcount[il] || (!records && s.qcount[il] != 0)) {
             return r.fail(strfmt("layer %zu: recorded queries do not fit the policy's window", il));
         }
     }
@@ -272,7 +274,7 @@ bool kv_cache::read_head(state_reader & r, head_store & h, bool codes, int32_t n
         const kv_pos_run & q = h.qruns[i];
         const kv_pos_run * p = i ? &h.qruns[i - 1] : nullptr;
         // (positions need not ascend across runs: a sink displaced by a later prompt chunk is coded after newer tokens)
-        if (q.n < 1 || q.pos < 0 || (int64_t) q.pos + q.n > n_logical || q.first != (p ? p->first + p->n : 0)) {
+        if (q.n < 1 || q.pos < 0 || (int64_t) q.pos + q.n > n_logical || q.first != (p ? p->first + p->n : 0) || (int64_t) q.first + q.n > cfg_.n_ctx) {
             return r.fail("a head's coded position runs are out of range");
         }
     }
@@ -316,6 +318,7 @@ bool kv_cache::read_head(state_reader & r, head_store & h, bool codes, int32_t n
         h.p_max.assign(n_all, 0.0f);
         h.p_sum.assign(n_all, 0.0f);
     }
+    h.segs.resize((size_t) ((h.n + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS));  // (so that adopt_state's rebuild allocates nothing)
     if (!codes) return true;
     auto blocks = [&](std::vector<void *> & pages, int bt, int32_t per_page, size_t bb) {
         const int32_t nb = (nq + bt - 1) / bt, bpp = per_page / bt;
@@ -334,10 +337,11 @@ void kv_cache::save_state(state_writer & w) const {
     write_wide(w, wide());
     for (const auto & h : heads_) write_head(w, h, true);
     const checkpoint_state & c = ckpt_;
-    // 0: none; 2: at the cache's end (saved after a prompt, before decoding): it equals the cache, so the reader
-    // takes it again instead of the file holding a second copy; 1: the checkpoint's heads follow
-    w.pod((uint8_t) (c.n < 0 ? 0 : c.n == n_logical_ ? 2 : 1));
-    if (c.n < 0 || c.n == n_logical_) return;
+    // 0: none; 2: the cache has not changed since it was taken (saved after a prompt, before decoding): it equals
+    // the cache, so the reader takes it again instead of the file holding a second copy; 1: its heads follow
+    const bool retake = c.n >= 0 && ckpt_current_ && c.n == n_logical_;
+    w.pod((uint8_t) (c.n < 0 ? 0 : retake ? 2 : 1));
+    if (c.n < 0 || retake) return;
     w.pod(c.n);
     for (size_t i = 0; i < heads_.size(); i++) {
         w.pod((uint8_t) c.saved[i]);
@@ -376,14 +380,15 @@ status kv_cache::read_state(state_reader & r, loaded_ptr & out, int32_t * n_toke
     for (auto & h : s->heads) {
         if (!read_head(r, h, true, n, &oom)) return failed();
     }
-    // heads rotated together hold the same tokens (flush quantizes them as one)
-    for (size_t i = 0; i < s->heads.size(); i++) {
-        const head_store & h = s->heads[i], & g = s->heads[i - (size_t) h.rot_slot];
-        if (h.rot_slot > 0 && (h.pos != g.pos || count_runs(h.qruns) != count_runs(g.qruns))) {
-            r.fail("heads of one key rotation group hold different tokens");
-            return failed();
+    // heads rotated together hold the same tokens (flush quantizes them as one, attention reads them together)
+    auto groups_agree = [&](const std::vector<head_store> & hs) {
+        for (size_t i = 0; i < hs.size(); i++) {
+            const head_store & h = hs[i], & g = hs[i - (size_t) h.rot_slot];
+            if (h.rot_slot > 0 && (h.pos != g.pos || h.qruns.size() != g.qruns.size() || count_runs(h.qruns) != count_runs(g.qruns))) return r.fail("heads of one key rotation group hold different tokens");
         }
-    }
+        return true;
+    };
+    if (!groups_agree(s->heads)) return failed();
     uint8_t has_ckpt = 0;
     if (!r.pod(has_ckpt)) return failed();
     if (has_ckpt > 2) { r.fail("invalid checkpoint flag"); return failed(); }
@@ -417,7 +422,7 @@ status kv_cache::read_state(state_reader & r, loaded_ptr & out, int32_t * n_toke
                 if (!prefix) { r.fail("a checkpoint's coded tokens are not the cache's first ones"); return failed(); }
             }
         }
-        if (!read_wide(r, c.wide, c.n)) return failed();
+        if (!groups_agree(c.heads) || !read_wide(r, c.wide, c.n)) return failed();
     }
     if (n_tokens) *n_tokens = s->n_logical;
     out = std::move(s);
@@ -430,7 +435,7 @@ void kv_cache::adopt_state(loaded_ptr s) {
     for (size_t i = 0; i < heads_.size(); i++) heads_[i] = std::move(s->heads[i]);  // (element-wise: sib_ points into heads_)
     s->heads.clear();
     for (auto & h : heads_) rebuild_segments(h);
-    set_wide(s->wide);
+    set_wide(std::move(s->wide));
     n_logical_ = s->n_logical;
     if (s->ckpt.n >= 0) {
         ckpt_ = std::move(s->ckpt);

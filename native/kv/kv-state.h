@@ -4,7 +4,7 @@
 // positions, the policies' statistics, the cache-wide state (sinks, recorded queries, counters) and the
 // prefix checkpoint, so its size is the cache's bytes, not the context's.
 //
-// Layout (little-endian, no padding): the engine's header (engine.cpp: magic, version, model fingerprint, the
+// Layout (little-endian, no padding): the engine's header (sequence-state.cpp: magic, version, model fingerprint, the
 // cache's layout description, token history, logits), the cache's section (kv_cache::save_state), then an
 // 8-byte checksum of everything before it. Readers check every count and offset against the configuration
 // before using it and build the new state apart, so a truncated, corrupt or foreign file is an error and the

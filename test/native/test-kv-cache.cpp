@@ -1130,3 +1130,29 @@ TC_TEST("kv: a rewind keeps every position below what it reports, also past a si
     std::printf("    %d coded tokens out of order; %d of the rewinds exact at the position asked\n", out_of_order, exact);
     TC_CHECK(exact > 0);
 }
+
+TC_TEST("kv: a state file keeps a checkpoint the cache has moved away from (decoding, then a cut back to its length)") {
+    // no eviction and no streaming head: a rewind to the checkpoint's length is exact by itself and cuts instead of
+    // restoring, but the evicting heads' statistics keep what decoding observed — the cache no longer equals the
+    // checkpoint, so the file must carry the checkpoint's copy, not ask the reader to take it again
+    kv_cache_config c = abort_cfg(KV_POLICY_LAZY, KV_CODEC_F16);
+    c.retention[11] = KV_RETAIN_FULL;
+    c.policy.capacity = 110;  // (no eviction in the first 6 steps; later ones evict)
+    auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
+    kv_cache a(c, pool), b(c, pool), fresh(c, pool);
+    drive_chunk(a, 100, 1, -1);
+    drive_chunk(fresh, 100, 1, -1);
+    TC_CHECK(a.save_checkpoint().ok());
+    for (int i = 0; i < 6; i++) drive_chunk(a, 1, 50u + (uint32_t) i, -1);
+    TC_CHECK(a.remove_from(100) == 100 && a.checkpoint_tokens() == 100);
+    TC_CHECK(fresh.save_checkpoint().ok());
+    TC_CHECK(state_bytes(a) != state_bytes(fresh)) << "the fixture no longer changes the statistics: the test checks nothing";
+    const std::vector<uint8_t> img = state_bytes(a);
+    TC_CHECK(state_load(b, img).ok());
+    TC_CHECK(state_bytes(b) == img);
+    // both decode until they evict, then rewind: each returns to its checkpoint, which must be the same one
+    for (int i = 0; i < 40; i++) for (kv_cache * k : {&a, &b}) drive_chunk(*k, 1, 90u + (uint32_t) i, -1);
+    TC_CHECK(a.memory(false).evicted_tokens > 0);
+    TC_CHECK(a.remove_from(100) == 100 && b.remove_from(100) == 100);
+    TC_CHECK(state_bytes(a) == state_bytes(b)) << "the loaded cache's checkpoint differs from the saved one";
+}

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "quant-traits-cpu.h"
 #if defined(__x86_64__)
@@ -284,7 +285,19 @@ void expf_libm_ref(const float * x, float * y, int n) {
 
 void expf_libm(const float * x, float * y, int n) {
 #if defined(__x86_64__)
-    const int level = simd_level();
+    // The vector paths reproduce glibc's expf. Where the C library's expf computes other bits (musl, an old glibc),
+    // they would not be libm's: a one-time check over a spread of arguments against std::exp decides, and the
+    // scalar ref runs on a mismatch.
+    static const int level = [] {
+        const int l = simd_level();
+        if (l == 0) return 0;
+        std::vector<float> a(4099), v(a.size()), r(a.size());
+        for (size_t i = 0; i < a.size(); i++) a[i] = -103.27f * (float) i / (float) (a.size() - 1) + (i % 3 ? 1e-3f * (float) (i % 7) : 0.0f);
+        if (l == 2) expf_libm_avx512(a.data(), v.data(), (int) a.size());
+        else expf_libm_avx2(a.data(), v.data(), (int) a.size());
+        expf_libm_ref(a.data(), r.data(), (int) a.size());
+        return std::memcmp(v.data(), r.data(), v.size() * sizeof(float)) == 0 ? l : 0;
+    }();
     if (level == 2) return expf_libm_avx512(x, y, n);
     if (level == 1) return expf_libm_avx2(x, y, n);
 #endif

@@ -34,9 +34,10 @@ float exp_sub_sum(float * x, int64_t n, float mx);
 // x·32/ln2 split as k + r, 2^(k/32) from a table, a cubic in r, all in double, then one rounding to float).
 // llama.cpp's CPU flash attention calls expf once per key, and its results decide near-tie greedy tokens, so
 // attention needs these exact bits, not a ≤2-ulp approximation. The _ref calls std::exp; the dispatched version
-// computes 16 lanes at a time with AVX-512 (std::exp for lanes below −103.28, where glibc takes its underflow
-// paths, and for NaN) and is the _ref elsewhere. Checked against std::exp over every float in [−104, 0]
-// (test-ops: a stride of them by default, all with THINKCACHE_EXHAUSTIVE=1).
+// computes 16 lanes at a time with AVX-512 or 8 with AVX2 (std::exp for lanes outside [−103.28, 88], where glibc
+// takes its special paths, and for NaN), after a one-time check that this C library's expf gives those bits
+// (else it is the _ref). Checked against std::exp over every float in [−104, 88.7] (test-forward "expf_libm": a
+// stride of them by default, all with THINKCACHE_EXHAUSTIVE=1).
 void expf_libm_ref(const float * x, float * y, int n);
 void expf_libm(const float * x, float * y, int n);
 
