@@ -285,17 +285,10 @@ export class Sequence {
    *   for await (const ev of other.generate(longDocument + question)) ...   // evaluates only the question
    */
   async saveStateToFile(path: string): Promise<{ bytes: number; tokens: number }> {
-    if (this._clearing) await this._afterClear();
-    this._ensureUsable();
-    if (typeof path !== 'string' || path.length === 0) throw new InvalidOptionsError('saveStateToFile: path must be a non-empty string');
-    if (this._busy) throw new BusyError('saveStateToFile: the sequence is busy generating');
-    this._busy = true;
-    try {
+    return this._withStateFile('saveStateToFile', path, async () => {
       const bytes = await callNative(() => this._native.saveStateAsync(path));
       return { bytes, tokens: this._tokens.length };
-    } finally {
-      this._busy = false;
-    }
+    });
   }
 
   /**
@@ -307,15 +300,21 @@ export class Sequence {
    * (its prompt's common prefix is not evaluated again). Off the event loop; CPU contexts only so far.
    */
   async loadStateFromFile(path: string): Promise<{ tokens: number }> {
+    return this._withStateFile('loadStateFromFile', path, async () => {
+      this._tokens = Array.from(await callNative(() => this._native.loadStateAsync(path)));
+      return { tokens: this._tokens.length };
+    });
+  }
+
+  // A state-file call: after a clear() in flight, on a usable and idle sequence, with a path; busy while it runs.
+  private async _withStateFile<T>(what: string, path: string, run: () => Promise<T>): Promise<T> {
     if (this._clearing) await this._afterClear();
     this._ensureUsable();
-    if (typeof path !== 'string' || path.length === 0) throw new InvalidOptionsError('loadStateFromFile: path must be a non-empty string');
-    if (this._busy) throw new BusyError('loadStateFromFile: the sequence is busy generating');
+    if (typeof path !== 'string' || path.length === 0) throw new InvalidOptionsError(`${what}: path must be a non-empty string`);
+    if (this._busy) throw new BusyError(`${what}: the sequence is busy generating`);
     this._busy = true;
     try {
-      const tokens = await callNative(() => this._native.loadStateAsync(path));
-      this._tokens = Array.from(tokens);
-      return { tokens: this._tokens.length };
+      return await run();
     } finally {
       this._busy = false;
     }

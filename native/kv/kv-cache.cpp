@@ -13,8 +13,6 @@ namespace core {
 
 namespace {
 
-int32_t runs_count(const std::vector<kv_pos_run> & r) { return r.empty() ? 0 : r.back().first + r.back().n; }
-
 void runs_push(std::vector<kv_pos_run> & r, int32_t pos) { kv_runs_push(r, pos); }
 
 int32_t runs_count_below(const std::vector<kv_pos_run> & r, int32_t p) { return kv_runs_count_below(r.data(), (int32_t) r.size(), p); }
@@ -132,10 +130,10 @@ kv_cache::~kv_cache() {
     drop_checkpoint();
 }
 
-void kv_cache::free_head_pages(head_store & h) {
-    for (void * p : h.pages) pool_->free(p);
-    for (void * p : h.qk_pages) pool_->free(p);
-    for (void * p : h.qv_pages) pool_->free(p);
+void kv_cache::free_pages(page_pool & pool, head_store & h) {
+    for (void * p : h.pages) pool.free(p);
+    for (void * p : h.qk_pages) pool.free(p);
+    for (void * p : h.qv_pages) pool.free(p);
     h.pages.clear();
     h.qk_pages.clear();
     h.qv_pages.clear();
@@ -165,7 +163,7 @@ status kv_cache::save_checkpoint(bool bounded_only) {
     drop_checkpoint();
     if (bounded_only) {
         for (const auto & h : heads_) {
-            if (h.mode == KV_RETAIN_EVICT && h.n + runs_count(h.qruns) > cfg_.policy.capacity) return {};
+            if (h.mode == KV_RETAIN_EVICT && h.n + kv_runs_count(h.qruns) > cfg_.policy.capacity) return {};
         }
     }
     std::vector<char> saved(heads_.size(), 0);
@@ -234,7 +232,7 @@ bool kv_cache::restore_checkpoint() {
         if (c.saved[i] && c.codes_live[i]) {
             // the live head's codes, cut to the checkpoint's count (the same tokens, quantized alike), under the
             // checkpoint's f16 pages and runs
-            const int32_t nq = runs_count(fresh[i].qruns);
+            const int32_t nq = kv_runs_count(fresh[i].qruns);
             std::vector<void *> qk = std::move(h.qk_pages), qv = std::move(h.qv_pages);
             auto shrink = [&](std::vector<void *> & pages, int32_t per_page) {
                 const size_t need = (size_t) ((nq + per_page - 1) / per_page);
@@ -341,11 +339,11 @@ void kv_cache::flush(int il, int ih0, int nh) {
     const int32_t m = ((int32_t) cand.size() - staging_of(h)) / F * F;
     if (m <= 0) return;
     chunk_exact_ = false;  // (tokens older than this chunk may move to codec pages)
-    const int32_t nq = runs_count(h.qruns);
+    const int32_t nq = kv_runs_count(h.qruns);
     // (past the early return: this runs at every decode step for every coded head)
     std::vector<head_store *> hs((size_t) nh);
     for (int s = 0; s < nh; s++) hs[(size_t) s] = &heads_[(size_t) il * H + ih0 + s];
-    for (int s = 1; s < nh; s++) assert(hs[(size_t) s]->pos == h.pos && runs_count(hs[(size_t) s]->qruns) == nq);
+    for (int s = 1; s < nh; s++) assert(hs[(size_t) s]->pos == h.pos && kv_runs_count(hs[(size_t) s]->qruns) == nq);
     // pages for the new blocks; on OOM the tokens simply stay in f16
     auto grow = [&](std::vector<void *> & pages, int32_t per_page) {
         while ((int64_t) pages.size() * per_page < (int64_t) nq + m) {
@@ -518,7 +516,7 @@ void kv_cache::append(int il, int n_tokens, const float * k, const float * v, co
         }
         if (h.mode == KV_RETAIN_EVICT) {
             policy_->append(h.stats, n_tokens, step_);
-            const size_t n_all = (size_t) h.n + (size_t) runs_count(h.qruns);
+            const size_t n_all = (size_t) h.n + (size_t) kv_runs_count(h.qruns);
             h.p_max.assign(n_all, 0.0f);
             h.p_sum.assign(n_all, 0.0f);
         }
@@ -541,7 +539,7 @@ void kv_cache::rebuild_segments(head_store & h) const {
     if (h.coded) {
         const size_t i = (size_t) (&h - heads_.data());
         h.cv = cv0_;
-        h.cv.n = runs_count(h.qruns);
+        h.cv.n = kv_runs_count(h.qruns);
         h.cv.runs = h.qruns.data();
         h.cv.n_runs = (int32_t) h.qruns.size();
         h.cv.kpages = h.qk_pages.data();
@@ -631,7 +629,7 @@ void kv_cache::retain(int il) {
     for (int ih = 0; ih < H; ih++) {
         head_store & h = heads_[(size_t) il * H + ih];
         if (h.mode != KV_RETAIN_EVICT) continue;
-        const int32_t nq = runs_count(h.qruns), n_all = h.n + nq;
+        const int32_t nq = kv_runs_count(h.qruns), n_all = h.n + nq;
         kv_step_probs p{h.p_max.data(), h.p_sum.data(), same ? layer_mean.data() : nullptr};
         // the held tokens' statistics take this step's observation (snapkv and rkv keep none)
         if (!h.stats.last.empty() || !h.stats.mri.empty() || !h.stats.acc.empty() || !h.stats.cur.empty()) chunk_exact_ = false;
@@ -781,7 +779,7 @@ void kv_cache::cut(int32_t keep_pos, bool reset_dropped) {
         std::vector<int32_t> idx((size_t) keep);
         for (int32_t j = 0; j < keep; j++) idx[(size_t) j] = j;
         if (h.mode == KV_RETAIN_EVICT) {  // [coded | f16] statistics: the kept prefix of each part
-            const int32_t nq = runs_count(h.qruns), kept_q = runs_count_below(h.qruns, keep_pos);
+            const int32_t nq = kv_runs_count(h.qruns), kept_q = runs_count_below(h.qruns, keep_pos);
             std::vector<int32_t> src;
             for (int32_t j = 0; j < kept_q; j++) src.push_back(j);
             for (int32_t j = 0; j < keep; j++) src.push_back(nq + j);
@@ -837,7 +835,7 @@ kv_memory_report kv_cache::memory(bool per_head) const {
         const head_store & h = heads_[i];
         uint64_t kb = (uint64_t) h.n * cfg_.head_dim * sizeof(f16_t);
         uint64_t vb = (uint64_t) h.n * cfg_.head_dim_v * sizeof(f16_t);
-        const int64_t nq = runs_count(h.qruns);
+        const int64_t nq = kv_runs_count(h.qruns);
         uint64_t pb = (uint64_t) h.n * sizeof(int32_t) + h.qruns.size() * sizeof(kv_pos_run);
         uint64_t mb = h.segs.capacity() * sizeof(kv_segment) + h.pages.capacity() * sizeof(void *);
         uint64_t alloc = h.pages.size() * page_bytes + h.pos.capacity() * sizeof(int32_t) + mb;

@@ -66,6 +66,9 @@ struct kv_pos_run {
     int32_t first = 0, pos = 0, n = 0;
 };
 
+// Coded tokens the runs cover.
+inline int32_t kv_runs_count(const std::vector<kv_pos_run> & r) { return r.empty() ? 0 : r.back().first + r.back().n; }
+
 // Appends coded position `pos` to the runs (a new run unless it continues the last one).
 inline void kv_runs_push(std::vector<kv_pos_run> & r, int32_t pos) {
     if (!r.empty() && r.back().pos + r.back().n == pos) { r.back().n++; return; }
@@ -387,7 +390,8 @@ private:
     // A copy of `s` into `d` with pages of its own (d's page lists are overwritten, not freed); all or nothing:
     // false (d without pages) when the pool runs dry.
     bool copy_head(const head_store & s, head_store & d);
-    void free_head_pages(head_store & h);
+    void free_head_pages(head_store & h) { free_pages(*pool_, h); }
+    static void free_pages(page_pool & pool, head_store & h);  // (a loaded state's heads too)
     bool restore_checkpoint();
     // The cache-wide state beside the heads: what a checkpoint keeps and a copy takes along.
     struct wide_state {

@@ -14,8 +14,6 @@ namespace {
 inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 constexpr uint64_t K1 = 0x9E3779B97F4A7C15ull, K2 = 0xC2B2AE3D27D4EB4Full;
 
-int32_t count_runs(const std::vector<kv_pos_run> & r) { return r.empty() ? 0 : r.back().first + r.back().n; }
-
 } // namespace
 
 uint64_t state_block_hash(uint64_t h, const uint8_t * p, size_t n) {
@@ -119,14 +117,8 @@ struct kv_cache::loaded_state {
     checkpoint_state ckpt;
     bool retake_ckpt = false;  // a checkpoint at the end: adopt_state takes it again
     ~loaded_state() {
-        auto free_pages = [&](head_store & h) {
-            for (auto * list : {&h.pages, &h.qk_pages, &h.qv_pages}) {
-                for (void * p : *list) pool->free(p);
-                list->clear();
-            }
-        };
-        for (auto & h : heads) free_pages(h);
-        for (auto & h : ckpt.heads) free_pages(h);
+        for (auto & h : heads) free_pages(*pool, h);
+        for (auto & h : ckpt.heads) free_pages(*pool, h);
     }
 };
 
@@ -239,7 +231,7 @@ void kv_cache::write_head(state_writer & w, const head_store & h, bool codes) co
     w.vec(h.stats.acc);
     w.vec(h.stats.cur);
     if (!codes) return;
-    const int32_t nq = count_runs(h.qruns);
+    const int32_t nq = kv_runs_count(h.qruns);
     auto blocks = [&](const std::vector<void *> & pages, int bt, int32_t per_page, size_t bb) {
         const int32_t nb = (nq + bt - 1) / bt, bpp = per_page / bt;
         for (int32_t p = 0; p * bpp < nb; p++) w.bytes(pages[(size_t) p], (size_t) std::min(bpp, nb - p * bpp) * bb);
@@ -278,7 +270,7 @@ bool kv_cache::read_head(state_reader & r, head_store & h, bool codes, int32_t n
             return r.fail("a head's coded position runs are out of range");
         }
     }
-    const int32_t nq = count_runs(h.qruns);
+    const int32_t nq = kv_runs_count(h.qruns);
     if ((int64_t) nq + h.n > cfg_.n_ctx) return r.fail(strfmt("a head holds %d tokens, more than the context's %d", nq + h.n, cfg_.n_ctx));
     const size_t page_bytes = pool_->page_bytes();
     auto new_page = [&](std::vector<void *> & list) -> uint8_t * {
@@ -384,7 +376,7 @@ status kv_cache::read_state(state_reader & r, loaded_ptr & out, int32_t * n_toke
     auto groups_agree = [&](const std::vector<head_store> & hs) {
         for (size_t i = 0; i < hs.size(); i++) {
             const head_store & h = hs[i], & g = hs[i - (size_t) h.rot_slot];
-            if (h.rot_slot > 0 && (h.pos != g.pos || h.qruns.size() != g.qruns.size() || count_runs(h.qruns) != count_runs(g.qruns))) return r.fail("heads of one key rotation group hold different tokens");
+            if (h.rot_slot > 0 && (h.pos != g.pos || h.qruns.size() != g.qruns.size() || kv_runs_count(h.qruns) != kv_runs_count(g.qruns))) return r.fail("heads of one key rotation group hold different tokens");
         }
         return true;
     };
@@ -414,8 +406,8 @@ status kv_cache::read_state(state_reader & r, loaded_ptr & out, int32_t * n_toke
             if (live) {
                 // its codes are the first ones of the live head (a FULL head only appends codes)
                 const std::vector<kv_pos_run> & a = c.heads[i].qruns, & b = s->heads[i].qruns;
-                const int32_t k = count_runs(a);
-                bool prefix = k <= count_runs(b);
+                const int32_t k = kv_runs_count(a);
+                bool prefix = k <= kv_runs_count(b);
                 for (size_t j = 0; prefix && j < a.size(); j++) {
                     prefix = j < b.size() && a[j].first == b[j].first && a[j].pos == b[j].pos && (a[j].n == b[j].n || (j + 1 == a.size() && a[j].n < b[j].n));
                 }

@@ -99,7 +99,7 @@ inline void softmax_block_exps(f16_acc_state * st, int gn, const float * s, int 
 // together (softmax_block_exps), and the key loop is outside the head loop, so up to 8 heads' accumulator chains
 // (each key's f16 rounding depends on the previous key's) are in flight together instead of one.
 template <class Mad, class Scale>
-inline void softmax_block(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV, Mad mad, Scale scale) {
+__attribute__((always_inline)) inline void softmax_block(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV, Mad mad, Scale scale) {
     constexpr int GB = 8;
     float e[GB][ATTN_BLOCK];
     bool up[GB][ATTN_BLOCK];
@@ -432,35 +432,14 @@ __attribute__((target("avx512f,f16c,fma"))) void softmax_block_regs_avx512(f16_a
     }
 }
 
-// softmax_block for AVX2: the accumulators stay in memory (16 ymm registers hold too few), but the whole block
-// is one function with the f16 steps inlined, so 8 query heads' chains run interleaved. The same bits.
+// softmax_block for AVX2: the accumulators stay in memory (16 ymm registers hold too few); instantiated inside an
+// AVX2 function, so the f16 steps inline and 8 query heads' chains run interleaved. The same bits.
 __attribute__((target("avx2,f16c,fma"))) void softmax_block_avx2(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
-    constexpr int GB = 8;
-    float e[GB][ATTN_BLOCK];
-    bool up[GB][ATTN_BLOCK];
-    for (int g0 = 0; g0 < ng; g0 += GB) {
-        const int gn = std::min(GB, ng - g0);
-        softmax_block_exps(st + g0, gn, s + (size_t) g0 * ATTN_BLOCK, n, up, e);
-        for (int j = 0; j < n; j++) {
-            const f16_t * vr = v + (size_t) j * DV;
-            for (int g = 0; g < gn; g++) {
-                f16_acc_state & a = st[g0 + g];
-                const float x = e[g][j];
-                if (up[g][j]) {
-                    acc_scale_f16_avx2(a.acc, DV, x);
-                    acc_mad_f16_avx2(a.acc, vr, DV, 1.0f);
-                    a.S = std::fma(a.S, x, 1.0f);
-                } else {
-                    acc_mad_f16_avx2(a.acc, vr, DV, x);
-                    a.S = std::fma(a.S, 1.0f, x);
-                }
-            }
-        }
-    }
+    softmax_block(st, ng, s, n, v, DV, acc_mad_f16_avx2, acc_scale_f16_avx2);
 }
 
 // The register kernel for DV = 16·NV up to 256, else softmax_block with the memory accumulators.
-void softmax_block_avx512(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
+__attribute__((target("avx512f,f16c,fma"))) void softmax_block_avx512(f16_acc_state * st, int ng, const float * s, int n, const f16_t * v, int DV) {
     switch (DV) {
         case 64: return softmax_block_regs_avx512<4>(st, ng, s, n, v, DV);
         case 128: return softmax_block_regs_avx512<8>(st, ng, s, n, v, DV);
