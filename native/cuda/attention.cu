@@ -748,6 +748,17 @@ status kv_layer_device::truncate(int n, stream_t s) {
     return status::success();
 }
 
+status kv_layer_device::copy_from(const kv_layer_device & src, stream_t s) {
+    if (&src == this) return status::success();
+    if (n_ctx_ <= 0 || src.n_ctx_ != n_ctx_ || src.v_.n_head_kv != v_.n_head_kv || src.page_bytes_ != page_bytes_ || src.v_.max_seg != v_.max_seg)
+        return status(ERR_INTERNAL, "cuda kv: a copy between dense layers of another geometry");
+    const size_t span = (size_t) (src.n_held_ + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS * page_bytes_, head = (size_t) v_.max_seg * page_bytes_;
+    for (int h = 0; h < v_.n_head_kv && span > 0; h++)
+        CUDA_CHECK(cudaMemcpyAsync(pages_.as<uint8_t>() + h * head, src.pages_.as<uint8_t>() + h * head, span, cudaMemcpyDeviceToDevice, s));
+    n_held_ = src.n_held_;
+    return truncate(n_held_, s);
+}
+
 status kv_layer_device::append(const float * k, const float * v, int n_tokens, stream_t s) {
     if (n_ctx_ <= 0) return status(ERR_INVALID_ARG, "cuda kv: append needs a dense layer");
     if (n_tokens <= 0) return status::success();

@@ -99,6 +99,8 @@ public:
     status append(const float * k, const float * v, int n_tokens, stream_t s);
     // Keeps the first n tokens of a dense layer (0: forgets them all; the pages stay reserved).
     status truncate(int n, stream_t s);
+    // Dense layers: holds what `src` holds (a dense layer of the same geometry), its pages copied on the stream.
+    status copy_from(const kv_layer_device & src, stream_t s);
     int n_held() const { return n_held_; }
     int n_ctx() const { return n_ctx_; }
     const kv_layer_view & view() const { return v_; }

@@ -100,7 +100,21 @@ struct forward_session::impl {
     std::vector<kv_ring_layer> rl;
     std::vector<kv_ring_device> rd;
     std::shared_ptr<device_page_pool> pool;  // the f16 pages (the context's, shared by its sequences)
+    ring_codec codec;                  // what the layers were made with (a checkpoint makes its layers alike)
+    std::vector<int32_t> perm;         // [n_layer][n_head_kv][head_dim] key channel permutation, or empty
     ring_step step;
+    // The prefix checkpoint (forward_session::save_checkpoint): the books of every layer, and the device data of
+    // the heads a rewind may not restore exactly (saved: STREAM, CODED and EVICT heads; codes: the heads whose
+    // quantized tokens are copied too, EVICT ones: a CODED head's only grow, so the live head keeps them)
+    struct checkpoint {
+        int n = -1;  // tokens (-1: none)
+        std::vector<std::vector<char>> saved, codes;  // [n_layer][n_head_kv]
+        std::vector<kv_ring_layer> rl;
+        std::vector<kv_ring_device> rd;
+        int32_t dstep = 0, prompt = 0;
+        int64_t evicted = 0, compactions = 0;
+        double compaction_s = 0;
+    } ckpt;
     // evicting heads (lazy): kv_cache's decode step and prompt length, the scores scratch attention fills at a
     // decode step, the gathers' scratch, and what the evictions did
     bool evict = false;
@@ -204,6 +218,43 @@ struct forward_session::impl {
     // Gives back what layer il's heads no longer hold, after the step's ops are enqueued (their gathers are ahead
     // of any later user of a page in the stream): the f16 pages past each head's slots, and half of the slot and
     // coded arrays once every head fills a quarter of them or less.
+    // The device layer il of this session's geometry for books L (the pages from the session's pool).
+    status make_layer(int il, const kv_ring_layer & L, kv_ring_device & D) const {
+        const hparams & hp = m->hp;
+        const size_t per_layer = (size_t) L.n_head_kv() * hp.head_dim;
+        const int32_t * pm = perm.empty() ? nullptr : perm.data() + (size_t) il * per_layer;
+        return D.create(L, (int) hp.head_dim, (int) hp.head_dim_v, codec, pm, pool, be->stream());
+    }
+
+    void drop_checkpoint() {
+        ckpt.rd.clear();  // (its pages go back to the pool)
+        ckpt = checkpoint{};
+    }
+
+    // Back to the checkpoint: every layer's books and its saved heads' data from the checkpoint, the other heads
+    // (f16 FULL: exact) cut to its length. A failure part-way leaves each layer whole but the layers apart: the
+    // caller clears the cache.
+    status restore_checkpoint() {
+        std::vector<kv_ring_ops> ops;
+        for (size_t il = 0; il < rl.size(); il++) {
+            // (the saved heads' clears are moot: their slots come from the checkpoint whole)
+            kv_ring_layer cut = rl[il];
+            cut.truncate(ckpt.n, ops);
+            status st = rd[il].copy_from(ckpt.rd[il], ckpt.rl[il], ckpt.saved[il], ckpt.codes[il], true, be->stream());
+            if (!st.ok()) return st;
+            rl[il] = std::move(cut);
+            rl[il].copy_from(ckpt.rl[il], ckpt.saved[il]);
+            if (!(st = trim((int) il)).ok()) return st;
+        }
+        n_past = ckpt.n;
+        dstep = ckpt.dstep;
+        prompt = ckpt.prompt;
+        evicted = ckpt.evicted;
+        compactions = ckpt.compactions;
+        compaction_s = ckpt.compaction_s;
+        return status::success();
+    }
+
     status trim(int il) {
         rd[(size_t) il].release_pages(rl[(size_t) il]);
         return rd[(size_t) il].shrink(rl[(size_t) il], be->stream());
@@ -531,12 +582,12 @@ status forward_session::create(std::shared_ptr<const device_model> dm, const kv_
     p.rd.clear();
     p.rl.reserve((size_t) kc.n_layer);
     p.rd.reserve((size_t) kc.n_layer);
-    const size_t per_layer = (size_t) kc.n_head_kv * kc.head_dim;
+    p.codec = codec;
+    if (sc.coded()) p.perm = sc.perm;
     for (int il = 0; il < kc.n_layer; il++) {
         p.rl.emplace_back(rc, il);
         p.rd.emplace_back();
-        const int32_t * perm = sc.coded() && !sc.perm.empty() ? sc.perm.data() + (size_t) il * per_layer : nullptr;
-        if (!(st = p.rd.back().create(p.rl.back(), kc.head_dim, kc.head_dim_v, codec, perm, p.pool, be.stream())).ok()) return st;
+        if (!(st = p.make_layer(il, p.rl.back(), p.rd.back())).ok()) return st;
     }
     size_t n_sc = 0;  // one scores scratch for the layers (each fills and reads it in stream order)
     const int G = (int) hp.n_head / kc.n_head_kv;  // (per-query-head caches: 1)
@@ -626,11 +677,25 @@ status forward_session::truncate(int n, int * kept) {
     impl & p = *p_;
     if (kept) *kept = p.n_past;
     if (n < 0) return status(ERR_INVALID_ARG, strfmt("cuda forward: cannot keep %d tokens", n));
+    if (p.ckpt.n >= 0 && n < p.ckpt.n) p.drop_checkpoint();
     if (n >= p.n_past) return status::success();
     if (p.ring) {
         int32_t keep = n;  // kv_cache::remove_from: stream heads first, then coded heads, over every layer
         for (const kv_ring_layer & L : p.rl) keep = L.limit_stream(keep);
         for (const kv_ring_layer & L : p.rl) keep = L.limit_coded(keep);
+        if (p.ckpt.n >= 0 && keep < p.ckpt.n) {  // (here n >= the checkpoint's tokens) back to the checkpoint instead
+            const status st = p.restore_checkpoint();
+            if (st.ok()) {
+                if (kept) *kept = p.n_past;
+                return st;
+            }
+            // a layer could not be restored: nothing of the cache can be trusted to match a fresh evaluation
+            p.drop_checkpoint();
+            p.n_past = std::max(p.n_past, 1);
+            const status sc = truncate(0, kept);
+            return status(st.code, st.message + (sc.ok() ? "; returning to the checkpoint failed, so the cache was cleared"
+                                                         : "; and clearing the device cache failed: " + sc.message));
+        }
         std::vector<kv_ring_ops> ops;
         std::vector<std::vector<kv_ring_layer::slot_entry>> clears(p.rl.size());
         for (size_t il = 0; il < p.rl.size(); il++) {  // the bookkeeping first, whole; then the device
@@ -661,6 +726,81 @@ status forward_session::truncate(int n, int * kept) {
 }
 
 status forward_session::clear() { return truncate(0); }
+
+status forward_session::save_checkpoint(bool bounded_only) {
+    impl & p = *p_;
+    p.drop_checkpoint();
+    if (!p.ring) return status::success();  // (a dense f16 cache rewinds exactly)
+    const size_t L = p.rl.size();
+    impl::checkpoint c;
+    c.saved.resize(L);
+    c.codes.resize(L);
+    bool any = false;
+    for (size_t il = 0; il < L; il++) {
+        const kv_ring_layer & R = p.rl[il];
+        const int H = R.n_head_kv();
+        c.saved[il].assign((size_t) H, 0);
+        c.codes[il].assign((size_t) H, 0);
+        for (int h = 0; h < H; h++) {
+            const uint8_t k = R.kind(h);
+            if (bounded_only && k == KV_RING_EVICT && R.n_f16(h) + R.n_coded(h) > R.policy().capacity) return status::success();
+            any |= (c.saved[il][(size_t) h] = k != KV_RING_DENSE) != 0;
+            c.codes[il][(size_t) h] = k == KV_RING_EVICT;
+        }
+    }
+    if (!any) return status::success();
+    c.rl = p.rl;
+    c.rd.resize(L);
+    for (size_t il = 0; il < L; il++) {
+        status st = p.make_layer((int) il, c.rl[il], c.rd[il]);
+        if (st.ok()) st = c.rd[il].copy_from(p.rd[il], p.rl[il], c.saved[il], c.codes[il], true, p.be->stream());
+        if (!st.ok()) return status(st.code, "kv cache checkpoint: " + st.message);  // (c's pages go back with it)
+    }
+    c.n = p.n_past;
+    c.dstep = p.dstep;
+    c.prompt = p.prompt;
+    c.evicted = p.evicted;
+    c.compactions = p.compactions;
+    c.compaction_s = p.compaction_s;
+    p.ckpt = std::move(c);
+    return status::success();
+}
+
+void forward_session::drop_checkpoint() { p_->drop_checkpoint(); }
+int forward_session::checkpoint_tokens() const { return p_->ckpt.n; }
+
+status forward_session::copy_from(const forward_session & src) {
+    impl & p = *p_;
+    const impl & q = *src.p_;
+    if (&src == this) return status::success();
+    if (p.W != q.W || p.ring != q.ring || p.n_ctx != q.n_ctx || p.rl.size() != q.rl.size() || p.kv.size() != q.kv.size())
+        return status(ERR_INVALID_ARG, "cuda forward: copy from a session of another model or cache configuration");
+    p.drop_checkpoint();
+    const stream_t s = p.be->stream();
+    status st;
+    if (!p.ring) {
+        for (size_t il = 0; il < p.kv.size() && st.ok(); il++) st = p.kv[il].copy_from(q.kv[il], s);
+    } else {
+        for (size_t il = 0; il < p.rl.size() && st.ok(); il++) {
+            const std::vector<char> all((size_t) p.rl[il].n_head_kv(), 1);
+            if (!(st = p.rd[il].copy_from(q.rd[il], q.rl[il], all, all, true, s)).ok()) break;
+            p.rl[il].copy_from(q.rl[il], all);
+            st = p.trim((int) il);
+        }
+    }
+    if (!st.ok()) {  // layers of both sessions: this one holds nothing that can be trusted
+        p.n_past = std::max({p.n_past, q.n_past, 1});
+        const status sc = truncate(0);
+        return status(st.code, st.message + (sc.ok() ? "; the sequence is empty" : "; and clearing the device cache failed: " + sc.message));
+    }
+    p.n_past = q.n_past;
+    p.dstep = q.dstep;
+    p.prompt = q.prompt;
+    p.evicted = q.evicted;
+    p.compactions = q.compactions;
+    p.compaction_s = q.compaction_s;
+    return p.be->synchronize();
+}
 bool forward_session::compressed() const { return p_->ring; }
 
 kv_memory_report forward_session::memory(bool per_head) const {
@@ -728,6 +868,8 @@ kv_memory_report forward_session::memory(bool per_head) const {
         r.compactions += L.compactions();
     }
     r.compaction_seconds = p.compaction_s;
+    for (const kv_ring_device & D : p.ckpt.rd) r.checkpoint_bytes += D.reserved_bytes();
+    r.bytes_allocated += r.checkpoint_bytes;
     r.bytes_used = r.key_bytes + r.value_bytes + r.position_bytes + r.metadata_bytes;
     const device_pool_stats ps = p.pool->stats();
     r.pool_slack_bytes = (uint64_t) ps.pages_free * ps.page_bytes;

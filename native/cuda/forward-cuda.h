@@ -77,6 +77,20 @@ public:
     // state at n would differ from a fresh evaluation's (kv_cache::remove_from's rules): *kept says how many.
     status truncate(int n, int * kept = nullptr);
     bool compressed() const;
+    // Prefix checkpoint, kv_cache::save_checkpoint's semantics on the device: a copy, at n_past(), of every head a
+    // rewind may not restore exactly (STREAM and EVICT heads whole; of CODED heads the f16 pages and positions, their
+    // quantized tokens staying in the live head, which only appends to them) and of the books and counters.
+    // truncate(n) with n at or past that point, where the cache alone would fall back further, returns there (the
+    // dense heads cut, the others restored). A truncation below it, clear() and copy_from() drop it; a dense f16
+    // session keeps none. bounded_only: none when an EVICT head holds more than the policy's capacity.
+    // ERR_OOM_DEVICE: no checkpoint (the cache unchanged). Its memory: memory().checkpoint_bytes.
+    status save_checkpoint(bool bounded_only = false);
+    void drop_checkpoint();
+    int checkpoint_tokens() const;  // -1: none
+    // Becomes a copy of `src` — a session of the same device model and cache configuration (a sequence of the same
+    // context; the pages come from this session's pool) — its tokens, the cache's data, books, recorded queries and
+    // counters (not its checkpoint; this session's own is dropped). ERR_OOM_DEVICE leaves this session empty.
+    status copy_from(const forward_session & src);
     // kv_cache::memory's report of the device cache (positions: 4 B per f16 and per quantized token).
     // bytes_allocated: the device memory the session holds for its cache (the compressed cache: the pages
     // mapped, the coded tokens' arrays and every slot's position and statistics); pool_slack_bytes: the

@@ -454,6 +454,17 @@ __global__ void k_ring_set_pos(const int32_t * ent, int n, int max_tokens, int32
             pos[(size_t) ent[3 * e] * max_tokens + ent[3 * e + 1]] = ent[3 * e + 2];
 }
 
+// Whole pages from one layer's cache into another's: pair e = (source page, destination page), `words` uint4 each.
+__global__ void k_ring_copy_pages(const uint4 * const * pairs, size_t words) {
+    const uint4 * src = pairs[2 * (size_t) blockIdx.x];
+    uint4 * dst = (uint4 *) pairs[2 * (size_t) blockIdx.x + 1];
+    for (size_t i = threadIdx.x; i < words; i += blockDim.x) dst[i] = src[i];
+}
+
+__global__ void k_ring_fill(int32_t * p, size_t n, int32_t value) {
+    for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t) gridDim.x * blockDim.x) p[i] = value;
+}
+
 // Per token t, the k largest |x[t][·]| and their indices (ties: the lower index), k rounds of a block argmax.
 __global__ void k_top_abs(const float * x, int n_embd, int k, float * vals, int32_t * idx) {
     extern __shared__ float a[];
@@ -1274,6 +1285,101 @@ status kv_ring_device::download_stats(int h, int32_t n_coded, int32_t n_f16, int
         CUDA_CHECK(cudaMemcpyAsync(stats_c, st_c_.as<int2>() + c_first_h_[(size_t) h], (size_t) n_coded * sizeof(int2), cudaMemcpyDeviceToHost, s));
     if (n_f16 > 0)
         CUDA_CHECK(cudaMemcpyAsync(stats_f, st_f_.as<int2>() + (size_t) h * v_.max_tokens, (size_t) n_f16 * sizeof(int2), cudaMemcpyDeviceToHost, s));
+    return status::success();
+}
+
+status kv_ring_device::copy_from(const kv_ring_device & src, const kv_ring_layer & L, const std::vector<char> & heads, const std::vector<char> & codes,
+                                 bool wide, stream_t s) {
+    const int H = n_head_kv_, max_seg = v_.max_seg;
+    if (&src == this) return status::success();
+    if (src.n_head_kv_ != H || src.v_.max_seg != max_seg || src.n_coded_heads_ != n_coded_heads_ || src.page_bytes() != page_bytes() ||
+        src.has_evict() != has_evict() || (int) heads.size() != H || (int) codes.size() != H)
+        return status(ERR_INTERNAL, "cuda kv ring: a copy between layers of another geometry");
+    status st;
+    // 1. everything that allocates, before anything held changes: the arrays grow to hold the copied heads
+    // (a resize keeps what they hold), the pages the copied heads lack come from the pool, the query ring
+    int32_t need_slots = 0, need_coded = 0;
+    for (int h = 0; h < H; h++) {
+        if (!heads[(size_t) h]) continue;
+        need_slots = std::max(need_slots, src.mapped_[(size_t) h] * KV_PAGE_TOKENS);
+        if (codes[(size_t) h] && L.coded(h)) need_coded = std::max(need_coded, L.n_coded(h));
+    }
+    if (need_slots > slot_cap_ && !(st = resize_slots(std::min(full_tokens_, std::max(need_slots, 2 * slot_cap_)), s)).ok()) return st;
+    if (need_coded > coded_cap_) {
+        const int32_t kt = std::max(1, v_.kivi);
+        if (!(st = resize_coded(std::min(max_coded_cap_, (std::max(need_coded, 2 * coded_cap_) + kt - 1) / kt * kt), s)).ok()) return st;
+    }
+    std::vector<void *> fresh;
+    auto give_back = [&]() { for (void * pg : fresh) pool_->free(pg); };
+    for (int h = 0; h < H; h++)
+        for (int32_t m = mapped_[(size_t) h]; heads[(size_t) h] && m < src.mapped_[(size_t) h]; m++) {
+            void * pg = nullptr;
+            if (!(st = pool_->alloc(&pg)).ok()) { give_back(); return st; }
+            fresh.push_back(pg);
+        }
+    device_buffer q2, pairs;
+    if (wide && src.qring_.bytes() > qring_.bytes() && !(st = q2.alloc(src.qring_.bytes())).ok()) { give_back(); return st; }
+    // 2. the copy: pages (a launch over every page of the copied heads), then positions, statistics, codes
+    std::vector<const void *> pp;
+    size_t next = 0;
+    for (int h = 0; h < H; h++) {
+        if (!heads[(size_t) h]) continue;
+        int32_t & m = mapped_[(size_t) h];
+        const int32_t want = src.mapped_[(size_t) h];
+        for (; m > want; m--) {
+            void *& pg = page_h_[(size_t) h * max_seg + (size_t) (m - 1)];
+            pool_->free(pg);
+            pg = nullptr;
+        }
+        for (; m < want; m++) page_h_[(size_t) h * max_seg + (size_t) m] = fresh[next++];
+        for (int32_t i = 0; i < want; i++) {
+            pp.push_back(src.page_h_[(size_t) h * max_seg + (size_t) i]);
+            pp.push_back(page_h_[(size_t) h * max_seg + (size_t) i]);
+        }
+    }
+    map_ent_.clear();  // the whole table goes up below
+    CUDA_CHECK(cudaMemcpyAsync(page_ptrs_.data(), page_h_.data(), page_h_.size() * sizeof(void *), cudaMemcpyHostToDevice, s));
+    if (!pp.empty()) {
+        if (!(st = pairs.assign(pp.data(), pp.size() * sizeof(void *))).ok()) return st;  // (a few bytes per page)
+        k_ring_copy_pages<<<(unsigned) (pp.size() / 2), 256, 0, s>>>(pairs.as<const uint4 *>(), page_bytes() / sizeof(uint4));
+        CUDA_CHECK_LAUNCH("kv ring page copy");
+    }
+    const size_t rows = (size_t) std::min(slot_cap_, src.slot_cap_);
+    for (int h = 0; h < H; h++) {
+        if (!heads[(size_t) h]) continue;
+        CUDA_CHECK(cudaMemcpyAsync(pos_.as<int32_t>() + (size_t) h * slot_cap_, src.pos_.as<int32_t>() + (size_t) h * src.slot_cap_, rows * 4,
+                                   cudaMemcpyDeviceToDevice, s));
+        if (rows < (size_t) slot_cap_) {  // (slots past the source's arrays hold nothing there)
+            k_ring_fill<<<1, 256, 0, s>>>(pos_.as<int32_t>() + (size_t) h * slot_cap_ + rows, (size_t) slot_cap_ - rows, KV_RING_EMPTY);
+            CUDA_CHECK_LAUNCH("kv ring positions");
+        }
+        if (has_evict())
+            CUDA_CHECK(cudaMemcpyAsync(st_f_.as<int2>() + (size_t) h * slot_cap_, src.st_f_.as<int2>() + (size_t) h * src.slot_cap_, rows * sizeof(int2),
+                                       cudaMemcpyDeviceToDevice, s));
+        if (!codes[(size_t) h] || !L.coded(h) || L.n_coded(h) == 0) continue;
+        const size_t n = (size_t) L.n_coded(h), d = (size_t) c_first_h_[(size_t) h], o = (size_t) src.c_first_h_[(size_t) h];
+        const size_t kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes;
+        CUDA_CHECK(cudaMemcpyAsync(kblk_.as<uint8_t>() + d * kb, src.kblk_.as<uint8_t>() + o * kb, n * kb, cudaMemcpyDeviceToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(vblk_.as<uint8_t>() + d * vb, src.vblk_.as<uint8_t>() + o * vb, n * vb, cudaMemcpyDeviceToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(c_pos_.as<int32_t>() + d, src.c_pos_.as<int32_t>() + o, n * 4, cudaMemcpyDeviceToDevice, s));
+        if (st_c_.data()) CUDA_CHECK(cudaMemcpyAsync(st_c_.as<int2>() + d, src.st_c_.as<int2>() + o, n * sizeof(int2), cudaMemcpyDeviceToDevice, s));
+        if (v_.kivi) {  // the key blocks' scales and mins (every head's first index starts a block)
+            const size_t kt = (size_t) v_.kivi, mb = (size_t) 4 * v_.head_dim;
+            CUDA_CHECK(cudaMemcpyAsync(kmeta_.as<uint8_t>() + d / kt * mb, src.kmeta_.as<uint8_t>() + o / kt * mb, (n + kt - 1) / kt * mb,
+                                       cudaMemcpyDeviceToDevice, s));
+        }
+    }
+    if (wide) {
+        if (q2.data()) qring_ = std::move(q2);  // (the old ring, if any, is not in use: the stream is between steps)
+        if (src.qring_.bytes() > 0) CUDA_CHECK(cudaMemcpyAsync(qring_.data(), src.qring_.data(), src.qring_.bytes(), cudaMemcpyDeviceToDevice, s));
+        qcount_ = src.qcount_;
+        qw_ = src.qw_;
+        qrow_ = src.qrow_;
+        qheld_ = src.qheld_;
+        qpos_ = src.qpos_;
+        append_last_ = src.append_last_;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(s));  // the page pairs and the host table are read before they go
     return status::success();
 }
 

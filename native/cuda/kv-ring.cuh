@@ -180,6 +180,14 @@ public:
     // |x| and their element index, downloaded into vals/idx ([T][k]); waits for the stream.
     status top_abs(const float * x, int T, int n_embd, int k, std::vector<float> & vals, std::vector<int32_t> & idx, stream_t s);
 
+    // Makes heads `heads` (a mask, [n_head_kv]) of this layer copies of src's — a layer of the same geometry and
+    // page pool (a sequence of the same context, or a checkpoint) whose books are `L`: their f16 pages (copied
+    // into pages of this layer's own), every slot's position and statistics, and where codes[h] their quantized
+    // tokens (L.n_coded(h) of them); the other heads stay as they are. wide: src's recorded queries too. The books
+    // follow with kv_ring_layer::copy_from. Allocates first: ERR_OOM_DEVICE leaves what this layer holds as it was.
+    // Waits for the stream.
+    status copy_from(const kv_ring_device & src, const kv_ring_layer & L, const std::vector<char> & heads, const std::vector<char> & codes, bool wide,
+                     stream_t s);
     const kv_layer_view & view() const { return v_; }
     // device bytes this layer holds: its mapped pages, the coded tokens' arrays, positions and statistics
     size_t reserved_bytes() const;

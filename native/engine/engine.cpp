@@ -176,15 +176,28 @@ status engine_sequence::sample(int32_t * out) {
 }
 
 status engine_sequence::save_checkpoint(bool bounded_only) {
-    if (cuda_) return {};
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) {
+        std::lock_guard<std::mutex> lock(ctx_->compute_mutex());  // (the context's stream)
+        return cuda_->save_checkpoint(bounded_only);
+    }
+#endif
     return kv_->save_checkpoint(bounded_only);
 }
 
 status engine_sequence::copy_from(const engine_sequence & src) {
     if (&src == this) return {};
     if (src.ctx_ != ctx_) return status(ERR_INVALID_ARG, "copy: the source sequence belongs to another context");
-    if (cuda_ || src.cuda_) return status(ERR_INVALID_ARG, "copy: copying a sequence's cache runs on the CPU backend only so far");
-    status st = kv_->copy_from(*src.kv_);
+    status st;
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_ && src.cuda_) {
+        std::lock_guard<std::mutex> lock(ctx_->compute_mutex());
+        st = cuda_->copy_from(*src.cuda_);
+    } else
+#endif
+    {
+        st = kv_->copy_from(*src.kv_);
+    }
     if (!st.ok()) {
         history_.clear();
         sampler_.clear_history();

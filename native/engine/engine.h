@@ -93,10 +93,10 @@ public:
     // Drops tokens at positions >= pos; returns how many leading tokens remain valid (see kv_cache).
     int32_t remove_from(int32_t pos);
     // Keeps a prefix checkpoint of the cache at its current length (kv_cache::save_checkpoint: a later rewind
-    // past it that the lossy cache cannot do exactly returns there). CPU only; a no-op on CUDA so far.
+    // past it that the lossy cache cannot do exactly returns there). On CUDA: forward_session::save_checkpoint.
     status save_checkpoint(bool bounded_only = false);
     // Becomes a copy of `src` (a sequence of the same context): its KV cache, token history, sampler state and
-    // logits, so both continue alike. CPU only so far (ERR_INVALID_ARG on CUDA); ERR_OOM_HOST leaves it empty.
+    // logits, so both continue alike. ERR_OOM_HOST (ERR_OOM_DEVICE on CUDA) leaves it empty.
     status copy_from(const engine_sequence & src);
     // State files (kv/kv-state.h): save_state() writes the sequence — its KV cache as it is (compressed, evicted,
     // quantized, with its checkpoint), its token history and last logits — to `path`, through a temporary file

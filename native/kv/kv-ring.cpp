@@ -504,6 +504,17 @@ void kv_ring_layer::set_slot(size_t h, int32_t s, int32_t p) {
     v = p;
 }
 
+void kv_ring_layer::copy_from(const kv_ring_layer & src, const std::vector<char> & which) {
+    for (size_t h = 0; h < heads_.size() && h < src.heads_.size(); h++)
+        if (which[h]) heads_[h] = src.heads_[h];
+    sinks_ = src.sinks_;
+    sink_cand_ = src.sink_cand_;
+    evicted_ = src.evicted_;
+    compactions_ = src.compactions_;
+    journal_on_ = moved_ = false;
+    journal_.clear();
+}
+
 void kv_ring_layer::begin() {
     journal_on_ = true;
     moved_ = false;

@@ -197,6 +197,11 @@ public:
     // Drops every token at position >= keep (an exact keep from the limits above). ops: [n_head_kv] (clears).
     void truncate(int32_t keep, std::vector<kv_ring_ops> & ops);
 
+    // Takes heads `which` (a mask, [n_head_kv]) of `src` — a layer of the same configuration — as src holds them
+    // (slot positions, counters, quantized tokens' positions), and src's layer-wide state (sinks and their
+    // candidates, eviction counters); the other heads stay. Ends a journal. (The device data: kv_ring_device::copy_from.)
+    void copy_from(const kv_ring_layer & src, const std::vector<char> & which);
+
     // A failed chunk's undo (forward_session::eval): begin() before the chunk's append, then commit() or
     // rollback(), which restores this object exactly and lists the (head, slot, position) entries the
     // device's position table must be given back (one per slot). The slot payloads need no undo within ONE

@@ -1575,4 +1575,141 @@ TC_TEST("cuda/ring-memory: the device cache's pages follow its tokens (evictions
                 << "head " << h << " uses " << r->heads[(size_t) h].bytes_used << " bytes of " << r->heads[(size_t) h].bytes_allocated;
 }
 
+// Sequence copies and prefix checkpoints on the device (forward_session::copy_from / save_checkpoint), each side
+// against the CPU engine doing the same, and the device against itself: a copy continues exactly as its source
+// (the same logits, bit for bit, and the same tokens per head), and a rewind that returns to the checkpoint leaves
+// the cache exactly as a sequence that evaluated only the checkpoint's tokens. Then the pages: a dropped
+// checkpoint and a dropped copy give theirs back to the context's pool.
+TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on the device == the source, a fresh evaluation and the CPU engine") {
+    TC_NEED_CUDA(be);
+    ring_pair rp;
+    TC_OK(rp.init(*be));
+    const fixture_spec & f = kEngineFixture;
+    const std::vector<int32_t> & toks = rp.toks;
+    const size_t nv = rp.nv;
+    const int nh = f.n_layer * f.n_head_kv;
+    struct cfg { const char * name; kv_codec_type codec; bool sinks; kv_policy_kind policy; bool stream; bool dense; };
+    const cfg cfgs[] = {
+        {"dense f16 (no checkpoint: exact rewinds)", KV_CODEC_F16, false, KV_POLICY_LAZY, false, true},
+        {"f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_LAZY, true, false},
+        {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, false},
+        {"kivi2 + stream heads", KV_CODEC_KIVI2, false, KV_POLICY_LAZY, true, false},
+        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, true},
+        {"h2o f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_H2O, true, true},
+        {"snapkv f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_SNAPKV, true, true},
+    };
+    auto bits_equal = [&](const engine_sequence & a, const engine_sequence & b) {
+        return a.logits().size() == b.logits().size() && std::memcmp(a.logits().data(), b.logits().data(), a.logits().size() * sizeof(float)) == 0;
+    };
+    auto same_heads = [&](const engine_sequence & a, const engine_sequence & b) {
+        for (int il = 0; il < f.n_layer; il++)
+            for (int h = 0; h < f.n_head_kv; h++)
+                if (a.held_positions(il, h) != b.held_positions(il, h)) return false;
+        return true;
+    };
+    for (const cfg & c : cfgs) {
+        const bool evict = c.dense && c.stream;  // (dense alone: every head FULL f16)
+        context_params p;
+        p.n_ctx = 1024;
+        p.n_threads = 2;
+        p.n_batch = 64;
+        p.stream_sinks = 4;
+        p.stream_recent = 24;
+        p.retention.assign((size_t) nh, KV_RETAIN_FULL);
+        if (c.stream) p.retention[1] = p.retention[4] = KV_RETAIN_STREAM;
+        if (evict) p.retention[0] = p.retention[3] = KV_RETAIN_EVICT;
+        p.policy.kind = c.policy;
+        p.policy.capacity = 96;
+        p.policy.window = 32;
+        p.policy.interval = 32;
+        p.storage.key = p.storage.value = c.codec;
+        p.storage.protect_sinks = c.sinks;
+        context_params gp = p;
+        gp.cuda_model = rp.dm;
+        std::shared_ptr<engine_context> cctx, gctx;
+        TC_OK(engine_context::create(rp.m, p, &cctx));
+        TC_OK(engine_context::create(rp.m, gp, &gctx));
+        std::shared_ptr<engine_sequence> cs, gs, cs2, gs2, gr;
+        for (auto * x : {&cs, &cs2}) TC_OK(engine_sequence::create(cctx, x));
+        for (auto * x : {&gs, &gs2, &gr}) TC_OK(engine_sequence::create(gctx, x));
+        const std::shared_ptr<cu::device_page_pool> & pool = gctx->cuda_kv_pool();
+        // a 128-token prompt (2 chunks); the reference stops there
+        const int P = 128;
+        rp.reset();
+        TC_OK(rp.eval(*cs, *gs, 0, P, false));
+        TC_OK(gr->eval(toks.data(), P, true));
+        TC_CHECK(bits_equal(*gs, *gr)) << c.name;
+        const size_t pages_before = pool->stats().pages_in_use;
+        // bounded only: none where an evicting head holds more than the policy's capacity (lazy and snapkv keep the
+        // prompt whole until their first eviction; h2o evicts from the prompt's last query): the same decision on both sides
+        if (evict) {
+            TC_OK(cs->save_checkpoint(true));
+            TC_OK(gs->save_checkpoint(true));
+            const uint64_t bc = cs->memory(false).checkpoint_bytes, bg = gs->memory(false).checkpoint_bytes;
+            TC_CHECK((bc > 0) == (bg > 0) && (c.policy == KV_POLICY_H2O) == (bg > 0)) << c.name << ": a bounded-only checkpoint of " << bg << " bytes (cpu " << bc << ")";
+        }
+        TC_OK(cs->save_checkpoint());
+        TC_OK(gs->save_checkpoint());
+        const kv_memory_report mk = gs->memory(false);
+        TC_CHECK((mk.checkpoint_bytes > 0) == (c.stream || c.codec != KV_CODEC_F16) && (cs->memory(false).checkpoint_bytes > 0) == (mk.checkpoint_bytes > 0))
+            << c.name << ": checkpoint of " << mk.checkpoint_bytes << " bytes on the device, " << cs->memory(false).checkpoint_bytes << " on the CPU";
+        TC_CHECK(mk.bytes_allocated >= mk.checkpoint_bytes);
+        if (mk.checkpoint_bytes > 0) TC_CHECK(pool->stats().pages_in_use > pages_before) << c.name << ": the checkpoint's pages";
+        // 72 decode steps: flushes, evictions (at steps 32 and 64), the stream heads' window moves on
+        TC_OK(rp.eval(*cs, *gs, P, 200, true));
+        // the copies
+        TC_OK(cs2->copy_from(*cs));
+        TC_OK(gs2->copy_from(*gs));
+        TC_CHECK(gs2->n_tokens() == 200 && same_heads(*gs2, *gs) && bits_equal(*gs2, *gs)) << c.name << ": a copy";
+        TC_CHECK(gs2->memory(false).checkpoint_bytes == 0) << c.name << ": a copy takes no checkpoint along";
+        for (int t = 200; t < 212; t++) {
+            TC_OK(gs->eval(&toks[(size_t) t], 1, true));
+            TC_OK(gs2->eval(&toks[(size_t) t], 1, true));
+            TC_OK(cs2->eval(&toks[(size_t) t], 1, true));
+            TC_CHECK(bits_equal(*gs2, *gs)) << c.name << ": the copy's logits at step " << t;
+        }
+        for (int t = 200; t < 212; t++) TC_OK(cs->eval(&toks[(size_t) t], 1, true));
+        const kv_memory_report ma = gs->memory(false), mb = gs2->memory(false);
+        TC_CHECK(same_heads(*gs2, *gs) && same_heads(*gs2, *cs2) == same_heads(*gs, *cs)) << c.name << ": a copy holds other tokens";
+        TC_CHECK(ma.resident_tokens == mb.resident_tokens && ma.key_bytes == mb.key_bytes && ma.value_bytes == mb.value_bytes && ma.evicted_tokens == mb.evicted_tokens &&
+                 ma.compactions == mb.compactions) << c.name << ": the copy's memory report";
+        const double bound = c.policy == KV_POLICY_H2O || c.policy == KV_POLICY_SNAPKV ? 0.1 : c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
+        TC_CHECK(nmse(gs2->logits().data(), cs2->logits().data(), nv) <= bound) << c.name << ": the device copy vs the CPU copy";
+        // the rewind into the decoded tokens: back to the checkpoint on both sides (a dense cache: exactly where asked)
+        const int R = 170;
+        const int32_t kc = cs->remove_from(R), kg = gs->remove_from(R);
+        TC_CHECK(kc == kg && kg == (mk.checkpoint_bytes > 0 ? P : R)) << c.name << ": rewind to " << R << " keeps " << kg << " on the device, " << kc << " on the CPU";
+        if (kg == P) {
+            TC_CHECK(same_heads(*gs, *gr) && same_heads(*gs, *cs)) << c.name << ": the restored cache holds other tokens than a fresh evaluation of the checkpoint's";
+            TC_CHECK(gs->memory(false).checkpoint_bytes == mk.checkpoint_bytes) << c.name << ": the checkpoint stays";
+            // then the same tokens on all three: exactly the fresh evaluation's logits, and the CPU's within the bound
+            for (engine_sequence * x : {gs.get(), gr.get(), cs.get()}) TC_OK(x->eval(&toks[(size_t) P], 20, true));
+            TC_CHECK(bits_equal(*gs, *gr)) << c.name << ": after the return to the checkpoint (a chunk)";
+            for (int t = P + 20; t < R; t++) {
+                for (engine_sequence * x : {gs.get(), gr.get(), cs.get()}) TC_OK(x->eval(&toks[(size_t) t], 1, true));
+                TC_CHECK(bits_equal(*gs, *gr)) << c.name << ": after the return to the checkpoint, step " << t;
+            }
+            TC_CHECK(same_heads(*gs, *gr)) << c.name;
+            TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after the return to the checkpoint, vs the CPU";
+            // a second return to the same checkpoint
+            TC_CHECK(gs->remove_from(R - 10) == P && cs->remove_from(R - 10) == P && same_heads(*gs, *cs)) << c.name << ": a second return";
+            for (engine_sequence * x : {gs.get(), cs.get()}) TC_OK(x->eval(&toks[(size_t) P], 40, true));
+            TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after a second return, vs the CPU";
+        }
+        // the copy went on unaffected
+        TC_OK(gs2->eval(&toks[212], 10, true));
+        TC_OK(cs2->eval(&toks[212], 10, true));
+        TC_CHECK(nmse(gs2->logits().data(), cs2->logits().data(), nv) <= bound) << c.name << ": the copy after its source's rewind";
+        // a rewind below the checkpoint drops it and its pages
+        TC_CHECK(gs->remove_from(P / 2) <= P / 2);
+        TC_CHECK(gs->memory(false).checkpoint_bytes == 0) << c.name;
+        gs.reset();
+        gs2.reset();
+        gr.reset();
+        TC_CHECK(pool->stats().pages_in_use == 0) << c.name << ": " << pool->stats().pages_in_use << " pages still handed out";
+        std::printf("    COPY/CKPT %-40s checkpoint %.1f KiB of %.1f KiB allocated; rewind to %d keeps %d\n", c.name, mk.checkpoint_bytes / 1024.0,
+                    mk.bytes_allocated / 1024.0, R, kg);
+    }
+}
+
 #endif // THINKCACHE_WITH_CUDA
