@@ -222,7 +222,7 @@ export class Sequence {
    * compressed, evicted, quantized, with the policies' statistics — its tokens and its sampler state, so both
    * go on alike. A long prompt evaluated once then serves several continuations ("compress once, ask many"):
    * each copy's generate() reuses the common prefix. The copy runs off the event loop and takes memory of its
-   * own (pages are copied, not shared); both sequences are busy meanwhile. CPU contexts only so far.
+   * own (pages are copied, not shared; on CUDA, device pages from the context's pool); both sequences are busy meanwhile.
    * @example
    *   for await (const _ of doc.generate(longDocument, { maxTokens: 1 })) {}
    *   const q = await doc.fork();   // or: await other.copyFrom(doc)
@@ -446,7 +446,7 @@ export class Sequence {
       // resumes here instead of re-evaluating from the sinks (a compressed cache cannot rewind into what it
       // dropped or quantized while decoding)
       // (the native side decides which heads need it, and keeps none for a plain f16 cache)
-      if (opts.checkpoint && next !== undefined && this.context.info.backend !== 'cuda') {
+      if (opts.checkpoint && next !== undefined) {
         await callNative(() => this._native.saveCheckpointAsync(opts.checkpoint === 'auto'));
       }
 

@@ -127,7 +127,7 @@ export interface AddonSequence {
   removeFromAsync(pos: number): Promise<number>;
   /** Becomes a copy of `source` (same context; CPU): KV cache, token history, sampler; both busy meanwhile. Resolves with the tokens held. */
   copyFromAsync(source: AddonSequence): Promise<number>;
-  /** A prefix checkpoint of the lossy heads at the current length (CPU; a no-op on CUDA); boundedOnly: none when an evicting head holds more than the policy's capacity. */
+  /** A prefix checkpoint of the lossy heads at the current length (either backend; none for a plain f16 cache); boundedOnly: none when an evicting head holds more than the policy's capacity. */
   saveCheckpointAsync(boundedOnly?: boolean): Promise<void>;
   /** Writes the sequence's state file (through a temporary file renamed into place); resolves its size in bytes. */
   saveStateAsync(path: string): Promise<number>;

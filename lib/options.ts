@@ -96,7 +96,7 @@ export const GenerateOptionsSchema = z.strictObject({
    * quantized while decoding. Costs the memory of that copy (`memory().breakdown.checkpoint`, in
    * bytesAllocated). 'auto' (default): unless an evicting head then holds more than the policy's capacity (a
    * prompt longer than the capacity: its copy would keep the whole prompt's cache alive while decoding); true:
-   * always; false: never. CPU contexts; plain f16 caches rewind exactly and keep none.
+   * always; false: never. Either backend (on CUDA the copy is in device memory); plain f16 caches rewind exactly and keep none.
    */
   checkpoint: z.union([z.boolean(), z.literal('auto')]).default('auto'),
 });

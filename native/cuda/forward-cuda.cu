@@ -788,6 +788,15 @@ status forward_session::copy_from(const forward_session & src) {
             st = p.trim((int) il);
         }
     }
+    impl::checkpoint c;  // the source's checkpoint too, so that the copy also rewinds as the source would
+    if (st.ok() && q.ckpt.n >= 0) {
+        c = impl::checkpoint{q.ckpt.n, q.ckpt.saved, q.ckpt.codes, q.ckpt.rl, {}, q.ckpt.dstep, q.ckpt.prompt, q.ckpt.evicted, q.ckpt.compactions, q.ckpt.compaction_s};
+        c.rd.resize(q.ckpt.rd.size());
+        for (size_t il = 0; il < c.rd.size() && st.ok(); il++) {
+            st = p.make_layer((int) il, c.rl[il], c.rd[il]);
+            if (st.ok()) st = c.rd[il].copy_from(q.ckpt.rd[il], q.ckpt.rl[il], c.saved[il], c.codes[il], true, s);
+        }
+    }
     if (!st.ok()) {  // layers of both sessions: this one holds nothing that can be trusted
         p.n_past = std::max({p.n_past, q.n_past, 1});
         const status sc = truncate(0);
@@ -799,6 +808,7 @@ status forward_session::copy_from(const forward_session & src) {
     p.evicted = q.evicted;
     p.compactions = q.compactions;
     p.compaction_s = q.compaction_s;
+    p.ckpt = std::move(c);
     return p.be->synchronize();
 }
 bool forward_session::compressed() const { return p_->ring; }

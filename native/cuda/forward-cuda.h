@@ -88,8 +88,8 @@ public:
     void drop_checkpoint();
     int checkpoint_tokens() const;  // -1: none
     // Becomes a copy of `src` — a session of the same device model and cache configuration (a sequence of the same
-    // context; the pages come from this session's pool) — its tokens, the cache's data, books, recorded queries and
-    // counters (not its checkpoint; this session's own is dropped). ERR_OOM_DEVICE leaves this session empty.
+    // context; the pages come from this session's pool) — its tokens, the cache's data, books, recorded queries,
+    // counters and checkpoint (kv_cache::copy_from). ERR_OOM_DEVICE leaves this session empty.
     status copy_from(const forward_session & src);
     // kv_cache::memory's report of the device cache (positions: 4 B per f16 and per quantized token).
     // bytes_allocated: the device memory the session holds for its cache (the compressed cache: the pages

@@ -32,9 +32,9 @@ struct context_params {
     kv_storage_config storage;       // KV storage codecs (FULL heads); RoPE fields are filled per model
     bool per_query_head = false;     // one token set per query head (KV copied per head; LazyEviction's reference layout)
     // CUDA backend (issue 8): the model's weights on the device. Set: every sequence of the context runs on
-    // that device, its cache there too (dense f16, or compressed: STREAM heads and rot2/3/4 storage; eviction
-    // policies, other codecs, grouped rotation and per-query-head caches run on the CPU only so far).
-    // Null: the CPU runs the model.
+    // that device, its cache there too (dense f16, or compressed: STREAM heads, every storage codec, grouped key
+    // rotation, every eviction policy, per-query-head caches: kv_ring_config_from says what it refuses), with
+    // copies and prefix checkpoints; state files are CPU-only so far. Null: the CPU runs the model.
     std::shared_ptr<const cuda::device_model> cuda_model;
 };
 

@@ -171,6 +171,46 @@ describe('backend selection', () => {
     });
     expect(inter / uni).toBeGreaterThan(minJaccard);
   });
+  // a chat's next turn resumes at the checkpoint the device keeps at the end of each prompt, as on the CPU; a fork
+  // continues exactly as its source
+  it.skipIf(!usable)('on a CUDA device: a chat\'s next turn resumes at the prompt\'s checkpoint as on the CPU; a fork continues as its source', async () => {
+    const path = ensureFixture('qwen3', 'f32');
+    const kv = { heads: { layers: { '0': 'stream' as const } }, storage: { key: 'rot2' as const, value: 'rot2' as const, permutation: 'none' as const } };
+    const run = async (backend: 'cpu' | 'cuda') => {
+      await using model = await loadModel({ path, backend });
+      await using ctx = await model.createContext({ contextSize: 1024, threads: 1, batchSize: 64, sequences: 2, kv });
+      const seq = ctx.acquireSequence();
+      const turn = async (s: typeof seq, prompt: number[]) => {
+        let start: { cachedPromptTokens: number; promptTokens: number } | undefined;
+        let fin: { tokens: number[] } | undefined;
+        for await (const ev of s.generate(prompt, { maxTokens: 12, stopAtEog: false })) {
+          if (ev.type === 'start') start = ev;
+          if (ev.type === 'finish') fin = ev;
+        }
+        return { cached: start!.cachedPromptTokens, prompt: start!.promptTokens, tokens: fin!.tokens };
+      };
+      const words = Array.from({ length: 120 }, (_, i) => (i * 37 + 3) % model.info.nVocab);
+      const first = await turn(seq, words);
+      const checkpoint = seq.memory().breakdown.checkpoint;
+      const copy = await seq.fork();
+      // the chat's next prompt: the previous one, then the answer as the template renders it again (it differs after
+      // 6 tokens), then more
+      const next = [...words, ...first.tokens.slice(0, 6), 5, 6, 7];
+      const second = await turn(seq, next);
+      const forked = await turn(copy, next);
+      return { backend: ctx.info.backend, first, checkpoint, second, forked };
+    };
+    const cpu = await run('cpu');
+    const gpu = await run('cuda');
+    expect(gpu.backend).toBe('cuda');
+    expect(gpu.checkpoint).toBeGreaterThan(0);
+    // the stream head (16 sinks + 64 recent) dropped tokens: without the checkpoint only its 16 sinks would stay
+    expect(gpu.second.cached).toBe(cpu.second.cached);
+    expect(gpu.second.cached).toBe(gpu.first.prompt);
+    expect(cpu.second.cached).toBe(cpu.first.prompt);
+    expect(gpu.forked.cached).toBe(gpu.second.cached);
+    expect(gpu.forked.tokens).toEqual(gpu.second.tokens);
+  });
   // memory actually freed on the device too: a head's f16 pages come from the context's pool as it grows and go
   // back when the eviction compacts it
   it.skipIf(!usable)('on a CUDA device: an eviction gives device pages back (bytesAllocated falls by the pages the heads no longer need)', async () => {

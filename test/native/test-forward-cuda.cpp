@@ -1661,7 +1661,7 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
         TC_OK(cs2->copy_from(*cs));
         TC_OK(gs2->copy_from(*gs));
         TC_CHECK(gs2->n_tokens() == 200 && same_heads(*gs2, *gs) && bits_equal(*gs2, *gs)) << c.name << ": a copy";
-        TC_CHECK(gs2->memory(false).checkpoint_bytes == 0) << c.name << ": a copy takes no checkpoint along";
+        TC_CHECK(gs2->memory(false).checkpoint_bytes == mk.checkpoint_bytes) << c.name << ": a copy takes the checkpoint along";
         for (int t = 200; t < 212; t++) {
             TC_OK(gs->eval(&toks[(size_t) t], 1, true));
             TC_OK(gs2->eval(&toks[(size_t) t], 1, true));
@@ -1700,6 +1700,11 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
         TC_OK(gs2->eval(&toks[212], 10, true));
         TC_OK(cs2->eval(&toks[212], 10, true));
         TC_CHECK(nmse(gs2->logits().data(), cs2->logits().data(), nv) <= bound) << c.name << ": the copy after its source's rewind";
+        // and it returns to the checkpoint it took along, as its CPU twin does
+        const int32_t k2c = cs2->remove_from(R), k2g = gs2->remove_from(R);
+        TC_CHECK(k2c == k2g && k2g == kg && same_heads(*gs2, *cs2)) << c.name << ": the copy's rewind keeps " << k2g << " (cpu " << k2c << ")";
+        for (engine_sequence * x : {gs2.get(), cs2.get()}) TC_OK(x->eval(&toks[(size_t) k2g], 20, true));
+        TC_CHECK(nmse(gs2->logits().data(), cs2->logits().data(), nv) <= bound) << c.name << ": the copy after its return to the checkpoint";
         // a rewind below the checkpoint drops it and its pages
         TC_CHECK(gs->remove_from(P / 2) <= P / 2);
         TC_CHECK(gs->memory(false).checkpoint_bytes == 0) << c.name;
