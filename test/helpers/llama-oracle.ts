@@ -43,10 +43,22 @@ export interface OracleStep {
 
 let llamaPromise: Promise<Llama> | undefined;
 const models = new Map<string, Promise<LlamaModel>>();
+// Weight types llama.cpp moved into its AMX buffer (CPUs with AMX-INT8: its prebuilt binary then loads the
+// sapphirerapids variant, whose AMX kernels compute q8_0/q4_0/... matmuls in another order than its vec_dot path,
+// which ours reproduce), per model path, read off its debug log while that model loads (loads run one at a time).
+const amxTypes = new Map<string, Set<string>>();
+let loading: string | undefined;
 
-/** The shared llama.cpp instance (CPU prebuilt, never builds from source, logs errors only). */
+/** The shared llama.cpp instance (CPU prebuilt, never builds from source; prints errors only). */
 export function getOracle(): Promise<Llama> {
-  llamaPromise ??= getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: 1 });
+  llamaPromise ??= getLlama({
+    gpu: false, build: "never", maxThreads: 1, logLevel: LlamaLogLevel.debug,
+    logger: (level, message) => {
+      const amx = /amx repack tensor \S+ of type (\w+)/.exec(message);
+      if (amx && loading !== undefined) amxTypes.get(loading)?.add(amx[1]!);
+      if (level === LlamaLogLevel.error || level === LlamaLogLevel.fatal) console.error(`[llama.cpp] ${message.trim()}`);
+    },
+  });
   return llamaPromise;
 }
 
@@ -54,11 +66,29 @@ export function getOracle(): Promise<Llama> {
 export function oracleModel(modelPath: string): Promise<LlamaModel> {
   let p = models.get(modelPath);
   if (!p) {
-    p = getOracle().then((llama) => llama.loadModel({ modelPath, gpuLayers: 0 }));
+    p = getOracle().then(async (llama) => {
+      while (loading !== undefined) await new Promise((r) => setTimeout(r, 5));  // (one load at a time: the log names no model)
+      loading = modelPath;
+      amxTypes.set(modelPath, new Set());
+      try {
+        return await llama.loadModel({ modelPath, gpuLayers: 0 });
+      } finally {
+        loading = undefined;
+      }
+    });
     models.set(modelPath, p);
     p.catch(() => models.delete(modelPath));
   }
   return p;
+}
+
+/**
+ * The weight types of `modelPath` that llama.cpp runs through its AMX kernels on this CPU (empty on CPUs without
+ * AMX-INT8, and for types it has no AMX kernel for). Their rounding differs from llama.cpp's own vec_dot path.
+ */
+export async function oracleAmxTypes(modelPath: string): Promise<Set<string>> {
+  await oracleModel(modelPath);
+  return new Set(amxTypes.get(modelPath));
 }
 
 /** Frees cached models and the llama instance. */
