@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileAccessError, GgufFormatError, LlmError, loadModel, readGgufInfo, UnsupportedModelError } from '../../lib/index.js';
-import { ensureFixture } from '../fixtures/make-tiny-gguf.js';
-import { gv, writeGgufSync } from '../fixtures/gguf-writer.js';
+import { ensureFixture, tinyGgufSpec } from '../fixtures/make-tiny-gguf.js';
+import { gv, writeGgufSync, type GgufValue } from '../fixtures/gguf-writer.js';
 import { getAddon } from '../../lib/binding.js';
 import { haveSharedFile, sharedData, stories260K } from '../helpers/shared-data.js';
 
@@ -59,6 +59,93 @@ describe('loading malformed GGUF files', () => {
     }
     console.log('malformed GGUF outcomes:', outcomes);
     expect(outcomes.ERR_GGUF_FORMAT).toBeGreaterThan(100);
+  });
+
+  // Files whose structure is sound but whose values are not: every metadata value the loaders read (hyperparameters,
+  // token ids, vocabulary arrays, tokenizer model) and the tensor table (shapes, types, missing and renamed
+  // tensors), one or two at a time. Each file either loads and then tokenizes and generates, or is refused with a
+  // typed error, at whichever step; nothing crashes or throws untyped.
+  // (THINKCACHE_FUZZ_N=20000 for a longer run)
+  const nAltered = Number(process.env.THINKCACHE_FUZZ_N ?? 1200);
+  it(`${nAltered} files with altered metadata values and tensor tables: load, tokenize and generate, or a typed error`, async () => {
+    const rand = rng(2026);
+    const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+    const bases = [tinyGgufSpec({ arch: 'llama', type: 'f32', seed: 5 }), tinyGgufSpec({ arch: 'llama', type: 'q8_0', seed: 6, nHeadKv: 4 })];  // (SPM vocabularies: the Qwen one is 151k tokens)
+    const INTS = [0, 1, 2, 3, 7, 63, 64, 65, 511, 4096, 65535, 65536, 0x7fffffff, 0x80000000, 0xffffffff];
+    const FLOATS = [0, -1, 1e-30, 1e30, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, 0.5];
+    const outcomes: Record<string, number> = {};
+    const steps: Record<string, number> = {};
+    for (let i = 0; i < nAltered; i++) {
+      const { spec: base, nVocab } = bases[i % bases.length]!;
+      const md = base.metadata.map(([k, v]) => [k, v] as [string, GgufValue]);
+      const tensors = base.tensors.map((t) => ({ ...t }));
+      const what: string[] = [];
+      for (let m = 1 + Math.floor(rand() * 2); m > 0; m--) {
+        if (rand() < 0.75) {
+          const at = Math.floor(rand() * md.length);
+          const [key, v] = md[at]!;
+          if (key === 'general.architecture' && rand() < 0.7) continue;  // (most files keep a known architecture)
+          if (rand() < 0.1) { md.splice(at, 1); what.push(`-${key}`); continue; }
+          let nv: GgufValue;
+          if (v.type === 'STRING') nv = gv.str(pick(['', 'llama', 'qwen2', 'qwen3', 'gpt2', 'bpe', 'spm', 'x'.repeat(300)]));
+          else if (v.type === 'BOOL') nv = gv.bool(!v.value);
+          else if (v.type === 'FLOAT32' || v.type === 'FLOAT64') nv = gv.f32(pick(FLOATS));
+          else if (v.type === 'ARRAY') {
+            const items = Array.from(v.items as ArrayLike<unknown>);
+            const r = rand();
+            const cut = r < 0.3 ? [] : r < 0.6 ? items.slice(0, Math.floor(items.length * rand())) : v.itemType === 'STRING'
+              ? items.map((x) => (rand() < 0.05 ? pick(['', '<0xZZ>', '▁', '\u0000', 'x'.repeat(200)]) : x))
+              : items.map((x) => (rand() < 0.05 ? pick([-1, 99, 1e9, Number.NaN]) : x));
+            nv = { ...v, items: cut } as GgufValue;
+          } else if (/token_id$/.test(key)) nv = { ...v, value: pick([0, nVocab - 1, nVocab, nVocab + 100, 0xffffffff]) } as GgufValue;
+          else nv = { ...v, value: pick(INTS) } as GgufValue;
+          md[at] = [key, nv];
+          what.push(key);
+        } else {
+          const at = Math.floor(rand() * tensors.length);
+          const t = tensors[at]!;
+          const r = rand();
+          if (r < 0.2) { tensors.splice(at, 1); what.push(`-${t.name}`); continue; }
+          if (r < 0.35) { tensors[at] = { ...t, name: `${t.name}.x` }; what.push(`rename ${t.name}`); continue; }
+          if (r < 0.5) { tensors[at] = { ...t, type: pick(['F32', 'F16', 'Q8_0', 'BF16'] as const) }; what.push(`type ${t.name}`); continue; }
+          // another shape, with data to match
+          const ne = t.ne.map((x) => x);
+          const d = Math.floor(rand() * ne.length);
+          ne[d] = pick([1, Math.max(1, ne[d]! - 1), ne[d]! + 1, ne[d]! * 2]);
+          if (rand() < 0.3) ne.push(2);
+          tensors[at] = { ...t, ne, data: new Float32Array(ne.reduce((a, b) => a * b, 1)).fill(0.01) };
+          what.push(`shape ${t.name} [${ne.join(',')}]`);
+        }
+      }
+      const path = join(dir, `s${i}.gguf`);
+      try {
+        writeGgufSync(path, { ...base, metadata: md, tensors });
+      } catch {
+        outcomes.unwritable = (outcomes.unwritable ?? 0) + 1;  // (a block type the new shape cannot hold)
+        continue;
+      }
+      let step = 'load';
+      try {
+        await using model = await loadModel({ path });
+        step = 'context';
+        await using ctx = await model.createContext({ contextSize: 64, threads: 1, batchSize: 16 });
+        step = 'tokenize';
+        const toks = model.tokenize('Once upon a time, 12 dogs ran.');
+        step = 'generate';
+        const seq = ctx.acquireSequence();
+        for await (const ev of seq.generate(toks.length > 0 ? toks : [0], { maxTokens: 3, stopAtEog: false })) if (ev.type === 'finish') model.detokenize(ev.tokens);
+        outcomes.ok = (outcomes.ok ?? 0) + 1;
+      } catch (err) {
+        if (!(err instanceof LlmError)) throw new Error(`case ${i} (${what.join('; ')}), ${step}: untyped error ${String(err)}`, { cause: err });
+        expect(err.message.length).toBeGreaterThan(10);
+        outcomes[err.code] = (outcomes[err.code] ?? 0) + 1;
+        steps[step] = (steps[step] ?? 0) + 1;
+      }
+      rmSync(path);
+    }
+    console.log('altered GGUF outcomes:', outcomes, 'refused at:', steps);
+    expect(outcomes.ok).toBeGreaterThan(nAltered / 10);
+    expect(Object.keys(outcomes).length).toBeGreaterThan(2);
   });
 
   it('a missing file is a FileAccessError naming the path', async () => {
