@@ -36,6 +36,13 @@ void matmul_rows(const weight_view & w, vec_dot_fn vec_dot, gemm_fn gemm, const 
                  float * y, int64_t n_tokens, int64_t r0, int64_t r1) {
     const uint8_t * wd = (const uint8_t *) w.data;
     if (n_tokens == 1) {
+        if (gemm) {  // GEMM_MR rows at once: as many weight streams in flight (decode is a read of W)
+            for (int64_t r = r0; r < r1; r += GEMM_MR) {
+                const int nr = (int) std::min<int64_t>(GEMM_MR, r1 - r);
+                gemm(w.n_in, wd + r * w.row_bytes, w.row_bytes, nr, act, act_row_bytes, 1, y + r, (size_t) w.n_out);
+            }
+            return;
+        }
         for (int64_t r = r0; r < r1; r++) vec_dot(w.n_in, y + r, wd + r * w.row_bytes, act);
         return;
     }
