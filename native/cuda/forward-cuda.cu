@@ -215,9 +215,6 @@ struct forward_session::impl {
         return trim((int) il);
     }
 
-    // Gives back what layer il's heads no longer hold, after the step's ops are enqueued (their gathers are ahead
-    // of any later user of a page in the stream): the f16 pages past each head's slots, and half of the slot and
-    // coded arrays once every head fills a quarter of them or less.
     // The device layer il of this session's geometry for books L (the pages from the session's pool).
     status make_layer(int il, const kv_ring_layer & L, kv_ring_device & D) const {
         const hparams & hp = m->hp;
@@ -255,6 +252,9 @@ struct forward_session::impl {
         return status::success();
     }
 
+    // Gives back what layer il's heads no longer hold, after the step's ops are enqueued (their gathers are ahead
+    // of any later user of a page in the stream): the f16 pages past each head's slots, and half of the slot and
+    // coded arrays once every head fills a quarter of them or less.
     status trim(int il) {
         rd[(size_t) il].release_pages(rl[(size_t) il]);
         return rd[(size_t) il].shrink(rl[(size_t) il], be->stream());
