@@ -54,7 +54,7 @@ await model.dispose();
 {
   const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
   const lm = await llama.loadModel({ modelPath: values.model, gpuLayers: 0 });
-  await using ctx = await lm.createContext({ contextSize: nPrompt + nDecode + 64, threads, batchSize: 512 });
+  const ctx = await lm.createContext({ contextSize: nPrompt + nDecode + 64, threads, batchSize: 512 });
   const seq = ctx.getSequence();
   let n = 0;
   for await (const _ of seq.evaluate(t1 as never, { temperature: 0 })) if (++n >= nDecode) break;  // turn 1
@@ -65,9 +65,12 @@ await model.dispose();
   const t0 = performance.now();  // (the evaluation only, as our prefillMs: neither counts the rewind)
   await seq.evaluateWithoutGeneratingNewTokens(t2.slice(common) as never);
   const prefill = performance.now() - t0;
-  // K + V of the tokens it held at the end of turn 1 (analytic; llama.cpp allocates the whole context up front)
-  const kv = (nPrompt + nDecode) * info.nLayer * info.nHeadKv * info.headDim * 2 * 2;
+  // K + V of the tokens it held at the end of turn 1 (the last generated one is not evaluated; analytic: llama.cpp
+  // allocates the whole context up front)
+  const kv = (nPrompt + nDecode - 1) * info.nLayer * info.nHeadKv * info.headDim * 2 * 2;
   console.log(`${'llama.cpp f16'.padEnd(18)} (exact rewind)    turn 2: ${String(common).padStart(5)}/${t2.length} cached, prefill ${prefill.toFixed(0).padStart(5)} ms   ` +
     `(its f16 cache held ${(kv / 1024).toFixed(0)} KiB)`);
+  await ctx.dispose();
   await lm.dispose();
+  await llama.dispose();
 }

@@ -725,7 +725,10 @@ status forward_session::truncate(int n, int * kept) {
     return status::success();
 }
 
-status forward_session::clear() { return truncate(0); }
+status forward_session::clear() {
+    p_->drop_checkpoint();  // (truncate(0) keeps one taken at 0 tokens)
+    return truncate(0);
+}
 
 status forward_session::save_checkpoint(bool bounded_only) {
     impl & p = *p_;

@@ -1319,6 +1319,9 @@ status kv_ring_device::copy_from(const kv_ring_device & src, const kv_ring_layer
         }
     device_buffer q2, pairs;
     if (wide && src.qring_.bytes() > qring_.bytes() && !(st = q2.alloc(src.qring_.bytes())).ok()) { give_back(); return st; }
+    size_t n_pages = 0;  // the page pairs' table (source, destination per page)
+    for (int h = 0; h < H; h++) n_pages += heads[(size_t) h] ? (size_t) src.mapped_[(size_t) h] : 0;
+    if (n_pages > 0 && !(st = pairs.alloc(n_pages * 2 * sizeof(void *))).ok()) { give_back(); return st; }
     // 2. the copy: pages (a launch over every page of the copied heads), then positions, statistics, codes
     std::vector<const void *> pp;
     size_t next = 0;
@@ -1340,7 +1343,7 @@ status kv_ring_device::copy_from(const kv_ring_device & src, const kv_ring_layer
     map_ent_.clear();  // the whole table goes up below
     CUDA_CHECK(cudaMemcpyAsync(page_ptrs_.data(), page_h_.data(), page_h_.size() * sizeof(void *), cudaMemcpyHostToDevice, s));
     if (!pp.empty()) {
-        if (!(st = pairs.assign(pp.data(), pp.size() * sizeof(void *))).ok()) return st;  // (a few bytes per page)
+        if (!(st = pairs.upload(pp.data(), pp.size() * sizeof(void *))).ok()) return st;  // (a CUDA error: the device is lost anyway)
         k_ring_copy_pages<<<(unsigned) (pp.size() / 2), 256, 0, s>>>(pairs.as<const uint4 *>(), page_bytes() / sizeof(uint4));
         CUDA_CHECK_LAUNCH("kv ring page copy");
     }

@@ -73,6 +73,8 @@ export function oracleModel(modelPath: string): Promise<LlamaModel> {
       try {
         return await llama.loadModel({ modelPath, gpuLayers: 0 });
       } finally {
+        // (log lines reach JS through a non-blocking call: let the ones of this load arrive before the next one starts)
+        for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
         loading = undefined;
       }
     });

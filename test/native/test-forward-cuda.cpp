@@ -1588,15 +1588,17 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
     const std::vector<int32_t> & toks = rp.toks;
     const size_t nv = rp.nv;
     const int nh = f.n_layer * f.n_head_kv;
-    struct cfg { const char * name; kv_codec_type codec; bool sinks; kv_policy_kind policy; bool stream; bool dense; };
+    // P: the prompt; 352 grows the f16 heads' slot arrays and kivi2's coded arrays past their first 256 entries, so
+    // source, copy and checkpoint hold arrays of other sizes
+    struct cfg { const char * name; kv_codec_type codec; bool sinks; kv_policy_kind policy; bool stream; bool dense; int P; };
     const cfg cfgs[] = {
-        {"dense f16 (no checkpoint: exact rewinds)", KV_CODEC_F16, false, KV_POLICY_LAZY, false, true},
-        {"f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_LAZY, true, false},
-        {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, false},
-        {"kivi2 + stream heads", KV_CODEC_KIVI2, false, KV_POLICY_LAZY, true, false},
-        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, true},
-        {"h2o f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_H2O, true, true},
-        {"snapkv f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_SNAPKV, true, true},
+        {"dense f16 (no checkpoint: exact rewinds)", KV_CODEC_F16, false, KV_POLICY_LAZY, false, true, 128},
+        {"f16 + stream heads, 352-token prompt", KV_CODEC_F16, false, KV_POLICY_LAZY, true, false, 352},
+        {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, false, 128},
+        {"kivi2 + stream heads, 352-token prompt", KV_CODEC_KIVI2, false, KV_POLICY_LAZY, true, false, 352},
+        {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, true, 128},
+        {"h2o f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_H2O, true, true, 128},
+        {"snapkv f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_SNAPKV, true, true, 128},
     };
     auto bits_equal = [&](const engine_sequence & a, const engine_sequence & b) {
         return a.logits().size() == b.logits().size() && std::memcmp(a.logits().data(), b.logits().data(), a.logits().size() * sizeof(float)) == 0;
@@ -1633,8 +1635,9 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
         for (auto * x : {&cs, &cs2}) TC_OK(engine_sequence::create(cctx, x));
         for (auto * x : {&gs, &gs2, &gr}) TC_OK(engine_sequence::create(gctx, x));
         const std::shared_ptr<cu::device_page_pool> & pool = gctx->cuda_kv_pool();
-        // a 128-token prompt (2 chunks); the reference stops there
-        const int P = 128;
+        // the prompt (chunks of 64); the reference stops there
+        // (the long prompts decode fewer steps: the emulation's time goes up with the context)
+        const int P = c.P, D1 = P + (P > 128 ? 40 : 72), D2 = D1 + 12, R = P + (P > 128 ? 30 : 42);
         rp.reset();
         TC_OK(rp.eval(*cs, *gs, 0, P, false));
         TC_OK(gr->eval(toks.data(), P, true));
@@ -1655,20 +1658,24 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
             << c.name << ": checkpoint of " << mk.checkpoint_bytes << " bytes on the device, " << cs->memory(false).checkpoint_bytes << " on the CPU";
         TC_CHECK(mk.bytes_allocated >= mk.checkpoint_bytes);
         if (mk.checkpoint_bytes > 0) TC_CHECK(pool->stats().pages_in_use > pages_before) << c.name << ": the checkpoint's pages";
-        // 72 decode steps: flushes, evictions (at steps 32 and 64), the stream heads' window moves on
-        TC_OK(rp.eval(*cs, *gs, P, 200, true));
-        // the copies
+        // 72 decode steps (40 after the long prompts): flushes, evictions (at steps 32 and 64), the stream heads' window moves on
+        TC_OK(rp.eval(*cs, *gs, P, D1, true));
+        // the copies, into sequences that held other tokens (their pages and arrays are reused or given back): more
+        // than the source (h2o: its dense heads' slot arrays larger than the source's) or fewer (they grow in the copy)
+        const int pre = c.policy == KV_POLICY_H2O ? 300 : 60;
+        TC_OK(cs2->eval(&toks[7], pre, true));
+        TC_OK(gs2->eval(&toks[7], pre, true));
         TC_OK(cs2->copy_from(*cs));
         TC_OK(gs2->copy_from(*gs));
-        TC_CHECK(gs2->n_tokens() == 200 && same_heads(*gs2, *gs) && bits_equal(*gs2, *gs)) << c.name << ": a copy";
+        TC_CHECK(gs2->n_tokens() == D1 && same_heads(*gs2, *gs) && bits_equal(*gs2, *gs)) << c.name << ": a copy";
         TC_CHECK(gs2->memory(false).checkpoint_bytes == mk.checkpoint_bytes) << c.name << ": a copy takes the checkpoint along";
-        for (int t = 200; t < 212; t++) {
+        for (int t = D1; t < D2; t++) {
             TC_OK(gs->eval(&toks[(size_t) t], 1, true));
             TC_OK(gs2->eval(&toks[(size_t) t], 1, true));
             TC_OK(cs2->eval(&toks[(size_t) t], 1, true));
             TC_CHECK(bits_equal(*gs2, *gs)) << c.name << ": the copy's logits at step " << t;
         }
-        for (int t = 200; t < 212; t++) TC_OK(cs->eval(&toks[(size_t) t], 1, true));
+        for (int t = D1; t < D2; t++) TC_OK(cs->eval(&toks[(size_t) t], 1, true));
         const kv_memory_report ma = gs->memory(false), mb = gs2->memory(false);
         TC_CHECK(same_heads(*gs2, *gs) && same_heads(*gs2, *cs2) == same_heads(*gs, *cs)) << c.name << ": a copy holds other tokens";
         TC_CHECK(ma.resident_tokens == mb.resident_tokens && ma.key_bytes == mb.key_bytes && ma.value_bytes == mb.value_bytes && ma.evicted_tokens == mb.evicted_tokens &&
@@ -1676,7 +1683,6 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
         const double bound = c.policy == KV_POLICY_H2O || c.policy == KV_POLICY_SNAPKV ? 0.1 : c.codec == KV_CODEC_F16 ? 2e-3 : 1e-2;
         TC_CHECK(nmse(gs2->logits().data(), cs2->logits().data(), nv) <= bound) << c.name << ": the device copy vs the CPU copy";
         // the rewind into the decoded tokens: back to the checkpoint on both sides (a dense cache: exactly where asked)
-        const int R = 170;
         const int32_t kc = cs->remove_from(R), kg = gs->remove_from(R);
         TC_CHECK(kc == kg && kg == (mk.checkpoint_bytes > 0 ? P : R)) << c.name << ": rewind to " << R << " keeps " << kg << " on the device, " << kc << " on the CPU";
         if (kg == P) {
@@ -1697,8 +1703,8 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
             TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after a second return, vs the CPU";
         }
         // the copy went on unaffected
-        TC_OK(gs2->eval(&toks[212], 10, true));
-        TC_OK(cs2->eval(&toks[212], 10, true));
+        TC_OK(gs2->eval(&toks[(size_t) D2], 10, true));
+        TC_OK(cs2->eval(&toks[(size_t) D2], 10, true));
         TC_CHECK(nmse(gs2->logits().data(), cs2->logits().data(), nv) <= bound) << c.name << ": the copy after its source's rewind";
         // and it returns to the checkpoint it took along, as its CPU twin does
         const int32_t k2c = cs2->remove_from(R), k2g = gs2->remove_from(R);
