@@ -2,7 +2,8 @@
 //   1. activations -> vec_dot_type into scratch.act (skipped for f32 weights: x is used in place);
 //      parallel over tokens when there are enough of them to pay for a second dispatch.
 //   2. output rows split across threads in contiguous, equal chunks, so during decode each thread
-//      streams its own slice of W exactly once. With n_tokens > 1 a thread walks its rows in tiles of
+//      streams its own slice of W exactly once (GEMM_MR rows per micro-kernel call where the type has one:
+//      more weight streams in flight, each prefetched ahead; the same per-row expression as vec_dot). With n_tokens > 1 a thread walks its rows in tiles of
 //      kRowTile rows and runs every token against a tile while the tile sits in L2 (a 16-row tile of a
 //      4864-wide q8_0 matrix is 83 KB), with one activation row hot in L1 across the tile. On Zen 4,
 //      tiles of 4..16 rows measured equal and 64 rows 30% slower (896x4864 q8_0, 64 tokens). Types with a
