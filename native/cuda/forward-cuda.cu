@@ -103,18 +103,41 @@ struct forward_session::impl {
     ring_codec codec;                  // what the layers were made with (a checkpoint makes its layers alike)
     std::vector<int32_t> perm;         // [n_layer][n_head_kv][head_dim] key channel permutation, or empty
     ring_step step;
-    // The prefix checkpoint (forward_session::save_checkpoint): the books of every layer, and the device data of
-    // the heads a rewind may not restore exactly (saved: STREAM, CODED and EVICT heads; codes: the heads whose
-    // quantized tokens are copied too, EVICT ones: a CODED head's only grow, so the live head keeps them)
-    struct checkpoint {
-        int n = -1;  // tokens (-1: none)
-        std::vector<std::vector<char>> saved, codes;  // [n_layer][n_head_kv]
-        std::vector<kv_ring_layer> rl;
-        std::vector<kv_ring_device> rd;
+    // kv_cache's step counters and what the evictions did (a checkpoint and a copy take them along)
+    struct counters {
         int32_t dstep = 0, prompt = 0;
         int64_t evicted = 0, compactions = 0;
         double compaction_s = 0;
+    };
+    counters counts() const { return {dstep, prompt, evicted, compactions, compaction_s}; }
+    void set_counts(const counters & c) {
+        dstep = c.dstep;
+        prompt = c.prompt;
+        evicted = c.evicted;
+        compactions = c.compactions;
+        compaction_s = c.compaction_s;
+    }
+    // The prefix checkpoint (forward_session::save_checkpoint): the books of every layer, and the device data of
+    // the heads a rewind may not restore exactly (checkpoint_heads)
+    struct checkpoint {
+        int n = -1;  // tokens (-1: none)
+        std::vector<kv_ring_layer> rl;
+        std::vector<kv_ring_device> rd;
+        counters at;
     } ckpt;
+    // The heads of layer L a checkpoint copies (saved: STREAM, CODED and EVICT heads; a plain f16 head cuts exactly)
+    // and those whose quantized tokens it copies too (codes: EVICT heads; a CODED head's only grow, so the live head
+    // keeps them). Returns whether any head is saved.
+    static bool checkpoint_heads(const kv_ring_layer & L, std::vector<char> & saved, std::vector<char> & codes) {
+        saved.assign((size_t) L.n_head_kv(), 0);
+        codes.assign((size_t) L.n_head_kv(), 0);
+        bool any = false;
+        for (int h = 0; h < L.n_head_kv(); h++) {
+            any |= (saved[(size_t) h] = L.kind(h) != KV_RING_DENSE) != 0;
+            codes[(size_t) h] = L.kind(h) == KV_RING_EVICT;
+        }
+        return any;
+    }
     // evicting heads (lazy): kv_cache's decode step and prompt length, the scores scratch attention fills at a
     // decode step, the gathers' scratch, and what the evictions did
     bool evict = false;
@@ -233,22 +256,20 @@ struct forward_session::impl {
     // caller clears the cache.
     status restore_checkpoint() {
         std::vector<kv_ring_ops> ops;
+        std::vector<char> saved, codes;
         for (size_t il = 0; il < rl.size(); il++) {
             // (the saved heads' clears are moot: their slots come from the checkpoint whole)
             kv_ring_layer cut = rl[il];
             cut.truncate(ckpt.n, ops);
-            status st = rd[il].copy_from(ckpt.rd[il], ckpt.rl[il], ckpt.saved[il], ckpt.codes[il], true, be->stream());
+            checkpoint_heads(rl[il], saved, codes);
+            status st = rd[il].copy_from(ckpt.rd[il], ckpt.rl[il], saved, codes, true, be->stream());
             if (!st.ok()) return st;
             rl[il] = std::move(cut);
-            rl[il].copy_from(ckpt.rl[il], ckpt.saved[il]);
+            rl[il].copy_from(ckpt.rl[il], saved);
             if (!(st = trim((int) il)).ok()) return st;
         }
         n_past = ckpt.n;
-        dstep = ckpt.dstep;
-        prompt = ckpt.prompt;
-        evicted = ckpt.evicted;
-        compactions = ckpt.compactions;
-        compaction_s = ckpt.compaction_s;
+        set_counts(ckpt.at);
         return status::success();
     }
 
@@ -735,36 +756,25 @@ status forward_session::save_checkpoint(bool bounded_only) {
     p.drop_checkpoint();
     if (!p.ring) return status::success();  // (a dense f16 cache rewinds exactly)
     const size_t L = p.rl.size();
-    impl::checkpoint c;
-    c.saved.resize(L);
-    c.codes.resize(L);
+    std::vector<char> saved, codes;
     bool any = false;
-    for (size_t il = 0; il < L; il++) {
-        const kv_ring_layer & R = p.rl[il];
-        const int H = R.n_head_kv();
-        c.saved[il].assign((size_t) H, 0);
-        c.codes[il].assign((size_t) H, 0);
-        for (int h = 0; h < H; h++) {
-            const uint8_t k = R.kind(h);
-            if (bounded_only && k == KV_RING_EVICT && R.n_f16(h) + R.n_coded(h) > R.policy().capacity) return status::success();
-            any |= (c.saved[il][(size_t) h] = k != KV_RING_DENSE) != 0;
-            c.codes[il][(size_t) h] = k == KV_RING_EVICT;
-        }
+    for (const kv_ring_layer & R : p.rl) {
+        any |= impl::checkpoint_heads(R, saved, codes);
+        for (int h = 0; h < R.n_head_kv() && bounded_only; h++)
+            if (R.kind(h) == KV_RING_EVICT && R.n_f16(h) + R.n_coded(h) > R.policy().capacity) return status::success();
     }
     if (!any) return status::success();
+    impl::checkpoint c;
     c.rl = p.rl;
     c.rd.resize(L);
     for (size_t il = 0; il < L; il++) {
+        impl::checkpoint_heads(p.rl[il], saved, codes);
         status st = p.make_layer((int) il, c.rl[il], c.rd[il]);
-        if (st.ok()) st = c.rd[il].copy_from(p.rd[il], p.rl[il], c.saved[il], c.codes[il], true, p.be->stream());
+        if (st.ok()) st = c.rd[il].copy_from(p.rd[il], p.rl[il], saved, codes, true, p.be->stream());
         if (!st.ok()) return status(st.code, "kv cache checkpoint: " + st.message);  // (c's pages go back with it)
     }
     c.n = p.n_past;
-    c.dstep = p.dstep;
-    c.prompt = p.prompt;
-    c.evicted = p.evicted;
-    c.compactions = p.compactions;
-    c.compaction_s = p.compaction_s;
+    c.at = p.counts();
     p.ckpt = std::move(c);
     return status::success();
 }
@@ -793,11 +803,13 @@ status forward_session::copy_from(const forward_session & src) {
     }
     impl::checkpoint c;  // the source's checkpoint too, so that the copy also rewinds as the source would
     if (st.ok() && q.ckpt.n >= 0) {
-        c = impl::checkpoint{q.ckpt.n, q.ckpt.saved, q.ckpt.codes, q.ckpt.rl, {}, q.ckpt.dstep, q.ckpt.prompt, q.ckpt.evicted, q.ckpt.compactions, q.ckpt.compaction_s};
+        c = impl::checkpoint{q.ckpt.n, q.ckpt.rl, {}, q.ckpt.at};
         c.rd.resize(q.ckpt.rd.size());
+        std::vector<char> saved, codes;
         for (size_t il = 0; il < c.rd.size() && st.ok(); il++) {
+            impl::checkpoint_heads(p.rl[il], saved, codes);
             st = p.make_layer((int) il, c.rl[il], c.rd[il]);
-            if (st.ok()) st = c.rd[il].copy_from(q.ckpt.rd[il], q.ckpt.rl[il], c.saved[il], c.codes[il], true, s);
+            if (st.ok()) st = c.rd[il].copy_from(q.ckpt.rd[il], q.ckpt.rl[il], saved, codes, true, s);
         }
     }
     if (!st.ok()) {  // layers of both sessions: this one holds nothing that can be trusted
@@ -806,11 +818,7 @@ status forward_session::copy_from(const forward_session & src) {
         return status(st.code, st.message + (sc.ok() ? "; the sequence is empty" : "; and clearing the device cache failed: " + sc.message));
     }
     p.n_past = q.n_past;
-    p.dstep = q.dstep;
-    p.prompt = q.prompt;
-    p.evicted = q.evicted;
-    p.compactions = q.compactions;
-    p.compaction_s = q.compaction_s;
+    p.set_counts(q.counts());
     p.ckpt = std::move(c);
     return p.be->synchronize();
 }
