@@ -238,12 +238,27 @@ struct forward_session::impl {
         return trim((int) il);
     }
 
-    // The device layer il of this session's geometry for books L (the pages from the session's pool).
-    status make_layer(int il, const kv_ring_layer & L, kv_ring_device & D) const {
+    // The device layer il of this session's geometry for books L (the pages from the session's pool); codes_of:
+    // which coded heads get arrays for quantized tokens (kv_ring_device::create).
+    status make_layer(int il, const kv_ring_layer & L, kv_ring_device & D, const std::vector<char> * codes_of = nullptr) const {
         const hparams & hp = m->hp;
         const size_t per_layer = (size_t) L.n_head_kv() * hp.head_dim;
         const int32_t * pm = perm.empty() ? nullptr : perm.data() + (size_t) il * per_layer;
-        return D.create(L, (int) hp.head_dim, (int) hp.head_dim_v, codec, pm, pool, be->stream());
+        return D.create(L, (int) hp.head_dim, (int) hp.head_dim_v, codec, pm, pool, be->stream(), codes_of);
+    }
+
+    // Layer il of a checkpoint: D takes the heads a checkpoint saves from src (books L). D is made here (with
+    // arrays for the quantized tokens of the evicting heads only: the codes it copies) unless it is a layer of an
+    // earlier checkpoint, whose arrays and pages the copy reuses — a chat saves one each turn — and then halves its
+    // arrays where they are four times what they hold.
+    status checkpoint_layer(int il, const kv_ring_layer & L, const kv_ring_device & src, kv_ring_device & D) const {
+        std::vector<char> saved, codes;
+        checkpoint_heads(L, saved, codes);
+        const bool reuse = D.created();
+        status st = reuse ? status::success() : make_layer(il, L, D, &codes);
+        if (st.ok()) st = D.copy_from(src, L, saved, codes, true, be->stream());
+        if (st.ok() && reuse) st = D.shrink(L, be->stream());
+        return st;
     }
 
     void drop_checkpoint() {
@@ -753,6 +768,7 @@ status forward_session::clear() {
 
 status forward_session::save_checkpoint(bool bounded_only) {
     impl & p = *p_;
+    std::vector<kv_ring_device> old_rd = std::move(p.ckpt.rd);
     p.drop_checkpoint();
     if (!p.ring) return status::success();  // (a dense f16 cache rewinds exactly)
     const size_t L = p.rl.size();
@@ -766,11 +782,10 @@ status forward_session::save_checkpoint(bool bounded_only) {
     if (!any) return status::success();
     impl::checkpoint c;
     c.rl = p.rl;
+    c.rd = std::move(old_rd);  // (the last checkpoint's layers, reused)
     c.rd.resize(L);
     for (size_t il = 0; il < L; il++) {
-        impl::checkpoint_heads(p.rl[il], saved, codes);
-        status st = p.make_layer((int) il, c.rl[il], c.rd[il]);
-        if (st.ok()) st = c.rd[il].copy_from(p.rd[il], p.rl[il], saved, codes, true, p.be->stream());
+        const status st = p.checkpoint_layer((int) il, p.rl[il], p.rd[il], c.rd[il]);
         if (!st.ok()) return status(st.code, "kv cache checkpoint: " + st.message);  // (c's pages go back with it)
     }
     c.n = p.n_past;
@@ -788,6 +803,7 @@ status forward_session::copy_from(const forward_session & src) {
     if (&src == this) return status::success();
     if (p.W != q.W || p.ring != q.ring || p.n_ctx != q.n_ctx || p.rl.size() != q.rl.size() || p.kv.size() != q.kv.size())
         return status(ERR_INVALID_ARG, "cuda forward: copy from a session of another model or cache configuration");
+    std::vector<kv_ring_device> old_rd = std::move(p.ckpt.rd);  // (reused for the source's checkpoint)
     p.drop_checkpoint();
     const stream_t s = p.be->stream();
     status st;
@@ -803,14 +819,9 @@ status forward_session::copy_from(const forward_session & src) {
     }
     impl::checkpoint c;  // the source's checkpoint too, so that the copy also rewinds as the source would
     if (st.ok() && q.ckpt.n >= 0) {
-        c = impl::checkpoint{q.ckpt.n, q.ckpt.rl, {}, q.ckpt.at};
+        c = impl::checkpoint{q.ckpt.n, q.ckpt.rl, std::move(old_rd), q.ckpt.at};
         c.rd.resize(q.ckpt.rd.size());
-        std::vector<char> saved, codes;
-        for (size_t il = 0; il < c.rd.size() && st.ok(); il++) {
-            impl::checkpoint_heads(p.rl[il], saved, codes);
-            st = p.make_layer((int) il, c.rl[il], c.rd[il]);
-            if (st.ok()) st = c.rd[il].copy_from(q.ckpt.rd[il], q.ckpt.rl[il], saved, codes, true, s);
-        }
+        for (size_t il = 0; il < c.rd.size() && st.ok(); il++) st = p.checkpoint_layer((int) il, q.ckpt.rl[il], q.ckpt.rd[il], c.rd[il]);
     }
     if (!st.ok()) {  // layers of both sessions: this one holds nothing that can be trusted
         p.n_past = std::max({p.n_past, q.n_past, 1});

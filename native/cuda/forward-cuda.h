@@ -83,7 +83,8 @@ public:
     // truncate(n) with n at or past that point, where the cache alone would fall back further, returns there (the
     // dense heads cut, the others restored). A truncation below it, clear() and copy_from() drop it; a dense f16
     // session keeps none. bounded_only: none when an EVICT head holds more than the policy's capacity.
-    // ERR_OOM_DEVICE: no checkpoint (the cache unchanged). Its memory: memory().checkpoint_bytes. Unlike the CPU
+    // ERR_OOM_DEVICE: no checkpoint (the cache unchanged). A checkpoint saved over another reuses its device arrays
+    // and pages (a chat saves one per turn). Its memory: memory().checkpoint_bytes. Unlike the CPU
     // cache, which copies every head before it changes one, a return to the checkpoint goes layer by layer: if the
     // device runs out of memory part-way, the cache is cleared (truncate reports 0 tokens kept and the error).
     status save_checkpoint(bool bounded_only = false);

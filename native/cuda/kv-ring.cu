@@ -632,7 +632,7 @@ kv_ring_device::kv_ring_device(kv_ring_device && o) noexcept
 }
 
 status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring_codec & codec, const int32_t * perm,
-                              std::shared_ptr<device_page_pool> pool, stream_t s) {
+                              std::shared_ptr<device_page_pool> pool, stream_t s, const std::vector<char> * codes_of) {
     const int H = L.n_head_kv();
     const size_t page_bytes = (size_t) KV_PAGE_TOKENS * (D + DV) * sizeof(uint16_t);
     if (!pool || pool->page_bytes() < page_bytes)
@@ -659,7 +659,7 @@ status kv_ring_device::create(const kv_ring_layer & L, int D, int DV, const ring
         geo[(size_t) h] = L.fix_below(h);
         geo[(size_t) H + h] = L.fix_cap(h);
         geo[(size_t) 2 * H + h] = L.ring_cap(h);
-        if (L.coded(h)) {
+        if (L.coded(h) && (!codes_of || (*codes_of)[(size_t) h])) {
             is_coded[(size_t) h] = 1;
             c_first[(size_t) h] = n_coded_heads++ * coded_cap_;
         }
@@ -1292,9 +1292,12 @@ status kv_ring_device::copy_from(const kv_ring_device & src, const kv_ring_layer
                                  bool wide, stream_t s) {
     const int H = n_head_kv_, max_seg = v_.max_seg;
     if (&src == this) return status::success();
-    if (src.n_head_kv_ != H || src.v_.max_seg != max_seg || src.n_coded_heads_ != n_coded_heads_ || src.page_bytes() != page_bytes() ||
-        src.has_evict() != has_evict() || (int) heads.size() != H || (int) codes.size() != H)
+    if (src.n_head_kv_ != H || src.v_.max_seg != max_seg || src.page_bytes() != page_bytes() || src.has_evict() != has_evict() || (int) heads.size() != H ||
+        (int) codes.size() != H)
         return status(ERR_INTERNAL, "cuda kv ring: a copy between layers of another geometry");
+    for (int h = 0; h < H; h++)
+        if (heads[(size_t) h] && codes[(size_t) h] && L.coded(h) && (!holds_codes(h) || !src.holds_codes(h)))
+            return status(ERR_INTERNAL, strfmt("cuda kv ring: a copy of head %d's quantized tokens into or from a layer without arrays for them", h));
     status st;
     // 1. everything that allocates, before anything held changes: the arrays grow to hold the copied heads
     // (a resize keeps what they hold), the pages the copied heads lack come from the pool, the query ring

@@ -24,6 +24,7 @@
 // statistics (download_stats) and selects (kv_ring_layer::select), as kv_cache does at its eviction steps;
 // a decode step that drops one token of a head (h2o, tova) selects and removes it here (evict_one).
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -105,9 +106,14 @@ public:
 
     // Device memory for the geometry of `L` (every position empty; no page mapped yet). perm: [n_head_kv][head_dim]
     // key channel permutation of this layer, or nullptr (identity). pool: where the f16 pages come from (pages of
-    // at least KV_PAGE_TOKENS·(head_dim + head_dim_v) f16). ERR_OOM_DEVICE with the size.
+    // at least KV_PAGE_TOKENS·(head_dim + head_dim_v) f16). ERR_OOM_DEVICE with the size. codes_of: the coded
+    // heads that get arrays for quantized tokens here ([n_head_kv] mask; nullptr: every coded head) — a
+    // checkpoint's layer, which runs no kernel and keeps the codes of its evicting heads only.
     status create(const kv_ring_layer & L, int head_dim, int head_dim_v, const ring_codec & codec, const int32_t * perm,
-                  std::shared_ptr<device_page_pool> pool, stream_t s);
+                  std::shared_ptr<device_page_pool> pool, stream_t s, const std::vector<char> * codes_of = nullptr);
+    bool created() const { return pool_ != nullptr; }
+    // whether head h has arrays for quantized tokens here
+    bool holds_codes(int h) const { return std::find(coded_heads_.begin(), coded_heads_.end(), h) != coded_heads_.end(); }
     // Pages follow the bookkeeping: map_pages() maps from the pool every page head h needs for
     // L.pages_in_use(h) slots (call after L.append, before stage(), which uploads the new table entries);
     // release_pages() gives back those above it (after the step's ops are enqueued: a gather still reads them,
@@ -183,7 +189,8 @@ public:
     // Makes heads `heads` (a mask, [n_head_kv]) of this layer copies of src's — a layer of the same geometry and
     // page pool (a sequence of the same context, or a checkpoint) whose books are `L`: their f16 pages (copied
     // into pages of this layer's own), every slot's position and statistics, and where codes[h] their quantized
-    // tokens (L.n_coded(h) of them); the other heads stay as they are. wide: src's recorded queries too. The books
+    // tokens (L.n_coded(h) of them; both layers hold arrays for them); the other heads stay as they are. wide: src's
+    // recorded queries too. The books
     // follow with kv_ring_layer::copy_from. Allocates first: ERR_OOM_DEVICE leaves what this layer holds as it was.
     // Waits for the stream.
     status copy_from(const kv_ring_device & src, const kv_ring_layer & L, const std::vector<char> & heads, const std::vector<char> & codes, bool wide,

@@ -1701,6 +1701,25 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
             TC_CHECK(gs->remove_from(R - 10) == P && cs->remove_from(R - 10) == P && same_heads(*gs, *cs)) << c.name << ": a second return";
             for (engine_sequence * x : {gs.get(), cs.get()}) TC_OK(x->eval(&toks[(size_t) P], 40, true));
             TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after a second return, vs the CPU";
+            // a checkpoint saved over this one (a chat's next turn: the device reuses the last checkpoint's layers),
+            // beside a copy whose checkpoint is made new; 24 steps on, a rewind returns to it, and the next tokens
+            // give the copy's logits bit for bit
+            const int n2 = P + 40;
+            for (engine_sequence * x : {gs.get(), cs.get()}) TC_OK(x->save_checkpoint());
+            std::shared_ptr<engine_sequence> g3;
+            TC_OK(engine_sequence::create(gctx, &g3));
+            TC_OK(g3->copy_from(*gs));
+            const uint64_t reused = gs->memory(false).checkpoint_bytes, made = g3->memory(false).checkpoint_bytes;
+            std::printf("    %-42s checkpoint: %.1f KiB made new, %.1f KiB reused (cpu %.1f KiB)\n", c.name, made / 1024.0, reused / 1024.0,
+                        cs->memory(false).checkpoint_bytes / 1024.0);
+            TC_CHECK(reused > 0 && made > 0 && reused <= 2 * made && made <= 2 * reused) << c.name << ": a checkpoint of " << reused << " bytes saved over the last, "
+                                                                                       << made << " made new";
+            for (int t = n2; t < n2 + 24; t++)
+                for (engine_sequence * x : {gs.get(), cs.get()}) TC_OK(x->eval(&toks[(size_t) t], 1, true));
+            TC_CHECK(gs->remove_from(n2 + 4) == n2 && cs->remove_from(n2 + 4) == n2) << c.name << ": a return to the second checkpoint";
+            for (engine_sequence * x : {gs.get(), g3.get(), cs.get()}) TC_OK(x->eval(&toks[(size_t) n2], 16, true));
+            TC_CHECK(bits_equal(*gs, *g3) && same_heads(*gs, *g3)) << c.name << ": after a return to a checkpoint saved over an earlier one";
+            TC_CHECK(nmse(gs->logits().data(), cs->logits().data(), nv) <= bound) << c.name << ": after a return to the second checkpoint, vs the CPU";
         }
         // the copy went on unaffected
         TC_OK(gs2->eval(&toks[(size_t) D2], 10, true));
