@@ -291,7 +291,7 @@ TC_TEST("quants/cpu-vec-dot avx2 == avx512 bit for bit (block formats)") {
 TC_TEST("quants/cpu-gemm-bit-exact") {
     size_t nk = 0;
     const quant_cpu_kernel * ks = quant_cpu_kernels_all(&nk);
-    int tested = 0;
+    int tested = 0, packed_cases = 0;
     for (size_t k = 0; k < nk; k++) {
         const quant_cpu_kernel & kr = ks[k];
         if (!kr.gemm) continue;
@@ -323,9 +323,20 @@ TC_TEST("quants/cpu-gemm-bit-exact") {
                         }
                     TC_CHECK(bad == 0) << "GEMM(type=" << tw->name << ",kernel=" << kr.name << ",n=" << ne << ",nr=" << nr
                                        << ",nt=" << nt << "): " << bad << " outputs differ from vec_dot";
+                    if (!kr.packed) continue;
+                    // the packed prefill kernel: the same bits from the tokens packed as a group
+                    std::vector<uint8_t> pk(kr.packed->bytes(ne) + 64);
+                    uint8_t * pa = pk.data() + (64 - (uintptr_t) pk.data() % 64) % 64;
+                    kr.packed->pack(ne, a.data(), arow, nt, pa);
+                    std::vector<float> got2(GEMM_NT * 8, -1.0f);
+                    kr.packed->gemm(ne, w.data(), wrow, nr, pa, nt, got2.data(), 8);
+                    TC_CHECK(std::memcmp(got.data(), got2.data(), got.size() * sizeof(float)) == 0)
+                        << "packed GEMM(type=" << tw->name << ",kernel=" << kr.name << ",n=" << ne << ",nr=" << nr << ",nt=" << nt << ") differs from gemm";
+                    packed_cases++;
                 }
         }
         tested++;
     }
     TC_CHECK(tested > 0 || cpu_level_supported() == CPU_LEVEL_SCALAR);
+    std::printf("    %d packed-activation cases\n", packed_cases);
 }

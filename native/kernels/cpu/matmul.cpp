@@ -32,9 +32,11 @@ inline void split_range(int64_t n, int ith, int nth, int64_t * begin, int64_t * 
     *end = std::min(n, *begin + per);
 }
 
-// y rows [r0, r1) for all tokens. act: n_tokens rows of act_row_bytes.
+// y rows [r0, r1) for all tokens. act: n_tokens rows of act_row_bytes; packed (n_tokens > 1 only, else
+// nullptr): the same tokens in groups of GEMM_NT for pk->gemm, group_bytes apart.
 void matmul_rows(const weight_view & w, vec_dot_fn vec_dot, gemm_fn gemm, const uint8_t * act, size_t act_row_bytes,
-                 float * y, int64_t n_tokens, int64_t r0, int64_t r1) {
+                 float * y, int64_t n_tokens, int64_t r0, int64_t r1, const gemm_pack_kernel * pk = nullptr,
+                 const uint8_t * packed = nullptr, size_t group_bytes = 0) {
     const uint8_t * wd = (const uint8_t *) w.data;
     if (n_tokens == 1) {
         if (gemm) {  // GEMM_MR rows at once: as many weight streams in flight (decode is a read of W)
@@ -49,6 +51,17 @@ void matmul_rows(const weight_view & w, vec_dot_fn vec_dot, gemm_fn gemm, const 
     }
     for (int64_t rt = r0; rt < r1; rt += kRowTile) {
         const int64_t rt_end = std::min(r1, rt + kRowTile);
+        if (packed) {
+            for (int64_t t = 0; t < n_tokens; t += GEMM_NT) {
+                const int nt = (int) std::min<int64_t>(GEMM_NT, n_tokens - t);
+                const uint8_t * g = packed + t / GEMM_NT * group_bytes;
+                for (int64_t r = rt; r < rt_end; r += GEMM_MR) {
+                    const int nr = (int) std::min<int64_t>(GEMM_MR, rt_end - r);
+                    pk->gemm(w.n_in, wd + r * w.row_bytes, w.row_bytes, nr, g, nt, y + t * w.n_out + r, (size_t) w.n_out);
+                }
+            }
+            continue;
+        }
         if (gemm) {
             // GEMM_NT tokens at a time against GEMM_MR rows: each weight block is unpacked once per
             // GEMM_NT tokens, the GEMM_NT activation rows stay in L1, the row tile in L2
@@ -110,8 +123,32 @@ void cpu_matmul(thread_pool & pool, const weight_view & w, const float * x, floa
 
     const vec_dot_fn vec_dot = tc->vec_dot;
     const gemm_fn gemm = tc->gemm;
+    // prefill with a packed kernel: the activations into its layout, a group of GEMM_NT tokens at a time
+    const gemm_pack_kernel * pk = n_tokens > 1 ? tc->packed : nullptr;
+    const uint8_t * packed = nullptr;
+    size_t group_bytes = 0;
+    if (pk) {
+        group_bytes = (pk->bytes(w.n_in) + 63) / 64 * 64;
+        const int64_t n_groups = (n_tokens + GEMM_NT - 1) / GEMM_NT;
+        const size_t need = group_bytes * (size_t) n_groups + 64;
+        if (scratch.packed.size() < need) scratch.packed.resize(need);
+        uint8_t * base = scratch.packed.data() + (64 - (uintptr_t) scratch.packed.data() % 64) % 64;
+        struct { const gemm_pack_kernel * pk; const uint8_t * act; size_t act_row_bytes, group_bytes; uint8_t * dst; int64_t n_in, n_tokens, n_groups; } job =
+            {pk, act, act_row_bytes, group_bytes, base, w.n_in, n_tokens, n_groups};
+        auto * j = &job;
+        auto pack = [j](int ith, int nth) {
+            int64_t g0, g1;
+            split_range(j->n_groups, ith, nth, &g0, &g1);
+            for (int64_t g = g0; g < g1; g++)
+                j->pk->pack(j->n_in, j->act + g * GEMM_NT * j->act_row_bytes, j->act_row_bytes, (int) std::min<int64_t>(GEMM_NT, j->n_tokens - g * GEMM_NT),
+                            j->dst + g * j->group_bytes);
+        };
+        if (n_groups > 1 && pool.size() > 1) pool.run(pack);
+        else pack(0, 1);
+        packed = base;
+    }
     if (pool.size() == 1) {
-        matmul_rows(w, vec_dot, gemm, act, act_row_bytes, y, n_tokens, 0, w.n_out);
+        matmul_rows(w, vec_dot, gemm, act, act_row_bytes, y, n_tokens, 0, w.n_out, pk, packed, group_bytes);
         return;
     }
     // Rows are handed out in chunks from a shared counter (about 8 per thread, whole 16-row groups), not as one
@@ -122,14 +159,15 @@ void cpu_matmul(thread_pool & pool, const weight_view & w, const float * x, floa
     const int64_t chunk = std::max<int64_t>(16, (w.n_out + 8 * nth_all - 1) / (8 * nth_all) + 15) / 16 * 16;
     std::atomic<int64_t> next{0};
     struct { const weight_view * w; vec_dot_fn vec_dot; gemm_fn gemm; const uint8_t * act; size_t act_row_bytes; float * y; int64_t n_tokens;
-             int64_t chunk; std::atomic<int64_t> * next; } job = {&w, vec_dot, gemm, act, act_row_bytes, y, n_tokens, chunk, &next};
+             int64_t chunk; std::atomic<int64_t> * next; const gemm_pack_kernel * pk; const uint8_t * packed; size_t group_bytes; } job =
+        {&w, vec_dot, gemm, act, act_row_bytes, y, n_tokens, chunk, &next, pk, packed, group_bytes};
     auto * j = &job;
     pool.run([j](int, int) {
         for (;;) {
             const int64_t r0 = j->next->fetch_add(j->chunk, std::memory_order_relaxed);
             if (r0 >= j->w->n_out) break;
             const int64_t r1 = std::min(j->w->n_out, r0 + j->chunk);
-            matmul_rows(*j->w, j->vec_dot, j->gemm, j->act, j->act_row_bytes, j->y, j->n_tokens, r0, r1);
+            matmul_rows(*j->w, j->vec_dot, j->gemm, j->act, j->act_row_bytes, j->y, j->n_tokens, r0, r1, j->pk, j->packed, j->group_bytes);
         }
     });
 }

@@ -25,6 +25,7 @@ struct weight_view {
 // context) so the hot path never allocates.
 struct matmul_scratch {
     std::vector<uint8_t> act;
+    std::vector<uint8_t> packed;  // prefill activations in a packed kernel's layout (gemm_pack_kernel), 64-byte aligned inside
 };
 
 // y[t][o] = sum_i W[o][i] * x[t][i]   x: [n_tokens][n_in] f32, y: [n_tokens][n_out] f32 (row stride n_out)

@@ -68,16 +68,16 @@ const quant_cpu_kernel KERNELS[] = {
     {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512_bf16", has_avx512_bf16, nullptr,                        vec_dot_bf16_avx512bf16},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_bf16_avx512, vec_dot_bf16_avx512},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX2,   "avx2",        nullptr,         convert_row_f32_to_bf16_avx2,   vec_dot_bf16_avx2},
-    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q8_0_q8_0_avx512vnni, gemm_q8_0_q8_0_avx512vnni},
+    {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q8_0_q8_0_avx512vnni, gemm_q8_0_q8_0_avx512vnni, &gemm_packed_q8_0_avx512vnni},
     {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512",      nullptr,         quantize_row_q8_0_avx512,       nullptr},
     {GGML_TYPE_Q8_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         quantize_row_q8_0_avx2,         vec_dot_q8_0_q8_0_avx2,       gemm_q8_0_q8_0_avx2},
     {GGML_TYPE_Q8_1, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        quantize_row_q8_1_avx512vnni,   nullptr},
     {GGML_TYPE_Q8_1, CPU_LEVEL_AVX2,   "avx2",        nullptr,         quantize_row_q8_1_avx2,         nullptr},
-    {GGML_TYPE_Q4_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q4_0_q8_0_avx512vnni, gemm_q4_0_q8_0_avx512vnni},
+    {GGML_TYPE_Q4_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q4_0_q8_0_avx512vnni, gemm_q4_0_q8_0_avx512vnni, &gemm_packed_q4_0_avx512vnni},
     {GGML_TYPE_Q4_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q4_0_q8_0_avx2,       gemm_q4_0_q8_0_avx2},
     {GGML_TYPE_Q4_1, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q4_1_q8_1_avx512vnni},
     {GGML_TYPE_Q4_1, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q4_1_q8_1_avx2},
-    {GGML_TYPE_Q5_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q5_0_q8_0_avx512vnni, gemm_q5_0_q8_0_avx512vnni},
+    {GGML_TYPE_Q5_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q5_0_q8_0_avx512vnni, gemm_q5_0_q8_0_avx512vnni, &gemm_packed_q5_0_avx512vnni},
     {GGML_TYPE_Q5_0, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q5_0_q8_0_avx2,       gemm_q5_0_q8_0_avx2},
     {GGML_TYPE_Q5_1, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q5_1_q8_1_avx512vnni},
     {GGML_TYPE_Q5_1, CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_q5_1_q8_1_avx2},
@@ -116,6 +116,7 @@ void resolve_all() {
             t.vec_dot = row.vec_dot_ref;
             t.vec_dot_ref = row.vec_dot_ref;
             t.gemm = nullptr;
+            t.packed = nullptr;
             bool have_from_float = false, have_vec_dot = false, have_gemm = false;
             for (size_t k = 0; k < N_KERNELS; k++) {
                 const quant_cpu_kernel & kr = KERNELS[k];
@@ -131,6 +132,7 @@ void resolve_all() {
                 }
                 if (!have_gemm && kr.gemm && kr.type == row.type) {
                     t.gemm = kr.gemm;
+                    t.packed = kr.packed;
                     have_gemm = true;
                 }
             }

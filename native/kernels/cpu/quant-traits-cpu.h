@@ -34,6 +34,14 @@ constexpr int GEMM_MR = 4;
 // (perf/matmul-prefill, 1.5B FFN shapes, one thread: q4_K 109 -> 121 GFLOP/s, q6_K 117 -> 135 against 4 tokens);
 // the q8_0/q4_0/q5_0 tiles cover up to 4 tokens and are called twice.
 constexpr int GEMM_NT = 8;
+// Prefill form of gemm where the kernel wants the activations in a layout of its own: pack() writes up to GEMM_NT
+// tokens' activation rows (vec_dot_type, stride y_stride) into `bytes(n)` bytes (64-byte aligned), once per
+// matmul, and gemm() runs GEMM_MR rows against such a group — the same per-(row, token) expression as vec_dot.
+struct gemm_pack_kernel {
+    size_t (*bytes)(int64_t n);
+    void (*pack)(int64_t n, const void * y, size_t y_stride, int nt, void * dst);
+    void (*gemm)(int64_t n, const void * x, size_t x_stride, int nr, const void * packed, int nt, float * s, size_t s_stride);
+};
 
 struct quant_traits_cpu {
     ggml_type type;
@@ -42,6 +50,7 @@ struct quant_traits_cpu {
     vec_dot_fn vec_dot;           // dispatched fast path
     vec_dot_fn vec_dot_ref;       // scalar oracle
     gemm_fn gemm;                 // nullptr: no micro-kernel at this level (matmul loops over vec_dot)
+    const gemm_pack_kernel * packed;  // nullptr: prefill runs gemm on the activation rows as they are
 };
 
 // Scalar oracle of the activation conversion into `act_type` (what `from_float` must reproduce bit for
@@ -81,6 +90,7 @@ struct quant_cpu_kernel {
     from_float_fn from_float;                    // nullptr: this row has no conversion
     vec_dot_fn vec_dot;                          // nullptr: this row has no dot product
     gemm_fn gemm = nullptr;                      // nullptr: this row has no micro-kernel
+    const gemm_pack_kernel * packed = nullptr;   // nullptr: no packed-activation prefill kernel
 };
 // All rows, including ones this CPU cannot run (check quant_cpu_kernel_usable()).
 const quant_cpu_kernel * quant_cpu_kernels_all(size_t * count);

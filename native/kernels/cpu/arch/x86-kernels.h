@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../quant-traits-cpu.h"
+
 #if defined(__x86_64__)
 namespace core {
 
@@ -59,6 +61,8 @@ void gemm_q5_0_q8_0_avx512vnni(int64_t n, const void * x, size_t x_stride, int n
 void gemm_q4_K_q8_K_avx512vnni(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void gemm_q6_K_q8_K_avx512vnni(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void quantize_row_q8_1_avx512vnni(const float * x, void * y, int64_t n);
+// prefill on packed activation pairs (x86-quant-dots.inc, qd_gemm_q8_packed_tile)
+extern const gemm_pack_kernel gemm_packed_q8_0_avx512vnni, gemm_packed_q4_0_avx512vnni, gemm_packed_q5_0_avx512vnni;
 
 } // namespace core
 #endif
