@@ -60,10 +60,10 @@ bool has_avx512_bf16(const cpu_features_t & f) { return f.avx512_bf16; }
 // Within one type and level, list the most specific variant first.
 const quant_cpu_kernel KERNELS[] = {
 #if defined(__x86_64__)
-    // type          level             name           usable           from_float                      vec_dot                       gemm
+    // type          level             name           usable           from_float                      vec_dot                       gemm                          packed
     {GGML_TYPE_F32,  CPU_LEVEL_AVX512, "avx512",      nullptr,         nullptr,                        vec_dot_f32_avx512},
     {GGML_TYPE_F32,  CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_f32_avx2},
-    {GGML_TYPE_F16,  CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_f16_avx512,  vec_dot_f16_avx512},
+    {GGML_TYPE_F16,  CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_f16_avx512,  vec_dot_f16_avx512,           nullptr,                      &gemm_packed_f16_avx512},
     {GGML_TYPE_F16,  CPU_LEVEL_AVX2,   "avx2",        nullptr,         convert_row_f32_to_f16_avx2,    vec_dot_f16_avx2},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512_bf16", has_avx512_bf16, nullptr,                        vec_dot_bf16_avx512bf16},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_bf16_avx512, vec_dot_bf16_avx512},
@@ -117,7 +117,7 @@ void resolve_all() {
             t.vec_dot_ref = row.vec_dot_ref;
             t.gemm = nullptr;
             t.packed = nullptr;
-            bool have_from_float = false, have_vec_dot = false, have_gemm = false;
+            bool have_from_float = false, have_vec_dot = false, have_gemm = false, have_packed = false;
             for (size_t k = 0; k < N_KERNELS; k++) {
                 const quant_cpu_kernel & kr = KERNELS[k];
                 if (!kernel_usable_at(kr, (cpu_level) l)) continue;
@@ -132,8 +132,11 @@ void resolve_all() {
                 }
                 if (!have_gemm && kr.gemm && kr.type == row.type) {
                     t.gemm = kr.gemm;
-                    t.packed = kr.packed;
                     have_gemm = true;
+                }
+                if (!have_packed && kr.packed && kr.type == row.type) {
+                    t.packed = kr.packed;
+                    have_packed = true;
                 }
             }
         }

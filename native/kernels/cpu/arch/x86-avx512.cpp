@@ -12,6 +12,7 @@
 #endif
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "../../../tensor/quants/q2-k.h"
@@ -121,6 +122,71 @@ TC_AVX512 void vec_dot_f16_avx512(int64_t n, float * s, const void * vx, const v
     for (int64_t i = np; i < n; i++) sum += (double) (f16_to_f32(x[i]) * f16_to_f32(y[i]));
     *s = (float) sum;
 }
+
+// f16 prefill (gemm_pack_kernel): the tokens' f16 rows converted to f32 once per matmul (exact), so a tile of R
+// weight rows x T tokens converts only its weights, each once per T tokens, and the tokens' values are fma
+// operands straight from memory. Per (row, token) the vec_dot expression above: four 16-lane accumulators over
+// 64-element steps, (a0 + a2) + (a1 + a3), the same reduction into a double and the tail in double.
+namespace {
+inline size_t f16_packed_row_bytes(int64_t n) { return ((size_t) n * sizeof(float) + 63) / 64 * 64; }
+size_t f16_packed_bytes(int64_t n) { return GEMM_NT * f16_packed_row_bytes(n); }
+
+TC_AVX512 void f16_pack(int64_t n, const void * y, size_t y_stride, int nt, void * dst) {
+    for (int t = 0; t < nt; t++) {
+        const f16_t * src = (const f16_t *) ((const uint8_t *) y + t * y_stride);
+        float * out = (float *) ((uint8_t *) dst + t * f16_packed_row_bytes(n));
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) _mm512_store_ps(out + i, load_f16x16(src + i));
+        for (; i < n; i++) out[i] = f16_to_f32(src[i]);
+    }
+}
+
+template <int R, int T>
+TC_AVX512 void f16_tile(int64_t n, const uint8_t * x, size_t x_stride, const float * y, size_t y_floats, float * s, size_t s_stride) {
+    const int64_t np = n & ~(int64_t) 63;
+    __m512 acc[R][T][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < 4; k++) acc[r][t][k] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < np; i += 64)
+        for (int k = 0; k < 4; k++) {
+            __m512 w[R];
+            for (int r = 0; r < R; r++) w[r] = load_f16x16((const f16_t *) (x + r * x_stride) + i + 16 * k);
+            for (int t = 0; t < T; t++) {
+                const __m512 v = _mm512_load_ps(y + t * y_floats + i + 16 * k);
+                for (int r = 0; r < R; r++) acc[r][t][k] = _mm512_fmadd_ps(w[r], v, acc[r][t][k]);
+            }
+        }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            double sum = hsum_f32x16(_mm512_add_ps(_mm512_add_ps(acc[r][t][0], acc[r][t][2]), _mm512_add_ps(acc[r][t][1], acc[r][t][3])));
+            const f16_t * xr = (const f16_t *) (x + r * x_stride);
+            for (int64_t i = np; i < n; i++) sum += (double) (f16_to_f32(xr[i]) * y[t * y_floats + i]);
+            s[t * s_stride + r] = (float) sum;
+        }
+}
+
+// tiles of 2 rows x 3 tokens (24 accumulators of the 32 registers)
+TC_AVX512 void f16_gemm_packed(int64_t n, const void * x, size_t x_stride, int nr, const void * packed, int nt, float * s, size_t s_stride) {
+    const size_t yf = f16_packed_row_bytes(n) / sizeof(float);
+    for (int t0 = 0; t0 < nt; t0 += 3) {
+        const int T = std::min(3, nt - t0);
+        const float * y = (const float *) packed + t0 * yf;
+        for (int r0 = 0; r0 < nr; r0 += 2) {
+            const uint8_t * xr = (const uint8_t *) x + r0 * x_stride;
+            float * o = s + t0 * s_stride + r0;
+            const bool two = r0 + 1 < nr;
+            switch (T) {
+                case 1: two ? f16_tile<2, 1>(n, xr, x_stride, y, yf, o, s_stride) : f16_tile<1, 1>(n, xr, x_stride, y, yf, o, s_stride); break;
+                case 2: two ? f16_tile<2, 2>(n, xr, x_stride, y, yf, o, s_stride) : f16_tile<1, 2>(n, xr, x_stride, y, yf, o, s_stride); break;
+                default: two ? f16_tile<2, 3>(n, xr, x_stride, y, yf, o, s_stride) : f16_tile<1, 3>(n, xr, x_stride, y, yf, o, s_stride); break;
+            }
+        }
+    }
+}
+} // namespace
+
+extern const gemm_pack_kernel gemm_packed_f16_avx512 = {f16_packed_bytes, f16_pack, f16_gemm_packed};
 
 // bf16 dots reproduce ggml_vec_dot_bf16 with AVX512_BF16 (what llama.cpp's CPU backend runs for bf16
 // weights): two accumulators of 16 f32 lanes over 64-element steps (elements [0,32) into c1, [32,64)

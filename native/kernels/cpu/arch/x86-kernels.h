@@ -44,6 +44,7 @@ void vec_dot_bf16_avx512bf16(int64_t n, float * s, const void * x, const void * 
 void convert_row_f32_to_f16_avx512(const float * x, void * y, int64_t n);
 void convert_row_f32_to_bf16_avx512(const float * x, void * y, int64_t n);
 void quantize_row_q8_0_avx512(const float * x, void * y, int64_t n);
+extern const gemm_pack_kernel gemm_packed_f16_avx512;  // f16 prefill: the tokens as f32 rows
 // x86-quant-dots.inc (block formats against their vec_dot_type; gemm: several rows x tokens per call)
 void vec_dot_q8_0_q8_0_avx512vnni(int64_t n, float * s, const void * x, const void * y);
 void vec_dot_q4_0_q8_0_avx512vnni(int64_t n, float * s, const void * x, const void * y);
