@@ -7,8 +7,10 @@
 //      kRowTile rows and runs every token against a tile while the tile sits in L2 (a 16-row tile of a
 //      4864-wide q8_0 matrix is 83 KB), with one activation row hot in L1 across the tile. On Zen 4,
 //      tiles of 4..16 rows measured equal and 64 rows 30% slower (896x4864 q8_0, 64 tokens). Types with a
-//      `gemm` micro-kernel (q8_0, q4_0, q5_0, q4_K, q6_K) run GEMM_MR rows x GEMM_NT tokens per call inside the tile;
-//      the others loop over the one-row vec_dot.
+//      `gemm` micro-kernel (q8_0, q4_0, q5_0, q4_K, q6_K, bf16 with AVX512_BF16) run GEMM_MR rows x GEMM_NT tokens
+//      per call inside the tile; those with a packed kernel (gemm_pack_kernel: q8_0, q4_0, q5_0 with AVX-512 VNNI,
+//      f16 with AVX-512) first pack the activations, GEMM_NT tokens per group, and run it instead; the others loop
+//      over the one-row vec_dot.
 #include "matmul.h"
 
 #include <algorithm>

@@ -65,7 +65,7 @@ const quant_cpu_kernel KERNELS[] = {
     {GGML_TYPE_F32,  CPU_LEVEL_AVX2,   "avx2",        nullptr,         nullptr,                        vec_dot_f32_avx2},
     {GGML_TYPE_F16,  CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_f16_avx512,  vec_dot_f16_avx512,           nullptr,                      &gemm_packed_f16_avx512},
     {GGML_TYPE_F16,  CPU_LEVEL_AVX2,   "avx2",        nullptr,         convert_row_f32_to_f16_avx2,    vec_dot_f16_avx2},
-    {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512_bf16", has_avx512_bf16, nullptr,                        vec_dot_bf16_avx512bf16},
+    {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512_bf16", has_avx512_bf16, nullptr,                        vec_dot_bf16_avx512bf16,      gemm_bf16_avx512bf16},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX512, "avx512",      nullptr,         convert_row_f32_to_bf16_avx512, vec_dot_bf16_avx512},
     {GGML_TYPE_BF16, CPU_LEVEL_AVX2,   "avx2",        nullptr,         convert_row_f32_to_bf16_avx2,   vec_dot_bf16_avx2},
     {GGML_TYPE_Q8_0, CPU_LEVEL_AVX512, "avx512_vnni", has_vnni,        nullptr,                        vec_dot_q8_0_q8_0_avx512vnni, gemm_q8_0_q8_0_avx512vnni, &gemm_packed_q8_0_avx512vnni},

@@ -228,6 +228,57 @@ TC_AVX512_BF16 void vec_dot_bf16_avx512bf16(int64_t n, float * s, const void * v
     *s = (float) sum;
 }
 
+// bf16 prefill: R weight rows x T tokens per call (GEMM_MR x 3, 24 accumulators), each (row, token) the
+// vdpbf16ps expression of vec_dot_bf16_avx512bf16 above, bit for bit; a weight vector is loaded once per T tokens.
+template <int R, int T>
+TC_AVX512_BF16 void bf16_tile(int64_t n, const uint8_t * x, size_t x_stride, const uint8_t * y, size_t y_stride, float * s, size_t s_stride) {
+    __m512 acc[R][T][2];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t][0] = acc[r][t][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int k = 0; k < 2; k++) {
+            __m512bh w[R];
+            for (int r = 0; r < R; r++) w[r] = load_bf16x32((const bf16_t *) (x + r * x_stride) + i + 32 * k);
+            for (int t = 0; t < T; t++) {
+                const __m512bh v = load_bf16x32((const bf16_t *) (y + t * y_stride) + i + 32 * k);
+                for (int r = 0; r < R; r++) acc[r][t][k] = _mm512_dpbf16_ps(acc[r][t][k], w[r], v);
+            }
+        }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            const bf16_t * xr = (const bf16_t *) (x + r * x_stride);
+            const bf16_t * yt = (const bf16_t *) (y + t * y_stride);
+            double sum = hsum_f32x16(acc[r][t][0]);
+            sum += hsum_f32x16(acc[r][t][1]);
+            for (int64_t j = i; j < n; j++) sum += (double) (bf16_to_f32(xr[j]) * bf16_to_f32(yt[j]));
+            s[t * s_stride + r] = (float) sum;
+        }
+}
+
+template <int T>
+TC_AVX512_BF16 void bf16_rows(int64_t n, const uint8_t * x, size_t x_stride, int nr, const uint8_t * y, size_t y_stride, float * s, size_t s_stride) {
+    switch (nr) {
+        case 1: bf16_tile<1, T>(n, x, x_stride, y, y_stride, s, s_stride); break;
+        case 2: bf16_tile<2, T>(n, x, x_stride, y, y_stride, s, s_stride); break;
+        case 3: bf16_tile<3, T>(n, x, x_stride, y, y_stride, s, s_stride); break;
+        default: bf16_tile<4, T>(n, x, x_stride, y, y_stride, s, s_stride); break;
+    }
+}
+
+TC_AVX512_BF16 void gemm_bf16_avx512bf16(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s,
+                                         size_t s_stride) {
+    for (int t0 = 0; t0 < nt; t0 += 3) {
+        const uint8_t * yt = (const uint8_t *) y + t0 * y_stride;
+        float * o = s + t0 * s_stride;
+        switch (std::min(3, nt - t0)) {
+            case 1: bf16_rows<1>(n, (const uint8_t *) x, x_stride, nr, yt, y_stride, o, s_stride); break;
+            case 2: bf16_rows<2>(n, (const uint8_t *) x, x_stride, nr, yt, y_stride, o, s_stride); break;
+            default: bf16_rows<3>(n, (const uint8_t *) x, x_stride, nr, yt, y_stride, o, s_stride); break;
+        }
+    }
+}
+
 TC_AVX512 void convert_row_f32_to_f16_avx512(const float * x, void * vy, int64_t n) {
     f16_t * y = (f16_t *) vy;
     int64_t i = 0;

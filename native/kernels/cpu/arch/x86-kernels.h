@@ -41,6 +41,7 @@ void vec_dot_f32_avx512(int64_t n, float * s, const void * x, const void * y);
 void vec_dot_f16_avx512(int64_t n, float * s, const void * x, const void * y);
 void vec_dot_bf16_avx512(int64_t n, float * s, const void * x, const void * y);
 void vec_dot_bf16_avx512bf16(int64_t n, float * s, const void * x, const void * y);
+void gemm_bf16_avx512bf16(int64_t n, const void * x, size_t x_stride, int nr, const void * y, size_t y_stride, int nt, float * s, size_t s_stride);
 void convert_row_f32_to_f16_avx512(const float * x, void * y, int64_t n);
 void convert_row_f32_to_bf16_avx512(const float * x, void * y, int64_t n);
 void quantize_row_q8_0_avx512(const float * x, void * y, int64_t n);
