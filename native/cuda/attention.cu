@@ -759,6 +759,31 @@ status kv_layer_device::copy_from(const kv_layer_device & src, stream_t s) {
     return truncate(n_held_, s);
 }
 
+size_t kv_layer_device::held_bytes(int n) const {
+    return (size_t) v_.n_head_kv * (((size_t) n + KV_PAGE_TOKENS - 1) / KV_PAGE_TOKENS) * page_bytes_;
+}
+
+status kv_layer_device::download_held(std::vector<uint8_t> & out, stream_t s) const {
+    if (n_ctx_ <= 0) return status(ERR_INVALID_ARG, "cuda kv: download_held needs a dense layer");
+    const size_t span = held_bytes(n_held_) / (size_t) v_.n_head_kv, head = (size_t) v_.max_seg * page_bytes_;
+    out.resize(held_bytes(n_held_));
+    for (int h = 0; h < v_.n_head_kv && span > 0; h++)
+        CUDA_CHECK(cudaMemcpyAsync(out.data() + h * span, pages_.as<uint8_t>() + h * head, span, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    return status::success();
+}
+
+status kv_layer_device::upload_held(const uint8_t * in, int n, stream_t s) {
+    if (n_ctx_ <= 0 || n < 0 || n > n_ctx_) return status(ERR_INVALID_ARG, strfmt("cuda kv: cannot upload %d tokens into a dense layer of %d", n, n_ctx_));
+    const size_t span = held_bytes(n) / (size_t) v_.n_head_kv, head = (size_t) v_.max_seg * page_bytes_;
+    for (int h = 0; h < v_.n_head_kv && span > 0; h++)
+        CUDA_CHECK(cudaMemcpyAsync(pages_.as<uint8_t>() + h * head, in + h * span, span, cudaMemcpyHostToDevice, s));
+    n_held_ = n;
+    const status st = truncate(n, s);
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    return st;
+}
+
 status kv_layer_device::append(const float * k, const float * v, int n_tokens, stream_t s) {
     if (n_ctx_ <= 0) return status(ERR_INVALID_ARG, "cuda kv: append needs a dense layer");
     if (n_tokens <= 0) return status::success();

@@ -101,6 +101,11 @@ public:
     status truncate(int n, stream_t s);
     // Dense layers: holds what `src` holds (a dense layer of the same geometry), its pages copied on the stream.
     status copy_from(const kv_layer_device & src, stream_t s);
+    // State files, dense layers: the pages that hold tokens 0..n-1, head after head (held_bytes(n) bytes),
+    // downloaded (waits for the stream), or uploaded as the layer's n tokens (n <= n_ctx; waits too).
+    size_t held_bytes(int n) const;
+    status download_held(std::vector<uint8_t> & out, stream_t s) const;
+    status upload_held(const uint8_t * in, int n, stream_t s);
     int n_held() const { return n_held_; }
     int n_ctx() const { return n_ctx_; }
     const kv_layer_view & view() const { return v_; }

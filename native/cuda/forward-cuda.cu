@@ -833,6 +833,114 @@ status forward_session::copy_from(const forward_session & src) {
     p.ckpt = std::move(c);
     return p.be->synchronize();
 }
+// ---- state files ----
+
+namespace {
+constexpr uint32_t kDeviceStateMagic = 0x56444354u;  // "TCDV": the device cache's section
+} // namespace
+
+struct forward_session::loaded_state {
+    int32_t n = 0;
+    impl::counters at;
+    std::vector<kv_ring_layer> rl;
+    std::vector<kv_ring_device::blob> blobs;
+    std::vector<std::vector<uint8_t>> dense;  // [n_layer] a dense cache's pages in use
+};
+void forward_session::loaded_state_deleter::operator()(loaded_state * s) const { delete s; }
+
+status forward_session::save_state(state_writer & w) const {
+    const impl & p = *p_;
+    const stream_t s = p.be->stream();
+    w.pod(kDeviceStateMagic);
+    w.pod((uint8_t) p.ring);
+    w.pod((int32_t) p.n_past);
+    w.pod(p.counts());
+    if (!p.ring) {
+        std::vector<uint8_t> buf;
+        for (const kv_layer_device & L : p.kv) {
+            const status st = L.download_held(buf, s);
+            if (!st.ok()) return st;
+            w.bytes(buf.data(), buf.size());
+        }
+        return status::success();
+    }
+    for (size_t il = 0; il < p.rl.size(); il++) {
+        p.rl[il].save_books(w);
+        const status st = p.rd[il].save_data(p.rl[il], w, s);
+        if (!st.ok()) return st;
+    }
+    return status::success();
+}
+
+status forward_session::read_state(state_reader & r, loaded_ptr & out, int32_t * n_tokens) const {
+    const impl & p = *p_;
+    auto bad = [&]() { return status(ERR_STATE_FORMAT, r.error()); };
+    uint32_t magic = 0;
+    uint8_t ring = 0;
+    loaded_ptr st(new loaded_state());
+    if (!r.pod(magic) || !r.pod(ring) || !r.pod(st->n) || !r.pod(st->at)) return bad();
+    if (magic != kDeviceStateMagic) return status(ERR_STATE_FORMAT, "not a device cache's section (saved on the CPU backend?)");
+    if (ring != (uint8_t) p.ring) return status(ERR_STATE_FORMAT, "a dense cache where this session compresses, or the other way round");
+    if (st->n < 0 || st->n > p.n_ctx) return status(ERR_CONTEXT_FULL, strfmt("the cache holds %d tokens, more than this context's %d", st->n, p.n_ctx));
+    const impl::counters & c = st->at;
+    if (c.dstep < 0 || c.dstep > INT32_MAX / 2 || c.prompt < 0 || c.prompt > st->n || c.evicted < 0 || c.compactions < 0 || !(c.compaction_s >= 0))
+        return status(ERR_STATE_FORMAT, "cache counters out of range");
+    if (!p.ring) {
+        st->dense.resize(p.kv.size());
+        for (size_t il = 0; il < p.kv.size(); il++) {
+            const size_t want = p.kv[il].held_bytes(st->n);
+            if (want > r.remaining()) return status(ERR_STATE_FORMAT, "a layer's pages past the end of the file (truncated?)");
+            st->dense[il].resize(want);
+            if (!r.bytes(st->dense[il].data(), want)) return bad();
+        }
+    } else {
+        const hparams & hp = p.m->hp;
+        st->rl.reserve(p.rl.size());
+        st->blobs.resize(p.rl.size());
+        for (size_t il = 0; il < p.rl.size(); il++) {
+            st->rl.push_back(p.rl[il]);  // (the layer's geometry; read_books replaces every book)
+            kv_ring_layer & L = st->rl.back();
+            if (!L.read_books(r, st->n)) return bad();
+            const kv_policy * pol = kv_policy_get(L.policy().kind);
+            const bool records = L.has_evict() && L.scores_from_keys() && pol && pol->query_window;
+            const int qrow = records ? (int) (hp.n_head * hp.head_dim) : 0, qw = records ? pol->query_window(L.policy()) : 0;
+            if (!p.rd[il].read_data(r, L, st->n, qrow, qw, st->blobs[il])) return bad();
+        }
+    }
+    if (n_tokens) *n_tokens = st->n;
+    out = std::move(st);
+    return status::success();
+}
+
+status forward_session::adopt_state(loaded_ptr st) {
+    impl & p = *p_;
+    const stream_t s = p.be->stream();
+    if (!p.ring) {  // (the pages are reserved for n_ctx tokens: nothing to allocate, only a device error can fail)
+        p.drop_checkpoint();
+        for (size_t il = 0; il < p.kv.size(); il++) {
+            const status e = p.kv[il].upload_held(st->dense[il].data(), st->n, s);
+            if (!e.ok()) {
+                p.n_past = std::max(p.n_past, 1);
+                const status sc = truncate(0);
+                return status(e.code, e.message + (sc.ok() ? "; the sequence is empty" : "; and clearing the device cache failed: " + sc.message));
+            }
+        }
+    } else {
+        std::vector<kv_ring_device> rd(p.rl.size());
+        for (size_t il = 0; il < p.rl.size(); il++) {
+            status e = p.make_layer((int) il, st->rl[il], rd[il]);
+            if (e.ok()) e = rd[il].load_data(st->rl[il], st->blobs[il], s);
+            if (!e.ok()) return status(e.code, "loading the device cache: " + e.message);  // (the new layers' pages go back with them)
+        }
+        p.drop_checkpoint();
+        p.rl = std::move(st->rl);
+        p.rd = std::move(rd);
+    }
+    p.n_past = st->n;
+    p.set_counts(st->at);
+    return p.be->synchronize();
+}
+
 bool forward_session::compressed() const { return p_->ring; }
 
 kv_memory_report forward_session::memory(bool per_head) const {

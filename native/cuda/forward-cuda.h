@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../kv/kv-cache.h"
+#include "../kv/kv-state.h"
 #include "../model/model.h"
 #include "backend-cuda.h"
 #include "page-pool-cuda.h"
@@ -94,6 +95,19 @@ public:
     // context; the pages come from this session's pool) — its tokens, the cache's data, books, recorded queries,
     // counters and checkpoint (kv_cache::copy_from). ERR_OOM_DEVICE leaves this session empty.
     status copy_from(const forward_session & src);
+    // State files (engine_sequence::save_state; the device's own section after the engine's header): save_state
+    // writes the tokens' count, the step counters and per layer the books and the device data (kv_ring_layer::
+    // save_books, kv_ring_device::save_data; a dense cache its pages in use), not the checkpoint; waits for the
+    // device. read_state reads such a section into host memory apart from this session, checking every book and
+    // size against its configuration (ERR_STATE_FORMAT with what differs; the session is untouched);
+    // adopt_state makes it this session's cache: a compressed cache's layers are made and filled apart first, so
+    // ERR_OOM_DEVICE leaves the session as it was; the checkpoint goes.
+    struct loaded_state;
+    struct loaded_state_deleter { void operator()(loaded_state * s) const; };
+    using loaded_ptr = std::unique_ptr<loaded_state, loaded_state_deleter>;
+    status save_state(state_writer & w) const;
+    status read_state(state_reader & r, loaded_ptr & out, int32_t * n_tokens) const;
+    status adopt_state(loaded_ptr st);
     // kv_cache::memory's report of the device cache (positions: 4 B per f16 and per quantized token).
     // bytes_allocated: the device memory the session holds for its cache (the compressed cache: the pages
     // mapped, the coded tokens' arrays and every slot's position and statistics); pool_slack_bytes: the

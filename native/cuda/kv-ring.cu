@@ -2,6 +2,7 @@
 // rot.cpp's encode (quantize-on-write), kv_cache::add_sinks' candidates (forward_chunk's top |x|); the
 // test cuda/ring-engine (test-forward-cuda.cpp) runs a whole model both ways.
 #include "kv-ring.cuh"
+#include "../kv/kv-state.h"
 
 #include <algorithm>
 #include <climits>
@@ -1386,6 +1387,174 @@ status kv_ring_device::copy_from(const kv_ring_device & src, const kv_ring_layer
         append_last_ = src.append_last_;
     }
     CUDA_CHECK(cudaStreamSynchronize(s));  // the page pairs and the host table are read before they go
+    return status::success();
+}
+
+namespace {
+// a state section's layer geometry: what the data's sizes follow from besides the books
+struct ring_geometry {
+    uint64_t page_bytes;
+    int32_t k_block_bytes, v_block_bytes, kivi, head_dim;
+};
+} // namespace
+
+status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stream_t s) const {
+    const int H = n_head_kv_, max_seg = v_.max_seg;
+    const size_t pb = page_bytes(), kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, kt = (size_t) std::max(1, v_.kivi),
+                 mb = (size_t) 4 * v_.head_dim;
+    w.pod(ring_geometry{(uint64_t) pb, v_.k_block_bytes, v_.v_block_bytes, v_.kivi, v_.head_dim});
+    w.vec(std::vector<int32_t>(coded_heads_.begin(), coded_heads_.end()));
+    blob b;
+    for (int h = 0; h < H; h++) {
+        const int32_t np = std::min(L.pages_in_use(h), max_seg);
+        if (np > mapped_[(size_t) h]) return status(ERR_INTERNAL, strfmt("cuda kv ring: head %d uses %d pages and has %d", h, np, mapped_[(size_t) h]));
+        const size_t p0 = b.pages.size();
+        b.pages.resize(p0 + (size_t) np * pb);
+        for (int32_t i = 0; i < np; i++)
+            CUDA_CHECK(cudaMemcpyAsync(b.pages.data() + p0 + (size_t) i * pb, page_h_[(size_t) h * max_seg + (size_t) i], pb, cudaMemcpyDeviceToHost, s));
+        const bool evict = has_evict() && L.kind(h) == KV_RING_EVICT;
+        if (evict && L.rc(h) > 0) {
+            const size_t f0 = b.stats_f.size();
+            b.stats_f.resize(f0 + 2 * (size_t) L.rc(h));
+            CUDA_CHECK(cudaMemcpyAsync(b.stats_f.data() + f0, st_f_.as<int2>() + (size_t) h * slot_cap_, (size_t) L.rc(h) * sizeof(int2), cudaMemcpyDeviceToHost, s));
+        }
+        const size_t n = holds_codes(h) ? (size_t) L.n_coded(h) : 0, c = n ? (size_t) c_first_h_[(size_t) h] : 0;
+        if (n == 0) continue;
+        const size_t k0 = b.kblk.size(), v0 = b.vblk.size();
+        b.kblk.resize(k0 + n * kb);
+        b.vblk.resize(v0 + n * vb);
+        CUDA_CHECK(cudaMemcpyAsync(b.kblk.data() + k0, kblk_.as<uint8_t>() + c * kb, n * kb, cudaMemcpyDeviceToHost, s));
+        CUDA_CHECK(cudaMemcpyAsync(b.vblk.data() + v0, vblk_.as<uint8_t>() + c * vb, n * vb, cudaMemcpyDeviceToHost, s));
+        if (evict && st_c_.data()) {
+            const size_t c0 = b.stats_c.size();
+            b.stats_c.resize(c0 + 2 * n);
+            CUDA_CHECK(cudaMemcpyAsync(b.stats_c.data() + c0, st_c_.as<int2>() + c, n * sizeof(int2), cudaMemcpyDeviceToHost, s));
+        }
+        if (v_.kivi) {
+            const size_t m0 = b.kmeta.size(), nm = (n + kt - 1) / kt * mb;
+            b.kmeta.resize(m0 + nm);
+            CUDA_CHECK(cudaMemcpyAsync(b.kmeta.data() + m0, kmeta_.as<uint8_t>() + c / kt * mb, nm, cudaMemcpyDeviceToHost, s));
+        }
+    }
+    b.qring.resize((size_t) qw_ * qrow_);
+    if (!b.qring.empty()) CUDA_CHECK(cudaMemcpyAsync(b.qring.data(), qring_.data(), b.qring.size() * 4, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    w.bytes(b.pages.data(), b.pages.size());
+    w.bytes(b.stats_f.data(), b.stats_f.size() * 4);
+    w.bytes(b.kblk.data(), b.kblk.size());
+    w.bytes(b.vblk.data(), b.vblk.size());
+    w.bytes(b.stats_c.data(), b.stats_c.size() * 4);
+    w.bytes(b.kmeta.data(), b.kmeta.size());
+    w.pod(qcount_);
+    w.pod((int32_t) qw_);
+    w.pod((int32_t) qrow_);
+    w.pod((int32_t) qheld_);
+    w.vec(qpos_);
+    w.bytes(b.qring.data(), b.qring.size() * 4);
+    return status::success();
+}
+
+bool kv_ring_device::read_data(state_reader & r, const kv_ring_layer & L, int32_t n, int qrow, int qw, blob & out) const {
+    const int H = n_head_kv_, max_seg = v_.max_seg;
+    ring_geometry g{};
+    std::vector<int32_t> ch;
+    if (!r.pod(g) || !r.vec(ch, (size_t) H, "coded heads")) return false;
+    if (g.page_bytes != page_bytes() || g.k_block_bytes != v_.k_block_bytes || g.v_block_bytes != v_.v_block_bytes || g.kivi != v_.kivi || g.head_dim != v_.head_dim ||
+        ch != std::vector<int32_t>(coded_heads_.begin(), coded_heads_.end()))
+        return r.fail("kv ring: a layer of another geometry (page, block or head sizes)");
+    const size_t pb = page_bytes(), kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, kt = (size_t) std::max(1, v_.kivi),
+                 mb = (size_t) 4 * v_.head_dim;
+    size_t pages = 0, sf = 0, nk = 0, sc = 0, nm = 0;  // what the books say the file holds
+    for (int h = 0; h < H; h++) {
+        pages += (size_t) std::min(L.pages_in_use(h), max_seg);
+        const bool evict = has_evict() && L.kind(h) == KV_RING_EVICT;
+        if (evict) sf += 2 * (size_t) L.rc(h);
+        const size_t c = holds_codes(h) ? (size_t) L.n_coded(h) : 0;
+        if (!holds_codes(h) && L.coded(h) && L.n_coded(h) > 0) return r.fail("kv ring: quantized tokens of a head without arrays for them");
+        nk += c;
+        if (evict && st_c_.data()) sc += 2 * c;
+        if (v_.kivi) nm += (c + kt - 1) / kt * mb;
+    }
+    const uint64_t want = (uint64_t) pages * pb + sf * 4 + nk * (kb + vb) + sc * 4 + nm;
+    if (want > r.remaining()) return r.fail("kv ring: a layer's data past the end of the file (truncated?)");
+    auto take = [&](auto & v, size_t count) {
+        v.resize(count);
+        return r.bytes(v.data(), count * sizeof(v[0]));
+    };
+    if (!take(out.pages, pages * pb) || !take(out.stats_f, sf) || !take(out.kblk, nk * kb) || !take(out.vblk, nk * vb) || !take(out.stats_c, sc) ||
+        !take(out.kmeta, nm))
+        return false;
+    if (!r.pod(out.qcount) || !r.pod(out.qw) || !r.pod(out.qrow) || !r.pod(out.qheld) || !r.vec(out.qpos, (size_t) std::max(qw, 0), "recorded query positions"))
+        return false;
+    const bool none = out.qw == 0 && out.qrow == 0 && out.qheld == 0 && out.qcount == 0 && out.qpos.empty();
+    const bool some = qw > 0 && qrow > 0 && out.qw == qw && out.qrow == qrow && (int) out.qpos.size() == qw && out.qheld >= 0 && out.qheld <= qw &&
+                      out.qcount >= out.qheld && out.qcount <= INT32_MAX / 2;
+    if (!none && !some) return r.fail("kv ring: recorded queries that do not fit the policy's window");
+    for (int i = 0; some && i < out.qheld; i++)  // the held ones: the newest qheld entries of the ring
+        if (out.qpos[(size_t) ((out.qcount - 1 - i) % qw)] < 0 || out.qpos[(size_t) ((out.qcount - 1 - i) % qw)] >= n)
+            return r.fail("kv ring: a recorded query past the tokens");
+    const size_t qn = (size_t) out.qw * (size_t) out.qrow;
+    if (qn * 4 > r.remaining()) return r.fail("kv ring: recorded queries past the end of the file (truncated?)");
+    return take(out.qring, qn);
+}
+
+status kv_ring_device::load_data(const kv_ring_layer & L, const blob & b, stream_t s) {
+    const int H = n_head_kv_, max_seg = v_.max_seg;
+    const size_t pb = page_bytes(), kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, kt = (size_t) std::max(1, v_.kivi),
+                 mb = (size_t) 4 * v_.head_dim;
+    status st;
+    int32_t need_coded = 0;
+    for (int h : coded_heads_) need_coded = std::max(need_coded, L.n_coded(h));
+    if (need_coded > coded_cap_ && !(st = resize_coded(std::min(max_coded_cap_, (int32_t) ((need_coded + kt - 1) / kt * kt)), s)).ok()) return st;
+    if (!(st = map_pages(L, s)).ok()) return st;  // (the slot arrays grow with it)
+    map_ent_.clear();  // the whole table goes up here
+    CUDA_CHECK(cudaMemcpyAsync(page_ptrs_.data(), page_h_.data(), page_h_.size() * sizeof(void *), cudaMemcpyHostToDevice, s));
+    std::vector<int32_t> pos((size_t) H * slot_cap_, KV_RING_EMPTY), stf(st_f_.data() ? (size_t) H * slot_cap_ * 2 : 0, 0);
+    size_t op = 0, of = 0, ok = 0, ov = 0, oc = 0, om = 0;
+    for (int h = 0; h < H; h++) {
+        const int32_t np = std::min(L.pages_in_use(h), max_seg);
+        for (int32_t i = 0; i < np; i++, op += pb)
+            CUDA_CHECK(cudaMemcpyAsync(page_h_[(size_t) h * max_seg + (size_t) i], b.pages.data() + op, pb, cudaMemcpyHostToDevice, s));
+        const std::vector<int32_t> & sp = L.slot_pos(h);
+        for (size_t sl = 0; sl < sp.size(); sl++) {
+            if (sp[sl] == KV_RING_EMPTY) continue;
+            if (sl >= (size_t) slot_cap_) return status(ERR_INTERNAL, strfmt("cuda kv ring: head %d holds slot %zu past its %d", h, sl, slot_cap_));
+            pos[(size_t) h * slot_cap_ + sl] = sp[sl];
+        }
+        const bool evict = has_evict() && L.kind(h) == KV_RING_EVICT;
+        if (evict) {
+            std::copy(b.stats_f.begin() + (ptrdiff_t) of, b.stats_f.begin() + (ptrdiff_t) (of + 2 * (size_t) L.rc(h)), stf.begin() + (ptrdiff_t) h * slot_cap_ * 2);
+            of += 2 * (size_t) L.rc(h);
+        }
+        const size_t n = holds_codes(h) ? (size_t) L.n_coded(h) : 0, c = n ? (size_t) c_first_h_[(size_t) h] : 0;
+        if (n == 0) continue;
+        CUDA_CHECK(cudaMemcpyAsync(kblk_.as<uint8_t>() + c * kb, b.kblk.data() + ok, n * kb, cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(vblk_.as<uint8_t>() + c * vb, b.vblk.data() + ov, n * vb, cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(c_pos_.as<int32_t>() + c, L.coded_pos(h).data(), n * 4, cudaMemcpyHostToDevice, s));
+        ok += n * kb;
+        ov += n * vb;
+        if (evict && st_c_.data()) {
+            CUDA_CHECK(cudaMemcpyAsync(st_c_.as<int2>() + c, b.stats_c.data() + oc, n * sizeof(int2), cudaMemcpyHostToDevice, s));
+            oc += 2 * n;
+        }
+        if (v_.kivi) {
+            const size_t nm = (n + kt - 1) / kt * mb;
+            CUDA_CHECK(cudaMemcpyAsync(kmeta_.as<uint8_t>() + c / kt * mb, b.kmeta.data() + om, nm, cudaMemcpyHostToDevice, s));
+            om += nm;
+        }
+    }
+    CUDA_CHECK(cudaMemcpyAsync(pos_.data(), pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, s));
+    if (!stf.empty()) CUDA_CHECK(cudaMemcpyAsync(st_f_.data(), stf.data(), stf.size() * 4, cudaMemcpyHostToDevice, s));
+    if (b.qw > 0) {
+        if (!(st = qring_.alloc(b.qring.size() * 4)).ok()) return st;
+        CUDA_CHECK(cudaMemcpyAsync(qring_.data(), b.qring.data(), b.qring.size() * 4, cudaMemcpyHostToDevice, s));
+    }
+    qw_ = b.qw;
+    qrow_ = b.qrow;
+    qheld_ = b.qheld;
+    qcount_ = b.qcount;
+    qpos_ = b.qpos;
+    CUDA_CHECK(cudaStreamSynchronize(s));  // (the host arrays above are read before they go)
     return status::success();
 }
 

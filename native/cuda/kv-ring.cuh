@@ -195,6 +195,25 @@ public:
     // Waits for the stream.
     status copy_from(const kv_ring_device & src, const kv_ring_layer & L, const std::vector<char> & heads, const std::vector<char> & codes, bool wide,
                      stream_t s);
+    // State files (forward_session::save_state). save_data writes what this layer holds for books L, after its
+    // geometry: each head's pages in use, the statistics of an evicting head's slots, the quantized tokens of the
+    // heads that have arrays for them (blocks, an evicting head's statistics, KIVI key metadata) and the recorded
+    // queries; waits for the stream. read_data reads that back into host memory for books L (read and checked
+    // already: every size follows from them and from this layer's geometry, which the file must match; qrow, qw:
+    // the recorded queries' row and window of this layer's session), false with r.error() otherwise. load_data
+    // puts it into this layer, made by create() for books L and holding nothing yet: maps the pages, uploads
+    // (ERR_OOM_DEVICE: drop the layer); waits for the stream.
+    struct blob {
+        std::vector<uint8_t> pages, kblk, vblk, kmeta;
+        std::vector<int32_t> stats_f, stats_c;  // (two int32 per token, evicting heads only, head after head)
+        int64_t qcount = 0;
+        int32_t qw = 0, qrow = 0, qheld = 0;
+        std::vector<int32_t> qpos;
+        std::vector<float> qring;
+    };
+    status save_data(const kv_ring_layer & L, state_writer & w, stream_t s) const;
+    bool read_data(state_reader & r, const kv_ring_layer & L, int32_t n, int qrow, int qw, blob & out) const;
+    status load_data(const kv_ring_layer & L, const blob & b, stream_t s);
     const kv_layer_view & view() const { return v_; }
     // device bytes this layer holds: its mapped pages, the coded tokens' arrays, positions and statistics
     size_t reserved_bytes() const;

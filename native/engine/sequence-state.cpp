@@ -11,6 +11,10 @@
 #include "../kv/kv-state.h"
 #include "engine.h"
 
+#ifdef THINKCACHE_WITH_CUDA
+#include "../cuda/forward-cuda.h"
+#endif
+
 namespace core {
 
 namespace {
@@ -77,8 +81,11 @@ using file_ptr = std::unique_ptr<std::FILE, file_closer>;
 
 } // namespace
 
+// The layout description names the backend of a device cache: its section is the device's own (forward_session::
+// save_state), so a file moves between sequences of the same backend only.
+constexpr const char * kCudaDesc = " backend=cuda";
+
 status engine_sequence::save_state(const std::string & path, uint64_t * bytes) {
-    if (cuda_) return status(ERR_INVALID_ARG, "saveState: saving a sequence's cache runs on the CPU backend only so far");
     const model & m = ctx_->mdl();
     // a temporary name of this save's own (two saves to one path do not write into each other), renamed into place
     static std::atomic<uint32_t> serial{0};
@@ -89,14 +96,24 @@ status engine_sequence::save_state(const std::string & path, uint64_t * bytes) {
     w.bytes(STATE_MAGIC, sizeof(STATE_MAGIC));
     w.pod(STATE_VERSION);
     w.pod(model_fingerprint(m));
-    const std::string desc = kv_->layout_desc();
+    const std::string desc = kv_->layout_desc() + (cuda_ ? kCudaDesc : "");
     w.pod((uint32_t) desc.size());
     w.bytes(desc.data(), desc.size());
     w.vec(history_);
     w.pod((uint8_t) has_logits_);
     if (has_logits_) w.vec(logits_);
-    kv_->save_state(w);
-    status st = w.finish();
+    status st;
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) {
+        std::lock_guard<std::mutex> lock(ctx_->compute_mutex());  // (the context's stream)
+        st = cuda_->save_state(w);
+        if (!st.ok()) st.message = "saveState: " + st.message;
+    } else
+#endif
+    {
+        kv_->save_state(w);
+    }
+    if (st.ok()) st = w.finish();
     if (st.ok() && fsync(fileno(f.get())) != 0) st = status(ERR_IO, strfmt("saveState: cannot flush %s to disk: %s", tmp.c_str(), std::strerror(errno)));
     const bool closed = std::fclose(f.release()) == 0;
     if (st.ok() && !closed) st = status(ERR_IO, "saveState: closing the file failed (disk full?)");
@@ -113,7 +130,6 @@ status engine_sequence::save_state(const std::string & path, uint64_t * bytes) {
 }
 
 status engine_sequence::load_state(const std::string & path) {
-    if (cuda_) return status(ERR_INVALID_ARG, "loadState: loading a sequence's cache runs on the CPU backend only so far");
     const model & m = ctx_->mdl();
     file_ptr f(std::fopen(path.c_str(), "rb"));
     if (!f) return status(ERR_IO, strfmt("loadState: cannot open %s: %s", path.c_str(), std::strerror(errno)));
@@ -141,7 +157,12 @@ status engine_sequence::load_state(const std::string & path) {
     if (desc_n > STATE_MAX_DESC) return bad("header description too long");
     std::string desc(desc_n, '\0');
     if (!r.bytes(&desc[0], desc_n)) return bad("truncated header");
-    const std::string here = kv_->layout_desc();
+    const std::string here = kv_->layout_desc() + (cuda_ ? kCudaDesc : "");
+    auto on_cuda = [](const std::string & d) { return d.size() >= std::strlen(kCudaDesc) && d.compare(d.size() - std::strlen(kCudaDesc), std::string::npos, kCudaDesc) == 0; };
+    if (on_cuda(desc) != on_cuda(here)) {
+        return status(ERR_INVALID_ARG, strfmt("loadState: %s was saved from a sequence on the %s backend; this one runs on %s (a state file loads on the backend "
+                                              "that saved it)", path.c_str(), on_cuda(desc) ? "CUDA" : "CPU", on_cuda(here) ? "CUDA" : "the CPU"));
+    }
     if (desc != here) {
         return status(ERR_INVALID_ARG, strfmt("loadState: %s was saved with another KV cache configuration: %s", path.c_str(), desc_diff(desc, here).c_str()));
     }
@@ -160,12 +181,34 @@ status engine_sequence::load_state(const std::string & path) {
     }
     kv_cache::loaded_ptr loaded;
     int32_t n_cached = 0;
-    status st = kv_->read_state(r, loaded, &n_cached);
+    status st;
+#ifdef THINKCACHE_WITH_CUDA
+    cuda::forward_session::loaded_ptr loaded_dev;
+    if (cuda_) st = cuda_->read_state(r, loaded_dev, &n_cached);
+    else
+#endif
+        st = kv_->read_state(r, loaded, &n_cached);
     if (st.ok() && (st = r.finish()).ok() && history.size() != (size_t) n_cached) {
         st = status(ERR_STATE_FORMAT, strfmt("%zu tokens of history for a cache of %d", history.size(), n_cached));
     }
     if (!st.ok()) return status(st.code, strfmt("loadState: %s: %s", path.c_str(), st.message.c_str()));
-    kv_->adopt_state(std::move(loaded));
+#ifdef THINKCACHE_WITH_CUDA
+    if (cuda_) {
+        std::lock_guard<std::mutex> lock(ctx_->compute_mutex());
+        const int32_t before = cuda_->n_past();
+        st = cuda_->adopt_state(std::move(loaded_dev));
+        if (!st.ok()) {  // (out of device memory: the cache as it was; a device error in a dense cache: emptied)
+            if (cuda_->n_past() != before) {
+                trim_history(cuda_->n_past());
+                has_logits_ = false;
+            }
+            return status(st.code, strfmt("loadState: %s: %s", path.c_str(), st.message.c_str()));
+        }
+    } else
+#endif
+    {
+        kv_->adopt_state(std::move(loaded));
+    }
     history_ = std::move(history);
     sampler_.clear_history();
     for (int32_t t : history_) sampler_.accept(t);

@@ -1,8 +1,10 @@
 // Bookkeeping of the device-resident compressed KV cache (see kv-ring.h).
 #include "kv-ring.h"
+#include "kv-state.h"
 #include "policies/qk-common.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace core {
@@ -513,6 +515,87 @@ void kv_ring_layer::copy_from(const kv_ring_layer & src, const std::vector<char>
     compactions_ = src.compactions_;
     journal_on_ = moved_ = false;
     journal_.clear();
+}
+
+void kv_ring_layer::save_books(state_writer & w) const {
+    w.pod((uint32_t) heads_.size());
+    std::vector<int32_t> sp;
+    for (const head & x : heads_) {
+        w.pod(x.kind);
+        w.pod(x.rc);
+        w.pod(x.lo);
+        w.pod((uint8_t) x.dropped);
+        sp.clear();  // (slot, position) of every slot that holds a token, ascending by slot
+        for (int32_t s = 0; s < (int32_t) x.slot_pos.size(); s++)
+            if (x.slot_pos[(size_t) s] != KV_RING_EMPTY) {
+                sp.push_back(s);
+                sp.push_back(x.slot_pos[(size_t) s]);
+            }
+        w.vec(sp);
+        w.vec(x.coded);
+    }
+    w.vec(sinks_);
+    w.vec(sink_cand_);
+    w.pod(evicted_);
+    w.pod(compactions_);
+}
+
+bool kv_ring_layer::read_books(state_reader & r, int32_t n) {
+    uint32_t H = 0;
+    if (!r.pod(H)) return false;
+    if (H != heads_.size()) return r.fail(strfmt("kv ring: %u heads in a layer, the configuration has %zu", H, heads_.size()));
+    std::vector<int32_t> sp, coded;
+    for (size_t h = 0; h < heads_.size(); h++) {
+        head & x = heads_[h];
+        uint8_t kind = 0, dropped = 0;
+        int32_t rc = 0, lo = 0;
+        if (!r.pod(kind) || !r.pod(rc) || !r.pod(lo) || !r.pod(dropped)) return false;
+        auto bad = [&](const char * what) { return r.fail(strfmt("kv ring head %zu: %s", h, what)); };
+        if (kind != x.kind) return bad("another kind of head than this configuration's");
+        if (dropped > 1) return bad("an invalid flag");
+        const int32_t slots = (int32_t) x.slot_pos.size();
+        if (!r.vec(sp, 2 * (size_t) slots, "kv ring slots") || !r.vec(coded, (size_t) coded_cap_, "kv ring quantized tokens")) return false;
+        if (sp.size() % 2) return bad("slot entries not in pairs");
+        if (x.kind == KV_RING_EVICT ? rc < 0 || rc > x.ring_cap || lo != 0
+                                    : rc != std::max<int32_t>(0, n - x.fix_below) || lo < 0 || lo > n || (x.kind == KV_RING_DENSE && lo != 0))
+            return bad("ring counters that do not follow from the tokens");
+        std::fill(x.slot_pos.begin(), x.slot_pos.end(), KV_RING_EMPTY);
+        int32_t prev = -1;
+        for (size_t i = 0; i < sp.size(); i += 2) {
+            const int32_t sl = sp[i], p = sp[i + 1];
+            if (sl <= prev || sl >= slots || p < 0 || p >= n) return bad("a slot out of order or range, or a position past the tokens");
+            prev = sl;
+            if (x.kind == KV_RING_EVICT) {
+                if (sl >= rc) return bad("a token past the compact slots");
+            } else if (sl < x.fix_below) {
+                if (p != sl) return bad("a fixed slot holding another position");
+            } else if (sl < x.fix_cap) {
+                if (x.kind != KV_RING_CODED || p < x.fix_below) return bad("a sink slot in a head that has none, or holding a fixed position");
+            } else if (p < x.fix_below || (p - x.fix_below) % x.ring_cap != sl - x.fix_cap || p < n - x.ring_cap) {
+                return bad("a ring slot holding a position the ring does not put there");
+            }
+            x.slot_pos[(size_t) sl] = p;
+        }
+        if (x.kind == KV_RING_EVICT && (int32_t) (sp.size() / 2) != rc) return bad("compact slots with a hole");
+        if (!coded_head(x) && !coded.empty()) return bad("quantized tokens in a head that keeps none");
+        for (int32_t p : coded)
+            if (p < 0 || p >= n || (x.kind == KV_RING_CODED && p >= lo)) return bad("a quantized token out of range");
+        x.rc = rc;
+        x.lo = lo;
+        x.dropped = dropped != 0;
+        x.coded.swap(coded);
+        const std::vector<int32_t> held = held_positions((int) h);
+        if (std::adjacent_find(held.begin(), held.end()) != held.end()) return bad("a position held twice");
+    }
+    if (!r.vec(sinks_, KV_MAX_SINKS + 1, "sinks") || !r.vec(sink_cand_, KV_MAX_SINKS, "sink candidates") || !r.pod(evicted_) || !r.pod(compactions_)) return false;
+    for (size_t i = 0; i < sinks_.size(); i++)
+        if (sinks_[i] < 0 || sinks_[i] >= std::max<int32_t>(n, 1) || (i > 0 && sinks_[i] <= sinks_[i - 1])) return r.fail("kv ring: sink positions out of order or range");
+    for (const auto & c : sink_cand_)
+        if (c.second < 0 || c.second >= std::max<int32_t>(n, 1) || !std::isfinite(c.first)) return r.fail("kv ring: a sink candidate out of range");
+    if (evicted_ < 0 || compactions_ < 0) return r.fail("kv ring: eviction counters out of range");
+    journal_on_ = moved_ = false;
+    journal_.clear();
+    return true;
 }
 
 void kv_ring_layer::begin() {

@@ -47,6 +47,9 @@
 
 namespace core {
 
+class state_writer;
+class state_reader;
+
 constexpr int32_t KV_RING_EMPTY = INT32_MAX;
 
 enum kv_ring_kind : uint8_t {
@@ -201,6 +204,18 @@ public:
     // (slot positions, counters, quantized tokens' positions), and src's layer-wide state (sinks and their
     // candidates, eviction counters); the other heads stay. Ends a journal. (The device data: kv_ring_device::copy_from.)
     void copy_from(const kv_ring_layer & src, const std::vector<char> & which);
+
+    // State files of the device cache (forward_session::save_state): the books — per head its kind, the ring
+    // counters, the slots that hold a token as (slot, position) pairs and the quantized tokens' positions; the
+    // sinks and their candidates, the eviction counters. read_books, on a layer fresh from the same
+    // configuration, takes them from a file of a sequence of n tokens and checks them against this layer's
+    // geometry and the rules its own steps keep — every position below n and held once; a fixed slot p holds
+    // position p, a ring slot the latest position the ring puts there, an EVICT head's tokens the first rc slots;
+    // DENSE, STREAM and CODED ring counters that follow from n; quantized tokens only in coded heads, a CODED
+    // head's below its lower bound — so the device only ever reads tables its steps could have made. A failure
+    // is the reader's (r.error()); the layer is then to be dropped.
+    void save_books(state_writer & w) const;
+    bool read_books(state_reader & r, int32_t n);
 
     // A failed chunk's undo (forward_session::eval): begin() before the chunk's append, then commit() or
     // rollback(), which restores this object exactly and lists the (head, slot, position) entries the

@@ -1,7 +1,9 @@
 // Per-head paged KV cache: retention semantics (a STREAM head holds exactly its S sinks + R recent),
 // memory report = ALGORITHMS.md §1.8 formula, rewind exactness, page pool reuse, and resident memory
 // falling by what the report says when pages are freed.
+#include <cmath>
 #include <cstdio>
+#include <functional>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -209,6 +211,32 @@ struct ring_sim {
 float ring_prob(int32_t pos, int32_t step);
 float ring_psum(int32_t pos, int32_t step, int il, int h);
 
+// A layer's books as a state file would hold them (kv_ring_layer::save_books, then the checksum), in memory.
+std::vector<uint8_t> ring_books_bytes(const kv_ring_layer & L) {
+    char * buf = nullptr;
+    size_t sz = 0;
+    std::FILE * f = open_memstream(&buf, &sz);
+    state_writer w(f);
+    L.save_books(w);
+    const status st = w.finish();
+    std::fclose(f);
+    std::vector<uint8_t> out(buf, buf + sz);
+    std::free(buf);
+    TC_CHECK(st.ok()) << st.message;
+    return out;
+}
+
+// Reads books into L (a layer of the same configuration) from such bytes: the reader's verdict and error.
+bool ring_books_read(const std::vector<uint8_t> & b, kv_ring_layer & L, int32_t n, std::string * err) {
+    std::vector<uint8_t> copy(b);
+    std::FILE * f = fmemopen(copy.data(), copy.size(), "rb");
+    state_reader r(f, copy.size());
+    const bool ok = L.read_books(r, n) && r.finish().ok();
+    if (err) *err = r.error();
+    std::fclose(f);
+    return ok;
+}
+
 void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std::pair<int, int>> & script /* (chunk, 0) or (-1, rewind to) */,
                    uint32_t seed, int64_t min_evictions = 0) {
     auto pool = std::make_shared<page_pool>(kv_page_bytes(c.head_dim, c.head_dim_v));
@@ -238,9 +266,19 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
     std::normal_distribution<float> nd;
     std::vector<kv_ring_ops> ops;
     int n_checks = 0;
+    int n_books = 0;
     auto check_layer = [&](int il, int32_t n_tok) {
         const int H = c.n_head_kv;
         kv_ring_layer & L = sim.layers[(size_t) il];
+        if (n_checks % 3 == 0) {  // every state the steps reach passes the state reader's checks and reads back as it was
+            const std::vector<uint8_t> b = ring_books_bytes(L);
+            kv_ring_layer back(rc, il);
+            std::string err;
+            TC_CHECK(ring_books_read(b, back, n_tok, &err) && ring_books_bytes(back) == b) << label << ": layer " << il << " after " << n_tok
+                                                                                          << " tokens: the books do not read back (" << err << ")";
+            for (int h = 0; h < H; h++) TC_CHECK(back.held_positions(h) == L.held_positions(h) && back.pages_in_use(h) == L.pages_in_use(h));
+            n_books++;
+        }
         for (int h = 0; h < H; h++) {
             const std::vector<int32_t> want = kv.held_positions(il, h), got = L.held_positions(h);
             TC_CHECK(got == want) << label << ": layer " << il << " head " << h << " after " << n_tok << " tokens: holds " << got.size()
@@ -450,7 +488,7 @@ void ring_vs_cache(const char * label, kv_cache_config c, const std::vector<std:
             }
         }
     }
-    TC_CHECK(n_checks > 0);
+    TC_CHECK(n_checks > 0 && n_books > 0);
     int64_t own = 0;  // evictions the bookkeeping ran in retain (stats-free policies)
     for (const auto & L : sim.layers) own += L.compactions();
     if (min_evictions > 0) TC_CHECK(n_evictions + own >= min_evictions) << label << ": " << n_evictions + own << " evictions ran";
@@ -1155,4 +1193,161 @@ TC_TEST("kv: a state file keeps a checkpoint the cache has moved away from (deco
     TC_CHECK(a.memory(false).evicted_tokens > 0);
     TC_CHECK(a.remove_from(100) == 100 && b.remove_from(100) == 100);
     TC_CHECK(state_bytes(a) == state_bytes(b)) << "the loaded cache's checkpoint differs from the saved one";
+}
+
+namespace {
+// The books of a state file, parsed back (the layout of kv_ring_layer::save_books), for tests that alter them.
+struct ring_books {
+    struct head_b { uint8_t kind; int32_t rc, lo; uint8_t dropped; std::vector<int32_t> sp, coded; };
+    std::vector<head_b> heads;
+    std::vector<int32_t> sinks;
+    std::vector<std::pair<float, int32_t>> cand;
+    int64_t evicted = 0, compactions = 0;
+};
+ring_books ring_books_parse(const std::vector<uint8_t> & b) {
+    ring_books out;
+    size_t at = 0;
+    auto get = [&](void * p, size_t n) { std::memcpy(p, b.data() + at, n); at += n; };
+    auto vec = [&](auto & v) {
+        uint32_t n = 0;
+        get(&n, 4);
+        v.resize(n);
+        get(v.data(), n * sizeof(v[0]));
+    };
+    uint32_t H = 0;
+    get(&H, 4);
+    out.heads.resize(H);
+    for (auto & h : out.heads) {
+        get(&h.kind, 1);
+        get(&h.rc, 4);
+        get(&h.lo, 4);
+        get(&h.dropped, 1);
+        vec(h.sp);
+        vec(h.coded);
+    }
+    vec(out.sinks);
+    vec(out.cand);
+    get(&out.evicted, 8);
+    get(&out.compactions, 8);
+    return out;
+}
+std::vector<uint8_t> ring_books_write(const ring_books & rb) {
+    char * buf = nullptr;
+    size_t sz = 0;
+    std::FILE * f = open_memstream(&buf, &sz);
+    state_writer w(f);
+    w.pod((uint32_t) rb.heads.size());
+    for (const auto & h : rb.heads) {
+        w.pod(h.kind);
+        w.pod(h.rc);
+        w.pod(h.lo);
+        w.pod(h.dropped);
+        w.vec(h.sp);
+        w.vec(h.coded);
+    }
+    w.vec(rb.sinks);
+    w.vec(rb.cand);
+    w.pod(rb.evicted);
+    w.pod(rb.compactions);
+    (void) w.finish();
+    std::fclose(f);
+    std::vector<uint8_t> out(buf, buf + sz);
+    std::free(buf);
+    return out;
+}
+} // namespace
+
+// State files of the device cache: the reader of the books (kv_ring_layer::read_books) takes what the steps make
+// (the ring tests above read back every third state) and refuses what they cannot make, each with a reason, and
+// altered bytes never get past it into an inconsistent layer.
+TC_TEST("kv ring: state books read back as saved; altered books are refused with a reason, and corrupt bytes never crash the reader") {
+    kv_cache_config c = ring_evict_cfg(KV_CODEC_ROT2, true, 0.0f);  // CODED (FULL + rot2), STREAM and coded EVICT heads
+    kv_ring_config rc;
+    TC_CHECK(kv_ring_config_from(c, 512, &rc).ok());
+    kv_ring_layer L(rc, 0);
+    std::vector<kv_ring_ops> ops;
+    int32_t n = 0;
+    for (int32_t T : {256, 44}) {  // a prompt in two chunks (flushes, the stream window moves on), sinks found in it
+        TC_CHECK(L.append(n, T).ok());
+        L.add_sinks({n + 5, n + 17}, {50.0f, 40.0f});
+        n += T;
+        L.retain(n, ops, 0, 0);
+    }
+    for (int t = 1; t <= 20; t++) {  // decode steps below the first eviction (W = 32)
+        TC_CHECK(L.append(n, 1).ok());
+        n++;
+        L.retain(n, ops, t, 300);
+    }
+    const std::vector<uint8_t> good = ring_books_bytes(L);
+    const ring_books rb = ring_books_parse(good);
+    TC_CHECK(ring_books_write(rb) == good) << "the test's parser does not follow save_books";
+    kv_ring_layer back(rc, 0);
+    std::string err;
+    TC_CHECK(ring_books_read(good, back, n, &err)) << err;
+    int h_coded = -1, h_stream = -1, h_evict = -1;
+    for (int h = 0; h < L.n_head_kv(); h++) {
+        TC_CHECK(back.held_positions(h) == L.held_positions(h));
+        if (L.kind(h) == KV_RING_CODED && L.n_coded(h) > 0) h_coded = h;
+        if (L.kind(h) == KV_RING_STREAM) h_stream = h;
+        if (L.kind(h) == KV_RING_EVICT && L.rc(h) > 2) h_evict = h;
+    }
+    TC_CHECK(h_coded >= 0 && h_stream >= 0 && h_evict >= 0) << "the layer lacks a kind of head for the test";
+    if (h_coded < 0 || h_stream < 0 || h_evict < 0) return;
+    TC_CHECK(!ring_books_read(good, back, n - 1, &err) && err.find("kv ring") != std::string::npos) << "a file of fewer tokens: " << err;
+    // one alteration at a time: each refused, the error naming what is wrong
+    struct alt { const char * name; std::function<void(ring_books &)> f; const char * says; };
+    auto first_ring = [&](const ring_books::head_b & h, int32_t fix_cap) {
+        for (size_t i = 0; i < h.sp.size(); i += 2)
+            if (h.sp[i] >= fix_cap) return i;
+        return h.sp.size();
+    };
+    const std::vector<alt> alts = {
+        {"a CODED head's ring count", [&](ring_books & b) { b.heads[(size_t) h_coded].rc++; }, "counters"},
+        {"a STREAM head's lower bound past the tokens", [&](ring_books & b) { b.heads[(size_t) h_stream].lo = n + 1; }, "counters"},
+        {"an EVICT head's lower bound", [&](ring_books & b) { b.heads[(size_t) h_evict].lo = 1; }, "counters"},
+        {"another kind", [&](ring_books & b) { b.heads[(size_t) h_stream].kind = KV_RING_DENSE; }, "kind"},
+        {"a fixed slot's position", [&](ring_books & b) { b.heads[(size_t) h_coded].sp[1] += 1; }, "fixed slot"},
+        {"a ring slot's position", [&](ring_books & b) { auto & h = b.heads[(size_t) h_stream]; h.sp[first_ring(h, L.fix_cap(h_stream)) + 1] -= 1; }, "ring slot"},
+        {"a position past the tokens", [&](ring_books & b) { b.heads[(size_t) h_evict].sp[1] = n; }, "past the tokens"},
+        {"a slot past the head's slots", [&](ring_books & b) { auto & h = b.heads[(size_t) h_stream]; h.sp[h.sp.size() - 2] = L.slots(h_stream); }, "out of order or range"},
+        {"slots out of order", [&](ring_books & b) { auto & h = b.heads[(size_t) h_evict]; std::swap(h.sp[0], h.sp[2]); std::swap(h.sp[1], h.sp[3]); }, "out of order"},
+        {"a hole in an EVICT head's slots", [&](ring_books & b) { auto & h = b.heads[(size_t) h_evict]; h.sp.erase(h.sp.begin(), h.sp.begin() + 2); }, "hole"},
+        {"an EVICT head's token past its count", [&](ring_books & b) { b.heads[(size_t) h_evict].rc--; }, "compact slots"},
+        {"a quantized token in view", [&](ring_books & b) { auto & h = b.heads[(size_t) h_coded]; h.coded.back() = h.lo; }, "quantized token"},
+        {"a position held twice", [&](ring_books & b) { auto & h = b.heads[(size_t) h_coded]; h.coded.back() = h.coded.front(); }, "twice"},
+        {"quantized tokens in a STREAM head", [&](ring_books & b) { b.heads[(size_t) h_stream].coded.push_back(30); }, "keeps none"},
+        {"sinks out of order", [&](ring_books & b) { b.sinks.push_back(0); }, "sink"},
+        {"a sink candidate's magnitude", [&](ring_books & b) { b.cand.push_back({std::nanf(""), 3}); }, "sink candidate"},
+        {"a negative eviction count", [&](ring_books & b) { b.evicted = -1; }, "eviction counters"},
+        {"a head too many", [&](ring_books & b) { b.heads.push_back(b.heads.back()); }, "heads"},
+    };
+    for (const alt & a : alts) {
+        ring_books b = rb;
+        a.f(b);
+        kv_ring_layer x(rc, 0);
+        const bool ok = ring_books_read(ring_books_write(b), x, n, &err);
+        TC_CHECK(!ok && err.find(a.says) != std::string::npos) << a.name << ": " << (ok ? "accepted" : err);
+    }
+    // bytes altered at random: refused (at the latest by the checksum) or read into books that hold together
+    std::mt19937 rng(91);
+    int refused_early = 0;
+    for (int i = 0; i < 3000; i++) {
+        std::vector<uint8_t> b = good;
+        const int k = 1 + (int) (rng() % 3);
+        for (int j = 0; j < k; j++) b[rng() % (b.size() - 8)] ^= (uint8_t) (1u << (rng() % 8));
+        kv_ring_layer x(rc, 0);
+        std::vector<uint8_t> copy(b);
+        std::FILE * f = fmemopen(copy.data(), copy.size(), "rb");
+        state_reader r(f, copy.size());
+        const bool read = x.read_books(r, n);
+        std::fclose(f);
+        if (!read) {
+            refused_early++;
+            continue;
+        }
+        kv_ring_layer y(rc, 0);
+        TC_CHECK(ring_books_read(ring_books_bytes(x), y, n, &err)) << "books the reader took do not hold together: " << err;
+    }
+    std::printf("    3000 altered files: %d refused by the books' checks, the rest by the checksum\n", refused_early);
+    TC_CHECK(refused_early > 1500);
 }
