@@ -275,8 +275,9 @@ export class Sequence {
    * Writes this sequence's state to `path`: its KV cache as it is — compressed, evicted, quantized, with its prefix
    * checkpoint and the policies' statistics — its tokens and last logits. The file holds the cache's bytes, not its
    * pages' (a 2-bit cache makes a small file), is written to a temporary file beside it and renamed into place, and is read
-   * back by `loadStateFromFile` on a sequence of the same model with the same KV options. Off the event loop; CPU
-   * contexts only so far. Resolves the file's size and the tokens it holds.
+   * back by `loadStateFromFile` on a sequence of the same model with the same KV options and backend (a CUDA context
+   * writes its device cache: the f16 tokens attention still reads, the quantized ones, statistics and recorded
+   * queries, but not the prefix checkpoint). Off the event loop. Resolves the file's size and the tokens it holds.
    * @example
    *   for await (const _ of seq.generate(longDocument, { maxTokens: 1 })) {}
    *   await seq.saveStateToFile('doc.tcstate');
@@ -297,7 +298,8 @@ export class Sequence {
    * read and checked before anything changes: a file that is not a state file, corrupt or truncated is a
    * `StateFormatError`, one from another model or KV configuration an `InvalidOptionsError` naming what differs,
    * and in every such case the sequence keeps what it held. The next `generate()` goes on from the loaded tokens
-   * (its prompt's common prefix is not evaluated again). Off the event loop; CPU contexts only so far.
+   * (its prompt's common prefix is not evaluated again). A file loads on the backend that saved it (a CUDA
+   * context's file into a CPU context, or the other way round, is an `InvalidOptionsError`). Off the event loop.
    */
   async loadStateFromFile(path: string): Promise<{ tokens: number }> {
     return this._withStateFile('loadStateFromFile', path, async () => {

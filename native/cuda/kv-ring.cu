@@ -1391,6 +1391,13 @@ status kv_ring_device::copy_from(const kv_ring_device & src, const kv_ring_layer
 }
 
 namespace {
+// The slots of head h whose keys and values attention may still read (kv_ring_layer's in view): a state file keeps
+// only those; the others are empty, or ring slots below the head's lower bound that no step reads again.
+bool slot_read(const kv_ring_layer & L, int h, int32_t s) {
+    const int32_t p = L.slot_pos(h)[(size_t) s];
+    return p != KV_RING_EMPTY && (s < L.fix_cap(h) || p >= L.lo(h));
+}
+
 // a state section's layer geometry: what the data's sizes follow from besides the books
 struct ring_geometry {
     uint64_t page_bytes;
@@ -1439,7 +1446,22 @@ status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stre
     b.qring.resize((size_t) qw_ * qrow_);
     if (!b.qring.empty()) CUDA_CHECK(cudaMemcpyAsync(b.qring.data(), qring_.data(), b.qring.size() * 4, cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
-    w.bytes(b.pages.data(), b.pages.size());
+    // of the pages, the slots attention may still read: per head and slot (ascending) its key, then its value
+    const size_t D = (size_t) v_.head_dim, DV = (size_t) v_.head_dim_v;
+    std::vector<uint16_t> row(D + DV);
+    size_t at = 0;  // the head's first page in b.pages
+    for (int h = 0; h < H; h++) {
+        const int32_t np = std::min(L.pages_in_use(h), max_seg);
+        for (int32_t sl = 0; sl < np * KV_PAGE_TOKENS; sl++) {
+            if (!slot_read(L, h, sl)) continue;
+            const uint16_t * pg = (const uint16_t *) (b.pages.data() + at + (size_t) (sl / KV_PAGE_TOKENS) * pb);
+            const size_t j = (size_t) (sl % KV_PAGE_TOKENS);
+            for (size_t d = 0; d < D; d++) row[d] = pg[(j / 16 * D + d) * 16 + j % 16];  // (keys: transposed tiles of 16 tokens)
+            std::memcpy(row.data() + D, pg + KV_PAGE_TOKENS * D + j * DV, DV * 2);
+            w.bytes(row.data(), row.size() * 2);
+        }
+        at += (size_t) np * pb;
+    }
     w.bytes(b.stats_f.data(), b.stats_f.size() * 4);
     w.bytes(b.kblk.data(), b.kblk.size());
     w.bytes(b.vblk.data(), b.vblk.size());
@@ -1464,9 +1486,9 @@ bool kv_ring_device::read_data(state_reader & r, const kv_ring_layer & L, int32_
         return r.fail("kv ring: a layer of another geometry (page, block or head sizes)");
     const size_t pb = page_bytes(), kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, kt = (size_t) std::max(1, v_.kivi),
                  mb = (size_t) 4 * v_.head_dim;
-    size_t pages = 0, sf = 0, nk = 0, sc = 0, nm = 0;  // what the books say the file holds
+    size_t rows = 0, sf = 0, nk = 0, sc = 0, nm = 0;  // what the books say the file holds
     for (int h = 0; h < H; h++) {
-        pages += (size_t) std::min(L.pages_in_use(h), max_seg);
+        for (int32_t sl = 0; sl < std::min(L.pages_in_use(h), max_seg) * KV_PAGE_TOKENS; sl++) rows += slot_read(L, h, sl);
         const bool evict = has_evict() && L.kind(h) == KV_RING_EVICT;
         if (evict) sf += 2 * (size_t) L.rc(h);
         const size_t c = holds_codes(h) ? (size_t) L.n_coded(h) : 0;
@@ -1475,13 +1497,14 @@ bool kv_ring_device::read_data(state_reader & r, const kv_ring_layer & L, int32_
         if (evict && st_c_.data()) sc += 2 * c;
         if (v_.kivi) nm += (c + kt - 1) / kt * mb;
     }
-    const uint64_t want = (uint64_t) pages * pb + sf * 4 + nk * (kb + vb) + sc * 4 + nm;
+    const size_t rb = (size_t) (v_.head_dim + v_.head_dim_v) * 2;
+    const uint64_t want = (uint64_t) rows * rb + sf * 4 + nk * (kb + vb) + sc * 4 + nm;
     if (want > r.remaining()) return r.fail("kv ring: a layer's data past the end of the file (truncated?)");
     auto take = [&](auto & v, size_t count) {
         v.resize(count);
         return r.bytes(v.data(), count * sizeof(v[0]));
     };
-    if (!take(out.pages, pages * pb) || !take(out.stats_f, sf) || !take(out.kblk, nk * kb) || !take(out.vblk, nk * vb) || !take(out.stats_c, sc) ||
+    if (!take(out.pages, rows * rb) || !take(out.stats_f, sf) || !take(out.kblk, nk * kb) || !take(out.vblk, nk * vb) || !take(out.stats_c, sc) ||
         !take(out.kmeta, nm))
         return false;
     if (!r.pod(out.qcount) || !r.pod(out.qw) || !r.pod(out.qrow) || !r.pod(out.qheld) || !r.vec(out.qpos, (size_t) std::max(qw, 0), "recorded query positions"))
@@ -1511,10 +1534,23 @@ status kv_ring_device::load_data(const kv_ring_layer & L, const blob & b, stream
     CUDA_CHECK(cudaMemcpyAsync(page_ptrs_.data(), page_h_.data(), page_h_.size() * sizeof(void *), cudaMemcpyHostToDevice, s));
     std::vector<int32_t> pos((size_t) H * slot_cap_, KV_RING_EMPTY), stf(st_f_.data() ? (size_t) H * slot_cap_ * 2 : 0, 0);
     size_t op = 0, of = 0, ok = 0, ov = 0, oc = 0, om = 0;
+    const size_t D = (size_t) v_.head_dim, DV = (size_t) v_.head_dim_v;
+    std::vector<uint16_t> host(pb / 2 * (size_t) max_seg);  // a head's pages: the rows read back into their slots, zeros elsewhere
     for (int h = 0; h < H; h++) {
         const int32_t np = std::min(L.pages_in_use(h), max_seg);
-        for (int32_t i = 0; i < np; i++, op += pb)
-            CUDA_CHECK(cudaMemcpyAsync(page_h_[(size_t) h * max_seg + (size_t) i], b.pages.data() + op, pb, cudaMemcpyHostToDevice, s));
+        std::fill(host.begin(), host.begin() + (ptrdiff_t) (np * pb / 2), (uint16_t) 0);
+        for (int32_t sl = 0; sl < np * KV_PAGE_TOKENS; sl++) {
+            if (!slot_read(L, h, sl)) continue;
+            uint16_t * pg = host.data() + (size_t) (sl / KV_PAGE_TOKENS) * (pb / 2);
+            const uint16_t * row = (const uint16_t *) (b.pages.data() + op);
+            const size_t j = (size_t) (sl % KV_PAGE_TOKENS);
+            for (size_t d = 0; d < D; d++) pg[(j / 16 * D + d) * 16 + j % 16] = row[d];
+            std::memcpy(pg + KV_PAGE_TOKENS * D + j * DV, row + D, DV * 2);
+            op += (D + DV) * 2;
+        }
+        for (int32_t i = 0; i < np; i++)
+            CUDA_CHECK(cudaMemcpyAsync(page_h_[(size_t) h * max_seg + (size_t) i], host.data() + (size_t) i * (pb / 2), pb, cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaStreamSynchronize(s));  // (the next head reuses the host pages)
         const std::vector<int32_t> & sp = L.slot_pos(h);
         for (size_t sl = 0; sl < sp.size(); sl++) {
             if (sp[sl] == KV_RING_EMPTY) continue;

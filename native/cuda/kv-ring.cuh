@@ -196,7 +196,8 @@ public:
     status copy_from(const kv_ring_device & src, const kv_ring_layer & L, const std::vector<char> & heads, const std::vector<char> & codes, bool wide,
                      stream_t s);
     // State files (forward_session::save_state). save_data writes what this layer holds for books L, after its
-    // geometry: each head's pages in use, the statistics of an evicting head's slots, the quantized tokens of the
+    // geometry: each head's f16 tokens that attention may still read (a key and a value row per slot in view; the
+    // pages are rebuilt around them on loading, zeros elsewhere), the statistics of an evicting head's slots, the quantized tokens of the
     // heads that have arrays for them (blocks, an evicting head's statistics, KIVI key metadata) and the recorded
     // queries; waits for the stream. read_data reads that back into host memory for books L (read and checked
     // already: every size follows from them and from this layer's geometry, which the file must match; qrow, qw:
@@ -204,7 +205,7 @@ public:
     // puts it into this layer, made by create() for books L and holding nothing yet: maps the pages, uploads
     // (ERR_OOM_DEVICE: drop the layer); waits for the stream.
     struct blob {
-        std::vector<uint8_t> pages, kblk, vblk, kmeta;
+        std::vector<uint8_t> pages, kblk, vblk, kmeta;  // pages: the f16 rows of the slots attention may still read (key, value)
         std::vector<int32_t> stats_f, stats_c;  // (two int32 per token, evicting heads only, head after head)
         int64_t qcount = 0;
         int32_t qw = 0, qrow = 0, qheld = 0;

@@ -1,4 +1,7 @@
 // Backend selection (issue 8): 'cuda' never falls back silently; each reason is a typed error.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cudaInfo, resolveBackend } from '../../lib/backend.js';
 import { CudaError, InvalidOptionsError, loadModel, UnsupportedModelError } from '../../lib/index.js';
@@ -210,6 +213,40 @@ describe('backend selection', () => {
     expect(cpu.second.cached).toBe(cpu.first.prompt);
     expect(gpu.forked.cached).toBe(gpu.second.cached);
     expect(gpu.forked.tokens).toEqual(gpu.second.tokens);
+  });
+  // state files on the device: the device cache's own section, read back into another sequence that goes on with
+  // the same logits; a file loads only on the backend that saved it
+  it.skipIf(!usable)('on a CUDA device: a state file reads back into another sequence that goes on with the same logits; a CPU context refuses it', async () => {
+    const path = ensureFixture('qwen3', 'f32');
+    const kv = { heads: { layers: { '0': 'stream' as const } }, storage: { key: 'rot2' as const, value: 'rot2' as const, permutation: 'none' as const } };
+    await using model = await loadModel({ path, backend: 'cuda' });
+    await using ctx = await model.createContext({ contextSize: 512, threads: 1, batchSize: 64, sequences: 2, kv });
+    const a = ctx.acquireSequence(), b = ctx.acquireSequence();
+    const toks = Array.from({ length: 140 }, (_, i) => (i * 37 + 3) % model.info.nVocab);
+    await a.evaluate(toks.slice(0, 120));  // (flushes, and the stream head's window moved on)
+    for (const t of toks.slice(120, 128)) await a.evaluate([t]);
+    await b.evaluate([1, 2, 3]);  // (b held something else: the load replaces it)
+    const dir = mkdtempSync(join(tmpdir(), 'thinkcache-cuda-state-'));
+    try {
+      const file = join(dir, 'a.tcstate');
+      const saved = await a.saveStateToFile(file);
+      expect(saved.tokens).toBe(128);
+      expect(await b.loadStateFromFile(file)).toEqual({ tokens: 128 });
+      expect(b.tokens).toEqual(a.tokens);
+      expect(b.memory().residentTokens).toBe(a.memory().residentTokens);
+      expect(b.memory().quantizedTokens).toBe(a.memory().quantizedTokens);
+      for (let l = 0; l < model.info.nLayer; l++) for (let h = 0; h < model.info.nHeadKv; h++) expect(b.heldPositions(l, h)).toEqual(a.heldPositions(l, h));
+      expect(a.memory().quantizedTokens).toBeGreaterThan(0);
+      for (const t of toks.slice(128, 134)) expect(await b.evaluate([t])).toEqual(await a.evaluate([t]));
+      await using cpuCtx = await model.createContext({ contextSize: 512, threads: 1, batchSize: 64, backend: 'cpu', kv });
+      const c = cpuCtx.acquireSequence();
+      const err = await c.loadStateFromFile(file).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(InvalidOptionsError);
+      expect(String((err as Error).message)).toMatch(/backend/);
+      expect(c.tokens).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
   // memory actually freed on the device too: a head's f16 pages come from the context's pool as it grows and go
   // back when the eviction compacts it

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -16,6 +17,7 @@
 #include <random>
 #include <string>
 #include <vector>
+#include <unistd.h>
 
 #include "cuda/add.cuh"
 #include "cuda/attention.cuh"
@@ -1739,6 +1741,137 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
         TC_CHECK(pool->stats().pages_in_use == 0) << c.name << ": " << pool->stats().pages_in_use << " pages still handed out";
         std::printf("    COPY/CKPT %-40s checkpoint %.1f KiB of %.1f KiB allocated; rewind to %d keeps %d\n", c.name, mk.checkpoint_bytes / 1024.0,
                     mk.bytes_allocated / 1024.0, R, kg);
+    }
+}
+
+
+// State files on the device (engine_sequence::save_state / load_state over forward_session's section): a sequence
+// loaded from a file holds what the saved one held — the same tokens per head — and goes on with its logits bit
+// for bit, whether it was new or held other tokens; a truncated or corrupt file, a file of the other backend and a
+// file of a sequence past the context are refused with the sequence as it was; every page goes back at the end.
+TC_TEST("cuda/ring-state: state files on the device read back into a sequence that continues bit for bit; bad files leave the sequence as it was") {
+    TC_NEED_CUDA(be);
+    ring_pair rp;
+    TC_OK(rp.init(*be));
+    const fixture_spec & f = kEngineFixture;
+    const std::vector<int32_t> & toks = rp.toks;
+    const int nh = f.n_layer * f.n_head_kv;
+    struct cfg { const char * name; kv_codec_type codec; bool sinks; kv_policy_kind policy; bool stream, evict, dense; };
+    const cfg cfgs[] = {
+        {"dense f16", KV_CODEC_F16, false, KV_POLICY_LAZY, false, false, true},
+        {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, false, false},
+        {"kivi2 + lazy + stream heads", KV_CODEC_KIVI2, false, KV_POLICY_LAZY, true, true, false},
+        {"snapkv f16 + stream heads (recorded queries)", KV_CODEC_F16, false, KV_POLICY_SNAPKV, true, true, false},
+    };
+    auto bits_equal = [&](const engine_sequence & a, const engine_sequence & b) {
+        return a.logits().size() == b.logits().size() && std::memcmp(a.logits().data(), b.logits().data(), a.logits().size() * sizeof(float)) == 0;
+    };
+    auto same_heads = [&](const engine_sequence & a, const engine_sequence & b) {
+        for (int il = 0; il < f.n_layer; il++)
+            for (int h = 0; h < f.n_head_kv; h++)
+                if (a.held_positions(il, h) != b.held_positions(il, h)) return false;
+        return true;
+    };
+    const std::string dir = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp");
+    for (const cfg & c : cfgs) {
+        context_params p;
+        p.n_ctx = 1024;
+        p.n_threads = 2;
+        p.n_batch = 64;
+        p.stream_sinks = 4;
+        p.stream_recent = 24;
+        p.retention.assign((size_t) nh, KV_RETAIN_FULL);
+        if (c.stream) p.retention[1] = p.retention[4] = KV_RETAIN_STREAM;
+        if (c.evict) p.retention[0] = p.retention[3] = KV_RETAIN_EVICT;
+        p.policy.kind = c.policy;
+        p.policy.capacity = 96;
+        p.policy.window = 32;
+        p.policy.interval = 32;
+        p.storage.key = p.storage.value = c.codec;
+        p.storage.protect_sinks = c.sinks;
+        context_params gp = p;
+        gp.cuda_model = rp.dm;
+        std::shared_ptr<engine_context> gctx, cctx, small;
+        TC_OK(engine_context::create(rp.m, gp, &gctx));
+        TC_OK(engine_context::create(rp.m, p, &cctx));
+        std::shared_ptr<engine_sequence> gs, gl, g2, cs;
+        for (auto * x : {&gs, &gl, &g2}) TC_OK(engine_sequence::create(gctx, x));
+        TC_OK(engine_sequence::create(cctx, &cs));
+        // a prompt, then decode steps past flushes, stream trims and an eviction (lazy and snapkv every 32 steps)
+        const int P = 128, D = P + 40;
+        TC_OK(gs->eval(toks.data(), P, true));
+        for (int t = P; t < D; t++) TC_OK(gs->eval(&toks[(size_t) t], 1, true));
+        if (c.evict) TC_CHECK(gs->memory(false).compactions > 0) << c.name << ": no eviction before the save";
+        const std::string path = dir + strfmt("/tc-ring-state-%d.tcstate", (int) getpid());
+        uint64_t bytes = 0, cpu_bytes = 0;
+        TC_OK(gs->save_state(path, &bytes));
+        const kv_memory_report ms = gs->memory(false);
+        TC_OK(cs->eval(toks.data(), P, true));  // the CPU's file of the same tokens, for its size and the backend check below
+        for (int t = P; t < D; t++) TC_OK(cs->eval(&toks[(size_t) t], 1, true));
+        const std::string cpu_path = path + ".cpu";
+        TC_OK(cs->save_state(cpu_path, &cpu_bytes));
+        std::printf("    STATE %-44s %llu bytes (the CPU's file %llu) for %lld resident tokens (%llu B of keys and values)\n", c.name,
+                    (unsigned long long) bytes, (unsigned long long) cpu_bytes, (long long) ms.resident_tokens, (unsigned long long) (ms.key_bytes + ms.value_bytes));
+        // into a new sequence, and into one that held other tokens
+        TC_OK(g2->eval(&toks[9], 60, true));
+        TC_OK(gl->load_state(path));
+        TC_OK(g2->load_state(path));
+        for (engine_sequence * x : {gl.get(), g2.get()}) {
+            TC_CHECK(x->n_tokens() == D && same_heads(*x, *gs) && bits_equal(*x, *gs)) << c.name << ": a loaded sequence holds other tokens or logits";
+            const kv_memory_report m = x->memory(false);
+            TC_CHECK(m.resident_tokens == ms.resident_tokens && m.key_bytes == ms.key_bytes && m.value_bytes == ms.value_bytes &&
+                     m.quantized_tokens == ms.quantized_tokens && m.evicted_tokens == ms.evicted_tokens && m.compactions == ms.compactions)
+                << c.name << ": the loaded sequence's memory report";
+        }
+        // bad files: the sequence keeps what it held (it goes on as gs below)
+        std::vector<uint8_t> img;
+        {
+            std::ifstream in(path, std::ios::binary);
+            img.assign(std::istreambuf_iterator<char>(in), {});
+        }
+        auto write = [&](const std::vector<uint8_t> & b) {
+            std::ofstream out(path, std::ios::binary | std::ios::trunc);
+            out.write((const char *) b.data(), (std::streamsize) b.size());
+        };
+        std::vector<uint8_t> cut(img.begin(), img.end() - 100), flip = img;
+        flip[img.size() / 2] ^= 0x10;
+        for (const auto * b : {&cut, &flip}) {
+            write(*b);
+            const status st = g2->load_state(path);
+            TC_CHECK(st.code == ERR_STATE_FORMAT) << c.name << ": a " << (b == &cut ? "truncated" : "corrupt") << " file: " << st.message;
+        }
+        status st = g2->load_state(cpu_path);  // a CPU sequence's file, and the device's file into a CPU sequence
+        TC_CHECK(st.code == ERR_INVALID_ARG && st.message.find("backend") != std::string::npos) << c.name << ": " << st.message;
+        std::remove(cpu_path.c_str());
+        write(img);
+        st = cs->load_state(path);
+        TC_CHECK(st.code == ERR_INVALID_ARG && st.message.find("backend") != std::string::npos) << c.name << ": " << st.message;
+        context_params sp = gp;  // a context too small for the file's tokens
+        sp.n_ctx = 128;
+        TC_OK(engine_context::create(rp.m, sp, &small));
+        std::shared_ptr<engine_sequence> gsmall;
+        TC_OK(engine_sequence::create(small, &gsmall));
+        st = gsmall->load_state(path);
+        TC_CHECK(st.code == ERR_CONTEXT_FULL || st.code == ERR_INVALID_ARG) << c.name << ": a file past the context: " << st.message;
+        std::remove(path.c_str());
+        TC_CHECK(g2->n_tokens() == D && bits_equal(*g2, *gs)) << c.name << ": a refused file changed the sequence";
+        // all three go on alike: chunks and steps past the next eviction
+        for (engine_sequence * x : {gs.get(), gl.get(), g2.get()}) TC_OK(x->eval(&toks[(size_t) D], 8, true));
+        TC_CHECK(bits_equal(*gl, *gs) && bits_equal(*g2, *gs)) << c.name << ": after a chunk";
+        // (a chunk starts the decode steps over: the next eviction after 32; the caches without one go on for 8)
+        for (int t = D + 8; t < D + (c.evict ? 44 : 16); t++) {
+            for (engine_sequence * x : {gs.get(), gl.get(), g2.get()}) TC_OK(x->eval(&toks[(size_t) t], 1, true));
+            TC_CHECK(bits_equal(*gl, *gs) && bits_equal(*g2, *gs)) << c.name << ": step " << t;
+        }
+        TC_CHECK(same_heads(*gl, *gs) && same_heads(*g2, *gs)) << c.name;
+        if (c.evict)
+            TC_CHECK(gl->memory(false).compactions == gs->memory(false).compactions && gs->memory(false).compactions > ms.compactions)
+                << c.name << ": evictions " << ms.compactions << " at the save, then " << gs->memory(false).compactions << " (loaded: " << gl->memory(false).compactions << ")";
+        const std::shared_ptr<cu::device_page_pool> & pool = gctx->cuda_kv_pool();
+        gs.reset();
+        gl.reset();
+        g2.reset();
+        if (pool) TC_CHECK(pool->stats().pages_in_use == 0) << c.name << ": " << pool->stats().pages_in_use << " pages still handed out";
     }
 }
 
