@@ -276,8 +276,8 @@ export class Sequence {
    * checkpoint and the policies' statistics — its tokens and last logits. The file holds the cache's bytes, not its
    * pages' (a 2-bit cache makes a small file), is written to a temporary file beside it and renamed into place, and is read
    * back by `loadStateFromFile` on a sequence of the same model with the same KV options and backend (a CUDA context
-   * writes its device cache: the f16 tokens attention still reads, the quantized ones, statistics and recorded
-   * queries, but not the prefix checkpoint). Off the event loop. Resolves the file's size and the tokens it holds.
+   * writes its device cache: the f16 tokens attention still reads, the quantized ones, statistics, recorded queries
+   * and the checkpoint). Off the event loop. Resolves the file's size and the tokens it holds.
    * @example
    *   for await (const _ of seq.generate(longDocument, { maxTokens: 1 })) {}
    *   await seq.saveStateToFile('doc.tcstate');

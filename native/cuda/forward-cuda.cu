@@ -845,6 +845,10 @@ struct forward_session::loaded_state {
     std::vector<kv_ring_layer> rl;
     std::vector<kv_ring_device::blob> blobs;
     std::vector<std::vector<uint8_t>> dense;  // [n_layer] a dense cache's pages in use
+    int32_t ckpt_n = -1;                      // the checkpoint (-1: none)
+    impl::counters ckpt_at;
+    std::vector<kv_ring_layer> ckpt_rl;
+    std::vector<kv_ring_device::blob> ckpt_blobs;
 };
 void forward_session::loaded_state_deleter::operator()(loaded_state * s) const { delete s; }
 
@@ -867,6 +871,18 @@ status forward_session::save_state(state_writer & w) const {
     for (size_t il = 0; il < p.rl.size(); il++) {
         p.rl[il].save_books(w);
         const status st = p.rd[il].save_data(p.rl[il], w, s);
+        if (!st.ok()) return st;
+    }
+    // the prefix checkpoint: its books and the heads it saved (impl::checkpoint_heads)
+    w.pod((uint8_t) (p.ckpt.n >= 0));
+    if (p.ckpt.n < 0) return status::success();
+    w.pod((int32_t) p.ckpt.n);
+    w.pod(p.ckpt.at);
+    std::vector<char> saved, codes;
+    for (size_t il = 0; il < p.rl.size(); il++) {
+        impl::checkpoint_heads(p.ckpt.rl[il], saved, codes);
+        p.ckpt.rl[il].save_books(w);
+        const status st = p.ckpt.rd[il].save_data(p.ckpt.rl[il], w, s, &saved, &codes);
         if (!st.ok()) return st;
     }
     return status::success();
@@ -897,14 +913,34 @@ status forward_session::read_state(state_reader & r, loaded_ptr & out, int32_t *
         const hparams & hp = p.m->hp;
         st->rl.reserve(p.rl.size());
         st->blobs.resize(p.rl.size());
-        for (size_t il = 0; il < p.rl.size(); il++) {
-            st->rl.push_back(p.rl[il]);  // (the layer's geometry; read_books replaces every book)
-            kv_ring_layer & L = st->rl.back();
-            if (!L.read_books(r, st->n)) return bad();
-            const kv_policy * pol = kv_policy_get(L.policy().kind);
-            const bool records = L.has_evict() && L.scores_from_keys() && pol && pol->query_window;
-            const int qrow = records ? (int) (hp.n_head * hp.head_dim) : 0, qw = records ? pol->query_window(L.policy()) : 0;
-            if (!p.rd[il].read_data(r, L, st->n, qrow, qw, st->blobs[il])) return bad();
+        // the layers, then the checkpoint's (its books, the data of the heads it saves)
+        auto layers = [&](int32_t n, std::vector<kv_ring_layer> & rl, std::vector<kv_ring_device::blob> & blobs, bool ckpt) {
+            rl.reserve(p.rl.size());
+            blobs.resize(p.rl.size());
+            std::vector<char> saved, codes;
+            for (size_t il = 0; il < p.rl.size(); il++) {
+                rl.push_back(p.rl[il]);  // (the layer's geometry; read_books replaces every book)
+                kv_ring_layer & L = rl.back();
+                if (!L.read_books(r, n)) return false;
+                const kv_policy * pol = kv_policy_get(L.policy().kind);
+                const bool records = L.has_evict() && L.scores_from_keys() && pol && pol->query_window;
+                const int qrow = records ? (int) (hp.n_head * hp.head_dim) : 0, qw = records ? pol->query_window(L.policy()) : 0;
+                impl::checkpoint_heads(L, saved, codes);
+                if (!p.rd[il].read_data(r, L, n, qrow, qw, blobs[il], ckpt ? &saved : nullptr, ckpt ? &codes : nullptr)) return false;
+            }
+            return true;
+        };
+        if (!layers(st->n, st->rl, st->blobs, false)) return bad();
+        uint8_t has = 0;
+        if (!r.pod(has)) return bad();
+        if (has > 1) return status(ERR_STATE_FORMAT, "an invalid checkpoint flag");
+        if (has) {
+            if (!r.pod(st->ckpt_n) || !r.pod(st->ckpt_at)) return bad();
+            const impl::counters & k = st->ckpt_at;
+            if (st->ckpt_n < 0 || st->ckpt_n > st->n || k.dstep < 0 || k.dstep > INT32_MAX / 2 || k.prompt < 0 || k.prompt > st->ckpt_n || k.evicted < 0 || k.compactions < 0 ||
+                !(k.compaction_s >= 0))
+                return status(ERR_STATE_FORMAT, "a checkpoint past the tokens, or its counters out of range");
+            if (!layers(st->ckpt_n, st->ckpt_rl, st->ckpt_blobs, true)) return bad();
         }
     }
     if (n_tokens) *n_tokens = st->n;
@@ -927,14 +963,27 @@ status forward_session::adopt_state(loaded_ptr st) {
         }
     } else {
         std::vector<kv_ring_device> rd(p.rl.size());
-        for (size_t il = 0; il < p.rl.size(); il++) {
+        impl::checkpoint c;
+        if (st->ckpt_n >= 0) c.rd.resize(p.rl.size());
+        std::vector<char> saved, codes;
+        for (size_t il = 0; il < p.rl.size(); il++) {  // (a failure: the new layers' pages go back with them)
             status e = p.make_layer((int) il, st->rl[il], rd[il]);
             if (e.ok()) e = rd[il].load_data(st->rl[il], st->blobs[il], s);
-            if (!e.ok()) return status(e.code, "loading the device cache: " + e.message);  // (the new layers' pages go back with them)
+            if (e.ok() && st->ckpt_n >= 0) {
+                impl::checkpoint_heads(st->ckpt_rl[il], saved, codes);
+                if ((e = p.make_layer((int) il, st->ckpt_rl[il], c.rd[il], &codes)).ok()) e = c.rd[il].load_data(st->ckpt_rl[il], st->ckpt_blobs[il], s, &saved);
+            }
+            if (!e.ok()) return status(e.code, "loading the device cache: " + e.message);
         }
         p.drop_checkpoint();
         p.rl = std::move(st->rl);
         p.rd = std::move(rd);
+        if (st->ckpt_n >= 0) {
+            c.n = st->ckpt_n;
+            c.rl = std::move(st->ckpt_rl);
+            c.at = st->ckpt_at;
+            p.ckpt = std::move(c);
+        }
     }
     p.n_past = st->n;
     p.set_counts(st->at);

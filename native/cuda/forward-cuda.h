@@ -97,11 +97,11 @@ public:
     status copy_from(const forward_session & src);
     // State files (engine_sequence::save_state; the device's own section after the engine's header): save_state
     // writes the tokens' count, the step counters and per layer the books and the device data (kv_ring_layer::
-    // save_books, kv_ring_device::save_data; a dense cache its pages in use), not the checkpoint; waits for the
-    // device. read_state reads such a section into host memory apart from this session, checking every book and
-    // size against its configuration (ERR_STATE_FORMAT with what differs; the session is untouched);
-    // adopt_state makes it this session's cache: a compressed cache's layers are made and filled apart first, so
-    // ERR_OOM_DEVICE leaves the session as it was; the checkpoint goes.
+    // save_books, kv_ring_device::save_data; a dense cache its pages in use), then the prefix checkpoint the same
+    // way (the heads it saves); waits for the device. read_state reads such a section into host memory apart from
+    // this session, checking every book and size against its configuration (ERR_STATE_FORMAT with what differs;
+    // the session is untouched); adopt_state makes it this session's cache, checkpoint included: a compressed
+    // cache's layers are made and filled apart first, so ERR_OOM_DEVICE leaves the session as it was.
     struct loaded_state;
     struct loaded_state_deleter { void operator()(loaded_state * s) const; };
     using loaded_ptr = std::unique_ptr<loaded_state, loaded_state_deleter>;

@@ -1398,21 +1398,32 @@ bool slot_read(const kv_ring_layer & L, int h, int32_t s) {
     return p != KV_RING_EMPTY && (s < L.fix_cap(h) || p >= L.lo(h));
 }
 
-// a state section's layer geometry: what the data's sizes follow from besides the books
-struct ring_geometry {
-    uint64_t page_bytes;
-    int32_t k_block_bytes, v_block_bytes, kivi, head_dim;
-};
 } // namespace
 
-status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stream_t s) const {
+// A state section's layer geometry: what the data's sizes follow from besides the books (the quantized tokens'
+// sizes only where it holds some: a layer without coded heads has none set).
+kv_ring_device::ring_geometry kv_ring_device::state_geometry(const std::vector<int32_t> & coded) const {
+    const bool c = !coded.empty();
+    return ring_geometry{(uint64_t) page_bytes(), c ? v_.k_block_bytes : 0, c ? v_.v_block_bytes : 0, c ? v_.kivi : 0, v_.head_dim};
+}
+
+std::vector<int32_t> kv_ring_device::state_coded_heads(const std::vector<char> * codes) const {
+    std::vector<int32_t> out;
+    for (int h : coded_heads_)
+        if (!codes || (*codes)[(size_t) h]) out.push_back(h);
+    return out;
+}
+
+status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stream_t s, const std::vector<char> * heads, const std::vector<char> * codes) const {
     const int H = n_head_kv_, max_seg = v_.max_seg;
     const size_t pb = page_bytes(), kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, kt = (size_t) std::max(1, v_.kivi),
                  mb = (size_t) 4 * v_.head_dim;
-    w.pod(ring_geometry{(uint64_t) pb, v_.k_block_bytes, v_.v_block_bytes, v_.kivi, v_.head_dim});
-    w.vec(std::vector<int32_t>(coded_heads_.begin(), coded_heads_.end()));
+    const std::vector<int32_t> ch = state_coded_heads(codes);
+    w.pod(state_geometry(ch));
+    w.vec(ch);
     blob b;
     for (int h = 0; h < H; h++) {
+        if (heads && !(*heads)[(size_t) h]) continue;
         const int32_t np = std::min(L.pages_in_use(h), max_seg);
         if (np > mapped_[(size_t) h]) return status(ERR_INTERNAL, strfmt("cuda kv ring: head %d uses %d pages and has %d", h, np, mapped_[(size_t) h]));
         const size_t p0 = b.pages.size();
@@ -1425,7 +1436,8 @@ status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stre
             b.stats_f.resize(f0 + 2 * (size_t) L.rc(h));
             CUDA_CHECK(cudaMemcpyAsync(b.stats_f.data() + f0, st_f_.as<int2>() + (size_t) h * slot_cap_, (size_t) L.rc(h) * sizeof(int2), cudaMemcpyDeviceToHost, s));
         }
-        const size_t n = holds_codes(h) ? (size_t) L.n_coded(h) : 0, c = n ? (size_t) c_first_h_[(size_t) h] : 0;
+        const bool coded = std::find(ch.begin(), ch.end(), h) != ch.end();
+        const size_t n = coded ? (size_t) L.n_coded(h) : 0, c = n ? (size_t) c_first_h_[(size_t) h] : 0;
         if (n == 0) continue;
         const size_t k0 = b.kblk.size(), v0 = b.vblk.size();
         b.kblk.resize(k0 + n * kb);
@@ -1451,6 +1463,7 @@ status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stre
     std::vector<uint16_t> row(D + DV);
     size_t at = 0;  // the head's first page in b.pages
     for (int h = 0; h < H; h++) {
+        if (heads && !(*heads)[(size_t) h]) continue;
         const int32_t np = std::min(L.pages_in_use(h), max_seg);
         for (int32_t sl = 0; sl < np * KV_PAGE_TOKENS; sl++) {
             if (!slot_read(L, h, sl)) continue;
@@ -1476,23 +1489,28 @@ status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stre
     return status::success();
 }
 
-bool kv_ring_device::read_data(state_reader & r, const kv_ring_layer & L, int32_t n, int qrow, int qw, blob & out) const {
+bool kv_ring_device::read_data(state_reader & r, const kv_ring_layer & L, int32_t n, int qrow, int qw, blob & out, const std::vector<char> * heads,
+                               const std::vector<char> * codes) const {
     const int H = n_head_kv_, max_seg = v_.max_seg;
     ring_geometry g{};
     std::vector<int32_t> ch;
+    const std::vector<int32_t> want_ch = state_coded_heads(codes);
     if (!r.pod(g) || !r.vec(ch, (size_t) H, "coded heads")) return false;
-    if (g.page_bytes != page_bytes() || g.k_block_bytes != v_.k_block_bytes || g.v_block_bytes != v_.v_block_bytes || g.kivi != v_.kivi || g.head_dim != v_.head_dim ||
-        ch != std::vector<int32_t>(coded_heads_.begin(), coded_heads_.end()))
+    const ring_geometry e = state_geometry(want_ch);
+    if (g.page_bytes != e.page_bytes || g.k_block_bytes != e.k_block_bytes || g.v_block_bytes != e.v_block_bytes || g.kivi != e.kivi || g.head_dim != e.head_dim ||
+        ch != want_ch)
         return r.fail("kv ring: a layer of another geometry (page, block or head sizes)");
     const size_t pb = page_bytes(), kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, kt = (size_t) std::max(1, v_.kivi),
                  mb = (size_t) 4 * v_.head_dim;
     size_t rows = 0, sf = 0, nk = 0, sc = 0, nm = 0;  // what the books say the file holds
     for (int h = 0; h < H; h++) {
+        if (heads && !(*heads)[(size_t) h]) continue;
         for (int32_t sl = 0; sl < std::min(L.pages_in_use(h), max_seg) * KV_PAGE_TOKENS; sl++) rows += slot_read(L, h, sl);
         const bool evict = has_evict() && L.kind(h) == KV_RING_EVICT;
         if (evict) sf += 2 * (size_t) L.rc(h);
-        const size_t c = holds_codes(h) ? (size_t) L.n_coded(h) : 0;
-        if (!holds_codes(h) && L.coded(h) && L.n_coded(h) > 0) return r.fail("kv ring: quantized tokens of a head without arrays for them");
+        const bool coded = std::find(ch.begin(), ch.end(), h) != ch.end();
+        const size_t c = coded ? (size_t) L.n_coded(h) : 0;
+        if (!coded && !codes && L.coded(h) && L.n_coded(h) > 0) return r.fail("kv ring: quantized tokens of a head without arrays for them");
         nk += c;
         if (evict && st_c_.data()) sc += 2 * c;
         if (v_.kivi) nm += (c + kt - 1) / kt * mb;
@@ -1521,15 +1539,21 @@ bool kv_ring_device::read_data(state_reader & r, const kv_ring_layer & L, int32_
     return take(out.qring, qn);
 }
 
-status kv_ring_device::load_data(const kv_ring_layer & L, const blob & b, stream_t s) {
+status kv_ring_device::load_data(const kv_ring_layer & L, const blob & b, stream_t s, const std::vector<char> * heads) {
     const int H = n_head_kv_, max_seg = v_.max_seg;
     const size_t pb = page_bytes(), kb = (size_t) v_.k_block_bytes, vb = (size_t) v_.v_block_bytes, kt = (size_t) std::max(1, v_.kivi),
                  mb = (size_t) 4 * v_.head_dim;
+    auto in = [&](int h) { return !heads || (*heads)[(size_t) h]; };
     status st;
-    int32_t need_coded = 0;
+    int32_t need_coded = 0, need_slots = 0;
     for (int h : coded_heads_) need_coded = std::max(need_coded, L.n_coded(h));
+    for (int h = 0; h < H; h++)
+        if (in(h)) need_slots = std::max(need_slots, std::min(L.pages_in_use(h), max_seg) * KV_PAGE_TOKENS);
     if (need_coded > coded_cap_ && !(st = resize_coded(std::min(max_coded_cap_, (int32_t) ((need_coded + kt - 1) / kt * kt)), s)).ok()) return st;
-    if (!(st = map_pages(L, s)).ok()) return st;  // (the slot arrays grow with it)
+    if (need_slots > slot_cap_ && !(st = resize_slots(std::min(full_tokens_, need_slots), s)).ok()) return st;
+    for (int h = 0; h < H; h++)  // the pages (the layer holds none yet)
+        for (int32_t & m = mapped_[(size_t) h]; in(h) && m < std::min(L.pages_in_use(h), max_seg); m++)
+            if (!(st = pool_->alloc(&page_h_[(size_t) h * max_seg + (size_t) m])).ok()) return st;
     map_ent_.clear();  // the whole table goes up here
     CUDA_CHECK(cudaMemcpyAsync(page_ptrs_.data(), page_h_.data(), page_h_.size() * sizeof(void *), cudaMemcpyHostToDevice, s));
     std::vector<int32_t> pos((size_t) H * slot_cap_, KV_RING_EMPTY), stf(st_f_.data() ? (size_t) H * slot_cap_ * 2 : 0, 0);
@@ -1537,6 +1561,7 @@ status kv_ring_device::load_data(const kv_ring_layer & L, const blob & b, stream
     const size_t D = (size_t) v_.head_dim, DV = (size_t) v_.head_dim_v;
     std::vector<uint16_t> host(pb / 2 * (size_t) max_seg);  // a head's pages: the rows read back into their slots, zeros elsewhere
     for (int h = 0; h < H; h++) {
+        if (!in(h)) continue;
         const int32_t np = std::min(L.pages_in_use(h), max_seg);
         std::fill(host.begin(), host.begin() + (ptrdiff_t) (np * pb / 2), (uint16_t) 0);
         for (int32_t sl = 0; sl < np * KV_PAGE_TOKENS; sl++) {

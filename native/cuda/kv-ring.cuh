@@ -212,9 +212,13 @@ public:
         std::vector<int32_t> qpos;
         std::vector<float> qring;
     };
-    status save_data(const kv_ring_layer & L, state_writer & w, stream_t s) const;
-    bool read_data(state_reader & r, const kv_ring_layer & L, int32_t n, int qrow, int qw, blob & out) const;
-    status load_data(const kv_ring_layer & L, const blob & b, stream_t s);
+    // A checkpoint's layer: heads, the heads it holds (nullptr: all); codes, those of them whose quantized tokens it
+    // holds (nullptr: every head with arrays for them; read_data is called on the live layer, whose arrays cover more).
+    status save_data(const kv_ring_layer & L, state_writer & w, stream_t s, const std::vector<char> * heads = nullptr,
+                     const std::vector<char> * codes = nullptr) const;
+    bool read_data(state_reader & r, const kv_ring_layer & L, int32_t n, int qrow, int qw, blob & out, const std::vector<char> * heads = nullptr,
+                   const std::vector<char> * codes = nullptr) const;
+    status load_data(const kv_ring_layer & L, const blob & b, stream_t s, const std::vector<char> * heads = nullptr);
     const kv_layer_view & view() const { return v_; }
     // device bytes this layer holds: its mapped pages, the coded tokens' arrays, positions and statistics
     size_t reserved_bytes() const;
@@ -223,6 +227,12 @@ public:
     size_t v_block_bytes() const { return (size_t) v_.v_block_bytes; }
 
 private:
+    std::vector<int32_t> state_coded_heads(const std::vector<char> * codes) const;  // coded_heads_ (those in codes)
+    struct ring_geometry {
+        uint64_t page_bytes;
+        int32_t k_block_bytes, v_block_bytes, kivi, head_dim;
+    };
+    ring_geometry state_geometry(const std::vector<int32_t> & coded) const;
     status resize_coded(int32_t cap, stream_t s);
     status resize_slots(int32_t cap, stream_t s);
 

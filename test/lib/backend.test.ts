@@ -223,16 +223,18 @@ describe('backend selection', () => {
     await using ctx = await model.createContext({ contextSize: 512, threads: 1, batchSize: 64, sequences: 2, kv });
     const a = ctx.acquireSequence(), b = ctx.acquireSequence();
     const toks = Array.from({ length: 140 }, (_, i) => (i * 37 + 3) % model.info.nVocab);
-    await a.evaluate(toks.slice(0, 120));  // (flushes, and the stream head's window moved on)
-    for (const t of toks.slice(120, 128)) await a.evaluate([t]);
+    // a prompt (flushes, the stream head's window moves on) and 8 generated tokens: the prompt's checkpoint goes along
+    for await (const ev of a.generate(toks.slice(0, 120), { maxTokens: 8, stopAtEog: false })) void ev;
+    expect(a.memory().breakdown.checkpoint).toBeGreaterThan(0);
     await b.evaluate([1, 2, 3]);  // (b held something else: the load replaces it)
     const dir = mkdtempSync(join(tmpdir(), 'thinkcache-cuda-state-'));
     try {
       const file = join(dir, 'a.tcstate');
       const saved = await a.saveStateToFile(file);
-      expect(saved.tokens).toBe(128);
-      expect(await b.loadStateFromFile(file)).toEqual({ tokens: 128 });
+      expect(saved.tokens).toBe(a.tokens.length);
+      expect(await b.loadStateFromFile(file)).toEqual({ tokens: a.tokens.length });
       expect(b.tokens).toEqual(a.tokens);
+      expect(b.memory().breakdown.checkpoint).toBeGreaterThan(0);
       expect(b.memory().residentTokens).toBe(a.memory().residentTokens);
       expect(b.memory().quantizedTokens).toBe(a.memory().quantizedTokens);
       for (let l = 0; l < model.info.nLayer; l++) for (let h = 0; h < model.info.nHeadKv; h++) expect(b.heldPositions(l, h)).toEqual(a.heldPositions(l, h));

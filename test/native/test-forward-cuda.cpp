@@ -1800,6 +1800,7 @@ TC_TEST("cuda/ring-state: state files on the device read back into a sequence th
         // a prompt, then decode steps past flushes, stream trims and an eviction (lazy and snapkv every 32 steps)
         const int P = 128, D = P + 40;
         TC_OK(gs->eval(toks.data(), P, true));
+        TC_OK(gs->save_checkpoint());  // (the prompt's checkpoint, as generate() keeps one: the file takes it along)
         for (int t = P; t < D; t++) TC_OK(gs->eval(&toks[(size_t) t], 1, true));
         if (c.evict) TC_CHECK(gs->memory(false).compactions > 0) << c.name << ": no eviction before the save";
         const std::string path = dir + strfmt("/tc-ring-state-%d.tcstate", (int) getpid());
@@ -1807,6 +1808,7 @@ TC_TEST("cuda/ring-state: state files on the device read back into a sequence th
         TC_OK(gs->save_state(path, &bytes));
         const kv_memory_report ms = gs->memory(false);
         TC_OK(cs->eval(toks.data(), P, true));  // the CPU's file of the same tokens, for its size and the backend check below
+        TC_OK(cs->save_checkpoint());
         for (int t = P; t < D; t++) TC_OK(cs->eval(&toks[(size_t) t], 1, true));
         const std::string cpu_path = path + ".cpu";
         TC_OK(cs->save_state(cpu_path, &cpu_bytes));
@@ -1822,6 +1824,8 @@ TC_TEST("cuda/ring-state: state files on the device read back into a sequence th
             TC_CHECK(m.resident_tokens == ms.resident_tokens && m.key_bytes == ms.key_bytes && m.value_bytes == ms.value_bytes &&
                      m.quantized_tokens == ms.quantized_tokens && m.evicted_tokens == ms.evicted_tokens && m.compactions == ms.compactions)
                 << c.name << ": the loaded sequence's memory report";
+            TC_CHECK((m.checkpoint_bytes > 0) == (ms.checkpoint_bytes > 0) && (ms.checkpoint_bytes > 0) == !c.dense)
+                << c.name << ": a checkpoint of " << m.checkpoint_bytes << " bytes loaded, " << ms.checkpoint_bytes << " saved";
         }
         // bad files: the sequence keeps what it held (it goes on as gs below)
         std::vector<uint8_t> img;
@@ -1867,6 +1871,11 @@ TC_TEST("cuda/ring-state: state files on the device read back into a sequence th
         if (c.evict)
             TC_CHECK(gl->memory(false).compactions == gs->memory(false).compactions && gs->memory(false).compactions > ms.compactions)
                 << c.name << ": evictions " << ms.compactions << " at the save, then " << gs->memory(false).compactions << " (loaded: " << gl->memory(false).compactions << ")";
+        // a rewind into the decoded tokens returns to the checkpoint the file took along, as the saved sequence does
+        const int32_t kg = gs->remove_from(P + 10), kl = gl->remove_from(P + 10);
+        TC_CHECK(kg == kl && kg == (c.dense ? P + 10 : P)) << c.name << ": the rewind keeps " << kl << " (the saved sequence " << kg << ")";
+        for (engine_sequence * x : {gs.get(), gl.get()}) TC_OK(x->eval(&toks[(size_t) kg], 8, true));
+        TC_CHECK(bits_equal(*gl, *gs) && same_heads(*gl, *gs)) << c.name << ": after the return to the checkpoint";
         const std::shared_ptr<cu::device_page_pool> & pool = gctx->cuda_kv_pool();
         gs.reset();
         gl.reset();
