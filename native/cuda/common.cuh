@@ -80,9 +80,9 @@ __device__ __forceinline__ float plain_decode(const uint8_t * blk, int d, int bi
 
 // The KV page layout of kv-cache.h (64 tokens per page): keys in transposed tiles [64/16][D][16], then values
 // [64][Dv]. Element d of token j (j < 64) of a page, and a token written from f32 (rounded to f16 as the host
-// cache rounds) by the block's threads.
-__device__ __forceinline__ size_t key_at(int j, int d, int D) { return ((size_t) (j / 16) * D + d) * 16 + (j % 16); }
-__device__ __forceinline__ size_t value_at(int j, int d, int D, int DV) { return (size_t) 64 * D + (size_t) j * DV + d; }
+// cache rounds) by the block's threads (key_at / value_at also index a page copied to the host: state files).
+__host__ __device__ __forceinline__ size_t key_at(int j, int d, int D) { return ((size_t) (j / 16) * D + d) * 16 + (j % 16); }
+__host__ __device__ __forceinline__ size_t value_at(int j, int d, int D, int DV) { return (size_t) 64 * D + (size_t) j * DV + d; }
 __device__ __forceinline__ void kv_page_put(uint16_t * page, int j, const float * k, const float * v, int D, int DV) {
     for (int d = threadIdx.x; d < D; d += blockDim.x) page[key_at(j, d, D)] = f32_to_f16_bits(k[d]);
     for (int d = threadIdx.x; d < DV; d += blockDim.x) page[value_at(j, d, D, DV)] = f32_to_f16_bits(v[d]);

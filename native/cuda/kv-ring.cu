@@ -1390,16 +1390,6 @@ status kv_ring_device::copy_from(const kv_ring_device & src, const kv_ring_layer
     return status::success();
 }
 
-namespace {
-// The slots of head h whose keys and values attention may still read (kv_ring_layer's in view): a state file keeps
-// only those; the others are empty, or ring slots below the head's lower bound that no step reads again.
-bool slot_read(const kv_ring_layer & L, int h, int32_t s) {
-    const int32_t p = L.slot_pos(h)[(size_t) s];
-    return p != KV_RING_EMPTY && (s < L.fix_cap(h) || p >= L.lo(h));
-}
-
-} // namespace
-
 // A state section's layer geometry: what the data's sizes follow from besides the books (the quantized tokens'
 // sizes only where it holds some: a layer without coded heads has none set).
 kv_ring_device::ring_geometry kv_ring_device::state_geometry(const std::vector<int32_t> & coded) const {
@@ -1466,11 +1456,11 @@ status kv_ring_device::save_data(const kv_ring_layer & L, state_writer & w, stre
         if (heads && !(*heads)[(size_t) h]) continue;
         const int32_t np = std::min(L.pages_in_use(h), max_seg);
         for (int32_t sl = 0; sl < np * KV_PAGE_TOKENS; sl++) {
-            if (!slot_read(L, h, sl)) continue;
+            if (!L.in_view(h, sl)) continue;
             const uint16_t * pg = (const uint16_t *) (b.pages.data() + at + (size_t) (sl / KV_PAGE_TOKENS) * pb);
             const size_t j = (size_t) (sl % KV_PAGE_TOKENS);
-            for (size_t d = 0; d < D; d++) row[d] = pg[(j / 16 * D + d) * 16 + j % 16];  // (keys: transposed tiles of 16 tokens)
-            std::memcpy(row.data() + D, pg + KV_PAGE_TOKENS * D + j * DV, DV * 2);
+            for (size_t d = 0; d < D; d++) row[d] = pg[key_at((int) j, (int) d, (int) D)];
+            std::memcpy(row.data() + D, pg + value_at((int) j, 0, (int) D, (int) DV), DV * 2);
             w.bytes(row.data(), row.size() * 2);
         }
         at += (size_t) np * pb;
@@ -1505,7 +1495,7 @@ bool kv_ring_device::read_data(state_reader & r, const kv_ring_layer & L, int32_
     size_t rows = 0, sf = 0, nk = 0, sc = 0, nm = 0;  // what the books say the file holds
     for (int h = 0; h < H; h++) {
         if (heads && !(*heads)[(size_t) h]) continue;
-        for (int32_t sl = 0; sl < std::min(L.pages_in_use(h), max_seg) * KV_PAGE_TOKENS; sl++) rows += slot_read(L, h, sl);
+        for (int32_t sl = 0; sl < std::min(L.pages_in_use(h), max_seg) * KV_PAGE_TOKENS; sl++) rows += L.in_view(h, sl);
         const bool evict = has_evict() && L.kind(h) == KV_RING_EVICT;
         if (evict) sf += 2 * (size_t) L.rc(h);
         const bool coded = std::find(ch.begin(), ch.end(), h) != ch.end();
@@ -1565,12 +1555,12 @@ status kv_ring_device::load_data(const kv_ring_layer & L, const blob & b, stream
         const int32_t np = std::min(L.pages_in_use(h), max_seg);
         std::fill(host.begin(), host.begin() + (ptrdiff_t) (np * pb / 2), (uint16_t) 0);
         for (int32_t sl = 0; sl < np * KV_PAGE_TOKENS; sl++) {
-            if (!slot_read(L, h, sl)) continue;
+            if (!L.in_view(h, sl)) continue;
             uint16_t * pg = host.data() + (size_t) (sl / KV_PAGE_TOKENS) * (pb / 2);
             const uint16_t * row = (const uint16_t *) (b.pages.data() + op);
             const size_t j = (size_t) (sl % KV_PAGE_TOKENS);
-            for (size_t d = 0; d < D; d++) pg[(j / 16 * D + d) * 16 + j % 16] = row[d];
-            std::memcpy(pg + KV_PAGE_TOKENS * D + j * DV, row + D, DV * 2);
+            for (size_t d = 0; d < D; d++) pg[key_at((int) j, (int) d, (int) D)] = row[d];
+            std::memcpy(pg + value_at((int) j, 0, (int) D, (int) DV), row + D, DV * 2);
             op += (D + DV) * 2;
         }
         for (int32_t i = 0; i < np; i++)

@@ -143,6 +143,8 @@ public:
     int32_t pages_in_use(int h) const;
     int32_t n_f16(int h) const;                          // f16 tokens in view
     std::vector<int32_t> held_positions(int h) const;    // in view and quantized, ascending
+    // slot s of head h holds a token attention reads (the others are empty, or ring slots below lo no step reads again)
+    bool in_view(int h, int32_t s) const { return in_view(heads_[(size_t) h], s); }
     bool dropped(int h) const { return heads_[(size_t) h].dropped; }
     const std::vector<int32_t> & sinks() const { return sinks_; }
     bool wants_sinks() const { return (any_coded_ && protect_sinks_) || (any_evict_ && policy_.protect_sinks); }

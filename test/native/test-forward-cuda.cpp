@@ -1577,6 +1577,17 @@ TC_TEST("cuda/ring-memory: the device cache's pages follow its tokens (evictions
                 << "head " << h << " uses " << r->heads[(size_t) h].bytes_used << " bytes of " << r->heads[(size_t) h].bytes_allocated;
 }
 
+// Two sequences' last logits equal bit for bit; their heads hold the same positions (engine fixture geometry).
+static bool bits_equal(const engine_sequence & a, const engine_sequence & b) {
+    return a.logits().size() == b.logits().size() && std::memcmp(a.logits().data(), b.logits().data(), a.logits().size() * sizeof(float)) == 0;
+}
+static bool same_heads(const engine_sequence & a, const engine_sequence & b) {
+    for (int il = 0; il < kEngineFixture.n_layer; il++)
+        for (int h = 0; h < kEngineFixture.n_head_kv; h++)
+            if (a.held_positions(il, h) != b.held_positions(il, h)) return false;
+    return true;
+}
+
 // Sequence copies and prefix checkpoints on the device (forward_session::copy_from / save_checkpoint), each side
 // against the CPU engine doing the same, and the device against itself: a copy continues exactly as its source
 // (the same logits, bit for bit, and the same tokens per head), and a rewind that returns to the checkpoint leaves
@@ -1601,15 +1612,6 @@ TC_TEST("cuda/ring-copy-checkpoint: sequence copies and prefix checkpoints on th
         {"lazy rot2 + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, true, 128},
         {"h2o f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_H2O, true, true, 128},
         {"snapkv f16 + stream heads", KV_CODEC_F16, false, KV_POLICY_SNAPKV, true, true, 128},
-    };
-    auto bits_equal = [&](const engine_sequence & a, const engine_sequence & b) {
-        return a.logits().size() == b.logits().size() && std::memcmp(a.logits().data(), b.logits().data(), a.logits().size() * sizeof(float)) == 0;
-    };
-    auto same_heads = [&](const engine_sequence & a, const engine_sequence & b) {
-        for (int il = 0; il < f.n_layer; il++)
-            for (int h = 0; h < f.n_head_kv; h++)
-                if (a.held_positions(il, h) != b.held_positions(il, h)) return false;
-        return true;
     };
     for (const cfg & c : cfgs) {
         const bool evict = c.dense && c.stream;  // (dense alone: every head FULL f16)
@@ -1762,15 +1764,6 @@ TC_TEST("cuda/ring-state: state files on the device read back into a sequence th
         {"rot2 pre-RoPE + sinks + stream heads", KV_CODEC_ROT2, true, KV_POLICY_LAZY, true, false, false},
         {"kivi2 + lazy + stream heads", KV_CODEC_KIVI2, false, KV_POLICY_LAZY, true, true, false},
         {"snapkv f16 + stream heads (recorded queries)", KV_CODEC_F16, false, KV_POLICY_SNAPKV, true, true, false},
-    };
-    auto bits_equal = [&](const engine_sequence & a, const engine_sequence & b) {
-        return a.logits().size() == b.logits().size() && std::memcmp(a.logits().data(), b.logits().data(), a.logits().size() * sizeof(float)) == 0;
-    };
-    auto same_heads = [&](const engine_sequence & a, const engine_sequence & b) {
-        for (int il = 0; il < f.n_layer; il++)
-            for (int h = 0; h < f.n_head_kv; h++)
-                if (a.held_positions(il, h) != b.held_positions(il, h)) return false;
-        return true;
     };
     const std::string dir = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp");
     for (const cfg & c : cfgs) {
